@@ -1,0 +1,36 @@
+# One command each: `make demo`, `make test`. Both create the environment first.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+# Quiet, offline-safe defaults for tests (no hub access, no analytics, slower first Prefect start).
+TEST_ENV := HF_HUB_OFFLINE=1 DVC_NO_ANALYTICS=1 PREFECT_SERVER_ANALYTICS_ENABLED=false \
+            PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS=90
+
+.PHONY: env demo test test-fast bench clean
+
+env: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	# torch is pinned to the build this project is tested on.
+	$(BIN)/pip install --quiet torch==2.14.1 torchvision==0.29.1
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+demo: env
+	$(BIN)/coldstart demo --workspace demo-workspace --rounds 3 --json demo-rounds.json
+
+test: env
+	$(TEST_ENV) $(BIN)/pytest -q
+
+test-fast: env
+	$(TEST_ENV) $(BIN)/pytest -q -m "not slow"
+
+bench: env
+	$(TEST_ENV) $(BIN)/coldstart bench prelabel --n 256 --json bench-prelabel.json
+
+clean:
+	rm -rf demo-workspace demo-rounds.json .pytest_cache

@@ -1,0 +1,196 @@
+"""The `coldstart` command. Only this layer prints; user mistakes exit 2 with a message."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+from models.errors import ColdstartError
+
+STAGES = ("scan", "embed", "intake", "train", "relabel", "select")
+
+
+def _quiet_prefect() -> None:
+    # Prefect's temporary server logs analytics noise; and no scheduled work needs heartbeats.
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
+    os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")  # our own summary says what happened
+
+
+def _write_json(path: str | None, data) -> None:
+    if path:
+        Path(path).write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def format_summary(s) -> str:
+    def pct(x):
+        return "-" if x is None else f"{100 * x:.1f}%"
+
+    lines = [
+        f"round {s.round} ({s.tag}, {s.seconds:.1f} s)",
+        f"  images      {s.images} ({s.new_images} new, {s.embedded_new} embedded), {s.quarantined} quarantined",
+        f"  intake      {len(s.files_accepted)} file(s) accepted (+{s.events_added} labels), {len(s.files_rejected)} rejected",
+        f"  labels      {s.human_labels} human, {s.auto_labeled} auto by {s.model}: {s.model_reason}",
+        f"  confidence  {s.below_threshold} auto labels below the threshold; label churn {pct(s.churn)}",
+        f"  audit       " + (f"{pct(s.audit_accuracy)} of round {s.audit_round}'s auto labels correct "
+                             f"({s.audit_n} audited)" if s.audit_n else "no audit answers yet"),
+        f"  review      {s.batch_size} images: {', '.join(s.review_files) or '-'}",
+        f"  mlflow run  {s.run_id}",
+    ]
+    for p in s.problems:
+        lines.append("  REJECTED " + p.replace("\n", "\n  "))
+    return "\n".join(lines)
+
+
+def cmd_init(a) -> int:
+    from tasks.version import init_workspace
+
+    ws = init_workspace(a.directory, remote=a.remote)
+    print(f"created workspace {ws.root}\n  put images in {ws.images}/, edit {ws.params_file}, then run:\n"
+          f"  coldstart round --workspace {ws.root}")
+    return 0
+
+
+def cmd_round(a) -> int:
+    from flows.round import labeling_round
+
+    summary = labeling_round(workspace=a.workspace)
+    print(format_summary(summary))
+    _write_json(a.json, summary.to_dict())
+    return 0
+
+
+def cmd_status(a) -> int:
+    from flows.status import format_status, workspace_status
+    from tasks.workspace import Workspace
+
+    s = workspace_status(Workspace.open(a.workspace))
+    print(format_status(s))
+    _write_json(a.json, s)
+    return 0
+
+
+def cmd_stage(a) -> int:
+    """One stage on its own (what `dvc repro` runs), without Prefect, MLflow or tagging."""
+    from flows.round import classify, clip_config
+    from models.clip import load_clip
+    from tasks import embed, intake, scan, select
+    from tasks.workspace import Workspace
+
+    ws = Workspace.open(a.workspace)
+    with ws.lock():
+        params, rnd = ws.params(), ws.next_round()
+        if a.name == "scan":
+            print(scan.scan(ws, params.scan, rnd))
+        elif a.name == "embed":
+            print(embed.embed(ws, load_clip(clip_config(params)), params.model))
+        elif a.name == "intake":
+            print(intake.intake(ws, params.ontology.class_names, rnd))
+        elif a.name in ("train", "relabel"):
+            trained, relabeled, _ = classify(ws, params, load_clip(clip_config(params)), rnd, {})
+            print(trained.reason if a.name == "train" else relabeled)
+        elif a.name == "select":
+            print(select.select(ws, params.round, rnd))
+    return 0
+
+
+def cmd_demo(a) -> int:
+    from flows.demo import run_demo
+
+    run_demo(Path(a.workspace), rounds=a.rounds, json_path=a.json, budget=a.budget, pretrained=a.pretrained)
+    return 0
+
+
+def cmd_serve(a) -> int:
+    from flows.serve import serve
+
+    serve(a.workspace, cron=a.cron, interval=a.interval, port=a.port)
+    return 0
+
+
+def cmd_bench(a) -> int:
+    from flows.bench import bench_prelabel
+
+    figures = bench_prelabel(n=a.n, model=a.model, pretrained=a.pretrained, batch_size=a.batch_size)
+    _write_json(a.json, figures)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="coldstart", description="Label images with CLIP, spend human effort where it pays.")
+    p.add_argument("-v", "--verbose", action="store_true", help="show library logs")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def ws_arg(sp):
+        sp.add_argument("--workspace", "-w", default=".", help="workspace folder (default: current directory)")
+
+    s = sub.add_parser("init", help="create a workspace: git + DVC + local remote + params.yaml")
+    s.add_argument("directory")
+    s.add_argument("--remote", help="DVC remote folder (default: DIR/.dvc-remote)")
+    s.set_defaults(fn=cmd_init)
+
+    s = sub.add_parser("round", help="run one labeling round (Prefect flow labeling_round)")
+    ws_arg(s)
+    s.add_argument("--json", help="also write the round summary as JSON to this file")
+    s.set_defaults(fn=cmd_round)
+
+    s = sub.add_parser("status", help="summarise a workspace")
+    ws_arg(s)
+    s.add_argument("--json", help="also write the status as JSON to this file")
+    s.set_defaults(fn=cmd_status)
+
+    s = sub.add_parser("stage", help="run one stage alone (used by dvc.yaml / dvc repro)")
+    s.add_argument("name", choices=STAGES)
+    ws_arg(s)
+    s.set_defaults(fn=cmd_stage)
+
+    s = sub.add_parser("demo", help="3 simulated rounds on scikit-learn's digits")
+    s.add_argument("--workspace", "-w", default="demo-workspace", help="where to build the demo workspace")
+    s.add_argument("--rounds", type=int, default=3)
+    s.add_argument("--budget", type=int, default=50)
+    s.add_argument("--pretrained", default="laion2b_s34b_b79k", help="ViT-B-32 weights (tag or local file)")
+    s.add_argument("--json", help="write the per-round table as JSON")
+    s.set_defaults(fn=cmd_demo)
+
+    s = sub.add_parser("serve", help="run rounds on a schedule through a Prefect server")
+    ws_arg(s)
+    g = s.add_mutually_exclusive_group(required=True)
+    g.add_argument("--cron", help="cron schedule, e.g. '0 2 * * *'")
+    g.add_argument("--interval", type=float, help="seconds between rounds")
+    s.add_argument("--port", type=int, default=4200, help="port of the Prefect server started when none is configured")
+    s.set_defaults(fn=cmd_serve)
+
+    s = sub.add_parser("bench", help="benchmarks")
+    bsub = s.add_subparsers(dest="bench", required=True)
+    b = bsub.add_parser("prelabel", help="embed stage vs bare forward pass vs naive loop")
+    b.add_argument("--n", type=int, default=256, help="synthetic 640x480 JPEGs")
+    b.add_argument("--model", default="ViT-B-32")
+    b.add_argument("--pretrained", default=None, help="weights (timing does not depend on them; default random)")
+    b.add_argument("--batch-size", type=int, default=32)
+    b.add_argument("--json")
+    b.set_defaults(fn=cmd_bench)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    _quiet_prefect()
+    try:
+        return args.fn(args)
+    except ColdstartError as e:
+        print(f"coldstart: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("coldstart: interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,185 @@
+"""The labeling round: one Prefect flow composing the stages in ``tasks``.
+
+    scan -> embed -> intake -> train -> relabel -> select -> track -> version
+
+Correctness never depends on Prefect's or MLflow's run state: each stage reads and writes the
+workspace's own files (content ids, the append-only label log, atomic writes), so a killed
+round is simply run again.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+from prefect import flow
+
+from models.clip import ClipConfig, ClipModel, load_clip
+from models.errors import TrackingError
+from models.zeroshot import class_text_weights, zero_shot_probs
+from tasks import train as train_mod
+from tasks.config import Params
+from tasks.embed import embed_task
+from tasks.intake import human_labels, intake_task, read_events
+from tasks.relabel import relabel_task
+from tasks.scan import image_table, scan_task
+from tasks.select import latest_audit, select_task
+from tasks.store import EmbeddingStore
+from tasks.track import record_version, track_task
+from tasks.version import version_task
+from tasks.workspace import Workspace
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RoundSummary:
+    round: int
+    images: int
+    new_images: int
+    quarantined: int
+    embedded_new: int
+    files_accepted: list[str]
+    files_rejected: list[str]
+    human_labels: int
+    label_events: int
+    events_added: int
+    model: str  # "zero-shot" or "probe": what labeled the images without a human label
+    model_reason: str
+    probe_cv_accuracy: float | None
+    zero_shot_accuracy: float | None
+    auto_labeled: int
+    below_threshold: int
+    churn: float | None
+    audit_accuracy: float | None  # of the previous round's auto labels, from its audit answers
+    audit_n: int
+    audit_round: int | None
+    batch_size: int
+    review_files: list[str]
+    seconds: float
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+    embed_images_per_s: float = 0.0
+    run_id: str | None = None
+    commit: str | None = None
+    tag: str | None = None
+    problems: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def clip_config(params: Params) -> ClipConfig:
+    return ClipConfig(name=params.model.name, pretrained=params.model.pretrained, device=params.model.device)
+
+
+def model_inputs(ws: Workspace, clip: ClipModel) -> tuple[list[str], list[str], np.ndarray]:
+    """(ids, display paths, ``(N, D)`` embeddings) of every current image that has an embedding."""
+    table = image_table(ws)
+    store = EmbeddingStore(ws.embeddings, clip.model_id)
+    have = store.ids()
+    ids = [i for i in table if i in have]
+    _, X = store.load(ids)
+    return ids, [table[i] for i in ids], X
+
+
+def classify(ws: Workspace, params: Params, clip: ClipModel, round_no: int, timers: dict[str, float]):
+    """train + relabel: shared by the flow and `coldstart stage train|relabel`."""
+    classes = params.ontology.class_names
+    ids, paths, X = model_inputs(ws, clip)
+    humans = human_labels(read_events(ws))
+    weights = class_text_weights(clip, params.ontology.classes, params.ontology.templates)
+    t = time.perf_counter()
+    labeled = [k for k, i in enumerate(ids) if i in humans]
+    y = np.array([classes.index(humans[ids[k]]) for k in labeled], dtype=int)
+    trained = train_mod.train_task(X[labeled], y, weights, clip.logit_scale, params.train,
+                                   center=X.mean(0), scale=X.std(0) + 1e-6)
+    train_mod.save(ws, trained, clip.model_id)
+    timers["train"] = time.perf_counter() - t
+    t = time.perf_counter()
+    if trained.model == "probe":
+        probs, model_id = trained.probe.head.predict_proba(X), f"{clip.model_id}+probe-r{round_no:03d}"
+    else:
+        probs, model_id = zero_shot_probs(X, weights, clip.logit_scale), f"{clip.model_id}+zero-shot"
+    relabeled = relabel_task(ws, ids, paths, probs, classes, humans, source=trained.model, model_id=model_id,
+                             round_no=round_no, threshold=params.round.confidence_threshold)
+    timers["relabel"] = time.perf_counter() - t
+    return trained, relabeled, humans
+
+
+@flow(name="labeling_round")
+def labeling_round(workspace: str = ".") -> RoundSummary:
+    """Run one round on a workspace; returns its summary (also logged to MLflow)."""
+    ws = Workspace.open(workspace)
+    with ws.lock():
+        return _round(ws)
+
+
+def _round(ws: Workspace) -> RoundSummary:
+    t0 = time.perf_counter()
+    params = ws.params()
+    round_no = ws.next_round()
+    timers: dict[str, float] = {}
+
+    def timed(name, fn, *args, **kwargs):
+        t = time.perf_counter()
+        out = fn(*args, **kwargs)
+        timers[name] = time.perf_counter() - t
+        return out
+
+    scanned = timed("scan", scan_task, ws, params.scan, round_no)
+    clip = timed("load_model", load_clip, clip_config(params))
+    embedded = timed("embed", embed_task, ws, clip, params.model)
+    taken = timed("intake", intake_task, ws, params.ontology.class_names, round_no)
+    trained, relabeled, humans = classify(ws, params, clip, round_no, timers)
+    audit = latest_audit(ws, humans, round_no)
+    selected = timed("select", select_task, ws, params.round, round_no)
+    events = read_events(ws)
+
+    summary = RoundSummary(
+        round=round_no, images=scanned.images, new_images=scanned.new_images, quarantined=scanned.quarantined,
+        embedded_new=embedded.embedded, files_accepted=taken.files_accepted, files_rejected=taken.files_rejected,
+        human_labels=len(humans), label_events=len(events), events_added=taken.events_added,
+        model=trained.model, model_reason=trained.reason, probe_cv_accuracy=trained.probe_cv_accuracy,
+        zero_shot_accuracy=trained.zero_shot_accuracy, auto_labeled=relabeled.auto,
+        below_threshold=relabeled.below_threshold, churn=relabeled.churn,
+        audit_accuracy=audit.accuracy if audit else None, audit_n=audit.n if audit else 0,
+        audit_round=audit.round if audit else None, batch_size=selected.batch_size,
+        review_files=selected.files, seconds=0.0, stage_seconds=timers,
+        embed_images_per_s=embedded.images_per_s, problems=taken.problems,
+    )
+    metrics = {
+        "images": scanned.images, "new_images": scanned.new_images, "quarantined": scanned.quarantined,
+        "duplicates": scanned.duplicates, "embedded_new": embedded.embedded, "embed_failed": embedded.failed,
+        "human_labels": len(humans), "label_events": len(events), "events_added": taken.events_added,
+        "files_accepted": len(taken.files_accepted), "files_rejected": len(taken.files_rejected),
+        "auto_labeled": relabeled.auto, "below_threshold": relabeled.below_threshold,
+        "mean_confidence": relabeled.mean_confidence, "label_churn": relabeled.churn,
+        "probe_cv_accuracy": trained.probe_cv_accuracy, "zero_shot_accuracy_on_human": trained.zero_shot_accuracy,
+        "used_probe": float(trained.model == "probe"), "audit_accuracy_prev_round": summary.audit_accuracy,
+        "audit_n": summary.audit_n, "batch_size": selected.batch_size, "batch_audit": selected.audit,
+        "embed_images_per_s": embedded.images_per_s or None,
+        **{f"seconds_{k}": v for k, v in timers.items()},
+    }
+    artifacts = [ws.root / f for f in selected.files] + [ws.quarantine, ws.metrics_dir / "train.json"]
+    tracking_error = None
+    t = time.perf_counter()
+    try:
+        metrics["seconds_total"] = time.perf_counter() - t0
+        summary.run_id = track_task(ws, params, round_no, metrics, artifacts, trained.confusion,
+                                    trained.probe.estimator if trained.model == "probe" else None)
+    except TrackingError as e:
+        tracking_error = e  # version the data anyway; report after
+    timers["track"] = time.perf_counter() - t
+    t = time.perf_counter()
+    summary.commit, summary.tag = version_task(
+        ws, round_no, f"coldstart round {round_no}: {len(humans)} human labels, {relabeled.auto} auto labels "
+        f"({trained.model})" + (f", mlflow run {summary.run_id}" if summary.run_id else ""))
+    timers["version"] = time.perf_counter() - t
+    if summary.run_id:
+        record_version(ws, params, summary.run_id, summary.commit, summary.tag)
+    if tracking_error:
+        raise tracking_error
+    summary.seconds = time.perf_counter() - t0
+    return summary

@@ -1,0 +1,164 @@
+"""select: the next review batch: the most uncertain unlabeled images plus a random audit sample.
+
+Scoring is pure (probabilities in, scores out; higher = ask a human sooner). The audit sample
+is drawn first, uniformly from every image without a human label, so its answers are an
+unbiased estimate of the auto-label accuracy; the uncertain picks come from the rest.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from dataclasses import dataclass
+from xml.sax.saxutils import quoteattr
+
+import numpy as np
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from models.errors import SelectionError
+from tasks.config import STRATEGIES, RoundConfig
+from tasks.workspace import Workspace, atomic_write_text, read_csv, write_csv
+
+log = logging.getLogger(__name__)
+
+BATCH_FIELDS = ["image_id", "image", "purpose", "predicted_label", "confidence", "source", "model_id", "score", "round"]
+REVIEW_FIELDS = ["image_id", "image", "suggested_label", "confidence", "label", "annotator"]
+
+
+def uncertainty(probs: np.ndarray, strategy: str) -> np.ndarray:
+    """``(N, C)`` probabilities -> ``(N,)`` scores, higher = more uncertain."""
+    if strategy == "least_confidence":
+        return 1.0 - probs.max(1)
+    if strategy == "margin":
+        top2 = np.sort(probs, axis=1)[:, -2:] if probs.shape[1] > 1 else np.c_[np.zeros(len(probs)), probs]
+        return 1.0 - (top2[:, 1] - top2[:, 0])
+    if strategy == "entropy":
+        p = np.clip(probs, 1e-12, 1.0)
+        return -(p * np.log(p)).sum(1)
+    raise SelectionError(f"unknown strategy {strategy!r}; valid: {', '.join(STRATEGIES)}")
+
+
+def select_indices(probs: np.ndarray, budget: int, *, strategy: str, audit: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Pick ``audit`` random rows, then ``budget - audit`` most uncertain of the rest.
+
+    Returns (uncertain indices, audit indices). Ties are broken by a seeded random order.
+    """
+    n = len(probs)
+    if n == 0:
+        raise SelectionError("nothing to select: every image already has a human label (or there are no images)")
+    if budget > n:
+        raise SelectionError(f"budget {budget} is larger than the pool of {n} unlabeled images")
+    if not 0 <= audit <= budget:
+        raise SelectionError(f"audit size {audit} must be between 0 and the budget {budget}")
+    rng = np.random.default_rng(seed)
+    audit_idx = rng.choice(n, size=audit, replace=False) if audit else np.zeros(0, int)
+    rest = np.setdiff1d(np.arange(n), audit_idx)
+    if strategy == "random":
+        picked = rng.choice(rest, size=budget - audit, replace=False)
+    else:
+        scores = uncertainty(probs[rest], strategy)
+        tiebreak = rng.random(len(rest))
+        order = np.lexsort((tiebreak, -scores))  # by score descending, ties by the seeded draw
+        picked = rest[order[: budget - audit]]
+    return np.asarray(picked, int), np.asarray(audit_idx, int)
+
+
+def _cell(value: str) -> str:
+    """Escape cells a spreadsheet would run as a formula (CSV injection)."""
+    return "'" + value if value[:1] in ("=", "+", "-", "@") else value
+
+
+@dataclass
+class SelectResult:
+    batch_size: int
+    uncertain: int
+    audit: int
+    pool: int
+    files: list[str]
+
+
+def select(ws: Workspace, cfg: RoundConfig, round_no: int) -> SelectResult:
+    """Read resolved.csv + probs.npz, write data/review/round-NNN.{csv,batch.csv,tasks.json}."""
+    from tasks.relabel import load_probs
+
+    ids, probs, classes = load_probs(ws)
+    resolved = {r["image_id"]: r for r in read_csv(ws.resolved)}
+    pool = [k for k, i in enumerate(ids) if resolved[i]["source"] != "human"]
+    budget = min(cfg.budget, len(pool))
+    stem = ws.review / f"round-{round_no:03d}"
+    ws.review.mkdir(parents=True, exist_ok=True)
+    if budget == 0:
+        log.warning("every image has a human label: no review batch this round")
+        return SelectResult(0, 0, 0, 0, [])
+    if budget < cfg.budget:
+        log.warning("only %d unlabeled images left; the batch is smaller than round.budget=%d", budget, cfg.budget)
+    n_audit = min(budget, math.ceil(budget * cfg.audit_fraction)) if cfg.audit_fraction > 0 else 0
+    sub = probs[pool]
+    unc, aud = select_indices(sub, budget, strategy=cfg.strategy, audit=n_audit, seed=cfg.seed * 100_003 + round_no)
+    scores = uncertainty(sub, cfg.strategy if cfg.strategy != "random" else "margin")
+    batch = []
+    for purpose, picks in (("uncertain", unc), ("audit", aud)):
+        for j in picks:
+            r = resolved[ids[pool[j]]]
+            batch.append(dict(image_id=r["image_id"], image=r["path"], purpose=purpose, predicted_label=r["label"],
+                              confidence=r["confidence"], source=r["source"], model_id=r["model_id"],
+                              score=f"{scores[j]:.6f}", round=round_no))
+    write_csv(stem.with_suffix(".batch.csv"), BATCH_FIELDS, batch)
+    # What the annotator sees: sorted by path, so audit items are not told apart from the rest.
+    review = sorted(batch, key=lambda b: b["image"])
+    write_csv(stem.with_suffix(".csv"), REVIEW_FIELDS, [
+        dict(image_id=b["image_id"], image=_cell(b["image"]), suggested_label=_cell(b["predicted_label"]),
+             confidence=b["confidence"], label="", annotator="") for b in review])
+    tasks = [{
+        "data": {"image": f"/data/local-files/?d=images/{b['image']}", "image_id": b["image_id"], "path": b["image"]},
+        "predictions": [{
+            "model_version": b["model_id"] or b["source"],
+            "score": float(b["confidence"]),
+            "result": [{"from_name": "label", "to_name": "image", "type": "choices",
+                        "value": {"choices": [b["predicted_label"]]}}],
+        }],
+    } for b in review]
+    atomic_write_text(stem.with_suffix(".tasks.json"), json.dumps(tasks, ensure_ascii=False, indent=1) + "\n")
+    choices = "\n".join(f"    <Choice value={quoteattr(c)}/>" for c in classes)
+    atomic_write_text(ws.review / "label_config.xml", f'<View>\n  <Image name="image" value="$image"/>\n'
+                      f'  <Choices name="label" toName="image" choice="single" showInLine="true">\n{choices}\n'
+                      f'  </Choices>\n</View>\n')
+    files = [ws.rel(stem.with_suffix(s)) for s in (".csv", ".batch.csv", ".tasks.json")]
+    return SelectResult(len(batch), len(unc), len(aud), len(pool), files)
+
+
+@dataclass
+class AuditEstimate:
+    round: int  # the round whose auto labels were audited
+    n: int  # audit items answered
+    correct: int
+
+    @property
+    def accuracy(self) -> float | None:
+        return self.correct / self.n if self.n else None
+
+
+def audit_estimate(batch_rows: list[dict], humans: dict[str, str]) -> AuditEstimate | None:
+    """Accuracy of a batch's auto labels on its answered audit items (None if it had no audit)."""
+    audit = [b for b in batch_rows if b["purpose"] == "audit"]
+    if not audit:
+        return None
+    answered = [b for b in audit if b["image_id"] in humans]
+    return AuditEstimate(int(audit[0]["round"]), len(answered),
+                         sum(humans[b["image_id"]] == b["predicted_label"] for b in answered))
+
+
+def latest_audit(ws: Workspace, humans: dict[str, str], before_round: int) -> AuditEstimate | None:
+    """The audit of the newest earlier round that has answered audit items."""
+    for r in range(before_round - 1, 0, -1):
+        est = audit_estimate(read_csv(ws.review / f"round-{r:03d}.batch.csv"), humans)
+        if est is not None and est.n:
+            return est
+    return None
+
+
+@task(name="select", cache_policy=NO_CACHE)
+def select_task(ws: Workspace, cfg: RoundConfig, round_no: int) -> SelectResult:
+    return select(ws, cfg, round_no)

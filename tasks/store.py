@@ -1,0 +1,79 @@
+"""Embedding store: append-only shards keyed by (image content id, model id).
+
+Layout: ``data/store/embeddings/<model-slug>/NNNNNN.vec.npy`` (float32 ``(n, D)``) and
+``NNNNNN.ids.npy`` (``S64`` content ids). The ids file is written last and is the commit
+marker: a vectors file without its ids file (a process killed mid-append) is ignored and
+overwritten by the next append. Each round adds shards and never rewrites old ones, so DVC
+stores only the new ones.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+from pathlib import Path
+
+import numpy as np
+
+from tasks.workspace import atomic_write_bytes
+
+
+def model_slug(model_id: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", model_id)
+
+
+class EmbeddingStore:
+    def __init__(self, root: Path, model_id: str):
+        self.dir = Path(root) / model_slug(model_id)
+        self.model_id = model_id
+
+    def _shards(self) -> list[Path]:
+        return sorted(self.dir.glob("*.ids.npy")) if self.dir.is_dir() else []
+
+    def ids(self) -> set[str]:
+        out: set[str] = set()
+        for p in self._shards():
+            out.update(x.decode() for x in np.load(p))
+        return out
+
+    def append(self, ids: list[str], vectors: np.ndarray) -> None:
+        """Add one shard atomically. ``vectors`` ``(len(ids), D)`` float32."""
+        if len(ids) == 0:
+            return
+        if len(ids) != len(vectors):
+            raise ValueError(f"{len(ids)} ids for {len(vectors)} vectors")
+        self.dir.mkdir(parents=True, exist_ok=True)
+        shards = self._shards()
+        n = int(shards[-1].name.split(".")[0]) + 1 if shards else 0
+        stem = self.dir / f"{n:06d}"
+        for path, arr in ((Path(f"{stem}.vec.npy"), np.asarray(vectors, np.float32)),
+                          (Path(f"{stem}.ids.npy"), np.array(ids, dtype="S64"))):
+            buf = io.BytesIO()
+            np.save(buf, arr)
+            atomic_write_bytes(path, buf.getvalue())
+
+    def load(self, wanted: list[str] | None = None) -> tuple[list[str], np.ndarray]:
+        """All (or the ``wanted``, in that order) ids and their ``(n, D)`` vectors.
+
+        Shards are memory-mapped, so only the rows asked for are read into RAM.
+        """
+        ids: list[str] = []
+        parts = []
+        for p in self._shards():
+            ids.extend(x.decode() for x in np.load(p))
+            parts.append(np.load(str(p).replace(".ids.npy", ".vec.npy"), mmap_mode="r"))
+        if not parts:
+            return [], np.zeros((0, 0), np.float32)
+        if wanted is None:
+            return ids, np.concatenate(parts).astype(np.float32, copy=False)
+        where = {i: k for k, i in enumerate(ids)}
+        missing = [w for w in wanted if w not in where]
+        if missing:
+            raise KeyError(f"{len(missing)} image(s) have no embedding for {self.model_id}, e.g. {missing[0]}")
+        offsets = np.cumsum([0] + [len(a) for a in parts])
+        out = np.empty((len(wanted), parts[0].shape[1]), np.float32)
+        for row, w in enumerate(wanted):
+            k = where[w]
+            s = int(np.searchsorted(offsets, k, side="right") - 1)
+            out[row] = parts[s][k - offsets[s]]
+        return list(wanted), out

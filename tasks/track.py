@@ -1,0 +1,108 @@
+"""track: one MLflow run per round (the only module that imports MLflow).
+
+Default store: SQLite inside the workspace (``mlflow.db``), artifacts in ``mlartifacts/``;
+``tracking.uri`` points elsewhere. MLflow's run state is informative only: our own files are
+the record, so a failure here is reported (TrackingError) but never loses labels.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from models.errors import TrackingError
+from tasks.config import Params, flatten
+from tasks.workspace import Workspace
+
+log = logging.getLogger(__name__)
+
+
+def tracking_uri(ws: Workspace, params: Params) -> str:
+    return params.tracking.uri or f"sqlite:///{ws.root / 'mlflow.db'}"
+
+
+def _experiment_id(client, name: str, artifact_root: Path) -> str:
+    exp = client.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    return client.create_experiment(name, artifact_location=artifact_root.as_uri())
+
+
+def confusion_png(confusion: list[list[int]], classes: list[str], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cm = np.asarray(confusion)
+    size = max(4.0, 0.5 * len(classes) + 2)
+    fig, ax = plt.subplots(figsize=(size, size))
+    ax.imshow(cm, cmap="Blues")
+    ax.set_xticks(range(len(classes)), classes, rotation=90)
+    ax.set_yticks(range(len(classes)), classes)
+    ax.set_xlabel("probe prediction (out-of-fold)")
+    ax.set_ylabel("human label")
+    for (i, j), v in np.ndenumerate(cm):
+        if v:
+            ax.text(j, i, str(v), ha="center", va="center", color="white" if v > cm.max() / 2 else "black")
+    ax.set_title("probe cross-validation confusion matrix")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def log_round(ws: Workspace, params: Params, round_no: int, metrics: dict[str, float | None],
+              artifacts: list[Path], confusion: list[list[int]] | None, estimator=None) -> str:
+    """Log one round as one finished MLflow run; return its run id."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    uri = tracking_uri(ws, params)
+    try:
+        mlflow.set_tracking_uri(uri)
+        client = MlflowClient(uri)
+        exp_id = _experiment_id(client, params.tracking.experiment, ws.root / "mlartifacts")
+        with mlflow.start_run(experiment_id=exp_id, run_name=f"round-{round_no:03d}") as run:
+            mlflow.set_tags({"coldstart.round": str(round_no), "coldstart.workspace": str(ws.root)})
+            mlflow.log_params(flatten(params))
+            mlflow.log_metrics({k: float(v) for k, v in metrics.items() if v is not None})
+            for path in artifacts:
+                if path.is_file():
+                    mlflow.log_artifact(str(path), artifact_path="review" if "review" in path.parts else None)
+            if confusion is not None:
+                with tempfile.TemporaryDirectory() as tmp:
+                    png = Path(tmp) / "probe_cv_confusion.png"
+                    confusion_png(confusion, params.ontology.class_names, png)
+                    mlflow.log_artifact(str(png), artifact_path="plots")
+            if estimator is not None:
+                import mlflow.sklearn
+                import sklearn
+
+                # Explicit requirements: inferring them costs seconds per round.
+                mlflow.sklearn.log_model(estimator, name="probe",
+                                         pip_requirements=[f"scikit-learn=={sklearn.__version__}"])
+            return run.info.run_id
+    except Exception as e:
+        raise TrackingError(
+            f"MLflow at {uri} could not record round {round_no} ({type(e).__name__}: {e}). The round's labels are "
+            f"safe in data/; fix tracking.uri in params.yaml (or the server) and run the next round."
+        ) from e
+
+
+def record_version(ws: Workspace, params: Params, run_id: str, commit: str, tag: str) -> None:
+    """Attach the git commit and round tag to a (finished) run."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri(ws, params))
+    client.set_tag(run_id, "mlflow.source.git.commit", commit)
+    client.set_tag(run_id, "coldstart.git_tag", tag)
+
+
+@task(name="track", cache_policy=NO_CACHE)
+def track_task(*args, **kwargs) -> str:
+    return log_round(*args, **kwargs)
