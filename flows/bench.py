@@ -1,0 +1,100 @@
+"""`coldstart bench prelabel`: the embed stage vs the bare forward pass vs a naive loop.
+
+All three run in one process on the same N synthetic 640x480 JPEGs, so the ratios hold for
+the machine they ran on. Weights do not change the compute, so random weights are the default.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from models.clip import ClipConfig, load_clip
+from models.zeroshot import class_text_weights
+
+
+def synthetic_jpegs(folder: Path, n: int, seed: int = 0) -> list[Path]:
+    """Smooth random 640x480 colour images (JPEG-compressible like photos, unlike noise)."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for k in range(n):
+        small = rng.integers(0, 256, (12, 16, 3), dtype=np.uint8)
+        img = Image.fromarray(small).resize((640, 480), Image.BICUBIC)
+        p = folder / f"img-{k:05d}.jpg"
+        img.save(p, quality=90)
+        paths.append(p)
+    return paths
+
+
+def _forward_img_s(clip, paths: list[Path], batch_size: int) -> float:
+    pixels = torch.stack([clip.preprocess(Image.open(p).convert("RGB")) for p in paths])
+    clip.encode_images(pixels[:batch_size])  # warm-up
+    t = time.perf_counter()
+    for i in range(0, len(pixels), batch_size):
+        clip.encode_images(pixels[i : i + batch_size])
+    return len(pixels) / (time.perf_counter() - t)
+
+
+def _naive_img_s(clip, paths: list[Path], classes: dict[str, list[str]], templates: list[str]) -> float:
+    """What a first script does: per image, decode fully, preprocess, re-encode prompts, batch 1."""
+    t = time.perf_counter()
+    for p in paths:
+        weights = class_text_weights(clip, classes, templates)
+        emb = clip.encode_images(clip.preprocess(Image.open(p).convert("RGB")).unsqueeze(0))
+        (emb @ weights.T).argmax()
+    return len(paths) / (time.perf_counter() - t)
+
+
+def bench_prelabel(n: int = 256, model: str = "ViT-B-32", pretrained: str | None = None, batch_size: int = 32,
+                   naive_n: int | None = None) -> dict:
+    from flows.demo import DIGITS, demo_params
+    from flows.round import labeling_round
+    from tasks.version import init_workspace
+
+    params = demo_params(pretrained, budget=10, model=model).replace("batch_size: 32", f"batch_size: {batch_size}")
+    with tempfile.TemporaryDirectory(prefix="coldstart-bench-") as tmp:
+        ws = init_workspace(Path(tmp) / "ws", params_text=params)
+        paths = synthetic_jpegs(ws.images, n)
+        clip = load_clip(ClipConfig(model, pretrained))
+        ontology = ws.params().ontology
+        print(f"bench prelabel: {n} synthetic 640x480 JPEGs, {model} ({clip.model_id}), batch {batch_size}, "
+              f"{torch.get_num_threads()} torch threads, device {clip.device}", flush=True)
+        forward = _forward_img_s(clip, paths, batch_size)
+        print(f"  bare forward pass on ready tensors: {forward:8.2f} img/s", flush=True)
+        t0 = time.perf_counter()
+        summary = labeling_round(workspace=str(ws.root))
+        round_s = time.perf_counter() - t0
+        embed = summary.embed_images_per_s
+        print(f"  embed stage (decode+preprocess+encode+store): {embed:8.2f} img/s", flush=True)
+        naive_paths = paths[: naive_n or min(n, 16)]
+        naive = _naive_img_s(clip, naive_paths, ontology.classes, ontology.templates)
+        print(f"  naive loop ({len(naive_paths)} images, {len(DIGITS)} classes x prompts re-encoded): {naive:8.2f} img/s")
+    overhead = round_s - n / forward
+    figures = {
+        "embed_img_s": round(embed, 3),
+        "forward_img_s": round(forward, 3),
+        "naive_img_s": round(naive, 3),
+        "round_overhead_s": round(overhead, 2),
+        "embed_vs_forward": round(embed / forward, 3),
+        "embed_vs_naive": round(embed / naive, 2),
+        "round_seconds": round(round_s, 2),
+        "stage_seconds": {k: round(v, 2) for k, v in summary.stage_seconds.items()},
+        "n_images": n,
+        "model": model,
+        "batch_size": batch_size,
+        "device": str(clip.device),
+        "machine": f"{platform.machine()} {os.cpu_count()} cpus, torch {torch.__version__}",
+    }
+    print(f"\n  embed / forward = {figures['embed_vs_forward']:.3f}   (target >= 0.85)"
+          f"\n  embed / naive   = {figures['embed_vs_naive']:.2f}    (target >= 5)"
+          f"\n  round overhead beyond model compute: {overhead:.1f} s of a {round_s:.1f} s round"
+          f"\n  stages: " + ", ".join(f"{k} {v:.1f}s" for k, v in figures["stage_seconds"].items()))
+    return figures
