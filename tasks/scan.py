@@ -82,7 +82,7 @@ def load_rgb(path: str | os.PathLike, *, max_pixels: int = 100_000_000, draft: i
     except UnidentifiedImageError:
         raise ImageDecodeError("not an image (no known image format in the file's bytes)") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise ImageDecodeError(f"decompression bomb refused by Pillow: {e}") from None
+        raise ImageDecodeError(f"image too large, refused as a decompression bomb: {e}") from None
     except (OSError, SyntaxError, ValueError) as e:
         raise ImageDecodeError(f"truncated or corrupt image data: {e}") from None
     try:

@@ -105,14 +105,19 @@ def test_three_rounds(prefect_harness, make_workspace, tmp_path):
     artifacts = {a.path for a in client.list_artifacts(runs[1].info.run_id)}
     assert "review" in artifacts
 
+    # dvc.lock at the tag describes the workspace: DVC sees every stage as up to date.
+    from dvc.repo import Repo
+
+    with contextlib.chdir(ws.root), Repo(str(ws.root)) as repo:
+        assert repo.status() == {}
+        assert {s.name for s in repo.index.stages if s.cmd} == {"scan", "embed", "intake", "train", "relabel", "select"}
+
     # Git tags, and `dvc pull` at an older tag in a fresh clone restores that round's table.
     tags = subprocess.run(["git", "tag"], cwd=ws.root, capture_output=True, text=True).stdout.split()
     assert tags == ["round-001", "round-002", "round-003"]
     clone = tmp_path / "clone"
     subprocess.run(["git", "clone", "-q", str(ws.root), str(clone)], check=True)
     subprocess.run(["git", "checkout", "-q", "round-002"], cwd=clone, check=True)
-    from dvc.repo import Repo
-
     with contextlib.chdir(clone), Repo(str(clone)) as repo:
         repo.pull(targets=["data/labels/resolved.csv"])
     assert (clone / "data/labels/resolved.csv").read_bytes() == resolved_at[2] != resolved_at[3]

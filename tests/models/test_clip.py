@@ -1,0 +1,91 @@
+import numpy as np
+import open_clip
+import pytest
+import torch
+
+from models.clip import ClipConfig, load_clip, model_id_for
+from models.errors import ConfigError, WeightsUnavailableError
+from models.zeroshot import class_text_weights, zero_shot_probs
+
+
+def test_tiny_model_encodes_unit_vectors(tiny_clip):
+    pixels = torch.rand(3, 3, tiny_clip.image_size, tiny_clip.image_size)
+    emb = tiny_clip.encode_images(pixels)
+    assert emb.shape == (3, tiny_clip.embed_dim) and emb.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-5)
+    txt = tiny_clip.encode_text(["a photo of a cat", "一张猫的照片"])
+    np.testing.assert_allclose(np.linalg.norm(txt, axis=1), 1.0, atol=1e-5)
+
+
+def test_random_weights_are_the_same_in_every_load(tiny_clip):
+    from models.clip import _load_clip_cached
+
+    fresh = _load_clip_cached.__wrapped__(ClipConfig("coldstart-tiny", None, "cpu"))
+    x = torch.rand(2, 3, 64, 64)
+    np.testing.assert_allclose(fresh.encode_images(x), tiny_clip.encode_images(x), atol=1e-6)
+    assert fresh.model_id == tiny_clip.model_id == "coldstart-tiny@random-seed0"
+
+
+def test_class_weights_equal_open_clip_reference(tiny_clip):
+    classes = {"cat": ["cat"], "dog": ["dog"], "car": ["car"]}
+    templates = ["a photo of a {}.", "a blurry photo of a {}."]
+    ours = class_text_weights(tiny_clip, classes, templates)
+    ref = open_clip.build_zero_shot_classifier(tiny_clip.model, tiny_clip.tokenizer, list(classes),
+                                               [lambda c, t=t: t.format(c) for t in templates],
+                                               num_classes_per_batch=None, device="cpu", use_tqdm=False)
+    assert np.abs(ours - ref.T.numpy()).max() <= 1e-5
+
+
+def test_zero_shot_probabilities_rows_sum_to_one():
+    rng = np.random.default_rng(0)
+    e = rng.normal(size=(5, 8)).astype(np.float32)
+    w = rng.normal(size=(3, 8)).astype(np.float32)
+    p = zero_shot_probs(e, w, 100.0)
+    np.testing.assert_allclose(p.sum(1), 1.0, rtol=1e-5)
+    assert (p.argmax(1) == (e @ w.T).argmax(1)).all()
+
+
+def test_local_checkpoint_path_is_loaded(tiny_clip, tmp_path):
+    torch.manual_seed(123)
+    other, _, _ = open_clip.create_model_and_transforms("coldstart-tiny", pretrained=None)
+    ckpt = tmp_path / "tiny.pt"
+    torch.save(other.state_dict(), ckpt)
+    loaded = load_clip(ClipConfig("coldstart-tiny", str(ckpt), "cpu"))
+    assert loaded.model_id.startswith("coldstart-tiny@file-") and loaded.model_id == model_id_for(
+        ClipConfig("coldstart-tiny", str(ckpt)))
+    x = torch.rand(2, 3, 64, 64)
+    with torch.inference_mode():
+        expected = torch.nn.functional.normalize(other.eval().encode_image(x), dim=-1).numpy()
+    np.testing.assert_allclose(loaded.encode_images(x), expected, atol=1e-5)
+    assert not np.allclose(tiny_clip.encode_images(x), expected, atol=1e-3)
+
+
+def test_missing_weights_fail_with_instructions(tmp_path):
+    with pytest.raises(WeightsUnavailableError, match="does not exist"):
+        load_clip(ClipConfig("coldstart-tiny", str(tmp_path / "nope.safetensors"), "cpu"))
+    with pytest.raises(ConfigError, match="not a pretrained tag"):
+        load_clip(ClipConfig("ViT-B-32", "no_such_tag", "cpu"))
+    with pytest.raises(ConfigError, match="unknown open_clip architecture"):
+        load_clip(ClipConfig("ViT-Nope", None, "cpu"))
+
+
+@pytest.mark.slow
+def test_hub_tag_offline_says_what_was_tried():
+    # HF_HUB_OFFLINE=1 (conftest): the hub is not reachable, as on this machine.
+    with pytest.raises(WeightsUnavailableError) as e:
+        load_clip(ClipConfig("ViT-B-32", "laion2b_s34b_b79k", "cpu"))
+    assert "Hugging Face hub" in str(e.value) and "model.pretrained" in str(e.value)
+
+
+@pytest.mark.weights
+def test_real_weights_label_a_synthetic_image_when_available():
+    try:
+        clip = load_clip(ClipConfig("ViT-B-32", "laion2b_s34b_b79k", "cpu"))
+    except WeightsUnavailableError:
+        pytest.skip("ViT-B-32 laion2b_s34b_b79k weights are not in the local cache")
+    from PIL import Image
+
+    red, blue = Image.new("RGB", (224, 224), (220, 20, 20)), Image.new("RGB", (224, 224), (20, 20, 220))
+    w = class_text_weights(clip, {"red": ["a red square"], "blue": ["a blue square"]}, ["a photo of {}."])
+    emb = clip.encode_images(torch.stack([clip.preprocess(red), clip.preprocess(blue)]))
+    assert list(zero_shot_probs(emb, w, clip.logit_scale).argmax(1)) == [0, 1]

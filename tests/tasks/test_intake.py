@@ -1,0 +1,96 @@
+import pytest
+
+from tasks.config import ScanConfig
+from tasks.intake import human_labels, intake, read_events
+from tasks.scan import scan
+from tasks.workspace import Workspace, read_csv
+from tests.conftest import write_image
+
+CLASSES = ["cat", "dog", "划痕"]
+
+
+@pytest.fixture
+def ws(tmp_path):
+    (tmp_path / "params.yaml").write_text("")
+    w = Workspace(tmp_path)
+    for k, name in enumerate(["a.jpg", "b.jpg", "sub/c.jpg", "图片/d.jpg"]):
+        write_image(w.images / name, seed=k, fmt="JPEG")
+    (w.images / "broken.jpg").write_bytes(b"")
+    scan(w, ScanConfig(), round_no=1)
+    w.inbox.mkdir(parents=True, exist_ok=True)
+    return w
+
+
+def ids(ws):
+    return {r["path"]: r["image_id"] for r in read_csv(ws.manifest)}
+
+
+def drop(ws, name, text, encoding="utf-8"):
+    (ws.inbox / name).write_bytes(text.encode(encoding))
+
+
+def test_good_file_is_merged_with_provenance(ws):
+    drop(ws, "good.csv", f"image,label,annotator\na.jpg,cat,ann\nsub/c.jpg,dog,\n{ids(ws)['b.jpg']},划痕,bo\n"
+                         f"图片/d.jpg,,\n")
+    r = intake(ws, CLASSES, round_no=2)
+    assert r.files_accepted == ["data/inbox/good.csv"] and r.events_added == 3 and r.rows_skipped_blank == 1
+    events = read_events(ws)
+    assert [(e.label, e.annotator, e.source_row, e.round) for e in events] == [
+        ("cat", "ann", 2, 2), ("dog", "", 3, 2), ("划痕", "bo", 4, 2)]
+    assert human_labels(events)[ids(ws)["b.jpg"]] == "划痕"
+    assert (ws.imported / "good.csv").is_file() and not (ws.inbox / "good.csv").exists()
+
+
+def test_bad_file_rejected_whole_with_every_problem(ws):
+    drop(ws, "bad.csv", "image,label\n"
+                        "a.jpg,cat\n"               # fine, but must not be merged
+                        "a.jpg,dog\n"               # conflicts with row 2
+                        "b.jpg,Cat\n"               # unknown class (case)
+                        "../../etc/passwd,cat\n"    # outside the image root
+                        "/abs/x.jpg,cat\n"
+                        "file:///x.jpg,cat\n"
+                        "nope.jpg,dog\n"            # unknown image
+                        "broken.jpg,dog\n")         # quarantined
+    r = intake(ws, CLASSES, round_no=2)
+    assert r.files_rejected == ["data/inbox/bad.csv"] and r.events_added == 0
+    assert read_events(ws) == []
+    report = (ws.rejected / "bad.csv.errors.txt").read_text()
+    for expected in ["row 3: conflicting labels", "row 4: unknown class 'Cat' (did you mean 'cat'?)",
+                     "row 5: path '../../etc/passwd' points outside", "row 6: path '/abs/x.jpg' points outside",
+                     "row 7: 'file:///x.jpg' is a URL", "row 8: unknown image 'nope.jpg'",
+                     "row 9: image 'broken.jpg' is quarantined"]:
+        assert expected in report, expected
+    assert (ws.rejected / "bad.csv").read_bytes().startswith(b"image,label")
+
+
+@pytest.mark.parametrize("name, text, message", [
+    ("empty.csv", "", "file is empty"),
+    ("header.csv", "file,answer\na.jpg,cat\n", "must have a 'label' column"),
+    ("only-header.csv", "image,label\n", "no data rows"),
+    ("labels.json", "[]", "unsupported file type .json"),
+])
+def test_malformed_files_rejected(ws, name, text, message):
+    drop(ws, name, text)
+    r = intake(ws, CLASSES, round_no=2)
+    assert r.files_rejected and message in r.problems[0]
+    assert (ws.rejected / name).exists()
+
+
+def test_reimport_is_a_noop_and_later_files_correct_earlier(ws):
+    drop(ws, "one.csv", "image,label\na.jpg,cat\n")
+    intake(ws, CLASSES, round_no=2)
+    drop(ws, "one-again.csv", "image,label\na.jpg,cat\n")  # same bytes, other name
+    r = intake(ws, CLASSES, round_no=3)
+    assert r.files_already_imported == ["data/inbox/one-again.csv"] and r.events_added == 0
+    drop(ws, "fix.csv", "image,label\na.jpg,dog\n")
+    intake(ws, CLASSES, round_no=3)
+    events = read_events(ws)
+    assert len(events) == 2 and human_labels(events)[ids(ws)["a.jpg"]] == "dog"
+
+
+def test_excel_encodings_and_formula_escape(ws):
+    drop(ws, "gbk.csv", "image,label\n图片/d.jpg,划痕\n", encoding="gb18030")
+    drop(ws, "bom.csv", "\ufeffimage,label\n'=a.jpg,cat\n".replace("'=a.jpg", "a.jpg"))
+    r = intake(ws, CLASSES, round_no=2)
+    assert sorted(r.files_accepted) == ["data/inbox/bom.csv", "data/inbox/gbk.csv"]
+    assert sorted(human_labels(read_events(ws)).values()) == ["cat", "划痕"]

@@ -1,0 +1,74 @@
+import io
+import shutil
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tasks.config import ScanConfig
+from tasks.scan import ImageDecodeError, load_rgb, scan
+from tasks.workspace import Workspace, read_csv
+from tests.conftest import write_image
+
+
+@pytest.fixture
+def ws(tmp_path):
+    (tmp_path / "params.yaml").write_text("")
+    return Workspace(tmp_path)
+
+
+def test_scan_quarantines_bad_files_and_dedupes(ws):
+    write_image(ws.images / "a.jpg", seed=1, fmt="JPEG")
+    write_image(ws.images / "子目录" / "b.png", seed=2)
+    shutil.copyfile(ws.images / "a.jpg", ws.images / "copy of a.jpg")
+    t = write_image(ws.images / "trunc.jpg", seed=3, size=(128, 128), fmt="JPEG")
+    t.write_bytes(t.read_bytes()[:600])
+    (ws.images / "zero.jpg").write_bytes(b"")
+    (ws.images / "page.jpg").write_text("<html></html>")
+    Image.new("RGB", (3000, 3000)).save(ws.images / "big.png")
+    r = scan(ws, ScanConfig(max_pixels=5_000_000), round_no=1)
+    assert (r.images, r.quarantined, r.duplicates, r.new_images) == (2, 4, 1, 2)
+    reasons = {q["path"]: q["reason"] for q in read_csv(ws.quarantine)}
+    assert set(reasons) == {"trunc.jpg", "zero.jpg", "page.jpg", "big.png"}
+    assert "truncated" in reasons["trunc.jpg"] and "empty" in reasons["zero.jpg"]
+    assert "not an image" in reasons["page.jpg"] and "scan.max_pixels" in reasons["big.png"]
+    rows = {m["path"]: m["image_id"] for m in read_csv(ws.manifest)}
+    assert rows["a.jpg"] == rows["copy of a.jpg"] and "子目录/b.png" in rows
+    # A second scan finds nothing new; a fixed file leaves quarantine.
+    (ws.images / "zero.jpg").unlink()
+    write_image(ws.images / "page.jpg", seed=4, fmt="JPEG")
+    r2 = scan(ws, ScanConfig(max_pixels=5_000_000), round_no=2)
+    assert (r2.images, r2.quarantined, r2.new_images) == (3, 2, 1)
+
+
+def test_exif_orientation_applied(tmp_path):
+    img = Image.new("RGB", (40, 20), (255, 0, 0))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to display
+    img.save(tmp_path / "o.jpg", exif=exif)
+    assert load_rgb(tmp_path / "o.jpg").size == (20, 40)
+
+
+def test_modes_normalise_to_rgb8(tmp_path):
+    arr16 = np.full((4, 4), 32768, dtype=np.uint16)
+    Image.fromarray(arr16).save(tmp_path / "g16.png")
+    out = np.asarray(load_rgb(tmp_path / "g16.png"))
+    assert out.dtype == np.uint8 and out.shape == (4, 4, 3) and abs(int(out[0, 0, 0]) - 128) <= 1
+    Image.new("RGBA", (4, 4), (0, 0, 0, 0)).save(tmp_path / "t.png")
+    assert np.asarray(load_rgb(tmp_path / "t.png"))[0, 0].tolist() == [255, 255, 255]
+    Image.new("CMYK", (4, 4), (0, 255, 255, 0)).save(tmp_path / "c.jpg")
+    assert load_rgb(tmp_path / "c.jpg").mode == "RGB"
+
+
+def test_draft_decodes_jpeg_at_reduced_scale(tmp_path):
+    write_image(tmp_path / "big.jpg", size=(960, 1280), fmt="JPEG")
+    assert load_rgb(tmp_path / "big.jpg", draft=224).size[0] < 1280
+    assert load_rgb(tmp_path / "big.jpg").size == (1280, 960)
+
+
+def test_bomb_header_refused_before_decoding(tmp_path):
+    buf = io.BytesIO()
+    Image.new("L", (20000, 20000)).save(buf, "PNG")
+    (tmp_path / "bomb.png").write_bytes(buf.getvalue())
+    with pytest.raises(ImageDecodeError, match="too large"):
+        load_rgb(tmp_path / "bomb.png", max_pixels=100_000_000)
