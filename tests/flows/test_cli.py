@@ -73,3 +73,14 @@ def test_round_without_weights_says_how_to_fix(prefect_harness, make_workspace, 
     err = capsys.readouterr().err
     assert "could not load pretrained weights ViT-B-32/laion2b_s34b_b79k" in err and "model.pretrained" in err
     assert ws.round_tags() == []
+
+
+@pytest.mark.slow
+def test_bench_prelabel_writes_its_figures(prefect_harness, tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    assert cli(["bench", "prelabel", "--n", "6", "--model", "coldstart-tiny", "--batch-size", "4",
+                "--json", str(out)]) == 0
+    figures = json.loads(out.read_text())
+    for key in ("embed_img_s", "forward_img_s", "naive_img_s", "round_overhead_s"):
+        assert figures[key] > 0 or key == "round_overhead_s", key
+    assert figures["n_images"] == 6 and "embed / forward" in capsys.readouterr().out
