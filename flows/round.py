@@ -168,7 +168,7 @@ def _round(ws: Workspace) -> RoundSummary:
     try:
         metrics["seconds_total"] = time.perf_counter() - t0
         summary.run_id = track_task(ws, params, round_no, metrics, artifacts, trained.confusion,
-                                    trained.probe.estimator if trained.model == "probe" else None)
+                                    trained.probe.estimator if trained.probe is not None else None)
     except TrackingError as e:
         tracking_error = e  # version the data anyway; report after
     timers["track"] = time.perf_counter() - t

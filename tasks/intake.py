@@ -28,7 +28,6 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from models.errors import LabelFileError
-from tasks.scan import image_table
 from tasks.workspace import Workspace, atomic_write_bytes, atomic_write_text, read_csv
 
 log = logging.getLogger(__name__)
@@ -63,7 +62,7 @@ def read_events(ws: Workspace) -> list[LabelEvent]:
     if not ws.events.is_file():
         return []
     events = []
-    for n, line in enumerate(ws.events.read_text(encoding="utf-8").splitlines(), 1):
+    for line in ws.events.read_text(encoding="utf-8").splitlines():
         if line.strip():
             events.append(LabelEvent(**json.loads(line)))
     return events
@@ -93,7 +92,7 @@ def _clean(value: str | None) -> str:
     return value
 
 
-def _resolve_image(ref: str, images_root: Path, by_path: dict[str, str], known: set[str],
+def _resolve_image(ref: str, by_path: dict[str, str], known: set[str],
                    quarantined: dict[str, str]) -> tuple[str | None, str | None]:
     """An image reference (content id or path under the image root) -> (image id, problem)."""
     low = ref.lower()
@@ -157,7 +156,7 @@ def validate_file(path: Path, raw: bytes, ws: Workspace, classes: list[str]) -> 
             continue
         image_id = None
         for ref in refs:
-            got, problem = _resolve_image(ref, ws.images, by_path, known, quarantined)
+            got, problem = _resolve_image(ref, by_path, known, quarantined)
             if problem:
                 problems.append(f"row {rowno}: {problem}")
                 image_id = None

@@ -8,6 +8,7 @@ import shutil
 import subprocess
 
 import mlflow
+import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
@@ -103,7 +104,13 @@ def test_three_rounds(prefect_harness, make_workspace, tmp_path):
         assert run.data.params["model.name"] == "coldstart-tiny"
     assert "label_churn" in runs[2].data.metrics and "seconds_embed" in runs[0].data.metrics
     artifacts = {a.path for a in client.list_artifacts(runs[1].info.run_id)}
-    assert "review" in artifacts
+    assert {"review", "plots"} <= artifacts  # the batch, and the probe's CV confusion matrix
+    # The fitted probe is an MLflow model that loads back and predicts over the probe's classes.
+    import mlflow.sklearn
+
+    mlflow.set_tracking_uri(f"sqlite:///{ws.root / 'mlflow.db'}")
+    probe = mlflow.sklearn.load_model(f"runs:/{runs[2].info.run_id}/probe")
+    assert probe.predict_proba(np.zeros((1, probe.n_features_in_))).shape[1] == len(probe.classes_) >= 2
 
     # dvc.lock at the tag describes the workspace: DVC sees every stage as up to date.
     from dvc.repo import Repo
