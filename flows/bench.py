@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 
 from models.clip import ClipConfig, load_clip
-from models.zeroshot import class_text_weights
+from models.zeroshot import text_weights
 
 
 def synthetic_jpegs(folder: Path, n: int, seed: int = 0) -> list[Path]:
@@ -43,11 +43,11 @@ def _forward_img_s(clip, paths: list[Path], batch_size: int) -> float:
     return len(pixels) / (time.perf_counter() - t)
 
 
-def _naive_img_s(clip, paths: list[Path], classes: dict[str, list[str]], templates: list[str]) -> float:
+def _naive_img_s(clip, paths: list[Path], prompts: list[list[str]]) -> float:
     """What a first script does: per image, decode fully, preprocess, re-encode prompts, batch 1."""
     t = time.perf_counter()
     for p in paths:
-        weights = class_text_weights(clip, classes, templates)
+        weights = text_weights(clip, prompts)
         emb = clip.encode_images(clip.preprocess(Image.open(p).convert("RGB")).unsqueeze(0))
         (emb @ weights.T).argmax()
     return len(paths) / (time.perf_counter() - t)
@@ -75,7 +75,7 @@ def bench_prelabel(n: int = 256, model: str = "ViT-B-32", pretrained: str | None
         embed = summary.embed_images_per_s
         print(f"  embed stage (decode+preprocess+encode+store): {embed:8.2f} img/s", flush=True)
         naive_paths = paths[: naive_n or min(n, 16)]
-        naive = _naive_img_s(clip, naive_paths, ontology.classes, ontology.templates)
+        naive = _naive_img_s(clip, naive_paths, ontology.prompts())
         print(f"  naive loop ({len(naive_paths)} images, {len(DIGITS)} classes x prompts re-encoded): {naive:8.2f} img/s")
     overhead = round_s - n / forward
     in_stages = sum(summary.stage_seconds.values())

@@ -42,6 +42,8 @@ def format_summary(s) -> str:
         f"  review      {s.batch_size} images: {', '.join(s.review_files) or '-'}",
         f"  mlflow run  {s.run_id}",
     ]
+    for w in s.warnings:
+        lines.append("  WARNING " + w)
     for p in s.problems:
         lines.append("  REJECTED " + p.replace("\n", "\n  "))
     return "\n".join(lines)
@@ -92,10 +94,50 @@ def cmd_stage(a) -> int:
         elif a.name == "intake":
             print(intake.intake(ws, params.ontology.class_names, rnd))
         elif a.name in ("train", "relabel"):
-            trained, relabeled, _ = classify(ws, params, load_clip(clip_config(params)), rnd, {})
+            trained, relabeled, _, _ = classify(ws, params, load_clip(clip_config(params)), rnd, {})
             print(trained.reason if a.name == "train" else relabeled)
         elif a.name == "select":
             print(select.select(ws, params.round, rnd))
+    return 0
+
+
+def cmd_prompts(a) -> int:
+    """Class weight matrix (saved as .npy), ontology warnings, and optionally the ablation."""
+    import numpy as np
+
+    from flows.round import clip_config, model_inputs, zero_shot_head
+    from models.clip import load_clip
+    from tasks.intake import human_labels, read_events
+    from tasks.workspace import Workspace
+
+    ws = Workspace.open(a.workspace)
+    params = ws.params()
+    clip = load_clip(clip_config(params))
+    head, warnings = zero_shot_head(ws, params, clip)
+    onto = params.ontology
+    print(f"{clip.model_id}: {len(onto.scoring_classes)} classes -> {len(onto.class_names)} labels, "
+          f"{sum(len(p) for p in onto.prompts())} prompts")
+    for w in warnings:
+        print(f"WARNING {w}")
+    if a.save:
+        np.save(a.save, head.weights.astype(np.float32))
+        print(f"saved the class weight matrix {head.weights.shape} (classes x dim, float32, ontology order) to {a.save}")
+    if a.ablate:
+        from tasks.prompts import ablate
+
+        ids, _, X = model_inputs(ws, clip)
+        humans = human_labels(read_events(ws))
+        keep = [k for k, i in enumerate(ids) if i in humans]
+        if not keep:
+            print("no human labels yet: run a round and answer a review batch first")
+            return 0
+        y = np.array([onto.class_names.index(humans[ids[k]]) for k in keep])
+        rows = ablate(clip, onto, X[keep], y)
+        print(f"\nzero-shot accuracy on {len(keep)} human-labeled images:")
+        for r in rows:
+            extra = f"   (recall of its class {r.class_recall:.1%})" if r.class_recall is not None else ""
+            print(f"  {r.accuracy:6.1%}  {r.variant}{extra}")
+        _write_json(a.json, [r.__dict__ for r in rows])
     return 0
 
 
@@ -148,6 +190,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("name", choices=STAGES)
     ws_arg(s)
     s.set_defaults(fn=cmd_stage)
+
+    s = sub.add_parser("prompts", help="class weight matrix, confusable-class warnings, prompt ablation")
+    ws_arg(s)
+    s.add_argument("--save", help="write the class weight matrix (classes x dim, float32) to this .npy file")
+    s.add_argument("--ablate", action="store_true", help="accuracy of each prompt variant on the human labels")
+    s.add_argument("--json", help="with --ablate: also write the ablation rows as JSON")
+    s.set_defaults(fn=cmd_prompts)
 
     s = sub.add_parser("demo", help="3 simulated rounds on scikit-learn's digits")
     s.add_argument("--workspace", "-w", default="demo-workspace", help="where to build the demo workspace")

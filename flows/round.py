@@ -18,7 +18,7 @@ from prefect import flow
 
 from models.clip import ClipConfig, ClipModel, load_clip
 from models.errors import TrackingError
-from models.zeroshot import class_text_weights, zero_shot_probs
+from models.zeroshot import ZeroShotHead, prompt_warnings
 from tasks import train as train_mod
 from tasks.config import Params
 from tasks.embed import embed_task
@@ -26,7 +26,7 @@ from tasks.intake import human_labels, intake_task, read_events
 from tasks.relabel import relabel_task
 from tasks.scan import image_table, scan_task
 from tasks.select import latest_audit, select_task
-from tasks.store import EmbeddingStore
+from tasks.store import EmbeddingStore, cached_text_weights
 from tasks.track import record_version, track_task
 from tasks.version import version_task
 from tasks.workspace import Workspace
@@ -65,6 +65,7 @@ class RoundSummary:
     commit: str | None = None
     tag: str | None = None
     problems: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # about the ontology (confusable, script)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -84,28 +85,37 @@ def model_inputs(ws: Workspace, clip: ClipModel) -> tuple[list[str], list[str], 
     return ids, [table[i] for i in ids], X
 
 
+def zero_shot_head(ws: Workspace, params: Params, clip: ClipModel) -> tuple[ZeroShotHead, list[str]]:
+    """The ontology's zero-shot head for this model (text weights cached), and its warnings."""
+    onto = params.ontology
+    prompts = onto.prompts()
+    weights = cached_text_weights(ws.text_cache, clip, prompts)
+    warnings = prompt_warnings(clip, onto.scoring_classes, prompts, weights, onto.confusable_threshold)
+    head = ZeroShotHead(weights, np.array(onto.label_of_class), len(onto.class_names), clip.logit_scale)
+    return head, warnings
+
+
 def classify(ws: Workspace, params: Params, clip: ClipModel, round_no: int, timers: dict[str, float]):
     """train + relabel: shared by the flow and `coldstart stage train|relabel`."""
     classes = params.ontology.class_names
     ids, paths, X = model_inputs(ws, clip)
     humans = human_labels(read_events(ws))
-    weights = class_text_weights(clip, params.ontology.classes, params.ontology.templates)
+    head, warnings = zero_shot_head(ws, params, clip)
     t = time.perf_counter()
     labeled = [k for k, i in enumerate(ids) if i in humans]
     y = np.array([classes.index(humans[ids[k]]) for k in labeled], dtype=int)
-    trained = train_mod.train_task(X[labeled], y, weights, clip.logit_scale, params.train,
-                                   center=X.mean(0), scale=X.std(0) + 1e-6)
+    trained = train_mod.train_task(X[labeled], y, head, params.train, center=X.mean(0), scale=X.std(0) + 1e-6)
     train_mod.save(ws, trained, clip.model_id)
     timers["train"] = time.perf_counter() - t
     t = time.perf_counter()
     if trained.model == "probe":
         probs, model_id = trained.probe.head.predict_proba(X), f"{clip.model_id}+probe-r{round_no:03d}"
     else:
-        probs, model_id = zero_shot_probs(X, weights, clip.logit_scale), f"{clip.model_id}+zero-shot"
+        probs, model_id = head.predict_proba(X), f"{clip.model_id}+zero-shot"
     relabeled = relabel_task(ws, ids, paths, probs, classes, humans, source=trained.model, model_id=model_id,
                              round_no=round_no, threshold=params.round.confidence_threshold)
     timers["relabel"] = time.perf_counter() - t
-    return trained, relabeled, humans
+    return trained, relabeled, humans, warnings
 
 
 @flow(name="labeling_round")
@@ -132,7 +142,7 @@ def _round(ws: Workspace) -> RoundSummary:
     clip = timed("load_model", load_clip, clip_config(params))
     embedded = timed("embed", embed_task, ws, clip, params.model)
     taken = timed("intake", intake_task, ws, params.ontology.class_names, round_no)
-    trained, relabeled, humans = classify(ws, params, clip, round_no, timers)
+    trained, relabeled, humans, warnings = classify(ws, params, clip, round_no, timers)
     audit = latest_audit(ws, humans, round_no)
     selected = timed("select", select_task, ws, params.round, round_no)
     events = read_events(ws)
@@ -147,7 +157,7 @@ def _round(ws: Workspace) -> RoundSummary:
         audit_accuracy=audit.accuracy if audit else None, audit_n=audit.n if audit else 0,
         audit_round=audit.round if audit else None, batch_size=selected.batch_size,
         review_files=selected.files, seconds=0.0, stage_seconds=timers,
-        embed_images_per_s=embedded.images_per_s, problems=taken.problems,
+        embed_images_per_s=embedded.images_per_s, problems=taken.problems, warnings=warnings,
     )
     metrics = {
         "images": scanned.images, "new_images": scanned.new_images, "quarantined": scanned.quarantined,

@@ -83,7 +83,7 @@ def resolve_device(device: str) -> torch.device:
     return dev
 
 
-def _register_project_configs() -> None:
+def register_project_configs() -> None:
     import open_clip
 
     if "coldstart-tiny" not in open_clip.list_models():
@@ -122,7 +122,7 @@ def load_clip(cfg: ClipConfig) -> ClipModel:
 def _load_clip_cached(cfg: ClipConfig) -> ClipModel:
     import open_clip
 
-    _register_project_configs()
+    register_project_configs()
     if cfg.name not in open_clip.list_models():
         raise ConfigError(
             f"model.name: unknown open_clip architecture {cfg.name!r} "

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from models.errors import ConfigError
 
@@ -24,38 +24,120 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class OntologyConfig(_Section):
-    """Class name -> one or more descriptions, plus prompt templates with one ``{}`` each."""
+def template_set(name: str) -> list[str]:
+    """Built-in prompt template sets, by name (open_clip's ImageNet templates)."""
+    from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES, SIMPLE_IMAGENET_TEMPLATES
 
-    templates: list[str] = Field(default_factory=lambda: ["a photo of {}."], min_length=1)
-    classes: dict[str, list[str]]
+    sets = {"imagenet80": OPENAI_IMAGENET_TEMPLATES, "simple7": SIMPLE_IMAGENET_TEMPLATES}
+    if name == "plain":
+        return ["a photo of {}."]
+    if name not in sets:
+        raise ValueError(f"unknown template set {name!r}; built-in sets: {', '.join(TEMPLATE_SETS)}, or give a list")
+    return [t("{}") for t in sets[name]]
 
-    @field_validator("templates")
+
+TEMPLATE_SETS = ("imagenet80", "simple7", "plain")
+
+
+def _templates(value: Any) -> list[str]:
+    templates = template_set(value) if isinstance(value, str) else value
+    if not isinstance(templates, list) or not templates:
+        raise ValueError("give a template set name (imagenet80, simple7, plain) or a non-empty list of templates")
+    for t in templates:
+        if not isinstance(t, str) or t.count("{}") != 1:
+            raise ValueError(f"template {t!r} must contain exactly one '{{}}' where the description goes")
+    return [unicodedata.normalize("NFC", t) for t in templates]
+
+
+class ClassSpec(_Section):
+    """One class: what the model reads (descriptions x templates) and how its label is stored."""
+
+    descriptions: list[str] = Field(min_length=1)
+    templates: list[str] | None = None  # None: the ontology's templates
+    negative: bool = False  # a "nothing wrong" class: stored under ontology.negative_label
+
+    @field_validator("descriptions")
     @classmethod
-    def _one_slot(cls, templates: list[str]) -> list[str]:
-        for t in templates:
-            if t.count("{}") != 1:
-                raise ValueError(f"template {t!r} must contain exactly one '{{}}' where the description goes")
-        return [unicodedata.normalize("NFC", t) for t in templates]
+    def _non_empty(cls, descs: list[str]) -> list[str]:
+        if not all(isinstance(d, str) and d.strip() for d in descs):
+            raise ValueError("descriptions must be non-empty strings")
+        return [unicodedata.normalize("NFC", d) for d in descs]
+
+    @field_validator("templates", mode="before")
+    @classmethod
+    def _tpl(cls, value: Any) -> Any:
+        return None if value is None else _templates(value)
+
+
+class OntologyConfig(_Section):
+    """Classes described in words, and prompt templates with one ``{}`` each.
+
+    A class is either a list of descriptions or a mapping with ``descriptions``, optional
+    ``templates`` (a list, or a set name) replacing the ontology's, and ``negative: true`` for
+    classes such as "a flawless part" or "background": they are scored like any class, and all
+    negatives are stored under ``negative_label``. *Scoring classes* are the classes as written
+    (rows of the text-weight matrix); *labels* are what the label table stores.
+    """
+
+    templates: list[str] = Field(default_factory=lambda: ["a photo of {}."])
+    negative_label: str = "ok"
+    # Two classes whose text embeddings have a cosine above this are reported as confusable.
+    confusable_threshold: float = Field(0.95, gt=0, le=1)
+    classes: dict[str, ClassSpec]
+
+    @field_validator("templates", mode="before")
+    @classmethod
+    def _tpl(cls, value: Any) -> list[str]:
+        return _templates(value)
 
     @field_validator("classes", mode="before")
     @classmethod
-    def _descriptions(cls, classes: Any) -> Any:
+    def _classes(cls, classes: Any) -> Any:
         if not isinstance(classes, dict) or len(classes) < 2:
             raise ValueError("give at least two classes, as a mapping: class name -> list of descriptions")
         out = {}
-        for name, descs in classes.items():
-            if isinstance(descs, str):
-                descs = [descs]
-            if not descs or not all(isinstance(d, str) and d.strip() for d in descs):
-                raise ValueError(f"class {name!r}: give one or more non-empty descriptions")
+        for name, spec in classes.items():
+            if isinstance(spec, str):
+                spec = [spec]
+            if isinstance(spec, list):
+                spec = {"descriptions": spec}
+            if not isinstance(spec, dict):
+                raise ValueError(f"class {name!r}: give a list of descriptions or a mapping with 'descriptions'")
             # Labels are matched after NFC normalisation everywhere (RELIABILITY.md).
-            out[unicodedata.normalize("NFC", str(name).strip())] = [unicodedata.normalize("NFC", d) for d in descs]
+            out[unicodedata.normalize("NFC", str(name).strip())] = spec
         return out
+
+    @model_validator(mode="after")
+    def _labels_distinct(self) -> "OntologyConfig":
+        has_negatives = any(spec.negative for spec in self.classes.values())
+        if has_negatives and self.negative_label in self.classes and not self.classes[self.negative_label].negative:
+            raise ValueError(f"negative_label {self.negative_label!r} is also a class that is not negative")
+        return self
+
+    @property
+    def scoring_classes(self) -> list[str]:
+        return list(self.classes)
 
     @property
     def class_names(self) -> list[str]:
-        return list(self.classes)
+        """The labels, in ontology order; all negative classes collapse into ``negative_label``."""
+        labels: list[str] = []
+        for name, spec in self.classes.items():
+            label = self.negative_label if spec.negative else name
+            if label not in labels:
+                labels.append(label)
+        return labels
+
+    @property
+    def label_of_class(self) -> list[int]:
+        """``(S,)`` index into ``class_names`` for each scoring class."""
+        labels = self.class_names
+        return [labels.index(self.negative_label if s.negative else n) for n, s in self.classes.items()]
+
+    def prompts(self) -> list[list[str]]:
+        """Per scoring class, every template x description prompt."""
+        return [[t.format(d) for d in spec.descriptions for t in (spec.templates or self.templates)]
+                for spec in self.classes.values()]
 
 
 class ModelConfig(_Section):

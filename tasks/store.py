@@ -77,3 +77,25 @@ class EmbeddingStore:
             s = int(np.searchsorted(offsets, k, side="right") - 1)
             out[row] = parts[s][k - offsets[s]]
         return list(wanted), out
+
+
+def cached_text_weights(root: Path, clip, prompts: list[list[str]]) -> np.ndarray:
+    """Class text weights ``(S, D)`` for ``prompts``, computed once per (model, prompts).
+
+    Cached in ``root/<model-slug>/<sha256 of the prompts>.npy``: a changed description or
+    template changes the key, so a stale matrix is never used.
+    """
+    import hashlib
+    import json
+
+    from models.zeroshot import text_weights
+
+    key = hashlib.sha256(json.dumps(prompts, ensure_ascii=False).encode("utf-8")).hexdigest()[:24]
+    path = Path(root) / model_slug(clip.model_id) / f"{key}.npy"
+    if path.is_file():
+        return np.load(path, allow_pickle=False)
+    weights = text_weights(clip, prompts)
+    buf = io.BytesIO()
+    np.save(buf, weights)
+    atomic_write_bytes(path, buf.getvalue())
+    return weights

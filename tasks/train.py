@@ -15,7 +15,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from models.probe import LinearHead, ProbeFit, fit_probe
-from models.zeroshot import zero_shot_probs
+from models.zeroshot import ZeroShotHead
 from tasks.config import TrainConfig
 from tasks.workspace import Workspace, atomic_write_bytes, atomic_write_text
 
@@ -35,16 +35,16 @@ class TrainResult:
     probe: ProbeFit | None
 
 
-def train(X: np.ndarray, y: np.ndarray, text_weights: np.ndarray, logit_scale: float, cfg: TrainConfig,
+def train(X: np.ndarray, y: np.ndarray, zero_shot: ZeroShotHead, cfg: TrainConfig,
           center: np.ndarray | None = None, scale: np.ndarray | None = None) -> TrainResult:
     """``X`` ``(N, D)`` embeddings of the human-labeled images, ``y`` ``(N,)`` class indices.
 
     ``center``/``scale`` ``(D,)``: feature statistics over every image, for the probe.
     """
-    n, C = len(y), len(text_weights)
+    n, C = len(y), zero_shot.n_labels
     if n == 0:
         return TrainResult(0, "zero-shot", "no human labels yet", None, None, None, None)
-    zs_acc = float((zero_shot_probs(X, text_weights, logit_scale).argmax(1) == y).mean())
+    zs_acc = float((zero_shot.predict_proba(X).argmax(1) == y).mean())
     if n < cfg.min_labels or len(np.unique(y)) < 2:
         return TrainResult(n, "zero-shot", f"{n} human label(s) of {len(np.unique(y))} class(es): too few for a probe "
                            f"(need train.min_labels={cfg.min_labels} and two classes)", None, zs_acc, None, None)

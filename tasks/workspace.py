@@ -55,6 +55,7 @@ class Workspace:
     manifest = property(lambda self: self.root / "data" / "store" / "manifest.csv")
     quarantine = property(lambda self: self.root / "data" / "store" / "quarantine.csv")
     embeddings = property(lambda self: self.root / "data" / "store" / "embeddings")
+    text_cache = property(lambda self: self.root / "data" / "store" / "text")
     probs = property(lambda self: self.root / "data" / "store" / "probs.npz")
     model_dir = property(lambda self: self.root / "data" / "models")
     metrics_dir = property(lambda self: self.root / "data" / "metrics")

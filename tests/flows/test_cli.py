@@ -84,3 +84,47 @@ def test_bench_prelabel_writes_its_figures(prefect_harness, tmp_path, capsys):
     for key in ("embed_img_s", "forward_img_s", "naive_img_s", "round_overhead_s"):
         assert figures[key] > 0 or key == "round_overhead_s", key
     assert figures["n_images"] == 6 and "embed / forward" in capsys.readouterr().out
+
+
+def test_prompts_saves_the_round_weights_from_a_local_checkpoint_and_ablates(make_workspace, tmp_path, capsys):
+    import numpy as np
+    import open_clip
+    import torch
+
+    from flows.demo import write_digits
+    from models.clip import ClipConfig, load_clip, register_project_configs
+    from models.zeroshot import text_weights
+
+    register_project_configs()
+    ws = make_workspace()
+    truth = write_digits(ws.images, n=24, size=32)
+    torch.manual_seed(7)
+    model, _, _ = open_clip.create_model_and_transforms("coldstart-tiny", pretrained=None)
+    (ws.root / "weights").mkdir()
+    torch.save(model.state_dict(), ws.root / "weights" / "tiny.pt")
+    ws.params_file.write_text(ws.params_file.read_text().replace("pretrained: null", "pretrained: weights/tiny.pt"))
+
+    out = tmp_path / "w.npy"
+    assert cli(["prompts", "-w", str(ws.root), "--save", str(out)]) == 0
+    saved = np.load(out)
+    expected = text_weights(load_clip(ClipConfig("coldstart-tiny", str(ws.root / "weights/tiny.pt"), "auto")),
+                            ws.params().ontology.prompts())
+    assert saved.shape == (10, 32) and saved.dtype == np.float32
+    np.testing.assert_allclose(saved, expected, atol=1e-6)
+    random_w = text_weights(load_clip(ClipConfig("coldstart-tiny", None, "cpu")), ws.params().ontology.prompts())
+    assert not np.allclose(saved, random_w, atol=1e-3)  # the checkpoint, not random weights
+
+    for stage in ("scan", "embed"):
+        assert cli(["stage", stage, "-w", str(ws.root)]) == 0
+    rows = "\n".join(f"{p},{label}" for p, label in list(truth.items())[:12])
+    (ws.inbox / "answers.csv").write_text("image,label\n" + rows + "\n")
+    assert cli(["stage", "intake", "-w", str(ws.root)]) == 0
+    capsys.readouterr()
+    report = tmp_path / "ablation.json"
+    assert cli(["prompts", "-w", str(ws.root), "--ablate", "--json", str(report)]) == 0
+    rows = json.loads(report.read_text())
+    assert rows[0]["variant"].startswith("ensemble") and rows[1]["variant"].startswith("single prompt")
+    assert sum(r["variant"].startswith("template alone") for r in rows) == 2
+    assert sum(r["variant"].startswith("description alone") for r in rows) == 30
+    assert all(0 <= r["accuracy"] <= 1 and r["n"] == 12 for r in rows)
+    assert "zero-shot accuracy on 12 human-labeled images" in capsys.readouterr().out

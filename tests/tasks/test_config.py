@@ -47,5 +47,31 @@ def test_chinese_classes_round_trip_through_flatten():
     raw = _raw()
     raw["ontology"] = {"templates": ["工业产品照片，显示{}"], "classes": {"划痕": ["金属表面的划痕"], "ok": "无缺陷的零件"}}
     p = parse_params(raw)
-    assert p.ontology.class_names == ["划痕", "ok"] and p.ontology.classes["ok"] == ["无缺陷的零件"]
-    assert "划痕" in flatten(p)["ontology.classes.划痕"] or "金属表面的划痕" in flatten(p)["ontology.classes.划痕"]
+    assert p.ontology.class_names == ["划痕", "ok"] and p.ontology.classes["ok"].descriptions == ["无缺陷的零件"]
+    assert flatten(p)["ontology.classes.划痕.descriptions"] == '["金属表面的划痕"]'  # no \u escapes
+    assert p.ontology.prompts() == [["工业产品照片，显示金属表面的划痕"], ["工业产品照片，显示无缺陷的零件"]]
+
+
+def test_negatives_template_sets_and_per_class_templates():
+    raw = _raw()
+    raw["ontology"] = {
+        "templates": "simple7",
+        "negative_label": "ok",
+        "classes": {
+            "scratch": {"descriptions": ["a long thin scratch on metal", "a deep scratch"]},
+            "dent": {"descriptions": ["a dent"], "templates": ["a close-up photo of {}.", "{}"]},
+            "flawless": {"descriptions": ["a flawless part"], "negative": True},
+            "background": {"descriptions": ["background"], "negative": True, "templates": "plain"},
+        },
+    }
+    onto = parse_params(raw).ontology
+    assert onto.scoring_classes == ["scratch", "dent", "flawless", "background"]
+    assert onto.class_names == ["scratch", "dent", "ok"] and onto.label_of_class == [0, 1, 2, 2]
+    assert [len(p) for p in onto.prompts()] == [14, 2, 7, 1]
+    assert onto.prompts()[0][0] == "itap of a a long thin scratch on metal."
+    assert onto.prompts()[3] == ["a photo of background."]
+    raw["ontology"]["templates"] = "imagenet81"
+    with pytest.raises(ConfigError, match="built-in sets: imagenet80, simple7, plain"):
+        parse_params(raw)
+    raw["ontology"]["templates"] = "imagenet80"
+    assert len(parse_params(raw).ontology.templates) == 80
