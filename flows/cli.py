@@ -105,7 +105,7 @@ def cmd_prompts(a) -> int:
     """Class weight matrix (saved as .npy), ontology warnings, and optionally the ablation."""
     import numpy as np
 
-    from flows.round import clip_config, model_inputs, zero_shot_head
+    from flows.round import clip_config, scan_pool, zero_shot_head
     from models.clip import load_clip
     from tasks.intake import human_labels, read_events
     from tasks.workspace import Workspace
@@ -125,15 +125,14 @@ def cmd_prompts(a) -> int:
     if a.ablate:
         from tasks.prompts import ablate
 
-        ids, _, X = model_inputs(ws, clip)
         humans = human_labels(read_events(ws))
-        keep = [k for k, i in enumerate(ids) if i in humans]
-        if not keep:
+        pool = scan_pool(ws, clip, humans)
+        if not pool.labeled_ids:
             print("no human labels yet: run a round and answer a review batch first")
             return 0
-        y = np.array([onto.class_names.index(humans[ids[k]]) for k in keep])
-        rows = ablate(clip, onto, X[keep], y)
-        print(f"\nzero-shot accuracy on {len(keep)} human-labeled images:")
+        y = np.array([onto.class_names.index(humans[i]) for i in pool.labeled_ids])
+        rows = ablate(clip, onto, pool.labeled_X, y)
+        print(f"\nzero-shot accuracy on {len(y)} human-labeled images:")
         for r in rows:
             extra = f"   (recall of its class {r.class_recall:.1%})" if r.class_recall is not None else ""
             print(f"  {r.accuracy:6.1%}  {r.variant}{extra}")
@@ -156,9 +155,14 @@ def cmd_serve(a) -> int:
 
 
 def cmd_bench(a) -> int:
-    from flows.bench import bench_prelabel
+    if a.bench == "relabel":
+        from flows.bench_relabel import bench_relabel
 
-    figures = bench_prelabel(n=a.n, model=a.model, pretrained=a.pretrained, batch_size=a.batch_size)
+        figures = bench_relabel(n=a.n, dim=a.dim, n_classes=a.classes)
+    else:
+        from flows.bench import bench_prelabel
+
+        figures = bench_prelabel(n=a.n, model=a.model, pretrained=a.pretrained, batch_size=a.batch_size)
     _write_json(a.json, figures)
     return 0
 
@@ -221,6 +225,12 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--model", default="ViT-B-32")
     b.add_argument("--pretrained", default=None, help="weights (timing does not depend on them; default random)")
     b.add_argument("--batch-size", type=int, default=32)
+    b.add_argument("--json")
+    b.set_defaults(fn=cmd_bench)
+    b = bsub.add_parser("relabel", help="stream N cached embeddings through a zero-shot head")
+    b.add_argument("--n", type=int, default=1_000_000)
+    b.add_argument("--dim", type=int, default=512)
+    b.add_argument("--classes", type=int, default=10)
     b.add_argument("--json")
     b.set_defaults(fn=cmd_bench)
     return p

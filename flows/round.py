@@ -75,14 +75,39 @@ def clip_config(params: Params) -> ClipConfig:
     return ClipConfig(name=params.model.name, pretrained=params.model.pretrained, device=params.model.device)
 
 
-def model_inputs(ws: Workspace, clip: ClipModel) -> tuple[list[str], list[str], np.ndarray]:
-    """(ids, display paths, ``(N, D)`` embeddings) of every current image that has an embedding."""
+def current_chunks(ws: Workspace, clip: ClipModel):
+    """Stream ``(ids, (n, D) embeddings)`` of the images currently in the manifest, shard by shard."""
     table = image_table(ws)
-    store = EmbeddingStore(ws.embeddings, clip.model_id)
-    have = store.ids()
-    ids = [i for i in table if i in have]
-    _, X = store.load(ids)
-    return ids, [table[i] for i in ids], X
+    for ids, X in EmbeddingStore(ws.embeddings, clip.model_id).iter_chunks():
+        keep = [k for k, i in enumerate(ids) if i in table]
+        if keep:
+            yield [ids[k] for k in keep], X[keep]
+
+
+@dataclass
+class Pool:
+    """One streaming pass over the store: what training needs, without holding every embedding."""
+
+    n: int
+    center: np.ndarray  # (D,) mean over every current image
+    scale: np.ndarray  # (D,) std over every current image
+    labeled_ids: list[str]
+    labeled_X: np.ndarray  # (n_labeled, D)
+
+
+def scan_pool(ws: Workspace, clip: ClipModel, humans: dict[str, str]) -> Pool:
+    n, total, total_sq, ids, rows = 0, 0.0, 0.0, [], []
+    for chunk_ids, X in current_chunks(ws, clip):
+        X64 = X.astype(np.float64)
+        n, total, total_sq = n + len(X), total + X64.sum(0), total_sq + (X64 ** 2).sum(0)
+        keep = [k for k, i in enumerate(chunk_ids) if i in humans]
+        ids.extend(chunk_ids[k] for k in keep)
+        rows.append(X[keep])
+    if n == 0:
+        return Pool(0, np.zeros(0, np.float32), np.ones(0, np.float32), [], np.zeros((0, 0), np.float32))
+    mean = total / n
+    std = np.sqrt(np.maximum(total_sq / n - mean ** 2, 0.0)) + 1e-6
+    return Pool(n, mean.astype(np.float32), std.astype(np.float32), ids, np.concatenate(rows))
 
 
 def zero_shot_head(ws: Workspace, params: Params, clip: ClipModel) -> tuple[ZeroShotHead, list[str]]:
@@ -98,20 +123,27 @@ def zero_shot_head(ws: Workspace, params: Params, clip: ClipModel) -> tuple[Zero
 def classify(ws: Workspace, params: Params, clip: ClipModel, round_no: int, timers: dict[str, float]):
     """train + relabel: shared by the flow and `coldstart stage train|relabel`."""
     classes = params.ontology.class_names
-    ids, paths, X = model_inputs(ws, clip)
     humans = human_labels(read_events(ws))
     head, warnings = zero_shot_head(ws, params, clip)
     t = time.perf_counter()
-    labeled = [k for k, i in enumerate(ids) if i in humans]
-    y = np.array([classes.index(humans[ids[k]]) for k in labeled], dtype=int)
-    trained = train_mod.train_task(X[labeled], y, head, params.train, center=X.mean(0), scale=X.std(0) + 1e-6)
+    pool = scan_pool(ws, clip, humans)
+    y = np.array([classes.index(humans[i]) for i in pool.labeled_ids], dtype=int)
+    trained = train_mod.train_task(pool.labeled_X, y, head, params.train, center=pool.center, scale=pool.scale)
     train_mod.save(ws, trained, clip.model_id)
     timers["train"] = time.perf_counter() - t
     t = time.perf_counter()
     if trained.model == "probe":
-        probs, model_id = trained.probe.head.predict_proba(X), f"{clip.model_id}+probe-r{round_no:03d}"
+        predict, model_id = trained.probe.head.predict_proba, f"{clip.model_id}+probe-r{round_no:03d}"
     else:
-        probs, model_id = head.predict_proba(X), f"{clip.model_id}+zero-shot"
+        predict, model_id = head.predict_proba, f"{clip.model_id}+zero-shot"
+    # Second streaming pass: only the (N, L) probabilities are kept, never all embeddings.
+    ids, parts = [], []
+    for chunk_ids, X in current_chunks(ws, clip):
+        ids.extend(chunk_ids)
+        parts.append(predict(X))
+    probs = np.concatenate(parts) if parts else np.zeros((0, len(classes)), np.float32)
+    table = image_table(ws)
+    paths = [table[i] for i in ids]
     relabeled = relabel_task(ws, ids, paths, probs, classes, humans, source=trained.model, model_id=model_id,
                              round_no=round_no, threshold=params.round.confidence_threshold)
     timers["relabel"] = time.perf_counter() - t

@@ -10,10 +10,12 @@ from __future__ import annotations
 import logging
 import unicodedata
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from models.clip import ClipModel
+if TYPE_CHECKING:  # keep this module importable without torch (streaming re-labels)
+    from models.clip import ClipModel
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +92,7 @@ def _non_latin(text: str) -> bool:
     return any(ch.isalpha() and not unicodedata.name(ch, "").startswith(("LATIN", "GREEK")) for ch in text)
 
 
-def english_only_tokenizer(clip: ClipModel) -> bool:
+def english_only_tokenizer(clip: "ClipModel") -> bool:
     from open_clip.tokenizer import SimpleTokenizer
 
     return isinstance(clip.tokenizer, SimpleTokenizer)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 import re
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 
@@ -51,6 +52,15 @@ class EmbeddingStore:
             buf = io.BytesIO()
             np.save(buf, arr)
             atomic_write_bytes(path, buf.getvalue())
+
+    def iter_chunks(self) -> Iterator[tuple[list[str], np.ndarray]]:
+        """Stream the store shard by shard: ``(ids, (n, D) float32)``; RAM holds one shard."""
+        for p in self._shards():
+            ids = [x.decode() for x in np.load(p)]
+            yield ids, np.load(str(p).replace(".ids.npy", ".vec.npy"))
+
+    def __len__(self) -> int:
+        return sum(np.load(p, mmap_mode="r").shape[0] for p in self._shards())
 
     def load(self, wanted: list[str] | None = None) -> tuple[list[str], np.ndarray]:
         """All (or the ``wanted``, in that order) ids and their ``(n, D)`` vectors.
