@@ -32,6 +32,18 @@ def stream_relabel(store, predict_proba) -> tuple[list[str], np.ndarray, np.ndar
     return ids, np.concatenate(labels), np.concatenate(conf)
 
 
+def _peak_rss_mb() -> float:
+    """This process's peak resident set. VmHWM belongs to the current address space; ru_maxrss
+    would also count the parent's memory when the child was forked before exec."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
 def _child(store_root: str, model_id: str, n_classes: int, dim: int) -> None:
     from models.zeroshot import ZeroShotHead
     from tasks.store import EmbeddingStore
@@ -44,7 +56,7 @@ def _child(store_root: str, model_id: str, n_classes: int, dim: int) -> None:
     t = time.perf_counter()
     ids, labels, conf = stream_relabel(store, head.predict_proba)
     seconds = time.perf_counter() - t
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+    peak_mb = _peak_rss_mb()
     print(json.dumps({"seconds": seconds, "peak_rss_mb": peak_mb, "n": len(ids),
                       "label_counts": np.bincount(labels, minlength=n_classes).tolist()}))
 

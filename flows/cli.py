@@ -90,7 +90,7 @@ def cmd_stage(a) -> int:
         if a.name == "scan":
             print(scan.scan(ws, params.scan, rnd))
         elif a.name == "embed":
-            print(embed.embed(ws, load_clip(clip_config(params)), params.model))
+            print(embed.embed(ws, load_clip(clip_config(params)), params.model, params.views))
         elif a.name == "intake":
             print(intake.intake(ws, params.ontology.class_names, rnd))
         elif a.name in ("train", "relabel"):
@@ -126,7 +126,7 @@ def cmd_prompts(a) -> int:
         from tasks.prompts import ablate
 
         humans = human_labels(read_events(ws))
-        pool = scan_pool(ws, clip, humans)
+        pool = scan_pool(ws, clip, humans, params.views)
         if not pool.labeled_ids:
             print("no human labels yet: run a round and answer a review batch first")
             return 0

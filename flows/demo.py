@@ -36,6 +36,9 @@ model:
   device: auto
   batch_size: 32
   num_workers: auto
+views:
+  clahe: false
+  tiles: []
 scan:
   max_pixels: 100000000
 round:

@@ -20,13 +20,14 @@ from models.clip import ClipConfig, ClipModel, load_clip
 from models.errors import TrackingError
 from models.zeroshot import ZeroShotHead, prompt_warnings
 from tasks import train as train_mod
-from tasks.config import Params
+from tasks.config import Params, ViewsConfig
 from tasks.embed import embed_task
 from tasks.intake import human_labels, intake_task, read_events
 from tasks.relabel import relabel_task
 from tasks.scan import image_table, scan_task
 from tasks.select import latest_audit, select_task
 from tasks.store import EmbeddingStore, cached_text_weights
+from tasks.views import aggregate_views
 from tasks.track import record_version, track_task
 from tasks.version import version_task
 from tasks.workspace import Workspace
@@ -75,10 +76,10 @@ def clip_config(params: Params) -> ClipConfig:
     return ClipConfig(name=params.model.name, pretrained=params.model.pretrained, device=params.model.device)
 
 
-def current_chunks(ws: Workspace, clip: ClipModel):
-    """Stream ``(ids, (n, D) embeddings)`` of the images currently in the manifest, shard by shard."""
+def current_chunks(ws: Workspace, clip: ClipModel, views: ViewsConfig):
+    """Stream ``(ids, (n, D) global-view embeddings)`` of the images in the manifest, shard by shard."""
     table = image_table(ws)
-    for ids, X in EmbeddingStore(ws.embeddings, clip.model_id).iter_chunks():
+    for ids, X in EmbeddingStore(ws.embeddings, clip.model_id, views.key("global")).iter_chunks():
         keep = [k for k, i in enumerate(ids) if i in table]
         if keep:
             yield [ids[k] for k in keep], X[keep]
@@ -95,9 +96,9 @@ class Pool:
     labeled_X: np.ndarray  # (n_labeled, D)
 
 
-def scan_pool(ws: Workspace, clip: ClipModel, humans: dict[str, str]) -> Pool:
+def scan_pool(ws: Workspace, clip: ClipModel, humans: dict[str, str], views: ViewsConfig) -> Pool:
     n, total, total_sq, ids, rows = 0, 0.0, 0.0, [], []
-    for chunk_ids, X in current_chunks(ws, clip):
+    for chunk_ids, X in current_chunks(ws, clip, views):
         X64 = X.astype(np.float64)
         n, total, total_sq = n + len(X), total + X64.sum(0), total_sq + (X64 ** 2).sum(0)
         keep = [k for k, i in enumerate(chunk_ids) if i in humans]
@@ -126,7 +127,7 @@ def classify(ws: Workspace, params: Params, clip: ClipModel, round_no: int, time
     humans = human_labels(read_events(ws))
     head, warnings = zero_shot_head(ws, params, clip)
     t = time.perf_counter()
-    pool = scan_pool(ws, clip, humans)
+    pool = scan_pool(ws, clip, humans, params.views)
     y = np.array([classes.index(humans[i]) for i in pool.labeled_ids], dtype=int)
     trained = train_mod.train_task(pool.labeled_X, y, head, params.train, center=pool.center, scale=pool.scale)
     train_mod.save(ws, trained, clip.model_id)
@@ -138,16 +139,50 @@ def classify(ws: Workspace, params: Params, clip: ClipModel, round_no: int, time
         predict, model_id = head.predict_proba, f"{clip.model_id}+zero-shot"
     # Second streaming pass: only the (N, L) probabilities are kept, never all embeddings.
     ids, parts = [], []
-    for chunk_ids, X in current_chunks(ws, clip):
+    for chunk_ids, X in current_chunks(ws, clip, params.views):
         ids.extend(chunk_ids)
         parts.append(predict(X))
     probs = np.concatenate(parts) if parts else np.zeros((0, len(classes)), np.float32)
+    locations = None
+    if params.views.tiles:
+        probs, locations = multiscale(ws, clip, params.views, ids, probs, predict)
     table = image_table(ws)
     paths = [table[i] for i in ids]
     relabeled = relabel_task(ws, ids, paths, probs, classes, humans, source=trained.model, model_id=model_id,
-                             round_no=round_no, threshold=params.round.confidence_threshold)
+                             round_no=round_no, threshold=params.round.confidence_threshold, locations=locations)
     timers["relabel"] = time.perf_counter() - t
     return trained, relabeled, humans, warnings
+
+
+def multiscale(ws: Workspace, clip: ClipModel, views: ViewsConfig, ids: list[str], global_probs: np.ndarray,
+               predict) -> tuple[np.ndarray, list[str]]:
+    """Combine global and tile probabilities per class; locate each image's label in a tile.
+
+    Returns ``(N, L)`` scores and, per image, its label's location "x0 y0 x1 y1" (original
+    pixels, XYXY) when a tile gave the winning score, "" when the whole image did.
+    """
+    L = global_probs.shape[1]
+    tiles: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    store = EmbeddingStore(ws.embeddings, clip.model_id, views.key("tiles"))
+    wanted = set(ids)
+    for chunk_ids, X, boxes in store.iter_boxes():
+        probs = predict(X)
+        start = 0
+        while start < len(chunk_ids):  # an image's tiles are contiguous within a shard
+            end = start
+            while end < len(chunk_ids) and chunk_ids[end] == chunk_ids[start]:
+                end += 1
+            if chunk_ids[start] in wanted:
+                tiles[chunk_ids[start]] = (probs[start:end], boxes[start:end])
+            start = end
+    empty = (np.zeros((0, L), np.float32), np.zeros((0, 4), np.int32))
+    per_image = [tiles.get(i, empty) for i in ids]
+    scores, winner = aggregate_views(global_probs, [p for p, _ in per_image], views.aggregate, views.topk)
+    locations = []
+    for n, (_, boxes) in enumerate(per_image):
+        w = winner[n, scores[n].argmax()]
+        locations.append(" ".join(str(int(v)) for v in boxes[w - 1]) if w > 0 else "")
+    return scores, locations
 
 
 @flow(name="labeling_round")
@@ -172,7 +207,7 @@ def _round(ws: Workspace) -> RoundSummary:
 
     scanned = timed("scan", scan_task, ws, params.scan, round_no)
     clip = timed("load_model", load_clip, clip_config(params))
-    embedded = timed("embed", embed_task, ws, clip, params.model)
+    embedded = timed("embed", embed_task, ws, clip, params.model, params.views)
     taken = timed("intake", intake_task, ws, params.ontology.class_names, round_no)
     trained, relabeled, humans, warnings = classify(ws, params, clip, round_no, timers)
     audit = latest_audit(ws, humans, round_no)

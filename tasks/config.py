@@ -151,6 +151,28 @@ class ModelConfig(_Section):
     num_workers: int | Literal["auto"] = "auto"
 
 
+class TileSpec(_Section):
+    # <= 1: a fraction of the image's shorter side; > 1: pixels. Tiles are square.
+    size: float = Field(gt=0)
+    stride: float = Field(gt=0)
+
+
+class ViewsConfig(_Section):
+    """What the model sees of each image: optional CLAHE, and optional sliding-window tiles."""
+
+    clahe: bool = False  # contrast-limited adaptive histogram equalisation (faint defects)
+    clahe_clip_limit: float = Field(2.0, gt=0)
+    clahe_tiles: int = Field(8, ge=1, le=64)
+    tiles: list[TileSpec] = Field(default_factory=list)
+    aggregate: Literal["max", "mean", "topk"] = "max"  # per class, over the global view and the tiles
+    topk: int = Field(3, ge=1)
+
+    def key(self, kind: str) -> str:
+        """Cache key of a view: 'global' or 'tiles-...', plus the preprocessing that changes pixels."""
+        base = "global" if kind == "global" else "tiles-" + "_".join(f"{t.size:g}x{t.stride:g}" for t in self.tiles)
+        return base + (f"-clahe{self.clahe_clip_limit:g}x{self.clahe_tiles}" if self.clahe else "")
+
+
 class ScanConfig(_Section):
     # Decompression bombs: refuse images above this many pixels before decoding them.
     max_pixels: int = Field(100_000_000, ge=1)
@@ -187,6 +209,7 @@ class TrackingConfig(_Section):
 class Params(_Section):
     ontology: OntologyConfig
     model: ModelConfig = Field(default_factory=ModelConfig)
+    views: ViewsConfig = Field(default_factory=ViewsConfig)
     scan: ScanConfig = Field(default_factory=ScanConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     round: RoundConfig = Field(default_factory=RoundConfig)

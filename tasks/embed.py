@@ -1,7 +1,8 @@
-"""embed: encode every not-yet-embedded image with the configured CLIP model.
+"""embed: encode every not-yet-embedded image (and its tiles) with the configured CLIP model.
 
 Decoding and preprocessing run in DataLoader workers so they overlap with the model's compute;
-JPEGs are decoded at reduced scale (PIL draft mode) when the model input is smaller.
+JPEGs are decoded at reduced scale (PIL draft mode) when the model input is smaller and no
+tiles are asked for (tiles need the full resolution).
 """
 
 from __future__ import annotations
@@ -19,9 +20,10 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from models.clip import ClipModel
-from tasks.config import ModelConfig
+from tasks.config import ModelConfig, ViewsConfig
 from tasks.scan import ImageDecodeError, load_rgb
 from tasks.store import EmbeddingStore
+from tasks.views import view_images
 from tasks.workspace import Workspace, read_csv
 
 log = logging.getLogger(__name__)
@@ -30,28 +32,31 @@ SHARD_ROWS = 4096  # flush a shard this often, so a killed run keeps most of its
 
 
 class ImageFiles(Dataset):
-    """Paths -> (index, preprocessed ``(3, S, S)`` tensor or None, error or None)."""
+    """Paths -> (index, ``(V, 3, S, S)`` view tensors or None, ``(V-1, 4)`` tile boxes, error)."""
 
-    def __init__(self, paths: list[str], preprocess, image_size: int, max_pixels: int = 100_000_000):
+    def __init__(self, paths: list[str], preprocess, image_size: int, views: ViewsConfig | None = None,
+                 max_pixels: int = 100_000_000):
         self.paths, self.preprocess, self.size, self.max_pixels = paths, preprocess, image_size, max_pixels
+        self.views = views or ViewsConfig()
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, i: int):
+        draft = None if self.views.tiles else self.size
         try:
-            with load_rgb(self.paths[i], max_pixels=self.max_pixels, draft=self.size) as img:
-                return i, self.preprocess(img), None
+            with load_rgb(self.paths[i], max_pixels=self.max_pixels, draft=draft) as img:
+                images, boxes = view_images(img, self.views)
+                return i, torch.stack([self.preprocess(v) for v in images]), boxes, None
         except (ImageDecodeError, OSError) as e:  # file changed or vanished since scan
-            return i, None, str(e)
+            return i, None, None, str(e)
 
 
 def _collate(items):
-    ok = [(i, t) for i, t, e in items if t is not None]
-    failed = [(i, e) for i, t, e in items if t is None]
-    idx = [i for i, _ in ok]
-    pixels = torch.stack([t for _, t in ok]) if ok else None
-    return idx, pixels, failed
+    ok = [it for it in items if it[1] is not None]
+    failed = [(i, e) for i, t, _, e in items if t is None]
+    pixels = torch.cat([t for _, t, _, _ in ok]) if ok else None
+    return [i for i, *_ in ok], [len(t) for _, t, _, _ in ok], [b for _, _, b, _ in ok], pixels, failed
 
 
 def resolve_workers(num_workers: int | str) -> int:
@@ -62,25 +67,27 @@ def resolve_workers(num_workers: int | str) -> int:
     return int(num_workers)
 
 
-def embed_paths(clip: ClipModel, paths: list[str], *, batch_size: int, num_workers: int,
-                on_batch=None, progress: bool = True) -> tuple[list[int], np.ndarray, list[tuple[int, str]]]:
-    """Encode image files. Returns (indices encoded, ``(n, D)`` float32, [(index, error)])."""
-    loader = DataLoader(ImageFiles(paths, clip.preprocess, clip.image_size), batch_size=batch_size,
-                        num_workers=num_workers, collate_fn=_collate,
+def embed_paths(clip: ClipModel, paths: list[str], *, batch_size: int, num_workers: int, views: ViewsConfig | None = None,
+                on_batch=None, progress: bool = True) -> list[tuple[int, str]]:
+    """Encode image files (and their views); ``on_batch(indices, counts, boxes, vectors)`` gets
+    each batch: ``vectors`` ``(sum(counts), D)``, an image's global view first, then its tiles.
+    Returns [(index, error)] for files that could not be decoded."""
+    views = views or ViewsConfig()
+    # With tiles one image gives many model inputs; the model still runs in batch_size chunks.
+    loader = DataLoader(ImageFiles(paths, clip.preprocess, clip.image_size, views),
+                        batch_size=batch_size, num_workers=num_workers, collate_fn=_collate,
                         pin_memory=clip.device.type == "cuda", persistent_workers=False)
-    done_idx, parts, failed = [], [], []
+    failed = []
     with tqdm(total=len(paths), desc="embed", unit="img", disable=not progress or not paths) as bar:
-        for idx, pixels, bad in loader:
+        for idx, counts, boxes, pixels, bad in loader:
             failed.extend(bad)
             if pixels is not None:
-                vecs = clip.encode_images(pixels)
-                done_idx.extend(idx)
-                parts.append(vecs)
+                vecs = np.concatenate([clip.encode_images(pixels[s : s + batch_size])
+                                       for s in range(0, len(pixels), batch_size)])
                 if on_batch:
-                    on_batch(idx, vecs)
+                    on_batch(idx, counts, boxes, vecs)
             bar.update(len(idx) + len(bad))
-    vecs = np.concatenate(parts) if parts else np.zeros((0, clip.embed_dim), np.float32)
-    return done_idx, vecs, failed
+    return failed
 
 
 @dataclass
@@ -90,46 +97,65 @@ class EmbedResult:
     failed: int
     total: int
     seconds: float
+    tiles: int = 0
 
     @property
     def images_per_s(self) -> float:
         return self.embedded / self.seconds if self.seconds > 0 and self.embedded else 0.0
 
 
-def embed(ws: Workspace, clip: ClipModel, cfg: ModelConfig, *, progress: bool = True) -> EmbedResult:
-    store = EmbeddingStore(ws.embeddings, clip.model_id)
+def embed(ws: Workspace, clip: ClipModel, cfg: ModelConfig, views: ViewsConfig | None = None, *,
+          progress: bool = True) -> EmbedResult:
+    views = views or ViewsConfig()
+    store = EmbeddingStore(ws.embeddings, clip.model_id, views.key("global"))
+    tile_store = EmbeddingStore(ws.embeddings, clip.model_id, views.key("tiles")) if views.tiles else None
     have = store.ids()
+    have_tiles = tile_store.ids() if tile_store else None
     todo: dict[str, str] = {}
     for r in read_csv(ws.manifest):
-        if r["image_id"] not in have:
-            todo.setdefault(r["image_id"], str(ws.images / r["path"]))
+        i = r["image_id"]
+        if i not in have or (have_tiles is not None and i not in have_tiles):
+            todo.setdefault(i, str(ws.images / r["path"]))
     ids, paths = list(todo), list(todo.values())
-    pending_ids: list[str] = []
-    pending_vecs: list[np.ndarray] = []
+    pending: dict[str, list] = {"g_ids": [], "g_vec": [], "t_ids": [], "t_vec": [], "t_box": []}
+    n_tiles = 0
 
     def flush() -> None:
-        if pending_ids:
-            store.append(pending_ids, np.concatenate(pending_vecs))
-            pending_ids.clear()
-            pending_vecs.clear()
+        if pending["g_ids"]:
+            store.append(pending["g_ids"], np.concatenate(pending["g_vec"]))
+        if tile_store is not None and pending["t_ids"]:
+            tile_store.append(pending["t_ids"], np.concatenate(pending["t_vec"]), np.concatenate(pending["t_box"]))
+        for v in pending.values():
+            v.clear()
 
-    def on_batch(idx: list[int], vecs: np.ndarray) -> None:
-        pending_ids.extend(ids[i] for i in idx)
-        pending_vecs.append(vecs)
-        if len(pending_ids) >= SHARD_ROWS:
-            flush()
+    def on_batch(idx, counts, boxes, vecs) -> None:
+        nonlocal n_tiles
+        row = 0
+        for i, count, b in zip(idx, counts, boxes):
+            image_id = ids[i]
+            if image_id not in have:
+                pending["g_ids"].append(image_id)
+                pending["g_vec"].append(vecs[row : row + 1])
+            if tile_store is not None and image_id not in have_tiles and count > 1:
+                pending["t_ids"].extend([image_id] * (count - 1))
+                pending["t_vec"].append(vecs[row + 1 : row + count])
+                pending["t_box"].append(b)
+                n_tiles += count - 1
+            row += count
+        if len(pending["g_ids"]) + len(pending["t_ids"]) >= SHARD_ROWS:
+            flush()  # an image's tiles always land in one shard, contiguous
 
     t0 = time.perf_counter()
-    _, _, failed = embed_paths(clip, paths, batch_size=cfg.batch_size, num_workers=resolve_workers(cfg.num_workers),
-                               on_batch=on_batch, progress=progress)
+    failed = embed_paths(clip, paths, batch_size=cfg.batch_size, num_workers=resolve_workers(cfg.num_workers),
+                         views=views, on_batch=on_batch, progress=progress)
     flush()
     seconds = time.perf_counter() - t0
     for i, err in failed:
         log.warning("not embedded (will retry next round): %s: %s", paths[i], err)
     total = len(have) + len(ids) - len(failed)
-    return EmbedResult(clip.model_id, len(ids) - len(failed), len(failed), total, seconds)
+    return EmbedResult(clip.model_id, len(ids) - len(failed), len(failed), total, seconds, n_tiles)
 
 
 @task(name="embed", cache_policy=NO_CACHE)
-def embed_task(ws: Workspace, clip: ClipModel, cfg: ModelConfig) -> EmbedResult:
-    return embed(ws, clip, cfg)
+def embed_task(ws: Workspace, clip: ClipModel, cfg: ModelConfig, views: ViewsConfig) -> EmbedResult:
+    return embed(ws, clip, cfg, views)

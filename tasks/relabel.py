@@ -12,7 +12,8 @@ from prefect.cache_policies import NO_CACHE
 
 from tasks.workspace import Workspace, atomic_write_bytes, read_csv, write_csv
 
-RESOLVED_FIELDS = ["image_id", "path", "label", "confidence", "source", "model_id", "round"]
+# location: "x0 y0 x1 y1" (original pixels) of the tile that gave the label's score, or "".
+RESOLVED_FIELDS = ["image_id", "path", "label", "confidence", "source", "model_id", "round", "location"]
 
 
 @dataclass
@@ -28,7 +29,8 @@ class RelabelResult:
 
 
 def relabel(ws: Workspace, ids: list[str], paths: list[str], probs: np.ndarray, class_names: list[str],
-            humans: dict[str, str], *, source: str, model_id: str, round_no: int, threshold: float) -> RelabelResult:
+            humans: dict[str, str], *, source: str, model_id: str, round_no: int, threshold: float,
+            locations: list[str] | None = None) -> RelabelResult:
     """Write data/labels/resolved.csv and data/store/probs.npz.
 
     ``probs`` ``(N, C)`` are the model's probabilities for ``ids`` (ontology order); they are
@@ -41,10 +43,11 @@ def relabel(ws: Workspace, ids: list[str], paths: list[str], probs: np.ndarray, 
     for k, (i, p) in enumerate(zip(ids, paths)):
         if i in humans:
             rows.append(dict(image_id=i, path=p, label=humans[i], confidence="1.0", source="human",
-                             model_id="", round=round_no))
+                             model_id="", round=round_no, location=""))
         else:
             rows.append(dict(image_id=i, path=p, label=class_names[top[k]], confidence=f"{conf[k]:.6f}",
-                             source=source, model_id=model_id, round=round_no))
+                             source=source, model_id=model_id, round=round_no,
+                             location=locations[k] if locations else ""))
             auto_conf.append(float(conf[k]))
     write_csv(ws.resolved, RESOLVED_FIELDS, rows)
     buf = io.BytesIO()

@@ -1,9 +1,10 @@
 """Embedding store: append-only shards keyed by (image content id, model id).
 
-Layout: ``data/store/embeddings/<model-slug>/NNNNNN.vec.npy`` (float32 ``(n, D)``) and
-``NNNNNN.ids.npy`` (``S64`` content ids). The ids file is written last and is the commit
-marker: a vectors file without its ids file (a process killed mid-append) is ignored and
-overwritten by the next append. Each round adds shards and never rewrites old ones, so DVC
+Layout: ``data/store/embeddings/<model-slug>/<view>/NNNNNN.vec.npy`` (float32 ``(n, D)``),
+optional ``NNNNNN.box.npy`` (int32 ``(n, 4)`` XYXY, for tile views: one row per tile, an image's
+tiles contiguous) and ``NNNNNN.ids.npy`` (``S64`` content ids). Keys are thus (image content id,
+model id, view). The ids file is written last and is the commit marker: a vectors file without
+its ids file (a process killed mid-append) is ignored and overwritten by the next append. Each round adds shards and never rewrites old ones, so DVC
 stores only the new ones.
 """
 
@@ -24,9 +25,10 @@ def model_slug(model_id: str) -> str:
 
 
 class EmbeddingStore:
-    def __init__(self, root: Path, model_id: str):
-        self.dir = Path(root) / model_slug(model_id)
+    def __init__(self, root: Path, model_id: str, view: str = "global"):
+        self.dir = Path(root) / model_slug(model_id) / model_slug(view)
         self.model_id = model_id
+        self.view = view
 
     def _shards(self) -> list[Path]:
         return sorted(self.dir.glob("*.ids.npy")) if self.dir.is_dir() else []
@@ -37,18 +39,20 @@ class EmbeddingStore:
             out.update(x.decode() for x in np.load(p))
         return out
 
-    def append(self, ids: list[str], vectors: np.ndarray) -> None:
-        """Add one shard atomically. ``vectors`` ``(len(ids), D)`` float32."""
+    def append(self, ids: list[str], vectors: np.ndarray, boxes: np.ndarray | None = None) -> None:
+        """Add one shard atomically. ``vectors`` ``(len(ids), D)`` float32, ``boxes`` ``(len(ids), 4)``."""
         if len(ids) == 0:
             return
-        if len(ids) != len(vectors):
+        if len(ids) != len(vectors) or (boxes is not None and len(boxes) != len(ids)):
             raise ValueError(f"{len(ids)} ids for {len(vectors)} vectors")
         self.dir.mkdir(parents=True, exist_ok=True)
         shards = self._shards()
         n = int(shards[-1].name.split(".")[0]) + 1 if shards else 0
         stem = self.dir / f"{n:06d}"
-        for path, arr in ((Path(f"{stem}.vec.npy"), np.asarray(vectors, np.float32)),
-                          (Path(f"{stem}.ids.npy"), np.array(ids, dtype="S64"))):
+        parts = [(Path(f"{stem}.vec.npy"), np.asarray(vectors, np.float32))]
+        if boxes is not None:
+            parts.append((Path(f"{stem}.box.npy"), np.asarray(boxes, np.int32)))
+        for path, arr in parts + [(Path(f"{stem}.ids.npy"), np.array(ids, dtype="S64"))]:
             buf = io.BytesIO()
             np.save(buf, arr)
             atomic_write_bytes(path, buf.getvalue())
@@ -58,6 +62,12 @@ class EmbeddingStore:
         for p in self._shards():
             ids = [x.decode() for x in np.load(p)]
             yield ids, np.load(str(p).replace(".ids.npy", ".vec.npy"))
+
+    def iter_boxes(self) -> Iterator[tuple[list[str], np.ndarray, np.ndarray]]:
+        """Like iter_chunks, with each row's ``(n, 4)`` box (tile views)."""
+        for p in self._shards():
+            ids = [x.decode() for x in np.load(p)]
+            yield ids, np.load(str(p).replace(".ids.npy", ".vec.npy")), np.load(str(p).replace(".ids.npy", ".box.npy"))
 
     def __len__(self) -> int:
         return sum(np.load(p, mmap_mode="r").shape[0] for p in self._shards())
