@@ -145,7 +145,10 @@ def classify(ws: Workspace, params: Params, clip: ClipModel, round_no: int, time
     probs = np.concatenate(parts) if parts else np.zeros((0, len(classes)), np.float32)
     locations = None
     if params.views.tiles:
-        probs, locations = multiscale(ws, clip, params.views, ids, probs, predict)
+        onto = params.ontology
+        has_negative = any(spec.negative for spec in onto.classes.values())
+        negative = classes.index(onto.negative_label) if has_negative else None
+        probs, locations = multiscale(ws, clip, params.views, ids, probs, predict, negative)
     table = image_table(ws)
     paths = [table[i] for i in ids]
     relabeled = relabel_task(ws, ids, paths, probs, classes, humans, source=trained.model, model_id=model_id,
@@ -155,7 +158,7 @@ def classify(ws: Workspace, params: Params, clip: ClipModel, round_no: int, time
 
 
 def multiscale(ws: Workspace, clip: ClipModel, views: ViewsConfig, ids: list[str], global_probs: np.ndarray,
-               predict) -> tuple[np.ndarray, list[str]]:
+               predict, negative: int | None = None) -> tuple[np.ndarray, list[str]]:
     """Combine global and tile probabilities per class; locate each image's label in a tile.
 
     Returns ``(N, L)`` scores and, per image, its label's location "x0 y0 x1 y1" (original
@@ -177,7 +180,7 @@ def multiscale(ws: Workspace, clip: ClipModel, views: ViewsConfig, ids: list[str
             start = end
     empty = (np.zeros((0, L), np.float32), np.zeros((0, 4), np.int32))
     per_image = [tiles.get(i, empty) for i in ids]
-    scores, winner = aggregate_views(global_probs, [p for p, _ in per_image], views.aggregate, views.topk)
+    scores, winner = aggregate_views(global_probs, [p for p, _ in per_image], views.aggregate, views.topk, negative)
     locations = []
     for n, (_, boxes) in enumerate(per_image):
         w = winner[n, scores[n].argmax()]

@@ -110,7 +110,7 @@ def embed(ws: Workspace, clip: ClipModel, cfg: ModelConfig, views: ViewsConfig |
     store = EmbeddingStore(ws.embeddings, clip.model_id, views.key("global"))
     tile_store = EmbeddingStore(ws.embeddings, clip.model_id, views.key("tiles")) if views.tiles else None
     have = store.ids()
-    have_tiles = tile_store.ids() if tile_store else None
+    have_tiles = tile_store.ids() if tile_store is not None else None
     todo: dict[str, str] = {}
     for r in read_csv(ws.manifest):
         i = r["image_id"]

@@ -45,30 +45,37 @@ def tile_boxes(width: int, height: int, specs: list[TileSpec]) -> np.ndarray:
 
 
 def aggregate_views(global_probs: np.ndarray, tile_probs: list[np.ndarray], how: str = "max",
-                    k: int = 3) -> tuple[np.ndarray, np.ndarray]:
+                    k: int = 3, negative: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Combine per-view label probabilities into image scores.
 
     ``global_probs`` ``(N, L)``; ``tile_probs[n]`` ``(T_n, L)``. Returns ``scores`` ``(N, L)``
     (rows renormalised to sum to 1) and ``winner`` ``(N, L)``: for each class, the view that gave
     its score under max/top-k (0 = global, t + 1 = tile t), -1 for mean.
+
+    The ``negative`` label (e.g. ``ok``) aggregates the other way round (min, or the mean of
+    the k smallest): a part is only as flawless as its worst view. With max for every class, a
+    part with one scratched tile and eight clean ones would score "ok" as high as "scratch".
     """
     N, L = global_probs.shape
     scores = np.empty((N, L), np.float32)
     winner = np.full((N, L), -1, np.int32)
     for n in range(N):
         views = np.vstack([global_probs[n : n + 1], tile_probs[n]]) if len(tile_probs[n]) else global_probs[n : n + 1]
+        kk = min(k, len(views))
         if how == "mean":
             scores[n] = views.mean(0)
         elif how == "max":
             scores[n] = views.max(0)
             winner[n] = views.argmax(0)
         elif how == "topk":
-            kk = min(k, len(views))
-            top = np.sort(views, axis=0)[-kk:]
-            scores[n] = top.mean(0)
+            scores[n] = np.sort(views, axis=0)[-kk:].mean(0)
             winner[n] = views.argmax(0)
         else:
             raise ValueError(f"unknown aggregate {how!r}; valid: max, mean, topk")
+        if negative is not None and how != "mean":
+            col = views[:, negative]
+            scores[n, negative] = col.min() if how == "max" else np.sort(col)[:kk].mean()
+            winner[n, negative] = col.argmin()
     scores /= np.maximum(scores.sum(1, keepdims=True), 1e-12)
     return scores, winner
 

@@ -128,3 +128,24 @@ def test_prompts_saves_the_round_weights_from_a_local_checkpoint_and_ablates(mak
     assert sum(r["variant"].startswith("description alone") for r in rows) == 30
     assert all(0 <= r["accuracy"] <= 1 and r["n"] == 12 for r in rows)
     assert "zero-shot accuracy on 12 human-labeled images" in capsys.readouterr().out
+
+
+def test_stages_with_clahe_and_tiles_on_the_tiny_model(make_workspace):
+    from flows.demo import write_digits
+    from tasks.workspace import read_csv
+
+    ws = make_workspace()
+    write_digits(ws.images, n=6, size=96)
+    text = ws.params_file.read_text().replace(
+        "views:\n  clahe: false\n  tiles: []",
+        "views:\n  clahe: true\n  tiles: [{size: 0.5, stride: 0.5}]\n  aggregate: topk\n  topk: 2")
+    ws.params_file.write_text(text)
+    assert ws.params().views.clahe and len(ws.params().views.tiles) == 1
+    for stage in ("scan", "embed", "relabel", "select"):
+        assert cli(["stage", stage, "-w", str(ws.root)]) == 0
+    model_dir = ws.embeddings / "coldstart-tiny_random-seed0"
+    assert {p.name for p in model_dir.iterdir()} == {"global-clahe2x8", "tiles-0.5x0.5-clahe2x8"}
+    rows = read_csv(ws.resolved)
+    assert len(rows) == 6 and all(r["location"] == "" or len(r["location"].split()) == 4 for r in rows)
+    boxes = {r["location"] for r in rows} - {""}
+    assert boxes <= {"0 0 48 48", "48 0 96 48", "0 48 48 96", "48 48 96 96"}
