@@ -30,7 +30,7 @@ test-fast: env
 	$(TEST_ENV) $(BIN)/pytest -q -m "not slow"
 
 bench: env
-	$(TEST_ENV) $(BIN)/coldstart bench prelabel --n 256 --json bench-prelabel.json
+	$(TEST_ENV) $(BIN)/coldstart bench all --n 256 --json bench-all.json
 
 clean:
 	rm -rf demo-workspace demo-rounds.json .pytest_cache

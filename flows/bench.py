@@ -34,12 +34,18 @@ def synthetic_jpegs(folder: Path, n: int, seed: int = 0) -> list[Path]:
     return paths
 
 
-def _forward_img_s(clip, paths: list[Path], batch_size: int) -> float:
+def _forward_img_s(clip, paths: list[Path], batch_size: int, dtype: torch.dtype | None = None) -> float:
+    """Bare ``encode_image`` throughput on ready tensors (autocast to ``dtype`` if given)."""
+    import dataclasses
+
+    clip = dataclasses.replace(clip, autocast_dtype=dtype)
     pixels = torch.stack([clip.preprocess(Image.open(p).convert("RGB")) for p in paths])
     clip.encode_images(pixels[:batch_size])  # warm-up
     t = time.perf_counter()
     for i in range(0, len(pixels), batch_size):
         clip.encode_images(pixels[i : i + batch_size])
+    if clip.device.type == "cuda":
+        torch.cuda.synchronize()
     return len(pixels) / (time.perf_counter() - t)
 
 
@@ -67,8 +73,12 @@ def bench_prelabel(n: int = 256, model: str = "ViT-B-32", pretrained: str | None
         ontology = ws.params().ontology
         print(f"bench prelabel: {n} synthetic 640x480 JPEGs, {model} ({clip.model_id}), batch {batch_size}, "
               f"{torch.get_num_threads()} torch threads, device {clip.device}", flush=True)
-        forward = _forward_img_s(clip, paths, batch_size)
-        print(f"  bare forward pass on ready tensors: {forward:8.2f} img/s", flush=True)
+        forward = _forward_img_s(clip, paths, batch_size, clip.autocast_dtype)
+        print(f"  bare forward pass on ready tensors ({clip.autocast_dtype or 'fp32'}): {forward:8.2f} img/s", flush=True)
+        # The precision choice is measured, not assumed: the other candidate on this device.
+        other = torch.bfloat16 if clip.device.type == "cpu" else (None if clip.autocast_dtype else torch.float16)
+        other_s = _forward_img_s(clip, paths[: max(batch_size * 2, 1)], batch_size, other)
+        print(f"  bare forward pass with {other or 'fp32'} instead: {other_s:8.2f} img/s", flush=True)
         t0 = time.perf_counter()
         summary = labeling_round(workspace=str(ws.root))
         round_s = time.perf_counter() - t0
@@ -87,6 +97,8 @@ def bench_prelabel(n: int = 256, model: str = "ViT-B-32", pretrained: str | None
         "embed_vs_forward": round(embed / forward, 3),
         "embed_vs_naive": round(embed / naive, 2),
         "round_seconds": round(round_s, 2),
+        "precision": str(clip.autocast_dtype or "fp32"),
+        "forward_other_precision": {"dtype": str(other or "fp32"), "img_s": round(other_s, 3)},
         # Outside our stages: Prefect's temporary API server starting in this process (first
         # flow run only; ~1 s per run against a running `prefect server`), flow bookkeeping.
         "prefect_and_flow_s": round(round_s - in_stages, 2),

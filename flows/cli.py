@@ -155,6 +155,21 @@ def cmd_serve(a) -> int:
 
 
 def cmd_bench(a) -> int:
+    if a.bench == "all":
+        from flows.bench import bench_prelabel
+        from flows.bench_relabel import bench_relabel
+
+        pre = bench_prelabel(n=a.n, model=a.model, pretrained=a.pretrained, batch_size=a.batch_size)
+        rel = bench_relabel()
+        rows = [("embed stage / bare forward", pre["embed_vs_forward"], ">= 0.85", pre["embed_vs_forward"] >= 0.85),
+                ("embed stage / naive loop", pre["embed_vs_naive"], ">= 5", pre["embed_vs_naive"] >= 5),
+                ("re-label 1M embeddings (s)", rel["relabel_1m_s"], "<= 2", rel["relabel_1m_s"] <= 2),
+                ("re-label peak RSS (MB)", rel["peak_rss_mb"], "<= 1536", rel["peak_rss_mb"] <= 1536)]
+        print("\n  target                          measured   target   met")
+        for name, value, target, ok in rows:
+            print(f"  {name:30s} {value:9.3f}   {target:7s}  {'yes' if ok else 'NO'}")
+        _write_json(a.json, {"prelabel": pre, "relabel": rel})
+        return 0
     if a.bench == "relabel":
         from flows.bench_relabel import bench_relabel
 
@@ -224,6 +239,13 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--n", type=int, default=256, help="synthetic 640x480 JPEGs")
     b.add_argument("--model", default="ViT-B-32")
     b.add_argument("--pretrained", default=None, help="weights (timing does not depend on them; default random)")
+    b.add_argument("--batch-size", type=int, default=32)
+    b.add_argument("--json")
+    b.set_defaults(fn=cmd_bench)
+    b = bsub.add_parser("all", help="prelabel and relabel benchmarks, every target side by side")
+    b.add_argument("--n", type=int, default=256, help="synthetic 640x480 JPEGs for the prelabel part")
+    b.add_argument("--model", default="ViT-B-32")
+    b.add_argument("--pretrained", default=None)
     b.add_argument("--batch-size", type=int, default=32)
     b.add_argument("--json")
     b.set_defaults(fn=cmd_bench)

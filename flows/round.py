@@ -73,7 +73,8 @@ class RoundSummary:
 
 
 def clip_config(params: Params) -> ClipConfig:
-    return ClipConfig(name=params.model.name, pretrained=params.model.pretrained, device=params.model.device)
+    return ClipConfig(name=params.model.name, pretrained=params.model.pretrained, device=params.model.device,
+                      precision=params.model.precision)
 
 
 def current_chunks(ws: Workspace, clip: ClipModel, views: ViewsConfig):

@@ -146,6 +146,7 @@ class ModelConfig(_Section):
     # 'local-dir:/path', or null for random weights (tests, smoke runs).
     pretrained: str | None = "laion2b_s34b_b79k"
     device: str = "auto"
+    precision: Literal["auto", "fp32", "fp16", "bf16"] = "auto"  # auto: fp32 on CPU, fp16 autocast on CUDA
     batch_size: int = Field(32, ge=1, le=4096)
     # DataLoader workers decoding images while the model computes; 'auto' picks by core count.
     num_workers: int | Literal["auto"] = "auto"

@@ -89,3 +89,34 @@ def test_real_weights_label_a_synthetic_image_when_available():
     w = class_text_weights(clip, {"red": ["a red square"], "blue": ["a blue square"]}, ["a photo of {}."])
     emb = clip.encode_images(torch.stack([clip.preprocess(red), clip.preprocess(blue)]))
     assert list(zero_shot_probs(emb, w, clip.logit_scale).argmax(1)) == [0, 1]
+
+
+def test_multilingual_model_without_transformers_says_how_to_install():
+    pytest.importorskip("open_clip")
+    try:
+        import transformers  # noqa: F401
+
+        pytest.skip("transformers is installed here")
+    except ImportError:
+        pass
+    with pytest.raises(WeightsUnavailableError) as e:
+        load_clip(ClipConfig("xlm-roberta-base-ViT-B-32", None, "cpu"))
+    assert "coldstart[multilingual]" in str(e.value) and "Hugging Face cache" in str(e.value)
+
+
+def test_precision_policy():
+    from models.clip import autocast_dtype
+
+    assert autocast_dtype("auto", torch.device("cpu")) is None
+    assert autocast_dtype("auto", torch.device("cuda")) is torch.float16
+    assert autocast_dtype("bf16", torch.device("cpu")) is torch.bfloat16
+    with pytest.raises(ConfigError, match="model.precision"):
+        autocast_dtype("int4", torch.device("cpu"))
+
+
+def test_bf16_autocast_embeddings_stay_close_to_fp32(tiny_clip):
+    import dataclasses
+
+    x = torch.rand(4, 3, 64, 64)
+    bf16 = dataclasses.replace(tiny_clip, autocast_dtype=torch.bfloat16).encode_images(x)
+    assert bf16.dtype == np.float32 and np.abs(bf16 - tiny_clip.encode_images(x)).max() < 0.1
