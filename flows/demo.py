@@ -44,7 +44,8 @@ scan:
 round:
   budget: {budget}
   audit_fraction: 0.1
-  strategy: margin
+  first_strategy: typiclust
+  strategy: hybrid
   confidence_threshold: 0.7
   seed: 0
 train:

@@ -153,7 +153,8 @@ def classify(ws: Workspace, params: Params, clip: ClipModel, round_no: int, time
     table = image_table(ws)
     paths = [table[i] for i in ids]
     relabeled = relabel_task(ws, ids, paths, probs, classes, humans, source=trained.model, model_id=model_id,
-                             round_no=round_no, threshold=params.round.confidence_threshold, locations=locations)
+                             round_no=round_no, threshold=params.round.confidence_threshold, locations=locations,
+                             store=(clip.model_id, params.views.key("global")))
     timers["relabel"] = time.perf_counter() - t
     return trained, relabeled, humans, warnings
 

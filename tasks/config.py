@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from models.errors import ConfigError
 
-STRATEGIES = ("margin", "least_confidence", "entropy", "random")
+from tasks.strategies import STRATEGIES, UNCERTAINTY  # noqa: E402  (names only: no heavy imports)
 
 
 class _Section(BaseModel):
@@ -190,15 +190,28 @@ class TrainConfig(_Section):
 class RoundConfig(_Section):
     budget: int = Field(50, ge=1)
     audit_fraction: float = Field(0.1, ge=0.0, le=1.0)
-    strategy: str = "margin"
+    # Round 1 has no labels and no trained model: pick typical, diverse images (TypiClust).
+    first_strategy: str = "typiclust"
+    # Later rounds: uncertain *and* diverse (top hybrid_factor x budget by uncertainty, then k-center).
+    strategy: str = "hybrid"
+    uncertainty: str = "margin"  # the measure used by hybrid
+    hybrid_factor: int = Field(5, ge=1)
+    class_cap: float | None = Field(None, gt=0, le=1)  # at most this share of a batch per predicted class
     confidence_threshold: float = Field(0.7, ge=0.0, le=1.0)
     seed: int = 0
 
-    @field_validator("strategy")
+    @field_validator("strategy", "first_strategy")
     @classmethod
     def _known(cls, s: str) -> str:
         if s not in STRATEGIES:
             raise ValueError(f"unknown strategy {s!r}; valid: {', '.join(STRATEGIES)}")
+        return s
+
+    @field_validator("uncertainty")
+    @classmethod
+    def _measure(cls, s: str) -> str:
+        if s not in UNCERTAINTY:
+            raise ValueError(f"unknown uncertainty measure {s!r}; valid: {', '.join(UNCERTAINTY)}")
         return s
 
 

@@ -30,7 +30,7 @@ class RelabelResult:
 
 def relabel(ws: Workspace, ids: list[str], paths: list[str], probs: np.ndarray, class_names: list[str],
             humans: dict[str, str], *, source: str, model_id: str, round_no: int, threshold: float,
-            locations: list[str] | None = None) -> RelabelResult:
+            locations: list[str] | None = None, store: tuple[str, str] = ("", "global")) -> RelabelResult:
     """Write data/labels/resolved.csv and data/store/probs.npz.
 
     ``probs`` ``(N, C)`` are the model's probabilities for ``ids`` (ontology order); they are
@@ -51,7 +51,9 @@ def relabel(ws: Workspace, ids: list[str], paths: list[str], probs: np.ndarray, 
             auto_conf.append(float(conf[k]))
     write_csv(ws.resolved, RESOLVED_FIELDS, rows)
     buf = io.BytesIO()
-    np.savez(buf, ids=np.array(ids, dtype="S64"), probs=probs.astype(np.float32), classes=np.array(class_names))
+    # store: (embedding model id, view) whose embeddings these are, for diversity-based selection.
+    np.savez(buf, ids=np.array(ids, dtype="S64"), probs=probs.astype(np.float32), classes=np.array(class_names),
+             store=np.array(list(store)))
     atomic_write_bytes(ws.probs, buf.getvalue())
     common = [r for r in rows if r["image_id"] in previous]
     churn = sum(r["label"] != previous[r["image_id"]] for r in common) / len(common) if common else None
@@ -63,9 +65,11 @@ def relabel(ws: Workspace, ids: list[str], paths: list[str], probs: np.ndarray, 
     )
 
 
-def load_probs(ws: Workspace) -> tuple[list[str], np.ndarray, list[str]]:
+def load_probs(ws: Workspace) -> tuple[list[str], np.ndarray, list[str], tuple[str, str]]:
+    """(ids, ``(N, L)`` probabilities, label names, (embedding model id, view))."""
     with np.load(ws.probs, allow_pickle=False) as z:
-        return [x.decode() for x in z["ids"]], z["probs"], [str(c) for c in z["classes"]]
+        store = tuple(str(x) for x in z["store"]) if "store" in z else ("", "global")
+        return [x.decode() for x in z["ids"]], z["probs"], [str(c) for c in z["classes"]], store
 
 
 @task(name="relabel", cache_policy=NO_CACHE)

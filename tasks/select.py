@@ -18,7 +18,10 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from models.errors import SelectionError
-from tasks.config import STRATEGIES, RoundConfig
+from tasks import strategies
+from tasks.config import RoundConfig
+from tasks.store import EmbeddingStore
+from tasks.strategies import STRATEGIES, uncertainty
 from tasks.workspace import Workspace, atomic_write_text, read_csv, write_csv
 
 log = logging.getLogger(__name__)
@@ -27,23 +30,13 @@ BATCH_FIELDS = ["image_id", "image", "purpose", "predicted_label", "confidence",
 REVIEW_FIELDS = ["image_id", "image", "suggested_label", "confidence", "label", "annotator"]
 
 
-def uncertainty(probs: np.ndarray, strategy: str) -> np.ndarray:
-    """``(N, C)`` probabilities -> ``(N,)`` scores, higher = more uncertain."""
-    if strategy == "least_confidence":
-        return 1.0 - probs.max(1)
-    if strategy == "margin":
-        top2 = np.sort(probs, axis=1)[:, -2:] if probs.shape[1] > 1 else np.c_[np.zeros(len(probs)), probs]
-        return 1.0 - (top2[:, 1] - top2[:, 0])
-    if strategy == "entropy":
-        p = np.clip(probs, 1e-12, 1.0)
-        return -(p * np.log(p)).sum(1)
-    raise SelectionError(f"unknown strategy {strategy!r}; valid: {', '.join(STRATEGIES)}")
+def select_indices(probs: np.ndarray, budget: int, *, strategy: str, audit: int, seed: int,
+                   X: np.ndarray | None = None, labeled_X: np.ndarray | None = None, factor: int = 5,
+                   measure: str = "margin", class_cap: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Pick ``audit`` uniformly random rows, then ``budget - audit`` of the rest by ``strategy``.
 
-
-def select_indices(probs: np.ndarray, budget: int, *, strategy: str, audit: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Pick ``audit`` random rows, then ``budget - audit`` most uncertain of the rest.
-
-    Returns (uncertain indices, audit indices). Ties are broken by a seeded random order.
+    The audit sample is drawn first from the whole pool, so it stays a uniform sample of the
+    auto-labeled images (an unbiased accuracy estimate). Returns (chosen, audit) indices.
     """
     n = len(probs)
     if n == 0:
@@ -52,17 +45,16 @@ def select_indices(probs: np.ndarray, budget: int, *, strategy: str, audit: int,
         raise SelectionError(f"budget {budget} is larger than the pool of {n} unlabeled images")
     if not 0 <= audit <= budget:
         raise SelectionError(f"audit size {audit} must be between 0 and the budget {budget}")
+    if strategy not in STRATEGIES:
+        raise SelectionError(f"unknown strategy {strategy!r}; valid: {', '.join(STRATEGIES)}")
     rng = np.random.default_rng(seed)
     audit_idx = rng.choice(n, size=audit, replace=False) if audit else np.zeros(0, int)
     rest = np.setdiff1d(np.arange(n), audit_idx)
-    if strategy == "random":
-        picked = rng.choice(rest, size=budget - audit, replace=False)
-    else:
-        scores = uncertainty(probs[rest], strategy)
-        tiebreak = rng.random(len(rest))
-        order = np.lexsort((tiebreak, -scores))  # by score descending, ties by the seeded draw
-        picked = rest[order[: budget - audit]]
-    return np.asarray(picked, int), np.asarray(audit_idx, int)
+    if budget - audit == 0:
+        return np.zeros(0, int), np.asarray(audit_idx, int)
+    picked = strategies.select(strategy, budget - audit, probs=probs[rest], X=None if X is None else X[rest],
+                               labeled_X=labeled_X, seed=seed, factor=factor, measure=measure, class_cap=class_cap)
+    return rest[picked], np.asarray(audit_idx, int)
 
 
 def _cell(value: str) -> str:
@@ -73,33 +65,43 @@ def _cell(value: str) -> str:
 @dataclass
 class SelectResult:
     batch_size: int
-    uncertain: int
+    chosen: int  # by the strategy
     audit: int
     pool: int
     files: list[str]
+    strategy: str = ""
 
 
 def select(ws: Workspace, cfg: RoundConfig, round_no: int) -> SelectResult:
     """Read resolved.csv + probs.npz, write data/review/round-NNN.{csv,batch.csv,tasks.json}."""
     from tasks.relabel import load_probs
 
-    ids, probs, classes = load_probs(ws)
+    ids, probs, classes, (model_id, view) = load_probs(ws)
     resolved = {r["image_id"]: r for r in read_csv(ws.resolved)}
     pool = [k for k, i in enumerate(ids) if resolved[i]["source"] != "human"]
+    labeled = [i for i in ids if resolved[i]["source"] == "human"]
+    strategy = cfg.strategy if labeled else cfg.first_strategy
     budget = min(cfg.budget, len(pool))
     stem = ws.review / f"round-{round_no:03d}"
     ws.review.mkdir(parents=True, exist_ok=True)
     if budget == 0:
         log.warning("every image has a human label: no review batch this round")
-        return SelectResult(0, 0, 0, 0, [])
+        return SelectResult(0, 0, 0, 0, [], strategy)
     if budget < cfg.budget:
         log.warning("only %d unlabeled images left; the batch is smaller than round.budget=%d", budget, cfg.budget)
     n_audit = min(budget, math.ceil(budget * cfg.audit_fraction)) if cfg.audit_fraction > 0 else 0
+    seed = cfg.seed * 100_003 + round_no
     sub = probs[pool]
-    unc, aud = select_indices(sub, budget, strategy=cfg.strategy, audit=n_audit, seed=cfg.seed * 100_003 + round_no)
-    scores = uncertainty(sub, cfg.strategy if cfg.strategy != "random" else "margin")
+    X = labeled_X = None
+    if strategy in ("kcenter", "typiclust", "hybrid"):
+        store = EmbeddingStore(ws.embeddings, model_id, view)
+        _, X = store.load([ids[k] for k in pool])
+        _, labeled_X = store.load(labeled) if labeled else (None, None)
+    chosen, aud = select_indices(sub, budget, strategy=strategy, audit=n_audit, seed=seed, X=X, labeled_X=labeled_X,
+                                 factor=cfg.hybrid_factor, measure=cfg.uncertainty, class_cap=cfg.class_cap)
+    scores = uncertainty(sub, cfg.uncertainty)
     batch = []
-    for purpose, picks in (("uncertain", unc), ("audit", aud)):
+    for purpose, picks in ((strategy, chosen), ("audit", aud)):
         for j in picks:
             r = resolved[ids[pool[j]]]
             batch.append(dict(image_id=r["image_id"], image=r["path"], purpose=purpose, predicted_label=r["label"],
@@ -126,7 +128,7 @@ def select(ws: Workspace, cfg: RoundConfig, round_no: int) -> SelectResult:
                       f'  <Choices name="label" toName="image" choice="single" showInLine="true">\n{choices}\n'
                       f'  </Choices>\n</View>\n')
     files = [ws.rel(stem.with_suffix(s)) for s in (".csv", ".batch.csv", ".tasks.json")]
-    return SelectResult(len(batch), len(unc), len(aud), len(pool), files)
+    return SelectResult(len(batch), len(chosen), len(aud), len(pool), files, strategy)
 
 
 @dataclass

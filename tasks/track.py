@@ -39,6 +39,10 @@ def confusion_png(confusion: list[list[int]], classes: list[str], path: Path) ->
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    # Class names are often Chinese: prefer a CJK font when one is installed (glyph fallback).
+    plt.rcParams["font.sans-serif"] = ["DejaVu Sans", "Noto Sans CJK SC", "Noto Sans CJK JP", "WenQuanYi Zen Hei",
+                                       "SimHei", "Microsoft YaHei", "PingFang SC"]
+
     cm = np.asarray(confusion)
     size = max(4.0, 0.5 * len(classes) + 2)
     fig, ax = plt.subplots(figsize=(size, size))
