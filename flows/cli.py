@@ -31,15 +31,23 @@ def format_summary(s) -> str:
     def pct(x):
         return "-" if x is None else f"{100 * x:.1f}%"
 
+    audit = "no audit answers yet"
+    if s.audit_n:
+        lo, hi = s.audit_interval
+        audit = (f"{pct(s.audit_accuracy)} of round {s.audit_round}'s auto labels correct (95% CI {pct(lo)}-{pct(hi)}, "
+                 f"{s.audit_n} audited)")
+        if s.audit_per_class:
+            audit += "; per label: " + ", ".join(f"{k} {pct(v)}" for k, v in s.audit_per_class.items())
     lines = [
         f"round {s.round} ({s.tag}, {s.seconds:.1f} s)",
         f"  images      {s.images} ({s.new_images} new, {s.embedded_new} embedded), {s.quarantined} quarantined",
         f"  intake      {len(s.files_accepted)} file(s) accepted (+{s.events_added} labels), {len(s.files_rejected)} rejected",
         f"  labels      {s.human_labels} human, {s.auto_labeled} auto by {s.model}: {s.model_reason}",
-        f"  confidence  {s.below_threshold} auto labels below the threshold; label churn {pct(s.churn)}",
-        f"  audit       " + (f"{pct(s.audit_accuracy)} of round {s.audit_round}'s auto labels correct "
-                             f"({s.audit_n} audited)" if s.audit_n else "no audit answers yet"),
-        f"  review      {s.batch_size} images: {', '.join(s.review_files) or '-'}",
+        f"  confidence  {s.below_threshold} auto labels below {s.threshold:.3f} ({s.threshold_note}); "
+        f"temperature {s.temperature:.2f}; label churn {pct(s.churn)}",
+        f"  audit       {audit}",
+        f"  review      {s.batch_size} images by {s.strategy or '-'} (+audit"
+        + (f", {s.flags} label(s) to re-check" if s.flags else "") + f"): {', '.join(s.review_files) or '-'}",
         f"  mlflow run  {s.run_id}",
     ]
     for w in s.warnings:

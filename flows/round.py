@@ -9,6 +9,7 @@ round is simply run again.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from dataclasses import asdict, dataclass, field
@@ -30,7 +31,8 @@ from tasks.store import EmbeddingStore, cached_text_weights
 from tasks.views import aggregate_views
 from tasks.track import record_version, track_task
 from tasks.version import version_task
-from tasks.workspace import Workspace
+from tasks.calibrate import apply_temperature, precision_threshold
+from tasks.workspace import Workspace, atomic_write_text, write_csv
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +69,14 @@ class RoundSummary:
     tag: str | None = None
     problems: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)  # about the ontology (confusable, script)
+    zs_probe_cv_accuracy: float | None = None
+    audit_interval: tuple[float, float] | None = None  # Wilson 95% of audit_accuracy
+    audit_per_class: dict[str, float] = field(default_factory=dict)  # labels with >= 5 audited
+    threshold: float | None = None  # auto-accept confidence
+    threshold_note: str = ""
+    temperature: float = 1.0
+    flags: int = 0  # human labels sent back for a second look
+    strategy: str = ""
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -130,14 +140,27 @@ def classify(ws: Workspace, params: Params, clip: ClipModel, round_no: int, time
     t = time.perf_counter()
     pool = scan_pool(ws, clip, humans, params.views)
     y = np.array([classes.index(humans[i]) for i in pool.labeled_ids], dtype=int)
-    trained = train_mod.train_task(pool.labeled_X, y, head, params.train, center=pool.center, scale=pool.scale)
+    self_training = {}
+    if params.train.self_training and len(y) and pool.n <= params.train.self_training_max_pool:
+        all_ids, chunks = [], []
+        for chunk_ids, X in current_chunks(ws, clip, params.views):
+            all_ids.extend(chunk_ids)
+            chunks.append(X)
+        where = {i: k for k, i in enumerate(all_ids)}
+        self_training = dict(pool_X=np.concatenate(chunks), rows=np.array([where[i] for i in pool.labeled_ids]))
+    trained = train_mod.train_task(pool.labeled_X, y, head, params.train, center=pool.center, scale=pool.scale,
+                                   **self_training)
     train_mod.save(ws, trained, clip.model_id)
+    flags = train_mod.label_issues(trained.oof_probs, y) if trained.oof_probs is not None and len(y) >= 10 else []
+    write_flags(ws, [(pool.labeled_ids[i], classes[y[i]], classes[j], p) for i, j, p in flags], round_no)
     timers["train"] = time.perf_counter() - t
     t = time.perf_counter()
-    if trained.model == "probe":
-        predict, model_id = trained.probe.head.predict_proba, f"{clip.model_id}+probe-r{round_no:03d}"
-    else:
-        predict, model_id = head.predict_proba, f"{clip.model_id}+zero-shot"
+    T = trained.temperature
+    base = trained.probe.head.predict_proba if trained.probe is not None else head.predict_proba
+    model_id = f"{clip.model_id}+{trained.model}" + (f"-r{round_no:03d}" if trained.probe is not None else "")
+
+    def predict(X: np.ndarray) -> np.ndarray:
+        return apply_temperature(base(X), T)  # calibrated on held-out human labels
     # Second streaming pass: only the (N, L) probabilities are kept, never all embeddings.
     ids, parts = [], []
     for chunk_ids, X in current_chunks(ws, clip, params.views):
@@ -152,11 +175,28 @@ def classify(ws: Workspace, params: Params, clip: ClipModel, round_no: int, time
         probs, locations = multiscale(ws, clip, params.views, ids, probs, predict, negative)
     table = image_table(ws)
     paths = [table[i] for i in ids]
+    threshold, threshold_note = params.round.confidence_threshold, "fixed"
+    if params.round.threshold_mode == "precision" and trained.oof_probs is not None:
+        found = precision_threshold(trained.oof_probs, y, params.round.target_precision)
+        if found is not None:
+            threshold, threshold_note = found, f"precision >= {params.round.target_precision} on held-out labels"
+        else:
+            threshold, threshold_note = 1.0, f"no confidence reaches precision {params.round.target_precision} yet"
+    trained.threshold, trained.threshold_note = threshold, threshold_note
     relabeled = relabel_task(ws, ids, paths, probs, classes, humans, source=trained.model, model_id=model_id,
-                             round_no=round_no, threshold=params.round.confidence_threshold, locations=locations,
+                             round_no=round_no, threshold=threshold, locations=locations,
                              store=(clip.model_id, params.views.key("global")))
     timers["relabel"] = time.perf_counter() - t
     return trained, relabeled, humans, warnings
+
+
+FLAG_FIELDS = ["image_id", "human_label", "suggested_label", "probability", "round"]
+
+
+def write_flags(ws: Workspace, flags: list[tuple[str, str, str, float]], round_no: int) -> None:
+    """data/labels/flags.csv: human labels the held-out model disagrees with, for a second look."""
+    write_csv(ws.flags, FLAG_FIELDS, [dict(image_id=i, human_label=g, suggested_label=s, probability=f"{p:.4f}",
+                                           round=round_no) for i, g, s, p in flags])
 
 
 def multiscale(ws: Workspace, clip: ClipModel, views: ViewsConfig, ids: list[str], global_probs: np.ndarray,
@@ -230,6 +270,10 @@ def _round(ws: Workspace) -> RoundSummary:
         audit_round=audit.round if audit else None, batch_size=selected.batch_size,
         review_files=selected.files, seconds=0.0, stage_seconds=timers,
         embed_images_per_s=embedded.images_per_s, problems=taken.problems, warnings=warnings,
+        zs_probe_cv_accuracy=trained.zs_probe_cv_accuracy, audit_interval=audit.interval if audit else None,
+        audit_per_class=audit.per_class() if audit else {}, threshold=trained.threshold,
+        threshold_note=trained.threshold_note, temperature=trained.temperature, flags=selected.recheck,
+        strategy=selected.strategy,
     )
     metrics = {
         "images": scanned.images, "new_images": scanned.new_images, "quarantined": scanned.quarantined,
@@ -238,19 +282,32 @@ def _round(ws: Workspace) -> RoundSummary:
         "files_accepted": len(taken.files_accepted), "files_rejected": len(taken.files_rejected),
         "auto_labeled": relabeled.auto, "below_threshold": relabeled.below_threshold,
         "mean_confidence": relabeled.mean_confidence, "label_churn": relabeled.churn,
-        "probe_cv_accuracy": trained.probe_cv_accuracy, "zero_shot_accuracy_on_human": trained.zero_shot_accuracy,
-        "used_probe": float(trained.model == "probe"), "audit_accuracy_prev_round": summary.audit_accuracy,
+        "probe_cv_accuracy": trained.probe_cv_accuracy, "zs_probe_cv_accuracy": trained.zs_probe_cv_accuracy,
+        "zero_shot_accuracy_on_human": trained.zero_shot_accuracy, "chosen_cv_accuracy": trained.cv_accuracy,
+        "used_probe": float(trained.probe is not None), "temperature": trained.temperature,
+        "ece_before": trained.ece_before, "ece_after": trained.ece_after, "auto_accept_threshold": trained.threshold,
+        "label_flags": selected.recheck, "audit_accuracy_prev_round": summary.audit_accuracy,
+        "audit_low_prev_round": summary.audit_interval[0] if summary.audit_interval else None,
+        "audit_high_prev_round": summary.audit_interval[1] if summary.audit_interval else None,
+        **{f"audit_accuracy_prev_round.{k}": v for k, v in summary.audit_per_class.items()},
         "audit_n": summary.audit_n, "batch_size": selected.batch_size, "batch_audit": selected.audit,
         "embed_images_per_s": embedded.images_per_s or None,
         **{f"seconds_{k}": v for k, v in timers.items()},
     }
+    # The round's own record (git-tracked with the tag): what `coldstart status` judges "done" by.
+    atomic_write_text(ws.metrics_dir / "round.json", json.dumps({
+        "round": round_no, "human_labels": len(humans), "auto_labeled": relabeled.auto, "churn": relabeled.churn,
+        "audit_round": summary.audit_round, "audit_n": summary.audit_n, "audit_accuracy": summary.audit_accuracy,
+        "audit_interval": summary.audit_interval, "model": trained.model, "cv_accuracy": trained.cv_accuracy,
+    }, indent=2) + "\n")
     artifacts = [ws.root / f for f in selected.files] + [ws.quarantine, ws.metrics_dir / "train.json"]
     tracking_error = None
     t = time.perf_counter()
     try:
         metrics["seconds_total"] = time.perf_counter() - t0
         summary.run_id = track_task(ws, params, round_no, metrics, artifacts, trained.confusion,
-                                    trained.probe.estimator if trained.probe is not None else None)
+                                    trained.probe.head if trained.probe is not None else None,
+                                    trained.cv_accuracy if trained.probe is not None else None)
     except TrackingError as e:
         tracking_error = e  # version the data anyway; report after
     timers["track"] = time.perf_counter() - t

@@ -1,30 +1,53 @@
-"""Linear probe on frozen, L2-normalised CLIP embeddings (multinomial logistic regression).
+"""Trainable heads on frozen, L2-normalised CLIP embeddings.
 
-The fitted head is kept as plain arrays, ``weight`` ``(C, D)`` and ``bias`` ``(C,)`` over the
-whole ontology, so it is saved as ``.npz`` (no pickle to trust) and applied as
-``softmax(X @ weight.T + bias)``. A class the probe never saw gets bias ``-inf``: probability 0.
+Every head is kept as plain arrays, ``weight`` ``(L, D)`` and ``bias`` ``(L,)`` over the whole
+label set, saved as ``.npz`` (no pickle to trust) and applied as ``softmax(X @ weight.T + bias)``.
+A label the head never saw gets bias ``-inf``: probability 0.
+
+Two probes:
+
+- ``fit_probe``: multinomial logistic regression on standardised features (scikit-learn).
+- ``fit_zs_probe``: logistic regression in the raw embedding space whose weights start at the
+  zero-shot text weights and are pulled toward them (``lam / 2 * ||V - V0||^2`` on the unit-scale
+  directions), the strength
+  chosen by cross-validation. With few labels CV picks a strong pull and the head stays near
+  zero-shot; with many it learns freely.
+
+Both can add pseudo-labels (self-training): label spreading over the kNN graph of every image
+gives confident labels to unlabeled images, which join the training set (never the CV test
+folds). Cross-validated, out-of-fold probabilities are returned for calibration and label-error
+flags.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import numpy as np
+from scipy.optimize import minimize
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import KFold, StratifiedKFold
 
 from models.zeroshot import softmax
 
+log = logging.getLogger(__name__)
+
+LAMBDAS = (0.001, 0.01, 0.1, 1.0, 10.0)  # zs-probe pull toward the text directions, for CV to pick
+
 
 @dataclass
 class LinearHead:
-    weight: np.ndarray  # (C, D) float32
-    bias: np.ndarray  # (C,) float32, -inf for classes absent from training
+    weight: np.ndarray  # (L, D) float32
+    bias: np.ndarray  # (L,) float32, -inf for labels absent from training
+
+    def logits(self, X: np.ndarray) -> np.ndarray:
+        with np.errstate(invalid="ignore"):
+            return X.astype(np.float32, copy=False) @ self.weight.T + self.bias
 
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
-        """``(N, D)`` -> ``(N, C)`` probabilities."""
-        with np.errstate(invalid="ignore"):
-            return softmax(X.astype(np.float32) @ self.weight.T + self.bias)
+        """``(N, D)`` -> ``(N, L)`` probabilities."""
+        return softmax(self.logits(X))
 
     def save(self, path) -> None:
         np.savez(path, weight=self.weight, bias=self.bias)
@@ -34,16 +57,63 @@ class LinearHead:
         with np.load(path, allow_pickle=False) as z:
             return cls(z["weight"], z["bias"])
 
+    def to_sklearn(self) -> LogisticRegression:
+        """The same head as a fitted scikit-learn estimator (input: raw CLIP embeddings)."""
+        est = LogisticRegression()
+        est.classes_ = np.arange(len(self.bias))
+        est.coef_ = self.weight.astype(np.float64)
+        est.intercept_ = np.where(np.isfinite(self.bias), self.bias, -1e9).astype(np.float64)
+        est.n_features_in_ = self.weight.shape[1]
+        return est
+
 
 @dataclass
 class ProbeFit:
     head: LinearHead
-    estimator: LogisticRegression  # the scikit-learn model on standardised features (logged to MLflow)
+    kind: str  # "probe" or "zs-probe"
     cv_accuracy: float
-    cv_predictions: np.ndarray  # (N,) out-of-fold predicted class index
+    oof_probs: np.ndarray  # (N, L) out-of-fold probabilities of the labeled samples
+    params: dict  # what CV chose (C, lambda, pseudo-label count)
+
+    @property
+    def cv_predictions(self) -> np.ndarray:
+        return self.oof_probs.argmax(1)
 
 
-def _estimator(C: float, seed: int) -> LogisticRegression:
+def splits(y: np.ndarray, folds: int, seed: int):
+    """Stratified when every class has enough examples, else shuffled K-fold (few labels per
+    class is the normal cold-start case, not an error)."""
+    counts = np.bincount(y)
+    k = min(folds, len(y))
+    smallest = int(counts[counts > 0].min())
+    splitter = (StratifiedKFold(n_splits=min(k, smallest), shuffle=True, random_state=seed) if smallest >= 2
+                else KFold(n_splits=k, shuffle=True, random_state=seed))
+    return list(splitter.split(np.zeros(len(y)), y))
+
+
+def pseudo_labels(pool_X: np.ndarray, rows: np.ndarray, y: np.ndarray, threshold: float,
+                  exclude: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Label spreading over the kNN graph of ``pool_X`` from the labeled ``rows`` (labels ``y``).
+
+    Returns (pool rows, labels) of unlabeled images whose spread label distribution has a
+    maximum >= ``threshold``; ``exclude`` rows are never returned (CV test folds).
+    """
+    from sklearn.semi_supervised import LabelSpreading
+
+    target = np.full(len(pool_X), -1)
+    target[rows] = y
+    ls = LabelSpreading(kernel="knn", n_neighbors=min(10, len(pool_X) - 1), alpha=0.2, max_iter=100)
+    ls.fit(pool_X, target)
+    conf = ls.label_distributions_.max(1)
+    mask = conf >= threshold
+    mask[rows] = False
+    if exclude is not None:
+        mask[exclude] = False
+    keep = np.flatnonzero(mask)
+    return keep, ls.transduction_[keep]
+
+
+def _lr(C: float, seed: int) -> LogisticRegression:
     return LogisticRegression(C=C, max_iter=2000, random_state=seed)
 
 
@@ -64,35 +134,97 @@ def to_head(est: LogisticRegression, n_classes: int, center: np.ndarray, scale: 
     return LinearHead(weight, bias)
 
 
+def _train_set(X, y, pool_X, rows, tr, te, threshold):
+    """The training rows of one fold (or of the final fit), plus pseudo-labels if asked."""
+    if pool_X is None or threshold is None:
+        return X[tr], y[tr], 0
+    test_rows = rows[te] if te is not None else None
+    prow, plab = pseudo_labels(pool_X, rows[tr], y[tr], threshold, exclude=test_rows)
+    return np.vstack([X[tr], pool_X[prow]]), np.concatenate([y[tr], plab]), len(prow)
+
+
+def _fit_plain(Xtr, ytr, n_classes, C, seed, center, scale) -> LinearHead:
+    if len(np.unique(ytr)) < 2:  # one class seen: it is all the head can say
+        bias = np.full(n_classes, -np.inf, np.float32)
+        bias[ytr[0]] = 0.0
+        return LinearHead(np.zeros((n_classes, Xtr.shape[1]), np.float32), bias)
+    return to_head(_lr(C, seed).fit((Xtr - center) / scale, ytr), n_classes, center, scale)
+
+
 def fit_probe(X: np.ndarray, y: np.ndarray, n_classes: int, *, C: float = 1.0, folds: int = 5, seed: int = 0,
-              center: np.ndarray | None = None, scale: np.ndarray | None = None) -> ProbeFit:
-    """Fit on ``X`` ``(N, D)``, ``y`` ``(N,)`` class indices (>= 2 distinct classes).
+              center: np.ndarray | None = None, scale: np.ndarray | None = None, pool_X: np.ndarray | None = None,
+              rows: np.ndarray | None = None, self_training: float | None = None) -> ProbeFit:
+    """Plain probe on ``X`` ``(N, D)``, ``y`` ``(N,)`` label indices (>= 2 distinct labels).
 
-    Features are standardised with ``center``/``scale`` ``(D,)`` (give the statistics of every
-    image, labeled or not: far steadier than those of a few labels; default: of ``X``). CLIP
-    embedding dimensions differ a lot in spread, and an L2 penalty on raw features would
-    mostly ignore the narrow ones.
-
-    Cross-validation is stratified when every class has enough examples, else shuffled K-fold
-    (few labels per class is the normal cold-start case, not an error).
+    Features are standardised with ``center``/``scale`` ``(D,)`` (statistics of every image:
+    far steadier than those of a few labels; default: of ``X``). With ``pool_X`` (every image),
+    ``rows`` (each labeled sample's row in it) and ``self_training`` (a confidence threshold),
+    pseudo-labels join the training set.
     """
-    X = np.asarray(X, dtype=np.float32)
-    y = np.asarray(y)
+    X, y = np.asarray(X, np.float32), np.asarray(y)
     if len(np.unique(y)) < 2:
         raise ValueError("a probe needs human labels of at least two classes")
     center = X.mean(0) if center is None else np.asarray(center, np.float32)
     scale = X.std(0) + 1e-6 if scale is None else np.asarray(scale, np.float32)
-    Z = (X - center) / scale
-    counts = np.bincount(y)
-    k = min(folds, len(y))
-    smallest = int(counts[counts > 0].min())
-    splitter = (StratifiedKFold(n_splits=min(k, smallest), shuffle=True, random_state=seed) if smallest >= 2
-                else KFold(n_splits=k, shuffle=True, random_state=seed))
-    oof = np.empty_like(y)
-    for tr, te in splitter.split(Z, y):
-        if len(np.unique(y[tr])) < 2:  # a fold with one class can only predict that class
-            oof[te] = y[tr][0]
-        else:
-            oof[te] = _estimator(C, seed).fit(Z[tr], y[tr]).predict(Z[te])
-    est = _estimator(C, seed).fit(Z, y)
-    return ProbeFit(to_head(est, n_classes, center, scale), est, float((oof == y).mean()), oof)
+    oof = np.zeros((len(y), n_classes), np.float32)
+    for tr, te in splits(y, folds, seed):
+        Xtr, ytr, _ = _train_set(X, y, pool_X, rows, tr, te, self_training)
+        oof[te] = _fit_plain(Xtr, ytr, n_classes, C, seed, center, scale).predict_proba(X[te])
+    Xtr, ytr, n_pseudo = _train_set(X, y, pool_X, rows, np.arange(len(y)), None, self_training)
+    head = _fit_plain(Xtr, ytr, n_classes, C, seed, center, scale)
+    return ProbeFit(head, "probe", float((oof.argmax(1) == y).mean()), oof, {"C": C, "pseudo_labels": n_pseudo})
+
+
+def _fit_prior(X: np.ndarray, y: np.ndarray, W0: np.ndarray, lam: float) -> LinearHead:
+    """Multinomial LR in the raw space: W = s * V with s the text weights' logit scale, and
+    minimise mean CE + lam/2 ||V - V0||^2 by L-BFGS from V0 = W0 / s.
+
+    Working on V (unit scale) rather than W (x100 for CLIP) keeps the problem well conditioned:
+    a wrong text direction can be overturned in a few steps instead of hundreds.
+    """
+    L, D = W0.shape
+    s = float(np.linalg.norm(W0, axis=1).mean()) or 1.0
+    V0 = W0.astype(np.float64) / s
+    Y = np.eye(L, dtype=np.float64)[y]
+    X64 = X.astype(np.float64)
+
+    def loss(theta):
+        V, b = theta[: L * D].reshape(L, D), theta[L * D :]
+        Z = s * (X64 @ V.T) + b
+        m = Z.max(1, keepdims=True)
+        lse = m[:, 0] + np.log(np.exp(Z - m).sum(1))  # exact log-softmax: CLIP-scale logits saturate
+        ce = (lse - (Z * Y).sum(1)).mean()
+        G = (np.exp(Z - lse[:, None]) - Y) / len(y)
+        diff = V - V0
+        gV = s * (G.T @ X64) + lam * diff
+        gb = G.sum(0) + 1e-4 * b
+        return ce + 0.5 * lam * (diff ** 2).sum() + 0.5e-4 * (b ** 2).sum(), np.concatenate([gV.ravel(), gb])
+
+    theta0 = np.concatenate([V0.ravel(), np.zeros(L)])
+    res = minimize(loss, theta0, jac=True, method="L-BFGS-B", options={"maxiter": 500})
+    V, b = res.x[: L * D].reshape(L, D), res.x[L * D :]
+    return LinearHead((s * V).astype(np.float32), b.astype(np.float32))
+
+
+def fit_zs_probe(X: np.ndarray, y: np.ndarray, W0: np.ndarray, *, folds: int = 5, seed: int = 0,
+                 lambdas: tuple[float, ...] = LAMBDAS, pool_X: np.ndarray | None = None,
+                 rows: np.ndarray | None = None, self_training: float | None = None) -> ProbeFit:
+    """Zero-shot-initialised probe. ``W0`` ``(L, D)``: logit_scale x the labels' text weights.
+
+    The pull ``lam`` is chosen by CV accuracy; ties go to the strongest pull (closest to zero-shot).
+    """
+    X, y = np.asarray(X, np.float32), np.asarray(y)
+    folds_ = splits(y, folds, seed) if len(y) >= 2 else []
+    best = None
+    for lam in sorted(lambdas, reverse=True):
+        oof = np.zeros((len(y), len(W0)), np.float32)
+        for tr, te in folds_:
+            Xtr, ytr, _ = _train_set(X, y, pool_X, rows, tr, te, self_training)
+            oof[te] = _fit_prior(Xtr, ytr, W0, lam).predict_proba(X[te])
+        acc = float((oof.argmax(1) == y).mean()) if folds_ else 0.0
+        if best is None or acc > best[1]:
+            best = (lam, acc, oof)
+    lam, acc, oof = best
+    Xtr, ytr, n_pseudo = _train_set(X, y, pool_X, rows, np.arange(len(y)), None, self_training)
+    head = _fit_prior(Xtr, ytr, W0, lam)
+    return ProbeFit(head, "zs-probe", acc, oof, {"lambda": lam, "pseudo_labels": n_pseudo})

@@ -79,6 +79,15 @@ class ZeroShotHead:
         """``(N, D)`` -> ``(N, L)``."""
         return to_labels(self.class_probs(X), self.label_of_class, self.n_labels)
 
+    def label_weights(self) -> np.ndarray:
+        """``(L, D)`` logit_scale x unit text direction per label (negatives: their mean), the
+        starting point and prior of the zero-shot-initialised probe."""
+        rows = []
+        for label in range(self.n_labels):
+            w = self.weights[self.label_of_class == label].mean(0)
+            rows.append(w / np.linalg.norm(w))
+        return (self.logit_scale * np.stack(rows)).astype(np.float32)
+
 
 def confusable_pairs(weights: np.ndarray, names: list[str], threshold: float) -> list[tuple[str, str, float]]:
     """Pairs of classes whose text embeddings have cosine >= threshold (likely confused)."""

@@ -182,9 +182,23 @@ class ScanConfig(_Section):
 
 class TrainConfig(_Section):
     seed: int = 0
-    C: float = Field(1.0, gt=0)  # inverse L2 strength of the logistic-regression probe
+    # auto: the best by cross-validation on the human labels among zero-shot, probe, zs-probe.
+    model: Literal["auto", "zero-shot", "probe", "zs-probe"] = "auto"
+    C: float = Field(1.0, gt=0)  # inverse L2 strength of the plain probe
     cv_folds: int = Field(5, ge=2)
     min_labels: int = Field(4, ge=2)  # fewer human labels than this: no probe is fitted
+    # Self-training: label spreading gives unlabeled images with confidence >= this a pseudo-label
+    # for training (null: off). Only when the pool has at most self_training_max_pool images.
+    self_training: float | None = Field(0.9, gt=0, le=1)
+    self_training_max_pool: int = Field(20000, ge=10)
+
+
+class StopConfig(_Section):
+    """When is the dataset done? Any one criterion met is enough; null turns one off."""
+
+    max_labels: int | None = Field(None, ge=1)  # the human-label budget
+    churn_below: float | None = Field(0.01, ge=0, le=1)  # labels changing between rounds
+    audit_lower_bound: float | None = Field(0.95, gt=0, le=1)  # Wilson 95% lower bound of audit accuracy
 
 
 class RoundConfig(_Section):
@@ -195,9 +209,16 @@ class RoundConfig(_Section):
     # Later rounds: uncertain *and* diverse (top hybrid_factor x budget by uncertainty, then k-center).
     strategy: str = "hybrid"
     uncertainty: str = "margin"  # the measure used by hybrid
-    hybrid_factor: int = Field(5, ge=1)
+    hybrid_factor: int = Field(3, ge=1)
     class_cap: float | None = Field(None, gt=0, le=1)  # at most this share of a batch per predicted class
+    # Human labels the held-out model confidently disagrees with go back for a second look, at
+    # most this share of the budget per round (on top of it).
+    recheck_fraction: float = Field(0.1, ge=0, le=1)
     confidence_threshold: float = Field(0.7, ge=0.0, le=1.0)
+    # Auto-accept threshold: "fixed" uses confidence_threshold; "precision" picks the lowest
+    # confidence whose accepted labels reach target_precision on held-out human labels.
+    threshold_mode: Literal["fixed", "precision"] = "fixed"
+    target_precision: float = Field(0.95, gt=0, le=1)
     seed: int = 0
 
     @field_validator("strategy", "first_strategy")
@@ -218,6 +239,7 @@ class RoundConfig(_Section):
 class TrackingConfig(_Section):
     uri: str | None = None  # null: sqlite:///<workspace>/mlflow.db
     experiment: str = "coldstart"
+    registered_model: str | None = None  # Model Registry name of the head; null: "<experiment>-head"
 
 
 class Params(_Section):
@@ -227,6 +249,7 @@ class Params(_Section):
     scan: ScanConfig = Field(default_factory=ScanConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     round: RoundConfig = Field(default_factory=RoundConfig)
+    stop: StopConfig = Field(default_factory=StopConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
 
 

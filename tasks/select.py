@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from xml.sax.saxutils import quoteattr
 
 import numpy as np
@@ -19,6 +19,7 @@ from prefect.cache_policies import NO_CACHE
 
 from models.errors import SelectionError
 from tasks import strategies
+from tasks.audit import wilson_interval
 from tasks.config import RoundConfig
 from tasks.store import EmbeddingStore
 from tasks.strategies import STRATEGIES, uncertainty
@@ -26,8 +27,10 @@ from tasks.workspace import Workspace, atomic_write_text, read_csv, write_csv
 
 log = logging.getLogger(__name__)
 
-BATCH_FIELDS = ["image_id", "image", "purpose", "predicted_label", "confidence", "source", "model_id", "score", "round"]
-REVIEW_FIELDS = ["image_id", "image", "suggested_label", "confidence", "label", "annotator"]
+BATCH_FIELDS = ["image_id", "image", "purpose", "predicted_label", "confidence", "source", "model_id", "score", "round",
+                "note"]
+# note: only for labels sent back for a second look (it says why); empty for everything else.
+REVIEW_FIELDS = ["image_id", "image", "suggested_label", "confidence", "label", "annotator", "note"]
 
 
 def select_indices(probs: np.ndarray, budget: int, *, strategy: str, audit: int, seed: int,
@@ -70,6 +73,7 @@ class SelectResult:
     pool: int
     files: list[str]
     strategy: str = ""
+    recheck: int = 0  # human labels sent back for a second look
 
 
 def select(ws: Workspace, cfg: RoundConfig, round_no: int) -> SelectResult:
@@ -106,13 +110,26 @@ def select(ws: Workspace, cfg: RoundConfig, round_no: int) -> SelectResult:
             r = resolved[ids[pool[j]]]
             batch.append(dict(image_id=r["image_id"], image=r["path"], purpose=purpose, predicted_label=r["label"],
                               confidence=r["confidence"], source=r["source"], model_id=r["model_id"],
-                              score=f"{scores[j]:.6f}", round=round_no))
+                              score=f"{scores[j]:.6f}", round=round_no, note=""))
+    # Human labels the held-out model disagrees with go back for a second look, on top of the budget.
+    rechecks, max_rechecks = 0, math.ceil(cfg.recheck_fraction * cfg.budget)
+    for f in read_csv(ws.flags):  # most confident first
+        if rechecks >= max_rechecks:
+            break
+        r = resolved.get(f["image_id"])
+        if r is None or r["source"] != "human" or r["label"] != f["human_label"]:
+            continue  # image gone, or already corrected since
+        batch.append(dict(image_id=r["image_id"], image=r["path"], purpose="recheck", predicted_label=f["suggested_label"],
+                          confidence=f["probability"], source="human", model_id="", score="", round=round_no,
+                          note=f"please check: labeled {f['human_label']!r}, the model (held out) says "
+                               f"{f['suggested_label']!r} with p={float(f['probability']):.2f}"))
+        rechecks += 1
     write_csv(stem.with_suffix(".batch.csv"), BATCH_FIELDS, batch)
     # What the annotator sees: sorted by path, so audit items are not told apart from the rest.
     review = sorted(batch, key=lambda b: b["image"])
     write_csv(stem.with_suffix(".csv"), REVIEW_FIELDS, [
         dict(image_id=b["image_id"], image=_cell(b["image"]), suggested_label=_cell(b["predicted_label"]),
-             confidence=b["confidence"], label="", annotator="") for b in review])
+             confidence=b["confidence"], label="", annotator="", note=_cell(b["note"])) for b in review])
     tasks = [{
         "data": {"image": f"/data/local-files/?d=images/{b['image']}", "image_id": b["image_id"], "path": b["image"]},
         "predictions": [{
@@ -128,18 +145,35 @@ def select(ws: Workspace, cfg: RoundConfig, round_no: int) -> SelectResult:
                       f'  <Choices name="label" toName="image" choice="single" showInLine="true">\n{choices}\n'
                       f'  </Choices>\n</View>\n')
     files = [ws.rel(stem.with_suffix(s)) for s in (".csv", ".batch.csv", ".tasks.json")]
-    return SelectResult(len(batch), len(chosen), len(aud), len(pool), files, strategy)
+    return SelectResult(len(batch), len(chosen), len(aud), len(pool), files, strategy, rechecks)
 
 
 @dataclass
 class AuditEstimate:
+    """How right a round's auto labels were, from its uniformly random audit sample.
+
+    The audit items were drawn before the strategy picked anything, from every image without a
+    human label, and are compared with the labels that round predicted, before their answers
+    could train any model: an unbiased estimate. Their answers then train later rounds like any
+    label; calibration and thresholds use out-of-fold predictions, never these estimates.
+    """
+
     round: int  # the round whose auto labels were audited
     n: int  # audit items answered
     correct: int
+    by_label: dict[str, tuple[int, int]] = field(default_factory=dict)  # predicted label -> (correct, n)
 
     @property
     def accuracy(self) -> float | None:
         return self.correct / self.n if self.n else None
+
+    @property
+    def interval(self) -> tuple[float, float] | None:
+        return wilson_interval(self.correct, self.n) if self.n else None
+
+    def per_class(self, min_n: int = 5) -> dict[str, float]:
+        """Accuracy per predicted label, where at least ``min_n`` were audited."""
+        return {k: c / n for k, (c, n) in sorted(self.by_label.items()) if n >= min_n}
 
 
 def audit_estimate(batch_rows: list[dict], humans: dict[str, str]) -> AuditEstimate | None:
@@ -148,8 +182,12 @@ def audit_estimate(batch_rows: list[dict], humans: dict[str, str]) -> AuditEstim
     if not audit:
         return None
     answered = [b for b in audit if b["image_id"] in humans]
+    by_label: dict[str, tuple[int, int]] = {}
+    for b in answered:
+        c, n = by_label.get(b["predicted_label"], (0, 0))
+        by_label[b["predicted_label"]] = (c + (humans[b["image_id"]] == b["predicted_label"]), n + 1)
     return AuditEstimate(int(audit[0]["round"]), len(answered),
-                         sum(humans[b["image_id"]] == b["predicted_label"] for b in answered))
+                         sum(humans[b["image_id"]] == b["predicted_label"] for b in answered), by_label)
 
 
 def latest_audit(ws: Workspace, humans: dict[str, str], before_round: int) -> AuditEstimate | None:

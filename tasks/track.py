@@ -60,9 +60,19 @@ def confusion_png(confusion: list[list[int]], classes: list[str], path: Path) ->
     plt.close(fig)
 
 
+def registered_name(params: Params) -> str:
+    return params.tracking.registered_model or f"{params.tracking.experiment}-head"
+
+
 def log_round(ws: Workspace, params: Params, round_no: int, metrics: dict[str, float | None],
-              artifacts: list[Path], confusion: list[list[int]] | None, estimator=None) -> str:
-    """Log one round as one finished MLflow run; return its run id."""
+              artifacts: list[Path], confusion: list[list[int]] | None, head=None,
+              head_cv_accuracy: float | None = None) -> str:
+    """Log one round as one finished MLflow run; return its run id.
+
+    ``head`` (a LinearHead over raw CLIP embeddings) is logged as a scikit-learn model,
+    registered in the Model Registry, and given the alias ``champion`` when its CV accuracy
+    is at least the current champion's.
+    """
     import mlflow
     from mlflow.tracking import MlflowClient
 
@@ -83,19 +93,34 @@ def log_round(ws: Workspace, params: Params, round_no: int, metrics: dict[str, f
                     png = Path(tmp) / "probe_cv_confusion.png"
                     confusion_png(confusion, params.ontology.class_names, png)
                     mlflow.log_artifact(str(png), artifact_path="plots")
-            if estimator is not None:
+            if head is not None:
                 import mlflow.sklearn
                 import sklearn
 
                 # Explicit requirements: inferring them costs seconds per round.
-                mlflow.sklearn.log_model(estimator, name="probe",
-                                         pip_requirements=[f"scikit-learn=={sklearn.__version__}"])
+                info = mlflow.sklearn.log_model(head.to_sklearn(), name="probe",
+                                                pip_requirements=[f"scikit-learn=={sklearn.__version__}"])
+                _register(client, registered_name(params), info.model_uri, run.info.run_id, head_cv_accuracy)
             return run.info.run_id
     except Exception as e:
         raise TrackingError(
             f"MLflow at {uri} could not record round {round_no} ({type(e).__name__}: {e}). The round's labels are "
             f"safe in data/; fix tracking.uri in params.yaml (or the server) and run the next round."
         ) from e
+
+
+def _register(client, name: str, model_uri: str, run_id: str, cv_accuracy: float | None) -> None:
+    import mlflow
+
+    version = mlflow.register_model(model_uri, name, tags={"cv_accuracy": str(cv_accuracy)})
+    try:
+        champion = client.get_model_version_by_alias(name, "champion")
+        best = float(champion.tags.get("cv_accuracy", "nan"))
+    except Exception:  # no champion yet
+        best = float("-inf")
+    # ">=": with equal CV accuracy the newer head, trained on more labels, takes over.
+    if cv_accuracy is not None and not cv_accuracy < best:
+        client.set_registered_model_alias(name, "champion", version.version)
 
 
 def record_version(ws: Workspace, params: Params, run_id: str, commit: str, tag: str) -> None:

@@ -51,6 +51,7 @@ class Workspace:
     events = property(lambda self: self.root / "data" / "labels" / "events.jsonl")
     imported = property(lambda self: self.root / "data" / "labels" / "imported")
     resolved = property(lambda self: self.root / "data" / "labels" / "resolved.csv")
+    flags = property(lambda self: self.root / "data" / "labels" / "flags.csv")
     store = property(lambda self: self.root / "data" / "store")
     manifest = property(lambda self: self.root / "data" / "store" / "manifest.csv")
     quarantine = property(lambda self: self.root / "data" / "store" / "quarantine.csv")

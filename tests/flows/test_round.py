@@ -79,12 +79,16 @@ def test_three_rounds(prefect_harness, make_workspace, tmp_path):
     assert len(rows) == len({r["image_id"] for r in rows}) == 60
     humans = [r for r in rows if r["source"] == "human"]
     assert len(humans) == 16 and all(truth[r["path"]] == r["label"] for r in humans)
-    assert {r["source"] for r in rows} - {"human"} <= {"zero-shot", "probe"}
+    assert {r["source"] for r in rows} - {"human"} <= {"zero-shot", "probe", "zs-probe"}
     assert all(r["round"] == "3" for r in rows)
     # The review batch never asks again for a human-labeled image.
     batch3 = read_csv(ws.review / "round-003.batch.csv")
-    assert len(batch3) == 8 and not {b["image_id"] for b in batch3} & {r["image_id"] for r in humans}
-    assert sum(b["purpose"] == "audit" for b in batch3) == 1
+    asked = [b for b in batch3 if b["purpose"] != "recheck"]
+    assert len(asked) == 8 and not {b["image_id"] for b in asked} & {r["image_id"] for r in humans}
+    assert sum(b["purpose"] == "audit" for b in asked) == 1 and {b["purpose"] for b in asked} == {"hybrid", "audit"}
+    rechecks = [b for b in batch3 if b["purpose"] == "recheck"]
+    assert len(rechecks) <= 1 and all(b["note"].startswith("please check") for b in rechecks)
+    assert {b["purpose"] for b in read_csv(ws.review / "round-001.batch.csv")} == {"typiclust", "audit"}
     assert s2.audit_n == 1 and s2.audit_round == 1  # round 1's audit item, answered before round 2
     tasks = json.loads((ws.review / "round-003.tasks.json").read_text())
     assert tasks[0]["predictions"][0]["model_version"] and tasks[0]["predictions"][0]["result"][0]["type"] == "choices"

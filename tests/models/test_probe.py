@@ -1,7 +1,9 @@
 import numpy as np
 import pytest
+from sklearn.linear_model import LogisticRegression
 
-from models.probe import LinearHead, fit_probe
+from models.probe import LinearHead, fit_probe, fit_zs_probe
+from models.zeroshot import zero_shot_probs
 
 
 def _blobs(n_per=20, classes=(0, 1, 2), dim=16, seed=0):
@@ -15,20 +17,20 @@ def _blobs(n_per=20, classes=(0, 1, 2), dim=16, seed=0):
 def test_probe_learns_separable_classes_and_head_matches_sklearn(tmp_path):
     X, y = _blobs()
     fit = fit_probe(X, y, n_classes=4, seed=0)
-    assert fit.cv_accuracy > 0.95
+    assert fit.cv_accuracy > 0.95 and fit.oof_probs.shape == (60, 4)
     probs = fit.head.predict_proba(X)
-    assert probs.shape == (60, 4)
-    assert np.all(probs[:, 3] == 0)  # class 3 had no labels: never predicted
+    assert probs.shape == (60, 4) and np.all(probs[:, 3] == 0)  # class 3 had no labels: never predicted
     Z = (X - X.mean(0)) / (X.std(0) + 1e-6)
-    np.testing.assert_allclose(probs[:, :3], fit.estimator.predict_proba(Z), atol=1e-4)
+    ref = LogisticRegression(C=1.0, max_iter=2000, random_state=0).fit(Z, y)
+    np.testing.assert_allclose(probs[:, :3], ref.predict_proba(Z), atol=1e-4)
     fit.head.save(tmp_path / "h.npz")
     np.testing.assert_array_equal(LinearHead.load(tmp_path / "h.npz").predict_proba(X), probs)
+    np.testing.assert_allclose(fit.head.to_sklearn().predict_proba(X), probs, atol=1e-5)
 
 
 def test_binary_probe_keeps_ontology_columns():
     X, y = _blobs(classes=(1, 3))
-    fit = fit_probe(X, y, n_classes=5)
-    probs = fit.head.predict_proba(X)
+    probs = fit_probe(X, y, n_classes=5).head.predict_proba(X)
     assert (probs.argmax(1) == y).mean() > 0.95
     assert np.all(probs[:, [0, 2, 4]] == 0)
     np.testing.assert_allclose(probs.sum(1), 1.0, rtol=1e-5)
@@ -40,3 +42,58 @@ def test_probe_with_singleton_classes_and_one_class_refused():
     assert 0.0 <= fit.cv_accuracy <= 1.0
     with pytest.raises(ValueError, match="two classes"):
         fit_probe(X[:1], y[:1], n_classes=4)
+
+
+def _text_world(n_per, seed, dim=32, L=5, noise=1.2):
+    """Unit embeddings around per-class directions; the text weights point roughly there."""
+    rng = np.random.default_rng(seed)
+    dirs = rng.normal(size=(L, dim))
+    dirs /= np.linalg.norm(dirs, axis=1, keepdims=True)
+    y = np.repeat(np.arange(L), n_per)
+    X = dirs[y] + noise * rng.normal(size=(len(y), dim)) / np.sqrt(dim)
+    X /= np.linalg.norm(X, axis=1, keepdims=True)
+    text = dirs + 0.5 * rng.normal(size=dirs.shape) / np.sqrt(dim)
+    text /= np.linalg.norm(text, axis=1, keepdims=True)
+    return X.astype(np.float32), y, text.astype(np.float32)
+
+
+def test_zero_shot_initialised_probe_never_worse_than_zero_shot_with_few_labels():
+    outcomes = []
+    for seed in range(5):
+        X, y, text = _text_world(2, seed)  # 2 labels per class: the cold-start case
+        fit = fit_zs_probe(X, y, 100.0 * text, seed=0)
+        plain = fit_probe(X, y, 5, seed=0)
+        Xn, yn = _fresh(seed, 300)  # new samples of the same world
+        acc_zs = (zero_shot_probs(Xn, text, 100.0).argmax(1) == yn).mean()
+        acc_zsp = (fit.head.predict_proba(Xn).argmax(1) == yn).mean()
+        acc_plain = (plain.head.predict_proba(Xn).argmax(1) == yn).mean()
+        outcomes.append((acc_zsp >= acc_zs - 0.02, acc_zsp >= acc_plain))
+    assert all(not_worse for not_worse, _ in outcomes)  # a handful of labels never hurts
+    assert sum(beats_plain for _, beats_plain in outcomes) >= 4  # and the prior beats no prior
+
+
+def _fresh(seed, n_per, dim=32, L=5, noise=1.2):
+    rng = np.random.default_rng(seed)
+    dirs = rng.normal(size=(L, dim))
+    dirs /= np.linalg.norm(dirs, axis=1, keepdims=True)
+    other = np.random.default_rng(seed + 500)
+    y = np.repeat(np.arange(L), n_per)
+    X = dirs[y] + noise * other.normal(size=(len(y), dim)) / np.sqrt(dim)
+    return (X / np.linalg.norm(X, axis=1, keepdims=True)).astype(np.float32), y
+
+
+def test_zs_probe_learns_beyond_zero_shot_with_many_labels():
+    X, y, text = _text_world(60, 3)
+    bad_text = np.roll(text, 1, axis=0)  # the text weights point at the wrong classes
+    fit = fit_zs_probe(X, y, 100.0 * bad_text, seed=0)
+    Xn, yn = _fresh(3, 100)
+    assert (zero_shot_probs(Xn, bad_text, 100.0).argmax(1) == yn).mean() < 0.3
+    assert (fit.head.predict_proba(Xn).argmax(1) == yn).mean() > 0.85 and fit.params["lambda"] <= 0.1
+
+
+def test_self_training_uses_the_unlabeled_pool():
+    X, y = _blobs(n_per=60, dim=8, seed=4)
+    rows = np.array([0, 1, 60, 61, 120, 121])
+    fit = fit_probe(X[rows], y[rows], 3, pool_X=X, rows=rows, self_training=0.9)
+    assert fit.params["pseudo_labels"] > 100
+    assert (fit.head.predict_proba(X).argmax(1) == y).mean() > 0.95
