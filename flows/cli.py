@@ -178,6 +178,11 @@ def cmd_bench(a) -> int:
             print(f"  {name:30s} {value:9.3f}   {target:7s}  {'yes' if ok else 'NO'}")
         _write_json(a.json, {"prelabel": pre, "relabel": rel})
         return 0
+    if a.bench == "al":
+        from flows.bench_al import bench_al
+
+        _write_json(a.json, bench_al(seeds=a.seeds, batch=a.batch, start=a.start))
+        return 0
     if a.bench == "relabel":
         from flows.bench_relabel import bench_relabel
 
@@ -255,6 +260,12 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--model", default="ViT-B-32")
     b.add_argument("--pretrained", default=None)
     b.add_argument("--batch-size", type=int, default=32)
+    b.add_argument("--json")
+    b.set_defaults(fn=cmd_bench)
+    b = bsub.add_parser("al", help="active-learning simulation on scikit-learn's digits (labels to 95%)")
+    b.add_argument("--seeds", type=int, default=5)
+    b.add_argument("--batch", type=int, default=10)
+    b.add_argument("--start", type=int, default=10)
     b.add_argument("--json")
     b.set_defaults(fn=cmd_bench)
     b = bsub.add_parser("relabel", help="stream N cached embeddings through a zero-shot head")

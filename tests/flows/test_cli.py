@@ -149,3 +149,25 @@ def test_stages_with_clahe_and_tiles_on_the_tiny_model(make_workspace):
     assert len(rows) == 6 and all(r["location"] == "" or len(r["location"].split()) == 4 for r in rows)
     boxes = {r["location"] for r in rows} - {""}
     assert boxes <= {"0 0 48 48", "48 0 96 48", "0 48 48 96", "48 48 96 96"}
+
+
+def test_stopping_criteria_say_why():
+    from flows.status import stopping
+    from tasks.config import StopConfig
+
+    stop = StopConfig(max_labels=100, churn_below=0.01, audit_lower_bound=0.9)
+    done, why = stopping(stop, {"human_labels": 40, "churn": 0.2, "audit_interval": [0.7, 0.95], "audit_n": 10})
+    assert not done and why == []
+    done, why = stopping(stop, {"human_labels": 120, "churn": 0.005, "audit_interval": [0.93, 0.99], "audit_n": 50})
+    assert done and len(why) == 3
+    assert "budget is spent" in why[0] and "settled" in why[1] and "at least 93.0%" in why[2]
+    assert stopping(StopConfig(churn_below=None, audit_lower_bound=None), {"churn": 0.0})[0] is False
+
+
+def test_bench_al_writes_labels_to_95_and_audit_coverage(tmp_path):
+    out = tmp_path / "al.json"
+    assert cli(["bench", "al", "--seeds", "1", "--json", str(out)]) == 0
+    figures = json.loads(out.read_text())
+    assert set(figures["labels_to_95"]) >= {"random", "entropy", "margin", "coldstart"}
+    assert all(v is None or 10 <= v <= 600 for v in figures["labels_to_95"].values())
+    assert 0.0 <= figures["audit_coverage"] <= 1.0 and figures["audit_rounds"] >= 1

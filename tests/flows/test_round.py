@@ -114,7 +114,12 @@ def test_three_rounds(prefect_harness, make_workspace, tmp_path):
 
     mlflow.set_tracking_uri(f"sqlite:///{ws.root / 'mlflow.db'}")
     probe = mlflow.sklearn.load_model(f"runs:/{runs[2].info.run_id}/probe")
-    assert probe.predict_proba(np.zeros((1, probe.n_features_in_))).shape[1] == len(probe.classes_) >= 2
+    assert probe.predict_proba(np.zeros((1, probe.n_features_in_))).shape == (1, 10)
+    # ... registered, and the current best carries the alias `champion`.
+    champion = mlflow.sklearn.load_model("models:/coldstart-demo-head@champion")
+    version = client.get_model_version_by_alias("coldstart-demo-head", "champion")
+    assert champion.predict_proba(np.ones((2, 32), np.float32) / np.sqrt(32)).shape == (2, 10)
+    assert version.run_id in {r.info.run_id for r in runs[1:]}
 
     # dvc.lock at the tag describes the workspace: DVC sees every stage as up to date.
     from dvc.repo import Repo
