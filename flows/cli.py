@@ -148,6 +148,63 @@ def cmd_prompts(a) -> int:
     return 0
 
 
+def cmd_finetune(a) -> int:
+    """Fine-tune the last vision blocks on the human labels; write a loadable checkpoint."""
+    import numpy as np
+    import torch
+    from torch.utils.data import DataLoader
+
+    from flows.round import clip_config, zero_shot_head
+    from models.clip import load_clip
+    from models.finetune import FinetuneConfig, finetune, save_weights
+    from models.probe import LinearHead
+    from tasks.embed import ImageFiles
+    from tasks.intake import human_labels, read_events
+    from tasks.scan import image_table
+    from tasks.train import load_chosen
+    from tasks.workspace import Workspace
+
+    ws = Workspace.open(a.workspace)
+    params = ws.params()
+    clip = load_clip(clip_config(params), fresh=True)  # trained in place: never the shared copy
+    humans = human_labels(read_events(ws))
+    table = image_table(ws)
+    items = [(str(ws.images / table[i]), params.ontology.class_names.index(label))
+             for i, label in humans.items() if i in table]
+    if len(items) < 2:
+        print("coldstart: error: fine-tuning needs human labels; run rounds and answer review batches first",
+              file=sys.stderr)
+        return 2
+    head = load_chosen(ws, clip.model_id)
+    if head is None:
+        zs, _ = zero_shot_head(ws, params, clip)
+        head = LinearHead(zs.label_weights(), np.zeros(zs.n_labels, np.float32))
+    files = ImageFiles([p for p, _ in items], clip.preprocess, clip.image_size)
+    labels = torch.tensor([y for _, y in items])
+
+    class Pairs(torch.utils.data.Dataset):
+        def __len__(self):
+            return len(files)
+
+        def __getitem__(self, k):
+            _, pixels, _, err = files[k]
+            if pixels is None:
+                raise RuntimeError(f"{files.paths[k]}: {err}")
+            return pixels[0], labels[k]
+
+    cfg = FinetuneConfig(blocks=a.blocks, epochs=a.epochs, lr=a.lr, batch_size=a.batch_size)
+    if clip.device.type != "cuda":
+        print("note: no GPU visible; fine-tuning on the CPU is slow beyond the tiniest models", file=sys.stderr)
+    loader = DataLoader(Pairs(), batch_size=cfg.batch_size, shuffle=True)
+    finetune(clip, loader, head, cfg)
+    out = Path(a.out) if a.out else ws.root / "data" / "finetuned" / f"{params.model.name}-ft{a.blocks}.safetensors"
+    save_weights(clip, out)
+    print(f"fine-tuned the last {a.blocks} vision block(s) of {clip.model_id} on {len(items)} human labels "
+          f"for {a.epochs} epoch(s): {out}\nto use it: set model.pretrained: {ws.rel(out) if out.is_relative_to(ws.root) else out} "
+          f"in params.yaml (the next round re-embeds every image), and `dvc add` the file to version it")
+    return 0
+
+
 def cmd_demo(a) -> int:
     from flows.demo import run_demo
 
@@ -229,6 +286,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--ablate", action="store_true", help="accuracy of each prompt variant on the human labels")
     s.add_argument("--json", help="with --ablate: also write the ablation rows as JSON")
     s.set_defaults(fn=cmd_prompts)
+
+    s = sub.add_parser("finetune", help="fine-tune the last vision blocks on the human labels (GPU)")
+    ws_arg(s)
+    s.add_argument("--blocks", type=int, default=2, help="last vision transformer blocks to train")
+    s.add_argument("--epochs", type=int, default=3)
+    s.add_argument("--lr", type=float, default=1e-5)
+    s.add_argument("--batch-size", type=int, default=32)
+    s.add_argument("--out", help="checkpoint path (default: data/finetuned/<model>-ft<blocks>.safetensors)")
+    s.set_defaults(fn=cmd_finetune)
 
     s = sub.add_parser("demo", help="3 simulated rounds on scikit-learn's digits")
     s.add_argument("--workspace", "-w", default="demo-workspace", help="where to build the demo workspace")

@@ -135,9 +135,12 @@ def model_id_for(cfg: ClipConfig) -> str:
     return f"{cfg.name}@{pre}"
 
 
-def load_clip(cfg: ClipConfig) -> ClipModel:
-    """Build the model once per process (cached); raise a clear error when weights are missing."""
-    return _load_clip_cached(cfg)
+def load_clip(cfg: ClipConfig, *, fresh: bool = False) -> ClipModel:
+    """Build the model once per process (cached); raise a clear error when weights are missing.
+
+    ``fresh=True`` builds a private copy, for code that changes the weights (fine-tuning).
+    """
+    return _load_clip_cached.__wrapped__(cfg) if fresh else _load_clip_cached(cfg)
 
 
 @functools.lru_cache(maxsize=2)

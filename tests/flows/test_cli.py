@@ -171,3 +171,21 @@ def test_bench_al_writes_labels_to_95_and_audit_coverage(tmp_path):
     assert set(figures["labels_to_95"]) >= {"random", "entropy", "margin", "coldstart"}
     assert all(v is None or 10 <= v <= 600 for v in figures["labels_to_95"].values())
     assert 0.0 <= figures["audit_coverage"] <= 1.0 and figures["audit_rounds"] >= 1
+
+
+def test_finetune_command_writes_a_checkpoint_the_round_can_load(make_workspace, capsys):
+    from flows.demo import write_digits
+    from models.clip import ClipConfig, load_clip
+
+    ws = make_workspace()
+    truth = write_digits(ws.images, n=8, size=32)
+    assert cli(["finetune", "-w", str(ws.root)]) == 2  # no labels yet
+    for stage in ("scan",):
+        assert cli(["stage", stage, "-w", str(ws.root)]) == 0
+    (ws.inbox / "a.csv").write_text("image,label\n" + "\n".join(f"{p},{t}" for p, t in truth.items()) + "\n")
+    assert cli(["stage", "intake", "-w", str(ws.root)]) == 0
+    capsys.readouterr()
+    assert cli(["finetune", "-w", str(ws.root), "--blocks", "1", "--epochs", "1", "--batch-size", "4"]) == 0
+    out = ws.root / "data/finetuned/coldstart-tiny-ft1.safetensors"
+    assert out.is_file() and "model.pretrained: data/finetuned/coldstart-tiny-ft1.safetensors" in capsys.readouterr().out
+    assert load_clip(ClipConfig("coldstart-tiny", str(out), "cpu")).model_id.startswith("coldstart-tiny@file-")
