@@ -22,7 +22,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import train_test_split
 from sklearn.preprocessing import StandardScaler
 
-from models.probe import _train_set
+from models.probe import SelfTraining, _train_set
 from tasks.audit import clopper_pearson_interval, wilson_interval
 from tasks.select import select_indices
 from tasks.strategies import top_uncertain, typiclust
@@ -48,11 +48,13 @@ def simulate(strategy: str, Xp, yp, Xt, yt, target: float, seed: int, *, start: 
         labeled = list(typiclust(Xp, start, seed=seed))
     else:
         labeled = list(rng.choice(n, start, replace=False))
-    audits = []
+    audits, graph = [], None
     while True:
         if strategy == "coldstart":  # the round's probe: self-training over the whole pool
             rows = np.asarray(labeled)
-            Xtr, ytr, _ = _train_set(Xp[rows], yp[rows], Xp, rows, np.arange(len(rows)), None, self_training)
+            st = SelfTraining(Xp, rows, self_training) if graph is None else graph.with_rows(rows)
+            graph = st
+            Xtr, ytr, _ = _train_set(Xp[rows], yp[rows], st, np.arange(len(rows)), None, C)
             model = _fit(Xtr, ytr, seed)
         else:
             model = _fit(Xp[labeled], yp[labeled], seed)

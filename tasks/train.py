@@ -17,7 +17,7 @@ import numpy as np
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from models.probe import LinearHead, ProbeFit, fit_probe, fit_zs_probe
+from models.probe import LinearHead, ProbeFit, SelfTraining, fit_probe, fit_zs_probe
 from models.zeroshot import ZeroShotHead
 from tasks.calibrate import apply_temperature, expected_calibration_error, fit_temperature
 from tasks.config import TrainConfig
@@ -70,7 +70,8 @@ def train(X: np.ndarray, y: np.ndarray, zero_shot: ZeroShotHead, cfg: TrainConfi
                f"{n} human label(s) of {len(np.unique(y))} class(es): too few for a probe "
                f"(need train.min_labels={cfg.min_labels} and two classes)")
         return _finish(TrainResult(n, "zero-shot", why, None, None, zs_acc, None, None), zs_probs, y)
-    st = dict(pool_X=pool_X, rows=rows, self_training=cfg.self_training if pool_X is not None else None)
+    st = dict(self_training=SelfTraining(pool_X, rows, cfg.self_training)
+              if pool_X is not None and cfg.self_training else None)
     fitted: dict[str, ProbeFit] = {}
     if cfg.model in ("auto", "probe"):
         fitted["probe"] = fit_probe(X, y, L, C=cfg.C, folds=cfg.cv_folds, seed=cfg.seed, center=center, scale=scale, **st)

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from sklearn.linear_model import LogisticRegression
 
-from models.probe import LinearHead, fit_probe, fit_zs_probe
+from models.probe import LinearHead, SelfTraining, fit_probe, fit_zs_probe
 from models.zeroshot import zero_shot_probs
 
 
@@ -94,6 +94,6 @@ def test_zs_probe_learns_beyond_zero_shot_with_many_labels():
 def test_self_training_uses_the_unlabeled_pool():
     X, y = _blobs(n_per=60, dim=8, seed=4)
     rows = np.array([0, 1, 60, 61, 120, 121])
-    fit = fit_probe(X[rows], y[rows], 3, pool_X=X, rows=rows, self_training=0.9)
+    fit = fit_probe(X[rows], y[rows], 3, self_training=SelfTraining(X, rows, 0.9))
     assert fit.params["pseudo_labels"] > 100
     assert (fit.head.predict_proba(X).argmax(1) == y).mean() > 0.95
