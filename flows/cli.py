@@ -314,32 +314,27 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("bench", help="benchmarks")
     bsub = s.add_subparsers(dest="bench", required=True)
-    b = bsub.add_parser("prelabel", help="embed stage vs bare forward pass vs naive loop")
-    b.add_argument("--n", type=int, default=256, help="synthetic 640x480 JPEGs")
-    b.add_argument("--model", default="ViT-B-32")
-    b.add_argument("--pretrained", default=None, help="weights (timing does not depend on them; default random)")
-    b.add_argument("--batch-size", type=int, default=32)
-    b.add_argument("--json")
-    b.set_defaults(fn=cmd_bench)
-    b = bsub.add_parser("all", help="prelabel and relabel benchmarks, every target side by side")
-    b.add_argument("--n", type=int, default=256, help="synthetic 640x480 JPEGs for the prelabel part")
-    b.add_argument("--model", default="ViT-B-32")
-    b.add_argument("--pretrained", default=None)
-    b.add_argument("--batch-size", type=int, default=32)
-    b.add_argument("--json")
-    b.set_defaults(fn=cmd_bench)
-    b = bsub.add_parser("al", help="active-learning simulation on scikit-learn's digits (labels to 95%)")
+    def bench_parser(name: str, help_: str, prelabel: bool = False):
+        b = bsub.add_parser(name, help=help_)
+        if prelabel:
+            b.add_argument("--n", type=int, default=256, help="synthetic 640x480 JPEGs")
+            b.add_argument("--model", default="ViT-B-32")
+            b.add_argument("--pretrained", default=None, help="weights (timing does not depend on them; default random)")
+            b.add_argument("--batch-size", type=int, default=32)
+        b.add_argument("--json", help="also write the figures as JSON to this file")
+        b.set_defaults(fn=cmd_bench)
+        return b
+
+    bench_parser("prelabel", "embed stage vs bare forward pass vs naive loop", prelabel=True)
+    bench_parser("all", "prelabel and relabel benchmarks, every target side by side", prelabel=True)
+    b = bench_parser("al", "active-learning simulation on scikit-learn's digits (labels to 95%%)")
     b.add_argument("--seeds", type=int, default=5)
     b.add_argument("--batch", type=int, default=10)
     b.add_argument("--start", type=int, default=10)
-    b.add_argument("--json")
-    b.set_defaults(fn=cmd_bench)
-    b = bsub.add_parser("relabel", help="stream N cached embeddings through a zero-shot head")
+    b = bench_parser("relabel", "stream N cached embeddings through a zero-shot head")
     b.add_argument("--n", type=int, default=1_000_000)
     b.add_argument("--dim", type=int, default=512)
     b.add_argument("--classes", type=int, default=10)
-    b.add_argument("--json")
-    b.set_defaults(fn=cmd_bench)
     return p
 
 

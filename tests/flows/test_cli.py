@@ -189,3 +189,12 @@ def test_finetune_command_writes_a_checkpoint_the_round_can_load(make_workspace,
     out = ws.root / "data/finetuned/coldstart-tiny-ft1.safetensors"
     assert out.is_file() and "model.pretrained: data/finetuned/coldstart-tiny-ft1.safetensors" in capsys.readouterr().out
     assert load_clip(ClipConfig("coldstart-tiny", str(out), "cpu")).model_id.startswith("coldstart-tiny@file-")
+
+
+@pytest.mark.parametrize("command", [[], ["init"], ["round"], ["status"], ["stage"], ["prompts"], ["finetune"],
+                                     ["demo"], ["serve"], ["bench"], ["bench", "prelabel"], ["bench", "all"],
+                                     ["bench", "al"], ["bench", "relabel"]])
+def test_every_command_has_help(command, capsys):
+    with pytest.raises(SystemExit) as e:
+        cli(command + ["--help"])
+    assert e.value.code == 0 and "usage: coldstart" in capsys.readouterr().out
