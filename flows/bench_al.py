@@ -135,7 +135,7 @@ def bench_al(seeds: int = 5, batch: int = 10, start: int = 10) -> dict:
     print("\nlabels to reach 95% of the full-pool probe accuracy (mean of seeds; lower is better):")
     for s, v in labels_to_95.items():
         print(f"  {s:18s} {v}")
-    print(f"  coldstart target: <= 70 labels; reference (plain LR on pixels): random 160, entropy 160, margin 100")
+    print("  coldstart target: <= 70 labels; reference (plain LR on pixels): random 160, entropy 160, margin 100")
     print(f"audit: the Wilson 95% interval covered the true auto-label accuracy in "
           f"{figures['audit_coverage']:.1%} of {len(coverage)} rounds (target >= 90%; "
           f"{figures['audit_items_per_round']} audit item(s) per round); the exact Clopper-Pearson interval "

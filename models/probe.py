@@ -261,7 +261,7 @@ def fit_zs_probe(X: np.ndarray, y: np.ndarray, W0: np.ndarray, *, folds: int = 5
     best, warm = None, [None] * len(folds_)
     for lam in sorted(lambdas, reverse=True):  # strongest pull first; each fit warm-starts the next
         oof = np.zeros((len(y), L), np.float32)
-        for f, (tr, te, (Xtr, ytr, _)) in enumerate(folds_):
+        for f, (_, te, (Xtr, ytr, _n)) in enumerate(folds_):
             warm[f] = _fit_prior(Xtr, ytr, W0, lam, warm[f])
             oof[te] = warm[f].predict_proba(X[te])
         acc = float((oof.argmax(1) == y).mean()) if folds_ else 0.0

@@ -7,7 +7,6 @@ import json
 import shutil
 import subprocess
 
-import mlflow
 import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
