@@ -29,7 +29,7 @@ from tasks.scan import image_table, scan_task
 from tasks.select import latest_audit, select_task
 from tasks.store import EmbeddingStore, cached_text_weights
 from tasks.views import aggregate_views
-from tasks.track import record_version, track_task
+from tasks.track import record_audit, record_version, track_task
 from tasks.version import version_task
 from tasks.calibrate import apply_temperature, precision_threshold
 from tasks.workspace import Workspace, atomic_write_text, write_csv
@@ -318,6 +318,8 @@ def _round(ws: Workspace) -> RoundSummary:
     timers["version"] = time.perf_counter() - t
     if summary.run_id:
         record_version(ws, params, summary.run_id, summary.commit, summary.tag)
+        if audit is not None and audit.n:
+            record_audit(ws, params, audit.round, audit.accuracy, *audit.interval, audit.n)
     if tracking_error:
         raise tracking_error
     summary.seconds = time.perf_counter() - t0

@@ -123,6 +123,23 @@ def _register(client, name: str, model_uri: str, run_id: str, cv_accuracy: float
         client.set_registered_model_alias(name, "champion", version.version)
 
 
+def record_audit(ws: Workspace, params: Params, audited_round: int, accuracy: float, low: float, high: float,
+                 n: int) -> None:
+    """Log an audit result onto the run of the round whose auto labels were audited, so MLflow
+    charts line each round's labels up with their measured accuracy."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri(ws, params))
+    exp = client.get_experiment_by_name(params.tracking.experiment)
+    if exp is None:
+        return
+    runs = client.search_runs([exp.experiment_id], f"tags.`coldstart.round` = '{audited_round}'",
+                              order_by=["attributes.start_time DESC"], max_results=1)
+    if runs:
+        for key, value in (("audit_accuracy", accuracy), ("audit_low", low), ("audit_high", high), ("audit_n", n)):
+            client.log_metric(runs[0].info.run_id, key, float(value))
+
+
 def record_version(ws: Workspace, params: Params, run_id: str, commit: str, tag: str) -> None:
     """Attach the git commit and round tag to a (finished) run."""
     from mlflow.tracking import MlflowClient

@@ -106,6 +106,14 @@ def test_three_rounds(prefect_harness, make_workspace, tmp_path):
         assert run.data.tags["mlflow.source.git.commit"] == s.commit
         assert run.data.params["model.name"] == "coldstart-tiny"
     assert "label_churn" in runs[2].data.metrics and "seconds_embed" in runs[0].data.metrics
+    # Round 1's audit, answered before round 2, is logged on both: as "previous round" on round 2's
+    # run, and as the measured accuracy of round 1's own labels on round 1's run.
+    lo, hi = s2.audit_interval
+    assert 0 <= lo <= s2.audit_accuracy <= hi <= 1
+    assert runs[1].data.metrics["audit_low_prev_round"] == pytest.approx(lo)
+    assert runs[0].data.metrics["audit_accuracy"] == s2.audit_accuracy and runs[0].data.metrics["audit_n"] == 1
+    for key in ("zs_probe_cv_accuracy", "zero_shot_accuracy_on_human", "temperature", "ece_before", "ece_after"):
+        assert key in runs[2].data.metrics, key
     artifacts = {a.path for a in client.list_artifacts(runs[1].info.run_id)}
     assert {"review", "plots"} <= artifacts  # the batch, and the probe's CV confusion matrix
     # The fitted probe is an MLflow model that loads back and predicts over the probe's classes.
