@@ -46,12 +46,14 @@ def format_summary(s) -> str:
         f"  confidence  {s.below_threshold} auto labels below {s.threshold:.3f} ({s.threshold_note}); "
         f"temperature {s.temperature:.2f}; label churn {pct(s.churn)}",
         f"  audit       {audit}",
-        f"  review      {s.batch_size} images by {s.strategy or '-'} (+audit"
-        + (f", {s.flags} label(s) to re-check" if s.flags else "") + f"): {', '.join(s.review_files) or '-'}",
+        f"  review      {s.batch_size} images ({s.batch_size - s.batch_audit - s.flags} by {s.strategy or '-'}, "
+        f"{s.batch_audit} random audit, {s.flags} human label(s) to re-check): {', '.join(s.review_files) or '-'}",
         f"  mlflow run  {s.run_id}",
     ]
-    for w in s.warnings:
+    for w in s.warnings[:5]:
         lines.append("  WARNING " + w)
+    if len(s.warnings) > 5:
+        lines.append(f"  WARNING ... and {len(s.warnings) - 5} more (all of them: coldstart prompts --workspace DIR)")
     for p in s.problems:
         lines.append("  REJECTED " + p.replace("\n", "\n  "))
     return "\n".join(lines)
@@ -126,7 +128,7 @@ def cmd_prompts(a) -> int:
     print(f"{clip.model_id}: {len(onto.scoring_classes)} classes -> {len(onto.class_names)} labels, "
           f"{sum(len(p) for p in onto.prompts())} prompts")
     for w in warnings:
-        print(f"WARNING {w}")
+        print(f"WARNING {w}")  # all of them: this command is where a person reviews the ontology
     if a.save:
         np.save(a.save, head.weights.astype(np.float32))
         print(f"saved the class weight matrix {head.weights.shape} (classes x dim, float32, ontology order) to {a.save}")

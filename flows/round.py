@@ -77,6 +77,7 @@ class RoundSummary:
     temperature: float = 1.0
     flags: int = 0  # human labels sent back for a second look
     strategy: str = ""
+    batch_audit: int = 0  # of batch_size: the random audit sample
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -273,7 +274,7 @@ def _round(ws: Workspace) -> RoundSummary:
         zs_probe_cv_accuracy=trained.zs_probe_cv_accuracy, audit_interval=audit.interval if audit else None,
         audit_per_class=audit.per_class() if audit else {}, threshold=trained.threshold,
         threshold_note=trained.threshold_note, temperature=trained.temperature, flags=selected.recheck,
-        strategy=selected.strategy,
+        strategy=selected.strategy, batch_audit=selected.audit,
     )
     metrics = {
         "images": scanned.images, "new_images": scanned.new_images, "quarantined": scanned.quarantined,

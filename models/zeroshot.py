@@ -127,5 +127,5 @@ def prompt_warnings(clip: ClipModel, names: list[str], prompts: list[list[str]],
         warnings.append(f"classes {a!r} and {b!r} are nearly identical to the model (text cosine {cos:.3f} >= "
                         f"{threshold}): expect them to be confused; describe them more differently or merge them")
     for w in warnings:
-        log.warning("%s", w)
+        log.info("%s", w)  # the CLI prints them in its summary; logging them loudly would say it twice
     return warnings
