@@ -344,6 +344,11 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
+    if not args.verbose:
+        # Prefect logs a failed run with its traceback; the Prefect UI keeps it (API handler),
+        # the terminal gets our one-line message instead.
+        for name in ("prefect.flow_runs", "prefect.task_runs"):
+            logging.getLogger(name).propagate = False
     _quiet_prefect()
     try:
         return args.fn(args)

@@ -18,7 +18,7 @@ import numpy as np
 from prefect import flow
 
 from models.clip import ClipConfig, ClipModel, load_clip
-from models.errors import TrackingError
+from models.errors import TrackingError, WorkspaceError
 from models.zeroshot import ZeroShotHead, prompt_warnings
 from tasks import train as train_mod
 from tasks.config import Params, ViewsConfig
@@ -252,6 +252,11 @@ def _round(ws: Workspace) -> RoundSummary:
         return out
 
     scanned = timed("scan", scan_task, ws, params.scan, round_no)
+    if scanned.images == 0:
+        quarantined = f"; {scanned.quarantined} file(s) were quarantined, see data/store/quarantine.csv" \
+            if scanned.quarantined else ""
+        raise WorkspaceError(f"no usable images in {ws.images}{quarantined}. Put images there (nested folders are "
+                             f"fine) and run the round again.")
     clip = timed("load_model", load_clip, clip_config(params))
     embedded = timed("embed", embed_task, ws, clip, params.model, params.views)
     taken = timed("intake", intake_task, ws, params.ontology.class_names, round_no)

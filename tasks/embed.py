@@ -107,6 +107,7 @@ class EmbedResult:
 def embed(ws: Workspace, clip: ClipModel, cfg: ModelConfig, views: ViewsConfig | None = None, *,
           progress: bool = True) -> EmbedResult:
     views = views or ViewsConfig()
+    ws.embeddings.mkdir(parents=True, exist_ok=True)  # a versioned output even when nothing is new
     store = EmbeddingStore(ws.embeddings, clip.model_id, views.key("global"))
     tile_store = EmbeddingStore(ws.embeddings, clip.model_id, views.key("tiles")) if views.tiles else None
     have = store.ids()

@@ -64,8 +64,20 @@ def test_two_rounds_at_once_are_refused(make_workspace):
 
 
 @pytest.mark.slow
-def test_round_without_weights_says_how_to_fix(prefect_harness, make_workspace, capsys):
+def test_round_without_images_says_so(prefect_harness, make_workspace, capsys):
     ws = make_workspace()
+    (ws.images / "notes.jpg").write_text("not an image")
+    assert cli(["round", "--workspace", str(ws.root)]) == 2
+    err = capsys.readouterr().err
+    assert "no usable images" in err and "1 file(s) were quarantined" in err and ws.round_tags() == []
+
+
+@pytest.mark.slow
+def test_round_without_weights_says_how_to_fix(prefect_harness, make_workspace, capsys):
+    from tests.conftest import write_image
+
+    ws = make_workspace()
+    write_image(ws.images / "a.png")
     text = ws.params_file.read_text().replace("name: coldstart-tiny", "name: ViT-B-32").replace(
         "pretrained: null", "pretrained: laion2b_s34b_b79k")
     ws.params_file.write_text(text)
