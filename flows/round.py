@@ -12,13 +12,14 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
 from prefect import flow
 
 from models.clip import ClipConfig, ClipModel, load_clip
-from models.errors import TrackingError, WorkspaceError
+from models.errors import ConfigError, TrackingError, WorkspaceError
 from models.zeroshot import ZeroShotHead, prompt_warnings
 from tasks import train as train_mod
 from tasks.config import Params, ViewsConfig
@@ -137,6 +138,12 @@ def classify(ws: Workspace, params: Params, clip: ClipModel, round_no: int, time
     """train + relabel: shared by the flow and `coldstart stage train|relabel`."""
     classes = params.ontology.class_names
     humans = human_labels(read_events(ws))
+    missing = Counter(label for label in humans.values() if label not in classes)
+    if missing:
+        listed = ", ".join(f"{label!r} ({n} images)" for label, n in missing.most_common())
+        raise ConfigError(f"params.yaml: ontology.classes no longer has labels that people gave: {listed}. Put the "
+                          f"class(es) back (the answers are kept in data/labels/events.jsonl), or relabel those "
+                          f"images with a new CSV in data/inbox/ first.")
     head, warnings = zero_shot_head(ws, params, clip)
     t = time.perf_counter()
     pool = scan_pool(ws, clip, humans, params.views)

@@ -210,3 +210,19 @@ def test_every_command_has_help(command, capsys):
     with pytest.raises(SystemExit) as e:
         cli(command + ["--help"])
     assert e.value.code == 0 and "usage: coldstart" in capsys.readouterr().out
+
+
+def test_removing_a_class_that_people_used_is_refused_with_the_fix(make_workspace, capsys):
+    from flows.demo import write_digits
+
+    ws = make_workspace()
+    truth = write_digits(ws.images, n=6, size=32)
+    assert cli(["stage", "scan", "-w", str(ws.root)]) == 0
+    (ws.inbox / "a.csv").write_text("image,label\n" + "\n".join(f"{p},{t}" for p, t in truth.items()) + "\n")
+    assert cli(["stage", "intake", "-w", str(ws.root)]) == 0
+    ws.params_file.write_text(ws.params_file.read_text().replace(
+        '    zero: ["the digit zero", "a handwritten 0", "the number 0"]\n', ""))
+    capsys.readouterr()
+    assert cli(["stage", "train", "-w", str(ws.root)]) == 2
+    err = capsys.readouterr().err
+    assert "no longer has labels that people gave: 'zero' (1 images)" in err and "events.jsonl" in err
