@@ -1,5 +1,8 @@
 """intake: validate human answers from data/inbox/ and append them to the label-event log.
 
+Answers come as CSV (the review CSV with its ``label`` column filled in) or as a Label Studio
+JSON export of the tasks coldstart exported (``choices``).
+
 Contract (RELIABILITY.md): a file with any bad row is rejected whole, every problem listed by
 row, nothing merged; it is moved to ``data/inbox/rejected/`` beside ``<name>.errors.txt``.
 An accepted file is moved to ``data/labels/imported/``. Re-importing a file whose bytes were
@@ -114,13 +117,11 @@ def _resolve_image(ref: str, by_path: dict[str, str], known: set[str],
     return None, f"unknown image {ref!r}: no such file under data/images/ (run a round to scan new images)"
 
 
-def validate_file(path: Path, raw: bytes, ws: Workspace, classes: list[str]) -> tuple[list[tuple[int, str, str, str]], int]:
-    """Parse and validate one CSV; return ([(row, image_id, label, annotator)], blank rows).
+def _csv_rows(path: Path, raw: bytes) -> tuple[list[tuple[str, dict]], list[str], list[str]]:
+    """A CSV's data rows as ("row N", {column: value}) and its image-reference columns.
 
-    Raises LabelFileError listing every problem (row numbers count the header as row 1,
-    as a spreadsheet shows them).
+    Row numbers count the header as row 1, as a spreadsheet shows them.
     """
-    problems: list[str] = []
     try:
         text, _ = _decode(raw)
     except UnicodeDecodeError:
@@ -128,63 +129,121 @@ def validate_file(path: Path, raw: bytes, ws: Workspace, classes: list[str]) -> 
     if not text.strip():
         raise LabelFileError(str(path), ["file is empty; expected a header row with columns image,label[,annotator]"])
     try:
-        rows = list(csv.DictReader(io.StringIO(text, newline="")))
+        reader = csv.DictReader(io.StringIO(text, newline=""))
+        rows = list(reader)
     except csv.Error as e:
         raise LabelFileError(str(path), [f"not a readable CSV: {e}"]) from None
-    header = [_clean(h).lower() for h in (csv.DictReader(io.StringIO(text, newline="")).fieldnames or [])]
+    header = [_clean(h).lower() for h in (reader.fieldnames or [])]
     id_cols = [c for c in IMAGE_COLUMNS if c in header]
     if not id_cols or "label" not in header:
         raise LabelFileError(str(path), [
             f"header {header} must have a 'label' column and one of {', '.join(IMAGE_COLUMNS)} "
             f"(the review CSVs that coldstart exports have both)"])
+    return [(f"row {n}", {_clean(k).lower(): _clean(v) for k, v in row.items() if k is not None})
+            for n, row in enumerate(rows, start=2)], id_cols, []
+
+
+LS_PREFIX = "/data/local-files/?d=images/"
+
+
+def _label_studio_rows(path: Path, raw: bytes) -> tuple[list[tuple[str, dict]], list[str], list[str]]:
+    """A Label Studio JSON export (choices) as ("task N (id X)", {image_id, path, label, annotator}).
+
+    Cancelled annotations are skipped; two annotations of one task that disagree become a
+    conflict; ``origin`` of the result says whether the person kept the pre-annotation.
+    """
+    try:
+        tasks = json.loads(_decode(raw)[0])
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise LabelFileError(str(path), [f"not a readable JSON file: {e}"]) from None
+    if not isinstance(tasks, list):
+        raise LabelFileError(str(path), ["expected a Label Studio JSON export: a list of tasks"])
+    rows, problems = [], []
+    for n, task in enumerate(tasks, start=1):
+        where = f"task {n} (id {task.get('id', '?')})" if isinstance(task, dict) else f"task {n}"
+        if not isinstance(task, dict) or not isinstance(task.get("data"), dict):
+            problems.append(f"{where}: not a task object with 'data'")
+            continue
+        data = task["data"]
+        image = str(data.get("path") or data.get("image") or "")
+        image = image[len(LS_PREFIX):] if image.startswith(LS_PREFIX) else image
+        labels, annotators = [], []
+        for ann in task.get("annotations") or []:
+            if ann.get("was_cancelled"):
+                continue
+            choices = [c for r in ann.get("result", []) if r.get("type") == "choices"
+                       for c in r.get("value", {}).get("choices", [])]
+            if len(choices) > 1:
+                problems.append(f"{where}: one annotation chose several labels {choices}; pick one")
+            elif choices:
+                labels.append(_clean(choices[0]))
+                who = ann.get("completed_by")
+                annotators.append(str(who.get("email", who.get("id", ""))) if isinstance(who, dict) else str(who or ""))
+        if len(set(labels)) > 1:
+            problems.append(f"{where}: annotators disagree ({', '.join(sorted(set(labels)))}); settle it in "
+                            f"Label Studio and export again")
+            continue
+        rows.append((where, {"image_id": _clean(str(data.get("image_id") or "")), "path": _clean(image),
+                             "label": labels[0] if labels else "", "annotator": ",".join(sorted(set(annotators)))}))
+    return rows, ["image_id", "path"], problems
+
+
+def validate_file(path: Path, raw: bytes, ws: Workspace, classes: list[str]) -> tuple[list[tuple[int, str, str, str]], int]:
+    """Parse and validate one CSV or Label Studio JSON export.
+
+    Returns ([(row number, image_id, label, annotator)], blank rows); raises LabelFileError
+    listing every problem with its row (or task).
+    """
+    parse = _label_studio_rows if path.suffix.lower() == ".json" else _csv_rows
+    rows, id_cols, problems = parse(path, raw)  # problems: per task/row, all listed together
     by_path = {r["path"]: r["image_id"] for r in read_csv(ws.manifest)}
     known = set(by_path.values())
     quarantined = {r["path"]: r["reason"] for r in read_csv(ws.quarantine)}
     folded = {c.casefold(): c for c in classes}
     accepted: list[tuple[int, str, str, str]] = []
-    seen: dict[str, tuple[int, str]] = {}
+    seen: dict[str, tuple[str, str]] = {}
     blank = 0
-    for rowno, row in enumerate(rows, start=2):
-        row = {_clean(k).lower(): _clean(v) for k, v in row.items() if k is not None}
+    for number, (where, row) in enumerate(rows, start=1):
         label = row.get("label", "")
         if not label:
             blank += 1  # an unanswered item of the batch: a skip, not an error
             continue
         refs = [row[c] for c in id_cols if row.get(c)]
         if not refs:
-            problems.append(f"row {rowno}: no image given (columns {', '.join(id_cols)} are empty)")
+            problems.append(f"{where}: no image given ({', '.join(id_cols)} are empty)")
             continue
         image_id = None
         for ref in refs:
             got, problem = _resolve_image(ref, by_path, known, quarantined)
             if problem:
-                problems.append(f"row {rowno}: {problem}")
+                problems.append(f"{where}: {problem}")
                 image_id = None
                 break
             if image_id is not None and got != image_id:
-                problems.append(f"row {rowno}: columns {', '.join(id_cols)} name different images")
+                problems.append(f"{where}: {', '.join(id_cols)} name different images")
                 image_id = None
                 break
             image_id = got
         if label not in classes:
             hint = f" (did you mean {folded[label.casefold()]!r}?)" if label.casefold() in folded else ""
             shown = ", ".join(classes[:20]) + (" ..." if len(classes) > 20 else "")
-            problems.append(f"row {rowno}: unknown class {label!r}{hint}; valid classes: {shown}")
+            problems.append(f"{where}: unknown class {label!r}{hint}; valid classes: {shown}")
             continue
         if image_id is None:
             continue
         if image_id in seen and seen[image_id][1] != label:
-            problems.append(f"row {rowno}: conflicting labels for one image: {label!r} here, "
-                            f"{seen[image_id][1]!r} in row {seen[image_id][0]}")
+            problems.append(f"{where}: conflicting labels for one image: {label!r} here, "
+                            f"{seen[image_id][1]!r} in {seen[image_id][0]}")
             continue
         if image_id in seen:
             continue  # the same answer twice: keep the first
-        seen[image_id] = (rowno, label)
-        accepted.append((rowno, image_id, label, row.get("annotator", "")))
+        seen[image_id] = (where, label)
+        accepted.append((int(where.split()[1]) if where.startswith("row") else number, image_id, label,
+                         row.get("annotator", "")))
     if problems:
         raise LabelFileError(str(path), problems)
     if not accepted and not blank:
-        raise LabelFileError(str(path), ["no data rows under the header"])
+        raise LabelFileError(str(path), ["no data rows (or tasks)"])
     return accepted, blank
 
 
@@ -223,8 +282,9 @@ def intake(ws: Workspace, classes: list[str], round_no: int, *, annotator_defaul
             result.files_already_imported.append(rel)
             _move_aside(path, ws.imported, digest)
             continue
-        if path.suffix.lower() != ".csv":
-            err = LabelFileError(rel, [f"unsupported file type {path.suffix or '(none)'}: the inbox takes .csv files"])
+        if path.suffix.lower() not in (".csv", ".json"):
+            err = LabelFileError(rel, [f"unsupported file type {path.suffix or '(none)'}: the inbox takes .csv files "
+                                       f"and Label Studio JSON exports (.json)"])
         else:
             try:
                 rows, blank = validate_file(Path(rel), raw, ws, classes)

@@ -67,7 +67,9 @@ def test_bad_file_rejected_whole_with_every_problem(ws):
     ("empty.csv", "", "file is empty"),
     ("header.csv", "file,answer\na.jpg,cat\n", "must have a 'label' column"),
     ("only-header.csv", "image,label\n", "no data rows"),
-    ("labels.json", "[]", "unsupported file type .json"),
+    ("labels.txt", "a.jpg,cat", "unsupported file type .txt"),
+    ("empty-export.json", "[]", "no data rows (or tasks)"),
+    ("broken.json", "[{", "not a readable JSON file"),
 ])
 def test_malformed_files_rejected(ws, name, text, message):
     drop(ws, name, text)
@@ -94,3 +96,35 @@ def test_excel_encodings_and_formula_escape(ws):
     r = intake(ws, CLASSES, round_no=2)
     assert sorted(r.files_accepted) == ["data/inbox/bom.csv", "data/inbox/gbk.csv"]
     assert sorted(human_labels(read_events(ws)).values()) == ["cat", "划痕"]
+
+
+def _ls_task(task_id, data, *annotations):
+    return {"id": task_id, "data": data, "annotations": [
+        {"completed_by": {"id": 7, "email": who}, "was_cancelled": cancelled,
+         "result": [{"from_name": "label", "to_name": "image", "type": "choices", "value": {"choices": [label]},
+                     "origin": "prediction-changed"}]} for who, label, cancelled in annotations]}
+
+
+def test_label_studio_export_is_validated_like_a_csv(ws):
+    import json
+
+    i = ids(ws)
+    export = [
+        _ls_task(1, {"image": "/data/local-files/?d=images/a.jpg", "image_id": i["a.jpg"]}, ("ann@x", "cat", False)),
+        _ls_task(2, {"image": "/data/local-files/?d=images/sub/c.jpg", "path": "sub/c.jpg"},
+                 ("ann@x", "dog", True), ("bo@x", "划痕", False)),  # the cancelled one is ignored
+        _ls_task(3, {"path": "b.jpg"}),  # not annotated yet: skipped
+    ]
+    (ws.inbox / "ls.json").write_text(json.dumps(export, ensure_ascii=False), encoding="utf-8")
+    r = intake(ws, CLASSES, round_no=2)
+    assert r.files_accepted == ["data/inbox/ls.json"] and r.events_added == 2 and r.rows_skipped_blank == 1
+    got = {(e.image_id, e.label, e.annotator) for e in read_events(ws)}
+    assert got == {(i["a.jpg"], "cat", "ann@x"), (i["sub/c.jpg"], "划痕", "bo@x")}
+
+    bad = [_ls_task(1, {"path": "a.jpg"}, ("x", "cat", False), ("y", "dog", False)),
+           _ls_task(2, {"path": "../outside.jpg"}, ("x", "cat", False))]
+    (ws.inbox / "bad-ls.json").write_text(json.dumps(bad))
+    r = intake(ws, CLASSES, round_no=3)
+    assert r.files_rejected == ["data/inbox/bad-ls.json"] and r.events_added == 0
+    assert "task 1 (id 1): annotators disagree (cat, dog)" in r.problems[0]
+    assert "task 2 (id 2): path '../outside.jpg' points outside" in r.problems[0]  # every problem listed
