@@ -22,7 +22,7 @@ from models.clip import ClipConfig, ClipModel, load_clip
 from models.errors import ConfigError, TrackingError, WorkspaceError
 from models.zeroshot import ZeroShotHead, prompt_warnings
 from tasks import train as train_mod
-from tasks.config import Params, ViewsConfig
+from tasks.config import Params, RoundConfig, ViewsConfig
 from tasks.embed import embed_task
 from tasks.intake import human_labels, intake_task, read_events
 from tasks.relabel import relabel_task
@@ -100,28 +100,58 @@ def current_chunks(ws: Workspace, clip: ClipModel, views: ViewsConfig):
 
 @dataclass
 class Pool:
-    """One streaming pass over the store: what training needs, without holding every embedding."""
+    """One streaming pass over the store: what training needs, without holding every embedding
+    (unless ``keep_all`` asked for them: small pools, for self-training and a single pass)."""
 
     n: int
     center: np.ndarray  # (D,) mean over every current image
     scale: np.ndarray  # (D,) std over every current image
     labeled_ids: list[str]
     labeled_X: np.ndarray  # (n_labeled, D)
+    all_ids: list[str] | None = None
+    all_X: np.ndarray | None = None  # (n, D) when kept
+
+    def predict(self, ws: Workspace, clip: ClipModel, views: ViewsConfig, fn) -> tuple[list[str], np.ndarray]:
+        """``fn`` over every current image: from memory when kept, else one more streaming pass
+        that keeps only the ``(N, L)`` probabilities."""
+        if self.all_X is not None:
+            return self.all_ids, fn(self.all_X)
+        ids, parts = [], []
+        for chunk_ids, X in current_chunks(ws, clip, views):
+            ids.extend(chunk_ids)
+            parts.append(fn(X))
+        return ids, np.concatenate(parts) if parts else np.zeros((0, 0), np.float32)
 
 
-def scan_pool(ws: Workspace, clip: ClipModel, humans: dict[str, str], views: ViewsConfig) -> Pool:
+def scan_pool(ws: Workspace, clip: ClipModel, humans: dict[str, str], views: ViewsConfig,
+              keep_all: bool = False) -> Pool:
     n, total, total_sq, ids, rows = 0, 0.0, 0.0, [], []
+    all_ids, chunks = [], []
     for chunk_ids, X in current_chunks(ws, clip, views):
         X64 = X.astype(np.float64)
         n, total, total_sq = n + len(X), total + X64.sum(0), total_sq + (X64 ** 2).sum(0)
         keep = [k for k, i in enumerate(chunk_ids) if i in humans]
         ids.extend(chunk_ids[k] for k in keep)
         rows.append(X[keep])
+        if keep_all:
+            all_ids.extend(chunk_ids)
+            chunks.append(X)
     if n == 0:
         return Pool(0, np.zeros(0, np.float32), np.ones(0, np.float32), [], np.zeros((0, 0), np.float32))
     mean = total / n
     std = np.sqrt(np.maximum(total_sq / n - mean ** 2, 0.0)) + 1e-6
-    return Pool(n, mean.astype(np.float32), std.astype(np.float32), ids, np.concatenate(rows))
+    return Pool(n, mean.astype(np.float32), std.astype(np.float32), ids, np.concatenate(rows),
+                all_ids if keep_all else None, np.concatenate(chunks) if keep_all else None)
+
+
+def auto_accept_threshold(cfg: RoundConfig, oof_probs: np.ndarray | None, y: np.ndarray) -> tuple[float, str]:
+    """The confidence above which auto labels count as accepted, and how it was chosen."""
+    if cfg.threshold_mode != "precision" or oof_probs is None:
+        return cfg.confidence_threshold, "fixed"
+    found = precision_threshold(oof_probs, y, cfg.target_precision)
+    if found is None:
+        return 1.0, f"no confidence reaches precision {cfg.target_precision} yet"
+    return found, f"precision >= {cfg.target_precision} on held-out labels"
 
 
 def zero_shot_head(ws: Workspace, params: Params, clip: ClipModel) -> tuple[ZeroShotHead, list[str]]:
@@ -146,16 +176,14 @@ def classify(ws: Workspace, params: Params, clip: ClipModel, round_no: int, time
                           f"images with a new CSV in data/inbox/ first.")
     head, warnings = zero_shot_head(ws, params, clip)
     t = time.perf_counter()
-    pool = scan_pool(ws, clip, humans, params.views)
+    small = len(EmbeddingStore(ws.embeddings, clip.model_id, params.views.key("global"))) \
+        <= params.train.self_training_max_pool
+    pool = scan_pool(ws, clip, humans, params.views, keep_all=small)
     y = np.array([classes.index(humans[i]) for i in pool.labeled_ids], dtype=int)
     self_training = {}
-    if params.train.self_training and len(y) and pool.n <= params.train.self_training_max_pool:
-        all_ids, chunks = [], []
-        for chunk_ids, X in current_chunks(ws, clip, params.views):
-            all_ids.extend(chunk_ids)
-            chunks.append(X)
-        where = {i: k for k, i in enumerate(all_ids)}
-        self_training = dict(pool_X=np.concatenate(chunks), rows=np.array([where[i] for i in pool.labeled_ids]))
+    if params.train.self_training and len(y) and pool.all_X is not None:
+        where = {i: k for k, i in enumerate(pool.all_ids)}
+        self_training = dict(pool_X=pool.all_X, rows=np.array([where[i] for i in pool.labeled_ids]))
     trained = train_mod.train_task(pool.labeled_X, y, head, params.train, center=pool.center, scale=pool.scale,
                                    **self_training)
     train_mod.save(ws, trained, clip.model_id)
@@ -169,12 +197,10 @@ def classify(ws: Workspace, params: Params, clip: ClipModel, round_no: int, time
 
     def predict(X: np.ndarray) -> np.ndarray:
         return apply_temperature(base(X), T)  # calibrated on held-out human labels
-    # Second streaming pass: only the (N, L) probabilities are kept, never all embeddings.
-    ids, parts = [], []
-    for chunk_ids, X in current_chunks(ws, clip, params.views):
-        ids.extend(chunk_ids)
-        parts.append(predict(X))
-    probs = np.concatenate(parts) if parts else np.zeros((0, len(classes)), np.float32)
+
+    ids, probs = pool.predict(ws, clip, params.views, predict)
+    if len(ids) == 0:
+        probs = np.zeros((0, len(classes)), np.float32)
     locations = None
     if params.views.tiles:
         onto = params.ontology
@@ -183,16 +209,9 @@ def classify(ws: Workspace, params: Params, clip: ClipModel, round_no: int, time
         probs, locations = multiscale(ws, clip, params.views, ids, probs, predict, negative)
     table = image_table(ws)
     paths = [table[i] for i in ids]
-    threshold, threshold_note = params.round.confidence_threshold, "fixed"
-    if params.round.threshold_mode == "precision" and trained.oof_probs is not None:
-        found = precision_threshold(trained.oof_probs, y, params.round.target_precision)
-        if found is not None:
-            threshold, threshold_note = found, f"precision >= {params.round.target_precision} on held-out labels"
-        else:
-            threshold, threshold_note = 1.0, f"no confidence reaches precision {params.round.target_precision} yet"
-    trained.threshold, trained.threshold_note = threshold, threshold_note
+    trained.threshold, trained.threshold_note = auto_accept_threshold(params.round, trained.oof_probs, y)
     relabeled = relabel_task(ws, ids, paths, probs, classes, humans, source=trained.model, model_id=model_id,
-                             round_no=round_no, threshold=threshold, locations=locations,
+                             round_no=round_no, threshold=trained.threshold, locations=locations,
                              store=(clip.model_id, params.views.key("global")))
     timers["relabel"] = time.perf_counter() - t
     return trained, relabeled, humans, warnings

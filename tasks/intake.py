@@ -159,16 +159,16 @@ def _label_studio_rows(path: Path, raw: bytes) -> tuple[list[tuple[str, dict]], 
     if not isinstance(tasks, list):
         raise LabelFileError(str(path), ["expected a Label Studio JSON export: a list of tasks"])
     rows, problems = [], []
-    for n, task in enumerate(tasks, start=1):
-        where = f"task {n} (id {task.get('id', '?')})" if isinstance(task, dict) else f"task {n}"
-        if not isinstance(task, dict) or not isinstance(task.get("data"), dict):
+    for n, item in enumerate(tasks, start=1):
+        where = f"task {n} (id {item.get('id', '?')})" if isinstance(item, dict) else f"task {n}"
+        if not isinstance(item, dict) or not isinstance(item.get("data"), dict):
             problems.append(f"{where}: not a task object with 'data'")
             continue
-        data = task["data"]
+        data = item["data"]
         image = str(data.get("path") or data.get("image") or "")
         image = image[len(LS_PREFIX):] if image.startswith(LS_PREFIX) else image
         labels, annotators = [], []
-        for ann in task.get("annotations") or []:
+        for ann in item.get("annotations") or []:
             if ann.get("was_cancelled"):
                 continue
             choices = [c for r in ann.get("result", []) if r.get("type") == "choices"
