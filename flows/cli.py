@@ -9,7 +9,7 @@ import os
 import sys
 from pathlib import Path
 
-from models.errors import ColdstartError
+from coldstart.models.errors import ColdstartError
 
 STAGES = ("scan", "embed", "intake", "train", "relabel", "select")
 
@@ -60,7 +60,7 @@ def format_summary(s) -> str:
 
 
 def cmd_init(a) -> int:
-    from tasks.version import init_workspace
+    from coldstart.tasks.version import init_workspace
 
     ws = init_workspace(a.directory, remote=a.remote)
     print(f"created workspace {ws.root}\n  put images in {ws.images}/, edit {ws.params_file}, then run:\n"
@@ -69,7 +69,7 @@ def cmd_init(a) -> int:
 
 
 def cmd_round(a) -> int:
-    from flows.round import labeling_round
+    from coldstart.flows.round import labeling_round
 
     summary = labeling_round(workspace=a.workspace)
     print(format_summary(summary))
@@ -78,8 +78,8 @@ def cmd_round(a) -> int:
 
 
 def cmd_status(a) -> int:
-    from flows.status import format_status, workspace_status
-    from tasks.workspace import Workspace
+    from coldstart.flows.status import format_status, workspace_status
+    from coldstart.tasks.workspace import Workspace
 
     s = workspace_status(Workspace.open(a.workspace))
     print(format_status(s))
@@ -89,10 +89,10 @@ def cmd_status(a) -> int:
 
 def cmd_stage(a) -> int:
     """One stage on its own (what `dvc repro` runs), without Prefect, MLflow or tagging."""
-    from flows.round import classify, clip_config
-    from models.clip import load_clip
-    from tasks import embed, intake, scan, select
-    from tasks.workspace import Workspace
+    from coldstart.flows.round import classify, clip_config
+    from coldstart.models.clip import load_clip
+    from coldstart.tasks import embed, intake, scan, select
+    from coldstart.tasks.workspace import Workspace
 
     ws = Workspace.open(a.workspace)
     with ws.lock():
@@ -115,10 +115,10 @@ def cmd_prompts(a) -> int:
     """Class weight matrix (saved as .npy), ontology warnings, and optionally the ablation."""
     import numpy as np
 
-    from flows.round import clip_config, scan_pool, zero_shot_head
-    from models.clip import load_clip
-    from tasks.intake import human_labels, read_events
-    from tasks.workspace import Workspace
+    from coldstart.flows.round import clip_config, scan_pool, zero_shot_head
+    from coldstart.models.clip import load_clip
+    from coldstart.tasks.intake import human_labels, read_events
+    from coldstart.tasks.workspace import Workspace
 
     ws = Workspace.open(a.workspace)
     params = ws.params()
@@ -133,7 +133,7 @@ def cmd_prompts(a) -> int:
         np.save(a.save, head.weights.astype(np.float32))
         print(f"saved the class weight matrix {head.weights.shape} (classes x dim, float32, ontology order) to {a.save}")
     if a.ablate:
-        from tasks.prompts import ablate
+        from coldstart.tasks.prompts import ablate
 
         humans = human_labels(read_events(ws))
         pool = scan_pool(ws, clip, humans, params.views)
@@ -156,15 +156,15 @@ def cmd_finetune(a) -> int:
     import torch
     from torch.utils.data import DataLoader
 
-    from flows.round import clip_config, zero_shot_head
-    from models.clip import load_clip
-    from models.finetune import FinetuneConfig, finetune, save_weights
-    from models.probe import LinearHead
-    from tasks.embed import ImageFiles
-    from tasks.intake import human_labels, read_events
-    from tasks.scan import image_table
-    from tasks.train import load_chosen
-    from tasks.workspace import Workspace
+    from coldstart.flows.round import clip_config, zero_shot_head
+    from coldstart.models.clip import load_clip
+    from coldstart.models.finetune import FinetuneConfig, finetune, save_weights
+    from coldstart.models.probe import LinearHead
+    from coldstart.tasks.embed import ImageFiles
+    from coldstart.tasks.intake import human_labels, read_events
+    from coldstart.tasks.scan import image_table
+    from coldstart.tasks.train import load_chosen
+    from coldstart.tasks.workspace import Workspace
 
     ws = Workspace.open(a.workspace)
     params = ws.params()
@@ -208,14 +208,14 @@ def cmd_finetune(a) -> int:
 
 
 def cmd_demo(a) -> int:
-    from flows.demo import run_demo
+    from coldstart.flows.demo import run_demo
 
     run_demo(Path(a.workspace), rounds=a.rounds, json_path=a.json, budget=a.budget, pretrained=a.pretrained)
     return 0
 
 
 def cmd_serve(a) -> int:
-    from flows.serve import serve
+    from coldstart.flows.serve import serve
 
     serve(a.workspace, cron=a.cron, interval=a.interval, port=a.port)
     return 0
@@ -223,8 +223,8 @@ def cmd_serve(a) -> int:
 
 def cmd_bench(a) -> int:
     if a.bench == "all":
-        from flows.bench import bench_prelabel
-        from flows.bench_relabel import bench_relabel
+        from coldstart.bench.prelabel import bench_prelabel
+        from coldstart.bench.relabel import bench_relabel
 
         pre = bench_prelabel(n=a.n, model=a.model, pretrained=a.pretrained, batch_size=a.batch_size)
         rel = bench_relabel()
@@ -238,16 +238,16 @@ def cmd_bench(a) -> int:
         _write_json(a.json, {"prelabel": pre, "relabel": rel})
         return 0
     if a.bench == "al":
-        from flows.bench_al import bench_al
+        from coldstart.bench.al import bench_al
 
         _write_json(a.json, bench_al(seeds=a.seeds, batch=a.batch, start=a.start))
         return 0
     if a.bench == "relabel":
-        from flows.bench_relabel import bench_relabel
+        from coldstart.bench.relabel import bench_relabel
 
         figures = bench_relabel(n=a.n, dim=a.dim, n_classes=a.classes)
     else:
-        from flows.bench import bench_prelabel
+        from coldstart.bench.prelabel import bench_prelabel
 
         figures = bench_prelabel(n=a.n, model=a.model, pretrained=a.pretrained, batch_size=a.batch_size)
     _write_json(a.json, figures)

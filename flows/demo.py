@@ -16,10 +16,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from models.clip import ClipConfig, load_clip
-from models.errors import WeightsUnavailableError, WorkspaceError
-from tasks.select import audit_estimate
-from tasks.workspace import Workspace, read_csv
+from coldstart.models.clip import ClipConfig, load_clip
+from coldstart.models.errors import WeightsUnavailableError, WorkspaceError
+from coldstart.tasks.select import audit_estimate
+from coldstart.tasks.workspace import Workspace, read_csv
 
 DIGITS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 DEMO_MARKER = ".coldstart-demo"
@@ -115,8 +115,8 @@ BANNER = """
 
 def run_demo(workspace: Path, *, rounds: int = 3, json_path: str | None = None, budget: int = 50,
              pretrained: str | None = "laion2b_s34b_b79k", n_images: int | None = None) -> list[dict]:
-    from flows.round import labeling_round
-    from tasks.version import init_workspace
+    from coldstart.flows.round import labeling_round
+    from coldstart.tasks.version import init_workspace
 
     workspace = Path(workspace).expanduser().resolve()
     if workspace.exists() and any(workspace.iterdir()):

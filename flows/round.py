@@ -18,22 +18,22 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 from prefect import flow
 
-from models.clip import ClipConfig, ClipModel, load_clip
-from models.errors import ConfigError, TrackingError, WorkspaceError
-from models.zeroshot import ZeroShotHead, prompt_warnings
-from tasks import train as train_mod
-from tasks.config import Params, RoundConfig, ViewsConfig
-from tasks.embed import embed_task
-from tasks.intake import human_labels, intake_task, read_events
-from tasks.relabel import relabel_task
-from tasks.scan import image_table, scan_task
-from tasks.select import latest_audit, select_task
-from tasks.store import EmbeddingStore, cached_text_weights
-from tasks.views import aggregate_views
-from tasks.track import record_audit, record_version, track_task
-from tasks.version import version_task
-from tasks.calibrate import apply_temperature, precision_threshold
-from tasks.workspace import Workspace, atomic_write_text, write_csv
+from coldstart.models.clip import ClipConfig, ClipModel, load_clip
+from coldstart.models.errors import ConfigError, TrackingError, WorkspaceError
+from coldstart.models.zeroshot import ZeroShotHead, prompt_warnings
+from coldstart.tasks import train as train_mod
+from coldstart.tasks.config import Params, RoundConfig, ViewsConfig
+from coldstart.tasks.embed import embed_task
+from coldstart.tasks.intake import human_labels, intake_task, read_events
+from coldstart.tasks.relabel import relabel_task
+from coldstart.tasks.scan import image_table, scan_task
+from coldstart.tasks.select import latest_audit, select_task
+from coldstart.tasks.store import EmbeddingStore, cached_text_weights
+from coldstart.tasks.views import aggregate_views
+from coldstart.tasks.track import record_audit, record_version, track_task
+from coldstart.tasks.version import version_task
+from coldstart.tasks.calibrate import apply_temperature, precision_threshold
+from coldstart.tasks.workspace import Workspace, atomic_write_text, write_csv
 
 log = logging.getLogger(__name__)
 

@@ -14,8 +14,8 @@ import time
 import urllib.request
 from pathlib import Path
 
-from models.errors import ColdstartError
-from tasks.workspace import Workspace
+from coldstart.models.errors import ColdstartError
+from coldstart.tasks.workspace import Workspace
 
 
 def _healthy(api_url: str) -> bool:
@@ -69,7 +69,7 @@ def serve(workspace: str, *, cron: str | None = None, interval: float | None = N
     try:
         from prefect.settings import PREFECT_API_URL, temporary_settings
 
-        from flows.round import labeling_round
+        from coldstart.flows.round import labeling_round
 
         schedule = f"cron '{cron}'" if cron else f"every {interval:g} s"
         print(f"serving labeling_round for {ws.root} on {schedule}; Ctrl-C or SIGTERM stops", flush=True)

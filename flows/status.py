@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 
-from tasks.intake import human_labels, read_events
-from tasks.workspace import Workspace, read_csv
+from coldstart.tasks.intake import human_labels, read_events
+from coldstart.tasks.workspace import Workspace, read_csv
 
 
 def stopping(stop, last: dict) -> tuple[bool, list[str]]:

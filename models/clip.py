@@ -19,7 +19,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from models.errors import ConfigError, WeightsUnavailableError
+from coldstart.models.errors import ConfigError, WeightsUnavailableError
 
 log = logging.getLogger(__name__)
 

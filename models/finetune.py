@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from models.clip import ClipModel
-from models.probe import LinearHead
+from coldstart.models.clip import ClipModel
+from coldstart.models.probe import LinearHead
 
 log = logging.getLogger(__name__)
 

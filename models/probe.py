@@ -29,7 +29,7 @@ from scipy.optimize import minimize
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import KFold, StratifiedKFold
 
-from models.zeroshot import softmax
+from coldstart.models.zeroshot import softmax
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 if TYPE_CHECKING:  # keep this module importable without torch (streaming re-labels)
-    from models.clip import ClipModel
+    from coldstart.models.clip import ClipModel
 
 log = logging.getLogger(__name__)
 

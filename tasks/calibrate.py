@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from scipy.optimize import minimize_scalar
 
-from models.zeroshot import softmax
+from coldstart.models.zeroshot import softmax
 
 
 def _logits(probs: np.ndarray) -> np.ndarray:

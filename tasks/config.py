@@ -14,9 +14,9 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from models.errors import ConfigError
+from coldstart.models.errors import ConfigError
 
-from tasks.strategies import STRATEGIES, UNCERTAINTY  # noqa: E402  (names only: no heavy imports)
+from coldstart.tasks.strategies import STRATEGIES, UNCERTAINTY  # noqa: E402  (names only: no heavy imports)
 
 
 class _Section(BaseModel):

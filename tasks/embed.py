@@ -19,12 +19,12 @@ from prefect.cache_policies import NO_CACHE
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from models.clip import ClipModel
-from tasks.config import ModelConfig, ViewsConfig
-from tasks.scan import ImageDecodeError, load_rgb
-from tasks.store import EmbeddingStore
-from tasks.views import view_images
-from tasks.workspace import Workspace, read_csv
+from coldstart.models.clip import ClipModel
+from coldstart.tasks.config import ModelConfig, ViewsConfig
+from coldstart.tasks.scan import ImageDecodeError, load_rgb
+from coldstart.tasks.store import EmbeddingStore
+from coldstart.tasks.views import view_images
+from coldstart.tasks.workspace import Workspace, read_csv
 
 log = logging.getLogger(__name__)
 

@@ -30,8 +30,8 @@ from pathlib import Path, PurePosixPath
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from models.errors import LabelFileError
-from tasks.workspace import Workspace, atomic_write_bytes, atomic_write_text, read_csv
+from coldstart.models.errors import LabelFileError
+from coldstart.tasks.workspace import Workspace, atomic_write_bytes, atomic_write_text, read_csv
 
 log = logging.getLogger(__name__)
 

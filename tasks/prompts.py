@@ -10,9 +10,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from models.clip import ClipModel
-from models.zeroshot import ZeroShotHead, text_weights
-from tasks.config import OntologyConfig
+from coldstart.models.clip import ClipModel
+from coldstart.models.zeroshot import ZeroShotHead, text_weights
+from coldstart.tasks.config import OntologyConfig
 
 
 @dataclass

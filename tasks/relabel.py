@@ -10,7 +10,7 @@ import numpy as np
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from tasks.workspace import Workspace, atomic_write_bytes, read_csv, write_csv
+from coldstart.tasks.workspace import Workspace, atomic_write_bytes, read_csv, write_csv
 
 # location: "x0 y0 x1 y1" (original pixels) of the tile that gave the label's score, or "".
 RESOLVED_FIELDS = ["image_id", "path", "label", "confidence", "source", "model_id", "round", "location"]

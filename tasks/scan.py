@@ -20,8 +20,8 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from tasks.config import ScanConfig
-from tasks.workspace import Workspace, read_csv, write_csv
+from coldstart.tasks.config import ScanConfig
+from coldstart.tasks.workspace import Workspace, read_csv, write_csv
 
 log = logging.getLogger(__name__)
 

@@ -17,13 +17,13 @@ import numpy as np
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from models.errors import SelectionError
-from tasks import strategies
-from tasks.audit import wilson_interval
-from tasks.config import RoundConfig
-from tasks.store import EmbeddingStore
-from tasks.strategies import STRATEGIES, uncertainty
-from tasks.workspace import Workspace, atomic_write_text, read_csv, write_csv
+from coldstart.models.errors import SelectionError
+from coldstart.tasks import strategies
+from coldstart.tasks.audit import wilson_interval
+from coldstart.tasks.config import RoundConfig
+from coldstart.tasks.store import EmbeddingStore
+from coldstart.tasks.strategies import STRATEGIES, uncertainty
+from coldstart.tasks.workspace import Workspace, atomic_write_text, read_csv, write_csv
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +78,7 @@ class SelectResult:
 
 def select(ws: Workspace, cfg: RoundConfig, round_no: int) -> SelectResult:
     """Read resolved.csv + probs.npz, write data/review/round-NNN.{csv,batch.csv,tasks.json}."""
-    from tasks.relabel import load_probs
+    from coldstart.tasks.relabel import load_probs
 
     ids, probs, classes, (model_id, view) = load_probs(ws)
     resolved = {r["image_id"]: r for r in read_csv(ws.resolved)}

@@ -17,7 +17,7 @@ from typing import Iterator
 
 import numpy as np
 
-from tasks.workspace import atomic_write_bytes
+from coldstart.tasks.workspace import atomic_write_bytes
 
 
 def model_slug(model_id: str) -> str:
@@ -108,7 +108,7 @@ def cached_text_weights(root: Path, clip, prompts: list[list[str]]) -> np.ndarra
     import hashlib
     import json
 
-    from models.zeroshot import text_weights
+    from coldstart.models.zeroshot import text_weights
 
     key = hashlib.sha256(json.dumps(prompts, ensure_ascii=False).encode("utf-8")).hexdigest()[:24]
     path = Path(root) / model_slug(clip.model_id) / f"{key}.npy"

@@ -12,7 +12,7 @@ import math
 
 import numpy as np
 
-from models.errors import SelectionError
+from coldstart.models.errors import SelectionError
 
 UNCERTAINTY = ("margin", "least_confidence", "entropy")
 STRATEGIES = UNCERTAINTY + ("random", "kcenter", "typiclust", "hybrid")

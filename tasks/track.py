@@ -15,9 +15,9 @@ import numpy as np
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from models.errors import TrackingError
-from tasks.config import Params, flatten
-from tasks.workspace import Workspace
+from coldstart.models.errors import TrackingError
+from coldstart.tasks.config import Params, flatten
+from coldstart.tasks.workspace import Workspace
 
 log = logging.getLogger(__name__)
 

@@ -17,11 +17,11 @@ import numpy as np
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from models.probe import LinearHead, ProbeFit, SelfTraining, fit_probe, fit_zs_probe
-from models.zeroshot import ZeroShotHead
-from tasks.calibrate import apply_temperature, expected_calibration_error, fit_temperature
-from tasks.config import TrainConfig
-from tasks.workspace import Workspace, atomic_write_bytes, atomic_write_text
+from coldstart.models.probe import LinearHead, ProbeFit, SelfTraining, fit_probe, fit_zs_probe
+from coldstart.models.zeroshot import ZeroShotHead
+from coldstart.tasks.calibrate import apply_temperature, expected_calibration_error, fit_temperature
+from coldstart.tasks.config import TrainConfig
+from coldstart.tasks.workspace import Workspace, atomic_write_bytes, atomic_write_text
 
 log = logging.getLogger(__name__)
 

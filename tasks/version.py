@@ -16,8 +16,8 @@ from pathlib import Path
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from models.errors import VersioningError, WorkspaceError
-from tasks.workspace import Workspace
+from coldstart.models.errors import VersioningError, WorkspaceError
+from coldstart.tasks.workspace import Workspace
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +37,7 @@ def git(root: Path, *args: str, check: bool = True) -> str:
 
 
 def template_text(name: str) -> str:
-    return resources.files("flows").joinpath("template", name).read_text(encoding="utf-8")
+    return resources.files("coldstart.flows").joinpath("template", name).read_text(encoding="utf-8")
 
 
 def init_workspace(dest: str | os.PathLike, *, remote: str | os.PathLike | None = None,

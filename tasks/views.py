@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-from tasks.config import TileSpec, ViewsConfig
+from coldstart.tasks.config import TileSpec, ViewsConfig
 
 
 def clahe(img: Image.Image, clip_limit: float = 2.0, tiles: int = 8) -> Image.Image:

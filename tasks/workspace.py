@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-from models.errors import WorkspaceError
-from tasks.config import Params, load_params
+from coldstart.models.errors import WorkspaceError
+from coldstart.tasks.config import Params, load_params
 
 ROUND_TAG = re.compile(r"^round-(\d{3,})$")
 

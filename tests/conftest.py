@@ -22,7 +22,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from models.clip import ClipConfig, load_clip  # noqa: E402
+from coldstart.models.clip import ClipConfig, load_clip  # noqa: E402
 
 TINY = ClipConfig(name="coldstart-tiny", pretrained=None, device="cpu")
 
@@ -35,7 +35,7 @@ def tiny_clip():
 
 def tiny_params(budget: int = 6) -> str:
     """The demo's digits ontology on the tiny model, random weights, no decoding workers."""
-    from flows.demo import demo_params
+    from coldstart.flows.demo import demo_params
 
     text = demo_params(None, budget, model="coldstart-tiny").replace("batch_size: 32", "batch_size: 16")
     return text.replace("num_workers: auto", "num_workers: 0")
@@ -44,7 +44,7 @@ def tiny_params(budget: int = 6) -> str:
 @pytest.fixture
 def make_workspace(tmp_path):
     """Create a real workspace (git + DVC + local remote) with the tiny model and digits ontology."""
-    from tasks.version import init_workspace
+    from coldstart.tasks.version import init_workspace
 
     def make(name: str = "ws", budget: int = 6):
         return init_workspace(tmp_path / name, params_text=tiny_params(budget))

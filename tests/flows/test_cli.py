@@ -7,9 +7,9 @@ import threading
 
 import pytest
 
-from flows.cli import main as cli
-from models.errors import WorkspaceError
-from tasks.workspace import Workspace
+from coldstart.flows.cli import main as cli
+from coldstart.models.errors import WorkspaceError
+from coldstart.tasks.workspace import Workspace
 
 
 def test_init_creates_a_versioned_workspace(tmp_path, capsys):
@@ -103,9 +103,9 @@ def test_prompts_saves_the_round_weights_from_a_local_checkpoint_and_ablates(mak
     import open_clip
     import torch
 
-    from flows.demo import write_digits
-    from models.clip import ClipConfig, load_clip, register_project_configs
-    from models.zeroshot import text_weights
+    from coldstart.flows.demo import write_digits
+    from coldstart.models.clip import ClipConfig, load_clip, register_project_configs
+    from coldstart.models.zeroshot import text_weights
 
     register_project_configs()
     ws = make_workspace()
@@ -143,8 +143,8 @@ def test_prompts_saves_the_round_weights_from_a_local_checkpoint_and_ablates(mak
 
 
 def test_stages_with_clahe_and_tiles_on_the_tiny_model(make_workspace):
-    from flows.demo import write_digits
-    from tasks.workspace import read_csv
+    from coldstart.flows.demo import write_digits
+    from coldstart.tasks.workspace import read_csv
 
     ws = make_workspace()
     write_digits(ws.images, n=6, size=96)
@@ -164,8 +164,8 @@ def test_stages_with_clahe_and_tiles_on_the_tiny_model(make_workspace):
 
 
 def test_stopping_criteria_say_why():
-    from flows.status import stopping
-    from tasks.config import StopConfig
+    from coldstart.flows.status import stopping
+    from coldstart.tasks.config import StopConfig
 
     stop = StopConfig(max_labels=100, churn_below=0.01, audit_lower_bound=0.9)
     done, why = stopping(stop, {"human_labels": 40, "churn": 0.2, "audit_interval": [0.7, 0.95], "audit_n": 10})
@@ -186,8 +186,8 @@ def test_bench_al_writes_labels_to_95_and_audit_coverage(tmp_path):
 
 
 def test_finetune_command_writes_a_checkpoint_the_round_can_load(make_workspace, capsys):
-    from flows.demo import write_digits
-    from models.clip import ClipConfig, load_clip
+    from coldstart.flows.demo import write_digits
+    from coldstart.models.clip import ClipConfig, load_clip
 
     ws = make_workspace()
     truth = write_digits(ws.images, n=8, size=32)
@@ -213,7 +213,7 @@ def test_every_command_has_help(command, capsys):
 
 
 def test_removing_a_class_that_people_used_is_refused_with_the_fix(make_workspace, capsys):
-    from flows.demo import write_digits
+    from coldstart.flows.demo import write_digits
 
     ws = make_workspace()
     truth = write_digits(ws.images, n=6, size=32)

@@ -11,17 +11,17 @@ import time
 import numpy as np
 import pytest
 
-from flows.cli import main as cli
-from flows.demo import write_digits
-from tasks.intake import read_events
-from tasks.store import EmbeddingStore
+from coldstart.flows.cli import main as cli
+from coldstart.flows.demo import write_digits
+from coldstart.tasks.intake import read_events
+from coldstart.tasks.store import EmbeddingStore
 
 pytestmark = pytest.mark.slow
 
 KILLABLE_EMBED = """
-import sys, tasks.embed as e
+import sys, coldstart.tasks.embed as e
 e.SHARD_ROWS = 8  # small shards, so a kill lands between commits
-from flows.cli import main
+from coldstart.flows.cli import main
 sys.exit(main(["stage", "embed", "--workspace", sys.argv[1]]))
 """
 
@@ -61,7 +61,7 @@ def test_two_intakes_at_once_import_each_row_exactly_once(make_workspace):
     for k in range(3):
         (ws.inbox / f"answers-{k}.csv").write_text(f"image,label,annotator\n" + rows.replace("\n", f",a{k}\n") +
                                                    f",a{k}\n")
-    procs = [subprocess.Popen([sys.executable, "-m", "flows.cli", "stage", "intake", "-w", str(ws.root)],
+    procs = [subprocess.Popen([sys.executable, "-m", "coldstart.flows.cli", "stage", "intake", "-w", str(ws.root)],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(4)]
     results = [(p.wait(), p.stderr.read()) for p in procs]
     assert all(code == 0 or "busy" in err for code, err in results), results

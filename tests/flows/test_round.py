@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
-from flows.cli import main as cli
-from flows.demo import answer_batch, write_digits
-from flows.round import labeling_round
-from tasks.intake import read_events
-from tasks.workspace import read_csv
+from coldstart.flows.cli import main as cli
+from coldstart.flows.demo import answer_batch, write_digits
+from coldstart.flows.round import labeling_round
+from coldstart.tasks.intake import read_events
+from coldstart.tasks.workspace import read_csv
 from tests.conftest import write_image
 
 pytestmark = pytest.mark.slow

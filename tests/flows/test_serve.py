@@ -22,7 +22,7 @@ def _free_port() -> int:
 
 
 def test_scheduled_round_fires(make_workspace, tmp_path):
-    from flows.demo import write_digits
+    from coldstart.flows.demo import write_digits
 
     ws = make_workspace(budget=4)
     write_digits(ws.images, n=20, size=32)

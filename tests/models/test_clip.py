@@ -3,9 +3,9 @@ import open_clip
 import pytest
 import torch
 
-from models.clip import ClipConfig, load_clip, model_id_for
-from models.errors import ConfigError, WeightsUnavailableError
-from models.zeroshot import class_text_weights, zero_shot_probs
+from coldstart.models.clip import ClipConfig, load_clip, model_id_for
+from coldstart.models.errors import ConfigError, WeightsUnavailableError
+from coldstart.models.zeroshot import class_text_weights, zero_shot_probs
 
 
 def test_tiny_model_encodes_unit_vectors(tiny_clip):
@@ -18,7 +18,7 @@ def test_tiny_model_encodes_unit_vectors(tiny_clip):
 
 
 def test_random_weights_are_the_same_in_every_load(tiny_clip):
-    from models.clip import _load_clip_cached
+    from coldstart.models.clip import _load_clip_cached
 
     fresh = _load_clip_cached.__wrapped__(ClipConfig("coldstart-tiny", None, "cpu"))
     x = torch.rand(2, 3, 64, 64)
@@ -105,7 +105,7 @@ def test_multilingual_model_without_transformers_says_how_to_install():
 
 
 def test_precision_policy():
-    from models.clip import autocast_dtype
+    from coldstart.models.clip import autocast_dtype
 
     assert autocast_dtype("auto", torch.device("cpu")) is None
     assert autocast_dtype("auto", torch.device("cuda")) is torch.float16

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from models.clip import ClipConfig, load_clip
-from models.finetune import FinetuneConfig, finetune, save_weights, trainable_parameters
-from models.probe import LinearHead
+from coldstart.models.clip import ClipConfig, load_clip
+from coldstart.models.finetune import FinetuneConfig, finetune, save_weights, trainable_parameters
+from coldstart.models.probe import LinearHead
 
 
 @pytest.fixture

@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 from sklearn.linear_model import LogisticRegression
 
-from models.probe import LinearHead, SelfTraining, fit_probe, fit_zs_probe
-from models.zeroshot import zero_shot_probs
+from coldstart.models.probe import LinearHead, SelfTraining, fit_probe, fit_zs_probe
+from coldstart.models.zeroshot import zero_shot_probs
 
 
 def _blobs(n_per=20, classes=(0, 1, 2), dim=16, seed=0):

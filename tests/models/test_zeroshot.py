@@ -4,9 +4,9 @@ import pytest
 import yaml
 from open_clip.zero_shot_metadata import SIMPLE_IMAGENET_TEMPLATES
 
-from models.zeroshot import ZeroShotHead, confusable_pairs, prompt_warnings, text_weights, to_labels
-from tasks.config import parse_params
-from tasks.store import cached_text_weights
+from coldstart.models.zeroshot import ZeroShotHead, confusable_pairs, prompt_warnings, text_weights, to_labels
+from coldstart.tasks.config import parse_params
+from coldstart.tasks.store import cached_text_weights
 
 ROOT_PARAMS = yaml.safe_load(open(__file__.rsplit("/tests/", 1)[0] + "/params.yaml"))
 

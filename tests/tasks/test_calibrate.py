@@ -1,9 +1,9 @@
 import numpy as np
 import pytest
 
-from tasks.audit import wilson_interval
-from tasks.calibrate import apply_temperature, expected_calibration_error, fit_temperature, precision_threshold
-from tasks.train import label_issues
+from coldstart.tasks.audit import wilson_interval
+from coldstart.tasks.calibrate import apply_temperature, expected_calibration_error, fit_temperature, precision_threshold
+from coldstart.tasks.train import label_issues
 
 
 def test_wilson_interval_known_values():

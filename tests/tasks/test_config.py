@@ -3,8 +3,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from models.errors import ConfigError
-from tasks.config import flatten, load_params, parse_params
+from coldstart.models.errors import ConfigError
+from coldstart.tasks.config import flatten, load_params, parse_params
 
 ROOT = Path(__file__).resolve().parents[2]
 

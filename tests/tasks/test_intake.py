@@ -1,9 +1,9 @@
 import pytest
 
-from tasks.config import ScanConfig
-from tasks.intake import human_labels, intake, read_events
-from tasks.scan import scan
-from tasks.workspace import Workspace, read_csv
+from coldstart.tasks.config import ScanConfig
+from coldstart.tasks.intake import human_labels, intake, read_events
+from coldstart.tasks.scan import scan
+from coldstart.tasks.workspace import Workspace, read_csv
 from tests.conftest import write_image
 
 CLASSES = ["cat", "dog", "划痕"]

@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tasks.config import ScanConfig
-from tasks.scan import ImageDecodeError, load_rgb, scan
-from tasks.workspace import Workspace, read_csv
+from coldstart.tasks.config import ScanConfig
+from coldstart.tasks.scan import ImageDecodeError, load_rgb, scan
+from coldstart.tasks.workspace import Workspace, read_csv
 from tests.conftest import write_image
 
 

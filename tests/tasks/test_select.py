@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from models.errors import SelectionError
-from tasks.select import audit_estimate, select_indices, uncertainty
+from coldstart.models.errors import SelectionError
+from coldstart.tasks.select import audit_estimate, select_indices, uncertainty
 
 P = np.array([
     [0.90, 0.05, 0.05],  # 0 confident

@@ -5,7 +5,7 @@ import textwrap
 
 import numpy as np
 
-from tasks.store import EmbeddingStore
+from coldstart.tasks.store import EmbeddingStore
 
 
 def test_append_and_load_in_any_order(tmp_path):
@@ -25,8 +25,8 @@ def test_process_killed_mid_append_leaves_store_readable(tmp_path):
     # A child writes the vectors file of a second shard and is killed before its ids file.
     code = textwrap.dedent(f"""
         import os, numpy as np, io
-        from tasks.workspace import atomic_write_bytes
-        from tasks.store import EmbeddingStore
+        from coldstart.tasks.workspace import atomic_write_bytes
+        from coldstart.tasks.store import EmbeddingStore
         s = EmbeddingStore({str(tmp_path)!r}, "m")
         buf = io.BytesIO(); np.save(buf, np.zeros((1, 4), np.float32))
         atomic_write_bytes(s.dir / "000001.vec.npy", buf.getvalue())
@@ -41,8 +41,8 @@ def test_process_killed_mid_append_leaves_store_readable(tmp_path):
 
 
 def test_streamed_relabel_equals_in_memory(tmp_path):
-    from flows.bench_relabel import stream_relabel
-    from models.zeroshot import ZeroShotHead
+    from coldstart.bench.relabel import stream_relabel
+    from coldstart.models.zeroshot import ZeroShotHead
 
     rng = np.random.default_rng(0)
     s = EmbeddingStore(tmp_path, "m")
@@ -59,7 +59,7 @@ def test_streamed_relabel_equals_in_memory(tmp_path):
 
 
 def test_bench_relabel_reports_its_figures(tmp_path):
-    from flows.bench_relabel import bench_relabel
+    from coldstart.bench.relabel import bench_relabel
 
     figures = bench_relabel(n=20_000, dim=64, n_classes=5, shard_rows=4096)
     assert figures["n"] == 20_000 and figures["relabel_1m_s"] > 0 and 0 < figures["peak_rss_mb"] < 1536

@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from models.errors import SelectionError
-from tasks.strategies import cap_per_class, hybrid, kcenter_greedy, select, typiclust
+from coldstart.models.errors import SelectionError
+from coldstart.tasks.strategies import cap_per_class, hybrid, kcenter_greedy, select, typiclust
 
 
 def test_kcenter_greedy_spreads_out_exactly():

@@ -1,9 +1,9 @@
 import yaml
 from mlflow.tracking import MlflowClient
 
-from tasks.config import flatten, load_params
-from tasks.track import log_round, record_version
-from tasks.workspace import Workspace
+from coldstart.tasks.config import flatten, load_params
+from coldstart.tasks.track import log_round, record_version
+from coldstart.tasks.workspace import Workspace
 
 CHINESE = """
 ontology:

@@ -3,14 +3,14 @@ import torch
 from PIL import Image
 from torchvision.transforms import functional as TF
 
-from flows.round import multiscale
-from models.zeroshot import ZeroShotHead
-from tasks.config import ModelConfig, ScanConfig, TileSpec, ViewsConfig
-from tasks.embed import embed
-from tasks.scan import scan
-from tasks.store import EmbeddingStore
-from tasks.views import aggregate_views, clahe, tile_boxes
-from tasks.workspace import Workspace, read_csv
+from coldstart.flows.round import multiscale
+from coldstart.models.zeroshot import ZeroShotHead
+from coldstart.tasks.config import ModelConfig, ScanConfig, TileSpec, ViewsConfig
+from coldstart.tasks.embed import embed
+from coldstart.tasks.scan import scan
+from coldstart.tasks.store import EmbeddingStore
+from coldstart.tasks.views import aggregate_views, clahe, tile_boxes
+from coldstart.tasks.workspace import Workspace, read_csv
 
 
 def test_tile_grid_covers_the_image_in_original_pixels():

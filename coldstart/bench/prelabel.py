@@ -16,8 +16,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from models.clip import ClipConfig, load_clip
-from models.zeroshot import text_weights
+from coldstart.models.clip import ClipConfig, load_clip
+from coldstart.models.zeroshot import text_weights
 
 
 def synthetic_jpegs(folder: Path, n: int, seed: int = 0) -> list[Path]:
@@ -61,9 +61,9 @@ def _naive_img_s(clip, paths: list[Path], prompts: list[list[str]]) -> float:
 
 def bench_prelabel(n: int = 256, model: str = "ViT-B-32", pretrained: str | None = None, batch_size: int = 32,
                    naive_n: int | None = None) -> dict:
-    from flows.demo import DIGITS, demo_params
-    from flows.round import labeling_round
-    from tasks.version import init_workspace
+    from coldstart.flows.demo import DIGITS, demo_params
+    from coldstart.flows.round import labeling_round
+    from coldstart.tasks.version import init_workspace
 
     params = demo_params(pretrained, budget=10, model=model).replace("batch_size: 32", f"batch_size: {batch_size}")
     with tempfile.TemporaryDirectory(prefix="coldstart-bench-") as tmp:

@@ -22,10 +22,10 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import train_test_split
 from sklearn.preprocessing import StandardScaler
 
-from models.probe import SelfTraining, _train_set
-from tasks.audit import clopper_pearson_interval, wilson_interval
-from tasks.select import select_indices
-from tasks.strategies import top_uncertain, typiclust
+from coldstart.models.probe import SelfTraining, _train_set
+from coldstart.tasks.audit import clopper_pearson_interval, wilson_interval
+from coldstart.tasks.select import select_indices
+from coldstart.tasks.strategies import top_uncertain, typiclust
 
 STRATEGIES = ("random", "entropy", "margin", "coldstart")
 

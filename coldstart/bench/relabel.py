@@ -45,8 +45,8 @@ def _peak_rss_mb() -> float:
 
 
 def _child(store_root: str, model_id: str, n_classes: int, dim: int) -> None:
-    from models.zeroshot import ZeroShotHead
-    from tasks.store import EmbeddingStore
+    from coldstart.models.zeroshot import ZeroShotHead
+    from coldstart.tasks.store import EmbeddingStore
 
     rng = np.random.default_rng(1)
     w = rng.normal(size=(n_classes, dim)).astype(np.float32)
@@ -62,7 +62,7 @@ def _child(store_root: str, model_id: str, n_classes: int, dim: int) -> None:
 
 
 def bench_relabel(n: int = 1_000_000, dim: int = 512, n_classes: int = 10, shard_rows: int = 4096) -> dict:
-    from tasks.store import EmbeddingStore
+    from coldstart.tasks.store import EmbeddingStore
 
     rng = np.random.default_rng(0)
     with tempfile.TemporaryDirectory(prefix="coldstart-bench-relabel-") as tmp:
@@ -76,7 +76,7 @@ def bench_relabel(n: int = 1_000_000, dim: int = 512, n_classes: int = 10, shard
         write_s = time.perf_counter() - t
         print(f"bench relabel: wrote {n:,} x {dim} float32 embeddings in {(n + shard_rows - 1) // shard_rows} "
               f"shards ({n * dim * 4 / 2**30:.2f} GiB) in {write_s:.1f} s", flush=True)
-        code = f"from flows.bench_relabel import _child; _child({tmp!r}, 'synthetic@bench', {n_classes}, {dim})"
+        code = f"from coldstart.bench.relabel import _child; _child({tmp!r}, 'synthetic@bench', {n_classes}, {dim})"
         env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(os.cpu_count() or 1))}
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
                              cwd=Path(__file__).resolve().parents[1])

@@ -1,0 +1,4 @@
+"""coldstart: a first labeled image dataset without a first labeled dataset.
+
+Filled in below (public API).
+"""
