@@ -17,8 +17,10 @@ import numpy as np
 from PIL import Image
 
 from coldstart.models.clip import ClipConfig, load_clip
-from coldstart.models.errors import WeightsUnavailableError, WorkspaceError
-from coldstart.tasks.select import audit_estimate
+from coldstart.models.errors import WeightsUnavailableError
+from coldstart.tasks.errors import WorkspaceError
+from coldstart.tasks.audit import audit_estimate
+from coldstart.tasks.relabel import read_resolved
 from coldstart.tasks.workspace import Workspace, read_csv
 
 DIGITS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
@@ -47,6 +49,8 @@ round:
   first_strategy: typiclust
   strategy: hybrid
   confidence_threshold: 0.7
+  threshold_mode: fixed
+  target_precision: 0.95
   seed: 0
 train:
   seed: 0
@@ -98,7 +102,7 @@ def answer_batch(review_csv: Path, truth: dict[str, str], inbox: Path, annotator
 
 
 def auto_label_accuracy(ws: Workspace, truth: dict[str, str]) -> float | None:
-    auto = [r for r in read_csv(ws.resolved) if r["source"] != "human"]
+    auto = [r for r in read_resolved(ws) if r["source"] != "human"]
     return sum(truth[r["path"]] == r["label"] for r in auto) / len(auto) if auto else None
 
 
@@ -138,20 +142,21 @@ def run_demo(workspace: Path, *, rounds: int = 3, json_path: str | None = None, 
     lines = [header]
     for r in range(1, rounds + 1):
         t0 = time.perf_counter()
-        s = labeling_round(workspace=str(ws.root))
+        rec = labeling_round(workspace=str(ws.root))
         seconds = time.perf_counter() - t0
         true_acc = auto_label_accuracy(ws, truth)
         audit_acc = None
-        if s.batch_size:
-            review = ws.root / s.review_files[0]
+        if rec.select.batch_size:
+            review = ws.root / rec.select.files[0]
             answer_batch(review, truth, ws.inbox)
             answers = {row["image_id"]: truth[row["image"]] for row in read_csv(review)}
             est = audit_estimate(read_csv(ws.review / f"round-{r:03d}.batch.csv"), answers)
             audit_acc = est.accuracy if est else None
-        row = dict(round=r, human_labels=s.human_labels, model_labeled=s.auto_labeled, model=s.model,
+        humans, auto, model = rec.intake.human_labels, rec.relabel.auto, rec.train.model
+        row = dict(round=r, human_labels=humans, model_labeled=auto, model=model,
                    audit_accuracy=audit_acc, true_accuracy=true_acc, seconds=round(seconds, 1))
         table.append(row)
-        lines.append(f"{r:>5} {s.human_labels:>12} {s.auto_labeled:>13} {s.model:>9} "
+        lines.append(f"{r:>5} {humans:>12} {auto:>13} {model:>9} "
                      f"{'-' if audit_acc is None else f'{audit_acc:.1%}':>9} "
                      f"{'-' if true_acc is None else f'{true_acc:.1%}':>8} {seconds:>7.1f}")
         print("\n".join(lines if r == 1 else lines[-1:]), flush=True)
@@ -161,6 +166,6 @@ def run_demo(workspace: Path, *, rounds: int = 3, json_path: str | None = None, 
           "\n'true acc': the same auto labels against the known digits.")
     print(f"\nMLflow UI:   mlflow ui --backend-store-uri sqlite:///{ws.root / 'mlflow.db'}")
     print(f"Round 2's labels, from a fresh clone:\n  git clone {ws.root} demo-clone && cd demo-clone && "
-          f"git checkout round-002 && dvc pull data/labels/resolved.csv\n  or: dvc get {ws.root} "
-          f"data/labels/resolved.csv --rev round-002 -o resolved-round-002.csv")
+          f"git checkout round-002 && dvc pull data/labels/resolved.parquet\n  or: dvc get {ws.root} "
+          f"data/labels/resolved.parquet --rev round-002 -o resolved-round-002.parquet")
     return table

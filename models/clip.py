@@ -4,14 +4,19 @@ Weights are loaded the normal open_clip way: a ``pretrained`` tag (downloaded fr
 cached by open_clip), a local checkpoint file (``.pt``/``.bin``/``.safetensors``, loaded with
 ``weights_only=True`` by open_clip), or ``local-dir:/folder``. ``pretrained=None`` builds random
 weights, seeded so every process gets the same model (embeddings are cached by model id).
+A tag is looked up in the local cache first; when it is not there, one short probe of the hub
+decides at once whether a download can work, so offline machines get one clear error line.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import logging
 import os
+import threading
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -182,19 +187,30 @@ def _load_clip_cached(cfg: ClipConfig) -> ClipModel:
             import transformers  # noqa: F401
         except ImportError:
             raise WeightsUnavailableError(f"model.name {cfg.name}: {MULTILINGUAL_SETUP}") from None
+    src = None
+    if kind == "tag":
+        # Decide before open_clip runs: offline, huggingface_hub retries each file 5 times with
+        # backoff (~45 s) and prints a warning per try. Cached weights load with the hub forced
+        # offline; otherwise one short probe tells whether a download can work at all.
+        src = _tag_source(cfg.name, pre)
+        if src.cached is None and _hub_offline():
+            raise WeightsUnavailableError(_weights_error(
+                cfg.name, pre, src, f"not in the local cache, and HF_HUB_OFFLINE is set so {src.label} was not "
+                f"contacted", f"the local cache ({src.looked_at})", "unset HF_HUB_OFFLINE, or "))
+        if src.cached is None and (why := _probe(src.url)):
+            raise WeightsUnavailableError(_weights_error(
+                cfg.name, pre, src, f"not in the local cache and {src.label} is unreachable",
+                f"the local cache ({src.looked_at}) and one probe of {src.url} ({why})"))
     torch.manual_seed(RANDOM_SEED)  # random weights must be identical in every process
     try:
-        model, _, preprocess = open_clip.create_model_and_transforms(cfg.name, pretrained=pre, device=device)
+        with contextlib.nullcontext() if src is None else _quiet_hub(offline=src.cached is not None):
+            model, _, preprocess = open_clip.create_model_and_transforms(cfg.name, pretrained=pre, device=device)
     except Exception as e:  # open_clip raises many kinds: hub errors, RuntimeError on bad state dicts
-        if kind == "tag":
-            raise WeightsUnavailableError(
-                f"could not load pretrained weights {cfg.name}/{pre} from the Hugging Face hub "
-                f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}). Tried the hub and the local "
-                f"open_clip/HF cache. Fix: on a machine with internet, run `python -c \"import open_clip; "
-                f"open_clip.create_model_and_transforms('{cfg.name}', pretrained='{pre}')\"` to fill the cache "
-                f"(~/.cache/huggingface), or download the checkpoint file and set model.pretrained in params.yaml "
-                f"to its local path (e.g. models/open_clip_model.safetensors)."
-            ) from e
+        if src is not None:
+            cause, tried = ((f"the cached file did not load ({_first_line(e)})", f"the local cache ({src.cached})")
+                            if src.cached else (f"the download from {src.label} failed ({_first_line(e)})",
+                                                f"the local cache ({src.looked_at}) and {src.url} (reachable)"))
+            raise WeightsUnavailableError(_weights_error(cfg.name, pre, src, cause, tried)) from e
         raise WeightsUnavailableError(f"could not load weights {pre} into {cfg.name}: {e}") from e
     model.eval()
     if pre is None:
@@ -207,6 +223,116 @@ def _load_clip_cached(cfg: ClipConfig) -> ClipModel:
     size = int(size[0] if isinstance(size, (tuple, list)) else size)
     return ClipModel(model, preprocess, tokenizer, device, model_id, size, int(model.visual.output_dim),
                      autocast_dtype(cfg.precision, device))
+
+
+@dataclass(frozen=True)
+class _TagSource:
+    """Where open_clip gets the weights of a pretrained tag, and whether they are already local."""
+
+    cached: str | None  # the local file open_clip will load, None when it would have to download
+    looked_at: str  # the cache location checked, for the error message
+    url: str  # what a download contacts: the hub endpoint, or the checkpoint URL
+    label: str  # human name of that source
+    cache_root: str  # the folder to copy over from a machine with internet
+
+
+def _tag_source(name: str, tag: str) -> _TagSource:
+    """Mirror open_clip.pretrained.download_pretrained (3.3.0) without touching the network: an HF
+    hub repo when the tag has one (its .safetensors twin is tried first), else a URL downloaded into
+    ~/.cache/clip (every 3.3.0 tag has an hf_hub id, which open_clip prefers; older tags had URLs)."""
+    from huggingface_hub import constants, try_to_load_from_cache
+    from open_clip.constants import HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME
+    from open_clip.pretrained import get_pretrained_cfg, has_hf_hub
+
+    pcfg = get_pretrained_cfg(name, tag)
+    if pcfg.get("file"):
+        return _TagSource(pcfg["file"], pcfg["file"], "", "a local file", os.path.dirname(pcfg["file"]))
+    hub = pcfg.get("hf_hub", "") if has_hf_hub() else ""
+    if hub:
+        repo, filename = os.path.split(hub)  # 'org/model/' means the default file name
+        filename = filename or HF_WEIGHTS_NAME
+        names = ([HF_SAFE_WEIGHTS_NAME] if filename == HF_WEIGHTS_NAME
+                 else [filename[:-4] + ".safetensors"] if filename.endswith((".bin", ".pth")) else [])
+        names.append(filename)
+        # try_to_load_from_cache returns a path, None, or a truthy "known missing" sentinel
+        hit = next((p for f in names if isinstance(p := try_to_load_from_cache(repo, f), str)), None)
+        folder = os.path.join(constants.HF_HUB_CACHE, "models--" + repo.replace("/", "--"))
+        return _TagSource(hit, f"{folder}: {' or '.join(names)}", constants.ENDPOINT, "the Hugging Face hub",
+                          constants.HF_HUB_CACHE)
+    url = pcfg.get("url", "")
+    target = os.path.join(os.path.expanduser("~/.cache/clip"), os.path.basename(url))
+    return _TagSource(target if os.path.isfile(target) else None, target, url, "the download host",
+                      os.path.dirname(target))
+
+
+def _hub_offline() -> bool:
+    from huggingface_hub import constants
+
+    # the constant is read once at import; the variable may have been set since
+    return constants.HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE", "").upper() in {"1", "ON", "YES", "TRUE"}
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return f"{type(e).__name__}: {text.splitlines()[0]}" if text else type(e).__name__
+
+
+def _probe(url: str, timeout: float = 3.0) -> str | None:
+    """One HEAD request to ``url``: None when anything answers (any HTTP status), else why not.
+
+    Goes through huggingface_hub's HTTP client so HF_ENDPOINT, proxy variables and a custom client
+    factory apply as for the real download; runs in a daemon thread because the timeout does not
+    cover DNS resolution, which can hang on a machine without a resolver."""
+    from huggingface_hub import get_session
+
+    result: list[str | None] = []
+
+    def head() -> None:
+        try:
+            get_session().head(url, timeout=timeout)
+            result.append(None)
+        except Exception as e:  # any failure to get an HTTP answer means: unreachable
+            result.append(_first_line(e))
+
+    thread = threading.Thread(target=head, name="coldstart-hub-probe", daemon=True)
+    thread.start()
+    thread.join(timeout + 0.5)
+    return result[0] if result else f"no answer within {timeout:g} s"
+
+
+@contextlib.contextmanager
+def _quiet_hub(offline: bool):
+    """Around open_clip's weight fetch: force huggingface_hub offline when the weights are cached
+    (no HEAD calls, no retries), and hold back the hub's retry warnings, open_clip's own error log
+    and Python warnings; a failure becomes one WeightsUnavailableError line that says it all."""
+    from huggingface_hub import constants
+
+    hub_log, root = logging.getLogger("huggingface_hub"), logging.getLogger()
+    saved_offline, saved_level = constants.HF_HUB_OFFLINE, hub_log.level
+
+    def not_open_clip_noise(record: logging.LogRecord) -> bool:  # open_clip logs on the root logger
+        return record.levelno < logging.WARNING or f"{os.sep}open_clip{os.sep}" not in record.pathname
+
+    constants.HF_HUB_OFFLINE = saved_offline or offline  # process-wide, but only for this load
+    hub_log.setLevel(logging.CRITICAL)
+    root.addFilter(not_open_clip_noise)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        constants.HF_HUB_OFFLINE = saved_offline
+        hub_log.setLevel(saved_level)
+        root.removeFilter(not_open_clip_noise)
+
+
+def _weights_error(name: str, tag: str, src: _TagSource, cause: str, tried: str, fix: str = "") -> str:
+    """The one line the CLI prints: what failed, what was tried, how to fix it (keep '. Tried':
+    `coldstart demo` shows the part before it)."""
+    return (f"could not load pretrained weights {name}/{tag}: {cause}. Tried {tried}. Fix: {fix}set model.pretrained "
+            f"in params.yaml to a local checkpoint file (.pt/.safetensors) or local-dir:/folder, or on a machine "
+            f"with internet run `python -c \"import open_clip; open_clip.create_model_and_transforms('{name}', "
+            f"pretrained='{tag}')\"` and copy {src.cache_root} to the same place here").replace("\n", " ")
 
 
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:

@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from coldstart.models.errors import ConfigError
 
-from coldstart.tasks.strategies import STRATEGIES, UNCERTAINTY  # noqa: E402  (names only: no heavy imports)
+from coldstart.tasks.strategies import MEASURES, STRATEGIES  # the registries' names (numpy only: no heavy imports)
 
 
 class _Section(BaseModel):
@@ -224,6 +224,7 @@ class RoundConfig(_Section):
     @field_validator("strategy", "first_strategy")
     @classmethod
     def _known(cls, s: str) -> str:
+        # Checked against the registry here, so a typo fails on load, not rounds later in select.
         if s not in STRATEGIES:
             raise ValueError(f"unknown strategy {s!r}; valid: {', '.join(STRATEGIES)}")
         return s
@@ -231,8 +232,8 @@ class RoundConfig(_Section):
     @field_validator("uncertainty")
     @classmethod
     def _measure(cls, s: str) -> str:
-        if s not in UNCERTAINTY:
-            raise ValueError(f"unknown uncertainty measure {s!r}; valid: {', '.join(UNCERTAINTY)}")
+        if s not in MEASURES:
+            raise ValueError(f"unknown uncertainty measure {s!r}; valid: {', '.join(MEASURES)}")
         return s
 
 

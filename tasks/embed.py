@@ -19,9 +19,10 @@ from prefect.cache_policies import NO_CACHE
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from coldstart.models.clip import ClipModel
+from coldstart.models.clip import ClipConfig, ClipModel, load_clip
 from coldstart.tasks.config import ModelConfig, ViewsConfig
 from coldstart.tasks.scan import ImageDecodeError, load_rgb
+from coldstart.tasks.result import StageResult
 from coldstart.tasks.store import EmbeddingStore
 from coldstart.tasks.views import view_images
 from coldstart.tasks.workspace import Workspace, read_csv
@@ -91,21 +92,37 @@ def embed_paths(clip: ClipModel, paths: list[str], *, batch_size: int, num_worke
 
 
 @dataclass
-class EmbedResult:
+class EmbedResult(StageResult):
     model_id: str
     embedded: int
     failed: int
     total: int
-    seconds: float
+    seconds: float  # decode + preprocess + encode + store, model load excluded
     tiles: int = 0
 
     @property
     def images_per_s(self) -> float:
         return self.embedded / self.seconds if self.seconds > 0 and self.embedded else 0.0
 
+    def metrics(self) -> dict[str, float | None]:
+        return {"embedded_new": self.embedded, "embed_failed": self.failed,
+                "embed_images_per_s": self.images_per_s or None}
+
+
+def clip_config(cfg: ModelConfig) -> ClipConfig:
+    """The model section of params.yaml as the CLIP adapter's config."""
+    return ClipConfig(name=cfg.name, pretrained=cfg.pretrained, device=cfg.device, precision=cfg.precision)
+
+
+def load_model(cfg: ModelConfig) -> ClipModel:
+    """The configured CLIP model (built once per process)."""
+    return load_clip(clip_config(cfg))
+
 
 def embed(ws: Workspace, clip: ClipModel, cfg: ModelConfig, views: ViewsConfig | None = None, *,
           progress: bool = True) -> EmbedResult:
+    """The embed stage: append every not-yet-embedded current image (and its tiles) to the
+    store, data/store/embeddings/ (its declared output), in shards."""
     views = views or ViewsConfig()
     ws.embeddings.mkdir(parents=True, exist_ok=True)  # a versioned output even when nothing is new
     store = EmbeddingStore(ws.embeddings, clip.model_id, views.key("global"))
@@ -155,6 +172,11 @@ def embed(ws: Workspace, clip: ClipModel, cfg: ModelConfig, views: ViewsConfig |
         log.warning("not embedded (will retry next round): %s: %s", paths[i], err)
     total = len(have) + len(ids) - len(failed)
     return EmbedResult(clip.model_id, len(ids) - len(failed), len(failed), total, seconds, n_tiles)
+
+
+@task(name="load_model", cache_policy=NO_CACHE)
+def load_model_task(cfg: ModelConfig) -> ClipModel:
+    return load_model(cfg)
 
 
 @task(name="embed", cache_policy=NO_CACHE)

@@ -30,7 +30,9 @@ from pathlib import Path, PurePosixPath
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from coldstart.models.errors import LabelFileError
+from coldstart.tasks.errors import LabelFileError
+from coldstart.tasks import labelstudio
+from coldstart.tasks.result import StageResult
 from coldstart.tasks.workspace import Workspace, atomic_write_bytes, atomic_write_text, read_csv
 
 log = logging.getLogger(__name__)
@@ -52,13 +54,20 @@ class LabelEvent:
 
 
 @dataclass
-class IntakeResult:
+class IntakeResult(StageResult):
     files_accepted: list[str] = field(default_factory=list)
     files_rejected: list[str] = field(default_factory=list)
     files_already_imported: list[str] = field(default_factory=list)
     events_added: int = 0
     rows_skipped_blank: int = 0
     problems: list[str] = field(default_factory=list)  # every rejection message, for the summary
+    human_labels: int = 0  # images with a human label, after this intake
+    label_events: int = 0  # events in the log, after this intake
+
+    def metrics(self) -> dict[str, float | None]:
+        return {"human_labels": self.human_labels, "label_events": self.label_events,
+                "events_added": self.events_added, "files_accepted": len(self.files_accepted),
+                "files_rejected": len(self.files_rejected)}
 
 
 def read_events(ws: Workspace) -> list[LabelEvent]:
@@ -143,49 +152,16 @@ def _csv_rows(path: Path, raw: bytes) -> tuple[list[tuple[str, dict]], list[str]
             for n, row in enumerate(rows, start=2)], id_cols, []
 
 
-LS_PREFIX = "/data/local-files/?d=images/"
-
-
 def _label_studio_rows(path: Path, raw: bytes) -> tuple[list[tuple[str, dict]], list[str], list[str]]:
-    """A Label Studio JSON export (choices) as ("task N (id X)", {image_id, path, label, annotator}).
-
-    Cancelled annotations are skipped; two annotations of one task that disagree become a
-    conflict; ``origin`` of the result says whether the person kept the pre-annotation.
-    """
+    """A Label Studio JSON export as ("task N (id X)", {image_id, path, label, annotator}) rows,
+    its image-reference columns, and the problems found by task (see tasks/labelstudio.py)."""
     try:
-        tasks = json.loads(_decode(raw)[0])
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        text, _ = _decode(raw)
+    except UnicodeDecodeError as e:
         raise LabelFileError(str(path), [f"not a readable JSON file: {e}"]) from None
-    if not isinstance(tasks, list):
-        raise LabelFileError(str(path), ["expected a Label Studio JSON export: a list of tasks"])
-    rows, problems = [], []
-    for n, item in enumerate(tasks, start=1):
-        where = f"task {n} (id {item.get('id', '?')})" if isinstance(item, dict) else f"task {n}"
-        if not isinstance(item, dict) or not isinstance(item.get("data"), dict):
-            problems.append(f"{where}: not a task object with 'data'")
-            continue
-        data = item["data"]
-        image = str(data.get("path") or data.get("image") or "")
-        image = image[len(LS_PREFIX):] if image.startswith(LS_PREFIX) else image
-        labels, annotators = [], []
-        for ann in item.get("annotations") or []:
-            if ann.get("was_cancelled"):
-                continue
-            choices = [c for r in ann.get("result", []) if r.get("type") == "choices"
-                       for c in r.get("value", {}).get("choices", [])]
-            if len(choices) > 1:
-                problems.append(f"{where}: one annotation chose several labels {choices}; pick one")
-            elif choices:
-                labels.append(_clean(choices[0]))
-                who = ann.get("completed_by")
-                annotators.append(str(who.get("email", who.get("id", ""))) if isinstance(who, dict) else str(who or ""))
-        if len(set(labels)) > 1:
-            problems.append(f"{where}: annotators disagree ({', '.join(sorted(set(labels)))}); settle it in "
-                            f"Label Studio and export again")
-            continue
-        rows.append((where, {"image_id": _clean(str(data.get("image_id") or "")), "path": _clean(image),
-                             "label": labels[0] if labels else "", "annotator": ",".join(sorted(set(annotators)))}))
-    return rows, ["image_id", "path"], problems
+    rows, problems = labelstudio.parse_export(text, str(path))
+    return ([(where, {k: _clean(v) for k, v in row.items()}) for where, row in rows],
+            list(labelstudio.IMAGE_KEYS), problems)
 
 
 def validate_file(path: Path, raw: bytes, ws: Workspace, classes: list[str]) -> tuple[list[tuple[int, str, str, str]], int]:
@@ -266,7 +242,8 @@ def _move_aside(src: Path, dest_dir: Path, digest: str) -> Path:
 
 
 def intake(ws: Workspace, classes: list[str], round_no: int, *, annotator_default: str = "") -> IntakeResult:
-    """Import every CSV at the top of data/inbox/. Call with the workspace lock held."""
+    """The intake stage: import every answer file at the top of data/inbox/ into its declared
+    outputs, data/labels/events.jsonl and data/labels/imported/. Call with the workspace lock held."""
     result = IntakeResult()
     ws.inbox.mkdir(parents=True, exist_ok=True)
     ws.imported.mkdir(parents=True, exist_ok=True)
@@ -309,6 +286,8 @@ def intake(ws: Workspace, classes: list[str], round_no: int, *, annotator_defaul
         result.files_accepted.append(rel)
         result.events_added += len(events)
         result.rows_skipped_blank += blank
+    events = read_events(ws)
+    result.human_labels, result.label_events = len(human_labels(events)), len(events)
     return result
 
 

@@ -21,6 +21,8 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from coldstart.tasks.config import ScanConfig
+from coldstart.tasks.errors import WorkspaceError
+from coldstart.tasks.result import StageResult
 from coldstart.tasks.workspace import Workspace, read_csv, write_csv
 
 log = logging.getLogger(__name__)
@@ -93,12 +95,24 @@ def load_rgb(path: str | os.PathLike, *, max_pixels: int = 100_000_000, draft: i
 
 
 @dataclass
-class ScanResult:
+class ScanResult(StageResult):
     images: int  # distinct content ids usable now
     files: int
     new_images: int
     quarantined: int
     duplicates: int  # files whose content another file already has
+
+    def metrics(self) -> dict[str, float | None]:
+        return {"images": self.images, "new_images": self.new_images, "quarantined": self.quarantined,
+                "duplicates": self.duplicates}
+
+    def require_images(self, ws: Workspace) -> None:
+        """A round needs at least one usable image: say where to put them, and what was refused."""
+        if self.images == 0:
+            quarantined = f"; {self.quarantined} file(s) were quarantined, see data/store/quarantine.csv" \
+                if self.quarantined else ""
+            raise WorkspaceError(f"no usable images in {ws.images}{quarantined}. Put images there (nested folders "
+                                 f"are fine) and run the round again.")
 
 
 def _walk(root: Path, extensions: list[str] | None) -> list[Path]:
@@ -116,7 +130,8 @@ def _walk(root: Path, extensions: list[str] | None) -> list[Path]:
 
 
 def scan(ws: Workspace, cfg: ScanConfig, round_no: int) -> ScanResult:
-    """Rebuild manifest.csv (one row per usable file) and quarantine.csv (one row per bad file)."""
+    """The scan stage: rebuild data/store/manifest.csv (one row per usable file) and
+    data/store/quarantine.csv (one row per bad file), its declared outputs."""
     ws.images.mkdir(parents=True, exist_ok=True)
     old = {r["path"]: r for r in read_csv(ws.manifest)}
     old_q = {r["path"]: r for r in read_csv(ws.quarantine)}

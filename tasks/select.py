@@ -7,22 +7,20 @@ unbiased estimate of the auto-label accuracy; the uncertain picks come from the 
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from dataclasses import dataclass, field
-from xml.sax.saxutils import quoteattr
 
 import numpy as np
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from coldstart.models.errors import SelectionError
-from coldstart.tasks import strategies
-from coldstart.tasks.audit import wilson_interval
+from coldstart.tasks.errors import SelectionError
+from coldstart.tasks import labelstudio, strategies
 from coldstart.tasks.config import RoundConfig
 from coldstart.tasks.store import EmbeddingStore
-from coldstart.tasks.strategies import STRATEGIES, uncertainty
+from coldstart.tasks.strategies import uncertainty
+from coldstart.tasks.result import StageResult
 from coldstart.tasks.workspace import Workspace, atomic_write_text, read_csv, write_csv
 
 log = logging.getLogger(__name__)
@@ -48,15 +46,15 @@ def select_indices(probs: np.ndarray, budget: int, *, strategy: str, audit: int,
         raise SelectionError(f"budget {budget} is larger than the pool of {n} unlabeled images")
     if not 0 <= audit <= budget:
         raise SelectionError(f"audit size {audit} must be between 0 and the budget {budget}")
-    if strategy not in STRATEGIES:
-        raise SelectionError(f"unknown strategy {strategy!r}; valid: {', '.join(STRATEGIES)}")
+    options = dict(factor=factor, measure=measure, class_cap=class_cap)
+    strategies.build(strategy, **options)  # a bad name or option fails here, even with an all-audit batch
     rng = np.random.default_rng(seed)
     audit_idx = rng.choice(n, size=audit, replace=False) if audit else np.zeros(0, int)
     rest = np.setdiff1d(np.arange(n), audit_idx)
     if budget - audit == 0:
         return np.zeros(0, int), np.asarray(audit_idx, int)
-    picked = strategies.select(strategy, budget - audit, probs=probs[rest], X=None if X is None else X[rest],
-                               labeled_X=labeled_X, seed=seed, factor=factor, measure=measure, class_cap=class_cap)
+    picked = strategies.choose(strategy, budget - audit, probs=probs[rest], X=None if X is None else X[rest],
+                               labeled_X=labeled_X, seed=seed, **options)
     return rest[picked], np.asarray(audit_idx, int)
 
 
@@ -66,7 +64,7 @@ def _cell(value: str) -> str:
 
 
 @dataclass
-class SelectResult:
+class SelectResult(StageResult):
     batch_size: int
     chosen: int  # by the strategy
     audit: int
@@ -75,13 +73,17 @@ class SelectResult:
     strategy: str = ""
     recheck: int = 0  # human labels sent back for a second look
 
+    def metrics(self) -> dict[str, float | None]:
+        return {"label_flags": self.recheck, "batch_size": self.batch_size, "batch_audit": self.audit}
+
 
 def select(ws: Workspace, cfg: RoundConfig, round_no: int) -> SelectResult:
-    """Read resolved.csv + probs.npz, write data/review/round-NNN.{csv,batch.csv,tasks.json}."""
-    from coldstart.tasks.relabel import load_probs
+    """The select stage: read resolved.parquet + probs.npz, write its declared output, the
+    review batch data/review/round-NNN.{csv,batch.csv,tasks.json} (and label_config.xml)."""
+    from coldstart.tasks.relabel import load_probs, read_resolved
 
     ids, probs, classes, (model_id, view) = load_probs(ws)
-    resolved = {r["image_id"]: r for r in read_csv(ws.resolved)}
+    resolved = {r["image_id"]: r for r in read_resolved(ws)}
     pool = [k for k, i in enumerate(ids) if resolved[i]["source"] != "human"]
     labeled = [i for i in ids if resolved[i]["source"] == "human"]
     strategy = cfg.strategy if labeled else cfg.first_strategy
@@ -97,7 +99,7 @@ def select(ws: Workspace, cfg: RoundConfig, round_no: int) -> SelectResult:
     seed = cfg.seed * 100_003 + round_no
     sub = probs[pool]
     X = labeled_X = None
-    if strategy in ("kcenter", "typiclust", "hybrid"):
+    if strategies.build(strategy).needs_embeddings:
         store = EmbeddingStore(ws.embeddings, model_id, view)
         _, X = store.load([ids[k] for k in pool])
         _, labeled_X = store.load(labeled) if labeled else (None, None)
@@ -109,7 +111,7 @@ def select(ws: Workspace, cfg: RoundConfig, round_no: int) -> SelectResult:
         for j in picks:
             r = resolved[ids[pool[j]]]
             batch.append(dict(image_id=r["image_id"], image=r["path"], purpose=purpose, predicted_label=r["label"],
-                              confidence=r["confidence"], source=r["source"], model_id=r["model_id"],
+                              confidence=f"{r['confidence']:.6f}", source=r["source"], model_id=r["model_id"],
                               score=f"{scores[j]:.6f}", round=round_no, note=""))
     # Human labels the held-out model disagrees with go back for a second look, on top of the budget.
     rechecks, max_rechecks = 0, math.ceil(cfg.recheck_fraction * cfg.budget)
@@ -130,73 +132,12 @@ def select(ws: Workspace, cfg: RoundConfig, round_no: int) -> SelectResult:
     write_csv(stem.with_suffix(".csv"), REVIEW_FIELDS, [
         dict(image_id=b["image_id"], image=_cell(b["image"]), suggested_label=_cell(b["predicted_label"]),
              confidence=b["confidence"], label="", annotator="", note=_cell(b["note"])) for b in review])
-    tasks = [{
-        "data": {"image": f"/data/local-files/?d=images/{b['image']}", "image_id": b["image_id"], "path": b["image"]},
-        "predictions": [{
-            "model_version": b["model_id"] or b["source"],
-            "score": float(b["confidence"]),
-            "result": [{"from_name": "label", "to_name": "image", "type": "choices",
-                        "value": {"choices": [b["predicted_label"]]}}],
-        }],
-    } for b in review]
-    atomic_write_text(stem.with_suffix(".tasks.json"), json.dumps(tasks, ensure_ascii=False, indent=1) + "\n")
-    choices = "\n".join(f"    <Choice value={quoteattr(c)}/>" for c in classes)
-    atomic_write_text(ws.review / "label_config.xml", f'<View>\n  <Image name="image" value="$image"/>\n'
-                      f'  <Choices name="label" toName="image" choice="single" showInLine="true">\n{choices}\n'
-                      f'  </Choices>\n</View>\n')
+    tasks = [labelstudio.task(b["image_id"], b["image"], b["predicted_label"], float(b["confidence"]),
+                              b["model_id"] or b["source"]) for b in review]
+    atomic_write_text(stem.with_suffix(".tasks.json"), labelstudio.tasks_json(tasks))
+    atomic_write_text(ws.review / "label_config.xml", labelstudio.label_config(classes))
     files = [ws.rel(stem.with_suffix(s)) for s in (".csv", ".batch.csv", ".tasks.json")]
     return SelectResult(len(batch), len(chosen), len(aud), len(pool), files, strategy, rechecks)
-
-
-@dataclass
-class AuditEstimate:
-    """How right a round's auto labels were, from its uniformly random audit sample.
-
-    The audit items were drawn before the strategy picked anything, from every image without a
-    human label, and are compared with the labels that round predicted, before their answers
-    could train any model: an unbiased estimate. Their answers then train later rounds like any
-    label; calibration and thresholds use out-of-fold predictions, never these estimates.
-    """
-
-    round: int  # the round whose auto labels were audited
-    n: int  # audit items answered
-    correct: int
-    by_label: dict[str, tuple[int, int]] = field(default_factory=dict)  # predicted label -> (correct, n)
-
-    @property
-    def accuracy(self) -> float | None:
-        return self.correct / self.n if self.n else None
-
-    @property
-    def interval(self) -> tuple[float, float] | None:
-        return wilson_interval(self.correct, self.n) if self.n else None
-
-    def per_class(self, min_n: int = 5) -> dict[str, float]:
-        """Accuracy per predicted label, where at least ``min_n`` were audited."""
-        return {k: c / n for k, (c, n) in sorted(self.by_label.items()) if n >= min_n}
-
-
-def audit_estimate(batch_rows: list[dict], humans: dict[str, str]) -> AuditEstimate | None:
-    """Accuracy of a batch's auto labels on its answered audit items (None if it had no audit)."""
-    audit = [b for b in batch_rows if b["purpose"] == "audit"]
-    if not audit:
-        return None
-    answered = [b for b in audit if b["image_id"] in humans]
-    by_label: dict[str, tuple[int, int]] = {}
-    for b in answered:
-        c, n = by_label.get(b["predicted_label"], (0, 0))
-        by_label[b["predicted_label"]] = (c + (humans[b["image_id"]] == b["predicted_label"]), n + 1)
-    return AuditEstimate(int(audit[0]["round"]), len(answered),
-                         sum(humans[b["image_id"]] == b["predicted_label"] for b in answered), by_label)
-
-
-def latest_audit(ws: Workspace, humans: dict[str, str], before_round: int) -> AuditEstimate | None:
-    """The audit of the newest earlier round that has answered audit items."""
-    for r in range(before_round - 1, 0, -1):
-        est = audit_estimate(read_csv(ws.review / f"round-{r:03d}.batch.csv"), humans)
-        if est is not None and est.n:
-            return est
-    return None
 
 
 @task(name="select", cache_policy=NO_CACHE)

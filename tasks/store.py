@@ -59,9 +59,13 @@ class EmbeddingStore:
 
     def iter_chunks(self) -> Iterator[tuple[list[str], np.ndarray]]:
         """Stream the store shard by shard: ``(ids, (n, D) float32)``; RAM holds one shard."""
+        for raw, X in self.iter_raw():
+            yield [x.decode() for x in raw], X
+
+    def iter_raw(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Like iter_chunks, ids left as a ``(n,)`` S64 array (no Python string per image)."""
         for p in self._shards():
-            ids = [x.decode() for x in np.load(p)]
-            yield ids, np.load(str(p).replace(".ids.npy", ".vec.npy"))
+            yield np.load(p), np.load(str(p).replace(".ids.npy", ".vec.npy"))
 
     def iter_boxes(self) -> Iterator[tuple[list[str], np.ndarray, np.ndarray]]:
         """Like iter_chunks, with each row's ``(n, 4)`` box (tile views)."""

@@ -9,17 +9,31 @@ from __future__ import annotations
 
 import logging
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from coldstart.models.errors import TrackingError
 from coldstart.tasks.config import Params, flatten
+from coldstart.tasks.errors import TrackingError
+from coldstart.tasks.result import StageResult
 from coldstart.tasks.workspace import Workspace
 
+if TYPE_CHECKING:
+    from coldstart.tasks.audit import AuditEstimate
+    from coldstart.tasks.train import TrainResult
+
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrackResult(StageResult):
+    run_id: str | None  # None when MLflow could not record the round
+    error: str = ""  # why not: reported after the round is versioned (labels are never held back)
+    registered_version: str | None = None  # of the head in the Model Registry, when a probe was logged
 
 
 def tracking_uri(ws: Workspace, params: Params) -> str:
@@ -66,8 +80,8 @@ def registered_name(params: Params) -> str:
 
 def log_round(ws: Workspace, params: Params, round_no: int, metrics: dict[str, float | None],
               artifacts: list[Path], confusion: list[list[int]] | None, head=None,
-              head_cv_accuracy: float | None = None) -> str:
-    """Log one round as one finished MLflow run; return its run id.
+              head_cv_accuracy: float | None = None) -> tuple[str, str | None]:
+    """Log one round as one finished MLflow run; return its run id and the head's registry version.
 
     ``head`` (a LinearHead over raw CLIP embeddings) is logged as a scikit-learn model,
     registered in the Model Registry, and given the alias ``champion`` when its CV accuracy
@@ -77,6 +91,7 @@ def log_round(ws: Workspace, params: Params, round_no: int, metrics: dict[str, f
     from mlflow.tracking import MlflowClient
 
     uri = tracking_uri(ws, params)
+    version = None
     try:
         mlflow.set_tracking_uri(uri)
         client = MlflowClient(uri)
@@ -100,8 +115,9 @@ def log_round(ws: Workspace, params: Params, round_no: int, metrics: dict[str, f
                 # Explicit requirements: inferring them costs seconds per round.
                 info = mlflow.sklearn.log_model(head.to_sklearn(), name="probe",
                                                 pip_requirements=[f"scikit-learn=={sklearn.__version__}"])
-                _register(client, registered_name(params), info.model_uri, run.info.run_id, head_cv_accuracy)
-            return run.info.run_id
+                version = _register(client, registered_name(params), info.model_uri, run.info.run_id,
+                                    head_cv_accuracy)
+            return run.info.run_id, version
     except Exception as e:
         raise TrackingError(
             f"MLflow at {uri} could not record round {round_no} ({type(e).__name__}: {e}). The round's labels are "
@@ -109,7 +125,7 @@ def log_round(ws: Workspace, params: Params, round_no: int, metrics: dict[str, f
         ) from e
 
 
-def _register(client, name: str, model_uri: str, run_id: str, cv_accuracy: float | None) -> None:
+def _register(client, name: str, model_uri: str, run_id: str, cv_accuracy: float | None) -> str:
     import mlflow
 
     version = mlflow.register_model(model_uri, name, tags={"cv_accuracy": str(cv_accuracy)})
@@ -121,6 +137,7 @@ def _register(client, name: str, model_uri: str, run_id: str, cv_accuracy: float
     # ">=": with equal CV accuracy the newer head, trained on more labels, takes over.
     if cv_accuracy is not None and not cv_accuracy < best:
         client.set_registered_model_alias(name, "champion", version.version)
+    return str(version.version)
 
 
 def record_audit(ws: Workspace, params: Params, audited_round: int, accuracy: float, low: float, high: float,
@@ -149,6 +166,56 @@ def record_version(ws: Workspace, params: Params, run_id: str, commit: str, tag:
     client.set_tag(run_id, "coldstart.git_tag", tag)
 
 
+def track(ws: Workspace, params: Params, round_no: int, metrics: dict[str, float | None], artifacts: list[Path],
+          train: "TrainResult") -> TrackResult:
+    """The track stage: one MLflow run for the round (params, metrics, plots, the fitted head).
+
+    A tracking failure is returned, not raised: the round's data is versioned first, then the
+    flow reports it (MLflow is a view of the round; the workspace's files are the record).
+    """
+    head = train.probe.head if train.probe is not None else None
+    try:
+        run_id, version = log_round(ws, params, round_no, metrics, artifacts, train.confusion, head,
+                                    train.cv_accuracy if head is not None else None)
+    except TrackingError as e:
+        return TrackResult(None, str(e))
+    return TrackResult(run_id, registered_version=version)
+
+
+def link_run(ws: Workspace, params: Params, run_id: str | None, commit: str, tag: str, audit: "AuditEstimate | None"
+             ) -> None:
+    """After versioning: the git commit and tag onto the round's run, and the audit onto the run
+    of the round it audited."""
+    if run_id is None:
+        return
+    record_version(ws, params, run_id, commit, tag)
+    if audit is not None and audit.n:
+        record_audit(ws, params, audit.round, audit.accuracy, *audit.interval, audit.n)
+
+
 @task(name="track", cache_policy=NO_CACHE)
-def track_task(*args, **kwargs) -> str:
-    return log_round(*args, **kwargs)
+def track_task(ws: Workspace, params: Params, round_no: int, metrics: dict[str, float | None],
+               artifacts: list[Path], train: "TrainResult") -> TrackResult:
+    return track(ws, params, round_no, metrics, artifacts, train)
+
+
+@task(name="link_run", cache_policy=NO_CACHE)
+def link_run_task(ws: Workspace, params: Params, run_id: str | None, commit: str, tag: str,
+                  audit: "AuditEstimate | None") -> None:
+    link_run(ws, params, run_id, commit, tag, audit)
+
+
+def load_champion(ws: Workspace, params: Params):
+    """The registered head with the alias ``champion`` (the best by CV so far), as a fitted
+    scikit-learn estimator over raw, L2-normalised CLIP embeddings ``(N, D)``; its
+    ``predict_proba`` columns follow ``params.ontology.class_names``."""
+    import mlflow.sklearn
+    from mlflow.exceptions import MlflowException
+
+    name = registered_name(params)
+    mlflow.set_tracking_uri(tracking_uri(ws, params))
+    try:
+        return mlflow.sklearn.load_model(f"models:/{name}@champion")
+    except MlflowException as e:
+        raise TrackingError(f"no champion head registered as {name!r} in {tracking_uri(ws, params)} yet: a probe is "
+                            f"registered once a round chooses one over zero-shot (answer more review batches)") from e

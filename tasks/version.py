@@ -10,13 +10,15 @@ import contextlib
 import logging
 import os
 import subprocess
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from coldstart.models.errors import VersioningError, WorkspaceError
+from coldstart.tasks.errors import VersioningError, WorkspaceError
+from coldstart.tasks.result import StageResult
 from coldstart.tasks.workspace import Workspace
 
 log = logging.getLogger(__name__)
@@ -24,6 +26,12 @@ log = logging.getLogger(__name__)
 TEMPLATE_FILES = {"params.yaml": "params.yaml", "dvc.yaml": "dvc.yaml", "gitignore": ".gitignore",
                   "dvcignore": ".dvcignore"}
 DATA_DIRS = ["images", "inbox", "labels", "store", "review", "models", "metrics"]
+
+
+@dataclass
+class VersionResult(StageResult):
+    commit: str  # the git commit holding this round's dvc.lock, .dvc files and records
+    tag: str  # round-NNN
 
 
 def git(root: Path, *args: str, check: bool = True) -> str:
@@ -78,8 +86,8 @@ def init_workspace(dest: str | os.PathLike, *, remote: str | os.PathLike | None 
     return Workspace(root)
 
 
-def version_round(ws: Workspace, round_no: int, message: str) -> tuple[str, str]:
-    """dvc add images + commit all stages + push; git commit; tag ``round-NNN``. -> (commit, tag)."""
+def version(ws: Workspace, round_no: int, message: str) -> VersionResult:
+    """The version stage: dvc add images, commit every stage, push; git commit; tag ``round-NNN``."""
     from dvc.exceptions import DvcException
     from dvc.repo import Repo
 
@@ -108,10 +116,10 @@ def version_round(ws: Workspace, round_no: int, message: str) -> tuple[str, str]
     else:
         git(ws.root, "commit", "-q", "--allow-empty", "-m", message)
     git(ws.root, "tag", "-a", tag, "-m", message)
-    return git(ws.root, "rev-parse", "HEAD"), tag
+    return VersionResult(git(ws.root, "rev-parse", "HEAD"), tag)
 
 
 @task(name="version", cache_policy=NO_CACHE)
-def version_task(ws: Workspace, round_no: int, message: str) -> tuple[str, str]:
-    return version_round(ws, round_no, message)
+def version_task(ws: Workspace, round_no: int, message: str) -> VersionResult:
+    return version(ws, round_no, message)
 

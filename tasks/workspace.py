@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-from coldstart.models.errors import WorkspaceError
+from coldstart.tasks.errors import WorkspaceError
 from coldstart.tasks.config import Params, load_params
 
 ROUND_TAG = re.compile(r"^round-(\d{3,})$")
@@ -50,13 +50,14 @@ class Workspace:
     labels = property(lambda self: self.root / "data" / "labels")
     events = property(lambda self: self.root / "data" / "labels" / "events.jsonl")
     imported = property(lambda self: self.root / "data" / "labels" / "imported")
-    resolved = property(lambda self: self.root / "data" / "labels" / "resolved.csv")
+    resolved = property(lambda self: self.root / "data" / "labels" / "resolved.parquet")
     flags = property(lambda self: self.root / "data" / "labels" / "flags.csv")
     store = property(lambda self: self.root / "data" / "store")
     manifest = property(lambda self: self.root / "data" / "store" / "manifest.csv")
     quarantine = property(lambda self: self.root / "data" / "store" / "quarantine.csv")
     embeddings = property(lambda self: self.root / "data" / "store" / "embeddings")
-    text_cache = property(lambda self: self.root / "data" / "store" / "text")
+    # A cache (recomputable), not a stage output: kept out of data/ and out of DVC.
+    text_cache = property(lambda self: self.root / ".coldstart" / "cache" / "text")
     probs = property(lambda self: self.root / "data" / "store" / "probs.npz")
     model_dir = property(lambda self: self.root / "data" / "models")
     metrics_dir = property(lambda self: self.root / "data" / "metrics")

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from coldstart.bench.targets import TARGETS
 from coldstart.models.clip import ClipConfig, load_clip
 from coldstart.models.zeroshot import text_weights
 
@@ -80,15 +81,15 @@ def bench_prelabel(n: int = 256, model: str = "ViT-B-32", pretrained: str | None
         other_s = _forward_img_s(clip, paths[: max(batch_size * 2, 1)], batch_size, other)
         print(f"  bare forward pass with {other or 'fp32'} instead: {other_s:8.2f} img/s", flush=True)
         t0 = time.perf_counter()
-        summary = labeling_round(workspace=str(ws.root))
+        record = labeling_round(workspace=str(ws.root))
         round_s = time.perf_counter() - t0
-        embed = summary.embed_images_per_s
+        embed = record.embed.images_per_s
         print(f"  embed stage (decode+preprocess+encode+store): {embed:8.2f} img/s", flush=True)
         naive_paths = paths[: naive_n or min(n, 16)]
         naive = _naive_img_s(clip, naive_paths, ontology.prompts())
         print(f"  naive loop ({len(naive_paths)} images, {len(DIGITS)} classes x prompts re-encoded): {naive:8.2f} img/s")
     overhead = round_s - n / forward
-    in_stages = sum(summary.stage_seconds.values())
+    in_stages = sum(record.seconds.values())
     figures = {
         "embed_img_s": round(embed, 3),
         "forward_img_s": round(forward, 3),
@@ -103,15 +104,15 @@ def bench_prelabel(n: int = 256, model: str = "ViT-B-32", pretrained: str | None
         # flow run only; ~1 s per run against a running `prefect server`), flow bookkeeping.
         "prefect_and_flow_s": round(round_s - in_stages, 2),
         "stage_overhead_s": round(in_stages - n / forward, 2),
-        "stage_seconds": {k: round(v, 2) for k, v in summary.stage_seconds.items()},
+        "stage_seconds": {k: round(v, 2) for k, v in record.seconds.items()},
         "n_images": n,
         "model": model,
         "batch_size": batch_size,
         "device": str(clip.device),
         "machine": f"{platform.machine()} {os.cpu_count()} cpus, torch {torch.__version__}",
     }
-    print(f"\n  embed / forward = {figures['embed_vs_forward']:.3f}   (target >= 0.85)"
-          f"\n  embed / naive   = {figures['embed_vs_naive']:.2f}    (target >= 5)"
+    print("\n" + TARGETS["embed_vs_forward"].line(figures["embed_vs_forward"]) + "\n"
+          + TARGETS["embed_vs_naive"].line(figures["embed_vs_naive"]) +
           f"\n  round overhead beyond model compute: {overhead:.1f} s of a {round_s:.1f} s round "
           f"({figures['stage_overhead_s']:.1f} s in our stages, {figures['prefect_and_flow_s']:.1f} s Prefect start-up "
           f"and flow bookkeeping)"

@@ -1,3 +1,9 @@
+import logging
+import socket
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
 import numpy as np
 import open_clip
 import pytest
@@ -75,6 +81,119 @@ def test_hub_tag_offline_says_what_was_tried():
     with pytest.raises(WeightsUnavailableError) as e:
         load_clip(ClipConfig("ViT-B-32", "laion2b_s34b_b79k", "cpu"))
     assert "Hugging Face hub" in str(e.value) and "model.pretrained" in str(e.value)
+
+
+
+@pytest.fixture
+def hub(monkeypatch, tmp_path):
+    """huggingface_hub online (conftest sets HF_HUB_OFFLINE=1), an empty private cache, and
+    ``hub(endpoint)`` to point the probe and the downloads at ``endpoint``."""
+    from huggingface_hub import constants
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))  # real weights here must not count
+
+    def point_at(endpoint: str) -> None:
+        monkeypatch.setenv("HF_ENDPOINT", endpoint)
+        monkeypatch.setattr(constants, "ENDPOINT", endpoint)  # both are read once, at import
+        monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE",
+                            endpoint + "/{repo_id}/resolve/{revision}/{filename}")
+
+    return point_at
+
+
+@pytest.fixture
+def fake_hub():
+    """A local HTTP server that answers 404 to every file and records what was asked."""
+    asked: list[str] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_HEAD(self):
+            asked.append(self.path)
+            self.send_response(200 if self.path == "/" else 404)
+            self.end_headers()
+
+        do_GET = do_HEAD
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_port}", asked
+    server.shutdown()
+
+
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def assert_one_line_with_fix(msg: str) -> None:
+    assert "\n" not in msg
+    assert "could not load pretrained weights ViT-B-32/laion2b_s34b_b79k" in msg and "model.pretrained" in msg
+    assert "local-dir:" in msg
+    assert "open_clip.create_model_and_transforms('ViT-B-32', pretrained='laion2b_s34b_b79k')" in msg
+
+
+def test_uncached_tag_offline_fails_at_once_in_one_line():
+    # HF_HUB_OFFLINE=1 (conftest); nothing on the network is tried
+    t0 = time.perf_counter()
+    with pytest.raises(WeightsUnavailableError) as e:
+        load_clip(ClipConfig("ViT-B-32", "laion2b_s34b_b79k", "cpu"), fresh=True)
+    assert time.perf_counter() - t0 < 10
+    assert_one_line_with_fix(str(e.value))
+    assert "HF_HUB_OFFLINE" in str(e.value) and "models--laion--CLIP-ViT-B-32-laion2B-s34B-b79K" in str(e.value)
+
+
+def test_unreachable_hub_fails_after_one_probe_in_one_line(hub, caplog, capfd):
+    endpoint = f"http://127.0.0.1:{closed_port()}"
+    hub(endpoint)
+    t0 = time.perf_counter()
+    with pytest.raises(WeightsUnavailableError) as e:
+        load_clip(ClipConfig("ViT-B-32", "laion2b_s34b_b79k", "cpu"), fresh=True)
+    elapsed = time.perf_counter() - t0
+    assert elapsed < 10, f"{elapsed:.1f} s: retried instead of one probe"
+    assert_one_line_with_fix(str(e.value))
+    assert f"one probe of {endpoint}" in str(e.value) and "unreachable" in str(e.value)
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING] and not capfd.readouterr().err
+
+
+def test_reachable_hub_without_the_file_fails_quietly_in_one_line(hub, fake_hub, caplog, capfd):
+    endpoint, asked = fake_hub
+    hub(endpoint)
+    with pytest.raises(WeightsUnavailableError) as e:
+        load_clip(ClipConfig("ViT-B-32", "laion2b_s34b_b79k", "cpu"), fresh=True)
+    assert_one_line_with_fix(str(e.value))
+    assert "download from the Hugging Face hub failed" in str(e.value)
+    assert any(p.endswith("/open_clip_model.safetensors") for p in asked)  # the probe passed: open_clip tried
+    # open_clip's ERROR log and the hub's warnings are held back: the message above says it all
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING] and not capfd.readouterr().err
+
+
+def test_cached_tag_loads_without_touching_the_hub(hub, fake_hub, monkeypatch, tmp_path):
+    from huggingface_hub import constants
+    from safetensors.torch import save_file
+
+    endpoint, asked = fake_hub
+    hub(endpoint)
+    tags = {"fake": {"url": "", "hf_hub": "org/tiny/"}}  # a hub tag for the tiny model, in a private cache
+    monkeypatch.setitem(open_clip.pretrained._PRETRAINED, "coldstart-tiny", tags)
+    snapshot = tmp_path / "hf-cache/models--org--tiny/snapshots" / ("0" * 40)
+    snapshot.mkdir(parents=True)
+    (tmp_path / "hf-cache/models--org--tiny/refs").mkdir()
+    (tmp_path / "hf-cache/models--org--tiny/refs/main").write_text("0" * 40)
+    torch.manual_seed(7)
+    ref, _, _ = open_clip.create_model_and_transforms("coldstart-tiny", pretrained=None)
+    save_file(ref.state_dict(), snapshot / "open_clip_model.safetensors")
+    loaded = load_clip(ClipConfig("coldstart-tiny", "fake", "cpu"), fresh=True)
+    x = torch.rand(2, 3, 64, 64)
+    with torch.inference_mode():
+        expected = torch.nn.functional.normalize(ref.eval().encode_image(x), dim=-1).numpy()
+    np.testing.assert_allclose(loaded.encode_images(x), expected, atol=1e-5)
+    assert asked == [] and constants.HF_HUB_OFFLINE is False  # no probe, no HEAD; offline only during the load
 
 
 @pytest.mark.weights

@@ -1,8 +1,9 @@
 import numpy as np
 import pytest
 
-from coldstart.models.errors import SelectionError
-from coldstart.tasks.select import audit_estimate, select_indices, uncertainty
+from coldstart.tasks.errors import SelectionError
+from coldstart.tasks.audit import audit_estimate
+from coldstart.tasks.select import select_indices, uncertainty
 
 P = np.array([
     [0.90, 0.05, 0.05],  # 0 confident
@@ -48,6 +49,18 @@ def test_errors_are_explicit():
         select_indices(P, 6, strategy="margin", audit=0, seed=0)
     with pytest.raises(SelectionError, match="valid: margin"):
         select_indices(P, 2, strategy="smart", audit=0, seed=0)
+    with pytest.raises(SelectionError, match="unknown strategy 'smart'"):  # even when the audit takes it all
+        select_indices(P, 2, strategy="smart", audit=2, seed=0)
+    with pytest.raises(SelectionError, match="needs embeddings"):
+        select_indices(P, 2, strategy="hybrid", audit=1, seed=0)
+
+
+def test_class_cap_passes_through():
+    q = np.array([[0.50, 0.45, 0.05], [0.51, 0.44, 0.05], [0.52, 0.43, 0.05],  # class 0, most uncertain
+                  [0.30, 0.60, 0.10], [0.90, 0.05, 0.05]])
+    assert select_indices(q, 3, strategy="margin", audit=0, seed=0)[0].tolist() == [0, 1, 2]
+    capped, _ = select_indices(q, 3, strategy="margin", audit=0, seed=0, class_cap=0.34)  # <= 2 per class
+    assert capped.tolist() == [0, 1, 3]
 
 
 def test_audit_estimate_counts_only_answered_audit_items():

@@ -22,7 +22,8 @@ def test_chinese_ontology_round_trips_through_mlflow_params(tmp_path):
     ws = Workspace.open(tmp_path)
     params = ws.params()
     assert params.ontology.class_names == ["划痕", "凹坑", "合格"]
-    run_id = log_round(ws, params, 1, {"images": 3.0, "audit": None}, [], [[1, 0, 0], [0, 1, 0], [0, 0, 1]])
+    run_id, version = log_round(ws, params, 1, {"images": 3.0, "audit": None}, [], [[1, 0, 0], [0, 1, 0], [0, 0, 1]])
+    assert version is None  # no head given: nothing registered
     record_version(ws, params, run_id, "abc123", "round-001")
     run = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}").get_run(run_id)
     assert run.data.params == flatten(params)

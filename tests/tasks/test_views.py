@@ -3,7 +3,7 @@ import torch
 from PIL import Image
 from torchvision.transforms import functional as TF
 
-from coldstart.flows.round import multiscale
+from coldstart.tasks.relabel import multiscale
 from coldstart.models.zeroshot import ZeroShotHead
 from coldstart.tasks.config import ModelConfig, ScanConfig, TileSpec, ViewsConfig
 from coldstart.tasks.embed import embed
@@ -72,7 +72,7 @@ def test_defect_is_located_in_its_tile(tmp_path):
     ids, X = EmbeddingStore(ws.embeddings, enc.model_id, views.key("global")).load()
     global_probs = head.predict_proba(X)
     assert (global_probs.argmax(1) == 1).all()  # the whole image looks fine at global scale
-    scores, locations = multiscale(ws, enc, views, ids, global_probs, head.predict_proba, negative=1)
+    scores, locations = multiscale(ws, enc.model_id, views, ids, global_probs, head.predict_proba, negative=1)
     by_path = {r["image_id"]: r["path"] for r in read_csv(ws.manifest)}
     found = {by_path[i]: (int(s.argmax()), loc) for i, s, loc in zip(ids, scores, locations)}
     assert found["part.png"] == (0, "128 128 256 256")

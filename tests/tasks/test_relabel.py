@@ -1,0 +1,107 @@
+"""The relabel stage on a hand-built workspace whose answer is known row by row."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from coldstart.models.errors import ConfigError
+from coldstart.models.probe import LinearHead, ProbeFit
+from coldstart.models.zeroshot import ZeroShotHead
+from coldstart.tasks.calibrate import apply_temperature
+from coldstart.tasks.config import parse_params
+from coldstart.tasks.errors import WorkspaceError
+from coldstart.tasks.intake import LabelEvent
+from coldstart.tasks.relabel import RESOLVED_FIELDS, id_keys, lookup, read_resolved, relabel
+from coldstart.tasks.store import EmbeddingStore
+from coldstart.tasks.train import TrainResult, save
+from coldstart.tasks.workspace import Workspace, atomic_write_text, write_csv
+
+CLASSES = ["cat", "dog", "bird"]
+MODEL = "m@random"
+
+
+def _id(k: int) -> str:
+    return f"{k:064x}"
+
+
+@pytest.fixture
+def ws(tmp_path):
+    (tmp_path / "params.yaml").write_text("ontology:\n  classes: {cat: [a cat], dog: [a dog], bird: [a bird]}\n")
+    ws = Workspace(tmp_path)
+    # 6 stored images; image 5 was deleted since (not in the manifest); image 1 has two paths.
+    rows = [(0, "a.jpg"), (1, "b.jpg"), (1, "copy/b.jpg"), (2, "c.jpg"), (3, "d.jpg"), (4, "e.jpg")]
+    write_csv(ws.manifest, ["image_id", "path", "width", "height", "size_bytes", "mtime_ns", "first_round"],
+              [dict(image_id=_id(k), path=p, width=1, height=1, size_bytes=1, mtime_ns=1, first_round=1)
+               for k, p in rows])
+    X = np.eye(6, 4, dtype=np.float32)[[0, 1, 2, 3, 0, 1]]  # images 4 and 5 look like images 0 and 1
+    store = EmbeddingStore(ws.embeddings, MODEL)
+    store.append([_id(k) for k in range(4)], X[:4])
+    store.append([_id(4), _id(5)], X[4:])
+    return ws
+
+
+def _train(ws, weight, temperature=1.0, threshold=0.7):
+    head = LinearHead(weight.astype(np.float32), np.zeros(len(weight), np.float32))
+    fit = ProbeFit(head, "probe", 0.8, np.zeros((0, len(weight))), {})
+    result = TrainResult(3, "probe", "test", 0.8, None, 0.5, None, probe=fit, temperature=temperature,
+                         threshold=threshold)
+    save(ws, result, ZeroShotHead(head.weight, np.arange(3), 3, 1.0), MODEL, 1)
+    return head
+
+
+def _label(ws, events):
+    atomic_write_text(ws.events, "".join(json.dumps(LabelEvent(i, lab, "t", "f.csv", "0" * 64, 2, "", 1).__dict__)
+                                         + "\n" for i, lab in events))
+
+
+def test_every_current_image_once_human_labels_win(ws):
+    W = np.array([[5, 0, 0, 0], [0, 5, 0, 0], [0, 0, 5, 0]], np.float32)
+    head = _train(ws, W, temperature=2.0, threshold=0.5)
+    _label(ws, [(_id(2), "dog")])
+    params = parse_params({"ontology": {"classes": {c: [f"a {c}"] for c in CLASSES}}})
+    result = relabel(ws, params, 3)
+    rows = {r["image_id"]: r for r in read_resolved(ws)}
+    assert list(read_resolved(ws)[0]) == RESOLVED_FIELDS
+    assert set(rows) == {_id(k) for k in range(5)}  # image 5 left the manifest
+    assert rows[_id(1)]["path"] == "b.jpg"  # the first of its paths
+    assert rows[_id(2)] == dict(image_id=_id(2), path="c.jpg", label="dog", confidence=1.0, source="human",
+                                model_id="", round=3, location="")
+    expected = apply_temperature(head.predict_proba(np.eye(6, 4, dtype=np.float32)[[0, 1, 3, 0]]), 2.0)
+    for k, p in zip((0, 1, 3, 4), expected):
+        r = rows[_id(k)]
+        assert (r["label"], r["source"], r["model_id"], r["round"]) == \
+            (CLASSES[p.argmax()], "probe", "m@random+probe-r001", 3)
+        assert r["confidence"] == pytest.approx(p.max(), rel=1e-6)
+    assert (result.images, result.human, result.auto, result.churn) == (5, 1, 4, None)
+    assert result.per_class == {"cat": 3, "dog": 2}  # image 3 scores a tie: the first label
+    assert result.below_threshold == int((expected.max(1) < 0.5).sum())
+    # probs.npz keeps the head's probabilities for every image, the human-labeled one too.
+    with np.load(ws.probs) as z:
+        assert [i.decode() for i in z["ids"]] == [_id(k) for k in range(5)] and z["probs"].shape == (5, 3)
+
+    # Next round: a person relabels image 0; one of the 5 labels changed.
+    _label(ws, [(_id(2), "dog"), (_id(0), "bird")])
+    again = relabel(ws, params, 4)
+    assert again.churn == pytest.approx(1 / 5) and again.human == 2
+    assert pq.read_table(ws.resolved).column("round").to_pylist() == [4] * 5
+
+
+def test_relabel_needs_a_trained_head_of_this_ontology(ws):
+    params = parse_params({"ontology": {"classes": {c: [f"a {c}"] for c in CLASSES}}})
+    with pytest.raises(WorkspaceError, match="run the train stage first"):
+        relabel(ws, params, 1)
+    _train(ws, np.eye(2, 4, dtype=np.float32))  # trained for two labels
+    with pytest.raises(ConfigError, match="labels changed since the head was trained"):
+        relabel(ws, params, 1)
+
+
+def test_lookup_is_exact_even_when_64_bit_keys_collide():
+    a, b = "ab" * 8 + "0" * 48, "ab" * 8 + "f" * 48  # same first 16 hex digits, different ids
+    of = np.array([a, _id(7), a], "S64")
+    assert id_keys(np.array([a, b], "S64"))[0] == id_keys(np.array([a, b], "S64"))[1]
+    np.testing.assert_array_equal(lookup(of, np.array([_id(7), a, b], "S64")), [1, 0, -1])
+    np.testing.assert_array_equal(lookup(of, np.array([a, _id(9)], "S64")), [0, -1])
