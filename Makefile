@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 TEST_ENV := HF_HUB_OFFLINE=1 DVC_NO_ANALYTICS=1 PREFECT_SERVER_ANALYTICS_ENABLED=false \
             PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS=90
 
-.PHONY: env demo test test-fast bench clean
+.PHONY: env demo test test-fast wheel-check bench clean
 
 env: $(STAMP)
 
@@ -25,6 +25,10 @@ demo: env
 
 test: env
 	$(TEST_ENV) $(BIN)/pytest -q
+
+# The wheel as users get it: fresh environment, not editable, init + one tiny round from it.
+wheel-check: env
+	.ci/wheel-check
 
 test-fast: env
 	$(TEST_ENV) $(BIN)/pytest -q -m "not slow"

@@ -243,3 +243,42 @@ def test_removing_a_class_that_people_used_is_refused_with_the_fix(make_workspac
     assert cli(["stage", "train", "-w", str(ws.root)]) == 2
     err = capsys.readouterr().err
     assert "no longer has labels that people gave: 'zero' (1 images)" in err and "events.jsonl" in err
+
+
+def test_each_stage_writes_exactly_its_declared_outputs(make_workspace):
+    """`coldstart stage X` (what `dvc repro` runs) changes only what dvc.yaml declares for X."""
+    import hashlib
+
+    import yaml
+
+    from coldstart.flows.demo import write_digits
+
+    ws = make_workspace()
+    truth = write_digits(ws.images, n=12, size=32)
+    stages = yaml.safe_load((ws.root / "dvc.yaml").read_text())["stages"]
+
+    def snapshot():
+        return {p.relative_to(ws.root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+                for p in (ws.root / "data").rglob("*") if p.is_file()}
+
+    def declared(name):
+        outs = [next(iter(o)) if isinstance(o, dict) else o for o in stages[name].get("outs", [])]
+        outs += [next(iter(m)) for m in stages[name].get("metrics", [])]
+        if name == "intake":
+            outs.append("data/inbox")  # answer files leave the inbox (its dependency) once handled
+        return outs
+
+    ran = []
+    for name in ("scan", "embed", "intake", "train", "relabel", "select"):
+        if name == "intake":
+            answers = "\n".join(f"{p},{t}" for p, t in list(truth.items())[:8])
+            (ws.inbox / "a.csv").write_text("image,label\n" + answers + "\n")
+        before = snapshot()
+        assert cli(["stage", name, "-w", str(ws.root)]) == 0
+        after = snapshot()
+        changed = {p for p in before.keys() | after.keys() if before.get(p) != after.get(p)}
+        assert changed, f"stage {name} wrote nothing"
+        stray = {p for p in changed if not any(p == o or p.startswith(o.rstrip("/") + "/") for o in declared(name))}
+        assert stray == set(), f"stage {name} wrote outside its declared outputs"
+        ran.append(name)
+    assert ran == list(stages)

@@ -59,7 +59,7 @@ def test_two_intakes_at_once_import_each_row_exactly_once(make_workspace):
     assert cli(["stage", "scan", "-w", str(ws.root)]) == 0
     rows = "\n".join(f"{p},{t}" for p, t in truth.items())
     for k in range(3):
-        (ws.inbox / f"answers-{k}.csv").write_text(f"image,label,annotator\n" + rows.replace("\n", f",a{k}\n") +
+        (ws.inbox / f"answers-{k}.csv").write_text("image,label,annotator\n" + rows.replace("\n", f",a{k}\n") +
                                                    f",a{k}\n")
     procs = [subprocess.Popen([sys.executable, "-m", "coldstart.flows.cli", "stage", "intake", "-w", str(ws.root)],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(4)]

@@ -2,7 +2,12 @@ import numpy as np
 import pytest
 
 from coldstart.tasks.audit import wilson_interval
-from coldstart.tasks.calibrate import apply_temperature, expected_calibration_error, fit_temperature, precision_threshold
+from coldstart.tasks.calibrate import (
+    apply_temperature,
+    expected_calibration_error,
+    fit_temperature,
+    precision_threshold,
+)
 from coldstart.tasks.train import label_issues
 
 

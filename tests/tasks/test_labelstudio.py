@@ -3,8 +3,8 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from coldstart.tasks.errors import LabelFileError
 from coldstart.tasks import labelstudio
+from coldstart.tasks.errors import LabelFileError
 from coldstart.tasks.labelstudio import label_config, parse_export, task, tasks_json
 
 ID = "ab" * 32

@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from coldstart.tasks.errors import SelectionError
 from coldstart.tasks.audit import audit_estimate
+from coldstart.tasks.errors import SelectionError
 from coldstart.tasks.select import select_indices, uncertainty
 
 P = np.array([

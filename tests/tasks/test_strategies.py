@@ -3,7 +3,17 @@ import pytest
 
 from coldstart.tasks.errors import SelectionError
 from coldstart.tasks.strategies import (
-    STRATEGIES, ClassCapped, Hybrid, Strategy, Uncertain, build, cap_per_class, choose, kcenter_greedy, typiclust)
+    STRATEGIES,
+    ClassCapped,
+    Hybrid,
+    Strategy,
+    Uncertain,
+    build,
+    cap_per_class,
+    choose,
+    kcenter_greedy,
+    typiclust,
+)
 
 
 def test_kcenter_greedy_spreads_out_exactly():

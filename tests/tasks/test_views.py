@@ -3,10 +3,10 @@ import torch
 from PIL import Image
 from torchvision.transforms import functional as TF
 
-from coldstart.tasks.relabel import multiscale
 from coldstart.models.zeroshot import ZeroShotHead
 from coldstart.tasks.config import ModelConfig, ScanConfig, TileSpec, ViewsConfig
 from coldstart.tasks.embed import embed
+from coldstart.tasks.relabel import multiscale
 from coldstart.tasks.scan import scan
 from coldstart.tasks.store import EmbeddingStore
 from coldstart.tasks.views import aggregate_views, clahe, tile_boxes

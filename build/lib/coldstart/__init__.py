@@ -1,0 +1,74 @@
+"""coldstart: a first labeled image dataset without a first labeled dataset.
+
+For scripts and notebooks::
+
+    import coldstart
+
+    coldstart.init_workspace("parts")            # git + DVC repo, params.yaml; put images in parts/data/images
+    record = coldstart.run_round("parts")        # one labeling round (the Prefect flow `labeling_round`)
+    print(record.describe())                     # what the terminal summary shows
+    print(record.relabel.auto, record.train.model, record.metrics()["label_churn"])
+
+    last = coldstart.read_round("parts")         # the newest round's record, from data/metrics/round.json
+    head = coldstart.load_champion("parts")      # the best head so far (scikit-learn, over CLIP embeddings)
+    probs = head.predict_proba(embeddings)       # columns: params.ontology.class_names
+
+Names resolve lazily, so ``import coldstart`` stays cheap (no torch, Prefect or MLflow).
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+__all__ = ["ColdstartError", "RoundRecord", "Workspace", "init_workspace", "load_champion", "open_workspace",
+           "read_round", "run_round"]
+
+_LAZY = {
+    "ColdstartError": ("coldstart.models.errors", "ColdstartError"),
+    "RoundRecord": ("coldstart.flows.record", "RoundRecord"),
+    "Workspace": ("coldstart.tasks.workspace", "Workspace"),
+    "init_workspace": ("coldstart.tasks.version", "init_workspace"),
+}
+
+if TYPE_CHECKING:
+    from coldstart.flows.record import RoundRecord
+    from coldstart.tasks.workspace import Workspace
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        module, attr = _LAZY[name]
+        return getattr(import_module(module), attr)
+    raise AttributeError(f"module 'coldstart' has no attribute {name!r}")
+
+
+def open_workspace(path: str = ".") -> "Workspace":
+    """An existing workspace (raises WorkspaceError, saying how to create one, if it is not)."""
+    from coldstart.tasks.workspace import Workspace
+
+    return Workspace.open(path)
+
+
+def run_round(workspace: str = ".") -> "RoundRecord":
+    """Run one labeling round; returns its record (also in MLflow and data/metrics/round.json)."""
+    from coldstart.flows.round import labeling_round
+
+    return labeling_round(workspace=str(workspace))
+
+
+def read_round(workspace: str = ".") -> "RoundRecord | None":
+    """The newest round's record, or None before the first round."""
+    from coldstart.flows.status import last_round
+
+    return last_round(open_workspace(workspace))
+
+
+def load_champion(workspace: str = "."):
+    """The registered champion head (see ``coldstart.tasks.track.load_champion``)."""
+    from coldstart.tasks.track import load_champion as load
+
+    ws = open_workspace(workspace)
+    return load(ws, ws.params())

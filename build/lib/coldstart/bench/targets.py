@@ -1,0 +1,29 @@
+"""Every benchmark target, defined once: the benches, `bench all` and BENCHMARKS.md read them here."""
+
+from __future__ import annotations
+
+import operator
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Target:
+    key: str  # the figure's key in the bench's JSON
+    what: str
+    op: str  # ">=" or "<="
+    value: float
+
+    def met(self, measured: float) -> bool:
+        return {">=": operator.ge, "<=": operator.le}[self.op](measured, self.value)
+
+    def line(self, measured: float) -> str:
+        return (f"  {self.what:44s} {measured:10.3f}   {self.op} {self.value:<8g} "
+                f"{'met' if self.met(measured) else 'NOT MET'}")
+
+
+TARGETS = {t.key: t for t in (
+    Target("embed_vs_forward", "embed stage / bare forward pass", ">=", 0.85),
+    Target("embed_vs_naive", "embed stage / naive loop", ">=", 5.0),
+    Target("relabel_1m_s", "relabel stage, 1M x 512-d, 10 classes (s)", "<=", 2.0),
+    Target("peak_rss_mb", "relabel stage peak RSS (MB)", "<=", 1536.0),
+)}

@@ -1,0 +1,1 @@
+"""Prefect flows and the command line: what a round is, in what order."""

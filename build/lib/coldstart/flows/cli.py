@@ -1,0 +1,331 @@
+"""The `coldstart` command. Only this layer prints; user mistakes exit 2 with a message."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+from coldstart.models.errors import ColdstartError
+
+STAGES = ("scan", "embed", "intake", "train", "relabel", "select")
+
+
+def _quiet_prefect() -> None:
+    # Prefect's temporary server logs analytics noise; and no scheduled work needs heartbeats.
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
+    os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")  # our own summary says what happened
+
+
+def _write_json(path: str | None, data) -> None:
+    if path:
+        Path(path).write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def cmd_init(a) -> int:
+    from coldstart.tasks.version import init_workspace
+
+    ws = init_workspace(a.directory, remote=a.remote)
+    print(f"created workspace {ws.root}\n  put images in {ws.images}/, edit {ws.params_file}, then run:\n"
+          f"  coldstart round --workspace {ws.root}")
+    return 0
+
+
+def cmd_round(a) -> int:
+    from coldstart.flows.round import labeling_round
+
+    record = labeling_round(workspace=a.workspace)
+    print(record.describe())
+    _write_json(a.json, record.to_dict())
+    return 0
+
+
+def cmd_status(a) -> int:
+    from coldstart.flows.status import format_status, workspace_status
+    from coldstart.tasks.workspace import Workspace
+
+    s = workspace_status(Workspace.open(a.workspace))
+    print(format_status(s))
+    _write_json(a.json, s)
+    return 0
+
+
+def cmd_stage(a) -> int:
+    """One stage on its own (what `dvc repro` runs), without Prefect, MLflow or tagging. Each
+    writes exactly the outputs dvc.yaml declares for it."""
+    from coldstart.tasks import embed, intake, relabel, scan, select, train
+    from coldstart.tasks.workspace import Workspace
+
+    ws = Workspace.open(a.workspace)
+    with ws.lock():
+        params, n = ws.params(), ws.next_round()
+        if a.name == "scan":
+            result = scan.scan(ws, params.scan, n)
+        elif a.name == "embed":
+            result = embed.embed(ws, embed.load_model(params.model), params.model, params.views)
+        elif a.name == "intake":
+            result = intake.intake(ws, params.ontology.class_names, n)
+        elif a.name == "train":
+            result = train.train(ws, params, embed.load_model(params.model), n)
+        elif a.name == "relabel":
+            result = relabel.relabel(ws, params, n)
+        else:
+            result = select.select(ws, params.round, n)
+    print(f"{a.name}: " + json.dumps(result.to_dict(), ensure_ascii=False, default=str))
+    return 0
+
+
+def cmd_prompts(a) -> int:
+    """Class weight matrix (saved as .npy), ontology warnings, and optionally the ablation."""
+    import numpy as np
+
+    from coldstart.tasks.embed import load_model
+    from coldstart.tasks.intake import human_labels, read_events
+    from coldstart.tasks.pool import read_pool
+    from coldstart.tasks.store import EmbeddingStore
+    from coldstart.tasks.train import zero_shot_head
+    from coldstart.tasks.workspace import Workspace
+
+    ws = Workspace.open(a.workspace)
+    params = ws.params()
+    clip = load_model(params.model)
+    head, warnings = zero_shot_head(ws, params, clip)
+    onto = params.ontology
+    print(f"{clip.model_id}: {len(onto.scoring_classes)} classes -> {len(onto.class_names)} labels, "
+          f"{sum(len(p) for p in onto.prompts())} prompts")
+    for w in warnings:
+        print(f"WARNING {w}")  # all of them: this command is where a person reviews the ontology
+    if a.save:
+        np.save(a.save, head.weights.astype(np.float32))
+        print(f"saved the class weight matrix {head.weights.shape} (classes x dim, float32, ontology order) to {a.save}")
+    if a.ablate:
+        from coldstart.tasks.prompts import ablate
+
+        humans = human_labels(read_events(ws))
+        pool = read_pool(ws, EmbeddingStore(ws.embeddings, clip.model_id, params.views.key("global")), humans)
+        if not pool.labeled_ids:
+            print("no human labels yet: run a round and answer a review batch first")
+            return 0
+        y = np.array([onto.class_names.index(humans[i]) for i in pool.labeled_ids])
+        rows = ablate(clip, onto, pool.labeled_X, y)
+        print(f"\nzero-shot accuracy on {len(y)} human-labeled images:")
+        for r in rows:
+            extra = f"   (recall of its class {r.class_recall:.1%})" if r.class_recall is not None else ""
+            print(f"  {r.accuracy:6.1%}  {r.variant}{extra}")
+        _write_json(a.json, [r.__dict__ for r in rows])
+    return 0
+
+
+def cmd_finetune(a) -> int:
+    """Fine-tune the last vision blocks on the human labels; write a loadable checkpoint."""
+    import numpy as np
+    import torch
+    from torch.utils.data import DataLoader
+
+    from coldstart.models.clip import load_clip
+    from coldstart.models.finetune import FinetuneConfig, finetune, save_weights
+    from coldstart.models.probe import LinearHead
+    from coldstart.tasks.embed import ImageFiles, clip_config
+    from coldstart.tasks.intake import human_labels, read_events
+    from coldstart.tasks.scan import image_table
+    from coldstart.tasks.train import load_chosen, zero_shot_head
+    from coldstart.tasks.workspace import Workspace
+
+    ws = Workspace.open(a.workspace)
+    params = ws.params()
+    clip = load_clip(clip_config(params.model), fresh=True)  # trained in place: never the shared copy
+    humans = human_labels(read_events(ws))
+    table = image_table(ws)
+    items = [(str(ws.images / table[i]), params.ontology.class_names.index(label))
+             for i, label in humans.items() if i in table]
+    if len(items) < 2:
+        print("coldstart: error: fine-tuning needs human labels; run rounds and answer review batches first",
+              file=sys.stderr)
+        return 2
+    chosen = load_chosen(ws)
+    head = chosen.head if chosen is not None and chosen.model_id == clip.model_id else None
+    if not isinstance(head, LinearHead):  # zero-shot (or nothing trained yet): start from the text weights
+        zs, _ = zero_shot_head(ws, params, clip)
+        head = LinearHead(zs.label_weights(), np.zeros(zs.n_labels, np.float32))
+    files = ImageFiles([p for p, _ in items], clip.preprocess, clip.image_size)
+    labels = torch.tensor([y for _, y in items])
+
+    class Pairs(torch.utils.data.Dataset):
+        def __len__(self):
+            return len(files)
+
+        def __getitem__(self, k):
+            _, pixels, _, err = files[k]
+            if pixels is None:
+                raise RuntimeError(f"{files.paths[k]}: {err}")
+            return pixels[0], labels[k]
+
+    cfg = FinetuneConfig(blocks=a.blocks, epochs=a.epochs, lr=a.lr, batch_size=a.batch_size)
+    if clip.device.type != "cuda":
+        print("note: no GPU visible; fine-tuning on the CPU is slow beyond the tiniest models", file=sys.stderr)
+    loader = DataLoader(Pairs(), batch_size=cfg.batch_size, shuffle=True)
+    finetune(clip, loader, head, cfg)
+    out = Path(a.out) if a.out else ws.root / "data" / "finetuned" / f"{params.model.name}-ft{a.blocks}.safetensors"
+    save_weights(clip, out)
+    print(f"fine-tuned the last {a.blocks} vision block(s) of {clip.model_id} on {len(items)} human labels "
+          f"for {a.epochs} epoch(s): {out}\nto use it: set model.pretrained: {ws.rel(out) if out.is_relative_to(ws.root) else out} "
+          f"in params.yaml (the next round re-embeds every image), and `dvc add` the file to version it")
+    return 0
+
+
+def cmd_demo(a) -> int:
+    from coldstart.flows.demo import run_demo
+
+    run_demo(Path(a.workspace), rounds=a.rounds, json_path=a.json, budget=a.budget, pretrained=a.pretrained)
+    return 0
+
+
+def cmd_serve(a) -> int:
+    from coldstart.flows.serve import serve
+
+    serve(a.workspace, cron=a.cron, interval=a.interval, port=a.port)
+    return 0
+
+
+def cmd_bench(a) -> int:
+    if a.bench == "all":
+        from coldstart.bench.prelabel import bench_prelabel
+        from coldstart.bench.relabel import bench_relabel
+        from coldstart.bench.targets import TARGETS
+
+        pre = bench_prelabel(n=a.n, model=a.model, pretrained=a.pretrained, batch_size=a.batch_size)
+        rel = bench_relabel()
+        print("\n  every target, measured in this run:")
+        for key, target in TARGETS.items():
+            print(target.line((pre if key in pre else rel)[key]))
+        _write_json(a.json, {"prelabel": pre, "relabel": rel})
+        return 0
+    if a.bench == "al":
+        from coldstart.bench.al import bench_al
+
+        figures = bench_al(seeds=a.seeds, batch=a.batch, start=a.start)
+    elif a.bench == "relabel":
+        from coldstart.bench.relabel import bench_relabel
+
+        figures = bench_relabel(n=a.n, dim=a.dim, n_classes=a.classes)
+    else:
+        from coldstart.bench.prelabel import bench_prelabel
+
+        figures = bench_prelabel(n=a.n, model=a.model, pretrained=a.pretrained, batch_size=a.batch_size)
+    _write_json(a.json, figures)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="coldstart", description="Label images with CLIP, spend human effort where it pays.")
+    p.add_argument("-v", "--verbose", action="store_true", help="show library logs")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def ws_arg(sp):
+        sp.add_argument("--workspace", "-w", default=".", help="workspace folder (default: current directory)")
+
+    s = sub.add_parser("init", help="create a workspace: git + DVC + local remote + params.yaml")
+    s.add_argument("directory")
+    s.add_argument("--remote", help="DVC remote folder (default: DIR/.dvc-remote)")
+    s.set_defaults(fn=cmd_init)
+
+    s = sub.add_parser("round", help="run one labeling round (Prefect flow labeling_round)")
+    ws_arg(s)
+    s.add_argument("--json", help="also write the round summary as JSON to this file")
+    s.set_defaults(fn=cmd_round)
+
+    s = sub.add_parser("status", help="summarise a workspace")
+    ws_arg(s)
+    s.add_argument("--json", help="also write the status as JSON to this file")
+    s.set_defaults(fn=cmd_status)
+
+    s = sub.add_parser("stage", help="run one stage alone (used by dvc.yaml / dvc repro)")
+    s.add_argument("name", choices=STAGES)
+    ws_arg(s)
+    s.set_defaults(fn=cmd_stage)
+
+    s = sub.add_parser("prompts", help="class weight matrix, confusable-class warnings, prompt ablation")
+    ws_arg(s)
+    s.add_argument("--save", help="write the class weight matrix (classes x dim, float32) to this .npy file")
+    s.add_argument("--ablate", action="store_true", help="accuracy of each prompt variant on the human labels")
+    s.add_argument("--json", help="with --ablate: also write the ablation rows as JSON")
+    s.set_defaults(fn=cmd_prompts)
+
+    s = sub.add_parser("finetune", help="fine-tune the last vision blocks on the human labels (GPU)")
+    ws_arg(s)
+    s.add_argument("--blocks", type=int, default=2, help="last vision transformer blocks to train")
+    s.add_argument("--epochs", type=int, default=3)
+    s.add_argument("--lr", type=float, default=1e-5)
+    s.add_argument("--batch-size", type=int, default=32)
+    s.add_argument("--out", help="checkpoint path (default: data/finetuned/<model>-ft<blocks>.safetensors)")
+    s.set_defaults(fn=cmd_finetune)
+
+    s = sub.add_parser("demo", help="3 simulated rounds on scikit-learn's digits")
+    s.add_argument("--workspace", "-w", default="demo-workspace", help="where to build the demo workspace")
+    s.add_argument("--rounds", type=int, default=3)
+    s.add_argument("--budget", type=int, default=50)
+    s.add_argument("--pretrained", default="laion2b_s34b_b79k", help="ViT-B-32 weights (tag or local file)")
+    s.add_argument("--json", help="write the per-round table as JSON")
+    s.set_defaults(fn=cmd_demo)
+
+    s = sub.add_parser("serve", help="run rounds on a schedule through a Prefect server")
+    ws_arg(s)
+    g = s.add_mutually_exclusive_group(required=True)
+    g.add_argument("--cron", help="cron schedule, e.g. '0 2 * * *'")
+    g.add_argument("--interval", type=float, help="seconds between rounds")
+    s.add_argument("--port", type=int, default=4200, help="port of the Prefect server started when none is configured")
+    s.set_defaults(fn=cmd_serve)
+
+    s = sub.add_parser("bench", help="benchmarks")
+    bsub = s.add_subparsers(dest="bench", required=True)
+    def bench_parser(name: str, help_: str, prelabel: bool = False):
+        b = bsub.add_parser(name, help=help_)
+        if prelabel:
+            b.add_argument("--n", type=int, default=256, help="synthetic 640x480 JPEGs")
+            b.add_argument("--model", default="ViT-B-32")
+            b.add_argument("--pretrained", default=None, help="weights (timing does not depend on them; default random)")
+            b.add_argument("--batch-size", type=int, default=32)
+        b.add_argument("--json", help="also write the figures as JSON to this file")
+        b.set_defaults(fn=cmd_bench)
+        return b
+
+    bench_parser("prelabel", "embed stage vs bare forward pass vs naive loop", prelabel=True)
+    bench_parser("all", "prelabel and relabel benchmarks, every target side by side", prelabel=True)
+    b = bench_parser("al", "active-learning simulation on scikit-learn's digits (labels to 95%%)")
+    b.add_argument("--seeds", type=int, default=5)
+    b.add_argument("--batch", type=int, default=10)
+    b.add_argument("--start", type=int, default=10)
+    b = bench_parser("relabel", "the relabel stage (head over the store + resolved table) on N images")
+    b.add_argument("--n", type=int, default=1_000_000)
+    b.add_argument("--dim", type=int, default=512)
+    b.add_argument("--classes", type=int, default=10)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    if not args.verbose:
+        # Prefect logs a failed run with its traceback; the Prefect UI keeps it (API handler),
+        # the terminal gets our one-line message instead.
+        for name in ("prefect.flow_runs", "prefect.task_runs"):
+            logging.getLogger(name).propagate = False
+    _quiet_prefect()
+    try:
+        return args.fn(args)
+    except ColdstartError as e:
+        print(f"coldstart: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("coldstart: interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,142 @@
+"""The round record: every stage's result of one round, composed once.
+
+Everything a round reports is derived from this one object: the MLflow metrics
+(``metrics()``), ``data/metrics/round.json`` (``save``), the terminal summary (``describe``),
+``coldstart status`` and the public API's ``read_round``. Each stage's result knows its own
+metrics; the record only adds the stage timings.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+from coldstart.tasks.audit import AuditEstimate
+from coldstart.tasks.embed import EmbedResult
+from coldstart.tasks.intake import IntakeResult
+from coldstart.tasks.relabel import RelabelResult
+from coldstart.tasks.scan import ScanResult
+from coldstart.tasks.select import SelectResult
+from coldstart.tasks.track import TrackResult
+from coldstart.tasks.train import TrainResult
+from coldstart.tasks.version import VersionResult
+from coldstart.tasks.workspace import Workspace, atomic_write_text
+
+STAGES: dict[str, type] = {"scan": ScanResult, "embed": EmbedResult, "intake": IntakeResult, "audit": AuditEstimate,
+                           "train": TrainResult, "relabel": RelabelResult, "select": SelectResult,
+                           "track": TrackResult, "version": VersionResult}
+
+
+@dataclass
+class RoundRecord:
+    round: int
+    scan: ScanResult | None = None
+    embed: EmbedResult | None = None
+    intake: IntakeResult | None = None
+    audit: AuditEstimate | None = None  # of an earlier round's auto labels, from its answered audit items
+    train: TrainResult | None = None
+    relabel: RelabelResult | None = None
+    select: SelectResult | None = None
+    track: TrackResult | None = None
+    version: VersionResult | None = None
+    seconds: dict[str, float] = field(default_factory=dict)  # per stage, wall time
+    seconds_total: float = 0.0
+    _started: float = field(default_factory=time.perf_counter, repr=False)
+
+    @contextlib.contextmanager
+    def timed(self, stage: str) -> Iterator[None]:
+        t = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[stage] = time.perf_counter() - t
+            self.seconds_total = time.perf_counter() - self._started
+
+    def metrics(self) -> dict[str, float | None]:
+        """MLflow metrics: each stage's own, plus ``seconds_<stage>`` and ``seconds_total``."""
+        out: dict[str, float | None] = {}
+        for name in STAGES:
+            result = getattr(self, name)
+            if result is not None:
+                out.update(result.metrics())
+        out.update({f"seconds_{k}": v for k, v in self.seconds.items()})
+        out["seconds_total"] = time.perf_counter() - self._started
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"round": self.round}
+        for name in STAGES:
+            result = getattr(self, name)
+            out[name] = None if result is None else result.to_dict()
+        return {**out, "seconds": self.seconds, "seconds_total": self.seconds_total}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "RoundRecord":
+        stages = {name: kind.from_dict(data[name]) for name, kind in STAGES.items() if data.get(name)}
+        return cls(round=int(data["round"]), seconds=dict(data.get("seconds", {})),
+                   seconds_total=float(data.get("seconds_total", 0.0)), **stages)
+
+    def save(self, path: Path) -> None:
+        atomic_write_text(path, json.dumps(self.to_dict(), indent=2, ensure_ascii=False) + "\n")
+
+    @classmethod
+    def load(cls, path: Path) -> "RoundRecord":
+        return cls.from_dict(json.loads(Path(path).read_text(encoding="utf-8")))
+
+    # What a person reads.
+
+    @property
+    def tag(self) -> str | None:
+        return self.version.tag if self.version else None
+
+    @property
+    def run_id(self) -> str | None:
+        return self.track.run_id if self.track else None
+
+    def artifacts(self, ws: Workspace) -> list[Path]:
+        """Files logged with the MLflow run: the review batch, quarantine list, train metrics."""
+        batch = [ws.root / f for f in (self.select.files if self.select else [])]
+        return batch + [ws.quarantine, ws.metrics_dir / "train.json"]
+
+    def commit_message(self) -> str:
+        t, r = self.train, self.relabel
+        return (f"coldstart round {self.round}: {self.intake.human_labels} human labels, {r.auto} auto labels "
+                f"({t.model})" + (f", mlflow run {self.run_id}" if self.run_id else ""))
+
+    def describe(self) -> str:
+        """The terminal summary of the round."""
+        def pct(x):
+            return "-" if x is None else f"{100 * x:.1f}%"
+
+        sc, em, it, tr, rl, se, au = self.scan, self.embed, self.intake, self.train, self.relabel, self.select, self.audit
+        audit = "no audit answers yet"
+        if au is not None and au.n:
+            lo, hi = au.interval
+            audit = (f"{pct(au.accuracy)} of round {au.round}'s auto labels correct (95% CI {pct(lo)}-{pct(hi)}, "
+                     f"{au.n} audited)")
+            if au.per_class():
+                audit += "; per label: " + ", ".join(f"{k} {pct(v)}" for k, v in au.per_class().items())
+        lines = [
+            f"round {self.round} ({self.tag}, {self.seconds_total:.1f} s)",
+            f"  images      {sc.images} ({sc.new_images} new, {em.embedded} embedded), {sc.quarantined} quarantined",
+            f"  intake      {len(it.files_accepted)} file(s) accepted (+{it.events_added} labels), "
+            f"{len(it.files_rejected)} rejected",
+            f"  labels      {it.human_labels} human, {rl.auto} auto by {tr.model}: {tr.reason}",
+            f"  confidence  {rl.below_threshold} auto labels below {rl.threshold:.3f} ({tr.threshold_note}); "
+            f"temperature {tr.temperature:.2f}; label churn {pct(rl.churn)}",
+            f"  audit       {audit}",
+            f"  review      {se.batch_size} images ({se.chosen} by {se.strategy or '-'}, {se.audit} random audit, "
+            f"{se.recheck} human label(s) to re-check): {', '.join(se.files) or '-'}",
+            f"  mlflow run  {self.run_id}",
+        ]
+        for w in tr.warnings[:5]:
+            lines.append("  WARNING " + w)
+        if len(tr.warnings) > 5:
+            lines.append(f"  WARNING ... and {len(tr.warnings) - 5} more (all of them: coldstart prompts --workspace DIR)")
+        for p in it.problems:
+            lines.append("  REJECTED " + p.replace("\n", "\n  "))
+        return "\n".join(lines)

@@ -1,0 +1,86 @@
+"""`coldstart serve`: run rounds on a cron or interval schedule through a Prefect server.
+
+Schedules never fire on Prefect's temporary per-process server, so this connects to the
+configured server (PREFECT_API_URL) or starts `prefect server start` on 127.0.0.1 with its
+database inside the workspace (``.prefect/``), and stops it on exit (Ctrl-C or SIGTERM).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from coldstart.models.errors import ColdstartError
+from coldstart.tasks.workspace import Workspace
+
+
+def _healthy(api_url: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{api_url}/health", timeout=2) as r:
+            return r.status == 200
+    except OSError:
+        return False
+
+
+def start_local_server(ws: Workspace, port: int, timeout: float = 180.0) -> tuple[subprocess.Popen, str]:
+    """Start a Prefect server on 127.0.0.1:port with its state in the workspace; wait until healthy."""
+    api = f"http://127.0.0.1:{port}/api"
+    if _healthy(api):
+        raise ColdstartError(f"something already answers on port {port}; pick another with --port "
+                             f"or point PREFECT_API_URL at that server")
+    home = ws.root / ".prefect"
+    home.mkdir(exist_ok=True)
+    env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    env.pop("PREFECT_API_URL", None)
+    log = open(home / "server.log", "ab")
+    prefect = Path(sys.executable).with_name("prefect")
+    proc = subprocess.Popen([str(prefect), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+                            env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                            start_new_session=True)
+    deadline = time.monotonic() + timeout
+    while not _healthy(api):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.terminate()
+            raise ColdstartError(f"the Prefect server did not start on 127.0.0.1:{port} (see {home / 'server.log'})")
+        time.sleep(0.5)
+    return proc, api
+
+
+def serve(workspace: str, *, cron: str | None = None, interval: float | None = None, port: int = 4200) -> None:
+    ws = Workspace.open(workspace)
+    ws.params()  # fail now, not at the first scheduled run
+    server = None
+    api = os.environ.get("PREFECT_API_URL")
+    if not api:
+        from prefect.settings import get_current_settings
+
+        api = get_current_settings().api.url
+    if not api:
+        server, api = start_local_server(ws, port)
+        print(f"started a Prefect server for this workspace: UI at {api.removesuffix('/api')}", flush=True)
+    else:
+        print(f"using the Prefect server at {api}", flush=True)
+    # Set before the flow's runner starts: scheduled runs are subprocesses that inherit it.
+    os.environ["PREFECT_API_URL"] = api
+    try:
+        from prefect.settings import PREFECT_API_URL, temporary_settings
+
+        from coldstart.flows.round import labeling_round
+
+        schedule = f"cron '{cron}'" if cron else f"every {interval:g} s"
+        print(f"serving labeling_round for {ws.root} on {schedule}; Ctrl-C or SIGTERM stops", flush=True)
+        with temporary_settings({PREFECT_API_URL: api}):
+            labeling_round.serve(name=f"coldstart-{ws.root.name}", cron=cron, interval=interval,
+                                 parameters={"workspace": str(ws.root)}, print_starting_message=False)
+    finally:
+        if server is not None:
+            server.terminate()
+            try:
+                server.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                server.kill()
+            print("stopped the Prefect server", flush=True)

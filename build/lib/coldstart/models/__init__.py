@@ -1,0 +1,1 @@
+"""Model code: the CLIP adapter, zero-shot head, linear probe. No Prefect, no MLflow here."""

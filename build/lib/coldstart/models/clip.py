@@ -1,0 +1,345 @@
+"""CLIP adapter over open_clip: load once, encode image batches and texts to unit vectors.
+
+Weights are loaded the normal open_clip way: a ``pretrained`` tag (downloaded from the hub and
+cached by open_clip), a local checkpoint file (``.pt``/``.bin``/``.safetensors``, loaded with
+``weights_only=True`` by open_clip), or ``local-dir:/folder``. ``pretrained=None`` builds random
+weights, seeded so every process gets the same model (embeddings are cached by model id).
+A tag is looked up in the local cache first; when it is not there, one short probe of the hub
+decides at once whether a download can work, so offline machines get one clear error line.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import hashlib
+import logging
+import os
+import threading
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from coldstart.models.errors import ConfigError, WeightsUnavailableError
+
+log = logging.getLogger(__name__)
+
+_CONFIG_DIR = Path(__file__).with_name("configs")
+RANDOM_SEED = 0
+
+
+@dataclass(frozen=True)
+class ClipConfig:
+    name: str = "ViT-B-32"
+    pretrained: str | None = "laion2b_s34b_b79k"
+    device: str = "auto"
+    # auto: fp32 on CPU (bf16 autocast measured slower for ViT-B-32 on our 2-core CPU), fp16
+    # autocast on CUDA. Embeddings are always returned as float32.
+    precision: str = "auto"
+
+
+def _uses_hf_text(name: str) -> bool:
+    import open_clip
+
+    cfg = open_clip.get_model_config(name) or {}
+    return bool(cfg.get("text_cfg", {}).get("hf_model_name") or cfg.get("text_cfg", {}).get("hf_tokenizer_name"))
+
+
+MULTILINGUAL_SETUP = ("multilingual open_clip models read text through Hugging Face `transformers`: install it with "
+                      "`pip install 'coldstart[multilingual]'`. Their tokenizer files come from the hub; offline they "
+                      "must already be in the local Hugging Face cache (HF_HOME, ~/.cache/huggingface) or the model "
+                      "must be given as model.pretrained: local-dir:/folder with the tokenizer files inside")
+
+
+@dataclass
+class ClipModel:
+    """A loaded open_clip model with its preprocessing and tokenizer.
+
+    ``encode_images`` takes a float tensor ``(B, 3, S, S)`` already passed through
+    ``preprocess`` and returns L2-normalised ``(B, D)`` float32 numpy embeddings.
+    """
+
+    model: torch.nn.Module
+    preprocess: Callable
+    tokenizer: Callable
+    device: torch.device
+    model_id: str
+    image_size: int
+    embed_dim: int
+    autocast_dtype: torch.dtype | None = None  # None: plain fp32
+
+    @property
+    def logit_scale(self) -> float:
+        return float(self.model.logit_scale.exp().item())
+
+    @torch.inference_mode()
+    def encode_images(self, pixels: torch.Tensor) -> np.ndarray:
+        pixels = pixels.to(self.device, non_blocking=True)
+        if self.autocast_dtype is None:
+            feats = self.model.encode_image(pixels)
+        else:
+            with torch.autocast(self.device.type, dtype=self.autocast_dtype):
+                feats = self.model.encode_image(pixels)
+        feats = torch.nn.functional.normalize(feats.float(), dim=-1)
+        return feats.cpu().numpy().astype(np.float32, copy=False)
+
+    @torch.inference_mode()
+    def encode_text(self, texts: list[str], batch_size: int = 256) -> np.ndarray:
+        """``texts`` (N,) -> L2-normalised ``(N, D)`` float32."""
+        out = []
+        for i in range(0, len(texts), batch_size):
+            tokens = self.tokenizer(texts[i : i + batch_size]).to(self.device)
+            feats = self.model.encode_text(tokens)
+            out.append(torch.nn.functional.normalize(feats.float(), dim=-1).cpu().numpy())
+        return np.concatenate(out).astype(np.float32, copy=False)
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError as e:
+        raise ConfigError(f"model.device: {device!r} is not a torch device (use auto, cpu, cuda, cuda:0)") from e
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"model.device: {device!r} asked for, but no CUDA GPU is visible; use auto or cpu")
+    return dev
+
+
+def register_project_configs() -> None:
+    import open_clip
+
+    if "coldstart-tiny" not in open_clip.list_models():
+        open_clip.add_model_config(_CONFIG_DIR)
+
+
+def _file_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()[:12]
+
+
+def model_id_for(cfg: ClipConfig) -> str:
+    """Stable id of (architecture, weights): the embedding cache key. Cheap except for local files."""
+    pre = cfg.pretrained
+    if pre is None:
+        return f"{cfg.name}@random-seed{RANDOM_SEED}"
+    if pre.startswith("local-dir:"):
+        folder = Path(pre.removeprefix("local-dir:"))
+        files = sorted(p for p in folder.glob("*") if p.is_file() and p.suffix in {".bin", ".pt", ".safetensors"})
+        digest = hashlib.sha256("".join(_file_digest(p) for p in files).encode()).hexdigest()[:12]
+        return f"{cfg.name}@dir-{digest}"
+    if Path(pre).suffix in {".pt", ".pth", ".bin", ".safetensors"} or os.sep in pre:
+        return f"{cfg.name}@file-{_file_digest(Path(pre))}"
+    return f"{cfg.name}@{pre}"
+
+
+def load_clip(cfg: ClipConfig, *, fresh: bool = False) -> ClipModel:
+    """Build the model once per process (cached); raise a clear error when weights are missing.
+
+    ``fresh=True`` builds a private copy, for code that changes the weights (fine-tuning).
+    """
+    return _load_clip_cached.__wrapped__(cfg) if fresh else _load_clip_cached(cfg)
+
+
+@functools.lru_cache(maxsize=2)
+def _load_clip_cached(cfg: ClipConfig) -> ClipModel:
+    import open_clip
+
+    register_project_configs()
+    if cfg.name not in open_clip.list_models():
+        raise ConfigError(
+            f"model.name: unknown open_clip architecture {cfg.name!r} "
+            f"(see `python -c 'import open_clip; print(open_clip.list_models())'`)"
+        )
+    device = resolve_device(cfg.device)
+    pre = cfg.pretrained
+    kind = "random"
+    if pre is not None:
+        if pre.startswith("local-dir:"):
+            kind = "dir"
+            if not Path(pre.removeprefix("local-dir:")).is_dir():
+                raise WeightsUnavailableError(f"model.pretrained: folder {pre.removeprefix('local-dir:')} does not exist")
+        elif Path(pre).suffix in {".pt", ".pth", ".bin", ".safetensors"} or os.sep in pre:
+            kind = "file"
+            if not Path(pre).is_file():
+                raise WeightsUnavailableError(
+                    f"model.pretrained: checkpoint file {pre} does not exist; give the path of a local "
+                    f"open_clip checkpoint (.pt/.bin/.safetensors), relative to the workspace or absolute"
+                )
+        else:
+            kind = "tag"
+            tags = open_clip.list_pretrained_tags_by_model(cfg.name)
+            if pre not in tags:
+                raise ConfigError(
+                    f"model.pretrained: {pre!r} is not a pretrained tag of {cfg.name}; "
+                    f"valid tags: {', '.join(tags) or '(none)'}; or give a local checkpoint path"
+                )
+    model_id = model_id_for(cfg)
+    if _uses_hf_text(cfg.name):
+        try:
+            import transformers  # noqa: F401
+        except ImportError:
+            raise WeightsUnavailableError(f"model.name {cfg.name}: {MULTILINGUAL_SETUP}") from None
+    src = None
+    if kind == "tag":
+        # Decide before open_clip runs: offline, huggingface_hub retries each file 5 times with
+        # backoff (~45 s) and prints a warning per try. Cached weights load with the hub forced
+        # offline; otherwise one short probe tells whether a download can work at all.
+        src = _tag_source(cfg.name, pre)
+        if src.cached is None and _hub_offline():
+            raise WeightsUnavailableError(_weights_error(
+                cfg.name, pre, src, f"not in the local cache, and HF_HUB_OFFLINE is set so {src.label} was not "
+                f"contacted", f"the local cache ({src.looked_at})", "unset HF_HUB_OFFLINE, or "))
+        if src.cached is None and (why := _probe(src.url)):
+            raise WeightsUnavailableError(_weights_error(
+                cfg.name, pre, src, f"not in the local cache and {src.label} is unreachable",
+                f"the local cache ({src.looked_at}) and one probe of {src.url} ({why})"))
+    torch.manual_seed(RANDOM_SEED)  # random weights must be identical in every process
+    try:
+        with contextlib.nullcontext() if src is None else _quiet_hub(offline=src.cached is not None):
+            model, _, preprocess = open_clip.create_model_and_transforms(cfg.name, pretrained=pre, device=device)
+    except Exception as e:  # open_clip raises many kinds: hub errors, RuntimeError on bad state dicts
+        if src is not None:
+            cause, tried = ((f"the cached file did not load ({_first_line(e)})", f"the local cache ({src.cached})")
+                            if src.cached else (f"the download from {src.label} failed ({_first_line(e)})",
+                                                f"the local cache ({src.looked_at}) and {src.url} (reachable)"))
+            raise WeightsUnavailableError(_weights_error(cfg.name, pre, src, cause, tried)) from e
+        raise WeightsUnavailableError(f"could not load weights {pre} into {cfg.name}: {e}") from e
+    model.eval()
+    if pre is None:
+        log.warning("model %s has RANDOM weights: zero-shot labels are meaningless", cfg.name)
+    try:
+        tokenizer = open_clip.get_tokenizer(cfg.name)
+    except (OSError, ValueError) as e:  # HF tokenizer files not in the cache, offline
+        raise WeightsUnavailableError(f"the tokenizer of {cfg.name} could not be loaded ({e}); {MULTILINGUAL_SETUP}") from e
+    size = model.visual.image_size
+    size = int(size[0] if isinstance(size, (tuple, list)) else size)
+    return ClipModel(model, preprocess, tokenizer, device, model_id, size, int(model.visual.output_dim),
+                     autocast_dtype(cfg.precision, device))
+
+
+@dataclass(frozen=True)
+class _TagSource:
+    """Where open_clip gets the weights of a pretrained tag, and whether they are already local."""
+
+    cached: str | None  # the local file open_clip will load, None when it would have to download
+    looked_at: str  # the cache location checked, for the error message
+    url: str  # what a download contacts: the hub endpoint, or the checkpoint URL
+    label: str  # human name of that source
+    cache_root: str  # the folder to copy over from a machine with internet
+
+
+def _tag_source(name: str, tag: str) -> _TagSource:
+    """Mirror open_clip.pretrained.download_pretrained (3.3.0) without touching the network: an HF
+    hub repo when the tag has one (its .safetensors twin is tried first), else a URL downloaded into
+    ~/.cache/clip (every 3.3.0 tag has an hf_hub id, which open_clip prefers; older tags had URLs)."""
+    from huggingface_hub import constants, try_to_load_from_cache
+    from open_clip.constants import HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME
+    from open_clip.pretrained import get_pretrained_cfg, has_hf_hub
+
+    pcfg = get_pretrained_cfg(name, tag)
+    if pcfg.get("file"):
+        return _TagSource(pcfg["file"], pcfg["file"], "", "a local file", os.path.dirname(pcfg["file"]))
+    hub = pcfg.get("hf_hub", "") if has_hf_hub() else ""
+    if hub:
+        repo, filename = os.path.split(hub)  # 'org/model/' means the default file name
+        filename = filename or HF_WEIGHTS_NAME
+        names = ([HF_SAFE_WEIGHTS_NAME] if filename == HF_WEIGHTS_NAME
+                 else [filename[:-4] + ".safetensors"] if filename.endswith((".bin", ".pth")) else [])
+        names.append(filename)
+        # try_to_load_from_cache returns a path, None, or a truthy "known missing" sentinel
+        hit = next((p for f in names if isinstance(p := try_to_load_from_cache(repo, f), str)), None)
+        folder = os.path.join(constants.HF_HUB_CACHE, "models--" + repo.replace("/", "--"))
+        return _TagSource(hit, f"{folder}: {' or '.join(names)}", constants.ENDPOINT, "the Hugging Face hub",
+                          constants.HF_HUB_CACHE)
+    url = pcfg.get("url", "")
+    target = os.path.join(os.path.expanduser("~/.cache/clip"), os.path.basename(url))
+    return _TagSource(target if os.path.isfile(target) else None, target, url, "the download host",
+                      os.path.dirname(target))
+
+
+def _hub_offline() -> bool:
+    from huggingface_hub import constants
+
+    # the constant is read once at import; the variable may have been set since
+    return constants.HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE", "").upper() in {"1", "ON", "YES", "TRUE"}
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return f"{type(e).__name__}: {text.splitlines()[0]}" if text else type(e).__name__
+
+
+def _probe(url: str, timeout: float = 3.0) -> str | None:
+    """One HEAD request to ``url``: None when anything answers (any HTTP status), else why not.
+
+    Goes through huggingface_hub's HTTP client so HF_ENDPOINT, proxy variables and a custom client
+    factory apply as for the real download; runs in a daemon thread because the timeout does not
+    cover DNS resolution, which can hang on a machine without a resolver."""
+    from huggingface_hub import get_session
+
+    result: list[str | None] = []
+
+    def head() -> None:
+        try:
+            get_session().head(url, timeout=timeout)
+            result.append(None)
+        except Exception as e:  # any failure to get an HTTP answer means: unreachable
+            result.append(_first_line(e))
+
+    thread = threading.Thread(target=head, name="coldstart-hub-probe", daemon=True)
+    thread.start()
+    thread.join(timeout + 0.5)
+    return result[0] if result else f"no answer within {timeout:g} s"
+
+
+@contextlib.contextmanager
+def _quiet_hub(offline: bool):
+    """Around open_clip's weight fetch: force huggingface_hub offline when the weights are cached
+    (no HEAD calls, no retries), and hold back the hub's retry warnings, open_clip's own error log
+    and Python warnings; a failure becomes one WeightsUnavailableError line that says it all."""
+    from huggingface_hub import constants
+
+    hub_log, root = logging.getLogger("huggingface_hub"), logging.getLogger()
+    saved_offline, saved_level = constants.HF_HUB_OFFLINE, hub_log.level
+
+    def not_open_clip_noise(record: logging.LogRecord) -> bool:  # open_clip logs on the root logger
+        return record.levelno < logging.WARNING or f"{os.sep}open_clip{os.sep}" not in record.pathname
+
+    constants.HF_HUB_OFFLINE = saved_offline or offline  # process-wide, but only for this load
+    hub_log.setLevel(logging.CRITICAL)
+    root.addFilter(not_open_clip_noise)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        constants.HF_HUB_OFFLINE = saved_offline
+        hub_log.setLevel(saved_level)
+        root.removeFilter(not_open_clip_noise)
+
+
+def _weights_error(name: str, tag: str, src: _TagSource, cause: str, tried: str, fix: str = "") -> str:
+    """The one line the CLI prints: what failed, what was tried, how to fix it (keep '. Tried':
+    `coldstart demo` shows the part before it)."""
+    return (f"could not load pretrained weights {name}/{tag}: {cause}. Tried {tried}. Fix: {fix}set model.pretrained "
+            f"in params.yaml to a local checkpoint file (.pt/.safetensors) or local-dir:/folder, or on a machine "
+            f"with internet run `python -c \"import open_clip; open_clip.create_model_and_transforms('{name}', "
+            f"pretrained='{tag}')\"` and copy {src.cache_root} to the same place here").replace("\n", " ")
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for a precision setting on a device (None = fp32)."""
+    if precision == "auto":
+        return torch.float16 if device.type == "cuda" else None
+    choices = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
+    if precision not in choices:
+        raise ConfigError(f"model.precision: {precision!r}; valid: auto, fp32, fp16, bf16")
+    return choices[precision]

@@ -1,0 +1,1 @@
+"""Pure round stages, each with a thin Prefect ``@task`` wrapper (``*_task``)."""

@@ -1,0 +1,305 @@
+"""params.yaml: the one config file, validated once on load.
+
+Every section is a small pydantic model; each stage receives only its slice. Validation
+errors are turned into :class:`ConfigError` messages that name the key (``round.budget``)
+and what is allowed, because a person edits this file by hand.
+"""
+
+from __future__ import annotations
+
+import unicodedata
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from coldstart.models.errors import ConfigError
+
+from coldstart.tasks.strategies import MEASURES, STRATEGIES  # the registries' names (numpy only: no heavy imports)
+
+
+class _Section(BaseModel):
+    # Unknown keys are typos far more often than intent: refuse them.
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def template_set(name: str) -> list[str]:
+    """Built-in prompt template sets, by name (open_clip's ImageNet templates)."""
+    from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES, SIMPLE_IMAGENET_TEMPLATES
+
+    sets = {"imagenet80": OPENAI_IMAGENET_TEMPLATES, "simple7": SIMPLE_IMAGENET_TEMPLATES}
+    if name == "plain":
+        return ["a photo of {}."]
+    if name not in sets:
+        raise ValueError(f"unknown template set {name!r}; built-in sets: {', '.join(TEMPLATE_SETS)}, or give a list")
+    return [t("{}") for t in sets[name]]
+
+
+TEMPLATE_SETS = ("imagenet80", "simple7", "plain")
+
+
+def _templates(value: Any) -> list[str]:
+    templates = template_set(value) if isinstance(value, str) else value
+    if not isinstance(templates, list) or not templates:
+        raise ValueError("give a template set name (imagenet80, simple7, plain) or a non-empty list of templates")
+    for t in templates:
+        if not isinstance(t, str) or t.count("{}") != 1:
+            raise ValueError(f"template {t!r} must contain exactly one '{{}}' where the description goes")
+    return [unicodedata.normalize("NFC", t) for t in templates]
+
+
+class ClassSpec(_Section):
+    """One class: what the model reads (descriptions x templates) and how its label is stored."""
+
+    descriptions: list[str] = Field(min_length=1)
+    templates: list[str] | None = None  # None: the ontology's templates
+    negative: bool = False  # a "nothing wrong" class: stored under ontology.negative_label
+
+    @field_validator("descriptions")
+    @classmethod
+    def _non_empty(cls, descs: list[str]) -> list[str]:
+        if not all(isinstance(d, str) and d.strip() for d in descs):
+            raise ValueError("descriptions must be non-empty strings")
+        return [unicodedata.normalize("NFC", d) for d in descs]
+
+    @field_validator("templates", mode="before")
+    @classmethod
+    def _tpl(cls, value: Any) -> Any:
+        return None if value is None else _templates(value)
+
+
+class OntologyConfig(_Section):
+    """Classes described in words, and prompt templates with one ``{}`` each.
+
+    A class is either a list of descriptions or a mapping with ``descriptions``, optional
+    ``templates`` (a list, or a set name) replacing the ontology's, and ``negative: true`` for
+    classes such as "a flawless part" or "background": they are scored like any class, and all
+    negatives are stored under ``negative_label``. *Scoring classes* are the classes as written
+    (rows of the text-weight matrix); *labels* are what the label table stores.
+    """
+
+    templates: list[str] = Field(default_factory=lambda: ["a photo of {}."])
+    negative_label: str = "ok"
+    # Two classes whose text embeddings have a cosine above this are reported as confusable.
+    confusable_threshold: float = Field(0.95, gt=0, le=1)
+    classes: dict[str, ClassSpec]
+
+    @field_validator("templates", mode="before")
+    @classmethod
+    def _tpl(cls, value: Any) -> list[str]:
+        return _templates(value)
+
+    @field_validator("classes", mode="before")
+    @classmethod
+    def _classes(cls, classes: Any) -> Any:
+        if not isinstance(classes, dict) or len(classes) < 2:
+            raise ValueError("give at least two classes, as a mapping: class name -> list of descriptions")
+        out = {}
+        for name, spec in classes.items():
+            if isinstance(spec, str):
+                spec = [spec]
+            if isinstance(spec, list):
+                spec = {"descriptions": spec}
+            if not isinstance(spec, dict):
+                raise ValueError(f"class {name!r}: give a list of descriptions or a mapping with 'descriptions'")
+            # Labels are matched after NFC normalisation everywhere (RELIABILITY.md).
+            out[unicodedata.normalize("NFC", str(name).strip())] = spec
+        return out
+
+    @model_validator(mode="after")
+    def _labels_distinct(self) -> "OntologyConfig":
+        has_negatives = any(spec.negative for spec in self.classes.values())
+        if has_negatives and self.negative_label in self.classes and not self.classes[self.negative_label].negative:
+            raise ValueError(f"negative_label {self.negative_label!r} is also a class that is not negative")
+        return self
+
+    @property
+    def scoring_classes(self) -> list[str]:
+        return list(self.classes)
+
+    @property
+    def class_names(self) -> list[str]:
+        """The labels, in ontology order; all negative classes collapse into ``negative_label``."""
+        labels: list[str] = []
+        for name, spec in self.classes.items():
+            label = self.negative_label if spec.negative else name
+            if label not in labels:
+                labels.append(label)
+        return labels
+
+    @property
+    def label_of_class(self) -> list[int]:
+        """``(S,)`` index into ``class_names`` for each scoring class."""
+        labels = self.class_names
+        return [labels.index(self.negative_label if s.negative else n) for n, s in self.classes.items()]
+
+    def prompts(self) -> list[list[str]]:
+        """Per scoring class, every template x description prompt."""
+        return [[t.format(d) for d in spec.descriptions for t in (spec.templates or self.templates)]
+                for spec in self.classes.values()]
+
+
+class ModelConfig(_Section):
+    name: str = "ViT-B-32"
+    # An open_clip pretrained tag, a path to a local checkpoint (relative to the workspace),
+    # 'local-dir:/path', or null for random weights (tests, smoke runs).
+    pretrained: str | None = "laion2b_s34b_b79k"
+    device: str = "auto"
+    precision: Literal["auto", "fp32", "fp16", "bf16"] = "auto"  # auto: fp32 on CPU, fp16 autocast on CUDA
+    batch_size: int = Field(32, ge=1, le=4096)
+    # DataLoader workers decoding images while the model computes; 'auto' picks by core count.
+    num_workers: int | Literal["auto"] = "auto"
+
+
+class TileSpec(_Section):
+    # <= 1: a fraction of the image's shorter side; > 1: pixels. Tiles are square.
+    size: float = Field(gt=0)
+    stride: float = Field(gt=0)
+
+
+class ViewsConfig(_Section):
+    """What the model sees of each image: optional CLAHE, and optional sliding-window tiles."""
+
+    clahe: bool = False  # contrast-limited adaptive histogram equalisation (faint defects)
+    clahe_clip_limit: float = Field(2.0, gt=0)
+    clahe_tiles: int = Field(8, ge=1, le=64)
+    tiles: list[TileSpec] = Field(default_factory=list)
+    aggregate: Literal["max", "mean", "topk"] = "max"  # per class, over the global view and the tiles
+    topk: int = Field(3, ge=1)
+
+    def key(self, kind: str) -> str:
+        """Cache key of a view: 'global' or 'tiles-...', plus the preprocessing that changes pixels."""
+        base = "global" if kind == "global" else "tiles-" + "_".join(f"{t.size:g}x{t.stride:g}" for t in self.tiles)
+        return base + (f"-clahe{self.clahe_clip_limit:g}x{self.clahe_tiles}" if self.clahe else "")
+
+
+class ScanConfig(_Section):
+    # Decompression bombs: refuse images above this many pixels before decoding them.
+    max_pixels: int = Field(100_000_000, ge=1)
+    extensions: list[str] | None = None  # null: every file is tried (a wrong one is quarantined)
+
+
+class TrainConfig(_Section):
+    seed: int = 0
+    # auto: the best by cross-validation on the human labels among zero-shot, probe, zs-probe.
+    model: Literal["auto", "zero-shot", "probe", "zs-probe"] = "auto"
+    C: float = Field(1.0, gt=0)  # inverse L2 strength of the plain probe
+    cv_folds: int = Field(5, ge=2)
+    min_labels: int = Field(4, ge=2)  # fewer human labels than this: no probe is fitted
+    # Self-training: label spreading gives unlabeled images with confidence >= this a pseudo-label
+    # for training (null: off). Only when the pool has at most self_training_max_pool images.
+    self_training: float | None = Field(0.9, gt=0, le=1)
+    self_training_max_pool: int = Field(20000, ge=10)
+
+
+class StopConfig(_Section):
+    """When is the dataset done? Any one criterion met is enough; null turns one off."""
+
+    max_labels: int | None = Field(None, ge=1)  # the human-label budget
+    churn_below: float | None = Field(0.01, ge=0, le=1)  # labels changing between rounds
+    audit_lower_bound: float | None = Field(0.95, gt=0, le=1)  # Wilson 95% lower bound of audit accuracy
+
+
+class RoundConfig(_Section):
+    budget: int = Field(50, ge=1)
+    audit_fraction: float = Field(0.1, ge=0.0, le=1.0)
+    # Round 1 has no labels and no trained model: pick typical, diverse images (TypiClust).
+    first_strategy: str = "typiclust"
+    # Later rounds: uncertain *and* diverse (top hybrid_factor x budget by uncertainty, then k-center).
+    strategy: str = "hybrid"
+    uncertainty: str = "margin"  # the measure used by hybrid
+    hybrid_factor: int = Field(3, ge=1)
+    class_cap: float | None = Field(None, gt=0, le=1)  # at most this share of a batch per predicted class
+    # Human labels the held-out model confidently disagrees with go back for a second look, at
+    # most this share of the budget per round (on top of it).
+    recheck_fraction: float = Field(0.1, ge=0, le=1)
+    confidence_threshold: float = Field(0.7, ge=0.0, le=1.0)
+    # Auto-accept threshold: "fixed" uses confidence_threshold; "precision" picks the lowest
+    # confidence whose accepted labels reach target_precision on held-out human labels.
+    threshold_mode: Literal["fixed", "precision"] = "fixed"
+    target_precision: float = Field(0.95, gt=0, le=1)
+    seed: int = 0
+
+    @field_validator("strategy", "first_strategy")
+    @classmethod
+    def _known(cls, s: str) -> str:
+        # Checked against the registry here, so a typo fails on load, not rounds later in select.
+        if s not in STRATEGIES:
+            raise ValueError(f"unknown strategy {s!r}; valid: {', '.join(STRATEGIES)}")
+        return s
+
+    @field_validator("uncertainty")
+    @classmethod
+    def _measure(cls, s: str) -> str:
+        if s not in MEASURES:
+            raise ValueError(f"unknown uncertainty measure {s!r}; valid: {', '.join(MEASURES)}")
+        return s
+
+
+class TrackingConfig(_Section):
+    uri: str | None = None  # null: sqlite:///<workspace>/mlflow.db
+    experiment: str = "coldstart"
+    registered_model: str | None = None  # Model Registry name of the head; null: "<experiment>-head"
+
+
+class Params(_Section):
+    ontology: OntologyConfig
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    views: ViewsConfig = Field(default_factory=ViewsConfig)
+    scan: ScanConfig = Field(default_factory=ScanConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    round: RoundConfig = Field(default_factory=RoundConfig)
+    stop: StopConfig = Field(default_factory=StopConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+
+
+def _key(loc: tuple) -> str:
+    return ".".join(str(p) for p in loc if p not in ("function-after", "function-before"))
+
+
+def parse_params(raw: Any, source: str = "params.yaml") -> Params:
+    """Validate an already-parsed mapping; raise ConfigError naming every bad key."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: expected a mapping at the top level (ontology:, model:, round:, ...)")
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as e:
+        lines = []
+        for err in e.errors():
+            msg = err["msg"].removeprefix("Value error, ")
+            if err["type"] == "extra_forbidden":
+                msg = "unknown key (typo?)"
+            lines.append(f"  - {_key(err['loc'])}: {msg}")
+        raise ConfigError(f"{source}: invalid settings:\n" + "\n".join(lines)) from None
+
+
+def load_params(path: Path) -> Params:
+    """Read and validate ``params.yaml``."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: not found; run `coldstart init DIR` to create a workspace with an example")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: not valid UTF-8 YAML: {e}") from e
+    return parse_params(raw, str(path))
+
+
+def flatten(params: Params) -> dict[str, str]:
+    """Flatten to ``section.key`` -> string, for MLflow params (lists become JSON)."""
+    import json
+
+    flat: dict[str, str] = {}
+
+    def walk(prefix: str, value: Any) -> None:
+        if isinstance(value, dict):
+            for k, v in value.items():
+                walk(f"{prefix}.{k}" if prefix else str(k), v)
+        elif isinstance(value, list):
+            flat[prefix] = json.dumps(value, ensure_ascii=False)
+        else:
+            flat[prefix] = "null" if value is None else str(value)
+
+    walk("", params.model_dump())
+    return flat

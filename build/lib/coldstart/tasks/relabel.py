@@ -1,0 +1,311 @@
+"""relabel: give every current image a label: the human's where one exists, else the head's.
+
+Everything here is vectorised over the whole pool (numpy and Arrow, no per-image Python),
+because this stage touches every image every round: at a million images it must stay a few
+seconds. The resolved table is Parquet (``data/labels/resolved.parquet``): a CSV of a
+million rows costs more to write and to read than the labeling itself, and pandas, pyarrow,
+DuckDB and Spark read Parquet directly (``pandas.read_parquet(path)``).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+from threadpoolctl import threadpool_limits
+
+from coldstart.models.errors import ConfigError
+from coldstart.tasks.config import Params, ViewsConfig
+from coldstart.tasks.errors import WorkspaceError
+from coldstart.tasks.result import IN_MEMORY, StageResult
+from coldstart.tasks.store import EmbeddingStore
+from coldstart.tasks.train import current_human_labels, load_chosen
+from coldstart.tasks.views import aggregate_views
+from coldstart.tasks.workspace import Workspace
+
+# location: "x0 y0 x1 y1" (original pixels, XYXY) of the tile that gave the label's score, or "".
+RESOLVED_FIELDS = ["image_id", "path", "label", "confidence", "source", "model_id", "round", "location"]
+
+
+@dataclass
+class RelabelResult(StageResult):
+    images: int
+    human: int
+    auto: int
+    source: str  # what labeled the auto labels: "zero-shot", "probe" or "zs-probe"
+    mean_confidence: float | None  # over auto labels
+    below_threshold: int  # auto labels with confidence < threshold
+    threshold: float  # the auto-accept confidence the train stage chose
+    churn: float | None  # fraction of images present last round whose label changed
+    per_class: dict[str, int] = field(default_factory=dict)
+
+    def metrics(self) -> dict[str, float | None]:
+        return {"auto_labeled": self.auto, "below_threshold": self.below_threshold,
+                "mean_confidence": self.mean_confidence, "label_churn": self.churn}
+
+
+def _ids_array(raw: np.ndarray) -> pa.Array:
+    """``(N,)`` S64 content ids -> Arrow fixed-size binary, zero-copy (ids are 64 hex chars)."""
+    raw = np.ascontiguousarray(raw, dtype="S64")
+    return pa.FixedSizeBinaryArray.from_buffers(pa.binary(64), len(raw), [None, pa.py_buffer(raw)])
+
+
+_HEX = np.zeros(256, np.uint8)
+_HEX[np.frombuffer(b"0123456789abcdef", np.uint8)] = np.arange(16, dtype=np.uint8)
+
+
+def id_keys(raw: np.ndarray) -> np.ndarray:
+    """``(N,)`` S64 hex content ids -> ``(N,)`` uint64: their first 64 bits, as a hash key.
+
+    Joins on these keys are plain integer hash joins (fast in pandas). Two different sha256
+    ids sharing their first 64 bits is astronomically rare; ``lookup`` verifies the full ids
+    anyway and falls back to an exact join if it ever happens.
+    """
+    nibbles = _HEX[np.ascontiguousarray(raw, "S64").view(np.uint8).reshape(len(raw), 64)[:, :16]]
+    packed = (nibbles[:, 0::2] << 4) | nibbles[:, 1::2]
+    return np.ascontiguousarray(packed).view(">u8").ravel().astype(np.uint64)
+
+
+def lookup(raw_of: np.ndarray, raw_query: np.ndarray) -> np.ndarray:
+    """``(Q,)`` row of each query id's first occurrence in ``raw_of`` (-1: absent); both S64."""
+    keys_of = id_keys(raw_of)
+    first = np.flatnonzero(~pd.Index(keys_of).duplicated(keep="first"))
+    pos = pd.Index(keys_of[first]).get_indexer(id_keys(raw_query))
+    rows = np.where(pos >= 0, first[np.maximum(pos, 0)], -1)
+    found = rows >= 0
+    if not np.array_equal(raw_of[rows[found]], raw_query[found]):  # a 64-bit key collision: be exact
+        rows = pc.fill_null(pc.index_in(_ids_array(raw_query), value_set=_ids_array(raw_of)), -1).to_numpy()
+    return rows
+
+
+def first_occurrence(raw: np.ndarray) -> np.ndarray:
+    """``(N,)`` bool: True at the first row of each id (S64) in ``raw``."""
+    dup = pd.Index(id_keys(raw)).duplicated(keep="first")
+    if dup.any():  # rare (an id stored twice, or a key collision): decide on the full ids
+        dup = np.ones(len(raw), bool)
+        dup[np.unique(raw, return_index=True)[1]] = False
+    return ~dup
+
+
+def current_images(ws: Workspace) -> tuple[np.ndarray, pa.Array]:
+    """The manifest's content ids ``(M,)`` S64 and display paths, one row per file."""
+    if not ws.manifest.is_file():
+        raise WorkspaceError(f"{ws.rel(ws.manifest)} is missing: run the scan stage first (coldstart stage scan)")
+    opts = pacsv.ConvertOptions(include_columns=["image_id", "path"],
+                                column_types={"image_id": pa.string(), "path": pa.string()})
+    table = pacsv.read_csv(ws.manifest, convert_options=opts)
+    ids, paths = table["image_id"].combine_chunks(), table["path"].combine_chunks()
+    if len(ids) == 0:
+        return np.zeros(0, "S64"), paths
+    if pc.min_max(pc.utf8_length(ids)).as_py() != {"min": 64, "max": 64}:
+        raise WorkspaceError(f"{ws.rel(ws.manifest)} has image ids that are not sha256 hex; run the scan stage again")
+    _, offsets, data = ids.buffers()
+    start = int(np.frombuffer(offsets, np.int32, count=1, offset=4 * ids.offset)[0])
+    return np.frombuffer(data, "S64", count=len(ids), offset=start), paths  # zero-copy: 64 bytes per id
+
+
+def score_store(store: EmbeddingStore, predict) -> tuple[np.ndarray, np.ndarray]:
+    """Stream the store through ``predict`` ``(n, D) -> (n, L)``: (``(N,)`` S64 ids, ``(N, L)`` float32)."""
+    ids, parts = [], []
+    # One BLAS thread: a shard times a few class rows is a skinny, memory-bound product, and
+    # OpenBLAS's threads cost more than they give there (measured 5x slower with 2 threads).
+    with threadpool_limits(limits=1, user_api="blas"):
+        for raw_ids, X in store.iter_raw():
+            ids.append(raw_ids)
+            parts.append(predict(X).astype(np.float32, copy=False))
+    if not ids:
+        return np.zeros(0, "S64"), np.zeros((0, 0), np.float32)
+    return np.concatenate(ids), np.concatenate(parts)
+
+
+def relabel(ws: Workspace, params: Params, round_no: int) -> RelabelResult:
+    """The relabel stage: apply the head the train stage chose to every current image.
+
+    Writes exactly its declared outputs: data/labels/resolved.parquet (one row per distinct
+    current image, human labels first) and data/store/probs.npz (the head's ``(N, L)``
+    probabilities for every image, human-labeled or not, for selection and audits).
+    """
+    chosen = load_chosen(ws)
+    if chosen is None:
+        raise WorkspaceError("data/models/ holds no trained head: run the train stage first (coldstart stage train)")
+    classes = params.ontology.class_names
+    if chosen.n_labels != len(classes):
+        raise ConfigError("params.yaml: the ontology's labels changed since the head was trained; run the train "
+                          "stage (coldstart stage train) before relabel")
+    humans = current_human_labels(ws, classes)
+    store = EmbeddingStore(ws.embeddings, chosen.model_id, params.views.key("global"))
+    raw_ids, probs = score_store(store, chosen.predict_proba)
+    man_raw, man_paths = current_images(ws)
+    # Each stored image's first manifest row gives its display path; images no longer in the
+    # manifest (deleted or replaced) are dropped, and so is any repeat of an id in the store.
+    where = lookup(man_raw, raw_ids)
+    keep = (where >= 0) & first_occurrence(raw_ids)
+    raw_ids, probs, where = raw_ids[keep], probs[keep], where[keep]
+    paths = man_paths.take(pa.array(where.astype(np.int64)))
+    locations = None
+    if params.views.tiles:
+        negative = classes.index(params.ontology.negative_label) \
+            if any(s.negative for s in params.ontology.classes.values()) else None
+        probs, locs = multiscale(ws, chosen.model_id, params.views, [i.decode() for i in raw_ids], probs,
+                                 chosen.predict_proba, negative)
+        locations = pa.array(locs, pa.string())
+    label, conf, is_human = resolve(raw_ids, probs, classes, humans)
+    table = resolved_table(raw_ids, paths, label, conf, is_human, classes, source=chosen.model,
+                           model_id=chosen.labeler_id, round_no=round_no, locations=locations)
+    churn = label_churn(ws.resolved, table)
+    _write_parquet(ws.resolved, table)
+    _write_probs(ws.probs, raw_ids, probs, classes, (chosen.model_id, params.views.key("global")))
+    auto_conf = conf[~is_human]
+    counts = np.bincount(label, minlength=len(classes))
+    return RelabelResult(
+        images=len(table), human=int(is_human.sum()), auto=len(auto_conf), source=chosen.model,
+        mean_confidence=float(auto_conf.mean()) if len(auto_conf) else None,
+        below_threshold=int((auto_conf < chosen.threshold).sum()), threshold=chosen.threshold, churn=churn,
+        per_class={c: int(k) for c, k in zip(classes, counts) if k})
+
+
+def resolve(raw_ids: np.ndarray, probs: np.ndarray, classes: list[str], humans: dict[str, str]
+            ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per image: ``(N,)`` label index, confidence and is-human. A human label wins (confidence
+    1.0); otherwise the head's most probable label and its probability."""
+    n = len(raw_ids)
+    label = probs.argmax(1).astype(np.int32) if n else np.zeros(0, np.int32)
+    conf = probs.max(1).astype(np.float32) if n else np.zeros(0, np.float32)
+    is_human = np.zeros(n, bool)
+    if humans and n:
+        at = lookup(np.array(list(humans), "S64"), raw_ids)
+        is_human = at >= 0
+        label_of = np.array([classes.index(lab) for lab in humans.values()], np.int32)
+        label[is_human] = label_of[at[is_human]]
+        conf[is_human] = 1.0
+    return label, conf, is_human
+
+
+def resolved_table(raw_ids: np.ndarray, paths: pa.Array, label: np.ndarray, conf: np.ndarray, is_human: np.ndarray,
+                   classes: list[str], *, source: str, model_id: str, round_no: int,
+                   locations: pa.Array | None = None) -> pa.Table:
+    """The resolved table (``RESOLVED_FIELDS``); labels and sources dictionary-encoded."""
+    n = len(raw_ids)
+    kind = (~is_human).astype(np.int8)  # 0: human, 1: the model
+    offsets = np.arange(0, 64 * (n + 1), 64, dtype=np.int32)
+    ids = pa.StringArray.from_buffers(n, pa.py_buffer(offsets), pa.py_buffer(np.ascontiguousarray(raw_ids, "S64")))
+    return pa.table({
+        "image_id": ids,
+        "path": paths,
+        "label": pa.DictionaryArray.from_arrays(pa.array(label), pa.array(classes, pa.string())),
+        "confidence": pa.array(conf),
+        "source": pa.DictionaryArray.from_arrays(pa.array(kind), pa.array(["human", source])),
+        "model_id": pa.DictionaryArray.from_arrays(pa.array(kind), pa.array(["", model_id])),
+        "round": pa.array(np.full(n, round_no, np.int32)),
+        "location": locations if locations is not None else pa.array(np.full(n, "", object), pa.string()),
+    })
+
+
+def label_churn(previous: Path, table: pa.Table) -> float | None:
+    """Fraction of images labeled in ``previous`` (a resolved table) whose label changed."""
+    if not Path(previous).is_file():
+        return None
+    old = pq.read_table(previous, columns=["image_id", "label"])
+    old_ids, old_label, new_label = _plain(old["image_id"]), _plain(old["label"]), _plain(table["label"])
+    if not old_ids.equals(_plain(table["image_id"])):  # images came or went: align by id
+        at = pc.index_in(old_ids, value_set=_plain(table["image_id"]))
+        common = pc.is_valid(at)
+        new_label, old_label = new_label.take(pc.drop_null(at)), pc.filter(old_label, common)
+    if len(old_label) == 0:
+        return None
+    return float(pc.sum(pc.not_equal(old_label, new_label)).as_py() or 0) / len(old_label)
+
+
+def _plain(column) -> pa.Array:
+    """A (possibly chunked, possibly dictionary-encoded) string column as one plain array."""
+    column = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    return column.dictionary_decode() if pa.types.is_dictionary(column.type) else column
+
+
+def read_resolved(ws: Workspace) -> list[dict]:
+    """The resolved table as rows (``RESOLVED_FIELDS``); empty before the first relabel."""
+    if not ws.resolved.is_file():
+        return []
+    return pq.read_table(ws.resolved).to_pylist()
+
+
+def _atomic(path: Path, write) -> None:
+    """``write(tmp_path)``, fsync, ``os.replace``: readers see the old file or the new, never half."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _write_parquet(path: Path, table: pa.Table) -> None:
+    # Ids and paths are unique per row: dictionary-encoding them would be tried and abandoned.
+    small = [c for c in table.column_names if c not in ("image_id", "path")]
+    _atomic(Path(path), lambda tmp: pq.write_table(table, tmp, use_dictionary=small, compression="lz4"))
+
+
+def _write_probs(path: Path, raw_ids: np.ndarray, probs: np.ndarray, classes: list[str], store: tuple[str, str]):
+    def write(tmp):
+        with open(tmp, "wb") as f:
+            # store: (embedding model id, view) whose embeddings these are, for diversity-based selection.
+            np.savez(f, ids=raw_ids, probs=probs, classes=np.array(classes), store=np.array(list(store)))
+    _atomic(Path(path), write)
+
+
+def load_probs(ws: Workspace) -> tuple[list[str], np.ndarray, list[str], tuple[str, str]]:
+    """(ids, ``(N, L)`` probabilities, label names, (embedding model id, view))."""
+    with np.load(ws.probs, allow_pickle=False) as z:
+        store = tuple(str(x) for x in z["store"]) if "store" in z else ("", "global")
+        return [x.decode() for x in z["ids"]], z["probs"], [str(c) for c in z["classes"]], store
+
+
+def multiscale(ws: Workspace, model_id: str, views: ViewsConfig, ids: list[str], global_probs: np.ndarray,
+               predict, negative: int | None = None) -> tuple[np.ndarray, list[str]]:
+    """Combine global and tile probabilities per class; locate each image's label in a tile.
+
+    Returns ``(N, L)`` scores and, per image, its label's location "x0 y0 x1 y1" (original
+    pixels, XYXY) when a tile gave the winning score, "" when the whole image did.
+    """
+    L = global_probs.shape[1]
+    tiles: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    store = EmbeddingStore(ws.embeddings, model_id, views.key("tiles"))
+    wanted = set(ids)
+    for chunk_ids, X, boxes in store.iter_boxes():
+        probs = predict(X)
+        start = 0
+        while start < len(chunk_ids):  # an image's tiles are contiguous within a shard
+            end = start
+            while end < len(chunk_ids) and chunk_ids[end] == chunk_ids[start]:
+                end += 1
+            if chunk_ids[start] in wanted:
+                tiles[chunk_ids[start]] = (probs[start:end], boxes[start:end])
+            start = end
+    empty = (np.zeros((0, L), np.float32), np.zeros((0, 4), np.int32))
+    per_image = [tiles.get(i, empty) for i in ids]
+    scores, winner = aggregate_views(global_probs, [p for p, _ in per_image], views.aggregate, views.topk, negative)
+    locations = []
+    for n, (_, boxes) in enumerate(per_image):
+        w = winner[n, scores[n].argmax()]
+        locations.append(" ".join(str(int(v)) for v in boxes[w - 1]) if w > 0 else "")
+    return scores.astype(np.float32, copy=False), locations
+
+
+@task(name="relabel", cache_policy=NO_CACHE)
+def relabel_task(ws: Workspace, params: Params, round_no: int) -> RelabelResult:
+    return relabel(ws, params, round_no)

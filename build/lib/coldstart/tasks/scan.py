@@ -1,0 +1,182 @@
+"""scan: find the workspace's images, give each a content id, quarantine what cannot be used.
+
+Identity is the sha256 of the file's bytes, so renamed or duplicated files share one id and
+one label. A file is hashed again only when its (size, mtime) changed, and decoded (to prove it
+is a whole, usable image) only when its content id is new.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import unicodedata
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from coldstart.tasks.config import ScanConfig
+from coldstart.tasks.errors import WorkspaceError
+from coldstart.tasks.result import StageResult
+from coldstart.tasks.workspace import Workspace, read_csv, write_csv
+
+log = logging.getLogger(__name__)
+
+MANIFEST_FIELDS = ["image_id", "path", "width", "height", "size_bytes", "mtime_ns", "first_round"]
+QUARANTINE_FIELDS = ["path", "sha256", "size_bytes", "mtime_ns", "reason", "round"]
+
+
+class ImageDecodeError(Exception):
+    """Internal: why one file cannot be used as an image (becomes a quarantine reason)."""
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    """Any PIL mode -> 8-bit RGB. 16-bit and float images are rescaled, not clipped to white."""
+    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        arr = np.asarray(img, dtype=np.float64)
+        if img.mode.startswith("I;16") or (img.mode == "I" and arr.max(initial=0) > 255):
+            arr = arr / 257.0 if arr.max(initial=0) <= 65535 else arr * (255.0 / arr.max())
+        elif img.mode == "F":
+            lo, hi = float(arr.min(initial=0)), float(arr.max(initial=1))
+            arr = (arr - lo) * (255.0 / (hi - lo or 1.0))
+        img = Image.fromarray(np.clip(arr + 0.5, 0, 255).astype(np.uint8), "L")
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))  # transparent -> white
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return img.convert("RGB") if img.mode != "RGB" else img
+
+
+def load_rgb(path: str | os.PathLike, *, max_pixels: int = 100_000_000, draft: int | None = None) -> Image.Image:
+    """Decode one image file fully: EXIF orientation applied, 8-bit RGB.
+
+    ``draft``: for JPEG, let libjpeg decode at a reduced scale whose short side stays >= draft
+    pixels (much cheaper when the model input is 224 px). Raises ImageDecodeError with a reason.
+    """
+    if os.path.getsize(path) == 0:
+        raise ImageDecodeError("empty file (0 bytes)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(path)
+            w, h = img.size
+            # Check the header's size against our cap before any pixel is decoded (bombs).
+            if w * h > max_pixels:
+                raise ImageDecodeError(f"image too large: {w}x{h} = {w * h} pixels over the cap scan.max_pixels={max_pixels}")
+            if draft and img.format == "JPEG":
+                img.draft("RGB", (draft, draft))
+            img.load()  # raises on truncated data; LOAD_TRUNCATED_IMAGES stays False
+    except ImageDecodeError:
+        raise
+    except UnidentifiedImageError:
+        raise ImageDecodeError("not an image (no known image format in the file's bytes)") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise ImageDecodeError(f"image too large, refused as a decompression bomb: {e}") from None
+    except (OSError, SyntaxError, ValueError) as e:
+        raise ImageDecodeError(f"truncated or corrupt image data: {e}") from None
+    try:
+        img = ImageOps.exif_transpose(img)
+    except Exception as e:  # corrupt EXIF: orientation unknown, keep pixels as stored
+        log.warning("%s: unreadable EXIF orientation (%s); using the image as stored", path, e)
+    return _to_rgb(img)
+
+
+@dataclass
+class ScanResult(StageResult):
+    images: int  # distinct content ids usable now
+    files: int
+    new_images: int
+    quarantined: int
+    duplicates: int  # files whose content another file already has
+
+    def metrics(self) -> dict[str, float | None]:
+        return {"images": self.images, "new_images": self.new_images, "quarantined": self.quarantined,
+                "duplicates": self.duplicates}
+
+    def require_images(self, ws: Workspace) -> None:
+        """A round needs at least one usable image: say where to put them, and what was refused."""
+        if self.images == 0:
+            quarantined = f"; {self.quarantined} file(s) were quarantined, see data/store/quarantine.csv" \
+                if self.quarantined else ""
+            raise WorkspaceError(f"no usable images in {ws.images}{quarantined}. Put images there (nested folders "
+                                 f"are fine) and run the round again.")
+
+
+def _walk(root: Path, extensions: list[str] | None) -> list[Path]:
+    exts = {e.lower() if e.startswith(".") else "." + e.lower() for e in extensions} if extensions else None
+    files = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for name in sorted(filenames):
+            if name.startswith("."):
+                continue
+            p = Path(dirpath) / name
+            if exts is None or p.suffix.lower() in exts:
+                files.append(p)
+    return files
+
+
+def scan(ws: Workspace, cfg: ScanConfig, round_no: int) -> ScanResult:
+    """The scan stage: rebuild data/store/manifest.csv (one row per usable file) and
+    data/store/quarantine.csv (one row per bad file), its declared outputs."""
+    ws.images.mkdir(parents=True, exist_ok=True)
+    old = {r["path"]: r for r in read_csv(ws.manifest)}
+    old_q = {r["path"]: r for r in read_csv(ws.quarantine)}
+    known_ok = {r["image_id"]: r for r in old.values()}
+    manifest, quarantine, new_ids = [], [], set()
+    for p in _walk(ws.images, cfg.extensions):
+        rel = unicodedata.normalize("NFC", p.relative_to(ws.images).as_posix())
+        st = p.stat()
+        prev = old.get(rel) or old_q.get(rel)
+        unchanged = prev is not None and prev["size_bytes"] == str(st.st_size) and prev["mtime_ns"] == str(st.st_mtime_ns)
+        if unchanged and rel in old_q:
+            quarantine.append(old_q[rel])
+            continue
+        digest = prev.get("image_id") or prev.get("sha256") if unchanged else sha256_file(p)
+        if digest in known_ok or digest in new_ids:
+            src = known_ok.get(digest) or next(r for r in manifest if r["image_id"] == digest)
+            width, height, first = src["width"], src["height"], src["first_round"]
+        else:
+            try:
+                with load_rgb(p, max_pixels=cfg.max_pixels) as img:
+                    width, height = img.size
+            except ImageDecodeError as e:
+                log.warning("quarantined %s: %s", rel, e)
+                quarantine.append(dict(path=rel, sha256=digest, size_bytes=st.st_size, mtime_ns=st.st_mtime_ns,
+                                       reason=str(e), round=round_no))
+                continue
+            first = round_no
+            new_ids.add(digest)
+        manifest.append(dict(image_id=digest, path=rel, width=width, height=height, size_bytes=st.st_size,
+                             mtime_ns=st.st_mtime_ns, first_round=first))
+    write_csv(ws.manifest, MANIFEST_FIELDS, manifest)
+    write_csv(ws.quarantine, QUARANTINE_FIELDS, quarantine)
+    ids = {r["image_id"] for r in manifest}
+    return ScanResult(images=len(ids), files=len(manifest) + len(quarantine), new_images=len(new_ids),
+                      quarantined=len(quarantine), duplicates=len(manifest) - len(ids))
+
+
+def image_table(ws: Workspace) -> dict[str, str]:
+    """Content id -> display path (the first path in sorted order), from the manifest."""
+    table: dict[str, str] = {}
+    for r in read_csv(ws.manifest):
+        table.setdefault(r["image_id"], r["path"])
+    return table
+
+
+@task(name="scan", cache_policy=NO_CACHE)
+def scan_task(ws: Workspace, cfg: ScanConfig, round_no: int) -> ScanResult:
+    return scan(ws, cfg, round_no)

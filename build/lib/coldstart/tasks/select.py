@@ -1,0 +1,145 @@
+"""select: the next review batch: the most uncertain unlabeled images plus a random audit sample.
+
+Scoring is pure (probabilities in, scores out; higher = ask a human sooner). The audit sample
+is drawn first, uniformly from every image without a human label, so its answers are an
+unbiased estimate of the auto-label accuracy; the uncertain picks come from the rest.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from coldstart.tasks.errors import SelectionError
+from coldstart.tasks import labelstudio, strategies
+from coldstart.tasks.config import RoundConfig
+from coldstart.tasks.store import EmbeddingStore
+from coldstart.tasks.strategies import uncertainty
+from coldstart.tasks.result import StageResult
+from coldstart.tasks.workspace import Workspace, atomic_write_text, read_csv, write_csv
+
+log = logging.getLogger(__name__)
+
+BATCH_FIELDS = ["image_id", "image", "purpose", "predicted_label", "confidence", "source", "model_id", "score", "round",
+                "note"]
+# note: only for labels sent back for a second look (it says why); empty for everything else.
+REVIEW_FIELDS = ["image_id", "image", "suggested_label", "confidence", "label", "annotator", "note"]
+
+
+def select_indices(probs: np.ndarray, budget: int, *, strategy: str, audit: int, seed: int,
+                   X: np.ndarray | None = None, labeled_X: np.ndarray | None = None, factor: int = 5,
+                   measure: str = "margin", class_cap: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Pick ``audit`` uniformly random rows, then ``budget - audit`` of the rest by ``strategy``.
+
+    The audit sample is drawn first from the whole pool, so it stays a uniform sample of the
+    auto-labeled images (an unbiased accuracy estimate). Returns (chosen, audit) indices.
+    """
+    n = len(probs)
+    if n == 0:
+        raise SelectionError("nothing to select: every image already has a human label (or there are no images)")
+    if budget > n:
+        raise SelectionError(f"budget {budget} is larger than the pool of {n} unlabeled images")
+    if not 0 <= audit <= budget:
+        raise SelectionError(f"audit size {audit} must be between 0 and the budget {budget}")
+    options = dict(factor=factor, measure=measure, class_cap=class_cap)
+    strategies.build(strategy, **options)  # a bad name or option fails here, even with an all-audit batch
+    rng = np.random.default_rng(seed)
+    audit_idx = rng.choice(n, size=audit, replace=False) if audit else np.zeros(0, int)
+    rest = np.setdiff1d(np.arange(n), audit_idx)
+    if budget - audit == 0:
+        return np.zeros(0, int), np.asarray(audit_idx, int)
+    picked = strategies.choose(strategy, budget - audit, probs=probs[rest], X=None if X is None else X[rest],
+                               labeled_X=labeled_X, seed=seed, **options)
+    return rest[picked], np.asarray(audit_idx, int)
+
+
+def _cell(value: str) -> str:
+    """Escape cells a spreadsheet would run as a formula (CSV injection)."""
+    return "'" + value if value[:1] in ("=", "+", "-", "@") else value
+
+
+@dataclass
+class SelectResult(StageResult):
+    batch_size: int
+    chosen: int  # by the strategy
+    audit: int
+    pool: int
+    files: list[str]
+    strategy: str = ""
+    recheck: int = 0  # human labels sent back for a second look
+
+    def metrics(self) -> dict[str, float | None]:
+        return {"label_flags": self.recheck, "batch_size": self.batch_size, "batch_audit": self.audit}
+
+
+def select(ws: Workspace, cfg: RoundConfig, round_no: int) -> SelectResult:
+    """The select stage: read resolved.parquet + probs.npz, write its declared output, the
+    review batch data/review/round-NNN.{csv,batch.csv,tasks.json} (and label_config.xml)."""
+    from coldstart.tasks.relabel import load_probs, read_resolved
+
+    ids, probs, classes, (model_id, view) = load_probs(ws)
+    resolved = {r["image_id"]: r for r in read_resolved(ws)}
+    pool = [k for k, i in enumerate(ids) if resolved[i]["source"] != "human"]
+    labeled = [i for i in ids if resolved[i]["source"] == "human"]
+    strategy = cfg.strategy if labeled else cfg.first_strategy
+    budget = min(cfg.budget, len(pool))
+    stem = ws.review / f"round-{round_no:03d}"
+    ws.review.mkdir(parents=True, exist_ok=True)
+    if budget == 0:
+        log.warning("every image has a human label: no review batch this round")
+        return SelectResult(0, 0, 0, 0, [], strategy)
+    if budget < cfg.budget:
+        log.warning("only %d unlabeled images left; the batch is smaller than round.budget=%d", budget, cfg.budget)
+    n_audit = min(budget, math.ceil(budget * cfg.audit_fraction)) if cfg.audit_fraction > 0 else 0
+    seed = cfg.seed * 100_003 + round_no
+    sub = probs[pool]
+    X = labeled_X = None
+    if strategies.build(strategy).needs_embeddings:
+        store = EmbeddingStore(ws.embeddings, model_id, view)
+        _, X = store.load([ids[k] for k in pool])
+        _, labeled_X = store.load(labeled) if labeled else (None, None)
+    chosen, aud = select_indices(sub, budget, strategy=strategy, audit=n_audit, seed=seed, X=X, labeled_X=labeled_X,
+                                 factor=cfg.hybrid_factor, measure=cfg.uncertainty, class_cap=cfg.class_cap)
+    scores = uncertainty(sub, cfg.uncertainty)
+    batch = []
+    for purpose, picks in ((strategy, chosen), ("audit", aud)):
+        for j in picks:
+            r = resolved[ids[pool[j]]]
+            batch.append(dict(image_id=r["image_id"], image=r["path"], purpose=purpose, predicted_label=r["label"],
+                              confidence=f"{r['confidence']:.6f}", source=r["source"], model_id=r["model_id"],
+                              score=f"{scores[j]:.6f}", round=round_no, note=""))
+    # Human labels the held-out model disagrees with go back for a second look, on top of the budget.
+    rechecks, max_rechecks = 0, math.ceil(cfg.recheck_fraction * cfg.budget)
+    for f in read_csv(ws.flags):  # most confident first
+        if rechecks >= max_rechecks:
+            break
+        r = resolved.get(f["image_id"])
+        if r is None or r["source"] != "human" or r["label"] != f["human_label"]:
+            continue  # image gone, or already corrected since
+        batch.append(dict(image_id=r["image_id"], image=r["path"], purpose="recheck", predicted_label=f["suggested_label"],
+                          confidence=f["probability"], source="human", model_id="", score="", round=round_no,
+                          note=f"please check: labeled {f['human_label']!r}, the model (held out) says "
+                               f"{f['suggested_label']!r} with p={float(f['probability']):.2f}"))
+        rechecks += 1
+    write_csv(stem.with_suffix(".batch.csv"), BATCH_FIELDS, batch)
+    # What the annotator sees: sorted by path, so audit items are not told apart from the rest.
+    review = sorted(batch, key=lambda b: b["image"])
+    write_csv(stem.with_suffix(".csv"), REVIEW_FIELDS, [
+        dict(image_id=b["image_id"], image=_cell(b["image"]), suggested_label=_cell(b["predicted_label"]),
+             confidence=b["confidence"], label="", annotator="", note=_cell(b["note"])) for b in review])
+    tasks = [labelstudio.task(b["image_id"], b["image"], b["predicted_label"], float(b["confidence"]),
+                              b["model_id"] or b["source"]) for b in review]
+    atomic_write_text(stem.with_suffix(".tasks.json"), labelstudio.tasks_json(tasks))
+    atomic_write_text(ws.review / "label_config.xml", labelstudio.label_config(classes))
+    files = [ws.rel(stem.with_suffix(s)) for s in (".csv", ".batch.csv", ".tasks.json")]
+    return SelectResult(len(batch), len(chosen), len(aud), len(pool), files, strategy, rechecks)
+
+
+@task(name="select", cache_policy=NO_CACHE)
+def select_task(ws: Workspace, cfg: RoundConfig, round_no: int) -> SelectResult:
+    return select(ws, cfg, round_no)

@@ -1,0 +1,221 @@
+"""track: one MLflow run per round (the only module that imports MLflow).
+
+Default store: SQLite inside the workspace (``mlflow.db``), artifacts in ``mlartifacts/``;
+``tracking.uri`` points elsewhere. MLflow's run state is informative only: our own files are
+the record, so a failure here is reported (TrackingError) but never loses labels.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from coldstart.tasks.config import Params, flatten
+from coldstart.tasks.errors import TrackingError
+from coldstart.tasks.result import StageResult
+from coldstart.tasks.workspace import Workspace
+
+if TYPE_CHECKING:
+    from coldstart.tasks.audit import AuditEstimate
+    from coldstart.tasks.train import TrainResult
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrackResult(StageResult):
+    run_id: str | None  # None when MLflow could not record the round
+    error: str = ""  # why not: reported after the round is versioned (labels are never held back)
+    registered_version: str | None = None  # of the head in the Model Registry, when a probe was logged
+
+
+def tracking_uri(ws: Workspace, params: Params) -> str:
+    return params.tracking.uri or f"sqlite:///{ws.root / 'mlflow.db'}"
+
+
+def _experiment_id(client, name: str, artifact_root: Path) -> str:
+    exp = client.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    return client.create_experiment(name, artifact_location=artifact_root.as_uri())
+
+
+def confusion_png(confusion: list[list[int]], classes: list[str], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    # Class names are often Chinese: prefer a CJK font when one is installed (glyph fallback).
+    plt.rcParams["font.sans-serif"] = ["DejaVu Sans", "Noto Sans CJK SC", "Noto Sans CJK JP", "WenQuanYi Zen Hei",
+                                       "SimHei", "Microsoft YaHei", "PingFang SC"]
+
+    cm = np.asarray(confusion)
+    size = max(4.0, 0.5 * len(classes) + 2)
+    fig, ax = plt.subplots(figsize=(size, size))
+    ax.imshow(cm, cmap="Blues")
+    ax.set_xticks(range(len(classes)), classes, rotation=90)
+    ax.set_yticks(range(len(classes)), classes)
+    ax.set_xlabel("probe prediction (out-of-fold)")
+    ax.set_ylabel("human label")
+    for (i, j), v in np.ndenumerate(cm):
+        if v:
+            ax.text(j, i, str(v), ha="center", va="center", color="white" if v > cm.max() / 2 else "black")
+    ax.set_title("probe cross-validation confusion matrix")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def registered_name(params: Params) -> str:
+    return params.tracking.registered_model or f"{params.tracking.experiment}-head"
+
+
+def log_round(ws: Workspace, params: Params, round_no: int, metrics: dict[str, float | None],
+              artifacts: list[Path], confusion: list[list[int]] | None, head=None,
+              head_cv_accuracy: float | None = None) -> tuple[str, str | None]:
+    """Log one round as one finished MLflow run; return its run id and the head's registry version.
+
+    ``head`` (a LinearHead over raw CLIP embeddings) is logged as a scikit-learn model,
+    registered in the Model Registry, and given the alias ``champion`` when its CV accuracy
+    is at least the current champion's.
+    """
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    uri = tracking_uri(ws, params)
+    version = None
+    try:
+        mlflow.set_tracking_uri(uri)
+        client = MlflowClient(uri)
+        exp_id = _experiment_id(client, params.tracking.experiment, ws.root / "mlartifacts")
+        with mlflow.start_run(experiment_id=exp_id, run_name=f"round-{round_no:03d}") as run:
+            mlflow.set_tags({"coldstart.round": str(round_no), "coldstart.workspace": str(ws.root)})
+            mlflow.log_params(flatten(params))
+            mlflow.log_metrics({k: float(v) for k, v in metrics.items() if v is not None})
+            for path in artifacts:
+                if path.is_file():
+                    mlflow.log_artifact(str(path), artifact_path="review" if "review" in path.parts else None)
+            if confusion is not None:
+                with tempfile.TemporaryDirectory() as tmp:
+                    png = Path(tmp) / "probe_cv_confusion.png"
+                    confusion_png(confusion, params.ontology.class_names, png)
+                    mlflow.log_artifact(str(png), artifact_path="plots")
+            if head is not None:
+                import mlflow.sklearn
+                import sklearn
+
+                # Explicit requirements: inferring them costs seconds per round.
+                info = mlflow.sklearn.log_model(head.to_sklearn(), name="probe",
+                                                pip_requirements=[f"scikit-learn=={sklearn.__version__}"])
+                version = _register(client, registered_name(params), info.model_uri, run.info.run_id,
+                                    head_cv_accuracy)
+            return run.info.run_id, version
+    except Exception as e:
+        raise TrackingError(
+            f"MLflow at {uri} could not record round {round_no} ({type(e).__name__}: {e}). The round's labels are "
+            f"safe in data/; fix tracking.uri in params.yaml (or the server) and run the next round."
+        ) from e
+
+
+def _register(client, name: str, model_uri: str, run_id: str, cv_accuracy: float | None) -> str:
+    import mlflow
+
+    version = mlflow.register_model(model_uri, name, tags={"cv_accuracy": str(cv_accuracy)})
+    try:
+        champion = client.get_model_version_by_alias(name, "champion")
+        best = float(champion.tags.get("cv_accuracy", "nan"))
+    except Exception:  # no champion yet
+        best = float("-inf")
+    # ">=": with equal CV accuracy the newer head, trained on more labels, takes over.
+    if cv_accuracy is not None and not cv_accuracy < best:
+        client.set_registered_model_alias(name, "champion", version.version)
+    return str(version.version)
+
+
+def record_audit(ws: Workspace, params: Params, audited_round: int, accuracy: float, low: float, high: float,
+                 n: int) -> None:
+    """Log an audit result onto the run of the round whose auto labels were audited, so MLflow
+    charts line each round's labels up with their measured accuracy."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri(ws, params))
+    exp = client.get_experiment_by_name(params.tracking.experiment)
+    if exp is None:
+        return
+    runs = client.search_runs([exp.experiment_id], f"tags.`coldstart.round` = '{audited_round}'",
+                              order_by=["attributes.start_time DESC"], max_results=1)
+    if runs:
+        for key, value in (("audit_accuracy", accuracy), ("audit_low", low), ("audit_high", high), ("audit_n", n)):
+            client.log_metric(runs[0].info.run_id, key, float(value))
+
+
+def record_version(ws: Workspace, params: Params, run_id: str, commit: str, tag: str) -> None:
+    """Attach the git commit and round tag to a (finished) run."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri(ws, params))
+    client.set_tag(run_id, "mlflow.source.git.commit", commit)
+    client.set_tag(run_id, "coldstart.git_tag", tag)
+
+
+def track(ws: Workspace, params: Params, round_no: int, metrics: dict[str, float | None], artifacts: list[Path],
+          train: "TrainResult") -> TrackResult:
+    """The track stage: one MLflow run for the round (params, metrics, plots, the fitted head).
+
+    A tracking failure is returned, not raised: the round's data is versioned first, then the
+    flow reports it (MLflow is a view of the round; the workspace's files are the record).
+    """
+    head = train.probe.head if train.probe is not None else None
+    try:
+        run_id, version = log_round(ws, params, round_no, metrics, artifacts, train.confusion, head,
+                                    train.cv_accuracy if head is not None else None)
+    except TrackingError as e:
+        return TrackResult(None, str(e))
+    return TrackResult(run_id, registered_version=version)
+
+
+def link_run(ws: Workspace, params: Params, run_id: str | None, commit: str, tag: str, audit: "AuditEstimate | None"
+             ) -> None:
+    """After versioning: the git commit and tag onto the round's run, and the audit onto the run
+    of the round it audited."""
+    if run_id is None:
+        return
+    record_version(ws, params, run_id, commit, tag)
+    if audit is not None and audit.n:
+        record_audit(ws, params, audit.round, audit.accuracy, *audit.interval, audit.n)
+
+
+@task(name="track", cache_policy=NO_CACHE)
+def track_task(ws: Workspace, params: Params, round_no: int, metrics: dict[str, float | None],
+               artifacts: list[Path], train: "TrainResult") -> TrackResult:
+    return track(ws, params, round_no, metrics, artifacts, train)
+
+
+@task(name="link_run", cache_policy=NO_CACHE)
+def link_run_task(ws: Workspace, params: Params, run_id: str | None, commit: str, tag: str,
+                  audit: "AuditEstimate | None") -> None:
+    link_run(ws, params, run_id, commit, tag, audit)
+
+
+def load_champion(ws: Workspace, params: Params):
+    """The registered head with the alias ``champion`` (the best by CV so far), as a fitted
+    scikit-learn estimator over raw, L2-normalised CLIP embeddings ``(N, D)``; its
+    ``predict_proba`` columns follow ``params.ontology.class_names``."""
+    import mlflow.sklearn
+    from mlflow.exceptions import MlflowException
+
+    name = registered_name(params)
+    mlflow.set_tracking_uri(tracking_uri(ws, params))
+    try:
+        return mlflow.sklearn.load_model(f"models:/{name}@champion")
+    except MlflowException as e:
+        raise TrackingError(f"no champion head registered as {name!r} in {tracking_uri(ws, params)} yet: a probe is "
+                            f"registered once a round chooses one over zero-shot (answer more review batches)") from e

@@ -1,0 +1,263 @@
+"""train: pick the labeler for this round by cross-validation on the human labels.
+
+Candidates, all scored on the same human labels: zero-shot (never saw them: scored directly),
+the plain probe and the zero-shot-initialised probe (out-of-fold predictions). The winner's
+out-of-fold probabilities then fit a temperature (calibration), an auto-accept threshold for a
+target precision, and flag human labels that look wrong (confident learning).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+from collections import Counter
+from typing import TYPE_CHECKING
+from dataclasses import dataclass, field
+
+import numpy as np
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from coldstart.models.errors import ConfigError
+from coldstart.models.probe import LinearHead, ProbeFit, SelfTraining, fit_probe, fit_zs_probe
+from coldstart.models.zeroshot import ZeroShotHead, prompt_warnings
+from coldstart.tasks.calibrate import (apply_temperature, expected_calibration_error, fit_temperature,
+                                       precision_threshold)
+from coldstart.tasks.config import Params, RoundConfig, TrainConfig
+from coldstart.tasks.intake import human_labels, read_events
+from coldstart.tasks.pool import read_pool
+from coldstart.tasks.result import IN_MEMORY, StageResult
+from coldstart.tasks.store import EmbeddingStore, cached_text_weights
+from coldstart.tasks.workspace import Workspace, atomic_write_bytes, atomic_write_text, write_csv
+
+if TYPE_CHECKING:  # the relabel stage imports this module: keep torch out of it
+    from coldstart.models.clip import ClipModel
+
+log = logging.getLogger(__name__)
+
+# data/models/: the head that labels images without a human label, whichever won (a probe's
+# weights, or the zero-shot text weights), and what the relabel stage needs to apply it.
+HEAD_FILE = "head.npz"
+CHOSEN_FILE = "chosen.json"
+FLAG_FIELDS = ["image_id", "human_label", "suggested_label", "probability", "round"]
+
+
+@dataclass
+class TrainResult(StageResult):
+    n_labels: int
+    model: str  # "zero-shot", "probe" or "zs-probe": what labels the images without a human label
+    reason: str
+    probe_cv_accuracy: float | None
+    zs_probe_cv_accuracy: float | None
+    zero_shot_accuracy: float | None  # on the human labels
+    confusion: list[list[int]] | None  # chosen model's out-of-fold confusion matrix (rows: truth)
+    probe: ProbeFit | None = field(default=None, metadata=IN_MEMORY)  # the chosen probe (None: zero-shot)
+    fitted: dict[str, ProbeFit] = field(default_factory=dict, metadata=IN_MEMORY)  # every probe fitted
+    temperature: float = 1.0
+    ece_before: float | None = None
+    ece_after: float | None = None
+    oof_probs: np.ndarray | None = field(default=None, metadata=IN_MEMORY)  # (n_labels, L), calibrated
+    threshold: float | None = None  # auto-accept confidence used this round
+    threshold_note: str = ""
+    flags: int = 0  # human labels the held-out model disagrees with (data/labels/flags.csv)
+    warnings: list[str] = field(default_factory=list)  # about the ontology (confusable, script)
+
+    @property
+    def cv_accuracy(self) -> float | None:
+        return {"zero-shot": self.zero_shot_accuracy, "probe": self.probe_cv_accuracy,
+                "zs-probe": self.zs_probe_cv_accuracy}[self.model]
+
+    def metrics(self) -> dict[str, float | None]:
+        return {"probe_cv_accuracy": self.probe_cv_accuracy, "zs_probe_cv_accuracy": self.zs_probe_cv_accuracy,
+                "zero_shot_accuracy_on_human": self.zero_shot_accuracy, "chosen_cv_accuracy": self.cv_accuracy,
+                "used_probe": float(self.model != "zero-shot"), "temperature": self.temperature,
+                "ece_before": self.ece_before, "ece_after": self.ece_after,
+                "auto_accept_threshold": self.threshold}
+
+
+def choose_labeler(X: np.ndarray, y: np.ndarray, zero_shot: ZeroShotHead, cfg: TrainConfig,
+          center: np.ndarray | None = None, scale: np.ndarray | None = None,
+          pool_X: np.ndarray | None = None, rows: np.ndarray | None = None) -> TrainResult:
+    """``X`` ``(N, D)`` embeddings of the human-labeled images, ``y`` ``(N,)`` label indices.
+
+    ``center``/``scale`` ``(D,)``: feature statistics over every image, for the plain probe.
+    ``pool_X`` (every image) and ``rows`` (each labeled sample's row in it) enable self-training.
+    """
+    n, L = len(y), zero_shot.n_labels
+    if n == 0:
+        return TrainResult(0, "zero-shot", "no human labels yet", None, None, None, None)
+    zs_probs = zero_shot.predict_proba(X)
+    zs_acc = float((zs_probs.argmax(1) == y).mean())
+    if n < cfg.min_labels or len(np.unique(y)) < 2 or cfg.model == "zero-shot":
+        why = ("train.model is zero-shot" if cfg.model == "zero-shot" else
+               f"{n} human label(s) of {len(np.unique(y))} class(es): too few for a probe "
+               f"(need train.min_labels={cfg.min_labels} and two classes)")
+        return _finish(TrainResult(n, "zero-shot", why, None, None, zs_acc, None), zs_probs, y)
+    st = dict(self_training=SelfTraining(pool_X, rows, cfg.self_training)
+              if pool_X is not None and cfg.self_training else None)
+    fitted: dict[str, ProbeFit] = {}
+    if cfg.model in ("auto", "probe"):
+        fitted["probe"] = fit_probe(X, y, L, C=cfg.C, folds=cfg.cv_folds, seed=cfg.seed, center=center, scale=scale, **st)
+    if cfg.model in ("auto", "zs-probe"):
+        fitted["zs-probe"] = fit_zs_probe(X, y, zero_shot.label_weights(), folds=cfg.cv_folds, seed=cfg.seed, **st)
+    scores = {"zero-shot": zs_acc, **{k: f.cv_accuracy for k, f in fitted.items()}}
+    # max() keeps the first of equals: ties go to the simpler model (zero-shot, then zs-probe).
+    best = max(["zero-shot", "zs-probe", "probe"], key=lambda k: scores.get(k, -1.0)) if cfg.model == "auto" \
+        else cfg.model
+    listed = ", ".join(f"{k} {v:.3f}" for k, v in scores.items())
+    reason = f"{best} chosen on {n} human labels by CV accuracy ({listed})"
+    chosen = fitted.get(best)
+    result = TrainResult(n, best, reason, fitted["probe"].cv_accuracy if "probe" in fitted else None,
+                         fitted["zs-probe"].cv_accuracy if "zs-probe" in fitted else None, zs_acc, None, chosen, fitted)
+    return _finish(result, chosen.oof_probs if chosen else zs_probs, y)
+
+
+def _finish(result: TrainResult, oof: np.ndarray, y: np.ndarray) -> TrainResult:
+    """Confusion matrix, temperature and ECE from the chosen model's held-out probabilities."""
+    L = oof.shape[1]
+    confusion = np.zeros((L, L), dtype=int)
+    np.add.at(confusion, (y, oof.argmax(1)), 1)
+    result.confusion = confusion.tolist()
+    result.temperature = fit_temperature(oof, y) if len(y) >= 10 else 1.0
+    result.ece_before = expected_calibration_error(oof, y)
+    result.oof_probs = apply_temperature(oof, result.temperature)
+    result.ece_after = expected_calibration_error(result.oof_probs, y)
+    return result
+
+
+def label_issues(oof_probs: np.ndarray, y: np.ndarray, min_prob: float = 0.5) -> list[tuple[int, int, float]]:
+    """Human labels that look wrong (confident learning, Northcutt et al.): sample i, labeled g,
+    is flagged when some other label j reaches its class threshold t_j (the mean out-of-fold
+    probability of j among samples labeled j, but at least ``min_prob``: a weak model must not
+    second-guess people) and is the most likely of those that do.
+
+    Returns [(sample index, suggested label, its probability)], most confident first.
+    """
+    L = oof_probs.shape[1]
+    thresholds = np.array([max(min_prob, oof_probs[y == j, j].mean()) if (y == j).any() else 1.1 for j in range(L)])
+    flags = []
+    for i, g in enumerate(y):
+        above = np.flatnonzero(oof_probs[i] >= thresholds)
+        if len(above):
+            j = int(above[np.argmax(oof_probs[i, above])])
+            if j != g:
+                flags.append((i, j, float(oof_probs[i, j])))
+    return sorted(flags, key=lambda f: -f[2])
+
+
+
+def auto_accept_threshold(cfg: RoundConfig, oof_probs: np.ndarray | None, y: np.ndarray) -> tuple[float, str]:
+    """The confidence above which auto labels count as accepted, and how it was chosen."""
+    if cfg.threshold_mode != "precision" or oof_probs is None:
+        return cfg.confidence_threshold, "fixed"
+    found = precision_threshold(oof_probs, y, cfg.target_precision)
+    if found is None:
+        return 1.0, f"no confidence reaches precision {cfg.target_precision} yet"
+    return found, f"precision >= {cfg.target_precision} on held-out labels"
+
+
+def zero_shot_head(ws: Workspace, params: Params, clip: ClipModel) -> tuple[ZeroShotHead, list[str]]:
+    """The ontology's zero-shot head for this model (text weights cached), and its warnings."""
+    onto = params.ontology
+    prompts = onto.prompts()
+    weights = cached_text_weights(ws.text_cache, clip, prompts)
+    warnings = prompt_warnings(clip, onto.scoring_classes, prompts, weights, onto.confusable_threshold)
+    head = ZeroShotHead(weights, np.array(onto.label_of_class), len(onto.class_names), clip.logit_scale)
+    return head, warnings
+
+
+def current_human_labels(ws: Workspace, classes: list[str]) -> dict[str, str]:
+    """image id -> human label; refuses an ontology that dropped a label people already gave."""
+    humans = human_labels(read_events(ws))
+    missing = Counter(label for label in humans.values() if label not in classes)
+    if missing:
+        listed = ", ".join(f"{label!r} ({n} images)" for label, n in missing.most_common())
+        raise ConfigError(f"params.yaml: ontology.classes no longer has labels that people gave: {listed}. Put the "
+                          f"class(es) back (the answers are kept in data/labels/events.jsonl), or relabel those "
+                          f"images with a new CSV in data/inbox/ first.")
+    return humans
+
+
+def train(ws: Workspace, params: Params, clip: ClipModel, round_no: int) -> TrainResult:
+    """The train stage: pick and fit this round's labeler on the human labels.
+
+    Writes exactly its declared outputs: data/models/ (the chosen head and chosen.json),
+    data/labels/flags.csv (human labels to re-check) and data/metrics/train.json.
+    """
+    classes = params.ontology.class_names
+    humans = current_human_labels(ws, classes)
+    zero_shot, warnings = zero_shot_head(ws, params, clip)
+    store = EmbeddingStore(ws.embeddings, clip.model_id, params.views.key("global"))
+    small = len(store) <= params.train.self_training_max_pool
+    pool = read_pool(ws, store, humans, keep_all=small and bool(params.train.self_training))
+    y = np.array([classes.index(humans[i]) for i in pool.labeled_ids], dtype=int)
+    extra = {}
+    if params.train.self_training and len(y) and pool.all_X is not None:
+        extra = dict(pool_X=pool.all_X, rows=pool.rows_of_labeled())
+    result = choose_labeler(pool.labeled_X, y, zero_shot, params.train, center=pool.center, scale=pool.scale, **extra)
+    result.warnings = warnings
+    result.threshold, result.threshold_note = auto_accept_threshold(params.round, result.oof_probs, y)
+    flags = label_issues(result.oof_probs, y) if result.oof_probs is not None and len(y) >= 10 else []
+    result.flags = len(flags)
+    write_csv(ws.flags, FLAG_FIELDS, [dict(image_id=pool.labeled_ids[i], human_label=classes[y[i]],
+                                           suggested_label=classes[j], probability=f"{p:.4f}", round=round_no)
+                                      for i, j, p in flags])
+    save(ws, result, zero_shot, clip.model_id, round_no)
+    return result
+
+
+def save(ws: Workspace, result: TrainResult, zero_shot: ZeroShotHead, model_id: str, round_no: int) -> None:
+    """Write data/models/{head.npz,chosen.json} and data/metrics/train.json."""
+    buf = io.BytesIO()
+    if result.probe is not None:
+        np.savez(buf, weight=result.probe.head.weight, bias=result.probe.head.bias)
+    else:
+        np.savez(buf, weights=zero_shot.weights, label_of_class=zero_shot.label_of_class,
+                 n_labels=zero_shot.n_labels, logit_scale=zero_shot.logit_scale)
+    atomic_write_bytes(ws.model_dir / HEAD_FILE, buf.getvalue())
+    labeler = f"{model_id}+{result.model}" + (f"-r{round_no:03d}" if result.probe is not None else "")
+    atomic_write_text(ws.model_dir / CHOSEN_FILE, json.dumps(
+        {"model": result.model, "model_id": model_id, "labeler_id": labeler, "temperature": result.temperature,
+         "threshold": result.threshold}, indent=2) + "\n")
+    keys = ("n_labels", "model", "reason", "probe_cv_accuracy", "zs_probe_cv_accuracy", "zero_shot_accuracy",
+            "temperature", "ece_before", "ece_after", "threshold")
+    atomic_write_text(ws.metrics_dir / "train.json", json.dumps({k: getattr(result, k) for k in keys}, indent=2) + "\n")
+
+
+@dataclass
+class ChosenHead:
+    """The head the last train stage chose, as the relabel stage applies it."""
+
+    head: LinearHead | ZeroShotHead
+    model: str  # "zero-shot", "probe" or "zs-probe"
+    model_id: str  # the embedding model whose embeddings it reads
+    labeler_id: str  # recorded with every auto label
+    temperature: float
+    threshold: float
+
+    @property
+    def n_labels(self) -> int:
+        return len(self.head.bias) if isinstance(self.head, LinearHead) else self.head.n_labels
+
+    def predict_proba(self, X: np.ndarray) -> np.ndarray:
+        """``(N, D)`` embeddings -> ``(N, L)`` calibrated label probabilities."""
+        return apply_temperature(self.head.predict_proba(X), self.temperature)
+
+
+def load_chosen(ws: Workspace) -> ChosenHead | None:
+    """The head written by the last train stage, or None before the first one."""
+    chosen, head_file = ws.model_dir / CHOSEN_FILE, ws.model_dir / HEAD_FILE
+    if not chosen.is_file() or not head_file.is_file():
+        return None
+    info = json.loads(chosen.read_text(encoding="utf-8"))
+    with np.load(head_file, allow_pickle=False) as z:
+        head = LinearHead(z["weight"], z["bias"]) if "weight" in z else ZeroShotHead(
+            z["weights"], z["label_of_class"], int(z["n_labels"]), float(z["logit_scale"]))
+    return ChosenHead(head, info["model"], info["model_id"], info.get("labeler_id", info["model_id"]),
+                      float(info.get("temperature", 1.0)), float(info.get("threshold") or 0.0))
+
+
+@task(name="train", cache_policy=NO_CACHE)
+def train_task(ws: Workspace, params: Params, clip: ClipModel, round_no: int) -> TrainResult:
+    return train(ws, params, clip, round_no)

@@ -1,0 +1,125 @@
+"""version: workspace creation, and each round's DVC commit + push, git commit and tag.
+
+The only module that calls git or DVC. DVC runs through its Python API, one ``Repo`` per
+operation (a long-lived one goes stale when the cache changes behind it).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import subprocess
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from coldstart.tasks.errors import VersioningError, WorkspaceError
+from coldstart.tasks.result import StageResult
+from coldstart.tasks.workspace import Workspace
+
+log = logging.getLogger(__name__)
+
+TEMPLATE_FILES = {"params.yaml": "params.yaml", "dvc.yaml": "dvc.yaml", "gitignore": ".gitignore",
+                  "dvcignore": ".dvcignore"}
+DATA_DIRS = ["images", "inbox", "labels", "store", "review", "models", "metrics"]
+
+
+@dataclass
+class VersionResult(StageResult):
+    commit: str  # the git commit holding this round's dvc.lock, .dvc files and records
+    tag: str  # round-NNN
+
+
+def git(root: Path, *args: str, check: bool = True) -> str:
+    try:
+        proc = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True)
+    except FileNotFoundError as e:
+        raise VersioningError("git is not installed; coldstart workspaces are git repositories") from e
+    if check and proc.returncode != 0:
+        raise VersioningError(f"`git {' '.join(args)}` failed in {root}: {proc.stderr.strip() or proc.stdout.strip()}")
+    return proc.stdout.strip()
+
+
+def template_text(name: str) -> str:
+    return resources.files("coldstart.flows").joinpath("template", name).read_text(encoding="utf-8")
+
+
+def init_workspace(dest: str | os.PathLike, *, remote: str | os.PathLike | None = None,
+                   params_text: str | None = None) -> Workspace:
+    """Create a workspace: files from the template, git init, dvc init, a local DVC remote."""
+    from dvc.repo import Repo
+
+    logging.getLogger("dvc").setLevel(logging.WARNING)  # its hints talk about its own CLI
+    root = Path(dest).expanduser().resolve()
+    if (root / "params.yaml").exists() or (root / ".dvc").exists():
+        raise WorkspaceError(f"{root} already holds a workspace (params.yaml or .dvc/ exists); use it as it is")
+    root.mkdir(parents=True, exist_ok=True)
+    for src, dst in TEMPLATE_FILES.items():
+        (root / dst).write_text(params_text if (src == "params.yaml" and params_text) else template_text(src),
+                                encoding="utf-8")
+    for d in DATA_DIRS:
+        (root / "data" / d).mkdir(parents=True, exist_ok=True)
+    (root / "data" / "inbox" / ".gitkeep").touch()
+    remote_dir = Path(remote).expanduser().resolve() if remote else root / ".dvc-remote"
+    remote_dir.mkdir(parents=True, exist_ok=True)
+    if not (root / ".git").exists():
+        git(root, "init", "-q", "-b", "main")
+    # Commits need an identity; CI machines often have none. Set one locally only if missing.
+    if not git(root, "config", "user.email", check=False):
+        git(root, "config", "user.email", "coldstart@localhost")
+        git(root, "config", "user.name", "coldstart")
+    Repo.init(str(root))
+    with contextlib.chdir(root), Repo(str(root)) as repo:
+        with repo.config.edit() as conf:
+            conf["core"]["remote"] = "local"
+            conf["core"]["analytics"] = "false"
+            conf["remote"]["local"] = {"url": str(remote_dir)}
+        repo.add(str(root / "data" / "images"))
+    # The remote config is committed before any round tag: `dvc fetch` at a tag reads that
+    # tag's own .dvc/config.
+    git(root, "add", "-A")
+    git(root, "commit", "-q", "-m", "coldstart: new workspace")
+    return Workspace(root)
+
+
+def version(ws: Workspace, round_no: int, message: str) -> VersionResult:
+    """The version stage: dvc add images, commit every stage, push; git commit; tag ``round-NNN``."""
+    from dvc.exceptions import DvcException
+    from dvc.repo import Repo
+
+    tag = f"round-{round_no:03d}"
+    logging.getLogger("dvc").setLevel(logging.ERROR)  # its hints talk about its own CLI
+    try:
+        # DVC's API resolves some targets against the process's cwd: work from the root.
+        with contextlib.chdir(ws.root):
+            with Repo(str(ws.root)) as repo:
+                repo.add(str(ws.images))
+            with Repo(str(ws.root)) as repo:
+                repo.commit(force=True)
+            with Repo(str(ws.root)) as repo:
+                pushed = repo.push()
+        log.info("dvc push: %s object(s) sent to the remote", pushed)
+    except DvcException as e:
+        hint = ("add the missing section to params.yaml (dvc.yaml declares it as a parameter)"
+                if "missing from" in str(e) else "check the DVC remote with `dvc remote list` and `dvc push`")
+        raise VersioningError(
+            f"DVC could not record round {round_no}: {str(e).rstrip('.')}. The round's data is intact in data/, "
+            f"but it was not tagged; {hint}, then run the next round, which records it."
+        ) from e
+    git(ws.root, "add", "-A")
+    if git(ws.root, "status", "--porcelain"):
+        git(ws.root, "commit", "-q", "-m", message)
+    else:
+        git(ws.root, "commit", "-q", "--allow-empty", "-m", message)
+    git(ws.root, "tag", "-a", tag, "-m", message)
+    return VersionResult(git(ws.root, "rev-parse", "HEAD"), tag)
+
+
+@task(name="version", cache_policy=NO_CACHE)
+def version_task(ws: Workspace, round_no: int, message: str) -> VersionResult:
+    return version(ws, round_no, message)
+
