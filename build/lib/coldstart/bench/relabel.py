@@ -93,7 +93,7 @@ def _child(root: str) -> None:
     ws = Workspace(Path(root))
     params = ws.params()
     t = time.perf_counter()
-    first = relabel(ws, params, ROUND - 1)
+    relabel(ws, params, ROUND - 1)
     first_s = time.perf_counter() - t
     t = time.perf_counter()
     steady = relabel(ws, params, ROUND)

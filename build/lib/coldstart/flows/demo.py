@@ -18,8 +18,8 @@ from PIL import Image
 
 from coldstart.models.clip import ClipConfig, load_clip
 from coldstart.models.errors import WeightsUnavailableError
-from coldstart.tasks.errors import WorkspaceError
 from coldstart.tasks.audit import audit_estimate
+from coldstart.tasks.errors import WorkspaceError
 from coldstart.tasks.relabel import read_resolved
 from coldstart.tasks.workspace import Workspace, read_csv
 

@@ -15,7 +15,6 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from coldstart.models.errors import ConfigError
-
 from coldstart.tasks.strategies import MEASURES, STRATEGIES  # the registries' names (numpy only: no heavy imports)
 
 

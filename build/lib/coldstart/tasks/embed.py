@@ -21,8 +21,8 @@ from tqdm.auto import tqdm
 
 from coldstart.models.clip import ClipConfig, ClipModel, load_clip
 from coldstart.tasks.config import ModelConfig, ViewsConfig
-from coldstart.tasks.scan import ImageDecodeError, load_rgb
 from coldstart.tasks.result import StageResult
+from coldstart.tasks.scan import ImageDecodeError, load_rgb
 from coldstart.tasks.store import EmbeddingStore
 from coldstart.tasks.views import view_images
 from coldstart.tasks.workspace import Workspace, read_csv

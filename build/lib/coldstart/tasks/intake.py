@@ -30,8 +30,8 @@ from pathlib import Path, PurePosixPath
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from coldstart.tasks.errors import LabelFileError
 from coldstart.tasks import labelstudio
+from coldstart.tasks.errors import LabelFileError
 from coldstart.tasks.result import StageResult
 from coldstart.tasks.workspace import Workspace, atomic_write_bytes, atomic_write_text, read_csv
 

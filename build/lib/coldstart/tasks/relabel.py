@@ -27,7 +27,7 @@ from threadpoolctl import threadpool_limits
 from coldstart.models.errors import ConfigError
 from coldstart.tasks.config import Params, ViewsConfig
 from coldstart.tasks.errors import WorkspaceError
-from coldstart.tasks.result import IN_MEMORY, StageResult
+from coldstart.tasks.result import StageResult
 from coldstart.tasks.store import EmbeddingStore
 from coldstart.tasks.train import current_human_labels, load_chosen
 from coldstart.tasks.views import aggregate_views

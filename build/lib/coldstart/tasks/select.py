@@ -9,18 +9,18 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from coldstart.tasks.errors import SelectionError
 from coldstart.tasks import labelstudio, strategies
 from coldstart.tasks.config import RoundConfig
+from coldstart.tasks.errors import SelectionError
+from coldstart.tasks.result import StageResult
 from coldstart.tasks.store import EmbeddingStore
 from coldstart.tasks.strategies import uncertainty
-from coldstart.tasks.result import StageResult
 from coldstart.tasks.workspace import Workspace, atomic_write_text, read_csv, write_csv
 
 log = logging.getLogger(__name__)

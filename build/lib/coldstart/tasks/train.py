@@ -12,8 +12,8 @@ import io
 import json
 import logging
 from collections import Counter
-from typing import TYPE_CHECKING
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 from prefect import task
@@ -22,8 +22,12 @@ from prefect.cache_policies import NO_CACHE
 from coldstart.models.errors import ConfigError
 from coldstart.models.probe import LinearHead, ProbeFit, SelfTraining, fit_probe, fit_zs_probe
 from coldstart.models.zeroshot import ZeroShotHead, prompt_warnings
-from coldstart.tasks.calibrate import (apply_temperature, expected_calibration_error, fit_temperature,
-                                       precision_threshold)
+from coldstart.tasks.calibrate import (
+    apply_temperature,
+    expected_calibration_error,
+    fit_temperature,
+    precision_threshold,
+)
 from coldstart.tasks.config import Params, RoundConfig, TrainConfig
 from coldstart.tasks.intake import human_labels, read_events
 from coldstart.tasks.pool import read_pool

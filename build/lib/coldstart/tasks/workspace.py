@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-from coldstart.tasks.errors import WorkspaceError
 from coldstart.tasks.config import Params, load_params
+from coldstart.tasks.errors import WorkspaceError
 
 ROUND_TAG = re.compile(r"^round-(\d{3,})$")
 
