@@ -65,7 +65,16 @@ class EmbeddingStore:
     def iter_raw(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """Like iter_chunks, ids left as a ``(n,)`` S64 array (no Python string per image)."""
         for p in self._shards():
-            yield np.load(p), np.load(str(p).replace(".ids.npy", ".vec.npy"))
+            yield self._read(p)
+
+    def shards(self) -> list[tuple[Path, int]]:
+        """Each committed shard's ids file and row count (read from the .npy header only)."""
+        return [(p, np.load(p, mmap_mode="r").shape[0]) for p in self._shards()]
+
+    @staticmethod
+    def _read(ids_path: Path) -> tuple[np.ndarray, np.ndarray]:
+        """One shard: ``(n,)`` S64 ids and ``(n, D)`` float32 vectors."""
+        return np.load(ids_path), np.load(str(ids_path).replace(".ids.npy", ".vec.npy"))
 
     def iter_boxes(self) -> Iterator[tuple[list[str], np.ndarray, np.ndarray]]:
         """Like iter_chunks, with each row's ``(n, 4)`` box (tile views)."""

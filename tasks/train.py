@@ -21,7 +21,7 @@ from prefect.cache_policies import NO_CACHE
 
 from coldstart.models.errors import ConfigError
 from coldstart.models.probe import LinearHead, ProbeFit, SelfTraining, fit_probe, fit_zs_probe
-from coldstart.models.zeroshot import ZeroShotHead, prompt_warnings
+from coldstart.models.zeroshot import ZeroShotHead, prompt_warnings, softmax
 from coldstart.tasks.calibrate import (
     apply_temperature,
     expected_calibration_error,
@@ -246,6 +246,10 @@ class ChosenHead:
 
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
         """``(N, D)`` embeddings -> ``(N, L)`` calibrated label probabilities."""
+        if isinstance(self.head, LinearHead):
+            # softmax(log softmax(z) / T) = softmax(z / T): one pass instead of three, and a
+            # label the head never saw (logit -inf) keeps probability 0.
+            return softmax(self.head.logits(X) / np.float32(self.temperature))
         return apply_temperature(self.head.predict_proba(X), self.temperature)
 
 

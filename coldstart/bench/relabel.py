@@ -6,7 +6,7 @@ data/models/ (written by the train stage's own ``save``) and some human labels. 
 child process runs ``coldstart.tasks.relabel.relabel`` (what `coldstart round` and
 `coldstart stage relabel` run) twice: the first round's (no previous table) and a steady-state
 round's (label churn against the previous table), reporting wall time and the process's peak
-RSS. Beside it, in the same process, the floor: the bare head streamed over the store (no
+RSS. The workspace is flushed to disk first (``os.sync``), as earlier rounds' files would be. Beside it, in the same process, the floor: the bare head streamed over the store (no
 table, no I/O beyond the store). The store was just written, so it is in the page cache: the
 figures are compute and memory bandwidth, not disk.
 """
@@ -112,6 +112,9 @@ def bench_relabel(n: int = 1_000_000, dim: int = 512, n_classes: int = 10, n_hum
     with tempfile.TemporaryDirectory(prefix="coldstart-bench-relabel-") as tmp:
         t = time.perf_counter()
         build_workspace(Path(tmp), n, dim, n_classes, min(n_human, n))
+        # In a real round the store was written in earlier rounds, long since flushed: flush the
+        # 2 GB just written, or the kernel's writeback competes with the stage being timed.
+        os.sync()
         print(f"bench relabel: workspace with {n:,} images, {n:,} x {dim} float32 embeddings "
               f"({n * dim * 4 / 2**30:.2f} GiB), a {n_classes}-class probe, {min(n_human, n)} human labels, "
               f"built in {time.perf_counter() - t:.1f} s", flush=True)
