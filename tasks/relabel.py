@@ -77,6 +77,21 @@ def id_keys(raw: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(packed).view(">u8").ravel().astype(np.uint64)
 
 
+def fingerprint(raw: np.ndarray) -> str:
+    """An order-sensitive digest of an ``(N,)`` S64 id sequence: equal sequences give equal
+    digests, so a table's rows can be matched to another file's without reading the ids back.
+    Each of the ids' eight 64-bit words is summed with odd per-position weights (mod 2^64), so a
+    changed, moved, added or removed id always changes it."""
+    weights = np.arange(1, 2 * len(raw) + 1, 2, dtype=np.uint64)  # odd: every position counts
+    words = _words(raw)
+    with np.errstate(over="ignore"):
+        sums = [(words[:, j] * weights).sum(dtype=np.uint64) for j in range(8)]
+    return f"{len(raw)}:" + "".join(f"{int(v):016x}" for v in sums)
+
+
+FINGERPRINT = b"coldstart.ids_fingerprint"  # Parquet schema metadata of the resolved table
+
+
 def _words(raw: np.ndarray) -> np.ndarray:
     """``(N,)`` S64 -> ``(N, 8)`` uint64 view: comparing ids as words is ~10x faster than as strings."""
     return np.ascontiguousarray(raw, "S64").view(np.uint64).reshape(len(raw), 8)
@@ -90,7 +105,9 @@ def lookup(raw_of: np.ndarray, raw_query: np.ndarray, query_keys: np.ndarray | N
     pos = pd.Index(keys_of[first]).get_indexer(id_keys(raw_query) if query_keys is None else query_keys)
     rows = np.where(pos >= 0, first[np.maximum(pos, 0)], -1)
     found = rows >= 0
-    if not np.array_equal(_words(raw_of)[rows[found]], _words(raw_query)[found]):  # a key collision: be exact
+    # Confirm on the rest of the ids, compared as 64-bit words (the key already covers their first
+    # 16 hex digits). If two different ids ever shared a key, fall back to an exact join.
+    if not np.array_equal(_words(raw_of)[rows[found], 2:], _words(raw_query)[found, 2:]):
         rows = pc.fill_null(pc.index_in(_ids_array(raw_query), value_set=_ids_array(raw_of)), -1).to_numpy()
     return rows
 
@@ -185,13 +202,14 @@ def relabel(ws: Workspace, params: Params, round_no: int) -> RelabelResult:
                                  chosen.predict_proba, negative)
         locations = pa.array(locs, pa.string())
     label, conf, is_human = resolve(raw_ids, probs, classes, humans, keys)
+    digest = fingerprint(raw_ids)
     table = resolved_table(raw_ids, paths, label, conf, is_human, classes, source=chosen.model,
-                           model_id=chosen.labeler_id, round_no=round_no, locations=locations)
-    churn = label_churn(ws.resolved, table)  # before the previous table is replaced
+                           model_id=chosen.labeler_id, round_no=round_no, locations=locations, digest=digest)
+    churn = label_churn(ws.resolved, table, label, classes, digest)  # before the previous table is replaced
     with ThreadPoolExecutor(2) as pool:  # both writers release the GIL: overlap them
         done = [pool.submit(_write_parquet, ws.resolved, table),
-                pool.submit(_write_probs, ws.probs, raw_ids, probs, classes,
-                            (chosen.model_id, params.views.key("global")))]
+                pool.submit(_write_probs, ws.probs, probs, classes, (chosen.model_id, params.views.key("global")),
+                            digest)]
     for future in done:
         future.result()  # re-raise a failed write
     auto_conf = conf[~is_human]
@@ -222,8 +240,9 @@ def resolve(raw_ids: np.ndarray, probs: np.ndarray, classes: list[str], humans: 
 
 def resolved_table(raw_ids: np.ndarray, paths: pa.Array, label: np.ndarray, conf: np.ndarray, is_human: np.ndarray,
                    classes: list[str], *, source: str, model_id: str, round_no: int,
-                   locations: pa.Array | None = None) -> pa.Table:
-    """The resolved table (``RESOLVED_FIELDS``); labels and sources dictionary-encoded."""
+                   locations: pa.Array | None = None, digest: str = "") -> pa.Table:
+    """The resolved table (``RESOLVED_FIELDS``); labels and sources dictionary-encoded; the ids'
+    ``fingerprint`` in the schema metadata."""
     n = len(raw_ids)
     kind = (~is_human).astype(np.int8)  # 0: human, 1: the model
     offsets = np.arange(0, 64 * (n + 1), 64, dtype=np.int32)
@@ -237,28 +256,50 @@ def resolved_table(raw_ids: np.ndarray, paths: pa.Array, label: np.ndarray, conf
         "model_id": pa.DictionaryArray.from_arrays(pa.array(kind), pa.array(["", model_id])),
         "round": pa.array(np.full(n, round_no, np.int32)),
         "location": locations if locations is not None else pa.array(np.full(n, "", object), pa.string()),
-    })
+    }, metadata={FINGERPRINT: digest.encode()})
 
 
-def label_churn(previous: Path, table: pa.Table) -> float | None:
-    """Fraction of images labeled in ``previous`` (a resolved table) whose label changed."""
+def label_churn(previous: Path, table: pa.Table, label: np.ndarray, classes: list[str], digest: str
+                ) -> float | None:
+    """Fraction of the images in ``previous`` (the last resolved table) whose label changed.
+
+    ``label`` ``(N,)``: the new label indices, in ``table``'s row order; ``digest``: its ids'
+    fingerprint. When the previous table holds the same ids in the same order (no image came
+    or went), only its label column is read.
+    """
     if not Path(previous).is_file():
         return None
-    old = pq.read_table(previous, columns=["image_id", "label"])
-    old_ids, old_label, new_label = _plain(old["image_id"]), _plain(old["label"]), _plain(table["label"])
-    if not old_ids.equals(_plain(table["image_id"])):  # images came or went: align by id
-        at = pc.index_in(old_ids, value_set=_plain(table["image_id"]))
-        common = pc.is_valid(at)
-        new_label, old_label = new_label.take(pc.drop_null(at)), pc.filter(old_label, common)
-    if len(old_label) == 0:
+    meta = pq.read_schema(previous).metadata or {}
+    if meta.get(FINGERPRINT, b"").decode() == digest:
+        old = _plain(pq.read_table(previous, columns=["label"])["label"])
+        known = {c: k for k, c in enumerate(classes)}
+        to_new = np.array([known.get(c, -1) for c in old.dictionary.to_pylist()] + [-1], np.int32) \
+            if pa.types.is_dictionary(old.type) else None
+        if to_new is not None and old.null_count == 0:
+            return float(np.count_nonzero(to_new[old.indices.to_numpy()] != label)) / len(label) if len(label) else None
+    old = pq.read_table(previous, columns=["image_id", "label"])  # images came or went: align by id
+    old_ids, old_label = _plain(old["image_id"]), _decoded(old["label"])
+    at = pc.index_in(old_ids, value_set=table["image_id"].combine_chunks())
+    common = pc.is_valid(at)
+    if pc.sum(common).as_py() in (0, None):
         return None
+    new_label = _decoded(table["label"]).take(pc.drop_null(at))
+    old_label = pc.filter(old_label, common)
     return float(pc.sum(pc.not_equal(old_label, new_label)).as_py() or 0) / len(old_label)
 
 
-def _plain(column) -> pa.Array:
-    """A (possibly chunked, possibly dictionary-encoded) string column as one plain array."""
-    column = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+def _decoded(column) -> pa.Array:
+    column = _plain(column)
     return column.dictionary_decode() if pa.types.is_dictionary(column.type) else column
+
+
+def _plain(column) -> pa.Array:
+    """A (possibly chunked) column as one array (dictionary chunks share one dictionary)."""
+    if not isinstance(column, pa.ChunkedArray):
+        return column
+    if pa.types.is_dictionary(column.type) and column.num_chunks > 1:
+        column = column.unify_dictionaries()
+    return column.combine_chunks()
 
 
 def read_resolved(ws: Workspace) -> list[dict]:
@@ -291,19 +332,30 @@ def _write_parquet(path: Path, table: pa.Table) -> None:
     _atomic(Path(path), lambda tmp: pq.write_table(table, tmp, use_dictionary=small, compression="zstd"))
 
 
-def _write_probs(path: Path, raw_ids: np.ndarray, probs: np.ndarray, classes: list[str], store: tuple[str, str]):
+def _write_probs(path: Path, probs: np.ndarray, classes: list[str], store: tuple[str, str], digest: str) -> None:
+    """data/store/probs.npz: ``(N, L)`` float32 in the resolved table's row order (the ids are the
+    table's; ``digest``, their fingerprint, ties the two files together)."""
     def write(tmp):
         with open(tmp, "wb") as f:
             # store: (embedding model id, view) whose embeddings these are, for diversity-based selection.
-            np.savez(f, ids=raw_ids, probs=probs, classes=np.array(classes), store=np.array(list(store)))
+            np.savez(f, probs=probs, classes=np.array(classes), store=np.array(list(store)),
+                     fingerprint=np.array(digest))
     _atomic(Path(path), write)
 
 
 def load_probs(ws: Workspace) -> tuple[list[str], np.ndarray, list[str], tuple[str, str]]:
-    """(ids, ``(N, L)`` probabilities, label names, (embedding model id, view))."""
+    """(ids, ``(N, L)`` probabilities, label names, (embedding model id, view)): the relabel
+    stage's probabilities, with the ids of the resolved table they belong to."""
+    if not ws.probs.is_file() or not ws.resolved.is_file():
+        raise WorkspaceError("no re-labeled images yet: run the relabel stage first (coldstart stage relabel)")
+    table = pq.read_table(ws.resolved, columns=["image_id"])
     with np.load(ws.probs, allow_pickle=False) as z:
-        store = tuple(str(x) for x in z["store"]) if "store" in z else ("", "global")
-        return [x.decode() for x in z["ids"]], z["probs"], [str(c) for c in z["classes"]], store
+        digest = str(z["fingerprint"]) if "fingerprint" in z else ""
+        if digest != (table.schema.metadata or {}).get(FINGERPRINT, b"").decode():
+            raise WorkspaceError(f"{ws.rel(ws.probs)} and {ws.rel(ws.resolved)} come from different relabel runs "
+                                 f"(one was interrupted or replaced): run coldstart stage relabel again")
+        store = tuple(str(x) for x in z["store"])
+        return table["image_id"].to_pylist(), z["probs"], [str(c) for c in z["classes"]], store
 
 
 def multiscale(ws: Workspace, model_id: str, views: ViewsConfig, ids: list[str], global_probs: np.ndarray,

@@ -15,7 +15,7 @@ from coldstart.tasks.calibrate import apply_temperature
 from coldstart.tasks.config import parse_params
 from coldstart.tasks.errors import WorkspaceError
 from coldstart.tasks.intake import LabelEvent
-from coldstart.tasks.relabel import RESOLVED_FIELDS, id_keys, lookup, read_resolved, relabel
+from coldstart.tasks.relabel import RESOLVED_FIELDS, id_keys, load_probs, lookup, read_resolved, relabel
 from coldstart.tasks.store import EmbeddingStore
 from coldstart.tasks.train import TrainResult, save
 from coldstart.tasks.workspace import Workspace, atomic_write_text, write_csv
@@ -80,14 +80,34 @@ def test_every_current_image_once_human_labels_win(ws):
     assert result.per_class == {"cat": 3, "dog": 2}  # image 3 scores a tie: the first label
     assert result.below_threshold == int((expected.max(1) < 0.5).sum())
     # probs.npz keeps the head's probabilities for every image, the human-labeled one too.
-    with np.load(ws.probs) as z:
-        assert [i.decode() for i in z["ids"]] == [_id(k) for k in range(5)] and z["probs"].shape == (5, 3)
+    ids, probs, classes, store = load_probs(ws)
+    assert ids == [_id(k) for k in range(5)] and classes == CLASSES and store == (MODEL, "global")
+    np.testing.assert_allclose(probs[[0, 1, 3, 4]], expected, rtol=1e-6)
 
     # Next round: a person relabels image 0; one of the 5 labels changed.
     _label(ws, [(_id(2), "dog"), (_id(0), "bird")])
     again = relabel(ws, params, 4)
     assert again.churn == pytest.approx(1 / 5) and again.human == 2
     assert pq.read_table(ws.resolved).column("round").to_pylist() == [4] * 5
+    # Images came and went (image 4 deleted, image 5 back): churn over the images in both tables.
+    text = ws.manifest.read_text().replace(_id(4), _id(5))
+    ws.manifest.write_text(text)
+    _label(ws, [(_id(2), "cat"), (_id(0), "bird")])
+    third = relabel(ws, params, 5)
+    assert {r["image_id"] for r in read_resolved(ws)} == {_id(k) for k in (0, 1, 2, 3, 5)}
+    assert third.churn == pytest.approx(1 / 4)  # of 0-3 (in both), image 2 changed
+
+
+def test_probabilities_and_table_from_different_runs_are_refused(ws):
+    _train(ws, np.eye(3, 4, dtype=np.float32))
+    params = parse_params({"ontology": {"classes": {c: [f"a {c}"] for c in CLASSES}}})
+    relabel(ws, params, 1)
+    stale = ws.probs.read_bytes()
+    ws.manifest.write_text("\n".join(ws.manifest.read_text().splitlines()[:-1]) + "\n")  # image 4 removed
+    relabel(ws, params, 2)
+    ws.probs.write_bytes(stale)  # as if the run died between its two writes
+    with pytest.raises(WorkspaceError, match="different relabel runs"):
+        load_probs(ws)
 
 
 def test_relabel_needs_a_trained_head_of_this_ontology(ws):

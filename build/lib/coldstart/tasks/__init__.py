@@ -1,1 +1,0 @@
-"""Pure round stages, each with a thin Prefect ``@task`` wrapper (``*_task``)."""
