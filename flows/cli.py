@@ -212,7 +212,7 @@ def cmd_bench(a) -> int:
     elif a.bench == "relabel":
         from coldstart.bench.relabel import bench_relabel
 
-        figures = bench_relabel(n=a.n, dim=a.dim, n_classes=a.classes)
+        figures = bench_relabel(n=a.n, dim=a.dim, n_classes=a.classes, cold=a.cold)
     else:
         from coldstart.bench.prelabel import bench_prelabel
 
@@ -304,6 +304,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--n", type=int, default=1_000_000)
     b.add_argument("--dim", type=int, default=512)
     b.add_argument("--classes", type=int, default=10)
+    b.add_argument("--cold", action="store_true", help="empty the page cache first (Linux, root): read from disk")
     return p
 
 
