@@ -59,11 +59,14 @@ def cmd_stage(a) -> int:
     """One stage on its own (what `dvc repro` runs), without Prefect, MLflow or tagging. Each
     writes exactly the outputs dvc.yaml declares for it."""
     from coldstart.tasks import embed, intake, relabel, scan, select, train
+    from coldstart.tasks.version import check_stages
     from coldstart.tasks.workspace import Workspace
 
     ws = Workspace.open(a.workspace)
+    params = ws.params()
+    check_stages(ws)
     with ws.lock():
-        params, n = ws.params(), ws.next_round()
+        n = ws.next_round()
         if a.name == "scan":
             result = scan.scan(ws, params.scan, n)
         elif a.name == "embed":

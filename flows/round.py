@@ -20,7 +20,7 @@ from coldstart.tasks.scan import scan_task
 from coldstart.tasks.select import select_task
 from coldstart.tasks.track import link_run_task, track_task
 from coldstart.tasks.train import train_task
-from coldstart.tasks.version import version_task
+from coldstart.tasks.version import check_stages, version_task
 from coldstart.tasks.workspace import Workspace
 
 
@@ -28,6 +28,7 @@ from coldstart.tasks.workspace import Workspace
 def labeling_round(workspace: str = ".") -> RoundRecord:
     """Run one round on a workspace; return its record (also in MLflow and data/metrics/round.json)."""
     ws = Workspace.open(workspace)
+    check_stages(ws)
     with ws.lock():
         return run_round(ws)
 

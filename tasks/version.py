@@ -48,6 +48,33 @@ def template_text(name: str) -> str:
     return resources.files("coldstart.flows").joinpath("template", name).read_text(encoding="utf-8")
 
 
+def _declared(dvc_yaml: dict) -> dict[str, list[str]]:
+    """Stage name -> its declared outputs, from a parsed dvc.yaml."""
+    return {name: sorted(next(iter(o)) if isinstance(o, dict) else o for o in (stage or {}).get("outs", []))
+            for name, stage in (dvc_yaml.get("stages") or {}).items()}
+
+
+def check_stages(ws: Workspace) -> None:
+    """Refuse a workspace whose dvc.yaml declares other outputs for coldstart's stages than this
+    version writes (a workspace made by an older coldstart): `dvc commit` would record stale files.
+    Stages of the user's own are left alone."""
+    import yaml
+
+    path = ws.root / "dvc.yaml"
+    try:
+        mine = _declared(yaml.safe_load(path.read_text(encoding="utf-8")) or {})
+    except (OSError, yaml.YAMLError) as e:
+        raise WorkspaceError(f"{path}: unreadable ({e}); restore it from git (`git checkout dvc.yaml`)") from e
+    wanted = _declared(yaml.safe_load(template_text("dvc.yaml")))
+    stale = [name for name, outs in wanted.items() if mine.get(name) != outs]
+    if stale:
+        template = resources.files("coldstart.flows").joinpath("template", "dvc.yaml")
+        raise WorkspaceError(
+            f"{path} declares other outputs for the stage(s) {', '.join(stale)} than this version of coldstart "
+            f"writes (it was made by an older version). Replace it with the current one: cp {template} {path} "
+            f"(then re-add any stages of your own), and commit it.")
+
+
 def init_workspace(dest: str | os.PathLike, *, remote: str | os.PathLike | None = None,
                    params_text: str | None = None) -> Workspace:
     """Create a workspace: files from the template, git init, dvc init, a local DVC remote."""

@@ -307,3 +307,13 @@ def test_bench_relabel_times_the_production_stage(tmp_path, capsys):
     assert figures["relabel_1m_s"] == pytest.approx(figures["seconds"] * 200, rel=1e-2)
     assert 0 < figures["peak_rss_mb"] and figures["resolved_table_mb"] > 0
     assert "relabel stage, 1M x 512-d, 10 classes (s)" in capsys.readouterr().out
+
+
+def test_a_workspace_from_an_older_version_is_refused_with_the_fix(make_workspace, capsys):
+    ws = make_workspace()
+    dvc_yaml = ws.root / "dvc.yaml"
+    dvc_yaml.write_text(dvc_yaml.read_text().replace("resolved.parquet", "resolved.csv"))  # as 0.1 wrote it
+    assert cli(["stage", "scan", "-w", str(ws.root)]) == 2
+    err = capsys.readouterr().err
+    assert "declares other outputs for the stage(s) relabel than this version" in err
+    assert "cp " in err and "template/dvc.yaml" in err and "Traceback" not in err
