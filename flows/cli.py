@@ -212,6 +212,10 @@ def cmd_bench(a) -> int:
         from coldstart.bench.al import bench_al
 
         figures = bench_al(seeds=a.seeds, batch=a.batch, start=a.start)
+    elif a.bench == "scale":
+        from coldstart.bench.scale import bench_scale
+
+        figures = bench_scale(n=a.n, budget=a.budget, keep=a.keep)
     elif a.bench == "relabel":
         from coldstart.bench.relabel import bench_relabel
 
@@ -308,6 +312,10 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--dim", type=int, default=512)
     b.add_argument("--classes", type=int, default=10)
     b.add_argument("--cold", action="store_true", help="empty the page cache first (Linux, root): read from disk")
+    b = bench_parser("scale", "three real rounds on N synthetic images: seconds per stage, peak RSS, bytes stored")
+    b.add_argument("--n", type=int, default=2000)
+    b.add_argument("--budget", type=int, default=50)
+    b.add_argument("--keep", help="build the workspace in this folder and keep it (default: a temporary folder)")
     return p
 
 
