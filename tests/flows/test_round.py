@@ -212,9 +212,14 @@ def test_dvc_sees_every_stage_up_to_date_and_an_older_tag_pulls_back(rounds):
     subprocess.run(["git", "clone", "-q", str(ws.root), str(clone)], check=True)
     subprocess.run(["git", "checkout", "-q", "round-002"], cwd=clone, check=True)
     with contextlib.chdir(clone), Repo(str(clone)) as repo:
-        repo.pull(targets=["data/labels/resolved.parquet"])
+        repo.pull(targets=["data/labels/resolved.parquet", "data/images"])
     got = (clone / "data/labels/resolved.parquet").read_bytes()
     assert got == rounds.resolved_at[2] != rounds.resolved_at[3]
+    # The images too, though rounds 2 and 3 found them unchanged and did not re-add them.
+    assert [r.version.images_added for r in rounds.records] == [True, False, False]
+    pulled = sorted(p.relative_to(clone / "data/images").as_posix() for p in (clone / "data/images").rglob("*")
+                    if p.is_file())
+    assert pulled == sorted(p.relative_to(ws.images).as_posix() for p in ws.images.rglob("*") if p.is_file())
 
 
 def test_dvc_repro_runs_exactly_the_stale_stages(rounds, monkeypatch):
@@ -233,5 +238,22 @@ def test_dvc_repro_runs_exactly_the_stale_stages(rounds, monkeypatch):
         ran = repo.reproduce()
     assert [s.name for s in ran] == ["select"]
     assert len([b for b in read_csv(copy / "data/review/round-004.batch.csv") if b["purpose"] != "recheck"]) == 5
+    with contextlib.chdir(copy), Repo(str(copy)) as repo:
+        assert repo.status() == {}
+
+
+def test_a_round_after_new_images_versions_them(rounds):
+    """On a copy: one new image; the round adds data/images again (the earlier rounds did not)
+    and DVC sees the workspace up to date, the new image in images.dvc."""
+    import yaml
+    from dvc.repo import Repo
+
+    copy = rounds.tmp / "more-images"
+    shutil.copytree(rounds.ws.root, copy, symlinks=True)
+    before = yaml.safe_load((copy / "data/images.dvc").read_text())["outs"][0]["nfiles"]
+    write_image(copy / "data/images/new/extra.png", seed=99, size=(32, 32))
+    rec = labeling_round(workspace=str(copy))
+    assert rec.version.images_added and rec.scan.new_images == 1
+    assert yaml.safe_load((copy / "data/images.dvc").read_text())["outs"][0]["nfiles"] == before + 1
     with contextlib.chdir(copy), Repo(str(copy)) as repo:
         assert repo.status() == {}
