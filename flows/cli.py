@@ -212,6 +212,10 @@ def cmd_bench(a) -> int:
         from coldstart.bench.al import bench_al
 
         figures = bench_al(seeds=a.seeds, batch=a.batch, start=a.start)
+    elif a.bench == "select":
+        from coldstart.bench.select import bench_select
+
+        figures = bench_select(n=a.n, dim=a.dim, budget=a.budget)
     elif a.bench == "scale":
         from coldstart.bench.scale import bench_scale
 
@@ -312,6 +316,10 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--dim", type=int, default=512)
     b.add_argument("--classes", type=int, default=10)
     b.add_argument("--cold", action="store_true", help="empty the page cache first (Linux, root): read from disk")
+    b = bench_parser("select", "round-1 (TypiClust) and later (hybrid) selection over N embeddings")
+    b.add_argument("--n", type=int, default=1_000_000)
+    b.add_argument("--dim", type=int, default=512)
+    b.add_argument("--budget", type=int, default=50)
     b = bench_parser("scale", "three real rounds on N synthetic images: seconds per stage, peak RSS, bytes stored")
     b.add_argument("--n", type=int, default=2000)
     b.add_argument("--budget", type=int, default=50)

@@ -100,6 +100,10 @@ def _min_dist(X: np.ndarray, C: np.ndarray, block: int = 4096) -> np.ndarray:
     return out
 
 
+FIT_SAMPLE = 50_000  # typiclust: most points the clustering is fitted on
+TYPICAL_SAMPLE = 5_000  # typiclust: most members of one cluster typicality is computed among
+
+
 def typiclust(X: np.ndarray, budget: int, *, labeled_X: np.ndarray | None = None, seed: int = 0,
               knn: int = 20) -> np.ndarray:
     """TypiClust (Hacohen et al., 2022): cluster into ``labeled + budget`` clusters, and from each
@@ -113,12 +117,25 @@ def typiclust(X: np.ndarray, budget: int, *, labeled_X: np.ndarray | None = None
     X = np.asarray(X, np.float32)
     n_lab = 0 if labeled_X is None else len(labeled_X)
     k = min(len(X), budget + n_lab)
-    km_cls = MiniBatchKMeans if len(X) > 20_000 else KMeans
-    km = km_cls(n_clusters=k, random_state=seed, n_init=3).fit(X)
+    rng = np.random.default_rng(seed)
+    # Large pools: fit the clusters on a seeded sample and assign every point to them (the
+    # centres of 50 clusters are as well placed by 50,000 points as by a million), and judge
+    # typicality within a cluster on at most TYPICAL_SAMPLE of its members: exact kNN inside a
+    # 100,000-point cluster is the quadratic cost that made round 1 slow at scale.
+    fit_rows = rng.choice(len(X), FIT_SAMPLE, replace=False) if len(X) > FIT_SAMPLE else slice(None)
+    km_cls = MiniBatchKMeans if min(len(X), FIT_SAMPLE) > 20_000 else KMeans
+    km = km_cls(n_clusters=k, random_state=seed, n_init=3).fit(X[fit_rows])
+    labels = km.labels_ if len(X) <= FIT_SAMPLE else np.concatenate(
+        [km.predict(X[s : s + 65_536]) for s in range(0, len(X), 65_536)])
     covered = set(km.predict(np.asarray(labeled_X, np.float32)).tolist()) if n_lab else set()
-    sizes = np.bincount(km.labels_, minlength=k)
+    sizes = np.bincount(labels, minlength=k)
     order = [c for c in np.argsort(-sizes, kind="stable") if c not in covered and sizes[c] > 0]
-    picks = [_most_typical(X, np.flatnonzero(km.labels_ == c), knn) for c in order[:budget]]
+    picks = []
+    for c in order[:budget]:
+        members = np.flatnonzero(labels == c)
+        if len(members) > TYPICAL_SAMPLE:
+            members = np.sort(rng.choice(members, TYPICAL_SAMPLE, replace=False))
+        picks.append(_most_typical(X, members, knn))
     if len(picks) < budget:  # fewer uncovered clusters than budget: fill by diversity
         rest = np.setdiff1d(np.arange(len(X)), picks)
         more = kcenter_greedy(X[rest], budget - len(picks), labeled_X=np.vstack(

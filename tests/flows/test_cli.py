@@ -237,7 +237,7 @@ def test_finetune_command_writes_a_checkpoint_the_round_can_load(make_workspace,
 
 @pytest.mark.parametrize("command", [[], ["init"], ["round"], ["status"], ["stage"], ["prompts"], ["finetune"],
                                      ["demo"], ["serve"], ["bench"], ["bench", "prelabel"], ["bench", "all"],
-                                     ["bench", "al"], ["bench", "relabel"], ["bench", "scale"]])
+                                     ["bench", "al"], ["bench", "relabel"], ["bench", "scale"], ["bench", "select"]])
 def test_every_command_has_help(command, capsys):
     with pytest.raises(SystemExit) as e:
         cli(command + ["--help"])
