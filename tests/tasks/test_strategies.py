@@ -121,3 +121,21 @@ def test_bad_input_is_refused_at_the_entry_in_words(call, message):
     with pytest.raises(SelectionError) as e:
         call()
     assert str(e.value) == message
+
+
+def test_typiclust_on_a_sample_still_takes_one_typical_point_per_blob(monkeypatch):
+    """Large pools are clustered on a sample and judged on a subset of each cluster: with four
+    well-separated blobs the picks are still one per blob, each near its blob's centre."""
+    from coldstart.tasks import strategies
+
+    monkeypatch.setattr(strategies, "FIT_SAMPLE", 200)
+    monkeypatch.setattr(strategies, "TYPICAL_SAMPLE", 50)
+    rng = np.random.default_rng(0)
+    centres = np.array([[10, 0], [-10, 0], [0, 10], [0, -10]], np.float32)
+    blob = np.repeat(np.arange(4), [400, 300, 200, 100])
+    X = centres[blob] + rng.standard_normal((1000, 2)).astype(np.float32)
+    picks = strategies.choose("typiclust", 4, probs=np.full((1000, 2), 0.5), X=X, seed=3)
+    assert sorted(blob[picks]) == [0, 1, 2, 3]
+    assert np.all(np.linalg.norm(X[picks] - centres[blob[picks]], axis=1) < 1.0)
+    again = strategies.choose("typiclust", 4, probs=np.full((1000, 2), 0.5), X=X, seed=3)
+    np.testing.assert_array_equal(picks, again)
