@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import logging
 import os
 import subprocess
@@ -143,7 +144,8 @@ def version(ws: Workspace, round_no: int, message: str) -> VersionResult:
     # `dvc add data/images` walks, stats and checks every image; when no file there changed since
     # the last versioned round (our own stat walk says so, far cheaper), images.dvc is current
     # and its objects are on the remote: add nothing, push only the stages' outputs.
-    images = tree_digest(ws.images)
+    # The scan stage depends on data/images and on params `scan`: either changed, commit it too.
+    images = tree_digest(ws.images) + " " + json.dumps(ws.params().scan.model_dump(), sort_keys=True)
     marker = ws.state_dir / "versioned-images"
     images_changed = not marker.is_file() or marker.read_text(encoding="utf-8") != images
     try:
@@ -153,7 +155,12 @@ def version(ws: Workspace, round_no: int, message: str) -> VersionResult:
                 with Repo(str(ws.root)) as repo:
                     repo.add(str(ws.images))
             with Repo(str(ws.root)) as repo:
-                repo.commit(force=True)
+                if images_changed:
+                    repo.commit(force=True)
+                else:  # the scan stage's dependency is data/images: unchanged, its lock entry holds
+                    for stage in repo.index.stages:
+                        if stage.cmd and stage.name != "scan":
+                            repo.commit(f"dvc.yaml:{stage.name}", force=True)
             with Repo(str(ws.root)) as repo:
                 pushed = repo.push() if images_changed else repo.push(targets=["dvc.yaml"])
         log.info("dvc push: %s object(s) sent to the remote", pushed)

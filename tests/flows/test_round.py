@@ -257,3 +257,18 @@ def test_a_round_after_new_images_versions_them(rounds):
     assert yaml.safe_load((copy / "data/images.dvc").read_text())["outs"][0]["nfiles"] == before + 1
     with contextlib.chdir(copy), Repo(str(copy)) as repo:
         assert repo.status() == {}
+
+
+def test_a_scan_param_change_alone_is_versioned(rounds):
+    """Images unchanged but `scan` params changed: the scan stage is committed again, so DVC
+    sees the workspace up to date."""
+    from dvc.repo import Repo
+
+    copy = rounds.tmp / "scan-param"
+    shutil.copytree(rounds.ws.root, copy, symlinks=True)
+    params = (copy / "params.yaml").read_text()
+    (copy / "params.yaml").write_text(params.replace("max_pixels: 100000000", "max_pixels: 90000000"))
+    rec = labeling_round(workspace=str(copy))
+    assert rec.version.images_added
+    with contextlib.chdir(copy), Repo(str(copy)) as repo:
+        assert repo.status() == {}
