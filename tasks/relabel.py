@@ -203,9 +203,19 @@ def relabel(ws: Workspace, params: Params, round_no: int) -> RelabelResult:
         locations = pa.array(locs, pa.string())
     label, conf, is_human = resolve(raw_ids, probs, classes, humans, keys)
     digest = fingerprint(raw_ids)
+    prev = previous_rows(ws.resolved, _id_strings(raw_ids), digest, classes)  # before it is replaced
+    rounds = np.full(len(raw_ids), round_no, np.int32)
+    churn = None
+    if prev is not None and (prev.row >= 0).any():
+        seen = prev.row >= 0
+        churn = float(np.count_nonzero(prev.label[seen] != label[seen])) / int(seen.sum())
+        # A row keeps the round its label was set in while label, confidence and labeler stay
+        # the same: a round that changes nothing rewrites nothing (DVC then stores nothing).
+        labeler = np.where(is_human, "", chosen.labeler_id)
+        same = seen & (prev.label == label) & (prev.confidence == conf) & (prev.labeler == labeler)
+        rounds[same] = prev.round[same]
     table = resolved_table(raw_ids, paths, label, conf, is_human, classes, source=chosen.model,
-                           model_id=chosen.labeler_id, round_no=round_no, locations=locations, digest=digest)
-    churn = label_churn(ws.resolved, table, label, classes, digest)  # before the previous table is replaced
+                           model_id=chosen.labeler_id, rounds=rounds, locations=locations, digest=digest)
     with ThreadPoolExecutor(2) as pool:  # both writers release the GIL: overlap them
         done = [pool.submit(_write_parquet, ws.resolved, table),
                 pool.submit(_write_probs, ws.probs, probs, classes, (chosen.model_id, params.views.key("global")),
@@ -219,6 +229,13 @@ def relabel(ws: Workspace, params: Params, round_no: int) -> RelabelResult:
         mean_confidence=float(auto_conf.mean()) if len(auto_conf) else None,
         below_threshold=int((auto_conf < chosen.threshold).sum()), threshold=chosen.threshold, churn=churn,
         per_class={c: int(k) for c, k in zip(classes, counts) if k})
+
+
+def _id_strings(raw_ids: np.ndarray) -> pa.Array:
+    """``(N,)`` S64 ids as an Arrow string array, zero-copy (each id is 64 bytes)."""
+    n = len(raw_ids)
+    offsets = np.arange(0, 64 * (n + 1), 64, dtype=np.int32)
+    return pa.StringArray.from_buffers(n, pa.py_buffer(offsets), pa.py_buffer(np.ascontiguousarray(raw_ids, "S64")))
 
 
 def resolve(raw_ids: np.ndarray, probs: np.ndarray, classes: list[str], humans: dict[str, str],
@@ -239,53 +256,77 @@ def resolve(raw_ids: np.ndarray, probs: np.ndarray, classes: list[str], humans: 
 
 
 def resolved_table(raw_ids: np.ndarray, paths: pa.Array, label: np.ndarray, conf: np.ndarray, is_human: np.ndarray,
-                   classes: list[str], *, source: str, model_id: str, round_no: int,
+                   classes: list[str], *, source: str, model_id: str, rounds: np.ndarray,
                    locations: pa.Array | None = None, digest: str = "") -> pa.Table:
     """The resolved table (``RESOLVED_FIELDS``); labels and sources dictionary-encoded; the ids'
     ``fingerprint`` in the schema metadata."""
     n = len(raw_ids)
     kind = (~is_human).astype(np.int8)  # 0: human, 1: the model
-    offsets = np.arange(0, 64 * (n + 1), 64, dtype=np.int32)
-    ids = pa.StringArray.from_buffers(n, pa.py_buffer(offsets), pa.py_buffer(np.ascontiguousarray(raw_ids, "S64")))
     return pa.table({
-        "image_id": ids,
+        "image_id": _id_strings(raw_ids),
         "path": paths,
         "label": pa.DictionaryArray.from_arrays(pa.array(label), pa.array(classes, pa.string())),
         "confidence": pa.array(conf),
         "source": pa.DictionaryArray.from_arrays(pa.array(kind), pa.array(["human", source])),
         "model_id": pa.DictionaryArray.from_arrays(pa.array(kind), pa.array(["", model_id])),
-        "round": pa.array(np.full(n, round_no, np.int32)),
+        "round": pa.array(np.asarray(rounds, np.int32)),  # the round each row's label was set in
         "location": locations if locations is not None else pa.array(np.full(n, "", object), pa.string()),
     }, metadata={FINGERPRINT: digest.encode()})
 
 
-def label_churn(previous: Path, table: pa.Table, label: np.ndarray, classes: list[str], digest: str
-                ) -> float | None:
-    """Fraction of the images in ``previous`` (the last resolved table) whose label changed.
+@dataclass
+class Previous:
+    """The last resolved table's rows, aligned to this round's rows (``row`` -1: new image)."""
 
-    ``label`` ``(N,)``: the new label indices, in ``table``'s row order; ``digest``: its ids'
-    fingerprint. When the previous table holds the same ids in the same order (no image came
-    or went), only its label column is read.
-    """
+    row: np.ndarray  # (N,) row in the previous table, -1 where the image is new
+    label: np.ndarray  # (N,) label index in this round's ontology (-1: not there, or a removed label)
+    confidence: np.ndarray  # (N,) float32
+    labeler: np.ndarray  # (N,) object: "" for a human label, else the labeler id
+    round: np.ndarray  # (N,) int32
+
+
+def previous_rows(previous: Path, new_ids: pa.Array, digest: str, classes: list[str]) -> Previous | None:
+    """Read the last resolved table and align it to this round's ids (``new_ids`` in row order,
+    ``digest`` their fingerprint): when no image came or went the ids are not even read."""
     if not Path(previous).is_file():
         return None
-    meta = pq.read_schema(previous).metadata or {}
-    if meta.get(FINGERPRINT, b"").decode() == digest:
-        old = _plain(pq.read_table(previous, columns=["label"])["label"])
-        known = {c: k for k, c in enumerate(classes)}
-        to_new = np.array([known.get(c, -1) for c in old.dictionary.to_pylist()] + [-1], np.int32) \
-            if pa.types.is_dictionary(old.type) else None
-        if to_new is not None and old.null_count == 0:
-            return float(np.count_nonzero(to_new[old.indices.to_numpy()] != label)) / len(label) if len(label) else None
-    old = pq.read_table(previous, columns=["image_id", "label"])  # images came or went: align by id
-    old_ids, old_label = _plain(old["image_id"]), _decoded(old["label"])
-    at = pc.index_in(old_ids, value_set=table["image_id"].combine_chunks())
-    common = pc.is_valid(at)
-    if pc.sum(common).as_py() in (0, None):
+    same = (pq.read_schema(previous).metadata or {}).get(FINGERPRINT, b"").decode() == digest
+    columns = ["label", "confidence", "source", "model_id", "round"] + ([] if same else ["image_id"])
+    old = pq.read_table(previous, columns=columns)
+    if len(old) == 0:
         return None
-    new_label = _decoded(table["label"]).take(pc.drop_null(at))
-    old_label = pc.filter(old_label, common)
-    return float(pc.sum(pc.not_equal(old_label, new_label)).as_py() or 0) / len(old_label)
+    n = len(new_ids)
+    if same:
+        row = np.arange(n)
+    else:
+        at = pc.index_in(_plain(old["image_id"]), value_set=new_ids).to_numpy(zero_copy_only=False)
+        found = ~np.isnan(at) if at.dtype.kind == "f" else np.ones(len(at), bool)
+        row = np.full(n, -1, np.int64)
+        row[at[found].astype(np.int64)] = np.flatnonzero(found)
+    take = np.maximum(row, 0)
+    label = _codes(old["label"], {c: k for k, c in enumerate(classes)})
+    labeler = np.where(_strings(old["source"]) == "human", "", _strings(old["model_id"]))
+    return Previous(row, np.where(row >= 0, label[take], -1).astype(np.int32),
+                    _plain(old["confidence"]).to_numpy()[take], labeler[take],
+                    _plain(old["round"]).to_numpy()[take].astype(np.int32))
+
+
+def _codes(column, known: dict[str, int]) -> np.ndarray:
+    """A label column as indices into this round's labels (-1: a label the ontology lost)."""
+    column = _plain(column)
+    if pa.types.is_dictionary(column.type):
+        lut = np.array([known.get(c, -1) for c in column.dictionary.to_pylist()] + [-1], np.int32)
+        return lut[column.indices.fill_null(len(column.dictionary)).to_numpy()]
+    return np.array([known.get(c, -1) for c in column.to_pylist()], np.int32)
+
+
+def _strings(column) -> np.ndarray:
+    """A (dictionary) string column as an object array, decoding the dictionary once."""
+    column = _plain(column)
+    if pa.types.is_dictionary(column.type):
+        return np.array(column.dictionary.to_pylist() + [None], object)[
+            column.indices.fill_null(len(column.dictionary)).to_numpy()]
+    return np.array(column.to_pylist(), object)
 
 
 def _decoded(column) -> pa.Array:

@@ -8,6 +8,7 @@ target precision, and flag human labels that look wrong (confident learning).
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import logging
@@ -33,7 +34,7 @@ from coldstart.tasks.intake import human_labels, read_events
 from coldstart.tasks.pool import read_pool
 from coldstart.tasks.result import IN_MEMORY, StageResult
 from coldstart.tasks.store import EmbeddingStore, cached_text_weights
-from coldstart.tasks.workspace import Workspace, atomic_write_bytes, atomic_write_text, write_csv
+from coldstart.tasks.workspace import Workspace, atomic_write_bytes, atomic_write_text, read_csv, write_csv
 
 if TYPE_CHECKING:  # the relabel stage imports this module: keep torch out of it
     from coldstart.models.clip import ClipModel
@@ -204,23 +205,30 @@ def train(ws: Workspace, params: Params, clip: ClipModel, round_no: int) -> Trai
     result.threshold, result.threshold_note = auto_accept_threshold(params.round, result.oof_probs, y)
     flags = label_issues(result.oof_probs, y) if result.oof_probs is not None and len(y) >= 10 else []
     result.flags = len(flags)
-    write_csv(ws.flags, FLAG_FIELDS, [dict(image_id=pool.labeled_ids[i], human_label=classes[y[i]],
-                                           suggested_label=classes[j], probability=f"{p:.4f}", round=round_no)
-                                      for i, j, p in flags])
-    save(ws, result, zero_shot, clip.model_id, round_no)
+    # A flag raised in an earlier round keeps that round: unchanged flags, unchanged file.
+    raised = {(f["image_id"], f["human_label"], f["suggested_label"]): f["round"] for f in read_csv(ws.flags)}
+    rows = [dict(image_id=pool.labeled_ids[i], human_label=classes[y[i]], suggested_label=classes[j],
+                 probability=f"{p:.4f}") for i, j, p in flags]
+    write_csv(ws.flags, FLAG_FIELDS, [dict(r, round=raised.get((r["image_id"], r["human_label"], r["suggested_label"]),
+                                                               round_no)) for r in rows])
+    save(ws, result, zero_shot, clip.model_id)
     return result
 
 
-def save(ws: Workspace, result: TrainResult, zero_shot: ZeroShotHead, model_id: str, round_no: int) -> None:
+def save(ws: Workspace, result: TrainResult, zero_shot: ZeroShotHead, model_id: str) -> None:
     """Write data/models/{head.npz,chosen.json} and data/metrics/train.json."""
+    arrays = (dict(weight=result.probe.head.weight, bias=result.probe.head.bias) if result.probe is not None else
+              dict(weights=zero_shot.weights, label_of_class=zero_shot.label_of_class,
+                   n_labels=np.asarray(zero_shot.n_labels), logit_scale=np.asarray(zero_shot.logit_scale)))
     buf = io.BytesIO()
-    if result.probe is not None:
-        np.savez(buf, weight=result.probe.head.weight, bias=result.probe.head.bias)
-    else:
-        np.savez(buf, weights=zero_shot.weights, label_of_class=zero_shot.label_of_class,
-                 n_labels=zero_shot.n_labels, logit_scale=zero_shot.logit_scale)
+    np.savez(buf, **arrays)
     atomic_write_bytes(ws.model_dir / HEAD_FILE, buf.getvalue())
-    labeler = f"{model_id}+{result.model}" + (f"-r{round_no:03d}" if result.probe is not None else "")
+    # Named by content: a head retrained to the same weights (nothing new this round) keeps its
+    # name, so the labels it gives are recorded as unchanged and DVC stores nothing new.
+    h = hashlib.sha256(repr(float(result.temperature)).encode())
+    for name in sorted(arrays):
+        h.update(name.encode() + np.ascontiguousarray(arrays[name]).tobytes())
+    labeler = f"{model_id}+{result.model}-{h.hexdigest()[:10]}"
     atomic_write_text(ws.model_dir / CHOSEN_FILE, json.dumps(
         {"model": result.model, "model_id": model_id, "labeler_id": labeler, "temperature": result.temperature,
          "threshold": result.threshold}, indent=2) + "\n")

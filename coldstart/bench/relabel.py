@@ -78,7 +78,7 @@ def build_workspace(root: Path, n: int, dim: int, n_classes: int, n_human: int, 
     fit = ProbeFit(head, "probe", 0.9, np.zeros((0, n_classes), np.float32), {})
     result = TrainResult(n_human, "probe", "bench", 0.9, None, 0.5, None, probe=fit, temperature=1.3, threshold=0.7)
     zero_shot = ZeroShotHead(head.weight, np.arange(n_classes), n_classes, 100.0)
-    save(ws, result, zero_shot, model_id, ROUND)
+    save(ws, result, zero_shot, model_id)
     events = [LabelEvent(ids[k], f"class{k % n_classes}", "bench", "bench.csv", "0" * 64, k + 2, "", 1).__dict__
               for k in rng.choice(n, size=n_human, replace=False).tolist()]
     atomic_write_text(ws.events, "".join(json.dumps(e) + "\n" for e in events))

@@ -2,8 +2,8 @@
 
 A synthetic workspace of N small PNGs (the tiny model, so that everything but the model's
 forward pass is what is measured) goes through three real rounds, each `coldstart round` in a
-fresh process as users run it: round 1, a round with one answered review batch, and a round
-with 1% new images. Per round: seconds per stage, the round process's peak RSS, and the bytes
+fresh process as users run it: round 1, a round with one answered review batch, a round with
+1% new images, and a round with nothing new (no answers, no images). Per round: seconds per stage, the round process's peak RSS, and the bytes
 the round added to the DVC cache and to the DVC remote.
 """
 
@@ -102,7 +102,7 @@ def bench_scale(n: int = 2000, budget: int = 50, keep: str | None = None) -> dic
                "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_LOGGING_LEVEL": "WARNING"}
         cache, remote = ws.root / ".dvc" / "cache", ws.root / ".dvc-remote"
         rounds = []
-        for kind in ("first", "answers", "1% new images"):
+        for kind in ("first", "answers", "1% new images", "nothing new"):
             if kind == "answers":
                 answered = _answer(ws.root, rounds[-1]["batch"], DIGITS, seed=1)
             if kind == "1% new images":

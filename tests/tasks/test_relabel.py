@@ -49,7 +49,7 @@ def _train(ws, weight, temperature=1.0, threshold=0.7):
     fit = ProbeFit(head, "probe", 0.8, np.zeros((0, len(weight))), {})
     result = TrainResult(3, "probe", "test", 0.8, None, 0.5, None, probe=fit, temperature=temperature,
                          threshold=threshold)
-    save(ws, result, ZeroShotHead(head.weight, np.arange(3), 3, 1.0), MODEL, 1)
+    save(ws, result, ZeroShotHead(head.weight, np.arange(3), 3, 1.0), MODEL)
     return head
 
 
@@ -70,11 +70,13 @@ def test_every_current_image_once_human_labels_win(ws):
     assert rows[_id(1)]["path"] == "b.jpg"  # the first of its paths
     assert rows[_id(2)] == dict(image_id=_id(2), path="c.jpg", label="dog", confidence=1.0, source="human",
                                 model_id="", round=3, location="")
+    labeler = json.loads((ws.model_dir / "chosen.json").read_text())["labeler_id"]
+    assert labeler.startswith("m@random+probe-") and len(labeler) == len("m@random+probe-") + 10
     expected = apply_temperature(head.predict_proba(np.eye(6, 4, dtype=np.float32)[[0, 1, 3, 0]]), 2.0)
     for k, p in zip((0, 1, 3, 4), expected):
         r = rows[_id(k)]
         assert (r["label"], r["source"], r["model_id"], r["round"]) == \
-            (CLASSES[p.argmax()], "probe", "m@random+probe-r001", 3)
+            (CLASSES[p.argmax()], "probe", labeler, 3)
         assert r["confidence"] == pytest.approx(p.max(), rel=1e-6)
     assert (result.images, result.human, result.auto, result.churn) == (5, 1, 4, None)
     assert result.per_class == {"cat": 3, "dog": 2}  # image 3 scores a tie: the first label
@@ -88,7 +90,12 @@ def test_every_current_image_once_human_labels_win(ws):
     _label(ws, [(_id(2), "dog"), (_id(0), "bird")])
     again = relabel(ws, params, 4)
     assert again.churn == pytest.approx(1 / 5) and again.human == 2
-    assert pq.read_table(ws.resolved).column("round").to_pylist() == [4] * 5
+    # Each row keeps the round its label was set in: only image 0's changed.
+    assert pq.read_table(ws.resolved).column("round").to_pylist() == [4, 3, 3, 3, 3]
+    # A round that changes nothing writes the same bytes (so DVC stores nothing new).
+    table_bytes, probs_bytes = ws.resolved.read_bytes(), ws.probs.read_bytes()
+    assert relabel(ws, params, 5).churn == 0.0
+    assert ws.resolved.read_bytes() == table_bytes and ws.probs.read_bytes() == probs_bytes
     # Images came and went (image 4 deleted, image 5 back): churn over the images in both tables.
     text = ws.manifest.read_text().replace(_id(4), _id(5))
     ws.manifest.write_text(text)
