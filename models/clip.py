@@ -140,6 +140,28 @@ def model_id_for(cfg: ClipConfig) -> str:
     return f"{cfg.name}@{pre}"
 
 
+class LazyClip:
+    """A ClipModel built on first use. Its ``model_id`` (the embedding cache key) is known
+    without building it, so a round with nothing new to embed and cached text weights never
+    imports open_clip's model code (1-2 s per round, and seconds more for a large model)."""
+
+    def __init__(self, cfg: ClipConfig):
+        self.cfg, self.model_id, self._model = cfg, model_id_for(cfg), None
+
+    def load(self) -> ClipModel:
+        if self._model is None:
+            self._model = load_clip(self.cfg)
+        return self._model
+
+    def __getattr__(self, name: str):
+        if name.startswith("_"):  # copy/pickle/introspection probes must not build the model
+            raise AttributeError(name)
+        return getattr(self.load(), name)
+
+    def __repr__(self) -> str:
+        return f"LazyClip({self.model_id}, {'built' if self._model is not None else 'not built yet'})"
+
+
 def load_clip(cfg: ClipConfig, *, fresh: bool = False) -> ClipModel:
     """Build the model once per process (cached); raise a clear error when weights are missing.
 

@@ -112,15 +112,16 @@ MULTILINGUAL_HINT = ("use a multilingual open_clip model, e.g. model.name: xlm-r
                      "offline, its tokenizer must already be in the Hugging Face cache)")
 
 
-def prompt_warnings(clip: ClipModel, names: list[str], prompts: list[list[str]], weights: np.ndarray,
-                    threshold: float) -> list[str]:
-    """Human-readable warnings about an ontology for this model (also logged)."""
+def prompt_warnings(model_id: str, english_only: bool, names: list[str], prompts: list[list[str]],
+                    weights: np.ndarray, threshold: float) -> list[str]:
+    """Human-readable warnings about an ontology for a model (also logged). ``english_only``:
+    the model reads text with the English-only CLIP tokenizer (``english_only_tokenizer``)."""
     warnings = []
-    if english_only_tokenizer(clip):
+    if english_only:
         for name, group in zip(names, prompts):
             bad = [p for p in group if _non_latin(p)]
             if bad:
-                warnings.append(f"class {name!r}: prompt {bad[0]!r} is not in Latin script, but {clip.model_id} "
+                warnings.append(f"class {name!r}: prompt {bad[0]!r} is not in Latin script, but {model_id} "
                                 f"reads text with the English-only CLIP tokenizer, so its score is close to "
                                 f"meaningless; {MULTILINGUAL_HINT}")
     for a, b, cos in confusable_pairs(weights, names, threshold):

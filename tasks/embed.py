@@ -19,7 +19,7 @@ from prefect.cache_policies import NO_CACHE
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from coldstart.models.clip import ClipConfig, ClipModel, load_clip
+from coldstart.models.clip import ClipConfig, ClipModel, LazyClip
 from coldstart.tasks.config import ModelConfig, ViewsConfig
 from coldstart.tasks.result import StageResult
 from coldstart.tasks.scan import ImageDecodeError, load_rgb
@@ -114,9 +114,9 @@ def clip_config(cfg: ModelConfig) -> ClipConfig:
     return ClipConfig(name=cfg.name, pretrained=cfg.pretrained, device=cfg.device, precision=cfg.precision)
 
 
-def load_model(cfg: ModelConfig) -> ClipModel:
-    """The configured CLIP model (built once per process)."""
-    return load_clip(clip_config(cfg))
+def load_model(cfg: ModelConfig) -> LazyClip:
+    """The configured CLIP model, built on first use (once per process)."""
+    return LazyClip(clip_config(cfg))
 
 
 def embed(ws: Workspace, clip: ClipModel, cfg: ModelConfig, views: ViewsConfig | None = None, *,
@@ -135,6 +135,8 @@ def embed(ws: Workspace, clip: ClipModel, cfg: ModelConfig, views: ViewsConfig |
         if i not in have or (have_tiles is not None and i not in have_tiles):
             todo.setdefault(i, str(ws.images / r["path"]))
     ids, paths = list(todo), list(todo.values())
+    if not ids:  # nothing new: the model is not even built
+        return EmbedResult(clip.model_id, 0, 0, len(have), 0.0, 0)
     pending: dict[str, list] = {"g_ids": [], "g_vec": [], "t_ids": [], "t_vec": [], "t_box": []}
     n_tiles = 0
 
@@ -175,7 +177,7 @@ def embed(ws: Workspace, clip: ClipModel, cfg: ModelConfig, views: ViewsConfig |
 
 
 @task(name="load_model", cache_policy=NO_CACHE)
-def load_model_task(cfg: ModelConfig) -> ClipModel:
+def load_model_task(cfg: ModelConfig) -> LazyClip:
     return load_model(cfg)
 
 

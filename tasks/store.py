@@ -112,23 +112,29 @@ class EmbeddingStore:
         return list(wanted), out
 
 
-def cached_text_weights(root: Path, clip, prompts: list[list[str]]) -> np.ndarray:
-    """Class text weights ``(S, D)`` for ``prompts``, computed once per (model, prompts).
-
-    Cached in ``root/<model-slug>/<sha256 of the prompts>.npy``: a changed description or
-    template changes the key, so a stale matrix is never used.
-    """
+def cached_text_head(root: Path, clip, prompts: list[list[str]]) -> tuple[np.ndarray, float, bool]:
+    """What the zero-shot head needs from the text tower, computed once per (model, prompts):
+    class text weights ``(S, D)``, the model's logit scale, and whether its tokenizer is
+    English-only. Cached in ``root/<model-slug>/<sha256 of the prompts>.npz``: a changed
+    description or template changes the key, so a stale matrix is never used; a hit touches
+    nothing of ``clip`` but ``model_id``, so the model is not even built."""
     import hashlib
     import json
 
-    from coldstart.models.zeroshot import text_weights
+    from coldstart.models.zeroshot import english_only_tokenizer, text_weights
 
     key = hashlib.sha256(json.dumps(prompts, ensure_ascii=False).encode("utf-8")).hexdigest()[:24]
-    path = Path(root) / model_slug(clip.model_id) / f"{key}.npy"
+    path = Path(root) / model_slug(clip.model_id) / f"{key}.npz"
     if path.is_file():
-        return np.load(path, allow_pickle=False)
-    weights = text_weights(clip, prompts)
+        with np.load(path, allow_pickle=False) as z:
+            return z["weights"], float(z["logit_scale"]), bool(z["english_only"])
+    weights, scale, english = text_weights(clip, prompts), clip.logit_scale, english_only_tokenizer(clip)
     buf = io.BytesIO()
-    np.save(buf, weights)
+    np.savez(buf, weights=weights, logit_scale=np.float64(scale), english_only=np.bool_(english))
     atomic_write_bytes(path, buf.getvalue())
-    return weights
+    return weights, scale, english
+
+
+def cached_text_weights(root: Path, clip, prompts: list[list[str]]) -> np.ndarray:
+    """Class text weights ``(S, D)`` for ``prompts`` (see ``cached_text_head``)."""
+    return cached_text_head(root, clip, prompts)[0]

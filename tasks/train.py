@@ -33,7 +33,7 @@ from coldstart.tasks.config import Params, RoundConfig, TrainConfig
 from coldstart.tasks.intake import human_labels, read_events
 from coldstart.tasks.pool import read_pool
 from coldstart.tasks.result import IN_MEMORY, StageResult
-from coldstart.tasks.store import EmbeddingStore, cached_text_weights
+from coldstart.tasks.store import EmbeddingStore, cached_text_head
 from coldstart.tasks.workspace import Workspace, atomic_write_bytes, atomic_write_text, read_csv, write_csv
 
 if TYPE_CHECKING:  # the relabel stage imports this module: keep torch out of it
@@ -166,9 +166,10 @@ def zero_shot_head(ws: Workspace, params: Params, clip: ClipModel) -> tuple[Zero
     """The ontology's zero-shot head for this model (text weights cached), and its warnings."""
     onto = params.ontology
     prompts = onto.prompts()
-    weights = cached_text_weights(ws.text_cache, clip, prompts)
-    warnings = prompt_warnings(clip, onto.scoring_classes, prompts, weights, onto.confusable_threshold)
-    head = ZeroShotHead(weights, np.array(onto.label_of_class), len(onto.class_names), clip.logit_scale)
+    weights, logit_scale, english_only = cached_text_head(ws.text_cache, clip, prompts)
+    warnings = prompt_warnings(clip.model_id, english_only, onto.scoring_classes, prompts, weights,
+                               onto.confusable_threshold)
+    head = ZeroShotHead(weights, np.array(onto.label_of_class), len(onto.class_names), logit_scale)
     return head, warnings
 
 

@@ -239,3 +239,16 @@ def test_bf16_autocast_embeddings_stay_close_to_fp32(tiny_clip):
     x = torch.rand(4, 3, 64, 64)
     bf16 = dataclasses.replace(tiny_clip, autocast_dtype=torch.bfloat16).encode_images(x)
     assert bf16.dtype == np.float32 and np.abs(bf16 - tiny_clip.encode_images(x)).max() < 0.1
+
+
+def test_lazy_model_is_built_only_when_used():
+    from coldstart.models.clip import LazyClip, model_id_for
+    from tests.conftest import TINY
+
+    lazy = LazyClip(TINY)
+    assert lazy.model_id == model_id_for(TINY) and "not built yet" in repr(lazy)
+    import copy
+
+    copy.copy(lazy)  # introspection probes do not build it
+    assert lazy._model is None
+    assert lazy.embed_dim == 32 and "built" in repr(lazy) and lazy.load() is load_clip(TINY)

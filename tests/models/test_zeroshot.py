@@ -4,7 +4,14 @@ import pytest
 import yaml
 from open_clip.zero_shot_metadata import SIMPLE_IMAGENET_TEMPLATES
 
-from coldstart.models.zeroshot import ZeroShotHead, confusable_pairs, prompt_warnings, text_weights, to_labels
+from coldstart.models.zeroshot import (
+    ZeroShotHead,
+    confusable_pairs,
+    english_only_tokenizer,
+    prompt_warnings,
+    text_weights,
+    to_labels,
+)
 from coldstart.tasks.config import parse_params
 from coldstart.tasks.store import cached_text_weights
 
@@ -50,11 +57,14 @@ def test_confusable_pairs_are_reported():
 def test_chinese_prompts_with_english_tokenizer_warn_and_name_the_fix(tiny_clip):
     onto = _onto({"templates": ["工业产品照片，显示{}"], "classes": {"划痕": ["金属表面的划痕"], "ok": ["a flawless part"]}})
     weights = text_weights(tiny_clip, onto.prompts())
-    warnings = prompt_warnings(tiny_clip, onto.scoring_classes, onto.prompts(), weights, threshold=1.0)
+    english = english_only_tokenizer(tiny_clip)
+    assert english  # the tiny model uses open_clip's default (English-only) tokenizer
+    warnings = prompt_warnings(tiny_clip.model_id, english, onto.scoring_classes, onto.prompts(), weights,
+                               threshold=1.0)
     assert len(warnings) == 2 and "'划痕'" in warnings[0]
     assert "English-only" in warnings[0] and "xlm-roberta-base-ViT-B-32" in warnings[0]
     latin = _onto({"classes": {"rayure": ["une rayure fine"], "ok": ["pièce parfaite"]}})
-    assert prompt_warnings(tiny_clip, latin.scoring_classes, latin.prompts(),
+    assert prompt_warnings(tiny_clip.model_id, english, latin.scoring_classes, latin.prompts(),
                            text_weights(tiny_clip, latin.prompts()), threshold=1.0) == []
     # The tokenizer round-trips the Chinese text (byte-level BPE), so nothing is garbled on the way.
     tokens = tiny_clip.tokenizer(["金属表面的划痕"])[0]
@@ -70,4 +80,13 @@ def test_text_weights_cached_per_model_and_prompts(tiny_clip, tmp_path, monkeypa
     assert calls == []
     monkeypatch.undo()
     changed = cached_text_weights(tmp_path, tiny_clip, [["a photo of a cat."], ["a photo of a wolf."]])
-    assert not np.allclose(changed, first) and len(list(tmp_path.rglob("*.npy"))) == 2
+    assert not np.allclose(changed, first) and len(list(tmp_path.rglob("*.npz"))) == 2
+    # A hit needs nothing of the model but its id: a round with cached prompts never builds it.
+    from coldstart.models.clip import LazyClip
+    from coldstart.tasks.store import cached_text_head
+    from tests.conftest import TINY
+
+    lazy = LazyClip(TINY)
+    weights, scale, english = cached_text_head(tmp_path, lazy, prompts)
+    assert lazy._model is None and english and scale == pytest.approx(tiny_clip.logit_scale)
+    np.testing.assert_array_equal(weights, first)
