@@ -203,7 +203,8 @@ def relabel(ws: Workspace, params: Params, round_no: int) -> RelabelResult:
         locations = pa.array(locs, pa.string())
     label, conf, is_human = resolve(raw_ids, probs, classes, humans, keys)
     digest = fingerprint(raw_ids)
-    prev = previous_rows(ws.resolved, _id_strings(raw_ids), digest, classes)  # before it is replaced
+    # The previous table, read before it is replaced.
+    prev = previous_rows(ws.resolved, _id_strings(raw_ids), digest, classes, chosen.labeler_id)
     rounds = np.full(len(raw_ids), round_no, np.int32)
     churn = None
     if prev is not None and (prev.row >= 0).any():
@@ -211,8 +212,8 @@ def relabel(ws: Workspace, params: Params, round_no: int) -> RelabelResult:
         churn = float(np.count_nonzero(prev.label[seen] != label[seen])) / int(seen.sum())
         # A row keeps the round its label was set in while label, confidence and labeler stay
         # the same: a round that changes nothing rewrites nothing (DVC then stores nothing).
-        labeler = np.where(is_human, "", chosen.labeler_id)
-        same = seen & (prev.label == label) & (prev.confidence == conf) & (prev.labeler == labeler)
+        same_source = np.where(is_human, prev.human, prev.by_labeler & ~prev.human)
+        same = seen & (prev.label == label) & (prev.confidence == conf) & same_source
         rounds[same] = prev.round[same]
     table = resolved_table(raw_ids, paths, label, conf, is_human, classes, source=chosen.model,
                            model_id=chosen.labeler_id, rounds=rounds, locations=locations, digest=digest)
@@ -281,11 +282,13 @@ class Previous:
     row: np.ndarray  # (N,) row in the previous table, -1 where the image is new
     label: np.ndarray  # (N,) label index in this round's ontology (-1: not there, or a removed label)
     confidence: np.ndarray  # (N,) float32
-    labeler: np.ndarray  # (N,) object: "" for a human label, else the labeler id
+    human: np.ndarray  # (N,) bool: the label was a human's
+    by_labeler: np.ndarray  # (N,) bool: the label came from ``labeler_id`` (this round's head)
     round: np.ndarray  # (N,) int32
 
 
-def previous_rows(previous: Path, new_ids: pa.Array, digest: str, classes: list[str]) -> Previous | None:
+def previous_rows(previous: Path, new_ids: pa.Array, digest: str, classes: list[str], labeler_id: str
+                  ) -> Previous | None:
     """Read the last resolved table and align it to this round's ids (``new_ids`` in row order,
     ``digest`` their fingerprint): when no image came or went the ids are not even read."""
     if not Path(previous).is_file():
@@ -305,9 +308,10 @@ def previous_rows(previous: Path, new_ids: pa.Array, digest: str, classes: list[
         row[at[found].astype(np.int64)] = np.flatnonzero(found)
     take = np.maximum(row, 0)
     label = _codes(old["label"], {c: k for k, c in enumerate(classes)})
-    labeler = np.where(_strings(old["source"]) == "human", "", _strings(old["model_id"]))
+    human = _codes(old["source"], {"human": 0}) == 0
+    by_labeler = _codes(old["model_id"], {labeler_id: 0}) == 0
     return Previous(row, np.where(row >= 0, label[take], -1).astype(np.int32),
-                    _plain(old["confidence"]).to_numpy()[take], labeler[take],
+                    _plain(old["confidence"]).to_numpy()[take], human[take], by_labeler[take],
                     _plain(old["round"]).to_numpy()[take].astype(np.int32))
 
 
@@ -318,20 +322,6 @@ def _codes(column, known: dict[str, int]) -> np.ndarray:
         lut = np.array([known.get(c, -1) for c in column.dictionary.to_pylist()] + [-1], np.int32)
         return lut[column.indices.fill_null(len(column.dictionary)).to_numpy()]
     return np.array([known.get(c, -1) for c in column.to_pylist()], np.int32)
-
-
-def _strings(column) -> np.ndarray:
-    """A (dictionary) string column as an object array, decoding the dictionary once."""
-    column = _plain(column)
-    if pa.types.is_dictionary(column.type):
-        return np.array(column.dictionary.to_pylist() + [None], object)[
-            column.indices.fill_null(len(column.dictionary)).to_numpy()]
-    return np.array(column.to_pylist(), object)
-
-
-def _decoded(column) -> pa.Array:
-    column = _plain(column)
-    return column.dictionary_decode() if pa.types.is_dictionary(column.type) else column
 
 
 def _plain(column) -> pa.Array:
