@@ -205,7 +205,8 @@ def cmd_bench(a) -> int:
         rel = bench_relabel()
         print("\n  every target, measured in this run:")
         for key, target in TARGETS.items():
-            print(target.line((pre if key in pre else rel)[key]))
+            if key in pre or key in rel:  # `bench al` reports its own targets
+                print(target.line((pre if key in pre else rel)[key]))
         _write_json(a.json, {"prelabel": pre, "relabel": rel})
         return 0
     if a.bench == "al":

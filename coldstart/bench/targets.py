@@ -26,4 +26,6 @@ TARGETS = {t.key: t for t in (
     Target("embed_vs_naive", "embed stage / naive loop", ">=", 5.0),
     Target("relabel_1m_s", "relabel stage, 1M x 512-d, 10 classes (s)", "<=", 2.0),
     Target("peak_rss_mb", "relabel stage peak RSS (MB)", "<=", 1536.0),
+    Target("labels_to_95", "labels to 95% of full-pool accuracy (coldstart)", "<=", 70.0),
+    Target("audit_coverage", "audit Wilson 95% interval coverage", ">=", 0.90),
 )}

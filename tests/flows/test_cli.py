@@ -304,7 +304,8 @@ def test_bench_relabel_times_the_production_stage(tmp_path, capsys):
     assert cli(["bench", "relabel", "--n", "5000", "--dim", "64", "--classes", "5", "--json", str(out)]) == 0
     figures = json.loads(out.read_text())
     assert figures["path"] == "production" and figures["n"] == 5000 and figures["human_labels"] == 1000
-    assert figures["relabel_1m_s"] == pytest.approx(figures["seconds"] * 200, rel=1e-2)
+    # Scaled to a million images (seconds are rounded to 1 ms before scaling: +-0.1 s at x200).
+    assert figures["relabel_1m_s"] == pytest.approx(figures["seconds"] * 200, abs=0.11)
     assert 0 < figures["peak_rss_mb"] and figures["resolved_table_mb"] > 0
     assert "relabel stage, 1M x 512-d, 10 classes (s)" in capsys.readouterr().out
 
