@@ -39,7 +39,7 @@ def run_round(ws: Workspace) -> RoundRecord:
     with rec.timed("scan"):  # images -> content ids, manifest, quarantine
         rec.scan = scan_task(ws, params.scan, n)
     rec.scan.require_images(ws)
-    with rec.timed("load_model"):
+    with rec.timed("load_model"):  # a handle: the model is built when a stage first needs it
         clip = load_model_task(params.model)
     with rec.timed("embed"):  # new images only -> embedding store
         rec.embed = embed_task(ws, clip, params.model, params.views)
