@@ -72,3 +72,20 @@ def test_bomb_header_refused_before_decoding(tmp_path):
     (tmp_path / "bomb.png").write_bytes(buf.getvalue())
     with pytest.raises(ImageDecodeError, match="too large"):
         load_rgb(tmp_path / "bomb.png", max_pixels=100_000_000)
+
+
+def test_walk_order_hidden_files_and_links(tmp_path):
+    """Folders' files in name order before their subfolders; hidden entries, dangling links and
+    linked folders skipped (a linked folder would scan the same images twice)."""
+    import os
+
+    from coldstart.tasks.scan import _walk
+
+    for rel in ("b.png", "a.png", "sub/z.png", "sub/deeper/y.png", "a-sub/x.png", ".hidden/h.png", ".h.png"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_bytes(b"x")
+    os.symlink(tmp_path / "sub", tmp_path / "linked-folder")
+    os.symlink(tmp_path / "missing.png", tmp_path / "dangling.png")
+    assert [rel for _, rel, _ in _walk(tmp_path, None)] == [
+        "a.png", "b.png", "a-sub/x.png", "sub/z.png", "sub/deeper/y.png"]
+    assert [rel for _, rel, _ in _walk(tmp_path, ["PNG"])][:2] == ["a.png", "b.png"]
