@@ -321,7 +321,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--n", type=int, default=1_000_000)
     b.add_argument("--dim", type=int, default=512)
     b.add_argument("--budget", type=int, default=50)
-    b = bench_parser("scale", "three real rounds on N synthetic images: seconds per stage, peak RSS, bytes stored")
+    b = bench_parser("scale", "four real rounds on N synthetic images: seconds per stage, peak RSS, bytes stored")
     b.add_argument("--n", type=int, default=2000)
     b.add_argument("--budget", type=int, default=50)
     b.add_argument("--keep", help="build the workspace in this folder and keep it (default: a temporary folder)")

@@ -102,7 +102,7 @@ class OntologyConfig(_Section):
                 spec = {"descriptions": spec}
             if not isinstance(spec, dict):
                 raise ValueError(f"class {name!r}: give a list of descriptions or a mapping with 'descriptions'")
-            # Labels are matched after NFC normalisation everywhere (RELIABILITY.md).
+            # Labels are matched after NFC normalisation everywhere (README, "Human answers").
             out[unicodedata.normalize("NFC", str(name).strip())] = spec
         return out
 

@@ -3,7 +3,7 @@
 Answers come as CSV (the review CSV with its ``label`` column filled in) or as a Label Studio
 JSON export of the tasks coldstart exported (``choices``).
 
-Contract (RELIABILITY.md): a file with any bad row is rejected whole, every problem listed by
+Contract (README, "Human answers"): a file with any bad row is rejected whole, every problem listed by
 row, nothing merged; it is moved to ``data/inbox/rejected/`` beside ``<name>.errors.txt``.
 An accepted file is moved to ``data/labels/imported/``. Re-importing a file whose bytes were
 already imported adds nothing (the log records each source file's sha256).

@@ -136,5 +136,5 @@ def _image_path(data: dict) -> str:
 
 
 def _text(value: object) -> str:
-    # Labels are compared after NFC normalisation everywhere (RELIABILITY.md).
+    # Labels are compared after NFC normalisation everywhere (README, "Human answers").
     return unicodedata.normalize("NFC", str(value or "").strip())

@@ -7,7 +7,7 @@ replaced since, and those must not be trained on or labeled.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import Iterator
 
 import numpy as np
 
@@ -64,13 +64,3 @@ def read_pool(ws: Workspace, store: EmbeddingStore, labeled: dict[str, str] | se
     std = np.sqrt(np.maximum(total_sq / n - mean ** 2, 0.0)) + 1e-6
     return Pool(n, mean.astype(np.float32), std.astype(np.float32), ids, np.concatenate(rows),
                 all_ids if keep_all else None, np.concatenate(chunks) if keep_all else None)
-
-
-def predict_pool(ws: Workspace, store: EmbeddingStore, fn: Callable[[np.ndarray], np.ndarray]
-                 ) -> tuple[list[str], np.ndarray]:
-    """``fn`` ``(n, D) -> (n, L)`` over every current image, streamed: -> (ids, ``(N, L)``)."""
-    ids, parts = [], []
-    for chunk_ids, X in current_chunks(ws, store):
-        ids.extend(chunk_ids)
-        parts.append(fn(X))
-    return ids, np.concatenate(parts) if parts else np.zeros((0, 0), np.float32)

@@ -1,4 +1,4 @@
-"""Faults from RELIABILITY.md with real processes: kill -9 mid-embed, two intakes at once."""
+"""Faults with real processes: kill -9 mid-embed, two intakes at once (README, "What a round does")."""
 
 from __future__ import annotations
 
