@@ -39,7 +39,8 @@ class VersionResult(StageResult):
 
 def tree_digest(folder: Path) -> str:
     """sha256 of every file's (path, size, mtime) under ``folder``: changes when any file is
-    added, removed, replaced or touched. One stat per file; no file is read."""
+    added, removed, replaced or touched. One stat per file; no file is read. Hidden files count
+    too (unlike the scan stage's walk), because DVC tracks them."""
     h = hashlib.sha256()
     for dirpath, dirnames, filenames in os.walk(folder):
         dirnames.sort()
