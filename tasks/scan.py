@@ -12,7 +12,7 @@ import logging
 import os
 import unicodedata
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
@@ -23,7 +23,7 @@ from prefect.cache_policies import NO_CACHE
 
 from coldstart.tasks.config import ScanConfig
 from coldstart.tasks.errors import WorkspaceError
-from coldstart.tasks.result import StageResult
+from coldstart.tasks.result import IN_MEMORY, StageResult
 from coldstart.tasks.workspace import Workspace, read_csv, write_csv
 
 log = logging.getLogger(__name__)
@@ -102,6 +102,9 @@ class ScanResult(StageResult):
     new_images: int
     quarantined: int
     duplicates: int  # files whose content another file already has
+    # Each image part's digest (top-level folder of data/images, "" for loose files): the
+    # version stage re-adds to DVC only the parts whose digest changed.
+    parts: dict[str, str] = field(default_factory=dict, metadata=IN_MEMORY)
 
     def metrics(self) -> dict[str, float | None]:
         return {"images": self.images, "new_images": self.new_images, "quarantined": self.quarantined,
@@ -116,20 +119,27 @@ class ScanResult(StageResult):
                                  f"are fine) and run the round again.")
 
 
-def _walk(root: Path, extensions: list[str] | None) -> Iterator[tuple[str, str, os.stat_result]]:
+def part_of(rel: str) -> str:
+    """The image part a file belongs to: its top-level folder under data/images, or "" for the
+    files directly in data/images. The version stage tracks each part with its own .dvc file."""
+    head, sep, _ = rel.partition("/")
+    return head if sep else ""
+
+
+def _walk(root: Path, top: bool = True) -> Iterator[tuple[str, str, os.stat_result]]:
     """Every file under ``root`` as (path, path relative to ``root`` in POSIX form, stat): a
-    folder's files in name order, then its subfolders in name order; hidden entries skipped,
-    symlinked folders not followed. Plain strings and ``os.scandir``: at 100,000 images,
-    pathlib objects cost more than the stat calls themselves."""
-    exts = {e.lower() if e.startswith(".") else "." + e.lower() for e in extensions} if extensions else None
+    folder's files in name order, then its subfolders in name order; hidden entries, and DVC's
+    own ``.dvc`` files at the top, skipped; symlinked folders not followed. Plain strings and
+    ``os.scandir``: at 100,000 images, pathlib objects cost more than the stat calls themselves."""
     with os.scandir(root) as it:
-        entries = sorted((e for e in it if not e.name.startswith(".")), key=lambda e: e.name)
+        entries = sorted((e for e in it if not e.name.startswith(".") and not (top and e.name.endswith(".dvc"))),
+                         key=lambda e: e.name)
     folders = []
     for e in entries:
         if e.is_dir():  # a symlink to a folder counts as one, and is not descended into (as os.walk)
             if not e.is_symlink():
                 folders.append(e)
-        elif exts is None or os.path.splitext(e.name)[1].lower() in exts:
+        else:
             try:
                 st = os.stat(e.path)
             except OSError as err:  # a dangling symlink, or a file deleted while scanning
@@ -137,8 +147,34 @@ def _walk(root: Path, extensions: list[str] | None) -> Iterator[tuple[str, str, 
                 continue
             yield e.path, e.name, st
     for f in folders:
-        for path, rel, st in _walk(Path(f.path), extensions):
+        for path, rel, st in _walk(Path(f.path), top=False):
             yield path, f"{f.name}/{rel}", st
+
+
+class PartDigests:
+    """sha256 per image part of every file's (path, size, mtime): a part's digest changes when
+    any of its files is added, removed, replaced or touched. Built from the scan's own walk, so
+    the version stage learns which parts changed without a second walk."""
+
+    def __init__(self) -> None:
+        self._h: dict[str, "hashlib._Hash"] = {}
+
+    def add(self, rel: str, st: os.stat_result) -> None:
+        part = part_of(rel)
+        h = self._h.get(part) or self._h.setdefault(part, hashlib.sha256())
+        h.update(f"{rel}\0{st.st_size}\0{st.st_mtime_ns}\n".encode("utf-8", "surrogateescape"))
+
+    def result(self) -> dict[str, str]:
+        return {part: h.hexdigest() for part, h in sorted(self._h.items())}
+
+
+def part_digests(images: Path) -> dict[str, str]:
+    """Each image part's digest (see PartDigests), by a stat walk of ``images``."""
+    digests = PartDigests()
+    if images.is_dir():
+        for _, rel, st in _walk(images):
+            digests.add(rel, st)
+    return digests.result()
 
 
 def scan(ws: Workspace, cfg: ScanConfig, round_no: int) -> ScanResult:
@@ -149,7 +185,12 @@ def scan(ws: Workspace, cfg: ScanConfig, round_no: int) -> ScanResult:
     old_q = {r["path"]: r for r in read_csv(ws.quarantine)}
     known_ok = {r["image_id"]: r for r in old.values()}
     manifest, quarantine, new_ids = [], [], set()
-    for p, rel, st in _walk(ws.images, cfg.extensions):
+    exts = {e.lower() if e.startswith(".") else "." + e.lower() for e in cfg.extensions} if cfg.extensions else None
+    digests = PartDigests()
+    for p, rel, st in _walk(ws.images):
+        digests.add(rel, st)  # every file DVC tracks, image or not
+        if exts is not None and os.path.splitext(rel)[1].lower() not in exts:
+            continue
         rel = unicodedata.normalize("NFC", rel)
         prev = old.get(rel) or old_q.get(rel)
         unchanged = prev is not None and prev["size_bytes"] == str(st.st_size) and prev["mtime_ns"] == str(st.st_mtime_ns)
@@ -177,7 +218,7 @@ def scan(ws: Workspace, cfg: ScanConfig, round_no: int) -> ScanResult:
     write_csv(ws.quarantine, QUARANTINE_FIELDS, quarantine)
     ids = {r["image_id"] for r in manifest}
     return ScanResult(images=len(ids), files=len(manifest) + len(quarantine), new_images=len(new_ids),
-                      quarantined=len(quarantine), duplicates=len(manifest) - len(ids))
+                      quarantined=len(quarantine), duplicates=len(manifest) - len(ids), parts=digests.result())
 
 
 def image_table(ws: Workspace) -> dict[str, str]:

@@ -7,12 +7,11 @@ operation (a long-lived one goes stale when the cache changes behind it).
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import os
 import subprocess
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
@@ -21,6 +20,7 @@ from prefect.cache_policies import NO_CACHE
 
 from coldstart.tasks.errors import VersioningError, WorkspaceError
 from coldstart.tasks.result import StageResult
+from coldstart.tasks.scan import part_digests
 from coldstart.tasks.workspace import Workspace, atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -34,21 +34,12 @@ DATA_DIRS = ["images", "inbox", "labels", "store", "review", "models", "metrics"
 class VersionResult(StageResult):
     commit: str  # the git commit holding this round's dvc.lock, .dvc files and records
     tag: str  # round-NNN
-    images_added: bool = True  # whether data/images changed since the last round, so DVC hashed it
+    images_added: bool = True  # whether any image part changed since the last round, so DVC hashed it
+    parts_added: list[str] = field(default_factory=list)  # the image parts DVC (re-)added this round
+    parts_removed: list[str] = field(default_factory=list)  # parts gone from data/images: .dvc file removed
 
 
-def tree_digest(folder: Path) -> str:
-    """sha256 of every file's (path, size, mtime) under ``folder``: changes when any file is
-    added, removed, replaced or touched. One stat per file; no file is read. Hidden files count
-    too (unlike the scan stage's walk), because DVC tracks them."""
-    h = hashlib.sha256()
-    for dirpath, dirnames, filenames in os.walk(folder):
-        dirnames.sort()
-        for name in sorted(filenames):
-            st = os.lstat(os.path.join(dirpath, name))
-            h.update(f"{os.path.relpath(os.path.join(dirpath, name), folder)}\0{st.st_size}\0{st.st_mtime_ns}\n"
-                     .encode("utf-8", "surrogateescape"))
-    return h.hexdigest()
+PARTS_INDEX = "data/image-parts.json"  # the scan stage's dependency in dvc.yaml (see image_parts)
 
 
 def git(root: Path, *args: str, check: bool = True) -> str:
@@ -102,11 +93,11 @@ def init_workspace(dest: str | os.PathLike, *, remote: str | os.PathLike | None 
     if (root / "params.yaml").exists() or (root / ".dvc").exists():
         raise WorkspaceError(f"{root} already holds a workspace (params.yaml or .dvc/ exists); use it as it is")
     root.mkdir(parents=True, exist_ok=True)
+    for d in DATA_DIRS:
+        (root / "data" / d).mkdir(parents=True, exist_ok=True)
     for src, dst in TEMPLATE_FILES.items():
         (root / dst).write_text(params_text if (src == "params.yaml" and params_text) else template_text(src),
                                 encoding="utf-8")
-    for d in DATA_DIRS:
-        (root / "data" / d).mkdir(parents=True, exist_ok=True)
     (root / "data" / "inbox" / ".gitkeep").touch()
     remote_dir = Path(remote).expanduser().resolve() if remote else root / ".dvc-remote"
     remote_dir.mkdir(parents=True, exist_ok=True)
@@ -127,7 +118,7 @@ def init_workspace(dest: str | os.PathLike, *, remote: str | os.PathLike | None 
             # an edit in place from corrupting the cache: replace an image, do not edit it.
             conf["cache"]["type"] = "hardlink,copy"
             conf["remote"]["local"] = {"url": str(remote_dir)}
-        repo.add(str(root / "data" / "images"))
+    write_parts_index(root, {})
     # The remote config is committed before any round tag: `dvc fetch` at a tag reads that
     # tag's own .dvc/config.
     git(root, "add", "-A")
@@ -135,35 +126,103 @@ def init_workspace(dest: str | os.PathLike, *, remote: str | os.PathLike | None 
     return Workspace(root)
 
 
-def version(ws: Workspace, round_no: int, message: str) -> VersionResult:
-    """The version stage: dvc add images, commit every stage, push; git commit; tag ``round-NNN``."""
+def _targets(images: Path, part: str) -> list[Path]:
+    """What DVC tracks for one image part: the folder, or for "" each loose file on its own."""
+    if part:
+        return [images / part]
+    return sorted(p for p in images.iterdir() if p.is_file() and not p.name.startswith(".")
+                  and p.suffix != ".dvc")
+
+
+def _tracked(images: Path) -> dict[str, Path]:
+    """The parts DVC tracks now: each ``data/images/NAME.dvc`` -> NAME (a folder or a loose file)."""
+    return {p.name[: -len(".dvc")]: p for p in images.glob("*.dvc")}
+
+
+def _unignore_parts(root: Path) -> None:
+    """An older workspace git-ignores the whole of data/images; the parts' .dvc files must be
+    committed, so data/images/.gitignore ignores what is inside it instead. (A root pattern
+    `/data/images/*` would not do: DVC then takes the folder itself for ignored and never finds
+    the .dvc files in it.)"""
+    gitignore = root / ".gitignore"
+    lines = gitignore.read_text(encoding="utf-8").splitlines() if gitignore.is_file() else []
+    if "/data/images" in lines:
+        lines.remove("/data/images")
+        atomic_write_text(gitignore, "\n".join(lines) + "\n")
+    atomic_write_text(root / "data" / "images" / ".gitignore", template_text("images-gitignore"))
+
+
+def write_parts_index(root: Path, entries: dict[str, dict]) -> None:
+    """data/image-parts.json: every image part of this round with its DVC hash, file count and
+    bytes. Small and git-tracked: it is what the scan stage depends on in dvc.yaml, in place of
+    the whole folder, which DVC would re-hash file by file on every commit (a million stats)."""
+    text = json.dumps([{"part": k, **v} for k, v in sorted(entries.items())], indent=1, ensure_ascii=False)
+    path = root / PARTS_INDEX
+    if not path.is_file() or path.read_text(encoding="utf-8") != text + "\n":
+        atomic_write_text(path, text + "\n")
+
+
+def _parts_index(images: Path) -> dict[str, dict]:
+    import yaml
+
+    out = {}
+    for name, dvcfile in _tracked(images).items():
+        o = (yaml.safe_load(dvcfile.read_text(encoding="utf-8")) or {}).get("outs", [{}])[0]
+        out[name] = {"dvc": f"data/images/{dvcfile.name}", "md5": o.get("md5"), "nfiles": o.get("nfiles", 1),
+                     "size": o.get("size")}
+    return out
+
+
+def version(ws: Workspace, round_no: int, message: str, parts: dict[str, str] | None = None) -> VersionResult:
+    """The version stage: DVC-add the image parts that changed, commit the stages, push what
+    changed; git commit; tag ``round-NNN``.
+
+    Images are versioned in parts, the way DVC's large users do it: each top-level folder of
+    data/images (one per ingest batch, typically) has its own ``.dvc`` file, and each file
+    directly in data/images its own. A round hashes, commits and pushes only the parts whose
+    digest (``parts``, from the scan stage's walk; computed here when None) changed, so adding 1%
+    new images in a new folder costs 1% of the images, not all of them. One ``Repo`` per round:
+    DVC re-reads its index at each locked operation.
+    """
     from dvc.exceptions import DvcException
     from dvc.repo import Repo
 
     tag = f"round-{round_no:03d}"
     logging.getLogger("dvc").setLevel(logging.ERROR)  # its hints talk about its own CLI
-    # `dvc add data/images` walks, stats and checks every image; when no file there changed since
-    # the last versioned round (our own stat walk says so, far cheaper), images.dvc is current
-    # and its objects are on the remote: add nothing, push only the stages' outputs.
-    # The scan stage depends on data/images and on params `scan`: either changed, commit it too.
-    images = tree_digest(ws.images) + " " + json.dumps(ws.params().scan.model_dump(), sort_keys=True)
-    marker = ws.state_dir / "versioned-images"
-    images_changed = not marker.is_file() or marker.read_text(encoding="utf-8") != images
+    digests = parts if parts is not None else part_digests(ws.images)
+    scan_params = json.dumps(ws.params().scan.model_dump(), sort_keys=True)
+    marker = ws.state_dir / "versioned-parts.json"
+    try:
+        before = json.loads(marker.read_text(encoding="utf-8")) if marker.is_file() else {}
+    except ValueError:
+        before = {}  # unreadable: treat every part as changed (DVC's own state makes that cheap)
+    old = before.get("parts", {})
+    tracked = _tracked(ws.images)
+    changed = [p for p, d in digests.items() if old.get(p) != d or (p and p not in tracked)]
+    loose = {t.name for t in _targets(ws.images, "")}
+    gone = [name for name in tracked if name not in digests and name not in loose]  # deleted or emptied
+    legacy = ws.root / "data" / "images.dvc"  # workspaces from before parts: one .dvc for the whole folder
+    rescan = bool(changed or gone or legacy.exists()) or before.get("scan") != scan_params
     try:
         # DVC's API resolves some targets against the process's cwd: work from the root.
-        with contextlib.chdir(ws.root):
-            if images_changed:
-                with Repo(str(ws.root)) as repo:
-                    repo.add(str(ws.images))
-            with Repo(str(ws.root)) as repo:
-                if images_changed:
-                    repo.commit(force=True)
-                else:  # the scan stage's dependency is data/images: unchanged, its lock entry holds
-                    for stage in repo.index.stages:
-                        if stage.cmd and stage.name != "scan":
-                            repo.commit(f"dvc.yaml:{stage.name}", force=True)
-            with Repo(str(ws.root)) as repo:
-                pushed = repo.push() if images_changed else repo.push(targets=["dvc.yaml"])
+        with contextlib.chdir(ws.root), Repo(str(ws.root)) as repo:
+            if legacy.exists():
+                repo.remove(str(legacy), outs=False)
+                _unignore_parts(ws.root)
+                changed = sorted(digests)
+            for name in gone:
+                repo.remove(str(tracked[name]), outs=False)
+            targets = [str(t) for p in changed for t in _targets(ws.images, p)]
+            if targets:
+                repo.add(targets)
+            write_parts_index(ws.root, _parts_index(ws.images))
+            for stage in repo.index.stages:
+                # The scan stage depends on the parts index and on params `scan`: commit it only
+                # when either changed; its lock entry holds otherwise.
+                if stage.cmd and (stage.name != "scan" or rescan):
+                    repo.commit(f"dvc.yaml:{stage.name}", force=True)
+            push = [str(Path(t).with_name(Path(t).name + ".dvc")) for t in targets] + ["dvc.yaml"]
+            pushed = repo.push(targets=push)
         log.info("dvc push: %s object(s) sent to the remote", pushed)
     except DvcException as e:
         hint = ("add the missing section to params.yaml (dvc.yaml declares it as a parameter)"
@@ -178,11 +237,11 @@ def version(ws: Workspace, round_no: int, message: str) -> VersionResult:
     else:
         git(ws.root, "commit", "-q", "--allow-empty", "-m", message)
     git(ws.root, "tag", "-a", tag, "-m", message)
-    atomic_write_text(marker, images)  # only now: the images are committed, pushed and tagged
-    return VersionResult(git(ws.root, "rev-parse", "HEAD"), tag, images_changed)
+    # Only now: the parts are committed, pushed and tagged.
+    atomic_write_text(marker, json.dumps({"scan": scan_params, "parts": digests}, sort_keys=True))
+    return VersionResult(git(ws.root, "rev-parse", "HEAD"), tag, bool(changed), sorted(changed), sorted(gone))
 
 
 @task(name="version", cache_policy=NO_CACHE)
-def version_task(ws: Workspace, round_no: int, message: str) -> VersionResult:
-    return version(ws, round_no, message)
-
+def version_task(ws: Workspace, round_no: int, message: str, parts: dict[str, str] | None = None) -> VersionResult:
+    return version(ws, round_no, message, parts)

@@ -16,7 +16,7 @@ def test_init_creates_a_versioned_workspace(tmp_path, capsys):
     assert cli(["init", str(tmp_path / "proj")]) == 0
     ws = Workspace.open(tmp_path / "proj")
     assert (ws.root / ".git").is_dir() and (ws.root / ".dvc" / "config").is_file()
-    assert (ws.root / "data" / "images.dvc").is_file() and ws.params().round.budget == 50
+    assert (ws.root / "data" / "image-parts.json").read_text() == "[]\n" and ws.params().round.budget == 50
     assert "coldstart round --workspace" in capsys.readouterr().out
     assert cli(["init", str(tmp_path / "proj")]) == 2  # never overwrite a workspace
     assert "already holds a workspace" in capsys.readouterr().err

@@ -215,11 +215,12 @@ def test_dvc_sees_every_stage_up_to_date_and_an_older_tag_pulls_back(rounds):
     subprocess.run(["git", "clone", "-q", str(ws.root), str(clone)], check=True)
     subprocess.run(["git", "checkout", "-q", "round-002"], cwd=clone, check=True)
     with contextlib.chdir(clone), Repo(str(clone)) as repo:
-        repo.pull(targets=["data/labels/resolved.parquet", "data/images"])
+        repo.pull(targets=["data/labels/resolved.parquet"])
+        repo.pull(targets=["data/images"], recursive=True)  # every part's .dvc file under it
     got = (clone / "data/labels/resolved.parquet").read_bytes()
     assert got == rounds.resolved_at[2] != rounds.resolved_at[3]
     # The images too, though rounds 2 and 3 found them unchanged and did not re-add them.
-    assert [r.version.images_added for r in rounds.records] == [True, False, False]
+    assert [r.version.parts_added for r in rounds.records] == [["bad", "scans-00", "副本"], [], []]
     pulled = sorted(p.relative_to(clone / "data/images").as_posix() for p in (clone / "data/images").rglob("*")
                     if p.is_file())
     assert pulled == sorted(p.relative_to(ws.images).as_posix() for p in ws.images.rglob("*") if p.is_file())
@@ -245,26 +246,33 @@ def test_dvc_repro_runs_exactly_the_stale_stages(rounds, monkeypatch):
         assert repo.status() == {}
 
 
-def test_a_round_after_new_images_versions_them(rounds):
-    """On a copy: one new image; the round adds data/images again (the earlier rounds did not)
-    and DVC sees the workspace up to date, the new image in images.dvc."""
+def test_a_round_after_new_images_versions_only_the_changed_parts(rounds):
+    """On a copy: a new folder and a new loose file; the round adds those two parts to DVC and
+    nothing else, a part deleted loses its .dvc file, and DVC sees the workspace up to date."""
     import yaml
     from dvc.repo import Repo
 
     copy = rounds.tmp / "more-images"
     shutil.copytree(rounds.ws.root, copy, symlinks=True)
-    before = yaml.safe_load((copy / "data/images.dvc").read_text())["outs"][0]["nfiles"]
+    before = (copy / "data/images/scans-00.dvc").read_text()
     write_image(copy / "data/images/new/extra.png", seed=99, size=(32, 32))
+    write_image(copy / "data/images/loose.png", seed=98, size=(32, 32))
+    shutil.rmtree(copy / "data/images/bad")
     rec = labeling_round(workspace=str(copy))
-    assert rec.version.images_added and rec.scan.new_images == 1
-    assert yaml.safe_load((copy / "data/images.dvc").read_text())["outs"][0]["nfiles"] == before + 1
+    assert rec.scan.new_images == 2
+    assert (rec.version.parts_added, rec.version.parts_removed) == (["", "new"], ["bad"])
+    assert yaml.safe_load((copy / "data/images/new.dvc").read_text())["outs"][0]["nfiles"] == 1
+    assert (copy / "data/images/loose.png.dvc").is_file() and not (copy / "data/images/bad.dvc").exists()
+    assert (copy / "data/images/scans-00.dvc").read_text() == before
+    index = {e["part"]: e for e in json.loads((copy / "data/image-parts.json").read_text())}
+    assert set(index) == {"loose.png", "new", "scans-00", "副本"} and index["new"]["nfiles"] == 1
     with contextlib.chdir(copy), Repo(str(copy)) as repo:
         assert repo.status() == {}
 
 
 def test_a_scan_param_change_alone_is_versioned(rounds):
-    """Images unchanged but `scan` params changed: the scan stage is committed again, so DVC
-    sees the workspace up to date."""
+    """Images unchanged but `scan` params changed: no image part is re-added, the scan stage is
+    committed again, so DVC sees the workspace up to date."""
     from dvc.repo import Repo
 
     copy = rounds.tmp / "scan-param"
@@ -272,6 +280,6 @@ def test_a_scan_param_change_alone_is_versioned(rounds):
     params = (copy / "params.yaml").read_text()
     (copy / "params.yaml").write_text(params.replace("max_pixels: 100000000", "max_pixels: 90000000"))
     rec = labeling_round(workspace=str(copy))
-    assert rec.version.images_added
+    assert not rec.version.images_added and rec.version.parts_added == []
     with contextlib.chdir(copy), Repo(str(copy)) as repo:
         assert repo.status() == {}
