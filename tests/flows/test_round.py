@@ -283,3 +283,28 @@ def test_a_scan_param_change_alone_is_versioned(rounds):
     assert not rec.version.images_added and rec.version.parts_added == []
     with contextlib.chdir(copy), Repo(str(copy)) as repo:
         assert repo.status() == {}
+
+
+def test_a_workspace_with_one_dvc_file_for_all_images_moves_to_parts(rounds):
+    """A workspace made before image parts (data/images.dvc, /data/images git-ignored): the next
+    round replaces images.dvc by one .dvc per part and DVC sees the workspace up to date."""
+    from dvc.repo import Repo
+
+    copy = rounds.tmp / "legacy"
+    shutil.copytree(rounds.ws.root, copy, symlinks=True)
+    with contextlib.chdir(copy), Repo(str(copy)) as repo:
+        for dvcfile in (copy / "data/images").glob("*.dvc"):
+            repo.remove(str(dvcfile), outs=False)
+        (copy / "data/images/.gitignore").unlink(missing_ok=True)
+        (copy / ".gitignore").write_text("/data/images\n" + (copy / ".gitignore").read_text())
+        subprocess.run(["git", "rm", "-rq", "--cached", "data/images"], cwd=copy, check=True)
+        repo.add(str(copy / "data/images"))
+    subprocess.run(["git", "add", "-A"], cwd=copy, check=True)
+    subprocess.run(["git", "commit", "-qm", "old layout"], cwd=copy, check=True)
+    rec = labeling_round(workspace=str(copy))
+    assert not (copy / "data/images.dvc").exists()
+    assert rec.version.parts_added == ["bad", "scans-00", "副本"]
+    assert sorted(p.name for p in (copy / "data/images").glob("*.dvc")) == ["bad.dvc", "scans-00.dvc", "副本.dvc"]
+    assert "/data/images\n" not in (copy / ".gitignore").read_text()
+    with contextlib.chdir(copy), Repo(str(copy)) as repo:
+        assert repo.status() == {}
