@@ -57,7 +57,7 @@ def run_round(ws: Workspace) -> RoundRecord:
         rec.track = track_task(ws, params, n, rec.metrics(), rec.artifacts(ws), rec.train)
     rec.save(ws.metrics_dir / "round.json")  # the round's own record, committed with its tag
     with rec.timed("version"):  # dvc commit + push, git commit, tag round-NNN
-        rec.version = version_task(ws, n, rec.commit_message(), rec.scan.parts)
+        rec.version = version_task(ws, n, rec.commit_message(), rec.scan.parts, rec.scan.hashed)
     link_run_task(ws, params, rec.run_id, rec.version.commit, rec.version.tag, rec.audit)
     if rec.track.error:
         raise TrackingError(rec.track.error)  # the round is versioned; MLflow missed it

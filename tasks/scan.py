@@ -8,6 +8,7 @@ is a whole, usable image) only when its content id is new.
 from __future__ import annotations
 
 import hashlib
+import io
 import logging
 import os
 import unicodedata
@@ -44,6 +45,49 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
+WHOLE_READ_MAX = 64 << 20  # files up to this size are read once into memory, hashed and decoded from there
+
+
+def read_and_hash(path: str, size: int) -> tuple[bytes | None, str, str]:
+    """One read of a file: its bytes (None when over WHOLE_READ_MAX, then streamed), sha256
+    (the content id) and md5 (DVC's hash, handed to DVC so that it need not read the file)."""
+    sha, md5 = hashlib.sha256(), hashlib.md5()
+    with open(path, "rb") as f:
+        if size <= WHOLE_READ_MAX:
+            data = f.read()
+            sha.update(data)
+            md5.update(data)
+            return data, sha.hexdigest(), md5.hexdigest()
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            sha.update(chunk)
+            md5.update(chunk)
+    return None, sha.hexdigest(), md5.hexdigest()
+
+
+class HashedFiles:
+    """The files the scan read this round, with the (size, mtime) it read and their md5: the
+    version stage gives these hashes to DVC, so a new image is read once by the scan (hash and
+    decode) and once by the embed stage, never by DVC's `add`. A plain class, not a collection,
+    so Prefect passes it between tasks without walking a million entries."""
+
+    __slots__ = ("paths", "sizes", "mtimes", "md5s")
+
+    def __init__(self) -> None:
+        self.paths: list[str] = []
+        self.sizes: list[int] = []
+        self.mtimes: list[int] = []
+        self.md5s: list[str] = []
+
+    def add(self, path: str, st: os.stat_result, md5: str) -> None:
+        self.paths.append(path)
+        self.sizes.append(st.st_size)
+        self.mtimes.append(st.st_mtime_ns)
+        self.md5s.append(md5)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+
 def _to_rgb(img: Image.Image) -> Image.Image:
     """Any PIL mode -> 8-bit RGB. 16-bit and float images are rescaled, not clipped to white."""
     if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
@@ -61,18 +105,20 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB") if img.mode != "RGB" else img
 
 
-def load_rgb(path: str | os.PathLike, *, max_pixels: int = 100_000_000, draft: int | None = None) -> Image.Image:
+def load_rgb(path: str | os.PathLike, *, max_pixels: int = 100_000_000, draft: int | None = None,
+             data: bytes | None = None) -> Image.Image:
     """Decode one image file fully: EXIF orientation applied, 8-bit RGB.
 
     ``draft``: for JPEG, let libjpeg decode at a reduced scale whose short side stays >= draft
-    pixels (much cheaper when the model input is 224 px). Raises ImageDecodeError with a reason.
+    pixels (much cheaper when the model input is 224 px). ``data``: the file's bytes, already
+    read (``path`` then only names it). Raises ImageDecodeError with a reason.
     """
-    if os.path.getsize(path) == 0:
+    if (len(data) if data is not None else os.path.getsize(path)) == 0:
         raise ImageDecodeError("empty file (0 bytes)")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(path)
+            img = Image.open(io.BytesIO(data) if data is not None else path)
             w, h = img.size
             # Check the header's size against our cap before any pixel is decoded (bombs).
             if w * h > max_pixels:
@@ -105,6 +151,7 @@ class ScanResult(StageResult):
     # Each image part's digest (top-level folder of data/images, "" for loose files): the
     # version stage re-adds to DVC only the parts whose digest changed.
     parts: dict[str, str] = field(default_factory=dict, metadata=IN_MEMORY)
+    hashed: HashedFiles = field(default_factory=HashedFiles, metadata=IN_MEMORY)  # for the version stage
 
     def metrics(self) -> dict[str, float | None]:
         return {"images": self.images, "new_images": self.new_images, "quarantined": self.quarantined,
@@ -184,7 +231,8 @@ def scan(ws: Workspace, cfg: ScanConfig, round_no: int) -> ScanResult:
     old = {r["path"]: r for r in read_csv(ws.manifest)}
     old_q = {r["path"]: r for r in read_csv(ws.quarantine)}
     known_ok = {r["image_id"]: r for r in old.values()}
-    manifest, quarantine, new_ids = [], [], set()
+    manifest, quarantine, new_rows = [], [], {}
+    hashed = HashedFiles()
     exts = {e.lower() if e.startswith(".") else "." + e.lower() for e in cfg.extensions} if cfg.extensions else None
     digests = PartDigests()
     for p, rel, st in _walk(ws.images):
@@ -197,13 +245,23 @@ def scan(ws: Workspace, cfg: ScanConfig, round_no: int) -> ScanResult:
         if unchanged and rel in old_q:
             quarantine.append(old_q[rel])
             continue
-        digest = prev.get("image_id") or prev.get("sha256") if unchanged else sha256_file(p)
-        if digest in known_ok or digest in new_ids:
-            src = known_ok.get(digest) or next(r for r in manifest if r["image_id"] == digest)
+        data = None
+        if unchanged:
+            digest = prev.get("image_id") or prev.get("sha256")
+        else:  # the only read of a new file here: hashes, and the decode below, use these bytes
+            try:
+                data, digest, md5 = read_and_hash(p, st.st_size)
+            except OSError as err:  # deleted or unreadable since the walk
+                log.warning("skipped %s: %s", rel, err)
+                continue
+            hashed.add(p, st, md5)
+        is_new = not (digest in known_ok or digest in new_rows)
+        if not is_new:
+            src = known_ok.get(digest) or new_rows[digest]
             width, height, first = src["width"], src["height"], src["first_round"]
         else:
             try:
-                with load_rgb(p, max_pixels=cfg.max_pixels) as img:
+                with load_rgb(p, max_pixels=cfg.max_pixels, data=data) as img:
                     width, height = img.size
             except ImageDecodeError as e:
                 log.warning("quarantined %s: %s", rel, e)
@@ -211,14 +269,17 @@ def scan(ws: Workspace, cfg: ScanConfig, round_no: int) -> ScanResult:
                                        reason=str(e), round=round_no))
                 continue
             first = round_no
-            new_ids.add(digest)
-        manifest.append(dict(image_id=digest, path=rel, width=width, height=height, size_bytes=st.st_size,
-                             mtime_ns=st.st_mtime_ns, first_round=first))
+        row = dict(image_id=digest, path=rel, width=width, height=height, size_bytes=st.st_size,
+                   mtime_ns=st.st_mtime_ns, first_round=first)
+        manifest.append(row)
+        if is_new:
+            new_rows[digest] = row
     write_csv(ws.manifest, MANIFEST_FIELDS, manifest)
     write_csv(ws.quarantine, QUARANTINE_FIELDS, quarantine)
     ids = {r["image_id"] for r in manifest}
-    return ScanResult(images=len(ids), files=len(manifest) + len(quarantine), new_images=len(new_ids),
-                      quarantined=len(quarantine), duplicates=len(manifest) - len(ids), parts=digests.result())
+    return ScanResult(images=len(ids), files=len(manifest) + len(quarantine), new_images=len(new_rows),
+                      quarantined=len(quarantine), duplicates=len(manifest) - len(ids), parts=digests.result(),
+                      hashed=hashed)
 
 
 def image_table(ws: Workspace) -> dict[str, str]:

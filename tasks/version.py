@@ -20,7 +20,7 @@ from prefect.cache_policies import NO_CACHE
 
 from coldstart.tasks.errors import VersioningError, WorkspaceError
 from coldstart.tasks.result import StageResult
-from coldstart.tasks.scan import part_digests
+from coldstart.tasks.scan import HashedFiles, part_digests
 from coldstart.tasks.workspace import Workspace, atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -173,7 +173,29 @@ def _parts_index(images: Path) -> dict[str, dict]:
     return out
 
 
-def version(ws: Workspace, round_no: int, message: str, parts: dict[str, str] | None = None) -> VersionResult:
+def _hand_hashes_to_dvc(repo, hashed: HashedFiles) -> int:
+    """Save the md5s the scan computed into DVC's own hash cache (its "state" database, keyed
+    by inode, mtime and size), so that `dvc add` finds them instead of reading each new file
+    again. A file whose size or mtime differs from what the scan read is left out: DVC hashes
+    it itself. Returns how many were handed over."""
+    from dvc_data.hashfile.hash_info import HashInfo
+
+    items = []
+    for path, size, mtime_ns, md5 in zip(hashed.paths, hashed.sizes, hashed.mtimes, hashed.md5s):
+        try:
+            st = os.stat(path)
+        except OSError:
+            continue
+        if st.st_size == size and st.st_mtime_ns == mtime_ns:
+            # What DVC's LocalFileSystem.info gives for this file (its state key is built from it).
+            items.append((path, HashInfo("md5", md5), {"ino": st.st_ino, "mtime": st.st_mtime, "size": st.st_size}))
+    if items:
+        repo.state.save_many(items, repo.fs)
+    return len(items)
+
+
+def version(ws: Workspace, round_no: int, message: str, parts: dict[str, str] | None = None,
+            hashed: HashedFiles | None = None) -> VersionResult:
     """The version stage: DVC-add the image parts that changed, commit the stages, push what
     changed; git commit; tag ``round-NNN``.
 
@@ -214,6 +236,8 @@ def version(ws: Workspace, round_no: int, message: str, parts: dict[str, str] | 
                 repo.remove(str(tracked[name]), outs=False)
             targets = [str(t) for p in changed for t in _targets(ws.images, p)]
             if targets:
+                if hashed is not None:
+                    _hand_hashes_to_dvc(repo, hashed)
                 repo.add(targets)
             write_parts_index(ws.root, _parts_index(ws.images))
             for stage in repo.index.stages:
@@ -243,5 +267,6 @@ def version(ws: Workspace, round_no: int, message: str, parts: dict[str, str] | 
 
 
 @task(name="version", cache_policy=NO_CACHE)
-def version_task(ws: Workspace, round_no: int, message: str, parts: dict[str, str] | None = None) -> VersionResult:
-    return version(ws, round_no, message, parts)
+def version_task(ws: Workspace, round_no: int, message: str, parts: dict[str, str] | None = None,
+                 hashed: HashedFiles | None = None) -> VersionResult:
+    return version(ws, round_no, message, parts, hashed)

@@ -4,6 +4,7 @@ remote), run once per module; each test below checks one concern of that workspa
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -264,6 +265,11 @@ def test_a_round_after_new_images_versions_only_the_changed_parts(rounds):
     assert yaml.safe_load((copy / "data/images/new.dvc").read_text())["outs"][0]["nfiles"] == 1
     assert (copy / "data/images/loose.png.dvc").is_file() and not (copy / "data/images/bad.dvc").exists()
     assert (copy / "data/images/scans-00.dvc").read_text() == before
+    # DVC took the scan's md5 of the new image (not reading it again): the right one.
+    dir_md5 = yaml.safe_load((copy / "data/images/new.dvc").read_text())["outs"][0]["md5"]
+    listing = json.loads((copy / ".dvc/cache/files/md5" / dir_md5[:2] / dir_md5[2:]).read_text())
+    assert listing == [{"md5": hashlib.md5((copy / "data/images/new/extra.png").read_bytes()).hexdigest(),
+                        "relpath": "extra.png"}]
     index = {e["part"]: e for e in json.loads((copy / "data/image-parts.json").read_text())}
     assert set(index) == {"loose.png", "new", "scans-00", "副本"} and index["new"]["nfiles"] == 1
     with contextlib.chdir(copy), Repo(str(copy)) as repo:
