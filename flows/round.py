@@ -42,7 +42,7 @@ def run_round(ws: Workspace) -> RoundRecord:
     with rec.timed("load_model"):  # a handle: the model is built when a stage first needs it
         clip = load_model_task(params.model)
     with rec.timed("embed"):  # new images only -> embedding store
-        rec.embed = embed_task(ws, clip, params.model, params.views)
+        rec.embed = embed_task(ws, clip, params.model, params.views, params.execution)
     with rec.timed("intake"):  # inbox answers -> validated -> label-event log
         rec.intake = intake_task(ws, params.ontology.class_names, n)
     with rec.timed("audit"):  # earlier rounds' audit items, now answered -> accuracy estimate

@@ -242,6 +242,16 @@ class TrackingConfig(_Section):
     registered_model: str | None = None  # Model Registry name of the head; null: "<experiment>-head"
 
 
+class ExecutionConfig(_Section):
+    """Where the work that grows with the image count runs: the embed and relabel stages' shards
+    (4,096 images each). Results do not depend on it, so it is not a DVC parameter."""
+
+    task_runner: Literal["local", "dask"] = "local"  # local: this process; dask: a Dask cluster
+    # dask: the scheduler's address (tcp://host:8786); null starts a LocalCluster on this machine.
+    dask_address: str | None = None
+    dask_workers: int | None = Field(None, ge=1)  # the LocalCluster's worker processes; null: Dask's default
+
+
 class Params(_Section):
     ontology: OntologyConfig
     model: ModelConfig = Field(default_factory=ModelConfig)
@@ -251,6 +261,7 @@ class Params(_Section):
     round: RoundConfig = Field(default_factory=RoundConfig)
     stop: StopConfig = Field(default_factory=StopConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    execution: ExecutionConfig = Field(default_factory=ExecutionConfig)
 
 
 def _key(loc: tuple) -> str:

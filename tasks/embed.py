@@ -9,18 +9,21 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
-from prefect import task
+from prefect import flow, task, unmapped
 from prefect.cache_policies import NO_CACHE
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from coldstart.models.clip import ClipConfig, ClipModel, LazyClip
-from coldstart.tasks.config import ModelConfig, ViewsConfig
+from coldstart.models.clip import ClipConfig, ClipModel, LazyClip, load_clip
+from coldstart.tasks.cluster import dask_runner, on_dask
+from coldstart.tasks.config import ExecutionConfig, ModelConfig, ViewsConfig
 from coldstart.tasks.result import StageResult
 from coldstart.tasks.scan import ImageDecodeError, load_rgb
 from coldstart.tasks.store import EmbeddingStore
@@ -29,7 +32,7 @@ from coldstart.tasks.workspace import Workspace, read_csv
 
 log = logging.getLogger(__name__)
 
-SHARD_ROWS = 4096  # flush a shard this often, so a killed run keeps most of its work
+SHARD_ROWS = 4096  # images per store shard (and per task on a cluster): a killed run keeps most of its work
 
 
 class ImageFiles(Dataset):
@@ -119,14 +122,10 @@ def load_model(cfg: ModelConfig) -> LazyClip:
     return LazyClip(clip_config(cfg))
 
 
-def embed(ws: Workspace, clip: ClipModel, cfg: ModelConfig, views: ViewsConfig | None = None, *,
-          progress: bool = True) -> EmbedResult:
-    """The embed stage: append every not-yet-embedded current image (and its tiles) to the
-    store, data/store/embeddings/ (its declared output), in shards."""
-    views = views or ViewsConfig()
-    ws.embeddings.mkdir(parents=True, exist_ok=True)  # a versioned output even when nothing is new
-    store = EmbeddingStore(ws.embeddings, clip.model_id, views.key("global"))
-    tile_store = EmbeddingStore(ws.embeddings, clip.model_id, views.key("tiles")) if views.tiles else None
+def _plan(ws: Workspace, store: EmbeddingStore, tile_store: EmbeddingStore | None
+          ) -> tuple[list[str], list[str], np.ndarray, np.ndarray]:
+    """What to embed: ids and paths of current images lacking a global vector (or tiles), and
+    for each whether it needs the global view ``(n,)`` bool and its tiles ``(n,)`` bool."""
     have = store.ids()
     have_tiles = tile_store.ids() if tile_store is not None else None
     todo: dict[str, str] = {}
@@ -134,17 +133,30 @@ def embed(ws: Workspace, clip: ClipModel, cfg: ModelConfig, views: ViewsConfig |
         i = r["image_id"]
         if i not in have or (have_tiles is not None and i not in have_tiles):
             todo.setdefault(i, str(ws.images / r["path"]))
-    ids, paths = list(todo), list(todo.values())
-    if not ids:  # nothing new: the model is not even built
-        return EmbedResult(clip.model_id, 0, 0, len(have), 0.0, 0)
+    ids = list(todo)
+    need_global = np.array([i not in have for i in ids], bool)
+    need_tiles = np.array([have_tiles is not None and i not in have_tiles for i in ids], bool)
+    return ids, list(todo.values()), need_global, need_tiles
+
+
+def embed_shards(clip: ClipModel, store: EmbeddingStore, tile_store: EmbeddingStore | None, ids: list[str],
+                 paths: list[str], need_global: np.ndarray, need_tiles: np.ndarray, first_shard: int, *,
+                 batch_size: int, num_workers: int, views: ViewsConfig, progress: bool = True
+                 ) -> tuple[list[tuple[str, str]], int]:
+    """Encode ``paths`` in one pass; image ``k`` goes to store shard ``first_shard + k //
+    SHARD_ROWS``, so that shards are the same whether one process writes them all or a cluster
+    writes one each. Returns ([(path, error)] not decoded, tiles written)."""
     pending: dict[str, list] = {"g_ids": [], "g_vec": [], "t_ids": [], "t_vec": [], "t_box": []}
+    block = [0]
     n_tiles = 0
 
     def flush() -> None:
+        shard = first_shard + block[0]
         if pending["g_ids"]:
-            store.append(pending["g_ids"], np.concatenate(pending["g_vec"]))
+            store.append(pending["g_ids"], np.concatenate(pending["g_vec"]), shard=shard)
         if tile_store is not None and pending["t_ids"]:
-            tile_store.append(pending["t_ids"], np.concatenate(pending["t_vec"]), np.concatenate(pending["t_box"]))
+            tile_store.append(pending["t_ids"], np.concatenate(pending["t_vec"]), np.concatenate(pending["t_box"]),
+                              shard=shard)
         for v in pending.values():
             v.clear()
 
@@ -152,28 +164,98 @@ def embed(ws: Workspace, clip: ClipModel, cfg: ModelConfig, views: ViewsConfig |
         nonlocal n_tiles
         row = 0
         for i, count, b in zip(idx, counts, boxes):
-            image_id = ids[i]
-            if image_id not in have:
-                pending["g_ids"].append(image_id)
+            if i // SHARD_ROWS != block[0]:  # images arrive in order: the previous shard is complete
+                flush()
+                block[0] = i // SHARD_ROWS
+            if need_global[i]:
+                pending["g_ids"].append(ids[i])
                 pending["g_vec"].append(vecs[row : row + 1])
-            if tile_store is not None and image_id not in have_tiles and count > 1:
-                pending["t_ids"].extend([image_id] * (count - 1))
+            if tile_store is not None and need_tiles[i] and count > 1:  # an image's tiles stay in one shard
+                pending["t_ids"].extend([ids[i]] * (count - 1))
                 pending["t_vec"].append(vecs[row + 1 : row + count])
                 pending["t_box"].append(b)
                 n_tiles += count - 1
             row += count
-        if len(pending["g_ids"]) + len(pending["t_ids"]) >= SHARD_ROWS:
-            flush()  # an image's tiles always land in one shard, contiguous
 
-    t0 = time.perf_counter()
-    failed = embed_paths(clip, paths, batch_size=cfg.batch_size, num_workers=resolve_workers(cfg.num_workers),
-                         views=views, on_batch=on_batch, progress=progress)
+    failed = embed_paths(clip, paths, batch_size=batch_size, num_workers=num_workers, views=views,
+                         on_batch=on_batch, progress=progress)
     flush()
+    return [(paths[i], err) for i, err in failed], n_tiles
+
+
+def embed(ws: Workspace, clip: ClipModel, cfg: ModelConfig, views: ViewsConfig | None = None, *,
+          progress: bool = True, execution: ExecutionConfig | None = None) -> EmbedResult:
+    """The embed stage: append every not-yet-embedded current image (and its tiles) to the
+    store, data/store/embeddings/ (its declared output), in shards of SHARD_ROWS images: here,
+    or one Prefect task per shard on a Dask cluster (``execution``; see coldstart.tasks.cluster)."""
+    views = views or ViewsConfig()
+    ws.embeddings.mkdir(parents=True, exist_ok=True)  # a versioned output even when nothing is new
+    store = EmbeddingStore(ws.embeddings, clip.model_id, views.key("global"))
+    tile_store = EmbeddingStore(ws.embeddings, clip.model_id, views.key("tiles")) if views.tiles else None
+    ids, paths, need_global, need_tiles = _plan(ws, store, tile_store)
+    done = len(store)
+    if not ids:  # nothing new: the model is not even built
+        return EmbedResult(clip.model_id, 0, 0, done, 0.0, 0)
+    first = max(store.next_shard(), tile_store.next_shard() if tile_store is not None else 0)
+    t0 = time.perf_counter()
+    if on_dask(execution):
+        failed, n_tiles = _embed_on_dask(ws, cfg, views, execution, ids, paths, need_global, need_tiles, first)
+    else:
+        failed, n_tiles = embed_shards(clip, store, tile_store, ids, paths, need_global, need_tiles, first,
+                                       batch_size=cfg.batch_size, num_workers=resolve_workers(cfg.num_workers),
+                                       views=views, progress=progress)
     seconds = time.perf_counter() - t0
-    for i, err in failed:
-        log.warning("not embedded (will retry next round): %s: %s", paths[i], err)
-    total = len(have) + len(ids) - len(failed)
-    return EmbedResult(clip.model_id, len(ids) - len(failed), len(failed), total, seconds, n_tiles)
+    for path, err in failed:
+        log.warning("not embedded (will retry next round): %s: %s", path, err)
+    return EmbedResult(clip.model_id, len(ids) - len(failed), len(failed), len(store), seconds, n_tiles)
+
+
+def _embed_on_dask(ws: Workspace, cfg: ModelConfig, views: ViewsConfig, execution: ExecutionConfig,
+                   ids: list[str], paths: list[str], need_global: np.ndarray, need_tiles: np.ndarray,
+                   first: int) -> tuple[list[tuple[str, str]], int]:
+    """One task per shard on the cluster. Each shard's work list is a small file in the
+    workspace (which workers share), so task parameters stay small at any image count."""
+    todo_dir = ws.state_dir / "embed-todo"
+    shutil.rmtree(todo_dir, ignore_errors=True)
+    todo_dir.mkdir(parents=True)
+    shards = []
+    for k, s in enumerate(range(0, len(ids), SHARD_ROWS)):
+        np.savez(todo_dir / f"{first + k:06d}.npz", ids=np.array(ids[s : s + SHARD_ROWS]),
+                 paths=np.array(paths[s : s + SHARD_ROWS]), need_global=need_global[s : s + SHARD_ROWS],
+                 need_tiles=need_tiles[s : s + SHARD_ROWS])
+        shards.append(first + k)
+    try:
+        outcomes = embed_on_cluster.with_options(task_runner=dask_runner(execution))(
+            str(ws.root), cfg, views, shards)
+    finally:
+        shutil.rmtree(todo_dir, ignore_errors=True)
+    return [f for failed, _ in outcomes for f in failed], sum(t for _, t in outcomes)
+
+
+@task(name="embed-shard", cache_policy=NO_CACHE, retries=1)
+def embed_shard_task(root: str, cfg: ModelConfig, views: ViewsConfig, shard: int
+                     ) -> tuple[list[tuple[str, str]], int]:
+    """On a worker: embed one shard's images (its work list in .coldstart/embed-todo/) into the
+    store, as shard number ``shard``. The model is built once per worker process."""
+    ws = Workspace(Path(root))
+    with np.load(ws.state_dir / "embed-todo" / f"{shard:06d}.npz") as z:
+        ids, paths = [str(i) for i in z["ids"]], [str(p) for p in z["paths"]]
+        need_global, need_tiles = z["need_global"], z["need_tiles"]
+    clip = load_clip(clip_config(cfg))
+    store = EmbeddingStore(ws.embeddings, clip.model_id, views.key("global"))
+    tile_store = EmbeddingStore(ws.embeddings, clip.model_id, views.key("tiles")) if views.tiles else None
+    # No DataLoader processes: Dask's worker processes are daemons, which cannot have children;
+    # the cluster's own processes are the parallelism.
+    return embed_shards(clip, store, tile_store, ids, paths, need_global, need_tiles, shard,
+                        batch_size=cfg.batch_size, num_workers=0, views=views, progress=False)
+
+
+@flow(name="embed-shards")
+def embed_on_cluster(root: str, cfg: ModelConfig, views: ViewsConfig, shards: list[int]
+                     ) -> list[tuple[list[tuple[str, str]], int]]:
+    """Sub-flow run with the Dask task runner: one embed-shard task per shard."""
+    futures = embed_shard_task.map(unmapped(root), unmapped(cfg), unmapped(views), shards)
+    return [f.result() for f in futures]
 
 
 @task(name="load_model", cache_policy=NO_CACHE)
@@ -182,5 +264,6 @@ def load_model_task(cfg: ModelConfig) -> LazyClip:
 
 
 @task(name="embed", cache_policy=NO_CACHE)
-def embed_task(ws: Workspace, clip: ClipModel, cfg: ModelConfig, views: ViewsConfig) -> EmbedResult:
-    return embed(ws, clip, cfg, views)
+def embed_task(ws: Workspace, clip: ClipModel, cfg: ModelConfig, views: ViewsConfig,
+               execution: ExecutionConfig | None = None) -> EmbedResult:
+    return embed(ws, clip, cfg, views, execution=execution)

@@ -21,12 +21,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
-from prefect import task
+from prefect import flow, task, unmapped
 from prefect.cache_policies import NO_CACHE
 from threadpoolctl import threadpool_limits
 
 from coldstart.models.errors import ConfigError
-from coldstart.tasks.config import Params, ViewsConfig
+from coldstart.tasks.cluster import dask_runner, on_dask
+from coldstart.tasks.config import ExecutionConfig, Params, ViewsConfig
 from coldstart.tasks.errors import WorkspaceError
 from coldstart.tasks.result import StageResult
 from coldstart.tasks.store import EmbeddingStore
@@ -168,6 +169,32 @@ def score_store(store: EmbeddingStore, predict, workers: int | None = None) -> t
     return ids, out[0]
 
 
+def _score_on_dask(ws: Workspace, store: EmbeddingStore, execution: ExecutionConfig) -> tuple[np.ndarray, np.ndarray]:
+    """score_store on a Dask cluster: one task per store shard, results joined in shard order
+    (the order score_store gives), so the table is the same as a local run's."""
+    shards = [str(p) for p, _ in store.shards()]
+    if not shards:
+        return np.empty(0, "S64"), np.zeros((0, 0), np.float32)
+    parts = score_on_cluster.with_options(task_runner=dask_runner(execution))(str(ws.root), shards)
+    return np.concatenate([i for i, _ in parts]), np.concatenate([p for _, p in parts]).astype(np.float32, copy=False)
+
+
+@task(name="score-shard", cache_policy=NO_CACHE, retries=1)
+def score_shard_task(root: str, ids_file: str) -> tuple[np.ndarray, np.ndarray]:
+    """On a worker: the chosen head (read from the shared workspace) over one store shard:
+    ``(n,)`` S64 ids and ``(n, L)`` float32 probabilities."""
+    chosen = load_chosen(Workspace(Path(root)))
+    raw_ids, X = EmbeddingStore._read(Path(ids_file))
+    return raw_ids, chosen.predict_proba(X).astype(np.float32, copy=False)
+
+
+@flow(name="score-shards")
+def score_on_cluster(root: str, shards: list[str]) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Sub-flow run with the Dask task runner: one score-shard task per store shard."""
+    futures = score_shard_task.map(unmapped(root), shards)
+    return [f.result() for f in futures]
+
+
 def relabel(ws: Workspace, params: Params, round_no: int) -> RelabelResult:
     """The relabel stage: apply the head the train stage chose to every current image.
 
@@ -184,7 +211,10 @@ def relabel(ws: Workspace, params: Params, round_no: int) -> RelabelResult:
                           "stage (coldstart stage train) before relabel")
     humans = current_human_labels(ws, classes)
     store = EmbeddingStore(ws.embeddings, chosen.model_id, params.views.key("global"))
-    raw_ids, probs = score_store(store, chosen.predict_proba)
+    if on_dask(params.execution):
+        raw_ids, probs = _score_on_dask(ws, store, params.execution)
+    else:
+        raw_ids, probs = score_store(store, chosen.predict_proba)
     man_raw, man_paths = current_images(ws)
     # Each stored image's first manifest row gives its display path; images no longer in the
     # manifest (deleted or replaced) are dropped, and so is any repeat of an id in the store.

@@ -39,16 +39,21 @@ class EmbeddingStore:
             out.update(x.decode() for x in np.load(p))
         return out
 
-    def append(self, ids: list[str], vectors: np.ndarray, boxes: np.ndarray | None = None) -> None:
-        """Add one shard atomically. ``vectors`` ``(len(ids), D)`` float32, ``boxes`` ``(len(ids), 4)``."""
+    def next_shard(self) -> int:
+        """The number the next shard gets: one past the highest committed one."""
+        shards = self._shards()
+        return int(shards[-1].name.split(".")[0]) + 1 if shards else 0
+
+    def append(self, ids: list[str], vectors: np.ndarray, boxes: np.ndarray | None = None,
+               shard: int | None = None) -> None:
+        """Add one shard atomically. ``vectors`` ``(len(ids), D)`` float32, ``boxes`` ``(len(ids), 4)``.
+        ``shard``: its number (writers on a cluster are given theirs); None: ``next_shard()``."""
         if len(ids) == 0:
             return
         if len(ids) != len(vectors) or (boxes is not None and len(boxes) != len(ids)):
             raise ValueError(f"{len(ids)} ids for {len(vectors)} vectors")
         self.dir.mkdir(parents=True, exist_ok=True)
-        shards = self._shards()
-        n = int(shards[-1].name.split(".")[0]) + 1 if shards else 0
-        stem = self.dir / f"{n:06d}"
+        stem = self.dir / f"{self.next_shard() if shard is None else shard:06d}"
         parts = [(Path(f"{stem}.vec.npy"), np.asarray(vectors, np.float32))]
         if boxes is not None:
             parts.append((Path(f"{stem}.box.npy"), np.asarray(boxes, np.int32)))
