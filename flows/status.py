@@ -5,6 +5,7 @@ from __future__ import annotations
 from coldstart.flows.record import RoundRecord
 from coldstart.tasks.config import StopConfig
 from coldstart.tasks.intake import human_labels, read_events
+from coldstart.tasks.manifest import read_manifest
 from coldstart.tasks.workspace import Workspace, read_csv
 
 
@@ -32,7 +33,7 @@ def last_round(ws: Workspace) -> RoundRecord | None:
 
 
 def workspace_status(ws: Workspace) -> dict:
-    manifest = read_csv(ws.manifest)
+    manifest = read_manifest(ws)
     events = read_events(ws)
     tags = ws.round_tags()
     pending = sorted(p.name for p in ws.inbox.glob("*") if p.is_file() and not p.name.startswith(".")) if ws.inbox.is_dir() else []

@@ -24,11 +24,12 @@ from tqdm.auto import tqdm
 from coldstart.models.clip import ClipConfig, ClipModel, LazyClip, load_clip
 from coldstart.tasks.cluster import dask_runner, on_dask
 from coldstart.tasks.config import ExecutionConfig, ModelConfig, ViewsConfig
+from coldstart.tasks.manifest import read_manifest_table
 from coldstart.tasks.result import StageResult
 from coldstart.tasks.scan import ImageDecodeError, load_rgb
 from coldstart.tasks.store import EmbeddingStore
 from coldstart.tasks.views import view_images
-from coldstart.tasks.workspace import Workspace, read_csv
+from coldstart.tasks.workspace import Workspace
 
 log = logging.getLogger(__name__)
 
@@ -129,10 +130,10 @@ def _plan(ws: Workspace, store: EmbeddingStore, tile_store: EmbeddingStore | Non
     have = store.ids()
     have_tiles = tile_store.ids() if tile_store is not None else None
     todo: dict[str, str] = {}
-    for r in read_csv(ws.manifest):
-        i = r["image_id"]
+    manifest = read_manifest_table(ws, ["image_id"])
+    for path, i in zip(manifest["path"].to_pylist(), manifest["image_id"].to_pylist()):
         if i not in have or (have_tiles is not None and i not in have_tiles):
-            todo.setdefault(i, str(ws.images / r["path"]))
+            todo.setdefault(i, str(ws.images / path))
     ids = list(todo)
     need_global = np.array([i not in have for i in ids], bool)
     need_tiles = np.array([have_tiles is not None and i not in have_tiles for i in ids], bool)

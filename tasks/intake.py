@@ -32,6 +32,7 @@ from prefect.cache_policies import NO_CACHE
 
 from coldstart.tasks import labelstudio
 from coldstart.tasks.errors import LabelFileError
+from coldstart.tasks.manifest import read_manifest_table
 from coldstart.tasks.result import StageResult
 from coldstart.tasks.workspace import Workspace, atomic_write_bytes, atomic_write_text, read_csv
 
@@ -172,7 +173,7 @@ def validate_file(path: Path, raw: bytes, ws: Workspace, classes: list[str]) -> 
     """
     parse = _label_studio_rows if path.suffix.lower() == ".json" else _csv_rows
     rows, id_cols, problems = parse(path, raw)  # problems: per task/row, all listed together
-    by_path = {r["path"]: r["image_id"] for r in read_csv(ws.manifest)}
+    by_path = dict(zip(*read_manifest_table(ws, ["image_id"]).to_pydict().values()))
     known = set(by_path.values())
     quarantined = {r["path"]: r["reason"] for r in read_csv(ws.quarantine)}
     folded = {c.casefold(): c for c in classes}

@@ -19,7 +19,6 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 from prefect import flow, task, unmapped
 from prefect.cache_policies import NO_CACHE
@@ -29,6 +28,7 @@ from coldstart.models.errors import ConfigError
 from coldstart.tasks.cluster import dask_runner, on_dask
 from coldstart.tasks.config import ExecutionConfig, Params, ViewsConfig
 from coldstart.tasks.errors import WorkspaceError
+from coldstart.tasks.manifest import manifest_parts, read_manifest_table
 from coldstart.tasks.result import StageResult
 from coldstart.tasks.store import EmbeddingStore
 from coldstart.tasks.train import current_human_labels, load_chosen
@@ -124,11 +124,9 @@ def first_occurrence(raw: np.ndarray, keys: np.ndarray | None = None) -> np.ndar
 
 def current_images(ws: Workspace) -> tuple[np.ndarray, pa.Array]:
     """The manifest's content ids ``(M,)`` S64 and display paths, one row per file."""
-    if not ws.manifest.is_file():
+    table = read_manifest_table(ws, ["image_id"])
+    if not len(table) and not manifest_parts(ws).files():
         raise WorkspaceError(f"{ws.rel(ws.manifest)} is missing: run the scan stage first (coldstart stage scan)")
-    opts = pacsv.ConvertOptions(include_columns=["image_id", "path"],
-                                column_types={"image_id": pa.string(), "path": pa.string()})
-    table = pacsv.read_csv(ws.manifest, convert_options=opts)
     ids, paths = table["image_id"].combine_chunks(), table["path"].combine_chunks()
     if len(ids) == 0:
         return np.zeros(0, "S64"), paths

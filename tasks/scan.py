@@ -24,12 +24,14 @@ from prefect.cache_policies import NO_CACHE
 
 from coldstart.tasks.config import ScanConfig
 from coldstart.tasks.errors import WorkspaceError
+from coldstart.tasks.manifest import FIELDS as MANIFEST_FIELDS
+from coldstart.tasks.manifest import SCHEMA as MANIFEST_SCHEMA
+from coldstart.tasks.manifest import manifest_parts, read_manifest_table
 from coldstart.tasks.result import IN_MEMORY, StageResult
 from coldstart.tasks.workspace import Workspace, read_csv, write_csv
 
 log = logging.getLogger(__name__)
 
-MANIFEST_FIELDS = ["image_id", "path", "width", "height", "size_bytes", "mtime_ns", "first_round"]
 QUARANTINE_FIELDS = ["path", "sha256", "size_bytes", "mtime_ns", "reason", "round"]
 
 
@@ -225,13 +227,22 @@ def part_digests(images: Path) -> dict[str, str]:
 
 
 def scan(ws: Workspace, cfg: ScanConfig, round_no: int) -> ScanResult:
-    """The scan stage: rebuild data/store/manifest.csv (one row per usable file) and
-    data/store/quarantine.csv (one row per bad file), its declared outputs."""
+    """The scan stage: record in data/store/manifest/ (one row per usable file; this round's
+    part holds only what changed) and data/store/quarantine.csv (one row per bad file), its
+    declared outputs."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
     ws.images.mkdir(parents=True, exist_ok=True)
-    old = {r["path"]: r for r in read_csv(ws.manifest)}
+    view = read_manifest_table(ws)
+    old_paths = view["path"].to_pylist()
+    old = dict(zip(old_paths, range(len(old_paths))))
+    old_ids = view["image_id"].to_pylist()
+    sizes, mtimes = view["size_bytes"].to_numpy(), view["mtime_ns"].to_numpy()
+    widths, heights, firsts = view["width"].to_numpy(), view["height"].to_numpy(), view["first_round"].to_numpy()
+    known_ok = dict(zip(old_ids, range(len(old_ids))))  # content id -> a row with its size and first round
     old_q = {r["path"]: r for r in read_csv(ws.quarantine)}
-    known_ok = {r["image_id"]: r for r in old.values()}
-    manifest, quarantine, new_rows = [], [], {}
+    changed, quarantine, new_rows, seen, ids = [], [], {}, set(), set()
     hashed = HashedFiles()
     exts = {e.lower() if e.startswith(".") else "." + e.lower() for e in cfg.extensions} if cfg.extensions else None
     digests = PartDigests()
@@ -240,25 +251,26 @@ def scan(ws: Workspace, cfg: ScanConfig, round_no: int) -> ScanResult:
         if exts is not None and os.path.splitext(rel)[1].lower() not in exts:
             continue
         rel = unicodedata.normalize("NFC", rel)
-        prev = old.get(rel) or old_q.get(rel)
-        unchanged = prev is not None and prev["size_bytes"] == str(st.st_size) and prev["mtime_ns"] == str(st.st_mtime_ns)
-        if unchanged and rel in old_q:
-            quarantine.append(old_q[rel])
+        k = old.get(rel)
+        if k is not None and sizes[k] == st.st_size and mtimes[k] == st.st_mtime_ns:
+            seen.add(rel)  # unchanged: its row stands as it is
+            ids.add(old_ids[k])
             continue
-        data = None
-        if unchanged:
-            digest = prev.get("image_id") or prev.get("sha256")
-        else:  # the only read of a new file here: hashes, and the decode below, use these bytes
-            try:
-                data, digest, md5 = read_and_hash(p, st.st_size)
-            except OSError as err:  # deleted or unreadable since the walk
-                log.warning("skipped %s: %s", rel, err)
-                continue
-            hashed.add(p, st, md5)
-        is_new = not (digest in known_ok or digest in new_rows)
-        if not is_new:
-            src = known_ok.get(digest) or new_rows[digest]
-            width, height, first = src["width"], src["height"], src["first_round"]
+        q = old_q.get(rel)
+        if q is not None and q["size_bytes"] == str(st.st_size) and q["mtime_ns"] == str(st.st_mtime_ns):
+            quarantine.append(q)
+            continue
+        try:  # the only read of a new file here: hashes, and the decode below, use these bytes
+            data, digest, md5 = read_and_hash(p, st.st_size)
+        except OSError as err:  # deleted or unreadable since the walk
+            log.warning("skipped %s: %s", rel, err)
+            continue
+        hashed.add(p, st, md5)
+        if digest in new_rows:
+            width, height, first = new_rows[digest]
+        elif digest in known_ok:
+            j = known_ok[digest]
+            width, height, first = int(widths[j]), int(heights[j]), int(firsts[j])
         else:
             try:
                 with load_rgb(p, max_pixels=cfg.max_pixels, data=data) as img:
@@ -269,24 +281,30 @@ def scan(ws: Workspace, cfg: ScanConfig, round_no: int) -> ScanResult:
                                        reason=str(e), round=round_no))
                 continue
             first = round_no
-        row = dict(image_id=digest, path=rel, width=width, height=height, size_bytes=st.st_size,
-                   mtime_ns=st.st_mtime_ns, first_round=first)
-        manifest.append(row)
-        if is_new:
-            new_rows[digest] = row
-    write_csv(ws.manifest, MANIFEST_FIELDS, manifest)
+            new_rows[digest] = (width, height, first)
+        changed.append((rel, digest, width, height, st.st_size, st.st_mtime_ns, first))
+        seen.add(rel)
+        ids.add(digest)
+    deleted = [path for path in old_paths if path not in seen]
+    changed_table = pa.Table.from_pylist([dict(zip(MANIFEST_FIELDS, r)) for r in sorted(changed)], schema=MANIFEST_SCHEMA)
+
+    def full() -> pa.Table:
+        drop = pa.array([r[0] for r in changed] + deleted, pa.string())
+        kept = view.filter(pc.invert(pc.is_in(view["path"], value_set=drop))) if len(drop) else view
+        return pa.concat_tables([kept.cast(MANIFEST_SCHEMA), changed_table]).sort_by("path")
+
+    manifest_parts(ws).write(round_no, changed_table, deleted, full)
     write_csv(ws.quarantine, QUARANTINE_FIELDS, quarantine)
-    ids = {r["image_id"] for r in manifest}
-    return ScanResult(images=len(ids), files=len(manifest) + len(quarantine), new_images=len(new_rows),
-                      quarantined=len(quarantine), duplicates=len(manifest) - len(ids), parts=digests.result(),
+    return ScanResult(images=len(ids), files=len(seen) + len(quarantine), new_images=len(new_rows),
+                      quarantined=len(quarantine), duplicates=len(seen) - len(ids), parts=digests.result(),
                       hashed=hashed)
 
 
 def image_table(ws: Workspace) -> dict[str, str]:
     """Content id -> display path (the first path in sorted order), from the manifest."""
     table: dict[str, str] = {}
-    for r in read_csv(ws.manifest):
-        table.setdefault(r["image_id"], r["path"])
+    for i, path in zip(*read_manifest_table(ws, ["image_id"]).select(["image_id", "path"]).to_pydict().values()):
+        table.setdefault(i, path)
     return table
 
 

@@ -53,7 +53,7 @@ class Workspace:
     resolved = property(lambda self: self.root / "data" / "labels" / "resolved.parquet")
     flags = property(lambda self: self.root / "data" / "labels" / "flags.csv")
     store = property(lambda self: self.root / "data" / "store")
-    manifest = property(lambda self: self.root / "data" / "store" / "manifest.csv")
+    manifest = property(lambda self: self.root / "data" / "store" / "manifest")  # Parquet parts: tasks/manifest.py
     quarantine = property(lambda self: self.root / "data" / "store" / "quarantine.csv")
     embeddings = property(lambda self: self.root / "data" / "store" / "embeddings")
     # A cache (recomputable), not a stage output: kept out of data/ and out of DVC.

@@ -1,6 +1,6 @@
 """`coldstart bench relabel`: the production relabel stage over N images, timed.
 
-A workspace is filled as the earlier stages leave it at scale: a manifest of N images, an
+A workspace is filled as the earlier stages leave it at scale: a manifest of N images (Parquet, as the scan stage writes it), an
 embedding store of N x D float32 (shards as the embed stage writes them), a trained head in
 data/models/ (written by the train stage's own ``save``) and some human labels. Then
 ``coldstart.tasks.relabel.relabel`` (what `coldstart round` and `coldstart stage relabel` run)
@@ -49,11 +49,12 @@ def build_workspace(root: Path, n: int, dim: int, n_classes: int, n_human: int, 
                     seed: int = 0) -> None:
     """A workspace as scan, embed, intake and train leave it, for N images (no image files)."""
     import pyarrow as pa
-    import pyarrow.csv as pacsv
 
     from coldstart.models.probe import LinearHead, ProbeFit
     from coldstart.models.zeroshot import ZeroShotHead
     from coldstart.tasks.intake import LabelEvent
+    from coldstart.tasks.manifest import SCHEMA as MANIFEST_SCHEMA
+    from coldstart.tasks.manifest import manifest_parts
     from coldstart.tasks.store import EmbeddingStore
     from coldstart.tasks.train import TrainResult, save
     from coldstart.tasks.workspace import Workspace, atomic_write_text
@@ -62,11 +63,11 @@ def build_workspace(root: Path, n: int, dim: int, n_classes: int, n_human: int, 
     (root / "params.yaml").write_text(_params(n_classes), encoding="utf-8")
     ws = Workspace(root)
     ids = [binascii.hexlify(rng.bytes(32)).decode() for _ in range(n)]
-    manifest = pa.table({"image_id": ids, "path": [f"batch-{k // 10_000:03d}/img-{k:07d}.jpg" for k in range(n)],
-                         "width": np.full(n, 640), "height": np.full(n, 480), "size_bytes": np.full(n, 48_000),
-                         "mtime_ns": np.full(n, 1_700_000_000_000_000_000), "first_round": np.ones(n, np.int32)})
-    ws.manifest.parent.mkdir(parents=True, exist_ok=True)
-    pacsv.write_csv(manifest, ws.manifest)
+    manifest = pa.table({"path": [f"batch-{k // 10_000:03d}/img-{k:07d}.jpg" for k in range(n)], "image_id": ids,
+                         "width": np.full(n, 640, np.int32), "height": np.full(n, 480, np.int32),
+                         "size_bytes": np.full(n, 48_000), "mtime_ns": np.full(n, 1_700_000_000_000_000_000),
+                         "first_round": np.ones(n, np.int32)}, schema=MANIFEST_SCHEMA)
+    manifest_parts(ws).write(1, manifest, [], lambda: manifest)  # as the scan stage leaves it
     model_id = "bench@random-seed0"
     store = EmbeddingStore(ws.embeddings, model_id)
     for start in range(0, n, shard_rows):

@@ -13,6 +13,7 @@ import sys
 from types import SimpleNamespace
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 from mlflow.tracking import MlflowClient
 
@@ -265,6 +266,10 @@ def test_a_round_after_new_images_versions_only_the_changed_parts(rounds):
     assert yaml.safe_load((copy / "data/images/new.dvc").read_text())["outs"][0]["nfiles"] == 1
     assert (copy / "data/images/loose.png.dvc").is_file() and not (copy / "data/images/bad.dvc").exists()
     assert (copy / "data/images/scans-00.dvc").read_text() == before
+    # The manifest: round 1's base (rounds 2 and 3 changed nothing), and round 4's 2 new rows.
+    parts = sorted(p.name for p in (copy / "data/store/manifest").iterdir())
+    assert parts == ["000001.base.parquet", "000004.parquet"]
+    assert pq.read_table(copy / "data/store/manifest/000004.parquet")["path"].to_pylist() == ["loose.png", "new/extra.png"]
     # DVC took the scan's md5 of the new image (not reading it again): the right one.
     dir_md5 = yaml.safe_load((copy / "data/images/new.dvc").read_text())["outs"][0]["md5"]
     listing = json.loads((copy / ".dvc/cache/files/md5" / dir_md5[:2] / dir_md5[2:]).read_text())

@@ -2,8 +2,9 @@ import pytest
 
 from coldstart.tasks.config import ScanConfig
 from coldstart.tasks.intake import human_labels, intake, read_events
+from coldstart.tasks.manifest import read_manifest
 from coldstart.tasks.scan import scan
-from coldstart.tasks.workspace import Workspace, read_csv
+from coldstart.tasks.workspace import Workspace
 from tests.conftest import write_image
 
 CLASSES = ["cat", "dog", "划痕"]
@@ -22,7 +23,7 @@ def ws(tmp_path):
 
 
 def ids(ws):
-    return {r["path"]: r["image_id"] for r in read_csv(ws.manifest)}
+    return {r["path"]: r["image_id"] for r in read_manifest(ws)}
 
 
 def drop(ws, name, text, encoding="utf-8"):

@@ -15,10 +15,11 @@ from coldstart.tasks.calibrate import apply_temperature
 from coldstart.tasks.config import parse_params
 from coldstart.tasks.errors import WorkspaceError
 from coldstart.tasks.intake import LabelEvent
+from coldstart.tasks.manifest import read_manifest, replace_manifest
 from coldstart.tasks.relabel import RESOLVED_FIELDS, id_keys, load_probs, lookup, read_resolved, relabel
 from coldstart.tasks.store import EmbeddingStore
 from coldstart.tasks.train import TrainResult, save
-from coldstart.tasks.workspace import Workspace, atomic_write_text, write_csv
+from coldstart.tasks.workspace import Workspace, atomic_write_text
 
 CLASSES = ["cat", "dog", "bird"]
 MODEL = "m@random"
@@ -34,9 +35,8 @@ def ws(tmp_path):
     ws = Workspace(tmp_path)
     # 6 stored images; image 5 was deleted since (not in the manifest); image 1 has two paths.
     rows = [(0, "a.jpg"), (1, "b.jpg"), (1, "copy/b.jpg"), (2, "c.jpg"), (3, "d.jpg"), (4, "e.jpg")]
-    write_csv(ws.manifest, ["image_id", "path", "width", "height", "size_bytes", "mtime_ns", "first_round"],
-              [dict(image_id=_id(k), path=p, width=1, height=1, size_bytes=1, mtime_ns=1, first_round=1)
-               for k, p in rows])
+    replace_manifest(ws, [dict(image_id=_id(k), path=p, width=1, height=1, size_bytes=1, mtime_ns=1, first_round=1)
+                          for k, p in rows], 1)
     X = np.eye(6, 4, dtype=np.float32)[[0, 1, 2, 3, 0, 1]]  # images 4 and 5 look like images 0 and 1
     store = EmbeddingStore(ws.embeddings, MODEL)
     store.append([_id(k) for k in range(4)], X[:4])
@@ -97,8 +97,8 @@ def test_every_current_image_once_human_labels_win(ws):
     assert relabel(ws, params, 5).churn == 0.0
     assert ws.resolved.read_bytes() == table_bytes and ws.probs.read_bytes() == probs_bytes
     # Images came and went (image 4 deleted, image 5 back): churn over the images in both tables.
-    text = ws.manifest.read_text().replace(_id(4), _id(5))
-    ws.manifest.write_text(text)
+    replace_manifest(ws, [{**r, "image_id": _id(5) if r["image_id"] == _id(4) else r["image_id"]}
+                          for r in read_manifest(ws)], 5)
     _label(ws, [(_id(2), "cat"), (_id(0), "bird")])
     third = relabel(ws, params, 5)
     assert {r["image_id"] for r in read_resolved(ws)} == {_id(k) for k in (0, 1, 2, 3, 5)}
@@ -110,7 +110,7 @@ def test_probabilities_and_table_from_different_runs_are_refused(ws):
     params = parse_params({"ontology": {"classes": {c: [f"a {c}"] for c in CLASSES}}})
     relabel(ws, params, 1)
     stale = ws.probs.read_bytes()
-    ws.manifest.write_text("\n".join(ws.manifest.read_text().splitlines()[:-1]) + "\n")  # image 4 removed
+    replace_manifest(ws, [r for r in read_manifest(ws) if r["image_id"] != _id(4)], 2)  # image 4 removed
     relabel(ws, params, 2)
     ws.probs.write_bytes(stale)  # as if the run died between its two writes
     with pytest.raises(WorkspaceError, match="different relabel runs"):

@@ -6,6 +6,7 @@ import pytest
 from PIL import Image
 
 from coldstart.tasks.config import ScanConfig
+from coldstart.tasks.manifest import read_manifest
 from coldstart.tasks.scan import ImageDecodeError, load_rgb, scan
 from coldstart.tasks.workspace import Workspace, read_csv
 from tests.conftest import write_image
@@ -32,7 +33,7 @@ def test_scan_quarantines_bad_files_and_dedupes(ws):
     assert set(reasons) == {"trunc.jpg", "zero.jpg", "page.jpg", "big.png"}
     assert "truncated" in reasons["trunc.jpg"] and "empty" in reasons["zero.jpg"]
     assert "not an image" in reasons["page.jpg"] and "scan.max_pixels" in reasons["big.png"]
-    rows = {m["path"]: m["image_id"] for m in read_csv(ws.manifest)}
+    rows = {m["path"]: m["image_id"] for m in read_manifest(ws)}
     assert rows["a.jpg"] == rows["copy of a.jpg"] and "子目录/b.png" in rows
     # A second scan finds nothing new; a fixed file leaves quarantine.
     (ws.images / "zero.jpg").unlink()

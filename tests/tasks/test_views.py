@@ -6,11 +6,12 @@ from torchvision.transforms import functional as TF
 from coldstart.models.zeroshot import ZeroShotHead
 from coldstart.tasks.config import ModelConfig, ScanConfig, TileSpec, ViewsConfig
 from coldstart.tasks.embed import embed
+from coldstart.tasks.manifest import read_manifest
 from coldstart.tasks.relabel import multiscale
 from coldstart.tasks.scan import scan
 from coldstart.tasks.store import EmbeddingStore
 from coldstart.tasks.views import aggregate_views, clahe, tile_boxes
-from coldstart.tasks.workspace import Workspace, read_csv
+from coldstart.tasks.workspace import Workspace
 
 
 def test_tile_grid_covers_the_image_in_original_pixels():
@@ -73,7 +74,7 @@ def test_defect_is_located_in_its_tile(tmp_path):
     global_probs = head.predict_proba(X)
     assert (global_probs.argmax(1) == 1).all()  # the whole image looks fine at global scale
     scores, locations = multiscale(ws, enc.model_id, views, ids, global_probs, head.predict_proba, negative=1)
-    by_path = {r["image_id"]: r["path"] for r in read_csv(ws.manifest)}
+    by_path = {r["image_id"]: r["path"] for r in read_manifest(ws)}
     found = {by_path[i]: (int(s.argmax()), loc) for i, s, loc in zip(ids, scores, locations)}
     assert found["part.png"] == (0, "128 128 256 256")
     assert found["clean.png"][0] == 1

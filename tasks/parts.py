@@ -1,0 +1,119 @@
+"""Tables kept as Parquet parts, so that each round stores what changed and not the whole table.
+
+A folder holds one file per round that changed something:
+
+- ``NNNNNN.parquet``: a delta, the rows (whole rows, keyed by the table's key column) added or
+  changed in round NNNNNN, plus a tombstone row (``deleted`` true) for each key removed;
+- ``NNNNNN.base.parquet``: a full snapshot. Files before the newest base are not read.
+
+The current view is the newest base, then each later delta in round order, the last row per key
+winning and tombstones dropping their key; it is sorted by key. A base replaces the deltas when
+a round changes half the rows or more (it would store about as much anyway), or after
+``MAX_DELTAS`` deltas (so that reading stays cheap). Files older than the previous base are then
+removed: old rounds keep them in DVC, at their git tag.
+
+Each file is written atomically (temp file, fsync, rename), and a round that runs again
+replaces its own file, computing its delta against the rounds before it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+MAX_DELTAS = 32
+DELETED = "deleted"
+_NAME = re.compile(r"^(\d{6})(\.base)?\.parquet$")
+
+
+class PartTable:
+    def __init__(self, folder: Path, key: str, schema: pa.Schema):
+        """``schema``: the table's columns, the key among them (``deleted`` is added here)."""
+        self.dir, self.key, self.schema = Path(folder), key, schema
+
+    def files(self, before: int | None = None) -> list[tuple[int, bool, Path]]:
+        """(round, is_base, path) of the files the view reads, in round order: the newest base
+        and what follows it (``before``: only rounds before that one)."""
+        found = []
+        if self.dir.is_dir():
+            for p in self.dir.iterdir():
+                m = _NAME.match(p.name)
+                if m and (before is None or int(m.group(1)) < before):
+                    found.append((int(m.group(1)), bool(m.group(2)), p))
+        found.sort(key=lambda f: (f[0], not f[1]))
+        bases = [i for i, f in enumerate(found) if f[1]]
+        return found[bases[-1]:] if bases else found
+
+    def read(self, columns: list[str] | None = None, before: int | None = None) -> pa.Table:
+        """The current view (``before``: as it stood before that round), sorted by key."""
+        names = None if columns is None else list(dict.fromkeys([self.key, *columns, DELETED]))
+        tables = [pq.read_table(p, columns=names) for _, _, p in self.files(before)]
+        if not tables:
+            return self.schema.empty_table() if columns is None else \
+                pa.schema([self.schema.field(c) for c in dict.fromkeys([self.key, *columns])]).empty_table()
+        table = tables[0] if len(tables) == 1 else pa.concat_tables(tables, promote_options="default")
+        if len(tables) > 1:  # the last row per key wins
+            table = table.append_column("__row", pa.array(np.arange(len(table), dtype=np.int64)))
+            last = table.group_by(self.key, use_threads=False).aggregate([("__row", "max")])
+            table = table.take(last["__row_max"]).drop_columns(["__row"])
+        table = table.filter(pc.invert(table[DELETED])).drop_columns([DELETED])
+        return table.take(pc.sort_indices(table[self.key])) if len(tables) > 1 else table
+
+    def write(self, round_no: int, changed: pa.Table, deleted: list[str], full) -> bool:
+        """Record round ``round_no``: ``changed`` rows (added or modified; schema columns),
+        ``deleted`` keys, and ``full()``, a callable giving the whole new table, called only
+        when a base is due. Returns whether a file was written (nothing changed: none)."""
+        earlier = self.files(before=round_no)
+        own = [p for p in self.dir.glob(f"{round_no:06d}*.parquet")] if self.dir.is_dir() else []
+        if not len(changed) and not deleted:
+            for p in own:  # a re-run that found nothing changed after all
+                p.unlink()
+            return False
+        live = sum(pq.read_metadata(p).num_rows for _, is_base, p in earlier if is_base)
+        deltas = sum(1 for _, is_base, _ in earlier if not is_base)
+        if not earlier or not earlier[0][1] or deltas >= MAX_DELTAS or 2 * (len(changed) + len(deleted)) >= max(live, 1):
+            table = full().select(self.schema.names)
+            table = table.append_column(DELETED, pa.array(np.zeros(len(table), bool)))
+            name = f"{round_no:06d}.base.parquet"
+        else:
+            gone = pa.table({c: pa.array([None] * len(deleted), self.schema.field(c).type)
+                             if c != self.key else pa.array(deleted, pa.string()) for c in self.schema.names})
+            table = pa.concat_tables([changed.select(self.schema.names).cast(self.schema), gone.cast(self.schema)])
+            table = table.append_column(DELETED, pa.array(np.r_[np.zeros(len(changed), bool), np.ones(len(deleted), bool)]))
+            name = f"{round_no:06d}.parquet"
+        self.dir.mkdir(parents=True, exist_ok=True)
+        _write_atomic(self.dir / name, table.cast(self.schema.append(pa.field(DELETED, pa.bool_()))))
+        for p in own:
+            if p.name != name:
+                p.unlink()
+        if name.endswith(".base.parquet"):  # keep one generation before this base, drop the rest
+            previous = [r for r, is_base, _ in earlier if is_base]
+            if previous and self.dir.is_dir():
+                for p in self.dir.iterdir():
+                    m = _NAME.match(p.name)
+                    if m and int(m.group(1)) < previous[-1]:
+                        p.unlink()
+        return True
+
+
+def _write_atomic(path: Path, table: pa.Table) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        # Keys (content ids, paths) are unique per row: dictionary-encoding them would be tried
+        # and abandoned. zstd halves hex ids and paths.
+        small = [c for c in table.column_names if c not in ("image_id", "path")]
+        pq.write_table(table, tmp, use_dictionary=small, compression="zstd")
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
