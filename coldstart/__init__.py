@@ -12,6 +12,7 @@ For scripts and notebooks::
     last = coldstart.read_round("parts")         # the newest round's record, from data/metrics/round.json
     head = coldstart.load_champion("parts")      # the best head so far (scikit-learn, over CLIP embeddings)
     probs = head.predict_proba(embeddings)       # columns: params.ontology.class_names
+    labels = coldstart.read_labels("parts/data/labels/resolved")  # the label table, one row per image
 
 Names resolve lazily, so ``import coldstart`` stays cheap (no torch, Prefect or MLflow).
 """
@@ -24,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 __all__ = ["ColdstartError", "RoundRecord", "Workspace", "init_workspace", "load_champion", "open_workspace",
-           "read_round", "run_round"]
+           "read_labels", "read_round", "run_round"]
 
 _LAZY = {
     "ColdstartError": ("coldstart.models.errors", "ColdstartError"),
@@ -72,3 +73,22 @@ def load_champion(workspace: str = "."):
 
     ws = open_workspace(workspace)
     return load(ws, ws.params())
+
+
+def read_labels(folder: str, probs: bool = False):
+    """The resolved label table in ``folder`` (a workspace's data/labels/resolved, or a copy from
+    ``dvc get ... --rev round-NNN``) as a pandas DataFrame, one row per image, by image id:
+    image_id, path, label, confidence, source, model_id, round, location (and ``probs``, the
+    head's per-class probabilities, if asked). The folder holds Parquet parts, one per round
+    that changed labels; this applies them in order."""
+    from pathlib import Path
+
+    from coldstart.tasks.parts import PartTable
+    from coldstart.tasks.relabel import RESOLVED_FIELDS, resolved_schema
+
+    path = Path(folder).expanduser()
+    table = PartTable(path, "image_id", resolved_schema(1))
+    if not table.files():
+        raise FileNotFoundError(f"{path}: no resolved-label parts here (NNNNNN.parquet files); pull them with "
+                                f"`dvc pull data/labels/resolved` or run a round first")
+    return table.read(columns=RESOLVED_FIELDS[1:] + (["probs"] if probs else [])).to_pandas()

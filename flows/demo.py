@@ -166,6 +166,7 @@ def run_demo(workspace: Path, *, rounds: int = 3, json_path: str | None = None, 
           "\n'true acc': the same auto labels against the known digits.")
     print(f"\nMLflow UI:   mlflow ui --backend-store-uri sqlite:///{ws.root / 'mlflow.db'}")
     print(f"Round 2's labels, from a fresh clone:\n  git clone {ws.root} demo-clone && cd demo-clone && "
-          f"git checkout round-002 && dvc pull data/labels/resolved.parquet\n  or: dvc get {ws.root} "
-          f"data/labels/resolved.parquet --rev round-002 -o resolved-round-002.parquet")
+          f"git checkout round-002 && dvc pull data/labels/resolved\n  or: dvc get {ws.root} "
+          f"data/labels/resolved --rev round-002 -o resolved-round-002\n  then, in Python: "
+          f"coldstart.read_labels('resolved-round-002')  (a pandas DataFrame)")
     return table

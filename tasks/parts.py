@@ -51,8 +51,14 @@ class PartTable:
         bases = [i for i, f in enumerate(found) if f[1]]
         return found[bases[-1]:] if bases else found
 
-    def read(self, columns: list[str] | None = None, before: int | None = None) -> pa.Table:
-        """The current view (``before``: as it stood before that round), sorted by key."""
+    def metadata(self, before: int | None = None) -> dict[bytes, bytes]:
+        """The schema metadata of the newest file the view reads (what its writer attached)."""
+        files = self.files(before)
+        return dict(pq.read_schema(files[-1][2]).metadata or {}) if files else {}
+
+    def read(self, columns: list[str] | None = None, before: int | None = None, sort: bool = True) -> pa.Table:
+        """The current view (``before``: as it stood before that round), sorted by key unless
+        ``sort`` is False (then in no promised order)."""
         names = None if columns is None else list(dict.fromkeys([self.key, *columns, DELETED]))
         tables = [pq.read_table(p, columns=names) for _, _, p in self.files(before)]
         if not tables:
@@ -64,12 +70,14 @@ class PartTable:
             last = table.group_by(self.key, use_threads=False).aggregate([("__row", "max")])
             table = table.take(last["__row_max"]).drop_columns(["__row"])
         table = table.filter(pc.invert(table[DELETED])).drop_columns([DELETED])
-        return table.take(pc.sort_indices(table[self.key])) if len(tables) > 1 else table
+        return table.take(pc.sort_indices(table[self.key])) if sort and len(tables) > 1 else table
 
-    def write(self, round_no: int, changed: pa.Table, deleted: list[str], full) -> bool:
+    def write(self, round_no: int, changed: pa.Table, deleted: list[str] | pa.Array, full,
+              metadata: dict[str, str] | None = None) -> bool:
         """Record round ``round_no``: ``changed`` rows (added or modified; schema columns),
         ``deleted`` keys, and ``full()``, a callable giving the whole new table, called only
-        when a base is due. Returns whether a file was written (nothing changed: none)."""
+        when a base is due; ``metadata`` goes into the file's schema. Returns whether a file
+        was written (nothing changed: none). A full table is expected sorted by key."""
         earlier = self.files(before=round_no)
         own = [p for p in self.dir.glob(f"{round_no:06d}*.parquet")] if self.dir.is_dir() else []
         if not len(changed) and not deleted:
@@ -83,13 +91,14 @@ class PartTable:
             table = table.append_column(DELETED, pa.array(np.zeros(len(table), bool)))
             name = f"{round_no:06d}.base.parquet"
         else:
-            gone = pa.table({c: pa.array([None] * len(deleted), self.schema.field(c).type)
-                             if c != self.key else pa.array(deleted, pa.string()) for c in self.schema.names})
+            gone = pa.table({c: pa.array(deleted, pa.string()) if c == self.key else _blank(len(deleted), self.schema.field(c).type)
+                             for c in self.schema.names})
             table = pa.concat_tables([changed.select(self.schema.names).cast(self.schema), gone.cast(self.schema)])
             table = table.append_column(DELETED, pa.array(np.r_[np.zeros(len(changed), bool), np.ones(len(deleted), bool)]))
             name = f"{round_no:06d}.parquet"
         self.dir.mkdir(parents=True, exist_ok=True)
-        _write_atomic(self.dir / name, table.cast(self.schema.append(pa.field(DELETED, pa.bool_()))))
+        table = table.cast(self.schema.append(pa.field(DELETED, pa.bool_())))
+        _write_atomic(self.dir / name, table.replace_schema_metadata(metadata) if metadata else table)
         for p in own:
             if p.name != name:
                 p.unlink()
@@ -101,6 +110,14 @@ class PartTable:
                     if m and int(m.group(1)) < previous[-1]:
                         p.unlink()
         return True
+
+
+def _blank(n: int, kind: pa.DataType) -> pa.Array:
+    """A tombstone's value: null, or zeros for fixed-size lists (pyarrow 25 writes null ones to
+    Parquet but cannot read them back)."""
+    if pa.types.is_fixed_size_list(kind):
+        return pa.FixedSizeListArray.from_arrays(pa.array(np.zeros(n * kind.list_size), kind.value_type), kind.list_size)
+    return pa.nulls(n, kind)
 
 
 def _write_atomic(path: Path, table: pa.Table) -> None:

@@ -2,15 +2,15 @@
 
 Everything here is vectorised over the whole pool (numpy and Arrow, no per-image Python),
 because this stage touches every image every round: at a million images it must stay a few
-seconds. The resolved table is Parquet (``data/labels/resolved.parquet``): a CSV of a
-million rows costs more to write and to read than the labeling itself, and pandas, pyarrow,
-DuckDB and Spark read Parquet directly (``pandas.read_parquet(path)``).
+seconds. The resolved table is Parquet parts (``data/labels/resolved/``, see
+coldstart.tasks.parts): a round stores only the rows it changed, so a round with 1% new images
+stores about 1% of the table; ``coldstart.read_labels(folder)`` gives the current table.
 """
 
 from __future__ import annotations
 
+import json
 import os
-import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +19,6 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 from prefect import flow, task, unmapped
 from prefect.cache_policies import NO_CACHE
 from threadpoolctl import threadpool_limits
@@ -29,6 +28,7 @@ from coldstart.tasks.cluster import dask_runner, on_dask
 from coldstart.tasks.config import ExecutionConfig, Params, ViewsConfig
 from coldstart.tasks.errors import WorkspaceError
 from coldstart.tasks.manifest import manifest_parts, read_manifest_table
+from coldstart.tasks.parts import PartTable
 from coldstart.tasks.result import StageResult
 from coldstart.tasks.store import EmbeddingStore
 from coldstart.tasks.train import current_human_labels, load_chosen
@@ -196,9 +196,9 @@ def score_on_cluster(root: str, shards: list[str]) -> list[tuple[np.ndarray, np.
 def relabel(ws: Workspace, params: Params, round_no: int) -> RelabelResult:
     """The relabel stage: apply the head the train stage chose to every current image.
 
-    Writes exactly its declared outputs: data/labels/resolved.parquet (one row per distinct
-    current image, human labels first) and data/store/probs.npz (the head's ``(N, L)``
-    probabilities for every image, human-labeled or not, for selection and audits).
+    Writes exactly its declared output, data/labels/resolved/: one row per distinct current
+    image (human labels first) with the head's ``(L,)`` probabilities, human-labeled or not,
+    for selection and audits; this round's part holds the rows that changed.
     """
     chosen = load_chosen(ws)
     if chosen is None:
@@ -230,31 +230,32 @@ def relabel(ws: Workspace, params: Params, round_no: int) -> RelabelResult:
                                  chosen.predict_proba, negative)
         locations = pa.array(locs, pa.string())
     label, conf, is_human = resolve(raw_ids, probs, classes, humans, keys)
-    digest = fingerprint(raw_ids)
-    # The previous table, read before it is replaced.
-    prev = previous_rows(ws.resolved, _id_strings(raw_ids), digest, classes, chosen.labeler_id)
+    store_key = (chosen.model_id, params.views.key("global"))
+    parts = resolved_parts(ws, len(classes))
+    prev = previous_rows(parts, round_no, _id_strings(raw_ids), classes, chosen.labeler_id, store_key)
     rounds = np.full(len(raw_ids), round_no, np.int32)
+    changed, gone = np.ones(len(raw_ids), bool), pa.array([], pa.string())
     churn = None
-    if prev is not None and (prev.row >= 0).any():
+    if prev is not None:
         seen = prev.row >= 0
-        churn = float(np.count_nonzero(prev.label[seen] != label[seen])) / int(seen.sum())
+        if seen.any():
+            churn = float(np.count_nonzero(prev.label[seen] != label[seen])) / int(seen.sum())
         # A row keeps the round its label was set in while label, confidence and labeler stay
-        # the same: a round that changes nothing rewrites nothing (DVC then stores nothing).
+        # the same; it is stored again only if anything in it changed (its path, or any class's
+        # probability), so a round that changes nothing stores nothing, and 1% new images ~1%.
         same_source = np.where(is_human, prev.human, prev.by_labeler & ~prev.human)
         same = seen & (prev.label == label) & (prev.confidence == conf) & same_source
         rounds[same] = prev.round[same]
+        changed = ~(same & prev.same_rest(paths, locations, probs))
+        gone = prev.gone
     table = resolved_table(raw_ids, paths, label, conf, is_human, classes, source=chosen.model,
-                           model_id=chosen.labeler_id, rounds=rounds, locations=locations, digest=digest)
-    with ThreadPoolExecutor(2) as pool:  # both writers release the GIL: overlap them
-        done = [pool.submit(_write_parquet, ws.resolved, table),
-                pool.submit(_write_probs, ws.probs, probs, classes, (chosen.model_id, params.views.key("global")),
-                            digest)]
-    for future in done:
-        future.result()  # re-raise a failed write
+                           model_id=chosen.labeler_id, rounds=rounds, locations=locations, probs=probs)
+    meta = {CLASSES_KEY: json.dumps(classes, ensure_ascii=False), STORE_KEY: json.dumps(list(store_key))}
+    parts.write(round_no, table.filter(pa.array(changed)), gone, lambda: table.sort_by("image_id"), meta)
     auto_conf = conf[~is_human]
     counts = np.bincount(label, minlength=len(classes))
     return RelabelResult(
-        images=len(table), human=int(is_human.sum()), auto=len(auto_conf), source=chosen.model,
+        images=len(raw_ids), human=int(is_human.sum()), auto=len(auto_conf), source=chosen.model,
         mean_confidence=float(auto_conf.mean()) if len(auto_conf) else None,
         below_threshold=int((auto_conf < chosen.threshold).sum()), threshold=chosen.threshold, churn=churn,
         per_class={c: int(k) for c, k in zip(classes, counts) if k})
@@ -286,10 +287,11 @@ def resolve(raw_ids: np.ndarray, probs: np.ndarray, classes: list[str], humans: 
 
 def resolved_table(raw_ids: np.ndarray, paths: pa.Array, label: np.ndarray, conf: np.ndarray, is_human: np.ndarray,
                    classes: list[str], *, source: str, model_id: str, rounds: np.ndarray,
-                   locations: pa.Array | None = None, digest: str = "") -> pa.Table:
-    """The resolved table (``RESOLVED_FIELDS``); labels and sources dictionary-encoded; the ids'
-    ``fingerprint`` in the schema metadata."""
+                   locations: pa.Array | None = None, probs: np.ndarray | None = None) -> pa.Table:
+    """The resolved table (``RESOLVED_FIELDS`` and ``probs``, the head's ``(L,)`` float32 per
+    row); labels and sources dictionary-encoded."""
     n = len(raw_ids)
+    probs = np.zeros((n, len(classes)), np.float32) if probs is None else probs
     kind = (~is_human).astype(np.int8)  # 0: human, 1: the model
     return pa.table({
         "image_id": _id_strings(raw_ids),
@@ -300,7 +302,9 @@ def resolved_table(raw_ids: np.ndarray, paths: pa.Array, label: np.ndarray, conf
         "model_id": pa.DictionaryArray.from_arrays(pa.array(kind), pa.array(["", model_id])),
         "round": pa.array(np.asarray(rounds, np.int32)),  # the round each row's label was set in
         "location": locations if locations is not None else pa.array(np.full(n, "", object), pa.string()),
-    }, metadata={FINGERPRINT: digest.encode()})
+        "probs": pa.FixedSizeListArray.from_arrays(pa.array(np.ascontiguousarray(probs, np.float32).ravel()),
+                                                  len(classes)),
+    })
 
 
 @dataclass
@@ -313,39 +317,53 @@ class Previous:
     human: np.ndarray  # (N,) bool: the label was a human's
     by_labeler: np.ndarray  # (N,) bool: the label came from ``labeler_id`` (this round's head)
     round: np.ndarray  # (N,) int32
+    gone: pa.Array  # ids in the previous table and not in this round's
+    old: pa.Table  # the previous table (path, location, probs), row-aligned by ``row``
+    comparable: bool  # same labels and store: the probabilities can be compared
+
+    def same_rest(self, paths: pa.Array, locations: pa.Array | None, probs: np.ndarray) -> np.ndarray:
+        """``(N,)`` bool: path, location and every class's probability unchanged."""
+        n = len(self.row)
+        if not self.comparable or not n:
+            return np.zeros(n, bool)
+        take = pa.array(np.maximum(self.row, 0))
+        same = pc.equal(self.old["path"].take(take), paths).to_numpy(zero_copy_only=False)
+        if locations is not None:
+            same &= pc.equal(self.old["location"].take(take), locations).to_numpy(zero_copy_only=False)
+        old = _plain(self.old["probs"]).flatten().to_numpy().reshape(-1, probs.shape[1])
+        return same & (old[np.maximum(self.row, 0)] == probs).all(1) & (self.row >= 0)
 
 
-def previous_rows(previous: Path, new_ids: pa.Array, digest: str, classes: list[str], labeler_id: str
-                  ) -> Previous | None:
-    """Read the last resolved table and align it to this round's ids (``new_ids`` in row order,
-    ``digest`` their fingerprint): when no image came or went the ids are not even read."""
-    if not Path(previous).is_file():
-        return None
-    same = (pq.read_schema(previous).metadata or {}).get(FINGERPRINT, b"").decode() == digest
-    columns = ["label", "confidence", "source", "model_id", "round"] + ([] if same else ["image_id"])
-    old = pq.read_table(previous, columns=columns)
+def previous_rows(parts: PartTable, round_no: int, new_ids: pa.Array, classes: list[str], labeler_id: str,
+                  store: tuple[str, str]) -> Previous | None:
+    """The resolved table as the rounds before ``round_no`` left it, aligned to this round's
+    ids (``new_ids``, in row order); None before the first."""
+    old = parts.read(before=round_no, sort=False)
     if len(old) == 0:
         return None
+    meta = parts.metadata(before=round_no)
+    comparable = meta.get(CLASSES_KEY.encode()) == json.dumps(classes, ensure_ascii=False).encode() and \
+        meta.get(STORE_KEY.encode()) == json.dumps(list(store)).encode()
     n = len(new_ids)
-    if same:
-        row = np.arange(n)
-    else:
-        at = pc.index_in(_plain(old["image_id"]), value_set=new_ids).to_numpy(zero_copy_only=False)
-        found = ~np.isnan(at) if at.dtype.kind == "f" else np.ones(len(at), bool)
-        row = np.full(n, -1, np.int64)
-        row[at[found].astype(np.int64)] = np.flatnonzero(found)
+    at = pc.index_in(_plain(old["image_id"]), value_set=new_ids).to_numpy(zero_copy_only=False)
+    found = ~np.isnan(at) if at.dtype.kind == "f" else np.ones(len(at), bool)
+    row = np.full(n, -1, np.int64)
+    row[at[found].astype(np.int64)] = np.flatnonzero(found)
     take = np.maximum(row, 0)
     label = _codes(old["label"], {c: k for k, c in enumerate(classes)})
     human = _codes(old["source"], {"human": 0}) == 0
     by_labeler = _codes(old["model_id"], {labeler_id: 0}) == 0
     return Previous(row, np.where(row >= 0, label[take], -1).astype(np.int32),
                     _plain(old["confidence"]).to_numpy()[take], human[take], by_labeler[take],
-                    _plain(old["round"]).to_numpy()[take].astype(np.int32))
+                    _plain(old["round"]).to_numpy()[take].astype(np.int32),
+                    _plain(old["image_id"]).filter(pa.array(~found)), old, comparable)
 
 
 def _codes(column, known: dict[str, int]) -> np.ndarray:
     """A label column as indices into this round's labels (-1: a label the ontology lost)."""
     column = _plain(column)
+    if not pa.types.is_dictionary(column.type):
+        column = pc.dictionary_encode(column)
     if pa.types.is_dictionary(column.type):
         lut = np.array([known.get(c, -1) for c in column.dictionary.to_pylist()] + [-1], np.int32)
         return lut[column.indices.fill_null(len(column.dictionary)).to_numpy()]
@@ -361,60 +379,40 @@ def _plain(column) -> pa.Array:
     return column.combine_chunks()
 
 
+CLASSES_KEY, STORE_KEY = "coldstart.classes", "coldstart.store"  # Parquet schema metadata of each part
+
+
+def resolved_schema(n_labels: int) -> pa.Schema:
+    return pa.schema([("image_id", pa.string()), ("path", pa.string()), ("label", pa.string()),
+                      ("confidence", pa.float32()), ("source", pa.string()), ("model_id", pa.string()),
+                      ("round", pa.int32()), ("location", pa.string()),
+                      ("probs", pa.list_(pa.float32(), n_labels))])
+
+
+def resolved_parts(ws: Workspace, n_labels: int = 1) -> PartTable:
+    """data/labels/resolved/: the resolved table in Parquet parts, keyed by image id (see
+    coldstart.tasks.parts): a round stores the rows it changed. ``n_labels`` only shapes an
+    empty table's ``probs``."""
+    return PartTable(ws.resolved, "image_id", resolved_schema(n_labels))
+
+
 def read_resolved(ws: Workspace) -> list[dict]:
-    """The resolved table as rows (``RESOLVED_FIELDS``); empty before the first relabel."""
-    if not ws.resolved.is_file():
-        return []
-    return pq.read_table(ws.resolved).to_pylist()
-
-
-def _atomic(path: Path, write) -> None:
-    """``write(tmp_path)``, fsync, ``os.replace``: readers see the old file or the new, never half."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _write_parquet(path: Path, table: pa.Table) -> None:
-    # Ids and paths are unique per row: dictionary-encoding them would be tried and abandoned.
-    # zstd: hex ids and paths compress to half (what DVC stores each round) for about the time
-    # lz4 takes (measured: 1M rows in 0.24 s vs 0.21 s, 37 vs 73 MiB).
-    small = [c for c in table.column_names if c not in ("image_id", "path")]
-    _atomic(Path(path), lambda tmp: pq.write_table(table, tmp, use_dictionary=small, compression="zstd"))
-
-
-def _write_probs(path: Path, probs: np.ndarray, classes: list[str], store: tuple[str, str], digest: str) -> None:
-    """data/store/probs.npz: ``(N, L)`` float32 in the resolved table's row order (the ids are the
-    table's; ``digest``, their fingerprint, ties the two files together)."""
-    def write(tmp):
-        with open(tmp, "wb") as f:
-            # store: (embedding model id, view) whose embeddings these are, for diversity-based selection.
-            np.savez(f, probs=probs, classes=np.array(classes), store=np.array(list(store)),
-                     fingerprint=np.array(digest))
-    _atomic(Path(path), write)
+    """The resolved table as rows (``RESOLVED_FIELDS``), by image id; empty before the first relabel."""
+    return resolved_parts(ws).read(columns=RESOLVED_FIELDS[1:]).to_pylist()
 
 
 def load_probs(ws: Workspace) -> tuple[list[str], np.ndarray, list[str], tuple[str, str]]:
     """(ids, ``(N, L)`` probabilities, label names, (embedding model id, view)): the relabel
-    stage's probabilities, with the ids of the resolved table they belong to."""
-    if not ws.probs.is_file() or not ws.resolved.is_file():
+    stage's probabilities of every current image, by image id."""
+    parts = resolved_parts(ws)
+    if not parts.files():
         raise WorkspaceError("no re-labeled images yet: run the relabel stage first (coldstart stage relabel)")
-    table = pq.read_table(ws.resolved, columns=["image_id"])
-    with np.load(ws.probs, allow_pickle=False) as z:
-        digest = str(z["fingerprint"]) if "fingerprint" in z else ""
-        if digest != (table.schema.metadata or {}).get(FINGERPRINT, b"").decode():
-            raise WorkspaceError(f"{ws.rel(ws.probs)} and {ws.rel(ws.resolved)} come from different relabel runs "
-                                 f"(one was interrupted or replaced): run coldstart stage relabel again")
-        store = tuple(str(x) for x in z["store"])
-        return table["image_id"].to_pylist(), z["probs"], [str(c) for c in z["classes"]], store
+    meta = parts.metadata()
+    classes = json.loads(meta[CLASSES_KEY.encode()])
+    table = parts.read(columns=["probs"])
+    probs = _plain(table["probs"]).flatten().to_numpy().reshape(-1, len(classes)) if len(table) else \
+        np.zeros((0, len(classes)), np.float32)
+    return table["image_id"].to_pylist(), probs, classes, tuple(json.loads(meta[STORE_KEY.encode()]))
 
 
 def multiscale(ws: Workspace, model_id: str, views: ViewsConfig, ids: list[str], global_probs: np.ndarray,

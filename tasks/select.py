@@ -78,7 +78,7 @@ class SelectResult(StageResult):
 
 
 def select(ws: Workspace, cfg: RoundConfig, round_no: int) -> SelectResult:
-    """The select stage: read resolved.parquet + probs.npz, write its declared output, the
+    """The select stage: read the resolved table and its probabilities, write its declared output, the
     review batch data/review/round-NNN.{csv,batch.csv,tasks.json} (and label_config.xml)."""
     from coldstart.tasks.relabel import load_probs, read_resolved
 

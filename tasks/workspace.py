@@ -50,7 +50,7 @@ class Workspace:
     labels = property(lambda self: self.root / "data" / "labels")
     events = property(lambda self: self.root / "data" / "labels" / "events.jsonl")
     imported = property(lambda self: self.root / "data" / "labels" / "imported")
-    resolved = property(lambda self: self.root / "data" / "labels" / "resolved.parquet")
+    resolved = property(lambda self: self.root / "data" / "labels" / "resolved")  # Parquet parts: tasks/relabel.py
     flags = property(lambda self: self.root / "data" / "labels" / "flags.csv")
     store = property(lambda self: self.root / "data" / "store")
     manifest = property(lambda self: self.root / "data" / "store" / "manifest")  # Parquet parts: tasks/manifest.py
@@ -58,7 +58,6 @@ class Workspace:
     embeddings = property(lambda self: self.root / "data" / "store" / "embeddings")
     # A cache (recomputable), not a stage output: kept out of data/ and out of DVC.
     text_cache = property(lambda self: self.root / ".coldstart" / "cache" / "text")
-    probs = property(lambda self: self.root / "data" / "store" / "probs.npz")
     model_dir = property(lambda self: self.root / "data" / "models")
     metrics_dir = property(lambda self: self.root / "data" / "metrics")
     review = property(lambda self: self.root / "data" / "review")

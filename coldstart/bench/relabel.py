@@ -107,7 +107,7 @@ def _child(root: str, round_no: int, floor: bool) -> None:
         floor_s = time.perf_counter() - t
     print(json.dumps({"seconds": seconds, "floor_s": floor_s, "peak_rss_mb": rss, "images": result.images,
                       "human": result.human, "churn": result.churn,
-                      "table_mb": ws.resolved.stat().st_size / 2**20, "probs_mb": ws.probs.stat().st_size / 2**20}))
+                      "table_mb": sum(p.stat().st_size for p in ws.resolved.iterdir()) / 2**20}))
 
 
 def _run_child(root: str, round_no: int, floor: bool = False) -> dict:
@@ -155,7 +155,7 @@ def bench_relabel(n: int = 1_000_000, dim: int = 512, n_classes: int = 10, n_hum
         "first_round_1m_s": round(first["seconds"] * scale, 3),
         "bare_head_1m_s": round(child["floor_s"] * scale, 3),
         "stage_vs_bare_head": round(child["seconds"] / child["floor_s"], 2),
-        "resolved_table_mb": round(child["table_mb"], 1), "probs_mb": round(child["probs_mb"], 1),
+        "resolved_table_mb": round(child["table_mb"], 1),
         "n": n, "dim": dim, "classes": n_classes, "human_labels": child["human"], "seconds": round(child["seconds"], 3),
         "machine": f"{os.uname().machine} {os.cpu_count()} cpus",
     }
@@ -164,7 +164,7 @@ def bench_relabel(n: int = 1_000_000, dim: int = 512, n_classes: int = 10, n_hum
           f"(round 1, no previous table: {first['seconds']:.2f} s)\n"
           f"  bare head streamed over the store:  {child['floor_s']:.2f} s  "
           f"(stage / bare head = {figures['stage_vs_bare_head']:.2f})\n"
-          f"  resolved.parquet {child['table_mb']:.1f} MiB, probs.npz {child['probs_mb']:.1f} MiB")
+          f"  data/labels/resolved/ (the table with its probabilities, all parts): {child['table_mb']:.1f} MiB")
     for key in ("relabel_1m_s", "peak_rss_mb"):
         print(TARGETS[key].line(figures[key]))
     return figures

@@ -313,7 +313,7 @@ def test_bench_relabel_times_the_production_stage(tmp_path, capsys):
 def test_a_workspace_from_an_older_version_is_refused_with_the_fix(make_workspace, capsys):
     ws = make_workspace()
     dvc_yaml = ws.root / "dvc.yaml"
-    dvc_yaml.write_text(dvc_yaml.read_text().replace("resolved.parquet", "resolved.csv"))  # as 0.1 wrote it
+    dvc_yaml.write_text(dvc_yaml.read_text().replace("data/labels/resolved:", "data/labels/resolved.csv:"))  # as 0.1 wrote it
     assert cli(["stage", "scan", "-w", str(ws.root)]) == 2
     err = capsys.readouterr().err
     assert "declares other outputs for the stage(s) relabel than this version" in err

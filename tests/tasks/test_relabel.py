@@ -81,7 +81,7 @@ def test_every_current_image_once_human_labels_win(ws):
     assert (result.images, result.human, result.auto, result.churn) == (5, 1, 4, None)
     assert result.per_class == {"cat": 3, "dog": 2}  # image 3 scores a tie: the first label
     assert result.below_threshold == int((expected.max(1) < 0.5).sum())
-    # probs.npz keeps the head's probabilities for every image, the human-labeled one too.
+    # The table keeps the head's probabilities for every image, the human-labeled one too.
     ids, probs, classes, store = load_probs(ws)
     assert ids == [_id(k) for k in range(5)] and classes == CLASSES and store == (MODEL, "global")
     np.testing.assert_allclose(probs[[0, 1, 3, 4]], expected, rtol=1e-6)
@@ -91,30 +91,40 @@ def test_every_current_image_once_human_labels_win(ws):
     again = relabel(ws, params, 4)
     assert again.churn == pytest.approx(1 / 5) and again.human == 2
     # Each row keeps the round its label was set in: only image 0's changed.
-    assert pq.read_table(ws.resolved).column("round").to_pylist() == [4, 3, 3, 3, 3]
-    # A round that changes nothing writes the same bytes (so DVC stores nothing new).
-    table_bytes, probs_bytes = ws.resolved.read_bytes(), ws.probs.read_bytes()
+    assert [r["round"] for r in read_resolved(ws)] == [4, 3, 3, 3, 3]
+    # ... and round 4 stored that row alone.
+    assert pq.read_table(ws.resolved / "000004.parquet")["image_id"].to_pylist() == [_id(0)]
+    # A round that changes nothing stores nothing (so DVC stores nothing new).
+    files = sorted(p.name for p in ws.resolved.iterdir())
     assert relabel(ws, params, 5).churn == 0.0
-    assert ws.resolved.read_bytes() == table_bytes and ws.probs.read_bytes() == probs_bytes
+    assert sorted(p.name for p in ws.resolved.iterdir()) == files == ["000003.base.parquet", "000004.parquet"]
     # Images came and went (image 4 deleted, image 5 back): churn over the images in both tables.
     replace_manifest(ws, [{**r, "image_id": _id(5) if r["image_id"] == _id(4) else r["image_id"]}
                           for r in read_manifest(ws)], 5)
     _label(ws, [(_id(2), "cat"), (_id(0), "bird")])
-    third = relabel(ws, params, 5)
+    third = relabel(ws, params, 6)
     assert {r["image_id"] for r in read_resolved(ws)} == {_id(k) for k in (0, 1, 2, 3, 5)}
     assert third.churn == pytest.approx(1 / 4)  # of 0-3 (in both), image 2 changed
+    # Image 2's new label, image 5, and image 4 gone: 3 of 5 rows, so round 6 wrote a new base.
+    assert sorted(p.name for p in ws.resolved.iterdir()) == ["000003.base.parquet", "000004.parquet",
+                                                             "000006.base.parquet"]
+    ids, probs, _, _ = load_probs(ws)
+    assert ids == sorted(_id(k) for k in (0, 1, 2, 3, 5)) and probs.shape == (5, 3)
 
 
-def test_probabilities_and_table_from_different_runs_are_refused(ws):
+def test_a_relabel_run_again_in_its_round_replaces_its_own_part(ws):
+    """A round killed after relabel and run again: the part is recomputed against the rounds
+    before it, and the view is that of one run."""
     _train(ws, np.eye(3, 4, dtype=np.float32))
     params = parse_params({"ontology": {"classes": {c: [f"a {c}"] for c in CLASSES}}})
     relabel(ws, params, 1)
-    stale = ws.probs.read_bytes()
     replace_manifest(ws, [r for r in read_manifest(ws) if r["image_id"] != _id(4)], 2)  # image 4 removed
     relabel(ws, params, 2)
-    ws.probs.write_bytes(stale)  # as if the run died between its two writes
-    with pytest.raises(WorkspaceError, match="different relabel runs"):
-        load_probs(ws)
+    once = read_resolved(ws)
+    relabel(ws, params, 2)
+    assert read_resolved(ws) == once and _id(4) not in {r["image_id"] for r in once}
+    assert sorted(p.name for p in ws.resolved.iterdir()) == ["000001.base.parquet", "000002.parquet"]
+    assert load_probs(ws)[0] == [r["image_id"] for r in once]
 
 
 def test_relabel_needs_a_trained_head_of_this_ontology(ws):
