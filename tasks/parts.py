@@ -7,7 +7,8 @@ A folder holds one file per round that changed something:
 - ``NNNNNN.base.parquet``: a full snapshot. Files before the newest base are not read.
 
 The current view is the newest base, then each later delta in round order, the last row per key
-winning and tombstones dropping their key; it is sorted by key. A base replaces the deltas when
+winning and tombstones dropping their key; when it combines several files it is sorted by key
+(a base alone is read in the order it was written). A base replaces the deltas when
 a round changes half the rows or more (it would store about as much anyway), or after
 ``MAX_DELTAS`` deltas (so that reading stays cheap). Files older than the previous base are then
 removed: old rounds keep them in DVC, at their git tag.
@@ -57,8 +58,8 @@ class PartTable:
         return dict(pq.read_schema(files[-1][2]).metadata or {}) if files else {}
 
     def read(self, columns: list[str] | None = None, before: int | None = None, sort: bool = True) -> pa.Table:
-        """The current view (``before``: as it stood before that round), sorted by key unless
-        ``sort`` is False (then in no promised order)."""
+        """The current view (``before``: as it stood before that round); sorted by key when it
+        combines several files, unless ``sort`` is False."""
         names = None if columns is None else list(dict.fromkeys([self.key, *columns, DELETED]))
         tables = [pq.read_table(p, columns=names) for _, _, p in self.files(before)]
         if not tables:
@@ -77,7 +78,7 @@ class PartTable:
         """Record round ``round_no``: ``changed`` rows (added or modified; schema columns),
         ``deleted`` keys, and ``full()``, a callable giving the whole new table, called only
         when a base is due; ``metadata`` goes into the file's schema. Returns whether a file
-        was written (nothing changed: none). A full table is expected sorted by key."""
+        was written (nothing changed: none)."""
         earlier = self.files(before=round_no)
         own = [p for p in self.dir.glob(f"{round_no:06d}*.parquet")] if self.dir.is_dir() else []
         if not len(changed) and not deleted:

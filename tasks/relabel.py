@@ -132,9 +132,16 @@ def current_images(ws: Workspace) -> tuple[np.ndarray, pa.Array]:
         return np.zeros(0, "S64"), paths
     if pc.min_max(pc.utf8_length(ids)).as_py() != {"min": 64, "max": 64}:
         raise WorkspaceError(f"{ws.rel(ws.manifest)} has image ids that are not sha256 hex; run the scan stage again")
+    return raw_ids_of(ids), paths
+
+
+def raw_ids_of(ids: pa.Array) -> np.ndarray:
+    """An Arrow string array of 64-character ids as ``(N,)`` S64, zero-copy (64 bytes per id)."""
+    if len(ids) == 0:
+        return np.zeros(0, "S64")
     _, offsets, data = ids.buffers()
     start = int(np.frombuffer(offsets, np.int32, count=1, offset=4 * ids.offset)[0])
-    return np.frombuffer(data, "S64", count=len(ids), offset=start), paths  # zero-copy: 64 bytes per id
+    return np.frombuffer(data, "S64", count=len(ids), offset=start)
 
 
 def score_store(store: EmbeddingStore, predict, workers: int | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -232,7 +239,7 @@ def relabel(ws: Workspace, params: Params, round_no: int) -> RelabelResult:
     label, conf, is_human = resolve(raw_ids, probs, classes, humans, keys)
     store_key = (chosen.model_id, params.views.key("global"))
     parts = resolved_parts(ws, len(classes))
-    prev = previous_rows(parts, round_no, _id_strings(raw_ids), classes, chosen.labeler_id, store_key)
+    prev = previous_rows(parts, round_no, raw_ids, classes, chosen.labeler_id, store_key)
     rounds = np.full(len(raw_ids), round_no, np.int32)
     changed, gone = np.ones(len(raw_ids), bool), pa.array([], pa.string())
     churn = None
@@ -251,7 +258,7 @@ def relabel(ws: Workspace, params: Params, round_no: int) -> RelabelResult:
     table = resolved_table(raw_ids, paths, label, conf, is_human, classes, source=chosen.model,
                            model_id=chosen.labeler_id, rounds=rounds, locations=locations, probs=probs)
     meta = {CLASSES_KEY: json.dumps(classes, ensure_ascii=False), STORE_KEY: json.dumps(list(store_key))}
-    parts.write(round_no, table.filter(pa.array(changed)), gone, lambda: table.sort_by("image_id"), meta)
+    parts.write(round_no, table.filter(pa.array(changed)), gone, lambda: table, meta)
     auto_conf = conf[~is_human]
     counts = np.bincount(label, minlength=len(classes))
     return RelabelResult(
@@ -334,21 +341,21 @@ class Previous:
         return same & (old[np.maximum(self.row, 0)] == probs).all(1) & (self.row >= 0)
 
 
-def previous_rows(parts: PartTable, round_no: int, new_ids: pa.Array, classes: list[str], labeler_id: str,
+def previous_rows(parts: PartTable, round_no: int, new_raw: np.ndarray, classes: list[str], labeler_id: str,
                   store: tuple[str, str]) -> Previous | None:
     """The resolved table as the rounds before ``round_no`` left it, aligned to this round's
-    ids (``new_ids``, in row order); None before the first."""
+    ids (``new_raw``, ``(N,)`` S64 in row order); None before the first."""
     old = parts.read(before=round_no, sort=False)
     if len(old) == 0:
         return None
     meta = parts.metadata(before=round_no)
     comparable = meta.get(CLASSES_KEY.encode()) == json.dumps(classes, ensure_ascii=False).encode() and \
         meta.get(STORE_KEY.encode()) == json.dumps(list(store)).encode()
-    n = len(new_ids)
-    at = pc.index_in(_plain(old["image_id"]), value_set=new_ids).to_numpy(zero_copy_only=False)
-    found = ~np.isnan(at) if at.dtype.kind == "f" else np.ones(len(at), bool)
+    n = len(new_raw)
+    at = lookup(new_raw, raw_ids_of(_plain(old["image_id"])), None)  # each old row's row now (-1: gone)
+    found = at >= 0
     row = np.full(n, -1, np.int64)
-    row[at[found].astype(np.int64)] = np.flatnonzero(found)
+    row[at[found]] = np.flatnonzero(found)
     take = np.maximum(row, 0)
     label = _codes(old["label"], {c: k for k, c in enumerate(classes)})
     human = _codes(old["source"], {"human": 0}) == 0
@@ -383,8 +390,9 @@ CLASSES_KEY, STORE_KEY = "coldstart.classes", "coldstart.store"  # Parquet schem
 
 
 def resolved_schema(n_labels: int) -> pa.Schema:
-    return pa.schema([("image_id", pa.string()), ("path", pa.string()), ("label", pa.string()),
-                      ("confidence", pa.float32()), ("source", pa.string()), ("model_id", pa.string()),
+    codes = pa.dictionary(pa.int32(), pa.string())  # few distinct values: read back as codes, not strings
+    return pa.schema([("image_id", pa.string()), ("path", pa.string()), ("label", codes),
+                      ("confidence", pa.float32()), ("source", codes), ("model_id", codes),
                       ("round", pa.int32()), ("location", pa.string()),
                       ("probs", pa.list_(pa.float32(), n_labels))])
 

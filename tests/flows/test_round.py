@@ -173,7 +173,7 @@ def test_a_fitted_probe_is_logged_registered_and_the_best_is_champion(rounds):
 
     client, runs = _mlflow_runs(rounds.ws)
     with_probe = [(rec, run) for rec, run in zip(rounds.records, runs) if rec.train.model != "zero-shot"]
-    assert [rec.train.model for rec in rounds.records] == ["zero-shot", "zero-shot", "probe"]
+    assert rounds.records[0].train.model == "zero-shot" and rounds.records[2].train.model == "probe"
     mlflow.set_tracking_uri(f"sqlite:///{rounds.ws.root / 'mlflow.db'}")
     try:
         rec, run = with_probe[-1]
