@@ -57,11 +57,15 @@ class PartTable:
         files = self.files(before)
         return dict(pq.read_schema(files[-1][2]).metadata or {}) if files else {}
 
-    def read(self, columns: list[str] | None = None, before: int | None = None, sort: bool = True) -> pa.Table:
+    def read(self, columns: list[str] | None = None, before: int | None = None, sort: bool = True,
+             key: bool = True) -> pa.Table:
         """The current view (``before``: as it stood before that round); sorted by key when it
-        combines several files, unless ``sort`` is False."""
-        names = None if columns is None else list(dict.fromkeys([self.key, *columns, DELETED]))
-        tables = [pq.read_table(p, columns=names) for _, _, p in self.files(before)]
+        combines several files, unless ``sort`` is False. ``key=False`` with ``columns``: leave
+        the key column out (it is then not even read when the view is one file)."""
+        files = self.files(before)
+        skip_key = not key and columns is not None and len(files) == 1
+        names = None if columns is None else list(dict.fromkeys(([] if skip_key else [self.key]) + [*columns, DELETED]))
+        tables = [pq.read_table(p, columns=names) for _, _, p in files]
         if not tables:
             return self.schema.empty_table() if columns is None else \
                 pa.schema([self.schema.field(c) for c in dict.fromkeys([self.key, *columns])]).empty_table()
@@ -71,7 +75,9 @@ class PartTable:
             last = table.group_by(self.key, use_threads=False).aggregate([("__row", "max")])
             table = table.take(last["__row_max"]).drop_columns(["__row"])
         table = table.filter(pc.invert(table[DELETED])).drop_columns([DELETED])
-        return table.take(pc.sort_indices(table[self.key])) if sort and len(tables) > 1 else table
+        if sort and len(tables) > 1:
+            table = table.take(pc.sort_indices(table[self.key]))
+        return table.drop_columns([self.key]) if not key and columns is not None and not skip_key else table
 
     def write(self, round_no: int, changed: pa.Table, deleted: list[str] | pa.Array, full,
               metadata: dict[str, str] | None = None) -> bool:
