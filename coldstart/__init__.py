@@ -53,11 +53,13 @@ def open_workspace(path: str = ".") -> "Workspace":
     return Workspace.open(path)
 
 
-def run_round(workspace: str = ".") -> "RoundRecord":
-    """Run one labeling round; returns its record (also in MLflow and data/metrics/round.json)."""
+def run_round(workspace: str = ".", force: bool = False) -> "RoundRecord":
+    """Run one labeling round; returns its record (also in MLflow and data/metrics/round.json).
+    With nothing new (images, answers, params) the round does nothing and its record says
+    ``nothing_new``; ``force`` runs it anyway."""
     from coldstart.flows.round import labeling_round
 
-    return labeling_round(workspace=str(workspace))
+    return labeling_round(workspace=str(workspace), force=force)
 
 
 def read_round(workspace: str = ".") -> "RoundRecord | None":

@@ -39,7 +39,7 @@ def cmd_init(a) -> int:
 def cmd_round(a) -> int:
     from coldstart.flows.round import labeling_round
 
-    record = labeling_round(workspace=a.workspace)
+    record = labeling_round(workspace=a.workspace, force=a.force)
     print(record.describe())
     _write_json(a.json, record.to_dict())
     return 0
@@ -249,6 +249,8 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("round", help="run one labeling round (Prefect flow labeling_round)")
     ws_arg(s)
     s.add_argument("--json", help="also write the round summary as JSON to this file")
+    s.add_argument("--force", action="store_true",
+                   help="run the whole round even when nothing is new (by default such a round records nothing)")
     s.set_defaults(fn=cmd_round)
 
     s = sub.add_parser("status", help="summarise a workspace")

@@ -43,6 +43,9 @@ class RoundRecord:
     select: SelectResult | None = None
     track: TrackResult | None = None
     version: VersionResult | None = None
+    # Set when the round found nothing new (no image, answer or params change) and so did
+    # nothing more: no tag, MLflow run, model version or review batch.
+    nothing_new: bool = False
     seconds: dict[str, float] = field(default_factory=dict)  # per stage, wall time
     seconds_total: float = 0.0
     _started: float = field(default_factory=time.perf_counter, repr=False)
@@ -72,12 +75,13 @@ class RoundRecord:
         for name in STAGES:
             result = getattr(self, name)
             out[name] = None if result is None else result.to_dict()
-        return {**out, "seconds": self.seconds, "seconds_total": self.seconds_total}
+        return {**out, "nothing_new": self.nothing_new, "seconds": self.seconds, "seconds_total": self.seconds_total}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "RoundRecord":
         stages = {name: kind.from_dict(data[name]) for name, kind in STAGES.items() if data.get(name)}
         return cls(round=int(data["round"]), seconds=dict(data.get("seconds", {})),
+                   nothing_new=bool(data.get("nothing_new", False)),
                    seconds_total=float(data.get("seconds_total", 0.0)), **stages)
 
     def save(self, path: Path) -> None:
@@ -107,11 +111,22 @@ class RoundRecord:
         return (f"coldstart round {self.round}: {self.intake.human_labels} human labels, {r.auto} auto labels "
                 f"({t.model})" + (f", mlflow run {self.run_id}" if self.run_id else ""))
 
+    def describe_nothing_new(self) -> str:
+        it = self.intake
+        lines = [f"nothing new since round {self.round - 1}: no new or changed images, no new answers, no change to "
+                 f"params.yaml or dvc.yaml, so no round was made (no tag, MLflow run, model version or review "
+                 f"batch). Answer the open review batch into data/inbox/, or run `coldstart round --force`."]
+        for p in (it.problems if it else []):
+            lines.insert(0, "REJECTED " + p.replace("\n", "\n  "))
+        return "\n".join(lines)
+
     def describe(self) -> str:
         """The terminal summary of the round."""
         def pct(x):
             return "-" if x is None else f"{100 * x:.1f}%"
 
+        if self.nothing_new:
+            return self.describe_nothing_new()
         sc, em, it, tr, rl, se, au = self.scan, self.embed, self.intake, self.train, self.relabel, self.select, self.audit
         audit = "no audit answers yet"
         if au is not None and au.n:

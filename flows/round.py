@@ -20,20 +20,25 @@ from coldstart.tasks.scan import scan_task
 from coldstart.tasks.select import select_task
 from coldstart.tasks.track import link_run_task, track_task
 from coldstart.tasks.train import train_task
-from coldstart.tasks.version import check_stages, version_task
-from coldstart.tasks.workspace import Workspace
+from coldstart.tasks.version import check_stages, config_changed, version_task
+from coldstart.tasks.workspace import Workspace, atomic_write_text
 
 
 @flow(name="labeling_round")
-def labeling_round(workspace: str = ".") -> RoundRecord:
-    """Run one round on a workspace; return its record (also in MLflow and data/metrics/round.json)."""
+def labeling_round(workspace: str = ".", force: bool = False) -> RoundRecord:
+    """Run one round on a workspace; return its record (also in MLflow and data/metrics/round.json).
+
+    A round that finds nothing new (no new or changed image, no new answer, no change to
+    params.yaml or dvc.yaml) stops there and records nothing: no tag, MLflow run, model version
+    or review batch; its record says ``nothing_new``. ``force`` runs the whole round anyway.
+    """
     ws = Workspace.open(workspace)
     check_stages(ws)
     with ws.lock():
-        return run_round(ws)
+        return run_round(ws, force)
 
 
-def run_round(ws: Workspace) -> RoundRecord:
+def run_round(ws: Workspace, force: bool = False) -> RoundRecord:
     params, n = ws.params(), ws.next_round()
     rec = RoundRecord(round=n)
     with rec.timed("scan"):  # images -> content ids, manifest, quarantine
@@ -45,6 +50,9 @@ def run_round(ws: Workspace) -> RoundRecord:
         rec.embed = embed_task(ws, clip, params.model, params.views, params.execution)
     with rec.timed("intake"):  # inbox answers -> validated -> label-event log
         rec.intake = intake_task(ws, params.ontology.class_names, n)
+    if not force and n > 1 and not (rec.scan.changed or rec.embed.embedded or rec.intake.events_added
+                                    or config_changed(ws)):
+        return nothing_new(ws, rec)
     with rec.timed("audit"):  # earlier rounds' audit items, now answered -> accuracy estimate
         rec.audit = audit_task(ws, n)
     with rec.timed("train"):  # human labels -> the best labeler by cross-validation
@@ -61,4 +69,21 @@ def run_round(ws: Workspace) -> RoundRecord:
     link_run_task(ws, params, rec.run_id, rec.version.commit, rec.version.tag, rec.audit)
     if rec.track.error:
         raise TrackingError(rec.track.error)  # the round is versioned; MLflow missed it
+    return rec
+
+
+def nothing_new(ws: Workspace, rec: RoundRecord) -> RoundRecord:
+    """Record a round that found nothing to do: in .coldstart/last-check.json (what `status`
+    shows) and in the flow run's log; nothing is versioned or tracked."""
+    import datetime
+    import json
+
+    from prefect.logging import get_run_logger
+
+    rec.nothing_new = True
+    check = {"checked_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+             "last_round": rec.round - 1, "result": "nothing new",
+             "rejected": rec.intake.files_rejected if rec.intake else []}
+    atomic_write_text(ws.state_dir / "last-check.json", json.dumps(check) + "\n")
+    get_run_logger().info(rec.describe())
     return rec

@@ -62,7 +62,20 @@ def workspace_status(ws: Workspace) -> dict:
         "probe_cv_accuracy": last.train.probe_cv_accuracy if last and last.train else None,
         "inbox_pending": pending,
         "inbox_rejected": rejected,
+        "last_check": _last_check(ws, tags[-1] if tags else None),
     }
+
+
+def _last_check(ws: Workspace, last_round: int | None) -> dict | None:
+    """The newest round attempt that found nothing new since the last round, if any."""
+    import json
+
+    path = ws.state_dir / "last-check.json"
+    try:
+        check = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return check if check.get("last_round") == last_round else None
 
 
 def format_status(s: dict) -> str:
@@ -78,6 +91,9 @@ def format_status(s: dict) -> str:
         lines.append("DONE          " + "; ".join(s["done_reasons"]))
     elif s["rounds"]:
         lines.append("not done yet  (criteria in params.yaml `stop:`) - answer the review batch and run a round")
+    if s.get("last_check"):
+        lines.append(f"last check    {s['last_check']['checked_at']}: nothing new since round {s['last_round']} "
+                     f"(no images, answers or params changes), so no round was made")
     if s["inbox_pending"]:
         lines.append(f"inbox         {len(s['inbox_pending'])} file(s) waiting for the next round: {', '.join(s['inbox_pending'])}")
     if s["inbox_rejected"]:

@@ -154,6 +154,7 @@ class ScanResult(StageResult):
     # version stage re-adds to DVC only the parts whose digest changed.
     parts: dict[str, str] = field(default_factory=dict, metadata=IN_MEMORY)
     hashed: HashedFiles = field(default_factory=HashedFiles, metadata=IN_MEMORY)  # for the version stage
+    changed: bool = True  # the manifest or the quarantine list changed (files came, went or changed)
 
     def metrics(self) -> dict[str, float | None]:
         return {"images": self.images, "new_images": self.new_images, "quarantined": self.quarantined,
@@ -293,11 +294,13 @@ def scan(ws: Workspace, cfg: ScanConfig, round_no: int) -> ScanResult:
         kept = view.filter(pc.invert(pc.is_in(view["path"], value_set=drop))) if len(drop) else view
         return pa.concat_tables([kept.cast(MANIFEST_SCHEMA), changed_table]).sort_by("path")
 
-    manifest_parts(ws).write(round_no, changed_table, deleted, full)
+    wrote = manifest_parts(ws).write(round_no, changed_table, deleted, full)
+    quarantine_changed = {(q["path"], str(q["sha256"])) for q in quarantine} != \
+        {(q["path"], q["sha256"]) for q in old_q.values()}
     write_csv(ws.quarantine, QUARANTINE_FIELDS, quarantine)
     return ScanResult(images=len(ids), files=len(seen) + len(quarantine), new_images=len(new_rows),
                       quarantined=len(quarantine), duplicates=len(seen) - len(ids), parts=digests.result(),
-                      hashed=hashed)
+                      hashed=hashed, changed=wrote or quarantine_changed or bool(changed) or bool(deleted))
 
 
 def image_table(ws: Workspace) -> dict[str, str]:

@@ -52,6 +52,11 @@ def git(root: Path, *args: str, check: bool = True) -> str:
     return proc.stdout.strip()
 
 
+def config_changed(ws: Workspace) -> bool:
+    """Whether params.yaml or dvc.yaml changed since the last round's commit (git says so)."""
+    return bool(git(ws.root, "status", "--porcelain", "--", "params.yaml", "dvc.yaml", check=False))
+
+
 def template_text(name: str) -> str:
     return resources.files("coldstart.flows").joinpath("template", name).read_text(encoding="utf-8")
 

@@ -54,7 +54,8 @@ def _round_child(workspace: str) -> None:
 
     record = labeling_round(workspace=workspace)
     print(json.dumps({"round": record.round, "stage_seconds": record.seconds, "seconds_total": record.seconds_total,
-                      "peak_rss_mb": peak_rss_mb(), "batch": record.select.files[0] if record.select.files else None}))
+                      "peak_rss_mb": peak_rss_mb(), "batch": record.select.files[0] if record.select and record.select.files else None,
+                      "nothing_new": record.nothing_new}))
 
 
 def _run_round(ws_root: Path, env: dict) -> dict:

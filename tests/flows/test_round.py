@@ -315,10 +315,37 @@ def test_a_workspace_with_one_dvc_file_for_all_images_moves_to_parts(rounds):
         repo.add(str(copy / "data/images"))
     subprocess.run(["git", "add", "-A"], cwd=copy, check=True)
     subprocess.run(["git", "commit", "-qm", "old layout"], cwd=copy, check=True)
-    rec = labeling_round(workspace=str(copy))
+    rec = labeling_round(workspace=str(copy), force=True)  # no new data: only --force runs it
     assert not (copy / "data/images.dvc").exists()
     assert rec.version.parts_added == ["bad", "scans-00", "副本"]
     assert sorted(p.name for p in (copy / "data/images").glob("*.dvc")) == ["bad.dvc", "scans-00.dvc", "副本.dvc"]
     assert "/data/images\n" not in (copy / ".gitignore").read_text()
     with contextlib.chdir(copy), Repo(str(copy)) as repo:
         assert repo.status() == {}
+
+
+def test_a_round_with_nothing_new_does_nothing_and_status_says_so(rounds, capsys):
+    """No new image, answer or params change: no tag, MLflow run, model version or batch; a
+    rejected answer file alone is shown but is not news; --force runs the round anyway."""
+    copy = rounds.tmp / "nothing-new"
+    shutil.copytree(rounds.ws.root, copy, symlinks=True)
+    tags = subprocess.run(["git", "tag"], cwd=copy, capture_output=True, text=True).stdout.split()
+    (copy / "data/inbox/typo.csv").write_text("image,label\nscans-00/digit-0001.png,seven7\n", encoding="utf-8")
+    batches = sorted(p.name for p in (copy / "data/review").iterdir())
+    client = MlflowClient(f"sqlite:///{copy / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("coldstart-demo")
+    n_runs = len(client.search_runs([exp.experiment_id]))
+    assert cli(["round", "-w", str(copy)]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("REJECTED data/inbox/typo.csv") and "nothing new since round 3" in out
+    assert subprocess.run(["git", "tag"], cwd=copy, capture_output=True, text=True).stdout.split() == tags
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=copy, capture_output=True, text=True).stdout
+    assert head == subprocess.run(["git", "rev-parse", "round-003^{commit}"], cwd=copy, capture_output=True,
+                                  text=True).stdout  # no commit either
+    assert sorted(p.name for p in (copy / "data/review").iterdir()) == batches
+    assert len(client.search_runs([exp.experiment_id])) == n_runs
+    assert json.loads((copy / ".coldstart/last-check.json").read_text())["result"] == "nothing new"
+    assert cli(["status", "-w", str(copy)]) == 0
+    assert "last check" in capsys.readouterr().out
+    rec = labeling_round(workspace=str(copy), force=True)
+    assert rec.tag == "round-004" and not rec.nothing_new
