@@ -80,7 +80,7 @@ def registered_name(params: Params) -> str:
 
 def log_round(ws: Workspace, params: Params, round_no: int, metrics: dict[str, float | None],
               artifacts: list[Path], confusion: list[list[int]] | None, head=None,
-              head_cv_accuracy: float | None = None) -> tuple[str, str | None]:
+              head_cv_accuracy: float | None = None, labeler_id: str | None = None) -> tuple[str, str | None]:
     """Log one round as one finished MLflow run; return its run id and the head's registry version.
 
     ``head`` (a LinearHead over raw CLIP embeddings) is logged as a scikit-learn model,
@@ -116,7 +116,7 @@ def log_round(ws: Workspace, params: Params, round_no: int, metrics: dict[str, f
                 info = mlflow.sklearn.log_model(head.to_sklearn(), name="probe",
                                                 pip_requirements=[f"scikit-learn=={sklearn.__version__}"])
                 version = _register(client, registered_name(params), info.model_uri, run.info.run_id,
-                                    head_cv_accuracy)
+                                    head_cv_accuracy, labeler_id)
             return run.info.run_id, version
     except Exception as e:
         raise TrackingError(
@@ -125,10 +125,22 @@ def log_round(ws: Workspace, params: Params, round_no: int, metrics: dict[str, f
         ) from e
 
 
-def _register(client, name: str, model_uri: str, run_id: str, cv_accuracy: float | None) -> str:
+def _register(client, name: str, model_uri: str, run_id: str, cv_accuracy: float | None,
+              labeler_id: str | None = None) -> str:
+    """Register the head as a new version of ``name``, unless a version with the same
+    ``labeler_id`` (the same weights, temperature and model) is registered already: a head
+    retrained to the same weights is the same model, so its version is returned instead."""
     import mlflow
 
-    version = mlflow.register_model(model_uri, name, tags={"cv_accuracy": str(cv_accuracy)})
+    if labeler_id:
+        try:
+            same = client.search_model_versions(f"name = '{name}' and tags.labeler_id = '{labeler_id}'")
+        except Exception:  # a store without tag search: look through the versions' tags
+            same = [v for v in client.search_model_versions(f"name = '{name}'") if v.tags.get("labeler_id") == labeler_id]
+        if same:
+            return str(max(int(v.version) for v in same))
+    tags = {"cv_accuracy": str(cv_accuracy), **({"labeler_id": labeler_id} if labeler_id else {})}
+    version = mlflow.register_model(model_uri, name, tags=tags)
     try:
         champion = client.get_model_version_by_alias(name, "champion")
         best = float(champion.tags.get("cv_accuracy", "nan"))
@@ -174,9 +186,13 @@ def track(ws: Workspace, params: Params, round_no: int, metrics: dict[str, float
     flow reports it (MLflow is a view of the round; the workspace's files are the record).
     """
     head = train.probe.head if train.probe is not None else None
+    from coldstart.tasks.train import load_chosen
+
+    chosen = load_chosen(ws) if head is not None else None
     try:
         run_id, version = log_round(ws, params, round_no, metrics, artifacts, train.confusion, head,
-                                    train.cv_accuracy if head is not None else None)
+                                    train.cv_accuracy if head is not None else None,
+                                    chosen.labeler_id if chosen is not None else None)
     except TrackingError as e:
         return TrackResult(None, str(e))
     return TrackResult(run_id, registered_version=version)

@@ -347,5 +347,9 @@ def test_a_round_with_nothing_new_does_nothing_and_status_says_so(rounds, capsys
     assert json.loads((copy / ".coldstart/last-check.json").read_text())["result"] == "nothing new"
     assert cli(["status", "-w", str(copy)]) == 0
     assert "last check" in capsys.readouterr().out
+    versions = client.search_model_versions("name = 'coldstart-demo-head'")
     rec = labeling_round(workspace=str(copy), force=True)
-    assert rec.tag == "round-004" and not rec.nothing_new
+    assert rec.tag == "round-004" and not rec.nothing_new and rec.train.model == "probe"
+    # The same labels retrain the same head: its registered version is reused, not duplicated.
+    assert len(client.search_model_versions("name = 'coldstart-demo-head'")) == len(versions)
+    assert rec.track.registered_version == str(max(int(v.version) for v in versions))
