@@ -9,21 +9,44 @@ from coldstart.tasks.manifest import read_manifest
 from coldstart.tasks.workspace import Workspace, read_csv
 
 
-def stopping(stop: StopConfig, last: RoundRecord) -> tuple[bool, list[str]]:
-    """Is the dataset done? (done, reasons) from the last round's record and params.stop."""
-    reasons = []
+def stopping(stop: StopConfig, last: RoundRecord) -> tuple[bool, list[str], list[str]]:
+    """Is the dataset done? (done, the criteria that hold, why each other one does not), from
+    the last round's record and params.stop. Any one criterion is enough. Each rests on evidence
+    a round that asked nothing cannot fake: the human-label count, an audit interval, or low
+    churn together with few uncertain auto labels."""
+    met, unmet = [], []
     humans = last.intake.human_labels if last.intake else 0
-    churn = last.relabel.churn if last.relabel else None
-    if stop.max_labels is not None and humans >= stop.max_labels:
-        reasons.append(f"the human-label budget is spent ({humans} >= stop.max_labels={stop.max_labels})")
-    if stop.churn_below is not None and churn is not None and churn < stop.churn_below:
-        reasons.append(f"labels have settled: {churn:.2%} changed in the last round "
-                       f"(< stop.churn_below={stop.churn_below:.2%})")
-    interval = last.audit.interval if last.audit else None
-    if stop.audit_lower_bound is not None and interval and interval[0] >= stop.audit_lower_bound:
-        reasons.append(f"audited auto-label accuracy is at least {interval[0]:.1%} with 95% confidence "
+    if stop.max_labels is not None:
+        (met if humans >= stop.max_labels else unmet).append(
+            f"the human-label budget is {'spent' if humans >= stop.max_labels else 'not spent'} "
+            f"({humans} {'>=' if humans >= stop.max_labels else '<'} stop.max_labels={stop.max_labels})")
+    rl = last.relabel
+    if stop.churn_below is not None:
+        churn = rl.churn if rl else None
+        share = rl.below_threshold / rl.auto if rl and rl.auto > 0 else 0.0
+        if churn is None:
+            unmet.append("labels have settled: not known yet (no earlier round to compare with)")
+        elif churn < stop.churn_below and share <= stop.max_below_threshold:
+            met.append(f"labels have settled: {churn:.2%} changed in the last round (< stop.churn_below="
+                       f"{stop.churn_below:.2%}) and {share:.1%} of auto labels are below the threshold "
+                       f"(<= stop.max_below_threshold={stop.max_below_threshold:.0%})")
+        else:
+            why = [f"{churn:.2%} changed in the last round (stop.churn_below={stop.churn_below:.2%})"] \
+                if churn >= stop.churn_below else []
+            if share > stop.max_below_threshold:
+                why.append(f"{share:.1%} of auto labels ({rl.below_threshold}) are below the threshold "
+                           f"(stop.max_below_threshold={stop.max_below_threshold:.0%})")
+            unmet.append("labels have not settled: " + " and ".join(why))
+    if stop.audit_lower_bound is not None:
+        interval = last.audit.interval if last.audit and last.audit.n else None
+        if interval and interval[0] >= stop.audit_lower_bound:
+            met.append(f"audited auto-label accuracy is at least {interval[0]:.1%} with 95% confidence "
                        f"(>= stop.audit_lower_bound={stop.audit_lower_bound:.0%}, {last.audit.n} audited)")
-    return bool(reasons), reasons
+        else:
+            unmet.append(f"audited accuracy is not shown to be >= {stop.audit_lower_bound:.0%}: " + (
+                f"its 95% lower bound is {interval[0]:.1%} ({last.audit.n} audited; answer more audit items)"
+                if interval else "no answered audit items yet"))
+    return bool(met), met, unmet
 
 
 def last_round(ws: Workspace) -> RoundRecord | None:
@@ -40,12 +63,13 @@ def workspace_status(ws: Workspace) -> dict:
     rejected = sorted(p.name for p in ws.rejected.glob("*") if p.is_file() and not p.name.endswith(".errors.txt")) \
         if ws.rejected.is_dir() else []
     last = last_round(ws)
-    done, why = stopping(ws.params().stop, last) if last else (False, [])
+    done, why, why_not = stopping(ws.params().stop, last) if last else (False, [], [])
     audit = last.audit if last else None
     return {
         "workspace": str(ws.root),
         "done": done,
         "done_reasons": why,
+        "not_done_reasons": why_not,
         "last_audit": {"audit_round": audit.round if audit else None, "audit_n": audit.n if audit else 0,
                        "audit_accuracy": audit.accuracy if audit else None,
                        "audit_interval": list(audit.interval) if audit and audit.n else None},
@@ -90,7 +114,10 @@ def format_status(s: dict) -> str:
     if s["done"]:
         lines.append("DONE          " + "; ".join(s["done_reasons"]))
     elif s["rounds"]:
-        lines.append("not done yet  (criteria in params.yaml `stop:`) - answer the review batch and run a round")
+        lines.append("not done yet  (any one criterion in params.yaml `stop:` is enough) - answer the review batch "
+                     "and run a round")
+    for reason in s.get("not_done_reasons") or []:
+        lines.append("  not met     " + reason)
     if s.get("last_check"):
         lines.append(f"last check    {s['last_check']['checked_at']}: nothing new since round {s['last_round']} "
                      f"(no images, answers or params changes), so no round was made")

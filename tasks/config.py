@@ -196,7 +196,11 @@ class StopConfig(_Section):
     """When is the dataset done? Any one criterion met is enough; null turns one off."""
 
     max_labels: int | None = Field(None, ge=1)  # the human-label budget
-    churn_below: float | None = Field(0.01, ge=0, le=1)  # labels changing between rounds
+    # Labels have settled: fewer than this share changed in the last round, AND at most
+    # max_below_threshold of the auto labels are below the auto-accept threshold (churn alone
+    # can be low because little was asked, not because the labels are good).
+    churn_below: float | None = Field(0.01, ge=0, le=1)
+    max_below_threshold: float = Field(0.05, ge=0, le=1)
     audit_lower_bound: float | None = Field(0.95, gt=0, le=1)  # Wilson 95% lower bound of audit accuracy
 
 

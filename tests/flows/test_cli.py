@@ -194,15 +194,24 @@ def test_stopping_criteria_say_why():
                            audit=AuditEstimate(2, n, correct))
 
     stop = StopConfig(max_labels=100, churn_below=0.01, audit_lower_bound=0.9)
-    done, why = stopping(stop, record(40, 0.2, 9, 10))  # Wilson lower bound of 9/10: 0.596
-    assert not done and why == []
-    done, why = stopping(stop, record(120, 0.005, 50, 50))  # 50/50: lower bound 0.929
-    assert done and len(why) == 3
+    done, why, why_not = stopping(stop, record(40, 0.2, 9, 10))  # Wilson lower bound of 9/10: 0.596
+    assert not done and why == [] and len(why_not) == 3
+    assert "its 95% lower bound is 59.6% (10 audited" in why_not[2]
+    done, why, why_not = stopping(stop, record(120, 0.005, 50, 50))  # 50/50: lower bound 0.929
+    assert done and len(why) == 3 and why_not == []
     assert why == ["the human-label budget is spent (120 >= stop.max_labels=100)",
-                   "labels have settled: 0.50% changed in the last round (< stop.churn_below=1.00%)",
+                   "labels have settled: 0.50% changed in the last round (< stop.churn_below=1.00%) and 0.0% of "
+                   "auto labels are below the threshold (<= stop.max_below_threshold=5%)",
                    "audited auto-label accuracy is at least 92.9% with 95% confidence "
                    "(>= stop.audit_lower_bound=90%, 50 audited)"]
-    assert stopping(StopConfig(churn_below=None, audit_lower_bound=None), record(0, 0.0, 0, 0)) == (False, [])
+    # No churn, but many uncertain auto labels and no audit: not done, and status says why.
+    uncertain = record(45, 0.0, 0, 0)
+    uncertain.relabel.below_threshold = 50
+    done, why, why_not = stopping(StopConfig(), uncertain)
+    assert not done and why_not == [
+        "labels have not settled: 90.9% of auto labels (50) are below the threshold (stop.max_below_threshold=5%)",
+        "audited accuracy is not shown to be >= 95%: no answered audit items yet"]
+    assert stopping(StopConfig(churn_below=None, audit_lower_bound=None), record(0, 0.0, 0, 0)) == (False, [], [])
 
 
 def test_bench_al_writes_labels_to_95_and_audit_coverage(tmp_path):
