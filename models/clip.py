@@ -352,7 +352,8 @@ def _weights_error(name: str, tag: str, src: _TagSource, cause: str, tried: str,
     """The one line the CLI prints: what failed, what was tried, how to fix it (keep '. Tried':
     `coldstart demo` shows the part before it)."""
     return (f"could not load pretrained weights {name}/{tag}: {cause}. Tried {tried}. Fix: {fix}set model.pretrained "
-            f"in params.yaml to a local checkpoint file (.pt/.safetensors) or local-dir:/folder, or on a machine "
+            f"in params.yaml to a local checkpoint file (.pt/.safetensors; one inside the workspace is versioned by "
+            f"DVC, never by git) or local-dir:/folder, or on a machine "
             f"with internet run `python -c \"import open_clip; open_clip.create_model_and_transforms('{name}', "
             f"pretrained='{tag}')\"` and copy {src.cache_root} to the same place here").replace("\n", " ")
 

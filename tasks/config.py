@@ -246,6 +246,13 @@ class TrackingConfig(_Section):
     registered_model: str | None = None  # Model Registry name of the head; null: "<experiment>-head"
 
 
+class VersioningConfig(_Section):
+    """What the version step keeps out of git: model checkpoints (by extension) and any file
+    larger than ``git_max_file_mb`` go to DVC instead (`dvc add`, pushed like the data)."""
+
+    git_max_file_mb: float = Field(10.0, gt=0)
+
+
 class ExecutionConfig(_Section):
     """Where the work that grows with the image count runs: the embed and relabel stages' shards
     (4,096 images each). Results do not depend on it, so it is not a DVC parameter."""
@@ -266,6 +273,7 @@ class Params(_Section):
     stop: StopConfig = Field(default_factory=StopConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     execution: ExecutionConfig = Field(default_factory=ExecutionConfig)
+    versioning: VersioningConfig = Field(default_factory=VersioningConfig)
 
 
 def _key(loc: tuple) -> str:

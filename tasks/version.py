@@ -52,6 +52,28 @@ def git(root: Path, *args: str, check: bool = True) -> str:
     return proc.stdout.strip()
 
 
+CHECKPOINTS = (".pt", ".pth", ".safetensors", ".bin", ".ckpt")
+# Folders the big-file guard never looks in: DVC's and coldstart's own, and the data (DVC's).
+_NOT_USER_FILES = (".git/", ".dvc/", "data/", ".coldstart/", ".prefect/", "mlartifacts/", ".dvc-remote/")
+
+
+def big_files(ws: Workspace, max_mb: float) -> list[Path]:
+    """Files a `git add -A` must not take: model checkpoints (git-ignored by the workspace's
+    .gitignore, but still to be versioned) and any other file over ``max_mb`` that git would
+    add. They go to DVC instead. The data folder is DVC's already and is not looked at."""
+    def listed(*args: str) -> list[str]:
+        out = git(ws.root, "ls-files", "-z", *args, check=False)
+        return [p for p in out.split("\0") if p and not p.startswith(_NOT_USER_FILES)]
+
+    found = {p for p in listed("--others", "--ignored", "--exclude-standard", "--", *(f"*{e}" for e in CHECKPOINTS))}
+    found |= {p[: -len(".dvc")] for p in listed("--", "*.dvc")}  # tracked so earlier: added again if changed
+    for p in listed("--others", "--modified", "--exclude-standard"):
+        path = ws.root / p
+        if path.is_file() and not p.endswith(".dvc") and path.stat().st_size > max_mb * 2**20:
+            found.add(p)
+    return sorted(ws.root / p for p in found if (ws.root / p).is_file() and (ws.root / p).name != "mlflow.db")
+
+
 def config_changed(ws: Workspace) -> bool:
     """Whether params.yaml or dvc.yaml changed since the last round's commit (git says so)."""
     return bool(git(ws.root, "status", "--porcelain", "--", "params.yaml", "dvc.yaml", check=False))
@@ -240,6 +262,8 @@ def version(ws: Workspace, round_no: int, message: str, parts: dict[str, str] | 
             for name in gone:
                 repo.remove(str(tracked[name]), outs=False)
             targets = [str(t) for p in changed for t in _targets(ws.images, p)]
+            # Checkpoints and big files a user put in the workspace: DVC, not git.
+            targets += [str(p) for p in big_files(ws, ws.params().versioning.git_max_file_mb)]
             if targets:
                 if hashed is not None:
                     _hand_hashes_to_dvc(repo, hashed)

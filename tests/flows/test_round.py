@@ -353,3 +353,24 @@ def test_a_round_with_nothing_new_does_nothing_and_status_says_so(rounds, capsys
     # The same labels retrain the same head: its registered version is reused, not duplicated.
     assert len(client.search_model_versions("name = 'coldstart-demo-head'")) == len(versions)
     assert rec.track.registered_version == str(max(int(v.version) for v in versions))
+
+
+def test_checkpoints_and_big_files_go_to_dvc_never_to_git(rounds):
+    """A checkpoint and an over-cap file put in the workspace: the round's git commit holds
+    neither (only their .dvc files), and both are on the DVC remote."""
+    copy = rounds.tmp / "big-files"
+    shutil.copytree(rounds.ws.root, copy, symlinks=True)
+    (copy / "models").mkdir()
+    (copy / "models/finetuned.pt").write_bytes(os.urandom(4096))
+    (copy / "notes").mkdir()
+    (copy / "notes/scans.tar").write_bytes(os.urandom(11 * 2**20))  # over versioning.git_max_file_mb: 10
+    (copy / "notes/readme.txt").write_text("small files stay in git\n")
+    rec = labeling_round(workspace=str(copy), force=True)
+    in_git = subprocess.run(["git", "ls-tree", "-r", "--name-only", rec.version.commit], cwd=copy,
+                            capture_output=True, text=True, check=True).stdout.split()
+    assert "models/finetuned.pt" not in in_git and "notes/scans.tar" not in in_git
+    assert {"models/finetuned.pt.dvc", "notes/scans.tar.dvc", "notes/readme.txt"} <= set(in_git)
+    for name in ("models/finetuned.pt", "notes/scans.tar"):
+        md5 = hashlib.md5((copy / name).read_bytes()).hexdigest()
+        # The copy's DVC remote is the original workspace's (an absolute path in .dvc/config).
+        assert (rounds.ws.root / ".dvc-remote/files/md5" / md5[:2] / md5[2:]).is_file(), name
