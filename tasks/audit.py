@@ -101,6 +101,18 @@ def latest_audit(ws: Workspace, humans: dict[str, str], before_round: int) -> Au
     return None
 
 
+def every_audit(ws: Workspace, before_round: int) -> list[AuditEstimate]:
+    """The audit estimate of every earlier round with answered audit items, oldest first: each
+    answered item counts for the round whose batch it was drawn for."""
+    humans = human_labels(read_events(ws))
+    out = []
+    for r in range(1, before_round):
+        est = audit_estimate(read_csv(ws.review / f"round-{r:03d}.batch.csv"), humans)
+        if est is not None and est.n:
+            out.append(est)
+    return out
+
+
 def audit(ws: Workspace, round_no: int) -> AuditEstimate | None:
     """The audit stage: the newest answered audit of an earlier round, with the answers now in."""
     return latest_audit(ws, human_labels(read_events(ws)), round_no)

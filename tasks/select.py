@@ -1,8 +1,9 @@
 """select: the next review batch: the most uncertain unlabeled images plus a random audit sample.
 
 Scoring is pure (probabilities in, scores out; higher = ask a human sooner). The audit sample
-is drawn first, uniformly from every image without a human label, so its answers are an
-unbiased estimate of the auto-label accuracy; the uncertain picks come from the rest.
+is drawn first, uniformly from every image without a human label that is not waiting in an
+earlier unanswered batch, so its answers are an unbiased estimate of the auto-label accuracy;
+the uncertain picks come from the rest.
 """
 
 from __future__ import annotations
@@ -58,6 +59,20 @@ def select_indices(probs: np.ndarray, budget: int, *, strategy: str, audit: int,
     return rest[picked], np.asarray(audit_idx, int)
 
 
+def waiting(ws: Workspace, round_no: int) -> set[str]:
+    """Image ids in earlier review batches (asked or audited, not re-checks) that still have no
+    human label: their answers may still come."""
+    from coldstart.tasks.intake import human_labels, read_events
+
+    humans = human_labels(read_events(ws))
+    out: set[str] = set()
+    for r in range(1, round_no):
+        for b in read_csv(ws.review / f"round-{r:03d}.batch.csv"):
+            if b["purpose"] != "recheck" and b["image_id"] not in humans:
+                out.add(b["image_id"])
+    return out
+
+
 def _cell(value: str) -> str:
     """Escape cells a spreadsheet would run as a formula (CSV injection)."""
     return "'" + value if value[:1] in ("=", "+", "-", "@") else value
@@ -84,7 +99,10 @@ def select(ws: Workspace, cfg: RoundConfig, round_no: int) -> SelectResult:
 
     ids, probs, classes, (model_id, view) = load_probs(ws)
     resolved = {r["image_id"]: r for r in read_resolved(ws)}
-    pool = [k for k, i in enumerate(ids) if resolved[i]["source"] != "human"]
+    # Images waiting in an earlier, still unanswered batch are not asked again, and above all not
+    # drawn for the audit: an answer meant for one round's batch must not count as another's.
+    pending = waiting(ws, round_no)
+    pool = [k for k, i in enumerate(ids) if resolved[i]["source"] != "human" and i not in pending]
     labeled = [i for i in ids if resolved[i]["source"] == "human"]
     strategy = cfg.strategy if labeled else cfg.first_strategy
     budget = min(cfg.budget, len(pool))

@@ -205,8 +205,12 @@ def link_run(ws: Workspace, params: Params, run_id: str | None, commit: str, tag
     if run_id is None:
         return
     record_version(ws, params, run_id, commit, tag)
-    if audit is not None and audit.n:
-        record_audit(ws, params, audit.round, audit.accuracy, *audit.interval, audit.n)
+    from coldstart.tasks.audit import every_audit
+
+    # Each earlier round's run gets the audit of its own batch, as its answers come in.
+    round_no = int(tag.rsplit("-", 1)[-1])
+    for est in every_audit(ws, round_no):
+        record_audit(ws, params, est.round, est.accuracy, *est.interval, est.n)
 
 
 @task(name="track", cache_policy=NO_CACHE)

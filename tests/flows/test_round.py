@@ -374,3 +374,16 @@ def test_checkpoints_and_big_files_go_to_dvc_never_to_git(rounds):
         md5 = hashlib.md5((copy / name).read_bytes()).hexdigest()
         # The copy's DVC remote is the original workspace's (an absolute path in .dvc/config).
         assert (rounds.ws.root / ".dvc-remote/files/md5" / md5[:2] / md5[2:]).is_file(), name
+
+
+def test_images_waiting_in_an_unanswered_batch_are_not_asked_or_audited_again(rounds):
+    """Round 3's batch is unanswered: a forced round 4 draws neither its picks nor its audit
+    sample from it, and never from human-labeled images."""
+    copy = rounds.tmp / "pending"
+    shutil.copytree(rounds.ws.root, copy, symlinks=True)
+    waiting = {b["image_id"] for b in read_csv(copy / "data/review/round-003.batch.csv") if b["purpose"] != "recheck"}
+    rec = labeling_round(workspace=str(copy), force=True)
+    batch4 = [b for b in read_csv(copy / "data/review/round-004.batch.csv") if b["purpose"] != "recheck"]
+    humans = {e.image_id for e in read_events(rounds.ws)}
+    assert batch4 and rec.select.audit == 1
+    assert not {b["image_id"] for b in batch4} & (waiting | humans)
