@@ -23,7 +23,10 @@ def _quiet_prefect() -> None:
 
 
 def _write_json(path: str | None, data) -> None:
-    if path:
+    """``--json FILE``: the data as JSON into FILE; ``--json -``: onto stdout."""
+    if path == "-":
+        sys.stdout.write(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+    elif path:
         Path(path).write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
@@ -40,7 +43,7 @@ def cmd_round(a) -> int:
     from coldstart.flows.round import labeling_round
 
     record = labeling_round(workspace=a.workspace, force=a.force)
-    print(record.describe())
+    print(record.describe(), file=sys.stderr if a.json == "-" else sys.stdout)  # stdout: the JSON
     _write_json(a.json, record.to_dict())
     return 0
 
@@ -50,7 +53,7 @@ def cmd_status(a) -> int:
     from coldstart.tasks.workspace import Workspace
 
     s = workspace_status(Workspace.open(a.workspace))
-    print(format_status(s))
+    print(format_status(s), file=sys.stderr if a.json == "-" else sys.stdout)  # stdout: the JSON
     _write_json(a.json, s)
     return 0
 
@@ -239,7 +242,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     def ws_arg(sp):
-        sp.add_argument("--workspace", "-w", default=".", help="workspace folder (default: current directory)")
+        sp.add_argument("--workspace", "-w", default=".", help="workspace folder")
 
     s = sub.add_parser("init", help="create a workspace: git + DVC + local remote + params.yaml")
     s.add_argument("directory")
@@ -248,14 +251,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("round", help="run one labeling round (Prefect flow labeling_round)")
     ws_arg(s)
-    s.add_argument("--json", help="also write the round summary as JSON to this file")
+    s.add_argument("--json", help="also write the round summary as JSON to this file (- for stdout)")
     s.add_argument("--force", action="store_true",
                    help="run the whole round even when nothing is new (by default such a round records nothing)")
     s.set_defaults(fn=cmd_round)
 
     s = sub.add_parser("status", help="summarise a workspace")
     ws_arg(s)
-    s.add_argument("--json", help="also write the status as JSON to this file")
+    s.add_argument("--json", help="also write the status as JSON to this file (- for stdout)")
     s.set_defaults(fn=cmd_status)
 
     s = sub.add_parser("stage", help="run one stage alone (used by dvc.yaml / dvc repro)")
@@ -304,7 +307,7 @@ def build_parser() -> argparse.ArgumentParser:
             b.add_argument("--model", default="ViT-B-32")
             b.add_argument("--pretrained", default=None, help="weights (timing does not depend on them; default random)")
             b.add_argument("--batch-size", type=int, default=32)
-        b.add_argument("--json", help="also write the figures as JSON to this file")
+        b.add_argument("--json", help="also write the figures as JSON to this file (- for stdout)")
         b.set_defaults(fn=cmd_bench)
         return b
 
@@ -327,7 +330,19 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--n", type=int, default=2000)
     b.add_argument("--budget", type=int, default=50)
     b.add_argument("--keep", help="build the workspace in this folder and keep it (default: a temporary folder)")
+    _describe(p)
     return p
+
+
+def _describe(parser: argparse.ArgumentParser) -> None:
+    """Every subcommand's help page: its one-line help as the description, and the defaults shown."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            helps = {a.dest: a.help for a in action._choices_actions}
+            for name, sp in action.choices.items():
+                sp.description = sp.description or helps.get(name)
+                sp.formatter_class = argparse.ArgumentDefaultsHelpFormatter
+                _describe(sp)
 
 
 def main(argv: list[str] | None = None) -> int:

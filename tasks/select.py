@@ -105,13 +105,27 @@ def select(ws: Workspace, cfg: RoundConfig, round_no: int) -> SelectResult:
     pool = [k for k, i in enumerate(ids) if resolved[i]["source"] != "human" and i not in pending]
     labeled = [i for i in ids if resolved[i]["source"] == "human"]
     strategy = cfg.strategy if labeled else cfg.first_strategy
-    budget = min(cfg.budget, len(pool))
+    # Human labels the held-out model disagrees with go back for a second look, inside the
+    # budget: a batch never holds more than round.budget images.
+    rechecks, max_rechecks = [], min(math.ceil(cfg.recheck_fraction * cfg.budget), cfg.budget)
+    for f in read_csv(ws.flags):  # most confident first
+        if len(rechecks) >= max_rechecks:
+            break
+        r = resolved.get(f["image_id"])
+        if r is None or r["source"] != "human" or r["label"] != f["human_label"]:
+            continue  # image gone, or already corrected since
+        rechecks.append(dict(image_id=r["image_id"], image=r["path"], purpose="recheck",
+                             predicted_label=f["suggested_label"], confidence=f["probability"], source="human",
+                             model_id="", score="", round=round_no,
+                             note=f"please check: labeled {f['human_label']!r}, the model (held out) says "
+                                  f"{f['suggested_label']!r} with p={float(f['probability']):.2f}"))
+    budget = min(cfg.budget - len(rechecks), len(pool))
     stem = ws.review / f"round-{round_no:03d}"
     ws.review.mkdir(parents=True, exist_ok=True)
-    if budget == 0:
+    if budget == 0 and not rechecks:
         log.warning("every image has a human label: no review batch this round")
         return SelectResult(0, 0, 0, 0, [], strategy)
-    if budget < cfg.budget:
+    if budget < cfg.budget - len(rechecks):
         log.warning("only %d unlabeled images left; the batch is smaller than round.budget=%d", budget, cfg.budget)
     n_audit = min(budget, math.ceil(budget * cfg.audit_fraction)) if cfg.audit_fraction > 0 else 0
     seed = cfg.seed * 100_003 + round_no
@@ -122,7 +136,8 @@ def select(ws: Workspace, cfg: RoundConfig, round_no: int) -> SelectResult:
         _, X = store.load([ids[k] for k in pool])
         _, labeled_X = store.load(labeled) if labeled else (None, None)
     chosen, aud = select_indices(sub, budget, strategy=strategy, audit=n_audit, seed=seed, X=X, labeled_X=labeled_X,
-                                 factor=cfg.hybrid_factor, measure=cfg.uncertainty, class_cap=cfg.class_cap)
+                                 factor=cfg.hybrid_factor, measure=cfg.uncertainty, class_cap=cfg.class_cap) \
+        if budget else (np.zeros(0, int), np.zeros(0, int))
     scores = uncertainty(sub, cfg.uncertainty)
     batch = []
     for purpose, picks in ((strategy, chosen), ("audit", aud)):
@@ -131,19 +146,7 @@ def select(ws: Workspace, cfg: RoundConfig, round_no: int) -> SelectResult:
             batch.append(dict(image_id=r["image_id"], image=r["path"], purpose=purpose, predicted_label=r["label"],
                               confidence=f"{r['confidence']:.6f}", source=r["source"], model_id=r["model_id"],
                               score=f"{scores[j]:.6f}", round=round_no, note=""))
-    # Human labels the held-out model disagrees with go back for a second look, on top of the budget.
-    rechecks, max_rechecks = 0, math.ceil(cfg.recheck_fraction * cfg.budget)
-    for f in read_csv(ws.flags):  # most confident first
-        if rechecks >= max_rechecks:
-            break
-        r = resolved.get(f["image_id"])
-        if r is None or r["source"] != "human" or r["label"] != f["human_label"]:
-            continue  # image gone, or already corrected since
-        batch.append(dict(image_id=r["image_id"], image=r["path"], purpose="recheck", predicted_label=f["suggested_label"],
-                          confidence=f["probability"], source="human", model_id="", score="", round=round_no,
-                          note=f"please check: labeled {f['human_label']!r}, the model (held out) says "
-                               f"{f['suggested_label']!r} with p={float(f['probability']):.2f}"))
-        rechecks += 1
+    batch.extend(rechecks)
     write_csv(stem.with_suffix(".batch.csv"), BATCH_FIELDS, batch)
     # What the annotator sees: sorted by path, so audit items are not told apart from the rest.
     review = sorted(batch, key=lambda b: b["image"])
@@ -155,7 +158,7 @@ def select(ws: Workspace, cfg: RoundConfig, round_no: int) -> SelectResult:
     atomic_write_text(stem.with_suffix(".tasks.json"), labelstudio.tasks_json(tasks))
     atomic_write_text(ws.review / "label_config.xml", labelstudio.label_config(classes))
     files = [ws.rel(stem.with_suffix(s)) for s in (".csv", ".batch.csv", ".tasks.json")]
-    return SelectResult(len(batch), len(chosen), len(aud), len(pool), files, strategy, rechecks)
+    return SelectResult(len(batch), len(chosen), len(aud), len(pool), files, strategy, len(rechecks))
 
 
 @task(name="select", cache_policy=NO_CACHE)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import threading
 
@@ -327,3 +328,17 @@ def test_a_workspace_from_an_older_version_is_refused_with_the_fix(make_workspac
     err = capsys.readouterr().err
     assert "declares other outputs for the stage(s) relabel than this version" in err
     assert "cp " in err and "template/dvc.yaml" in err and "Traceback" not in err
+
+
+def test_json_dash_writes_to_stdout_and_every_subcommand_has_a_description(make_workspace, capsys):
+    from coldstart.flows.cli import build_parser
+
+    ws = make_workspace()
+    assert cli(["status", "-w", str(ws.root), "--json", "-"]) == 0
+    out = capsys.readouterr()
+    assert json.loads(out.out)["workspace"] == str(ws.root) and "workspace" in out.err
+    parser = build_parser()
+    subs = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction")
+    for name, sp in subs.choices.items():
+        assert sp.description, name
+        assert "%(default)" in sp.formatter_class(name)._get_help_string(argparse.Action(["-x"], "x", help="h")), name
