@@ -45,7 +45,34 @@ def cmd_round(a) -> int:
     record = labeling_round(workspace=a.workspace, force=a.force)
     print(record.describe(), file=sys.stderr if a.json == "-" else sys.stdout)  # stdout: the JSON
     _write_json(a.json, record.to_dict())
-    return 0
+    # The round is versioned, but a person must fix an answer file: say so in the exit status.
+    return EXIT_REJECTED if record.intake and (record.intake.files_rejected or record.intake.rows_rejected) else 0
+
+
+def cmd_intake(a) -> int:
+    """`coldstart intake --check FILE...`: validate answer files as a round would, merge nothing."""
+    from coldstart.tasks.errors import LabelFileError
+    from coldstart.tasks.intake import validate_file
+    from coldstart.tasks.workspace import Workspace
+
+    ws = Workspace.open(a.workspace)
+    classes = ws.params().ontology.class_names
+    bad = 0
+    for name in a.check:
+        path = Path(name)
+        try:
+            rows, blank = validate_file(path, path.read_bytes(), ws, classes)
+            print(f"{name}: ok, {len(rows)} answer(s), {blank} blank row(s)")
+        except LabelFileError as e:
+            print(str(e).replace(": rejected, nothing merged", ": would be rejected"))
+            bad += 1
+        except OSError as e:
+            print(f"{name}: cannot read it ({e})")
+            bad += 1
+    return 1 if bad else 0
+
+
+EXIT_REJECTED = 3  # `coldstart round`: the round ran and was versioned, but answer files (or rows) were rejected
 
 
 def cmd_status(a) -> int:
@@ -255,6 +282,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--force", action="store_true",
                    help="run the whole round even when nothing is new (by default such a round records nothing)")
     s.set_defaults(fn=cmd_round)
+
+    s = sub.add_parser("intake", help="check answer files as a round would, without merging anything")
+    ws_arg(s)
+    s.add_argument("--check", nargs="+", required=True, metavar="FILE",
+                   help="CSV or Label Studio JSON files; every problem is printed, exit status 1 if any")
+    s.set_defaults(fn=cmd_intake)
 
     s = sub.add_parser("status", help="summarise a workspace")
     ws_arg(s)

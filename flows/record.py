@@ -152,6 +152,6 @@ class RoundRecord:
             lines.append("  WARNING " + w)
         if len(tr.warnings) > 5:
             lines.append(f"  WARNING ... and {len(tr.warnings) - 5} more (all of them: coldstart prompts --workspace DIR)")
-        for p in it.problems:
-            lines.append("  REJECTED " + p.replace("\n", "\n  "))
-        return "\n".join(lines)
+        # Rejections first: a person has to act on them (the round exits with status 3).
+        rejected = ["REJECTED " + p.replace("\n", "\n  ") for p in it.problems]
+        return "\n".join(rejected + lines)

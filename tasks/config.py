@@ -246,6 +246,15 @@ class TrackingConfig(_Section):
     registered_model: str | None = None  # Model Registry name of the head; null: "<experiment>-head"
 
 
+class IntakeConfig(_Section):
+    """What a problem in one row of an answer file costs: the whole file (reject_file: nothing
+    from it is merged; fix and drop it again), or that row only (keep_good_rows: the valid rows
+    are merged, the bad ones written to data/inbox/rejected/NAME.rows.csv with a reason column,
+    ready to fix and drop back)."""
+
+    on_error: Literal["reject_file", "keep_good_rows"] = "reject_file"
+
+
 class VersioningConfig(_Section):
     """What the version step keeps out of git: model checkpoints (by extension) and any file
     larger than ``git_max_file_mb`` go to DVC instead (`dvc add`, pushed like the data)."""
@@ -274,6 +283,7 @@ class Params(_Section):
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     execution: ExecutionConfig = Field(default_factory=ExecutionConfig)
     versioning: VersioningConfig = Field(default_factory=VersioningConfig)
+    intake: IntakeConfig = Field(default_factory=IntakeConfig)
 
 
 def _key(loc: tuple) -> str:

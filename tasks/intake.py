@@ -34,7 +34,7 @@ from coldstart.tasks import labelstudio
 from coldstart.tasks.errors import LabelFileError
 from coldstart.tasks.manifest import read_manifest_table
 from coldstart.tasks.result import StageResult
-from coldstart.tasks.workspace import Workspace, atomic_write_bytes, atomic_write_text, read_csv
+from coldstart.tasks.workspace import Workspace, atomic_write_bytes, atomic_write_text, read_csv, write_csv
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +61,7 @@ class IntakeResult(StageResult):
     files_already_imported: list[str] = field(default_factory=list)
     events_added: int = 0
     rows_skipped_blank: int = 0
+    rows_rejected: int = 0  # intake.on_error: keep_good_rows: rows written back to data/inbox/rejected/*.rows.csv
     problems: list[str] = field(default_factory=list)  # every rejection message, for the summary
     human_labels: int = 0  # images with a human label, after this intake
     label_events: int = 0  # events in the log, after this intake
@@ -165,14 +166,19 @@ def _label_studio_rows(path: Path, raw: bytes) -> tuple[list[tuple[str, dict]], 
             list(labelstudio.IMAGE_KEYS), problems)
 
 
-def validate_file(path: Path, raw: bytes, ws: Workspace, classes: list[str]) -> tuple[list[tuple[int, str, str, str]], int]:
+def validate_file(path: Path, raw: bytes, ws: Workspace, classes: list[str], *,
+                  bad_rows: list[tuple[dict, str]] | None = None) -> tuple[list[tuple[int, str, str, str]], int]:
     """Parse and validate one CSV or Label Studio JSON export.
 
     Returns ([(row number, image_id, label, annotator)], blank rows); raises LabelFileError
-    listing every problem with its row (or task).
+    listing every problem with its row (or task). With ``bad_rows`` given (intake.on_error:
+    keep_good_rows), a problem in a row only drops that row: it is appended to ``bad_rows`` as
+    (row, reason) and the good rows are returned; a problem with the file itself (encoding,
+    header, a task as a whole) still rejects it whole.
     """
     parse = _label_studio_rows if path.suffix.lower() == ".json" else _csv_rows
     rows, id_cols, problems = parse(path, raw)  # problems: per task/row, all listed together
+    file_problems = list(problems)
     by_path = dict(zip(*read_manifest_table(ws, ["image_id"]).to_pydict().values()))
     known = set(by_path.values())
     quarantined = {r["path"]: r["reason"] for r in read_csv(ws.quarantine)}
@@ -185,43 +191,48 @@ def validate_file(path: Path, raw: bytes, ws: Workspace, classes: list[str]) -> 
         if not label:
             blank += 1  # an unanswered item of the batch: a skip, not an error
             continue
-        refs = [row[c] for c in id_cols if row.get(c)]
-        if not refs:
-            problems.append(f"{where}: no image given ({', '.join(id_cols)} are empty)")
+        problem = _row_problem(where, row, label, id_cols, by_path, known, quarantined, classes, folded, seen)
+        if isinstance(problem, str):
+            problems.append(f"{where}: {problem}")
+            if bad_rows is not None:
+                bad_rows.append((row, problem))
             continue
-        image_id = None
-        for ref in refs:
-            got, problem = _resolve_image(ref, by_path, known, quarantined)
-            if problem:
-                problems.append(f"{where}: {problem}")
-                image_id = None
-                break
-            if image_id is not None and got != image_id:
-                problems.append(f"{where}: {', '.join(id_cols)} name different images")
-                image_id = None
-                break
-            image_id = got
-        if label not in classes:
-            hint = f" (did you mean {folded[label.casefold()]!r}?)" if label.casefold() in folded else ""
-            shown = ", ".join(classes[:20]) + (" ..." if len(classes) > 20 else "")
-            problems.append(f"{where}: unknown class {label!r}{hint}; valid classes: {shown}")
-            continue
-        if image_id is None:
-            continue
-        if image_id in seen and seen[image_id][1] != label:
-            problems.append(f"{where}: conflicting labels for one image: {label!r} here, "
-                            f"{seen[image_id][1]!r} in {seen[image_id][0]}")
-            continue
-        if image_id in seen:
+        if problem is None:
             continue  # the same answer twice: keep the first
+        image_id = problem[1]
         seen[image_id] = (where, label)
         accepted.append((int(where.split()[1]) if where.startswith("row") else number, image_id, label,
                          row.get("annotator", "")))
-    if problems:
+    if file_problems or (problems and bad_rows is None):
         raise LabelFileError(str(path), problems)
-    if not accepted and not blank:
+    if not accepted and not blank and not bad_rows:
         raise LabelFileError(str(path), ["no data rows (or tasks)"])
     return accepted, blank
+
+
+def _row_problem(where, row, label, id_cols, by_path, known, quarantined, classes, folded, seen):
+    """What is wrong with one answered row (a message), or ("ok", image_id), or None for a
+    repeat of an answer already taken."""
+    refs = [row[c] for c in id_cols if row.get(c)]
+    if not refs:
+        return f"no image given ({', '.join(id_cols)} are empty)"
+    image_id = None
+    for ref in refs:
+        got, problem = _resolve_image(ref, by_path, known, quarantined)
+        if problem:
+            return problem
+        if image_id is not None and got != image_id:
+            return f"{', '.join(id_cols)} name different images"
+        image_id = got
+    if label not in classes:
+        hint = f" (did you mean {folded[label.casefold()]!r}?)" if label.casefold() in folded else ""
+        shown = ", ".join(classes[:20]) + (" ..." if len(classes) > 20 else "")
+        return f"unknown class {label!r}{hint}; valid classes: {shown}"
+    if image_id in seen and seen[image_id][1] != label:
+        return f"conflicting labels for one image: {label!r} here, {seen[image_id][1]!r} in {seen[image_id][0]}"
+    if image_id in seen:
+        return None
+    return ("ok", image_id)
 
 
 def _append_events(ws: Workspace, events: list[LabelEvent]) -> None:
@@ -233,6 +244,16 @@ def _append_events(ws: Workspace, events: list[LabelEvent]) -> None:
     atomic_write_bytes(ws.events, old + new)
 
 
+def _supersede(ws: Workspace, name: str) -> None:
+    """A file accepted under the name of an earlier rejected one is its corrected copy: the
+    rejected copy and its error notes move to data/inbox/rejected/superseded/ (kept, not listed)."""
+    stem = Path(name).stem
+    for old in [ws.rejected / name, ws.rejected / f"{name}.errors.txt", ws.rejected / f"{stem}.rows.csv"]:
+        if old.is_file():
+            (ws.rejected / "superseded").mkdir(parents=True, exist_ok=True)
+            shutil.move(str(old), ws.rejected / "superseded" / old.name)
+
+
 def _move_aside(src: Path, dest_dir: Path, digest: str) -> Path:
     dest_dir.mkdir(parents=True, exist_ok=True)
     dest = dest_dir / src.name
@@ -242,9 +263,11 @@ def _move_aside(src: Path, dest_dir: Path, digest: str) -> Path:
     return dest
 
 
-def intake(ws: Workspace, classes: list[str], round_no: int, *, annotator_default: str = "") -> IntakeResult:
+def intake(ws: Workspace, classes: list[str], round_no: int, *, annotator_default: str = "",
+           on_error: str = "reject_file") -> IntakeResult:
     """The intake stage: import every answer file at the top of data/inbox/ into its declared
-    outputs, data/labels/events.jsonl and data/labels/imported/. Call with the workspace lock held."""
+    outputs, data/labels/events.jsonl and data/labels/imported/. Call with the workspace lock held.
+    ``on_error`` is params ``intake.on_error`` (see IntakeConfig)."""
     result = IntakeResult()
     ws.inbox.mkdir(parents=True, exist_ok=True)
     ws.imported.mkdir(parents=True, exist_ok=True)
@@ -264,8 +287,9 @@ def intake(ws: Workspace, classes: list[str], round_no: int, *, annotator_defaul
             err = LabelFileError(rel, [f"unsupported file type {path.suffix or '(none)'}: the inbox takes .csv files "
                                        f"and Label Studio JSON exports (.json)"])
         else:
+            bad: list[tuple[dict, str]] | None = [] if on_error == "keep_good_rows" else None
             try:
-                rows, blank = validate_file(Path(rel), raw, ws, classes)
+                rows, blank = validate_file(Path(rel), raw, ws, classes, bad_rows=bad)
                 err = None
             except LabelFileError as e:
                 err = e
@@ -277,6 +301,16 @@ def intake(ws: Workspace, classes: list[str], round_no: int, *, annotator_defaul
             result.files_rejected.append(rel)
             result.problems.append(str(err))
             continue
+        _supersede(ws, path.name)  # an accepted file clears an earlier rejection of the same name
+        if bad:  # keep_good_rows: the bad rows go back to the person, with why, ready to fix and re-drop
+            rows_file = ws.rejected / f"{path.stem}.rows.csv"
+            fields = list(dict.fromkeys([k for r, _ in bad for k in r] + ["reason"]))
+            write_csv(rows_file, fields, [{**r, "reason": why} for r, why in bad])
+            problem = (f"{rel}: {len(bad)} row(s) not merged (the other {len(rows)} were): see "
+                       f"{ws.rel(rows_file)}, fix them there and drop that file into data/inbox/")
+            log.warning("%s", problem)
+            result.problems.append(problem)
+            result.rows_rejected += len(bad)
         now = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
         events = [LabelEvent(image_id=i, label=lab, annotator=ann or annotator_default, source_file=rel,
                              source_sha256=digest, source_row=r, imported_at=now, round=round_no)
@@ -293,5 +327,5 @@ def intake(ws: Workspace, classes: list[str], round_no: int, *, annotator_defaul
 
 
 @task(name="intake", cache_policy=NO_CACHE)
-def intake_task(ws: Workspace, classes: list[str], round_no: int) -> IntakeResult:
-    return intake(ws, classes, round_no)
+def intake_task(ws: Workspace, classes: list[str], round_no: int, on_error: str = "reject_file") -> IntakeResult:
+    return intake(ws, classes, round_no, on_error=on_error)

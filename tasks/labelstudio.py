@@ -123,10 +123,13 @@ def _choices(ann: dict) -> tuple[list[str], str | None]:
 
 
 def _annotator(who: object) -> str:
-    """``completed_by`` is a user object (email, id) in full exports and a bare id in minimal ones."""
+    """``completed_by`` is a user object (email, id) in full exports and a bare id in minimal ones:
+    the email where the export has it, else ``ls-user-<id>`` (a bare "1" says nothing)."""
     if isinstance(who, dict):
-        return str(who.get("email", who.get("id", "")))
-    return str(who or "")
+        if who.get("email"):
+            return str(who["email"])
+        who = who.get("id")
+    return f"ls-user-{who}" if who not in (None, "") else ""
 
 
 def _image_path(data: dict) -> str:

@@ -342,3 +342,14 @@ def test_json_dash_writes_to_stdout_and_every_subcommand_has_a_description(make_
     for name, sp in subs.choices.items():
         assert sp.description, name
         assert "%(default)" in sp.formatter_class(name)._get_help_string(argparse.Action(["-x"], "x", help="h")), name
+
+
+def test_intake_check_lists_every_problem_and_merges_nothing(make_workspace, capsys, tmp_path):
+    ws = make_workspace()
+    bad = tmp_path / "answers.csv"
+    bad.write_text("image,label\nnope.png,zero\nalso-missing.png,ten\n", encoding="utf-8")
+    assert cli(["intake", "-w", str(ws.root), "--check", str(bad)]) == 1
+    out = capsys.readouterr().out
+    assert "would be rejected (2 problem(s))" in out and "nope.png" in out and "also-missing.png" in out
+    assert ws.events.read_text() == "" if ws.events.exists() else True
+    assert not list(ws.inbox.glob("*.csv"))

@@ -129,3 +129,25 @@ def test_label_studio_export_is_validated_like_a_csv(ws):
     assert r.files_rejected == ["data/inbox/bad-ls.json"] and r.events_added == 0
     assert "task 1 (id 1): annotators disagree (cat, dog)" in r.problems[0]
     assert "task 2 (id 2): path '../outside.jpg' points outside" in r.problems[0]  # every problem listed
+
+
+def test_keep_good_rows_merges_the_valid_rows_and_hands_back_the_bad_ones(ws):
+    """intake.on_error: keep_good_rows: one typo costs one row, not the file; the corrected
+    rows file, dropped back, is merged and clears the rejection."""
+    from coldstart.tasks.workspace import read_csv
+
+    classes = ["cat", "dog"]
+    paths = sorted(ids(ws))
+    (ws.inbox / "answers.csv").write_text(f"image,label\n{paths[0]},cat\n{paths[1]},dgo\n", encoding="utf-8")
+    result = intake(ws, classes, 2, on_error="keep_good_rows")
+    assert (result.events_added, result.rows_rejected, result.files_accepted) == (1, 1, ["data/inbox/answers.csv"])
+    rows_file = ws.rejected / "answers.rows.csv"
+    back = read_csv(rows_file)
+    assert back == [{"image": paths[1], "label": "dgo", "reason": back[0]["reason"]}]
+    assert "unknown class 'dgo'" in back[0]["reason"]
+    # The person fixes the row in that file and drops it back.
+    rows_file.write_text(f"image,label\n{paths[1]},dog\n", encoding="utf-8")
+    (ws.inbox / "answers.rows.csv").write_bytes(rows_file.read_bytes())
+    again = intake(ws, classes, 3, on_error="keep_good_rows")
+    assert again.events_added == 1 and again.rows_rejected == 0 and not rows_file.exists()
+    assert {e.label for e in read_events(ws)} == {"cat", "dog"}

@@ -78,7 +78,7 @@ def test_import_problems_are_named_by_task():
         "task 5: not a task object with 'data'",
     ]
     # The cancelled answer is skipped; a bare completed_by id is the annotator.
-    assert rows[-1] == ("task 4 (id 10)", {"image_id": "", "path": "d.jpg", "label": "cat", "annotator": "6"})
+    assert rows[-1] == ("task 4 (id 10)", {"image_id": "", "path": "d.jpg", "label": "cat", "annotator": "ls-user-6"})  # a bare id says nothing
 
 
 @pytest.mark.parametrize("text, message", [
