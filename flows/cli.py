@@ -72,6 +72,17 @@ def cmd_intake(a) -> int:
     return 1 if bad else 0
 
 
+def cmd_export(a) -> int:
+    from coldstart.tasks.export import export
+    from coldstart.tasks.workspace import Workspace
+
+    result = export(Workspace.open(a.workspace), a.format, Path(a.out), round_no=a.round,
+                    min_confidence=a.min_confidence, copy=a.copy)
+    left = f" ({result.skipped} auto label(s) under --min-confidence left out)" if result.skipped else ""
+    print(f"exported {result.rows} file(s) as {a.format} to {result.out}{left}")
+    return 0
+
+
 EXIT_REJECTED = 3  # `coldstart round`: the round ran and was versioned, but answer files (or rows) were rejected
 
 
@@ -288,6 +299,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--check", nargs="+", required=True, metavar="FILE",
                    help="CSV or Label Studio JSON files; every problem is printed, exit status 1 if any")
     s.set_defaults(fn=cmd_intake)
+
+    s = sub.add_parser("export", help="the labeled files as csv, an ImageFolder tree, Label Studio tasks or COCO")
+    ws_arg(s)
+    s.add_argument("--format", required=True, choices=["csv", "imagefolder", "labelstudio", "coco"])
+    s.add_argument("--out", required=True, help="output file (csv, labelstudio, coco) or new folder (imagefolder)")
+    s.add_argument("--round", type=int, default=None, help="as this round left the labels (default: the latest)")
+    s.add_argument("--min-confidence", type=float, default=None,
+                   help="leave out auto labels less confident than this (human labels are always kept)")
+    s.add_argument("--copy", action="store_true", help="imagefolder: copy the images instead of symlinking them")
+    s.set_defaults(fn=cmd_export)
 
     s = sub.add_parser("status", help="summarise a workspace")
     ws_arg(s)

@@ -389,3 +389,35 @@ def test_images_waiting_in_an_unanswered_batch_are_not_asked_or_audited_again(ro
     humans = {e.image_id for e in read_events(rounds.ws)}
     assert batch4 and rec.select.audit == 1
     assert not {b["image_id"] for b in batch4} & (waiting | humans)
+
+
+def test_exports_list_every_file_and_load_in_torchvision(rounds, tmp_path):
+    """csv: one row per file path (the duplicate too, sharing its label); imagefolder loads in
+    torchvision; coco and Label Studio tasks are written; an older round exports as it was."""
+    from torchvision.datasets import ImageFolder
+
+    ws = rounds.ws
+    assert cli(["export", "-w", str(ws.root), "--format", "csv", "--out", str(tmp_path / "labels.csv")]) == 0
+    rows = read_csv(tmp_path / "labels.csv")
+    assert len(rows) == 61  # 60 distinct images + the duplicate under another name
+    by_path = {r["path"]: r for r in rows}
+    assert by_path["副本/样本 3.png"]["label"] == by_path["scans-00/digit-0003.png"]["label"]
+    assert cli(["export", "-w", str(ws.root), "--format", "imagefolder", "--out", str(tmp_path / "tree")]) == 0
+    data = ImageFolder(str(tmp_path / "tree"))
+    assert len(data) == 61 and set(data.classes) == {r["label"] for r in rows}
+    image, target = data[0]
+    assert image.size == (32, 32) and data.classes[target] in {r["label"] for r in rows}
+    assert cli(["export", "-w", str(ws.root), "--format", "coco", "--out", str(tmp_path / "coco.json")]) == 0
+    coco = json.loads((tmp_path / "coco.json").read_text())
+    assert len(coco["images"]) == len(coco["annotations"]) == 61
+    assert cli(["export", "-w", str(ws.root), "--format", "labelstudio", "--out", str(tmp_path / "t.json")]) == 0
+    assert len(json.loads((tmp_path / "t.json").read_text())) == 61
+    # Round 2's labels, as round 2 left them; round 1's parts were pruned (the message says how
+    # to get them from DVC); min-confidence leaves out unsure auto labels.
+    assert cli(["export", "-w", str(ws.root), "--format", "csv", "--round", "2", "--out", str(tmp_path / "r2.csv")]) == 0
+    humans2 = {r["image_id"] for r in read_csv(tmp_path / "r2.csv") if r["source"] == "human"}
+    assert len(humans2) == rounds.records[1].intake.human_labels < rounds.records[2].intake.human_labels
+    assert cli(["export", "-w", str(ws.root), "--format", "csv", "--round", "1", "--out", str(tmp_path / "r1.csv")]) == 2
+    assert cli(["export", "-w", str(ws.root), "--format", "csv", "--min-confidence", "1.0",
+                "--out", str(tmp_path / "sure.csv")]) == 0
+    assert {r["source"] for r in read_csv(tmp_path / "sure.csv")} == {"human"}

@@ -1,0 +1,114 @@
+"""export: the labeled dataset in the layouts training code reads.
+
+One row per file path (duplicate files each listed, sharing their content's label), from the
+manifest and the resolved table as a round left them. Formats:
+
+- ``csv``: path, image_id, label, source (human or the model kind), confidence, round;
+- ``imagefolder``: ``OUT/<label>/<path with "/" as "__">``, symlinks to the images (``copy``:
+  copies), loadable as-is by ``torchvision.datasets.ImageFolder``;
+- ``labelstudio``: a tasks JSON with each label as a pre-annotation, plus ``label_config.xml``;
+- ``coco``: COCO JSON with ``images``, ``categories`` and one whole-image annotation per image.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from coldstart.tasks import labelstudio
+from coldstart.tasks.errors import WorkspaceError
+from coldstart.tasks.manifest import read_manifest_table
+from coldstart.tasks.parts import PartTable
+from coldstart.tasks.relabel import RESOLVED_FIELDS, resolved_schema
+from coldstart.tasks.workspace import Workspace, atomic_write_text, write_csv
+
+FORMATS = ("csv", "imagefolder", "labelstudio", "coco")
+CSV_FIELDS = ["path", "image_id", "label", "source", "confidence", "round"]
+
+
+@dataclass
+class ExportResult:
+    rows: int  # files exported
+    skipped: int  # files left out by min_confidence
+    out: Path
+
+
+def labeled_files(ws: Workspace, round_no: int | None = None, min_confidence: float | None = None
+                  ) -> tuple[list[dict], int]:
+    """Every current file with its label, as of round ``round_no`` (None: the latest), by path;
+    auto labels under ``min_confidence`` left out. Returns (rows, how many were left out)."""
+    tags = ws.round_tags()
+    if not tags:
+        raise WorkspaceError(f"{ws.root}: no round yet; run `coldstart round` first")
+    if round_no is not None and round_no not in tags:
+        raise WorkspaceError(f"there is no round {round_no} (rounds: {', '.join(map(str, tags))})")
+    before = None if round_no is None else round_no + 1
+    labels = PartTable(ws.resolved, "image_id", resolved_schema(1))
+    if round_no is not None and not any(r <= round_no for r, *_ in labels.files(before)):
+        raise WorkspaceError(f"round {round_no}'s labels are no longer in this workspace (older parts are pruned); "
+                             f"get them with `dvc get {ws.root} data/labels/resolved --rev round-{round_no:03d} -o DIR`")
+    table = labels.read(columns=RESOLVED_FIELDS[1:], before=before)
+    by_id = {r["image_id"]: r for r in table.to_pylist()}
+    files = read_manifest_table(ws, ["image_id", "width", "height"], before=before).to_pylist()
+    rows, skipped = [], 0
+    for f in files:
+        r = by_id.get(f["image_id"])
+        if r is None:
+            continue  # not labeled yet (embedded after that round)
+        if min_confidence is not None and r["source"] != "human" and r["confidence"] < min_confidence:
+            skipped += 1
+            continue
+        rows.append({"path": f["path"], "image_id": f["image_id"], "label": r["label"],
+                     "source": r["source"], "confidence": round(float(r["confidence"]), 6), "round": r["round"],
+                     "width": f["width"], "height": f["height"]})
+    return rows, skipped
+
+
+def _folder_name(label: str) -> str:
+    """A label as a folder name: any script is fine; path separators and NUL are not."""
+    name = label.replace("/", "_").replace("\\", "_").replace("\0", "")
+    return name if name not in ("", ".", "..") else f"_{name}_"
+
+
+def export(ws: Workspace, fmt: str, out: Path, *, round_no: int | None = None, min_confidence: float | None = None,
+           copy: bool = False) -> ExportResult:
+    """Write the labeled files of a round (default: the latest) in ``fmt`` to ``out``."""
+    if fmt not in FORMATS:
+        raise WorkspaceError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    rows, skipped = labeled_files(ws, round_no, min_confidence)
+    out = Path(out).expanduser().resolve()
+    if fmt == "csv":
+        write_csv(out, CSV_FIELDS, [{k: r[k] for k in CSV_FIELDS} for r in rows])
+    elif fmt == "imagefolder":
+        if out.exists() and any(out.iterdir()):
+            raise WorkspaceError(f"{out} is not empty: give a new folder for an ImageFolder export")
+        for r in rows:
+            dest = out / _folder_name(r["label"]) / r["path"].replace("/", "__")
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            src = ws.images / r["path"]
+            if copy:
+                shutil.copy2(src, dest)
+            else:
+                os.symlink(src, dest)
+    elif fmt == "labelstudio":
+        tasks = [labelstudio.task(r["image_id"], r["path"], r["label"], r["confidence"], r["source"]) for r in rows]
+        atomic_write_text(out, labelstudio.tasks_json(tasks))
+        classes = sorted({r["label"] for r in rows} | set(ws.params().ontology.class_names))
+        atomic_write_text(out.with_name("label_config.xml"), labelstudio.label_config(classes))
+    else:  # coco
+        names = list(dict.fromkeys(ws.params().ontology.class_names + sorted({r["label"] for r in rows})))
+        cat = {n: k + 1 for k, n in enumerate(names)}
+        doc = {
+            "info": {"description": f"coldstart export of {ws.root.name}", "round": round_no or ws.round_tags()[-1]},
+            "categories": [{"id": cat[n], "name": n} for n in names],
+            "images": [{"id": k + 1, "file_name": r["path"], "width": r["width"], "height": r["height"],
+                        "coldstart_image_id": r["image_id"]} for k, r in enumerate(rows)],
+            "annotations": [{"id": k + 1, "image_id": k + 1, "category_id": cat[r["label"]],
+                             "bbox": [0, 0, r["width"], r["height"]], "area": r["width"] * r["height"], "iscrowd": 0,
+                             "score": r["confidence"], "source": r["source"]} for k, r in enumerate(rows)],
+        }
+        atomic_write_text(out, json.dumps(doc, ensure_ascii=False, indent=1) + "\n")
+    return ExportResult(len(rows), skipped, out)
