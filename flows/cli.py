@@ -40,10 +40,21 @@ def cmd_init(a) -> int:
 
 
 def cmd_round(a) -> int:
-    from coldstart.flows.round import labeling_round
+    from prefect.settings import temporary_settings
 
-    record = labeling_round(workspace=a.workspace, force=a.force)
+    from coldstart.flows.round import labeling_round
+    from coldstart.flows.serve import prefect_settings_for
+    from coldstart.tasks.workspace import Workspace
+
+    with temporary_settings(prefect_settings_for(Workspace.open(a.workspace))):
+        record = labeling_round(workspace=a.workspace, force=a.force)
     print(record.describe(), file=sys.stderr if a.json == "-" else sys.stdout)  # stdout: the JSON
+    if not record.nothing_new:
+        from coldstart.tasks.track import tracking_uri
+
+        ws = Workspace.open(a.workspace)
+        print(f"  MLflow UI   mlflow ui --backend-store-uri {tracking_uri(ws, ws.params())}",
+              file=sys.stderr if a.json == "-" else sys.stdout)
     _write_json(a.json, record.to_dict())
     # The round is versioned, but a person must fix an answer file: say so in the exit status.
     return EXIT_REJECTED if record.intake and (record.intake.files_rejected or record.intake.rows_rejected) else 0

@@ -67,6 +67,7 @@ def run_round(ws: Workspace, force: bool = False) -> RoundRecord:
     with rec.timed("version"):  # dvc commit + push, git commit, tag round-NNN
         rec.version = version_task(ws, n, rec.commit_message(), rec.scan.parts, rec.scan.hashed)
     link_run_task(ws, params, rec.run_id, rec.version.commit, rec.version.tag, rec.audit)
+    publish(rec)
     if rec.track.error:
         raise TrackingError(rec.track.error)  # the round is versioned; MLflow missed it
     return rec
@@ -87,3 +88,14 @@ def nothing_new(ws: Workspace, rec: RoundRecord) -> RoundRecord:
     atomic_write_text(ws.state_dir / "last-check.json", json.dumps(check) + "\n")
     get_run_logger().info(rec.describe())
     return rec
+
+
+def publish(rec: RoundRecord) -> None:
+    """The round's summary in its flow run: logged, and a markdown artifact in the Prefect UI."""
+    from prefect.artifacts import create_markdown_artifact
+    from prefect.logging import get_run_logger
+
+    text = rec.describe()
+    get_run_logger().info(text)
+    create_markdown_artifact(markdown=f"## coldstart round {rec.round}\n\n```\n{text}\n```\n",
+                             key=f"round-{rec.round:03d}", description=f"coldstart round {rec.round} summary")

@@ -61,6 +61,8 @@ def serve(workspace: str, *, cron: str | None = None, interval: float | None = N
         api = get_current_settings().api.url
     if not api:
         server, api = start_local_server(ws, port)
+        # `coldstart round` run by hand meanwhile reports here too (prefect_settings_for).
+        (ws.root / ".prefect" / "server-url").write_text(api + "\n", encoding="utf-8")
         print(f"started a Prefect server for this workspace: UI at {api.removesuffix('/api')}", flush=True)
     else:
         print(f"using the Prefect server at {api}", flush=True)
@@ -78,9 +80,28 @@ def serve(workspace: str, *, cron: str | None = None, interval: float | None = N
                                  parameters={"workspace": str(ws.root)}, print_starting_message=False)
     finally:
         if server is not None:
+            (ws.root / ".prefect" / "server-url").unlink(missing_ok=True)
             server.terminate()
             try:
                 server.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 server.kill()
             print("stopped the Prefect server", flush=True)
+
+
+def prefect_settings_for(ws: Workspace) -> dict:
+    """Where a round run by hand reports, so that one Prefect UI shows every round: the
+    configured server (PREFECT_API_URL) if any; else the server `coldstart serve` started for
+    this workspace, while it runs; else a temporary server whose database is the workspace's own
+    (.prefect/prefect.db, the one `serve` starts its server on)."""
+    from prefect.settings import PREFECT_API_URL, PREFECT_HOME, get_current_settings
+
+    if get_current_settings().api.url:
+        return {}
+    url_file = ws.root / ".prefect" / "server-url"
+    if url_file.is_file():
+        url = url_file.read_text(encoding="utf-8").strip()
+        if url and _healthy(url):
+            return {PREFECT_API_URL: url}
+    (ws.root / ".prefect").mkdir(exist_ok=True)
+    return {PREFECT_HOME: str(ws.root / ".prefect")}

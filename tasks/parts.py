@@ -29,6 +29,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from coldstart.tasks.workspace import _umask
+
 MAX_DELTAS = 32
 DELETED = "deleted"
 _NAME = re.compile(r"^(\d{6})(\.base)?\.parquet$")
@@ -129,6 +131,7 @@ def _blank(n: int, kind: pa.DataType) -> pa.Array:
 
 def _write_atomic(path: Path, table: pa.Table) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.fchmod(fd, 0o666 & ~_umask())  # as a plain open() would, not the temp file's 0600
     os.close(fd)
     try:
         # Keys (content ids, paths) are unique per row: dictionary-encoding them would be tried

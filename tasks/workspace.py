@@ -100,12 +100,21 @@ class Workspace:
         return (tags[-1] if tags else 0) + 1
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write via a temp file in the same folder, fsync, ``os.replace``: old or new, never half."""
+    """Write via a temp file in the same folder, fsync, ``os.replace``: old or new, never half.
+    The file gets the permissions a plain ``open()`` would (0644 under umask 0022), not the
+    temp file's 0600: review batches must be readable by other people and by Label Studio."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()

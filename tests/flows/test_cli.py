@@ -353,3 +353,42 @@ def test_intake_check_lists_every_problem_and_merges_nothing(make_workspace, cap
     assert "would be rejected (2 problem(s))" in out and "nope.png" in out and "also-missing.png" in out
     assert ws.events.read_text() == "" if ws.events.exists() else True
     assert not list(ws.inbox.glob("*.csv"))
+
+
+def test_rounds_run_by_hand_report_to_the_workspace_s_prefect(make_workspace, monkeypatch):
+    """No Prefect server configured: the workspace's own Prefect home (the database `serve`
+    starts its server on); with `serve`'s server up, that server."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    with temporary_settings(restore_defaults={PREFECT_API_URL}):  # as outside any test harness
+        _check_prefect_settings(make_workspace())
+
+
+def _check_prefect_settings(ws):
+    import http.server
+
+    from prefect.settings import PREFECT_API_URL, PREFECT_HOME
+
+    from coldstart.flows.serve import prefect_settings_for
+
+    assert prefect_settings_for(ws) == {PREFECT_HOME: str(ws.root / ".prefect")}
+
+    class Health(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Health)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_port}/api"
+    (ws.root / ".prefect" / "server-url").write_text(url + "\n")
+    try:
+        assert prefect_settings_for(ws) == {PREFECT_API_URL: url}
+    finally:
+        server.shutdown()
+    assert prefect_settings_for(ws) == {PREFECT_HOME: str(ws.root / ".prefect")}  # the server is gone

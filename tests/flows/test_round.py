@@ -421,3 +421,12 @@ def test_exports_list_every_file_and_load_in_torchvision(rounds, tmp_path):
     assert cli(["export", "-w", str(ws.root), "--format", "csv", "--min-confidence", "1.0",
                 "--out", str(tmp_path / "sure.csv")]) == 0
     assert {r["source"] for r in read_csv(tmp_path / "sure.csv")} == {"human"}
+
+
+def test_each_round_publishes_its_summary_as_a_prefect_artifact(rounds):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    with get_client(sync_client=True) as client:
+        found = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["round-003"])))
+    assert found and found[0].type == "markdown" and "round 3 (round-003" in found[0].data

@@ -38,3 +38,17 @@ def test_process_killed_mid_append_leaves_store_readable(tmp_path):
     s.append(["b" * 64], np.full((1, 4), 2, np.float32))  # overwrites the orphan
     ids, X = s.load()
     assert ids == ["a" * 64, "b" * 64] and X[1, 0] == 2
+
+
+def test_atomic_writes_get_the_umask_s_permissions_not_0600(tmp_path):
+    import os
+    import stat
+
+    from coldstart.tasks.workspace import atomic_write_text
+
+    old = os.umask(0o022)
+    try:
+        atomic_write_text(tmp_path / "review.csv", "image,label\n")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "review.csv").stat().st_mode) == 0o644
