@@ -269,6 +269,10 @@ def cmd_bench(a) -> int:
         from coldstart.bench.select import bench_select
 
         figures = bench_select(n=a.n, dim=a.dim, budget=a.budget)
+    elif a.bench == "train":
+        from coldstart.bench.train import bench_train
+
+        figures = bench_train(sizes=tuple(a.sizes), labels=a.labels)
     elif a.bench == "scale":
         from coldstart.bench.scale import bench_scale
 
@@ -391,6 +395,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--n", type=int, default=1_000_000)
     b.add_argument("--dim", type=int, default=512)
     b.add_argument("--budget", type=int, default=50)
+    b = bench_parser("train", "the train stage at a fixed number of human labels as the pool grows")
+    b.add_argument("--sizes", type=int, nargs="+", default=[1797], help="pool sizes (images), each timed")
+    b.add_argument("--labels", type=int, default=100)
     b = bench_parser("scale", "four real rounds on N synthetic images: seconds per stage, peak RSS, bytes stored")
     b.add_argument("--n", type=int, default=2000)
     b.add_argument("--budget", type=int, default=50)

@@ -252,22 +252,32 @@ def fit_zs_probe(X: np.ndarray, y: np.ndarray, W0: np.ndarray, *, folds: int = 5
                  lambdas: tuple[float, ...] = LAMBDAS, self_training: SelfTraining | None = None) -> ProbeFit:
     """Zero-shot-initialised probe. ``W0`` ``(L, D)``: logit_scale x the labels' text weights.
 
-    The pull ``lam`` is chosen by CV accuracy; ties go to the strongest pull (closest to zero-shot).
+    The pull ``lam`` is chosen by CV accuracy on the human labels alone; ties go to the strongest
+    pull (closest to zero-shot). With self-training, only the chosen ``lam`` is then
+    cross-validated with the pseudo-labels (its accuracy and out-of-fold probabilities are those
+    of the model used): 5 fits with the pseudo-labels instead of 25, which took 16 s of a
+    17 s train stage on 1,797 images with 100 labels.
     """
     X, y = np.asarray(X, np.float32), np.asarray(y)
     L = len(W0)
-    folds_ = [(tr, te, _train_set(X, y, self_training, tr, te, L)) for tr, te in
-              (splits(y, folds, seed) if len(y) >= 2 else [])]
-    best, warm = None, [None] * len(folds_)
+    cv = list(splits(y, folds, seed)) if len(y) >= 2 else []
+    plain = [(tr, te, (X[tr], y[tr], 0)) for tr, te in cv]
+    best, warm = None, [None] * len(cv)
     for lam in sorted(lambdas, reverse=True):  # strongest pull first; each fit warm-starts the next
         oof = np.zeros((len(y), L), np.float32)
-        for f, (_, te, (Xtr, ytr, _n)) in enumerate(folds_):
+        for f, (_, te, (Xtr, ytr, _n)) in enumerate(plain):
             warm[f] = _fit_prior(Xtr, ytr, W0, lam, warm[f])
             oof[te] = warm[f].predict_proba(X[te])
-        acc = float((oof.argmax(1) == y).mean()) if folds_ else 0.0
+        acc = float((oof.argmax(1) == y).mean()) if cv else 0.0
         if best is None or acc > best[1]:
-            best = (lam, acc, oof)
-    lam, acc, oof = best
+            best = (lam, acc, oof, list(warm))
+    lam, acc, oof, starts = best
+    if self_training is not None and cv:
+        oof = np.zeros((len(y), L), np.float32)
+        for f, (tr, te) in enumerate(cv):
+            Xtr, ytr, _n = _train_set(X, y, self_training, tr, te, L)
+            oof[te] = _fit_prior(Xtr, ytr, W0, lam, starts[f]).predict_proba(X[te])
+        acc = float((oof.argmax(1) == y).mean())
     Xtr, ytr, n_pseudo = _train_set(X, y, self_training, np.arange(len(y)), None, L)
     head = _fit_prior(Xtr, ytr, W0, lam)
     return ProbeFit(head, "zs-probe", acc, oof, {"lambda": lam, "pseudo_labels": n_pseudo})

@@ -392,3 +392,13 @@ def _check_prefect_settings(ws):
     finally:
         server.shutdown()
     assert prefect_settings_for(ws) == {PREFECT_HOME: str(ws.root / ".prefect")}  # the server is gone
+
+
+@pytest.mark.slow
+def test_bench_train_times_the_production_stage(tmp_path, capsys):
+    out = tmp_path / "train.json"
+    assert cli(["bench", "train", "--sizes", "300", "--labels", "40", "--json", str(out)]) == 0
+    figures = json.loads(out.read_text())
+    assert (figures["images"], figures["labels"]) == (300, 40) and figures["train_s"] > 0
+    assert figures["runs"][0]["model"] in ("zero-shot", "probe", "zs-probe")
+    assert "train stage, 300 images, 40 labels" in capsys.readouterr().out
