@@ -106,6 +106,16 @@ def auto_label_accuracy(ws: Workspace, truth: dict[str, str]) -> float | None:
     return sum(truth[r["path"]] == r["label"] for r in auto) / len(auto) if auto else None
 
 
+def banner(pretrained: str, error: str) -> str:
+    """The warning shown when the demo falls back to random weights: the error's first sentence
+    (what failed), whole, wrapped inside the box; not cut mid-sentence."""
+    import textwrap
+
+    cause = error.split(". Tried")[0].rstrip(".") + "."
+    wrapped = textwrap.fill(cause, width=88, initial_indent="!!   ", subsequent_indent="!!   ")
+    return BANNER.format(pretrained=pretrained, error=wrapped.removeprefix("!!   "))
+
+
 BANNER = """
 !!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!
 !! Pretrained weights ViT-B-32/{pretrained} are not available here:
@@ -131,7 +141,7 @@ def run_demo(workspace: Path, *, rounds: int = 3, json_path: str | None = None, 
         try:
             load_clip(ClipConfig("ViT-B-32", pretrained))
         except WeightsUnavailableError as e:
-            print(BANNER.format(pretrained=pretrained, error=str(e).split(". Tried")[0][:300]), flush=True)
+            print(banner(pretrained, str(e)), flush=True)
             pretrained = None
     ws = init_workspace(workspace, params_text=demo_params(pretrained, budget))
     (workspace / DEMO_MARKER).write_text("created by `coldstart demo`; deleted and rebuilt by the next demo\n")

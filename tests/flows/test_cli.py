@@ -402,3 +402,14 @@ def test_bench_train_times_the_production_stage(tmp_path, capsys):
     assert (figures["images"], figures["labels"]) == (300, 40) and figures["train_s"] > 0
     assert figures["runs"][0]["model"] in ("zero-shot", "probe", "zs-probe")
     assert "train stage, 300 images, 40 labels" in capsys.readouterr().out
+
+
+def test_the_demo_s_offline_banner_keeps_whole_sentences():
+    from coldstart.flows.demo import banner
+
+    cause = ("could not load pretrained weights ViT-B-32/laion2b_s34b_b79k: the Hugging Face hub is unreachable "
+             "(offline, or HF_HUB_OFFLINE=1) and the weights are not in the local cache " + "x" * 250)
+    text = banner("laion2b_s34b_b79k", cause + ". Tried hf-hub:laion/... Fix: set model.pretrained")
+    body = [line for line in text.splitlines() if line.startswith("!!   ")]
+    assert " ".join(line[5:] for line in body).replace(" x", "x").endswith("x" * 250 + ".")
+    assert all(len(line) <= 88 for line in body) and "Tried" not in text
