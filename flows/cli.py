@@ -46,13 +46,13 @@ def cmd_round(a) -> int:
     from coldstart.flows.serve import prefect_settings_for
     from coldstart.tasks.workspace import Workspace
 
-    with temporary_settings(prefect_settings_for(Workspace.open(a.workspace))):
+    ws = Workspace.open(a.workspace)
+    with temporary_settings(prefect_settings_for(ws)):
         record = labeling_round(workspace=a.workspace, force=a.force)
     print(record.describe(), file=sys.stderr if a.json == "-" else sys.stdout)  # stdout: the JSON
     if not record.nothing_new:
         from coldstart.tasks.track import tracking_uri
 
-        ws = Workspace.open(a.workspace)
         print(f"  MLflow UI   mlflow ui --backend-store-uri {tracking_uri(ws, ws.params())}",
               file=sys.stderr if a.json == "-" else sys.stdout)
     _write_json(a.json, record.to_dict())

@@ -19,9 +19,7 @@ replaces its own file, computing its delta against the rounds before it.
 
 from __future__ import annotations
 
-import os
 import re
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +27,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from coldstart.tasks.workspace import _umask
+from coldstart.tasks.workspace import atomic_write
 
 MAX_DELTAS = 32
 DELETED = "deleted"
@@ -130,17 +128,7 @@ def _blank(n: int, kind: pa.DataType) -> pa.Array:
 
 
 def _write_atomic(path: Path, table: pa.Table) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.fchmod(fd, 0o666 & ~_umask())  # as a plain open() would, not the temp file's 0600
-    os.close(fd)
-    try:
-        # Keys (content ids, paths) are unique per row: dictionary-encoding them would be tried
-        # and abandoned. zstd halves hex ids and paths.
-        small = [c for c in table.column_names if c not in ("image_id", "path")]
-        pq.write_table(table, tmp, use_dictionary=small, compression="zstd")
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    # Keys (content ids, paths) are unique per row: dictionary-encoding them would be tried and
+    # abandoned. zstd halves hex ids and paths.
+    small = [c for c in table.column_names if c not in ("image_id", "path")]
+    atomic_write(path, lambda tmp: pq.write_table(table, tmp, use_dictionary=small, compression="zstd"))

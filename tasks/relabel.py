@@ -239,7 +239,8 @@ def relabel(ws: Workspace, params: Params, round_no: int) -> RelabelResult:
     label, conf, is_human = resolve(raw_ids, probs, classes, humans, keys)
     store_key = (chosen.model_id, params.views.key("global"))
     parts = resolved_parts(ws, len(classes))
-    prev = previous_rows(parts, round_no, raw_ids, classes, chosen.labeler_id, store_key)
+    digest = fingerprint(raw_ids)
+    prev = previous_rows(parts, round_no, raw_ids, digest, classes, chosen.labeler_id, store_key)
     rounds = np.full(len(raw_ids), round_no, np.int32)
     changed, gone = np.ones(len(raw_ids), bool), pa.array([], pa.string())
     churn = None
@@ -259,7 +260,7 @@ def relabel(ws: Workspace, params: Params, round_no: int) -> RelabelResult:
                            model_id=chosen.labeler_id, rounds=rounds, locations=locations, probs=probs)
     # The ids' fingerprint, in this order: previous_rows trusts it only when the view is one base.
     meta = {CLASSES_KEY: json.dumps(classes, ensure_ascii=False), STORE_KEY: json.dumps(list(store_key)),
-            FINGERPRINT.decode(): fingerprint(raw_ids)}
+            FINGERPRINT.decode(): digest}
     parts.write(round_no, table.filter(pa.array(changed)), gone, lambda: table, meta)
     auto_conf = conf[~is_human]
     counts = np.bincount(label, minlength=len(classes))
@@ -343,10 +344,10 @@ class Previous:
         return same & (old[np.maximum(self.row, 0)] == probs).all(1) & (self.row >= 0)
 
 
-def previous_rows(parts: PartTable, round_no: int, new_raw: np.ndarray, classes: list[str], labeler_id: str,
-                  store: tuple[str, str]) -> Previous | None:
+def previous_rows(parts: PartTable, round_no: int, new_raw: np.ndarray, digest: str, classes: list[str],
+                  labeler_id: str, store: tuple[str, str]) -> Previous | None:
     """The resolved table as the rounds before ``round_no`` left it, aligned to this round's
-    ids (``new_raw``, ``(N,)`` S64 in row order); None before the first."""
+    ids (``new_raw``, ``(N,)`` S64 in row order, ``digest`` their fingerprint); None before the first."""
     files = parts.files(before=round_no)
     if not files:
         return None
@@ -356,7 +357,7 @@ def previous_rows(parts: PartTable, round_no: int, new_raw: np.ndarray, classes:
     n = len(new_raw)
     # The common case: the previous round wrote a whole table (a retrained head changes every
     # row) of exactly these ids in this order: rows align as they are, the ids are not read.
-    aligned = len(files) == 1 and files[0][1] and meta.get(FINGERPRINT, b"").decode() == fingerprint(new_raw)
+    aligned = len(files) == 1 and files[0][1] and meta.get(FINGERPRINT, b"").decode() == digest
     old = parts.read(columns=resolved_schema(1).names[1:], before=round_no, sort=False, key=False) if aligned \
         else parts.read(before=round_no, sort=False)
     if len(old) == 0:

@@ -59,12 +59,9 @@ def select_indices(probs: np.ndarray, budget: int, *, strategy: str, audit: int,
     return rest[picked], np.asarray(audit_idx, int)
 
 
-def waiting(ws: Workspace, round_no: int) -> set[str]:
-    """Image ids in earlier review batches (asked or audited, not re-checks) that still have no
-    human label: their answers may still come."""
-    from coldstart.tasks.intake import human_labels, read_events
-
-    humans = human_labels(read_events(ws))
+def waiting(ws: Workspace, round_no: int, humans: set[str]) -> set[str]:
+    """Image ids in earlier review batches (asked or audited, not re-checks) that are not in
+    ``humans`` (the human-labeled ids): their answers may still come."""
     out: set[str] = set()
     for r in range(1, round_no):
         for b in read_csv(ws.review / f"round-{r:03d}.batch.csv"):
@@ -99,11 +96,11 @@ def select(ws: Workspace, cfg: RoundConfig, round_no: int) -> SelectResult:
 
     ids, probs, classes, (model_id, view) = load_probs(ws)
     resolved = {r["image_id"]: r for r in read_resolved(ws)}
+    labeled = [i for i in ids if resolved[i]["source"] == "human"]
     # Images waiting in an earlier, still unanswered batch are not asked again, and above all not
     # drawn for the audit: an answer meant for one round's batch must not count as another's.
-    pending = waiting(ws, round_no)
+    pending = waiting(ws, round_no, set(labeled))
     pool = [k for k, i in enumerate(ids) if resolved[i]["source"] != "human" and i not in pending]
-    labeled = [i for i in ids if resolved[i]["source"] == "human"]
     strategy = cfg.strategy if labeled else cfg.first_strategy
     # Human labels the held-out model disagrees with go back for a second look, inside the
     # budget: a batch never holds more than round.budget images.

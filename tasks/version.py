@@ -239,7 +239,8 @@ def version(ws: Workspace, round_no: int, message: str, parts: dict[str, str] | 
     tag = f"round-{round_no:03d}"
     logging.getLogger("dvc").setLevel(logging.ERROR)  # its hints talk about its own CLI
     digests = parts if parts is not None else part_digests(ws.images)
-    scan_params = json.dumps(ws.params().scan.model_dump(), sort_keys=True)
+    params = ws.params()
+    scan_params = json.dumps(params.scan.model_dump(), sort_keys=True)
     marker = ws.state_dir / "versioned-parts.json"
     try:
         before = json.loads(marker.read_text(encoding="utf-8")) if marker.is_file() else {}
@@ -263,7 +264,7 @@ def version(ws: Workspace, round_no: int, message: str, parts: dict[str, str] | 
                 repo.remove(str(tracked[name]), outs=False)
             targets = [str(t) for p in changed for t in _targets(ws.images, p)]
             # Checkpoints and big files a user put in the workspace: DVC, not git.
-            targets += [str(p) for p in big_files(ws, ws.params().versioning.git_max_file_mb)]
+            targets += [str(p) for p in big_files(ws, params.versioning.git_max_file_mb)]
             if targets:
                 if hashed is not None:
                     _hand_hashes_to_dvc(repo, hashed)

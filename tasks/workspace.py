@@ -106,24 +106,30 @@ def _umask() -> int:
     return mask
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write via a temp file in the same folder, fsync, ``os.replace``: old or new, never half.
-    The file gets the permissions a plain ``open()`` would (0644 under umask 0022), not the
-    temp file's 0600: review batches must be readable by other people and by Label Studio."""
+def atomic_write(path: Path, write) -> None:
+    """``write(tmp_path)`` into a temp file in the same folder, fsync, ``os.replace``: readers
+    see the old file or the new, never half. The file gets the permissions a plain ``open()``
+    would (0644 under umask 0022), not the temp file's 0600: review batches must be readable by
+    other people and by Label Studio."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         os.fchmod(fd, 0o666 & ~_umask())
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
+        os.close(fd)
+        write(tmp)
+        with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """``data`` into ``path`` atomically (see atomic_write)."""
+    atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))
 
 
 def atomic_write_text(path: Path, text: str) -> None:
