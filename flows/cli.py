@@ -67,13 +67,20 @@ def cmd_intake(a) -> int:
     from coldstart.tasks.workspace import Workspace
 
     ws = Workspace.open(a.workspace)
-    classes = ws.params().ontology.class_names
+    params = ws.params()
+    classes, keep_good = params.ontology.class_names, params.intake.on_error == "keep_good_rows"
     bad = 0
     for name in a.check:
         path = Path(name)
         try:
-            rows, blank = validate_file(path, path.read_bytes(), ws, classes)
-            print(f"{name}: ok, {len(rows)} answer(s), {blank} blank row(s)")
+            bad_rows: list | None = [] if keep_good else None
+            rows, blank = validate_file(path, path.read_bytes(), ws, classes, bad_rows=bad_rows)
+            if bad_rows:  # keep_good_rows: a round would merge the good rows and set these aside
+                listed = "\n".join(f"  - {why}" for _, why in bad_rows)
+                print(f"{name}: {len(bad_rows)} row(s) would be set aside, {len(rows)} answer(s) merged:\n{listed}")
+                bad += 1
+            else:
+                print(f"{name}: ok, {len(rows)} answer(s), {blank} blank row(s)")
         except LabelFileError as e:
             print(str(e).replace(": rejected, nothing merged", ": would be rejected"))
             bad += 1

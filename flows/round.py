@@ -84,7 +84,7 @@ def nothing_new(ws: Workspace, rec: RoundRecord) -> RoundRecord:
     rec.nothing_new = True
     check = {"checked_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
              "last_round": rec.round - 1, "result": "nothing new",
-             "rejected": rec.intake.files_rejected if rec.intake else []}
+             "rejected": rec.intake.problems if rec.intake else []}
     atomic_write_text(ws.state_dir / "last-check.json", json.dumps(check) + "\n")
     get_run_logger().info(rec.describe())
     return rec

@@ -76,7 +76,9 @@ def serve(workspace: str, *, cron: str | None = None, interval: float | None = N
         schedule = f"cron '{cron}'" if cron else f"every {interval:g} s"
         print(f"serving labeling_round for {ws.root} on {schedule}; Ctrl-C or SIGTERM stops", flush=True)
         with temporary_settings({PREFECT_API_URL: api}):
-            labeling_round.serve(name=f"coldstart-{ws.root.name}", cron=cron, interval=interval,
+            # limit=1: a round that outlasts the interval delays the next one instead of
+            # overlapping it (the second would only find the workspace locked and fail).
+            labeling_round.serve(name=f"coldstart-{ws.root.name}", cron=cron, interval=interval, limit=1,
                                  parameters={"workspace": str(ws.root)}, print_starting_message=False)
     finally:
         if server is not None:

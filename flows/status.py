@@ -124,5 +124,7 @@ def format_status(s: dict) -> str:
     if s["inbox_pending"]:
         lines.append(f"inbox         {len(s['inbox_pending'])} file(s) waiting for the next round: {', '.join(s['inbox_pending'])}")
     if s["inbox_rejected"]:
-        lines.append(f"rejected      {', '.join(s['inbox_rejected'])} (see data/inbox/rejected/*.errors.txt)")
+        lines.append(f"rejected      {', '.join(s['inbox_rejected'])} "
+                     "(in data/inbox/rejected/: NAME.errors.txt says why a file was rejected; NAME.rows.csv "
+                     "holds rows set aside, with a reason column: fix them and drop that file into data/inbox/)")
     return "\n".join(lines)

@@ -247,12 +247,13 @@ class TrackingConfig(_Section):
 
 
 class IntakeConfig(_Section):
-    """What a problem in one row of an answer file costs: the whole file (reject_file: nothing
-    from it is merged; fix and drop it again), or that row only (keep_good_rows: the valid rows
-    are merged, the bad ones written to data/inbox/rejected/NAME.rows.csv with a reason column,
-    ready to fix and drop back)."""
+    """What a problem in one row of an answer file costs: that row only (keep_good_rows, the
+    default: the valid rows are merged, the bad ones written to data/inbox/rejected/NAME.rows.csv
+    with a reason column, ready to fix and drop back), or the whole file (reject_file: nothing
+    from it is merged; fix and drop it again). A file that cannot be read as answers at all (not
+    CSV or an export, no label column, bad encoding) is rejected whole either way."""
 
-    on_error: Literal["reject_file", "keep_good_rows"] = "reject_file"
+    on_error: Literal["reject_file", "keep_good_rows"] = "keep_good_rows"
 
 
 class VersioningConfig(_Section):

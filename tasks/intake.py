@@ -69,7 +69,7 @@ class IntakeResult(StageResult):
     def metrics(self) -> dict[str, float | None]:
         return {"human_labels": self.human_labels, "label_events": self.label_events,
                 "events_added": self.events_added, "files_accepted": len(self.files_accepted),
-                "files_rejected": len(self.files_rejected)}
+                "files_rejected": len(self.files_rejected), "rows_rejected": self.rows_rejected}
 
 
 def read_events(ws: Workspace) -> list[LabelEvent]:
@@ -264,7 +264,7 @@ def _move_aside(src: Path, dest_dir: Path, digest: str) -> Path:
 
 
 def intake(ws: Workspace, classes: list[str], round_no: int, *, annotator_default: str = "",
-           on_error: str = "reject_file") -> IntakeResult:
+           on_error: str = "keep_good_rows") -> IntakeResult:
     """The intake stage: import every answer file at the top of data/inbox/ into its declared
     outputs, data/labels/events.jsonl and data/labels/imported/. Call with the workspace lock held.
     ``on_error`` is params ``intake.on_error`` (see IntakeConfig)."""
@@ -327,5 +327,5 @@ def intake(ws: Workspace, classes: list[str], round_no: int, *, annotator_defaul
 
 
 @task(name="intake", cache_policy=NO_CACHE)
-def intake_task(ws: Workspace, classes: list[str], round_no: int, on_error: str = "reject_file") -> IntakeResult:
+def intake_task(ws: Workspace, classes: list[str], round_no: int, on_error: str = "keep_good_rows") -> IntakeResult:
     return intake(ws, classes, round_no, on_error=on_error)

@@ -349,10 +349,15 @@ def test_intake_check_lists_every_problem_and_merges_nothing(make_workspace, cap
     bad = tmp_path / "answers.csv"
     bad.write_text("image,label\nnope.png,zero\nalso-missing.png,ten\n", encoding="utf-8")
     assert cli(["intake", "-w", str(ws.root), "--check", str(bad)]) == 1
+    out = capsys.readouterr().out  # the default, keep_good_rows: only the bad rows are set aside
+    assert "2 row(s) would be set aside, 0 answer(s) merged" in out and "nope.png" in out and "also-missing.png" in out
+    ws.params_file.write_text(ws.params_file.read_text() + "intake:\n  on_error: reject_file\n")
+    assert ws.params().intake.on_error == "reject_file"
+    assert cli(["intake", "-w", str(ws.root), "--check", str(bad)]) == 1
     out = capsys.readouterr().out
     assert "would be rejected (2 problem(s))" in out and "nope.png" in out and "also-missing.png" in out
-    assert ws.events.read_text() == "" if ws.events.exists() else True
-    assert not list(ws.inbox.glob("*.csv"))
+    assert not ws.events.exists() or ws.events.read_text() == ""
+    assert not list(ws.inbox.glob("*.csv")) and bad.is_file()
 
 
 def test_rounds_run_by_hand_report_to_the_workspace_s_prefect(make_workspace, monkeypatch):

@@ -82,11 +82,15 @@ def test_bad_images_are_quarantined_with_reasons_and_the_round_goes_on(rounds):
     assert "truncated" in reasons["bad/truncated.jpg"]
 
 
-def test_bad_label_file_is_rejected_whole_kept_and_explained(rounds):
+def test_a_bad_answer_row_is_handed_back_with_its_reason(rounds):
+    """The default intake.on_error (keep_good_rows): the bad row goes to rejected/NAME.rows.csv
+    with a reason column, ready to fix and drop back; the round goes on and says so."""
     ws, r1 = rounds.ws, rounds.records[0]
-    assert r1.intake.files_rejected == ["data/inbox/wrong-class.csv"] and r1.intake.events_added == 0
-    report = (ws.rejected / "wrong-class.csv.errors.txt").read_text()
-    assert "row 2: unknown class 'ten'" in report and (ws.rejected / "wrong-class.csv").is_file()
+    assert r1.intake.files_accepted == ["data/inbox/wrong-class.csv"] and r1.intake.events_added == 0
+    assert r1.intake.rows_rejected == 1 and "1 row(s) not merged" in r1.intake.problems[0]
+    handed_back = read_csv(ws.rejected / "wrong-class.rows.csv")
+    assert [(r["image"], r["label"]) for r in handed_back] == [("scans-00/digit-0000.png", "ten")]
+    assert handed_back[0]["reason"].startswith("unknown class 'ten'")
 
 
 def test_every_answered_row_is_one_event_and_a_redrop_adds_nothing(rounds):

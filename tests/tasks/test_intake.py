@@ -52,7 +52,7 @@ def test_bad_file_rejected_whole_with_every_problem(ws):
                         "file:///x.jpg,cat\n"
                         "nope.jpg,dog\n"            # unknown image
                         "broken.jpg,dog\n")         # quarantined
-    r = intake(ws, CLASSES, round_no=2)
+    r = intake(ws, CLASSES, round_no=2, on_error="reject_file")
     assert r.files_rejected == ["data/inbox/bad.csv"] and r.events_added == 0
     assert read_events(ws) == []
     report = (ws.rejected / "bad.csv.errors.txt").read_text()
