@@ -174,9 +174,34 @@ class ViewsConfig(_Section):
 
 
 class ScanConfig(_Section):
-    # Decompression bombs: refuse images above this many pixels before decoding them.
+    # Decompression bombs: refuse images above this many pixels before decoding them. The one
+    # pixel limit: Pillow's own (Image.MAX_IMAGE_PIXELS, 89.5 Mpx) does not apply on top of it.
     max_pixels: int = Field(100_000_000, ge=1)
+    # Long side / short side. The model resizes the short side to ~224 px, so a 20000x1 strip
+    # (144 bytes as PNG) would become 4.5e9 pixels; at 20:1 the worst case is 224*4480 = 1 Mpx,
+    # and the centre crop still sees 1/20 of the image. Real panoramas are rarely over 12:1.
+    max_aspect_ratio: float = Field(20.0, ge=1)
+    # Checked from the file's size before it is read (the scan reads a new file whole to hash it).
+    max_file_mb: float = Field(200.0, gt=0)
+    # Pillow formats an image may have (by content, not extension). Never EPS/PS/PDF: Pillow
+    # hands those to Ghostscript, an interpreter. Multi-picture JPEGs (MPO) come with JPEG.
+    formats: list[str] = Field(["JPEG", "PNG", "WEBP", "BMP", "TIFF", "GIF"], validate_default=True)
     extensions: list[str] | None = None  # null: every file is tried (a wrong one is quarantined)
+
+    @field_validator("formats")
+    @classmethod
+    def _known_formats(cls, v: list[str]) -> list[str]:
+        from PIL import Image
+
+        Image.init()
+        out = [f.strip().upper() for f in v]
+        interpreted = sorted({f for f in out if f in ("EPS", "PS", "PDF")})
+        if interpreted:
+            raise ValueError(f"{', '.join(interpreted)} cannot be accepted: Pillow would run Ghostscript on them")
+        unknown = [f for f in out if f not in Image.OPEN]
+        if unknown or not out:
+            raise ValueError(f"unknown image format(s) {unknown or '[]'}; Pillow reads: {', '.join(sorted(Image.OPEN))}")
+        return out
 
 
 class TrainConfig(_Section):

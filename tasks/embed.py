@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from coldstart.models.clip import ClipConfig, ClipModel, LazyClip, load_clip
 from coldstart.tasks.cluster import dask_runner, on_dask
-from coldstart.tasks.config import ExecutionConfig, ModelConfig, ViewsConfig
+from coldstart.tasks.config import ExecutionConfig, ModelConfig, ScanConfig, ViewsConfig
 from coldstart.tasks.manifest import read_manifest_table
 from coldstart.tasks.result import StageResult
 from coldstart.tasks.scan import ImageDecodeError, load_rgb
@@ -40,9 +40,10 @@ class ImageFiles(Dataset):
     """Paths -> (index, ``(V, 3, S, S)`` view tensors or None, ``(V-1, 4)`` tile boxes, error)."""
 
     def __init__(self, paths: list[str], preprocess, image_size: int, views: ViewsConfig | None = None,
-                 max_pixels: int = 100_000_000):
-        self.paths, self.preprocess, self.size, self.max_pixels = paths, preprocess, image_size, max_pixels
+                 limits: ScanConfig | None = None):
+        self.paths, self.preprocess, self.size = paths, preprocess, image_size
         self.views = views or ViewsConfig()
+        self.limits = limits or ScanConfig()  # the scan's caps: a file changed since the scan cannot explode here
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -50,7 +51,7 @@ class ImageFiles(Dataset):
     def __getitem__(self, i: int):
         draft = None if self.views.tiles else self.size
         try:
-            with load_rgb(self.paths[i], max_pixels=self.max_pixels, draft=draft) as img:
+            with load_rgb(self.paths[i], self.limits, draft=draft) as img:
                 images, boxes = view_images(img, self.views)
                 return i, torch.stack([self.preprocess(v) for v in images]), boxes, None
         except (ImageDecodeError, OSError) as e:  # file changed or vanished since scan
@@ -73,13 +74,14 @@ def resolve_workers(num_workers: int | str) -> int:
 
 
 def embed_paths(clip: ClipModel, paths: list[str], *, batch_size: int, num_workers: int, views: ViewsConfig | None = None,
-                on_batch=None, progress: bool = True) -> list[tuple[int, str]]:
+                on_batch=None, progress: bool = True, limits: ScanConfig | None = None) -> list[tuple[int, str]]:
     """Encode image files (and their views); ``on_batch(indices, counts, boxes, vectors)`` gets
     each batch: ``vectors`` ``(sum(counts), D)``, an image's global view first, then its tiles.
+    Files are decoded by the scan's guarded ``load_rgb`` under ``limits`` (params.yaml ``scan``).
     Returns [(index, error)] for files that could not be decoded."""
     views = views or ViewsConfig()
     # With tiles one image gives many model inputs; the model still runs in batch_size chunks.
-    loader = DataLoader(ImageFiles(paths, clip.preprocess, clip.image_size, views),
+    loader = DataLoader(ImageFiles(paths, clip.preprocess, clip.image_size, views, limits),
                         batch_size=batch_size, num_workers=num_workers, collate_fn=_collate,
                         pin_memory=clip.device.type == "cuda", persistent_workers=False)
     failed = []
@@ -140,10 +142,15 @@ def _plan(ws: Workspace, store: EmbeddingStore, tile_store: EmbeddingStore | Non
     return ids, list(todo.values()), need_global, need_tiles
 
 
+def _scan_limits(ws: Workspace) -> ScanConfig:
+    """The workspace's scan caps (params.yaml ``scan``), which every image decode obeys."""
+    return ws.params().scan if ws.params_file.is_file() else ScanConfig()
+
+
 def embed_shards(clip: ClipModel, store: EmbeddingStore, tile_store: EmbeddingStore | None, ids: list[str],
                  paths: list[str], need_global: np.ndarray, need_tiles: np.ndarray, first_shard: int, *,
-                 batch_size: int, num_workers: int, views: ViewsConfig, progress: bool = True
-                 ) -> tuple[list[tuple[str, str]], int]:
+                 batch_size: int, num_workers: int, views: ViewsConfig, progress: bool = True,
+                 limits: ScanConfig | None = None) -> tuple[list[tuple[str, str]], int]:
     """Encode ``paths`` in one pass; image ``k`` goes to store shard ``first_shard + k //
     SHARD_ROWS``, so that shards are the same whether one process writes them all or a cluster
     writes one each. Returns ([(path, error)] not decoded, tiles written)."""
@@ -179,7 +186,7 @@ def embed_shards(clip: ClipModel, store: EmbeddingStore, tile_store: EmbeddingSt
             row += count
 
     failed = embed_paths(clip, paths, batch_size=batch_size, num_workers=num_workers, views=views,
-                         on_batch=on_batch, progress=progress)
+                         on_batch=on_batch, progress=progress, limits=limits)
     flush()
     return [(paths[i], err) for i, err in failed], n_tiles
 
@@ -204,7 +211,7 @@ def embed(ws: Workspace, clip: ClipModel, cfg: ModelConfig, views: ViewsConfig |
     else:
         failed, n_tiles = embed_shards(clip, store, tile_store, ids, paths, need_global, need_tiles, first,
                                        batch_size=cfg.batch_size, num_workers=resolve_workers(cfg.num_workers),
-                                       views=views, progress=progress)
+                                       views=views, progress=progress, limits=_scan_limits(ws))
     seconds = time.perf_counter() - t0
     for path, err in failed:
         log.warning("not embedded (will retry next round): %s: %s", path, err)
@@ -248,7 +255,8 @@ def embed_shard_task(root: str, cfg: ModelConfig, views: ViewsConfig, shard: int
     # No DataLoader processes: Dask's worker processes are daemons, which cannot have children;
     # the cluster's own processes are the parallelism.
     return embed_shards(clip, store, tile_store, ids, paths, need_global, need_tiles, shard,
-                        batch_size=cfg.batch_size, num_workers=0, views=views, progress=False)
+                        batch_size=cfg.batch_size, num_workers=0, views=views, progress=False,
+                        limits=_scan_limits(ws))
 
 
 @flow(name="embed-shards")

@@ -1,7 +1,7 @@
 """The manifest: one row per usable image file, kept as Parquet parts (see coldstart.tasks.parts).
 
-Columns: ``path`` (POSIX, relative to data/images, NFC; the key), ``image_id`` (sha256 of the
-bytes), ``width``, ``height`` (pixels, EXIF orientation applied), ``size_bytes`` and
+Columns: ``path`` (POSIX, relative to data/images, exactly as on disk: not Unicode-normalised;
+the key), ``image_id`` (sha256 of the bytes), ``width``, ``height`` (pixels, EXIF orientation applied), ``size_bytes`` and
 ``mtime_ns`` (what the scan saw: unchanged files are not read again), ``first_round``. A round
 that adds 1% new images adds a part of about 1% of the rows; the view is sorted by path.
 """

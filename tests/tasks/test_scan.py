@@ -76,8 +76,9 @@ def test_bomb_header_refused_before_decoding(tmp_path):
 
 
 def test_walk_order_hidden_files_and_links(tmp_path):
-    """Folders' files in name order before their subfolders; hidden entries, dangling links and
-    linked folders skipped (a linked folder would scan the same images twice)."""
+    """Folders' files in name order before their subfolders; hidden entries skipped; dangling
+    links and linked folders never followed, but listed with the reason (a linked folder would
+    scan the same images twice)."""
     import os
 
     from coldstart.tasks.scan import _walk
@@ -87,6 +88,8 @@ def test_walk_order_hidden_files_and_links(tmp_path):
         (tmp_path / rel).write_bytes(b"x")
     os.symlink(tmp_path / "sub", tmp_path / "linked-folder")
     os.symlink(tmp_path / "missing.png", tmp_path / "dangling.png")
-    assert [rel for _, rel, _ in _walk(tmp_path, None)] == [
-        "a.png", "b.png", "a-sub/x.png", "sub/z.png", "sub/deeper/y.png"]
-    assert [rel for _, rel, _ in _walk(tmp_path, ["PNG"])][:2] == ["a.png", "b.png"]
+    walked = {rel: problem for _, rel, _, problem in _walk(tmp_path)}
+    assert list(walked) == ["a.png", "b.png", "dangling.png", "linked-folder", "a-sub/x.png", "sub/z.png",
+                            "sub/deeper/y.png"]
+    assert "broken symbolic link" in walked["dangling.png"] and "to a folder" in walked["linked-folder"]
+    assert walked["a.png"] is None and walked["sub/deeper/y.png"] is None
