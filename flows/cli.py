@@ -43,11 +43,11 @@ def cmd_round(a) -> int:
     from prefect.settings import temporary_settings
 
     from coldstart.flows.round import labeling_round
-    from coldstart.flows.serve import prefect_settings_for
+    from coldstart.flows.serve import round_prefect
     from coldstart.tasks.workspace import Workspace
 
     ws = Workspace.open(a.workspace)
-    with temporary_settings(prefect_settings_for(ws)):
+    with round_prefect(ws) as settings, temporary_settings(settings):
         record = labeling_round(workspace=a.workspace, force=a.force)
     print(record.describe(), file=sys.stderr if a.json == "-" else sys.stdout)  # stdout: the JSON
     if not record.nothing_new:

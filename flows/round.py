@@ -20,7 +20,7 @@ from coldstart.tasks.scan import scan_task
 from coldstart.tasks.select import select_task
 from coldstart.tasks.track import link_run_task, track_task
 from coldstart.tasks.train import train_task
-from coldstart.tasks.version import check_stages, config_changed, version_task
+from coldstart.tasks.version import check_stages, config_changed, unversioned_images, version_task
 from coldstart.tasks.workspace import Workspace, atomic_write_text
 
 
@@ -51,7 +51,7 @@ def run_round(ws: Workspace, force: bool = False) -> RoundRecord:
     with rec.timed("intake"):  # inbox answers -> validated -> label-event log
         rec.intake = intake_task(ws, params.ontology.class_names, n, params.intake.on_error)
     if not force and n > 1 and not (rec.scan.changed or rec.embed.embedded or rec.intake.events_added
-                                    or config_changed(ws)):
+                                    or config_changed(ws) or interrupted_work(ws, n, rec.scan.parts)):
         return nothing_new(ws, rec)
     with rec.timed("audit"):  # earlier rounds' audit items, now answered -> accuracy estimate
         rec.audit = audit_task(ws, n)
@@ -71,6 +71,15 @@ def run_round(ws: Workspace, force: bool = False) -> RoundRecord:
     if rec.track.error:
         raise TrackingError(rec.track.error)  # the round is versioned; MLflow missed it
     return rec
+
+
+def interrupted_work(ws: Workspace, n: int, parts: dict[str, str] | None) -> bool:
+    """What an attempt at round ``n`` killed before its tag already took in: answers (their
+    events carry round ``n``) or images (parts differ from the last tagged round's). Without
+    this, the retry would find "nothing new" and the work would wait for unrelated news."""
+    from coldstart.tasks.intake import read_events
+
+    return any(e.round == n for e in read_events(ws)) or (parts is not None and unversioned_images(ws, parts))
 
 
 def nothing_new(ws: Workspace, rec: RoundRecord) -> RoundRecord:

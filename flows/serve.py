@@ -7,12 +7,15 @@ database inside the workspace (``.prefect/``), and stops it on exit (Ctrl-C or S
 
 from __future__ import annotations
 
+import contextlib
 import os
+import socket
 import subprocess
 import sys
 import time
 import urllib.request
 from pathlib import Path
+from typing import Iterator
 
 from coldstart.models.errors import ColdstartError
 from coldstart.tasks.workspace import Workspace
@@ -94,8 +97,8 @@ def serve(workspace: str, *, cron: str | None = None, interval: float | None = N
 def prefect_settings_for(ws: Workspace) -> dict:
     """Where a round run by hand reports, so that one Prefect UI shows every round: the
     configured server (PREFECT_API_URL) if any; else the server `coldstart serve` started for
-    this workspace, while it runs; else a temporary server whose database is the workspace's own
-    (.prefect/prefect.db, the one `serve` starts its server on)."""
+    this workspace, while it runs; else the workspace's own Prefect home (.prefect/, whose
+    database `serve` starts its server on): see ``round_prefect``."""
     from prefect.settings import PREFECT_API_URL, PREFECT_HOME, get_current_settings
 
     if get_current_settings().api.url:
@@ -107,3 +110,60 @@ def prefect_settings_for(ws: Workspace) -> dict:
             return {PREFECT_API_URL: url}
     (ws.root / ".prefect").mkdir(exist_ok=True)
     return {PREFECT_HOME: str(ws.root / ".prefect")}
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child, between fork and exec
+    """Linux: the child gets SIGTERM when the process that started it dies, even by kill -9."""
+    import ctypes
+    import signal
+
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+@contextlib.contextmanager
+def round_prefect(ws: Workspace, timeout: float = 120.0) -> Iterator[dict]:
+    """Prefect settings for one round run by hand, and the API server it needs for its lifetime.
+
+    With a configured or `serve`-started server, that server. Otherwise a server on the
+    workspace's own database (.prefect/prefect.db), started here rather than by Prefect: its
+    temporary server outlives a killed round (kill -9, even SIGTERM), ~200 MB each, and keeps
+    inherited output pipes open. This one is tied to the round's process (PR_SET_PDEATHSIG on
+    Linux), logs to .prefect/round-server.log, and is stopped when the round ends.
+    """
+    from prefect.settings import PREFECT_API_URL
+
+    settings = prefect_settings_for(ws)
+    if PREFECT_API_URL in settings or not settings or not sys.platform.startswith("linux"):
+        yield settings
+        return
+    home = ws.root / ".prefect"
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    env.update(PREFECT_HOME=str(home), PREFECT_UI_ENABLED="0", PREFECT_SERVER_ANALYTICS_ENABLED="false",
+               PREFECT__SERVER_EPHEMERAL="1", PREFECT__SERVER_FINAL="1")
+    with open(home / "round-server.log", "ab") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "uvicorn", "--factory", "prefect.server.api.server:create_app",
+                                 "--host", "127.0.0.1", "--port", str(port), "--log-level", "error", "--lifespan", "on"],
+                                env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                preexec_fn=_die_with_parent)
+    api = f"http://127.0.0.1:{port}/api"
+    try:
+        deadline = time.monotonic() + timeout
+        while not _healthy(api):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise ColdstartError(f"the round's Prefect API server did not start (see {home / 'round-server.log'}); "
+                                     f"or point PREFECT_API_URL at a running `prefect server start`")
+            time.sleep(0.2)
+        yield {PREFECT_API_URL: api}
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()

@@ -132,7 +132,8 @@ def model_id_for(cfg: ClipConfig) -> str:
         return f"{cfg.name}@random-seed{RANDOM_SEED}"
     if pre.startswith("local-dir:"):
         folder = Path(pre.removeprefix("local-dir:"))
-        files = sorted(p for p in folder.glob("*") if p.is_file() and p.suffix in {".bin", ".pt", ".safetensors"})
+        files = sorted(p for p in folder.glob("*") if p.is_file() and (
+            p.suffix in {".bin", ".pt", ".pth", ".safetensors"} or p.name == "open_clip_config.json"))
         digest = hashlib.sha256("".join(_file_digest(p) for p in files).encode()).hexdigest()[:12]
         return f"{cfg.name}@dir-{digest}"
     if Path(pre).suffix in {".pt", ".pth", ".bin", ".safetensors"} or os.sep in pre:
@@ -175,7 +176,8 @@ def _load_clip_cached(cfg: ClipConfig) -> ClipModel:
     import open_clip
 
     register_project_configs()
-    if cfg.name not in open_clip.list_models():
+    local_dir = cfg.pretrained is not None and cfg.pretrained.startswith("local-dir:")
+    if cfg.name not in open_clip.list_models() and not local_dir:
         raise ConfigError(
             f"model.name: unknown open_clip architecture {cfg.name!r} "
             f"(see `python -c 'import open_clip; print(open_clip.list_models())'`)"
@@ -226,7 +228,10 @@ def _load_clip_cached(cfg: ClipConfig) -> ClipModel:
     torch.manual_seed(RANDOM_SEED)  # random weights must be identical in every process
     try:
         with contextlib.nullcontext() if src is None else _quiet_hub(offline=src.cached is not None):
-            model, _, preprocess = open_clip.create_model_and_transforms(cfg.name, pretrained=pre, device=device)
+            # open_clip takes local-dir: as the model name (the folder's open_clip_config.json gives
+            # the architecture, its checkpoint the weights), never as `pretrained`.
+            name_or_dir, weights = (pre, None) if kind == "dir" else (cfg.name, pre)
+            model, _, preprocess = open_clip.create_model_and_transforms(name_or_dir, pretrained=weights, device=device)
     except Exception as e:  # open_clip raises many kinds: hub errors, RuntimeError on bad state dicts
         if src is not None:
             cause, tried = ((f"the cached file did not load ({_first_line(e)})", f"the local cache ({src.cached})")
@@ -238,7 +243,7 @@ def _load_clip_cached(cfg: ClipConfig) -> ClipModel:
     if pre is None:
         log.warning("model %s has RANDOM weights: zero-shot labels are meaningless", cfg.name)
     try:
-        tokenizer = open_clip.get_tokenizer(cfg.name)
+        tokenizer = open_clip.get_tokenizer(pre if kind == "dir" else cfg.name)
     except (OSError, ValueError) as e:  # HF tokenizer files not in the cache, offline
         raise WeightsUnavailableError(f"the tokenizer of {cfg.name} could not be loaded ({e}); {MULTILINGUAL_SETUP}") from e
     size = model.visual.image_size

@@ -37,7 +37,63 @@ class TrackResult(StageResult):
 
 
 def tracking_uri(ws: Workspace, params: Params) -> str:
-    return params.tracking.uri or f"sqlite:///{ws.root / 'mlflow.db'}"
+    """The MLflow tracking URI. For a server (http/https), MLflow's retry ladder (7 retries with
+    exponential backoff: minutes against an unreachable host) is cut to one retry with a 4 s
+    timeout, so a round fails its tracking within ~10 s and goes on to version its data; a user's
+    own MLFLOW_HTTP_REQUEST_* settings win."""
+    import os
+
+    uri = params.tracking.uri or f"sqlite:///{ws.root / 'mlflow.db'}"
+    if uri.startswith(("http://", "https://")):
+        for key, value in (("MLFLOW_HTTP_REQUEST_TIMEOUT", "4"), ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1"),
+                           ("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "0.5")):
+            os.environ.setdefault(key, value)
+    return uri
+
+
+def close_interrupted_runs(client, exp_id: str, ws: Workspace, round_no: int, run_id: str) -> list[str]:
+    """Runs that killed rounds of this workspace left behind, settled by the next round.
+
+    A round killed after its run started leaves that run RUNNING (or FINISHED, if killed while
+    versioning), and its retry starts another run for the same round. So: an earlier attempt at
+    this round is marked KILLED with a note naming the run that replaced it; a run still RUNNING
+    for a round that was tagged meanwhile is marked KILLED; a tagged round's only run that never
+    got its git commit (killed between the tag and the link) is linked now. Returns the ids
+    marked KILLED."""
+    import subprocess
+
+    root, tagged = str(ws.root), set(ws.round_tags())
+    killed = []
+    for r in client.search_runs([exp_id], filter_string=f"tags.`coldstart.round` = '{round_no}'") + \
+            client.search_runs([exp_id], filter_string="attributes.status = 'RUNNING'"):
+        if r.info.run_id == run_id or r.data.tags.get("coldstart.workspace") != root or r.info.run_id in killed:
+            continue
+        n = int(r.data.tags.get("coldstart.round", "0"))
+        if n == round_no or (r.info.status == "RUNNING" and n not in tagged):
+            note = (f"an interrupted attempt at round {n}; the round was re-run as run {run_id}" if n == round_no
+                    else f"interrupted; round {n} was never completed")
+        elif r.info.status == "RUNNING":
+            note = f"interrupted after round {n} was tagged; its data is at git tag round-{n:03d}"
+        else:
+            continue
+        client.set_tag(r.info.run_id, "coldstart.note", note)
+        client.set_terminated(r.info.run_id, status="KILLED")
+        killed.append(r.info.run_id)
+    # A tagged round whose run missed its git tag: link it (one run per round, so no ambiguity).
+    for n in sorted(tagged)[-3:]:
+        runs = [r for r in client.search_runs([exp_id], filter_string=f"tags.`coldstart.round` = '{n}'")
+                if r.data.tags.get("coldstart.workspace") == root and r.info.status != "KILLED"]
+        if len(runs) == 1 and "coldstart.git_tag" not in runs[0].data.tags:
+            tag = f"round-{n:03d}"
+            commit = subprocess.run(["git", "rev-parse", f"{tag}^{{commit}}"], cwd=ws.root, capture_output=True,
+                                    text=True).stdout.strip()
+            if commit:
+                client.set_tag(runs[0].info.run_id, "mlflow.source.git.commit", commit)
+                client.set_tag(runs[0].info.run_id, "coldstart.git_tag", tag)
+    if killed:
+        log.warning("MLflow: marked %d run(s) of interrupted rounds KILLED, with a note: %s", len(killed),
+                    ", ".join(killed))
+    return killed
 
 
 def _experiment_id(client, name: str, artifact_root: Path) -> str:
@@ -98,6 +154,7 @@ def log_round(ws: Workspace, params: Params, round_no: int, metrics: dict[str, f
         exp_id = _experiment_id(client, params.tracking.experiment, ws.root / "mlartifacts")
         with mlflow.start_run(experiment_id=exp_id, run_name=f"round-{round_no:03d}") as run:
             mlflow.set_tags({"coldstart.round": str(round_no), "coldstart.workspace": str(ws.root)})
+            close_interrupted_runs(client, exp_id, ws, round_no, run.info.run_id)
             mlflow.log_params(flatten(params))
             mlflow.log_metrics({k: float(v) for k, v in metrics.items() if v is not None})
             for path in artifacts:

@@ -10,6 +10,7 @@ import contextlib
 import json
 import logging
 import os
+import shutil
 import subprocess
 from dataclasses import dataclass, field
 from importlib import resources
@@ -74,6 +75,18 @@ def big_files(ws: Workspace, max_mb: float) -> list[Path]:
     return sorted(ws.root / p for p in found if (ws.root / p).is_file() and (ws.root / p).name != "mlflow.db")
 
 
+def unversioned_images(ws: Workspace, parts: dict[str, str]) -> bool:
+    """Whether the image parts differ from those the last tagged round versioned. Unlike the
+    scan's own "changed" (relative to the last scan), this holds after a round that scanned new
+    images was killed before its tag: the retry still has something new to record."""
+    marker = ws.state_dir / "versioned-parts.json"
+    try:
+        before = json.loads(marker.read_text(encoding="utf-8")).get("parts", {}) if marker.is_file() else None
+    except ValueError:
+        before = None
+    return before != parts
+
+
 def config_changed(ws: Workspace) -> bool:
     """Whether params.yaml or dvc.yaml changed since the last round's commit (git says so)."""
     return bool(git(ws.root, "status", "--porcelain", "--", "params.yaml", "dvc.yaml", check=False))
@@ -110,6 +123,62 @@ def check_stages(ws: Workspace) -> None:
             f"(then re-add any stages of your own), and commit it.")
 
 
+REMOTE_MARKER = "coldstart-remote.json"  # in a local remote: it has every pushed round's objects
+
+
+def _local_remote(repo) -> Path | None:
+    """The default remote's folder when it is a local path (None for cloud remotes)."""
+    name = repo.config["core"].get("remote")
+    url = repo.config["remote"].get(name, {}).get("url", "") if name else ""
+    if not url or "://" in url:
+        return None
+    return Path(url)  # DVC resolves a relative URL against .dvc/ when it loads the config
+
+
+def _fill_local_remote(cache: Path, remote: Path) -> int:
+    """Copy every object of the local cache that a local remote lacks; return how many.
+
+    For a remote that lost earlier rounds' objects (deleted, emptied, replaced). `dvc push
+    --all-tags` (DVC 3.67) misses the earlier versions of `persist: true` directory outputs
+    (the manifest, the resolved labels, the review batches): `dvc status -c --all-tags` still
+    lists them as new after it. A local remote has the cache's layout, so copy what is missing.
+    """
+    sent = 0
+    for src in cache.rglob("*"):
+        if not src.is_file() or src.name.endswith(".tmp"):
+            continue
+        dest = remote / "files" / "md5" / src.relative_to(cache)
+        if dest.exists():
+            continue
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dest.with_name(dest.name + ".coldstart.tmp")
+        shutil.copyfile(src, tmp)
+        os.replace(tmp, dest)
+        sent += 1
+    return sent
+
+
+def _own_default_remote(repo, root: Path) -> None:
+    """Workspaces made before remotes were relative name their in-workspace remote by absolute
+    path: make it relative (the same folder). A default remote inside *another* workspace means
+    this one was copied from it: say so, since it would push into the original's remote."""
+    from configobj import ConfigObj  # DVC's own config reader; DVC's API shows resolved paths only
+
+    name = repo.config["core"].get("remote")
+    raw = ConfigObj(str(root / ".dvc" / "config")).get(f'remote "{name}"', {}) if name else {}
+    url = raw.get("url", "")
+    if not url or "://" in url or not Path(url).is_absolute():
+        return
+    path = Path(url)
+    if path == root / ".dvc-remote":
+        with repo.config.edit() as conf:
+            conf["remote"][name]["url"] = ".dvc-remote"  # relative to the cwd (the root), stored relative
+    elif path.name == ".dvc-remote" and (path.parent / ".dvc").is_dir() and path.parent != root:
+        log.warning("this workspace's DVC remote %s is the default remote of another workspace (%s): it was "
+                    "probably copied from there. To give it its own: dvc remote modify %s url ../.dvc-remote",
+                    path, path.parent, name)
+
+
 def init_workspace(dest: str | os.PathLike, *, remote: str | os.PathLike | None = None,
                    params_text: str | None = None) -> Workspace:
     """Create a workspace: files from the template, git init, dvc init, a local DVC remote."""
@@ -128,6 +197,11 @@ def init_workspace(dest: str | os.PathLike, *, remote: str | os.PathLike | None 
     (root / "data" / "inbox" / ".gitkeep").touch()
     remote_dir = Path(remote).expanduser().resolve() if remote else root / ".dvc-remote"
     remote_dir.mkdir(parents=True, exist_ok=True)
+    # The default remote lives in the workspace and is named by a relative path (DVC stores it
+    # relative to .dvc/config and resolves it from there): a copied workspace pushes into its own
+    # copy, not into the original's remote. DVC reads a relative path given here from the cwd,
+    # which is the root below.
+    remote_url = ".dvc-remote" if not remote else str(remote_dir)
     if not (root / ".git").exists():
         git(root, "init", "-q", "-b", "main")
     # Commits need an identity; CI machines often have none. Set one locally only if missing.
@@ -144,7 +218,7 @@ def init_workspace(dest: str | os.PathLike, *, remote: str | os.PathLike | None 
             # images take their disk space once. DVC makes linked files read-only, which keeps
             # an edit in place from corrupting the cache: replace an image, do not edit it.
             conf["cache"]["type"] = "hardlink,copy"
-            conf["remote"]["local"] = {"url": str(remote_dir)}
+            conf["remote"]["local"] = {"url": remote_url}
     write_parts_index(root, {})
     # The remote config is committed before any round tag: `dvc fetch` at a tag reads that
     # tag's own .dvc/config.
@@ -276,20 +350,35 @@ def version(ws: Workspace, round_no: int, message: str, parts: dict[str, str] | 
                 if stage.cmd and (stage.name != "scan" or rescan):
                     repo.commit(f"dvc.yaml:{stage.name}", force=True)
             push = [str(Path(t).with_name(Path(t).name + ".dvc")) for t in targets] + ["dvc.yaml"]
-            pushed = repo.push(targets=push)
+            _own_default_remote(repo, ws.root)
+            remote_dir = _local_remote(repo)
+            if remote_dir is not None and not (remote_dir / REMOTE_MARKER).is_file() and ws.round_tags():
+                # A new, emptied or replaced remote: pushing only this round's changes would leave
+                # the earlier rounds' objects missing from it. Push every tag's, once.
+                log.warning("DVC remote %s holds no coldstart marker: sending it every round's data", remote_dir)
+                pushed = _fill_local_remote(Path(repo.cache.local.path), remote_dir) + repo.push()
+            else:
+                pushed = repo.push(targets=push)
+            if remote_dir is not None:
+                atomic_write_text(remote_dir / REMOTE_MARKER, json.dumps({"workspace": str(ws.root),
+                                                                          "round": round_no}) + "\n")
         log.info("dvc push: %s object(s) sent to the remote", pushed)
-    except DvcException as e:
+    except (DvcException, OSError) as e:
         hint = ("add the missing section to params.yaml (dvc.yaml declares it as a parameter)"
-                if "missing from" in str(e) else "check the DVC remote with `dvc remote list` and `dvc push`")
+                if "missing from" in str(e) else
+                "check that the DVC remote exists and is writable (`dvc remote list`, then `dvc push`)")
         raise VersioningError(
-            f"DVC could not record round {round_no}: {str(e).rstrip('.')}. The round's data is intact in data/, "
-            f"but it was not tagged; {hint}, then run the next round, which records it."
+            f"DVC could not record round {round_no}: {type(e).__name__ if isinstance(e, OSError) else ''}"
+            f"{' ' if isinstance(e, OSError) else ''}{str(e).rstrip('.')}. The round's data is intact in data/, "
+            f"but it was not tagged; {hint}, then run the next round, which records it and pushes what the "
+            f"remote lacks."
         ) from e
     git(ws.root, "add", "-A")
-    if git(ws.root, "status", "--porcelain"):
-        git(ws.root, "commit", "-q", "-m", message)
-    else:
-        git(ws.root, "commit", "-q", "--allow-empty", "-m", message)
+    # A round killed between its commit and its tag left that commit: amend it, so that one round
+    # is one commit.
+    head_msg = git(ws.root, "log", "-1", "--format=%s", check=False)
+    retry = head_msg.startswith(f"coldstart round {round_no}:") and not git(ws.root, "tag", "--points-at", "HEAD")
+    git(ws.root, "commit", "-q", "--allow-empty", *(["--amend"] if retry else []), "-m", message)
     git(ws.root, "tag", "-a", tag, "-m", message)
     # Only now: the parts are committed, pushed and tagged.
     atomic_write_text(marker, json.dumps({"scan": scan_params, "parts": digests}, sort_keys=True))

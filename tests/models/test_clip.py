@@ -66,6 +66,30 @@ def test_local_checkpoint_path_is_loaded(tiny_clip, tmp_path):
     assert not np.allclose(tiny_clip.encode_images(x), expected, atol=1e-3)
 
 
+def test_local_dir_as_documented_is_loaded(tiny_clip, tmp_path):
+    """model.pretrained: local-dir:/folder (open_clip_config.json + a checkpoint), as the README
+    documents; open_clip itself takes the folder as the model name."""
+    import json
+
+    from safetensors.torch import save_file
+
+    torch.manual_seed(321)
+    other, _, _ = open_clip.create_model_and_transforms("coldstart-tiny", pretrained=None)
+    folder = tmp_path / "weights"
+    folder.mkdir()
+    (folder / "open_clip_config.json").write_text(json.dumps({"model_cfg": open_clip.get_model_config("coldstart-tiny")}))
+    save_file({k: v.contiguous() for k, v in other.state_dict().items()}, folder / "open_clip_model.safetensors")
+    cfg = ClipConfig("coldstart-tiny", f"local-dir:{folder}", "cpu")
+    loaded = load_clip(cfg)
+    assert loaded.model_id.startswith("coldstart-tiny@dir-") and loaded.model_id == model_id_for(cfg)
+    x = torch.rand(2, 3, 64, 64)
+    with torch.inference_mode():
+        expected = torch.nn.functional.normalize(other.eval().encode_image(x), dim=-1).numpy()
+    np.testing.assert_allclose(loaded.encode_images(x), expected, atol=1e-5)
+    assert loaded.tokenizer(["a photo"]).shape[-1] == open_clip.get_model_config("coldstart-tiny")["text_cfg"][
+        "context_length"]
+
+
 def test_missing_weights_fail_with_instructions(tmp_path):
     with pytest.raises(WeightsUnavailableError, match="does not exist"):
         load_clip(ClipConfig("coldstart-tiny", str(tmp_path / "nope.safetensors"), "cpu"))
