@@ -65,7 +65,8 @@ def run_round(ws: Workspace, force: bool = False) -> RoundRecord:
         rec.track = track_task(ws, params, n, rec.metrics(), rec.artifacts(ws), rec.train)
     rec.save(ws.metrics_dir / "round.json")  # the round's own record, committed with its tag
     with rec.timed("version"):  # dvc commit + push, git commit, tag round-NNN
-        rec.version = version_task(ws, n, rec.commit_message(), rec.scan.parts, rec.scan.hashed)
+        rec.version = version_task(ws, n, rec.commit_message(), rec.scan.parts, rec.scan.hashed,
+                                   rec.scan.unversionable)
     link_run_task(ws, params, rec.run_id, rec.version.commit, rec.version.tag, rec.audit)
     publish(rec)
     if rec.track.error:

@@ -350,6 +350,9 @@ class ScanResult(StageResult):
     # version stage re-adds to DVC only the parts whose digest changed.
     parts: dict[str, str] = field(default_factory=dict, metadata=IN_MEMORY)
     hashed: HashedFiles = field(default_factory=HashedFiles, metadata=IN_MEMORY)  # for the version stage
+    # Entries nothing may open or list (special files, links refused, names that are not UTF-8 or
+    # hold control characters), relative to data/images: the version stage has DVC ignore them.
+    unversionable: list[str] = field(default_factory=list, metadata=IN_MEMORY)
     changed: bool = True  # the manifest or the quarantine list changed (files came, went or changed)
 
     def metrics(self) -> dict[str, float | None]:
@@ -480,12 +483,16 @@ def scan(ws: Workspace, cfg: ScanConfig, round_no: int) -> ScanResult:
         quarantine.append(dict(path=shown, sha256=sha, size_bytes=st.st_size, mtime_ns=st.st_mtime_ns, reason=reason,
                                round=before["round"] if same else round_no))
 
+    unversionable: list[str] = []
     for p, rel, st, problem in _walk(ws.images):
+        problem = name_problem(rel) or problem
+        if problem:
+            unversionable.append(rel)  # nor may DVC open it, or git list it: data/images/.dvcignore
         digests.add(rel, st)  # every file DVC tracks, image or not
         if exts is not None and os.path.splitext(rel)[1].lower() not in exts:
             continue
         # Refused without opening: bad names, special files and links, empty or oversized files.
-        problem = name_problem(rel) or problem or size_problem(st.st_size, cfg)
+        problem = problem or size_problem(st.st_size, cfg)
         if problem:
             refuse(rel, "", st, problem)
             continue
@@ -554,7 +561,8 @@ def scan(ws: Workspace, cfg: ScanConfig, round_no: int) -> ScanResult:
     write_csv(ws.quarantine, QUARANTINE_FIELDS, quarantine)
     return ScanResult(images=len(ids), files=len(seen) + len(quarantine), new_images=len(new_rows),
                       quarantined=len(quarantine), duplicates=len(seen) - len(ids), parts=digests.result(),
-                      hashed=hashed, changed=wrote or quarantine_changed or bool(changed) or bool(deleted))
+                      hashed=hashed, unversionable=unversionable,
+                      changed=wrote or quarantine_changed or bool(changed) or bool(deleted))
 
 
 def image_table(ws: Workspace) -> dict[str, str]:

@@ -12,6 +12,7 @@ import logging
 import os
 import shutil
 import subprocess
+import unicodedata
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -21,7 +22,7 @@ from prefect.cache_policies import NO_CACHE
 
 from coldstart.tasks.errors import VersioningError, WorkspaceError
 from coldstart.tasks.result import StageResult
-from coldstart.tasks.scan import HashedFiles, part_digests
+from coldstart.tasks.scan import HashedFiles, name_problem, part_digests
 from coldstart.tasks.workspace import Workspace, atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -45,7 +46,10 @@ PARTS_INDEX = "data/image-parts.json"  # the scan stage's dependency in dvc.yaml
 
 def git(root: Path, *args: str, check: bool = True) -> str:
     try:
-        proc = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True)
+        # surrogateescape: a file name that is not UTF-8 (quarantined by the scan) must not make
+        # git's output undecodable.
+        proc = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, encoding="utf-8",
+                              errors="surrogateescape")
     except FileNotFoundError as e:
         raise VersioningError("git is not installed; coldstart workspaces are git repositories") from e
     if check and proc.returncode != 0:
@@ -133,6 +137,45 @@ def _local_remote(repo) -> Path | None:
     if not url or "://" in url:
         return None
     return Path(url)  # DVC resolves a relative URL against .dvc/ when it loads the config
+
+
+IGNORE_BEGIN = ("# coldstart: entries of data/images that DVC must not open (special files, refused links,\n"
+                "# names that are not UTF-8 or hold control characters); the scan lists each in\n"
+                "# data/store/quarantine.csv. Written by each round: edit outside this block.\n")
+IGNORE_END = "# coldstart: end\n"
+
+
+def _ignore_pattern(rel: str) -> str:
+    """A .dvcignore (gitignore syntax) pattern matching exactly data/images/``rel``; characters
+    a pattern cannot hold (undecodable bytes, control characters) match as ``?``."""
+    out = []
+    for c in rel:
+        if 0xDC80 <= ord(c) <= 0xDCFF or unicodedata.category(c) in ("Cc", "Zl", "Zp"):
+            out.append("?")
+        elif c in "\\*?[":
+            out.append("\\" + c)
+        else:
+            out.append(c)
+    pattern = "".join(out)
+    if pattern.endswith(" "):
+        pattern = pattern[:-1] + "\\ "
+    return "/data/images/" + pattern
+
+
+def write_dvcignore_block(root: Path, unversionable: list[str]) -> bool:
+    """The workspace's .dvcignore with coldstart's block listing ``unversionable`` (the scan's
+    list, relative to data/images); return whether the file changed. A nested .dvcignore in
+    data/images would not do: the root one ignores hidden files there, that one included."""
+    path = root / ".dvcignore"
+    old = path.read_text(encoding="utf-8") if path.is_file() else ""
+    start, end = old.find(IGNORE_BEGIN), old.find(IGNORE_END)
+    rest = old[:start] + old[end + len(IGNORE_END):] if 0 <= start < end else old
+    block = IGNORE_BEGIN + "".join(_ignore_pattern(r) + "\n" for r in sorted(unversionable)) + IGNORE_END
+    text = (rest if rest.endswith("\n") or not rest else rest + "\n") + (block if unversionable else "")
+    if text == old:
+        return False
+    atomic_write_text(path, text)
+    return True
 
 
 def _fill_local_remote(cache: Path, remote: Path) -> int:
@@ -227,12 +270,13 @@ def init_workspace(dest: str | os.PathLike, *, remote: str | os.PathLike | None 
     return Workspace(root)
 
 
-def _targets(images: Path, part: str) -> list[Path]:
-    """What DVC tracks for one image part: the folder, or for "" each loose file on its own."""
+def _targets(images: Path, part: str, skip: set[str] = frozenset()) -> list[Path]:
+    """What DVC tracks for one image part: the folder, or for "" each loose file on its own
+    (except those in ``skip``: entries DVC must not open, see ScanResult.unversionable)."""
     if part:
         return [images / part]
     return sorted(p for p in images.iterdir() if p.is_file() and not p.name.startswith(".")
-                  and p.suffix != ".dvc")
+                  and p.suffix != ".dvc" and p.name not in skip)
 
 
 def _tracked(images: Path) -> dict[str, Path]:
@@ -296,7 +340,7 @@ def _hand_hashes_to_dvc(repo, hashed: HashedFiles) -> int:
 
 
 def version(ws: Workspace, round_no: int, message: str, parts: dict[str, str] | None = None,
-            hashed: HashedFiles | None = None) -> VersionResult:
+            hashed: HashedFiles | None = None, unversionable: list[str] | None = None) -> VersionResult:
     """The version stage: DVC-add the image parts that changed, commit the stages, push what
     changed; git commit; tag ``round-NNN``.
 
@@ -323,6 +367,12 @@ def version(ws: Workspace, round_no: int, message: str, parts: dict[str, str] | 
     old = before.get("parts", {})
     tracked = _tracked(ws.images)
     changed = [p for p, d in digests.items() if old.get(p) != d or (p and p not in tracked)]
+    if unversionable is not None and write_dvcignore_block(ws.root, unversionable):
+        changed = sorted(set(changed) | {r.split("/", 1)[0] if "/" in r else "" for r in unversionable})
+    # A folder whose own name is not UTF-8 (or holds control characters) cannot be a .dvc file's
+    # name: it stays out of versioning until renamed (the scan quarantined each of its files).
+    changed = [p for p in changed if not (p and name_problem(p))]
+    skip = set(unversionable or ())
     loose = {t.name for t in _targets(ws.images, "")}
     gone = [name for name in tracked if name not in digests and name not in loose]  # deleted or emptied
     legacy = ws.root / "data" / "images.dvc"  # workspaces from before parts: one .dvc for the whole folder
@@ -336,7 +386,7 @@ def version(ws: Workspace, round_no: int, message: str, parts: dict[str, str] | 
                 changed = sorted(digests)
             for name in gone:
                 repo.remove(str(tracked[name]), outs=False)
-            targets = [str(t) for p in changed for t in _targets(ws.images, p)]
+            targets = [str(t) for p in changed for t in _targets(ws.images, p, skip)]
             # Checkpoints and big files a user put in the workspace: DVC, not git.
             targets += [str(p) for p in big_files(ws, params.versioning.git_max_file_mb)]
             if targets:
@@ -387,5 +437,5 @@ def version(ws: Workspace, round_no: int, message: str, parts: dict[str, str] | 
 
 @task(name="version", cache_policy=NO_CACHE)
 def version_task(ws: Workspace, round_no: int, message: str, parts: dict[str, str] | None = None,
-                 hashed: HashedFiles | None = None) -> VersionResult:
-    return version(ws, round_no, message, parts, hashed)
+                 hashed: HashedFiles | None = None, unversionable: list[str] | None = None) -> VersionResult:
+    return version(ws, round_no, message, parts, hashed, unversionable)
