@@ -46,7 +46,7 @@ def tracking_uri(ws: Workspace, params: Params) -> str:
     uri = params.tracking.uri or f"sqlite:///{ws.root / 'mlflow.db'}"
     if uri.startswith(("http://", "https://")):
         for key, value in (("MLFLOW_HTTP_REQUEST_TIMEOUT", "4"), ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1"),
-                           ("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "0.5")):
+                           ("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")):
             os.environ.setdefault(key, value)
     return uri
 
