@@ -279,6 +279,9 @@ class IntakeConfig(_Section):
     CSV or an export, no label column, bad encoding) is rejected whole either way."""
 
     on_error: Literal["reject_file", "keep_good_rows"] = "keep_good_rows"
+    # Bigger answer files are rejected unread ("split it"): parsing memory grows with the file,
+    # and a review batch's answers are a few MB at most.
+    max_file_mb: float = Field(50.0, gt=0)
 
 
 class VersioningConfig(_Section):

@@ -14,11 +14,21 @@ class WorkspaceError(ColdstartError):
 class LabelFileError(ColdstartError):
     """A human label file was rejected whole; ``problems`` lists every problem with its row."""
 
-    def __init__(self, path: str, problems: list[str]):
+    def __init__(self, path: str, problems: list[str], *, total: int | None = None):
+        """``problems``: the ones to list (intake lists the first 50); ``total``: how many there
+        were in all, when more than listed."""
         self.path = path
         self.problems = list(problems)
+        self.total = max(total or 0, len(self.problems))
         listed = "\n".join(f"  - {p}" for p in self.problems)
-        super().__init__(f"{path}: rejected, nothing merged ({len(self.problems)} problem(s)):\n{listed}")
+        if self.total > len(self.problems):
+            listed += f"\n  - ... and {self.total - len(self.problems)} more"
+        super().__init__(f"{path}: rejected, nothing merged ({self.total} problem(s)):\n{listed}")
+
+
+class LabelLogError(ColdstartError):
+    """The label-event log could not be written (disk full, I/O error) or read (a corrupt line):
+    the labels already in it are intact, and the answer files stay in data/inbox/ to retry."""
 
 
 class SelectionError(ColdstartError):

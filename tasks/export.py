@@ -3,7 +3,8 @@
 One row per file path (duplicate files each listed, sharing their content's label), from the
 manifest and the resolved table as a round left them. Formats:
 
-- ``csv``: path, image_id, label, source (human or the model kind), confidence, round;
+- ``csv``: path, image_id, label, source (human or the model kind), confidence, round; text cells
+  a spreadsheet would run as a formula get a leading ``'`` (intake reads the file back as answers);
 - ``imagefolder``: ``OUT/<label>/<path with "/" as "__">``, symlinks to the images (``copy``:
   copies), loadable as-is by ``torchvision.datasets.ImageFolder``;
 - ``labelstudio``: a tasks JSON with each label as a pre-annotation, plus ``label_config.xml``;
@@ -81,7 +82,7 @@ def export(ws: Workspace, fmt: str, out: Path, *, round_no: int | None = None, m
     rows, skipped = labeled_files(ws, round_no, min_confidence)
     out = Path(out).expanduser().resolve()
     if fmt == "csv":
-        write_csv(out, CSV_FIELDS, [{k: r[k] for k in CSV_FIELDS} for r in rows])
+        write_csv(out, CSV_FIELDS, [{k: r[k] for k in CSV_FIELDS} for r in rows], escape_formulas=True)
     elif fmt == "imagefolder":
         if out.exists() and any(out.iterdir()):
             raise WorkspaceError(f"{out} is not empty: give a new folder for an ImageFolder export")

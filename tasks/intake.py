@@ -15,26 +15,38 @@ an image is its latest event.
 
 from __future__ import annotations
 
+import codecs
 import csv
 import datetime as dt
 import hashlib
 import io
 import json
 import logging
+import os
 import re
 import shutil
+import stat
+import tempfile
 import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
+from typing import Iterator
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from coldstart.tasks import labelstudio
-from coldstart.tasks.errors import LabelFileError
+from coldstart.tasks.errors import LabelFileError, LabelLogError
 from coldstart.tasks.manifest import read_manifest_table
 from coldstart.tasks.result import StageResult
-from coldstart.tasks.workspace import Workspace, atomic_write_bytes, atomic_write_text, read_csv, write_csv
+from coldstart.tasks.workspace import (
+    Workspace,
+    atomic_write_bytes,
+    atomic_write_text,
+    read_csv,
+    unescape_formula,
+    write_csv,
+)
 
 log = logging.getLogger(__name__)
 
@@ -73,13 +85,51 @@ class IntakeResult(StageResult):
 
 
 def read_events(ws: Workspace) -> list[LabelEvent]:
+    """Every event in the log, oldest first. A torn last line (a crash or a full disk mid-append
+    elsewhere) is left out with a warning; the next intake sets it aside (see repair_log)."""
     if not ws.events.is_file():
         return []
+    complete, torn = _split_torn(ws.events.read_bytes())
+    if torn:
+        log.warning("%s ends with a torn line (%d bytes) that is not an event; it is left out, and the next intake "
+                    "saves it aside", ws.rel(ws.events), len(torn))
     events = []
-    for line in ws.events.read_text(encoding="utf-8").splitlines():
+    for n, line in enumerate(complete.split(b"\n"), start=1):
         if line.strip():
-            events.append(LabelEvent(**json.loads(line)))
+            try:
+                events.append(LabelEvent(**json.loads(line)))
+            except (ValueError, TypeError) as e:
+                raise LabelLogError(f"{ws.rel(ws.events)} line {n} is not a label event ({str(e)[:200]}); restore "
+                                    f"the file from git/DVC or delete that line") from None
     return events
+
+
+def _split_torn(data: bytes) -> tuple[bytes, bytes]:
+    """The log's bytes -> (complete lines, each ending in a newline; a torn last line or b"")."""
+    if not data or data.endswith(b"\n"):
+        return data, b""
+    cut = data.rfind(b"\n") + 1
+    try:  # the last event written whole, only its newline missing: keep it
+        LabelEvent(**json.loads(data[cut:]))
+        return data + b"\n", b""
+    except (ValueError, TypeError):
+        return data[:cut], data[cut:]
+
+
+def repair_log(ws: Workspace) -> Path | None:
+    """Cut a torn last line off the event log, saving its bytes to
+    ``.coldstart/torn/events.jsonl.torn-<UTC time>`` (returned). Call with the workspace lock held."""
+    if not ws.events.is_file():
+        return None
+    complete, torn = _split_torn(ws.events.read_bytes())
+    if not torn:
+        return None
+    aside = ws.state_dir / "torn" / f"events.jsonl.torn-{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%S%fZ}"
+    atomic_write_bytes(aside, torn)
+    atomic_write_bytes(ws.events, complete)
+    log.warning("%s ended with a torn line (a crash or a full disk mid-write); the complete events are kept and the "
+                "%d torn bytes were saved to %s", ws.rel(ws.events), len(torn), ws.rel(aside))
+    return aside
 
 
 def human_labels(events: list[LabelEvent]) -> dict[str, str]:
@@ -87,159 +137,364 @@ def human_labels(events: list[LabelEvent]) -> dict[str, str]:
     return {e.image_id: e.label for e in events}
 
 
-def _decode(raw: bytes) -> tuple[str, str]:
-    # UTF-8 (with or without BOM) first; GB18030 is what Excel writes on Chinese Windows. A
-    # wrong guess cannot merge silently: labels must then match the ontology exactly.
-    for enc in ("utf-8-sig", "gb18030"):
-        try:
-            return raw.decode(enc), enc
-        except UnicodeDecodeError:
-            continue
-    raise UnicodeDecodeError("utf-8", raw, 0, 1, "neither UTF-8 nor GB18030")
+# --- reading an answer file -------------------------------------------------------------------------
+
+NOT_UTF8 = "not UTF-8; save it as UTF-8 (Excel: CSV UTF-8)"
+_CHUNK = 1 << 20
+# What Chinese text decoded from GB2312 bytes is made of: ideographs, CJK and fullwidth
+# punctuation. Anything else (a cp1252 "é" read as GB18030 becomes an odd ideograph or a
+# Greek letter) means the guess was wrong.
+_NOT_CJK = re.compile("[^\x00-\x7f\u4e00-\u9fff\u3400-\u4dbf\uf900-\ufaff\u3000-\u303f\uff00-\uffef"
+                      "\u2010-\u2027\u00b7]")
 
 
-def _clean(value: str | None) -> str:
-    value = unicodedata.normalize("NFC", (value or "").strip())
-    # Our exported CSVs escape formula-like cells with a leading apostrophe; undo it on import.
-    if value.startswith("'") and value[1:2] in ("=", "+", "-", "@"):
-        value = value[1:]
-    return value
-
-
-def _resolve_image(ref: str, by_path: dict[str, str], known: set[str],
-                   quarantined: dict[str, str]) -> tuple[str | None, str | None]:
-    """An image reference (content id or path under the image root) -> (image id, problem)."""
-    low = ref.lower()
-    if HEX64.match(low):
-        return (low, None) if low in known else (None, f"unknown image id {ref}")
-    if "://" in ref or low.startswith("file:"):
-        return None, f"{ref!r} is a URL; give the image's path relative to data/images/ or its sha256 id"
-    ref_posix = ref.replace("\\", "/")
-    if ref_posix.startswith("data/images/"):
-        ref_posix = ref_posix[len("data/images/"):]
-    p = PurePosixPath(ref_posix)
-    if p.is_absolute() or ".." in p.parts or re.match(r"^[A-Za-z]:", ref_posix):
-        return None, f"path {ref!r} points outside the image root data/images/; give a path relative to it"
-    key = p.as_posix()
-    if key in by_path:
-        return by_path[key], None
-    if key in quarantined:
-        return None, f"image {ref!r} is quarantined ({quarantined[key]}); fix or replace the file first"
-    return None, f"unknown image {ref!r}: no such file under data/images/ (run a round to scan new images)"
-
-
-def _csv_rows(path: Path, raw: bytes) -> tuple[list[tuple[str, dict]], list[str], list[str]]:
-    """A CSV's data rows as ("row N", {column: value}) and its image-reference columns.
-
-    Row numbers count the header as row 1, as a spreadsheet shows them.
-    """
+def _decodes(raw: bytes, encoding: str, bad: re.Pattern | None = None) -> bool:
+    """Whether ``raw`` is valid ``encoding`` (decoded a chunk at a time) with no char ``bad`` matches."""
+    dec, view = codecs.getincrementaldecoder(encoding)(), memoryview(raw)
     try:
-        text, _ = _decode(raw)
+        for i in range(0, max(len(raw), 1), _CHUNK):
+            text = dec.decode(view[i:i + _CHUNK], final=i + _CHUNK >= len(raw))
+            if bad is not None and bad.search(text):
+                return False
     except UnicodeDecodeError:
-        raise LabelFileError(str(path), ["file is neither UTF-8 nor GB18030 text; save it as 'CSV UTF-8'"]) from None
-    if not text.strip():
-        raise LabelFileError(str(path), ["file is empty; expected a header row with columns image,label[,annotator]"])
+        return False
+    return True
+
+
+def text_encoding(raw: bytes) -> str | None:
+    """The encoding to read an answer file with: UTF-8 (with or without BOM), or GB18030 (Excel
+    on Chinese Windows) only when the bytes are GB2312 and decode to Chinese text; else None.
+    A cp1252 file ("José") would decode as GB18030 too, into wrong text: it is refused instead."""
+    if raw[:2] in (b"\xff\xfe", b"\xfe\xff") or b"\x00" in raw:  # UTF-16, or not text at all
+        return None
+    if _decodes(raw, "utf-8"):
+        return "utf-8-sig"
+    return "gb18030" if _decodes(raw, "gb2312", _NOT_CJK) else None
+
+
+def read_answer_file(path: Path, rel: str, max_bytes: int) -> bytes:
+    """The bytes of the inbox entry ``path``; LabelFileError (for ``rel``) for a symlink, a
+    folder, a FIFO or device (never opened: a FIFO would block the round), or a file over
+    ``max_bytes`` (checked before reading)."""
+    st = os.lstat(path)
+    if stat.S_ISLNK(st.st_mode):
+        raise LabelFileError(rel, ["a symlink; copy the file itself into data/inbox/"])
+    if not stat.S_ISREG(st.st_mode):
+        raise LabelFileError(rel, ["not a regular file (a FIFO, socket or device); drop answer files into data/inbox/"])
+    too_big = LabelFileError(rel, [f"file is {st.st_size / 2**20:.1f} MB, over intake.max_file_mb "
+                                   f"({max_bytes / 2**20:g} MB); split it into files under {max_bytes / 2**20:g} MB"])
+    if st.st_size > max_bytes:
+        raise too_big
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)  # swapped since the lstat: still safe
     try:
-        reader = csv.DictReader(io.StringIO(text, newline=""))
-        rows = list(reader)
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise LabelFileError(rel, ["not a regular file; drop answer files into data/inbox/"])
+        with os.fdopen(os.dup(fd), "rb") as f:
+            raw = f.read(max_bytes + 1)
+    finally:
+        os.close(fd)
+    if len(raw) > max_bytes:  # grew since the stat
+        raise too_big
+    return raw
+
+
+def _csv_rows(source: str, raw: bytes) -> tuple[Iterator[tuple[str, int, dict, str | None]], list[str], str]:
+    """A CSV's data rows, streamed, as ("row N", N, {column: cell as written}, problem or None),
+    its image-reference columns and its encoding. Rows are numbered as a spreadsheet shows them (the header is
+    row 1). A file that is not a plain CSV table (encoding, header, a duplicated column, a quoted
+    cell running over several lines: an unclosed quote that swallows rows) raises LabelFileError,
+    also midway through the rows."""
+    encoding = text_encoding(raw)
+    if encoding is None:
+        raise LabelFileError(source, [NOT_UTF8])
+    text = io.TextIOWrapper(io.BytesIO(raw), encoding=encoding, newline="")
+    reader = csv.reader(text, strict=True)
+    try:
+        header = next((r for r in reader if any(c.strip() for c in r)), None)
     except csv.Error as e:
-        raise LabelFileError(str(path), [f"not a readable CSV: {e}"]) from None
-    header = [_clean(h).lower() for h in (reader.fieldnames or [])]
-    id_cols = [c for c in IMAGE_COLUMNS if c in header]
-    if not id_cols or "label" not in header:
-        raise LabelFileError(str(path), [
-            f"header {header} must have a 'label' column and one of {', '.join(IMAGE_COLUMNS)} "
+        raise LabelFileError(source, [f"line {reader.line_num}: not a readable CSV ({e})"]) from None
+    if header is None:
+        raise LabelFileError(source, ["file is empty; expected a header row with columns image,label[,annotator]"])
+    names = [unicodedata.normalize("NFC", unescape_formula(h.strip())).lower() for h in header]
+    twice = sorted({n for n in names if n and names.count(n) > 1})
+    if twice:
+        raise LabelFileError(source, [f"column {n!r} appears twice in the header; keep one" for n in twice])
+    id_cols = [c for c in IMAGE_COLUMNS if c in names]
+    if not id_cols or "label" not in names:
+        raise LabelFileError(source, [
+            f"header {names[:20]} must have a 'label' column and one of {', '.join(IMAGE_COLUMNS)} "
             f"(the review CSVs that coldstart exports have both)"])
-    return [(f"row {n}", {_clean(k).lower(): _clean(v) for k, v in row.items() if k is not None})
-            for n, row in enumerate(rows, start=2)], id_cols, []
+
+    def rows() -> Iterator[tuple[str, int, dict, str | None]]:
+        last = reader.line_num
+        while True:
+            try:
+                cells = next(reader, None)
+            except csv.Error as e:
+                hint = ": an unclosed quote \" swallows the rows after it" if "end of data" in str(e) else ""
+                raise LabelFileError(source, [f"line {reader.line_num}: not a readable CSV ({e}){hint}"]) from None
+            if cells is None:
+                return
+            first, last = last + 1, reader.line_num
+            if any("\n" in c or "\r" in c for c in cells):
+                raise LabelFileError(source, [
+                    f"row {first}: a quoted cell runs over lines {first}-{last} (an unclosed quote \"?); the rows "
+                    f"in it would be lost: fix the quote or save the file again as CSV"])
+            if not any(c.strip() for c in cells):
+                continue  # an empty line
+            row = {n: c for n, c in zip(names, cells) if n}
+            problem = None
+            if len(cells) < len(names):
+                problem = f"has {len(cells)} field(s), the header has {len(names)}: a comma is missing"
+            elif any(c.strip() for c in cells[len(names):]) or any(c.strip() for n, c in zip(names, cells) if not n):
+                extra = [c for c in cells[len(names):] if c.strip()]
+                row["extra fields"] = ",".join(extra)
+                problem = f"has values outside the header's columns ({', '.join(map(repr, extra[:3]))}): a comma too many?"
+            yield f"row {first}", first, row, problem
+
+    return rows(), id_cols, encoding
 
 
-def _label_studio_rows(path: Path, raw: bytes) -> tuple[list[tuple[str, dict]], list[str], list[str]]:
-    """A Label Studio JSON export as ("task N (id X)", {image_id, path, label, annotator}) rows,
-    its image-reference columns, and the problems found by task (see tasks/labelstudio.py)."""
-    try:
-        text, _ = _decode(raw)
-    except UnicodeDecodeError as e:
-        raise LabelFileError(str(path), [f"not a readable JSON file: {e}"]) from None
-    rows, problems = labelstudio.parse_export(text, str(path))
-    return ([(where, {k: _clean(v) for k, v in row.items()}) for where, row in rows],
-            list(labelstudio.IMAGE_KEYS), problems)
+def _label_studio_rows(source: str, raw: bytes) -> tuple[Iterator[tuple[str, int, dict, str | None]], list[str], list[str]]:
+    """A Label Studio JSON export as ("task N (id X)", N, {image_id, path, label, annotator}, None)
+    rows, its image-reference columns, and the problems found by task (see tasks/labelstudio.py)."""
+    if not _decodes(raw, "utf-8"):
+        raise LabelFileError(source, [f"not a readable JSON file: {NOT_UTF8}"])
+    rows, problems = labelstudio.parse_export(raw.decode("utf-8-sig"), source)
+    return ((where, int(where.split()[1]), row, None) for where, row in rows), list(labelstudio.IMAGE_KEYS), problems
+
+
+# --- validating it --------------------------------------------------------------------------------
+
+MAX_LISTED = 50  # problems listed in an .errors.txt, the terminal and the round summary; the .rows.csv has all
+
+
+class Problems:
+    """Problem messages: all counted, the first MAX_LISTED kept."""
+
+    def __init__(self) -> None:
+        self.listed: list[str] = []
+        self.count = 0
+
+    def add(self, message: str) -> None:
+        self.count += 1
+        if len(self.listed) < MAX_LISTED:
+            self.listed.append(message)
+
+
+class RowSpool:
+    """Rows set aside, as (row, reason), on disk rather than in memory: a big file of bad rows
+    costs a temp file the size of the rows, not a list of dicts many times that."""
+
+    def __init__(self) -> None:
+        self._file = tempfile.TemporaryFile("w+", encoding="utf-8")
+        self._fields: dict[str, None] = {}
+        self._count = 0
+
+    def append(self, item: tuple[dict, str]) -> None:
+        row, reason = item
+        self._fields.update(dict.fromkeys(row))
+        self._file.write(json.dumps([row, reason], ensure_ascii=False) + "\n")
+        self._count += 1
+
+    def __len__(self) -> int:
+        return self._count
+
+    def __iter__(self) -> Iterator[tuple[dict, str]]:
+        self._file.seek(0)
+        for line in self._file:
+            row, reason = json.loads(line)
+            yield row, reason
+
+    def write_csv(self, path: Path) -> None:
+        """The rows with a ``reason`` column, formula-like cells escaped (people open it)."""
+        fields = list(dict.fromkeys([*self._fields, "reason"]))
+        write_csv(path, fields, ({**row, "reason": why} for row, why in self), escape_formulas=True)
+
+    def close(self) -> None:
+        self._file.close()
+
+
+def _variants(cell: str) -> list[str]:
+    """How a path or class cell may have been written, most literal first: as is, with our
+    formula escape undone, trimmed (typed by hand), Windows separators, a data/images/ prefix;
+    each in NFC (the manifest's paths are NFC)."""
+    out = []
+    for a in dict.fromkeys([cell, unescape_formula(cell)]):
+        for b in dict.fromkeys([a, a.strip(), unescape_formula(a.strip())]):
+            for c in dict.fromkeys([b, b.replace("\\", "/")]):
+                out += [c, c.removeprefix("data/images/")]
+    return list(dict.fromkeys(unicodedata.normalize("NFC", v) for v in out if v))
+
+
+class _Images:
+    """What answer rows are checked against: the manifest's paths and ids, the quarantine."""
+
+    def __init__(self, ws: Workspace) -> None:
+        self.root = ws.images
+        self.by_path = dict(zip(*read_manifest_table(ws, ["image_id"]).to_pydict().values()))
+        self.known = set(self.by_path.values())
+        self.quarantined = {r["path"]: r["reason"] for r in read_csv(ws.quarantine)}
+        self._names: dict[str, dict[str, int]] = {}  # folder -> NFC name -> files with it
+
+    def twins(self, key: str) -> bool:
+        """Whether two files under data/images/ have the name ``key`` after NFC normalisation."""
+        if key.isascii():
+            return False
+        folder, _, name = key.rpartition("/")
+        if folder not in self._names:
+            counts: dict[str, int] = {}
+            try:
+                for n in os.listdir(self.root / folder):
+                    n = unicodedata.normalize("NFC", n)
+                    counts[n] = counts.get(n, 0) + 1
+            except OSError:
+                pass
+            self._names[folder] = counts
+        return self._names[folder].get(name, 0) > 1
+
+    def resolve(self, ref: str, want: str | None = None) -> tuple[str | None, str | None]:
+        """A content id or path under the image root -> (image id, problem). With ``want`` (the
+        row's image_id), any way the path may have been written that names that image counts."""
+        low = ref.strip().lower()
+        if HEX64.match(low):
+            return (low, None) if low in self.known else (None, f"unknown image id {ref.strip()}")
+        found = quarantined = None
+        for key in _variants(ref):
+            got = self.by_path.get(key)
+            if got is not None and (want is None or got == want):
+                if want is None and self.twins(key):
+                    return None, (f"two files in data/images/ are named {key!r} up to Unicode normalisation (NFC); "
+                                  f"rename one, or give the image_id")
+                return got, None
+            found = found or got
+            if key in self.quarantined and quarantined is None:
+                quarantined = f"image {ref!r} is quarantined ({self.quarantined[key]}); fix or replace the file first"
+        if found is not None:
+            return found, None  # another image than ``want``: the caller says so
+        if quarantined:
+            return None, quarantined
+        plain = unescape_formula(ref.strip())
+        if "://" in plain or plain.lower().startswith("file:"):
+            return None, f"{ref!r} is a URL; give the image's path relative to data/images/ or its sha256 id"
+        p = PurePosixPath(plain.replace("\\", "/"))
+        if p.is_absolute() or ".." in p.parts or re.match(r"^[A-Za-z]:", plain):
+            return None, f"path {ref!r} points outside the image root data/images/; give a path relative to it"
+        return None, f"unknown image {ref!r}: no such file under data/images/ (run a round to scan new images)"
 
 
 def validate_file(path: Path, raw: bytes, ws: Workspace, classes: list[str], *,
-                  bad_rows: list[tuple[dict, str]] | None = None) -> tuple[list[tuple[int, str, str, str]], int]:
+                  bad_rows: list[tuple[dict, str]] | RowSpool | None = None) -> tuple[list[tuple[int, str, str, str]], int]:
     """Parse and validate one CSV or Label Studio JSON export.
 
     Returns ([(row number, image_id, label, annotator)], blank rows); raises LabelFileError
-    listing every problem with its row (or task). With ``bad_rows`` given (intake.on_error:
-    keep_good_rows), a problem in a row only drops that row: it is appended to ``bad_rows`` as
-    (row, reason) and the good rows are returned; a problem with the file itself (encoding,
-    header, a task as a whole) still rejects it whole.
+    listing the problems with their row (or task): the first MAX_LISTED, and how many more. With
+    ``bad_rows`` given (intake.on_error: keep_good_rows), a problem in a row only drops that row:
+    it is appended to ``bad_rows`` as (row, reason) and the good rows are returned; a problem with
+    the file itself (encoding, header, structure, a task as a whole) still rejects it whole.
+    Memory: the accepted rows (at most one per image) and the problems listed; rows are streamed.
     """
-    parse = _label_studio_rows if path.suffix.lower() == ".json" else _csv_rows
-    rows, id_cols, problems = parse(path, raw)  # problems: per task/row, all listed together
-    file_problems = list(problems)
-    by_path = dict(zip(*read_manifest_table(ws, ["image_id"]).to_pydict().values()))
-    known = set(by_path.values())
-    quarantined = {r["path"]: r["reason"] for r in read_csv(ws.quarantine)}
+    source = str(path)
+    if path.suffix.lower() == ".json":
+        rows, id_cols, file_problems = _label_studio_rows(source, raw)
+        guessed = False
+    else:
+        rows, id_cols, encoding = _csv_rows(source, raw)
+        file_problems, guessed = [], encoding == "gb18030"
+    problems = Problems()
+    for p in file_problems:
+        problems.add(p)
+    images = _Images(ws)
+    canonical = {c: c for c in classes}
     folded = {c.casefold(): c for c in classes}
+    annotators: dict[str, str] = {}
     accepted: list[tuple[int, str, str, str]] = []
     seen: dict[str, tuple[str, str]] = {}
     blank = 0
-    for number, (where, row) in enumerate(rows, start=1):
-        label = row.get("label", "")
-        if not label:
-            blank += 1  # an unanswered item of the batch: a skip, not an error
-            continue
-        problem = _row_problem(where, row, label, id_cols, by_path, known, quarantined, classes, folded, seen)
+    for where, number, row, problem in rows:
+        if problem is None:
+            if not unescape_formula(row.get("label", "").strip()).strip():
+                blank += 1  # an unanswered item of the batch: a skip, not an error
+                continue
+            problem = _row_problem(row, id_cols, images, canonical, folded, seen)
+        if guessed:
+            _check_guess(source, where, row, id_cols, problem)
         if isinstance(problem, str):
-            problems.append(f"{where}: {problem}")
+            problems.add(f"{where}: {problem}")
             if bad_rows is not None:
                 bad_rows.append((row, problem))
             continue
         if problem is None:
             continue  # the same answer twice: keep the first
-        image_id = problem[1]
+        _, image_id, label = problem
         seen[image_id] = (where, label)
-        accepted.append((int(where.split()[1]) if where.startswith("row") else number, image_id, label,
-                         row.get("annotator", "")))
-    if file_problems or (problems and bad_rows is None):
-        raise LabelFileError(str(path), problems)
+        who = unicodedata.normalize("NFC", unescape_formula(row.get("annotator", "").strip()))
+        accepted.append((number, image_id, label, annotators.setdefault(who, who)))
+    if file_problems or (problems.count and bad_rows is None):
+        raise LabelFileError(source, problems.listed, total=problems.count)
     if not accepted and not blank and not bad_rows:
-        raise LabelFileError(str(path), ["no data rows (or tasks)"])
+        raise LabelFileError(source, ["no data rows (or tasks)"])
     return accepted, blank
 
 
-def _row_problem(where, row, label, id_cols, by_path, known, quarantined, classes, folded, seen):
-    """What is wrong with one answered row (a message), or ("ok", image_id), or None for a
+_MIXED = re.compile("[A-Za-z][^\x00-\x7f]|[^\x00-\x7f][A-Za-z]")
+
+
+def _check_guess(source: str, where: str, row: dict, id_cols: list[str], problem) -> None:
+    """A file read as GB18030 is Chinese text only if its non-ASCII image and class cells name
+    known images and classes, and its annotator names do not run Latin letters into ideographs
+    (cp1252 "créée" decodes as "cr" + an ideograph + "e"): else LabelFileError, not UTF-8."""
+    cells = [row.get(c, "") for c in [*id_cols, "label"]]
+    if (isinstance(problem, str) and not all(c.isascii() for c in cells)) or _MIXED.search(row.get("annotator", "")):
+        raise LabelFileError(source, [f"{NOT_UTF8} (read as GB18030, {where} does not look like Chinese text)"])
+
+
+def _label(cell: str, canonical: dict[str, str]) -> str | None:
+    """The class a label cell names (the ontology's own string), or None."""
+    return next((canonical[v] for v in _variants(cell) if v in canonical), None)
+
+
+def _row_problem(row, id_cols, images, canonical, folded, seen):
+    """What is wrong with one answered row (a message), or ("ok", image_id, label), or None for a
     repeat of an answer already taken."""
-    refs = [row[c] for c in id_cols if row.get(c)]
-    if not refs:
-        return f"no image given ({', '.join(id_cols)} are empty)"
     image_id = None
+    given = row.get("image_id", "").strip() if "image_id" in id_cols else ""
+    if given:
+        if not HEX64.match(given.lower()):
+            return f"image_id {given[:80]!r} is not a sha256 (64 hex digits)"
+        image_id, problem = images.resolve(given)
+        if problem:
+            return problem
+    refs = [row[c] for c in id_cols if c != "image_id" and row.get(c, "").strip()]
+    if not refs and image_id is None:
+        return f"no image given ({', '.join(id_cols)} are empty)"
     for ref in refs:
-        got, problem = _resolve_image(ref, by_path, known, quarantined)
+        got, problem = images.resolve(ref, want=image_id)
         if problem:
             return problem
         if image_id is not None and got != image_id:
             return f"{', '.join(id_cols)} name different images"
         image_id = got
-    if label not in classes:
-        hint = f" (did you mean {folded[label.casefold()]!r}?)" if label.casefold() in folded else ""
-        shown = ", ".join(classes[:20]) + (" ..." if len(classes) > 20 else "")
-        return f"unknown class {label!r}{hint}; valid classes: {shown}"
+    label = _label(row["label"], canonical)
+    if label is None:
+        shown_label = unicodedata.normalize("NFC", unescape_formula(row["label"].strip()))
+        hint = f" (did you mean {folded[shown_label.casefold()]!r}?)" if shown_label.casefold() in folded else ""
+        names = list(canonical)
+        shown = ", ".join(names[:20]) + (" ..." if len(names) > 20 else "")
+        return f"unknown class {shown_label[:200]!r}{hint}; valid classes: {shown}"
     if image_id in seen and seen[image_id][1] != label:
         return f"conflicting labels for one image: {label!r} here, {seen[image_id][1]!r} in {seen[image_id][0]}"
     if image_id in seen:
         return None
-    return ("ok", image_id)
+    return ("ok", image_id, label)
+
+
+# --- the stage ------------------------------------------------------------------------------------
 
 
 def _append_events(ws: Workspace, events: list[LabelEvent]) -> None:
     # Whole-file atomic replace: the log is small text, and old-or-new beats a torn last line.
-    old = ws.events.read_bytes() if ws.events.is_file() else b""
-    if old and not old.endswith(b"\n"):
-        old += b"\n"
+    old, _ = _split_torn(ws.events.read_bytes() if ws.events.is_file() else b"")  # repair_log ran first
     new = "".join(json.dumps(e.__dict__, ensure_ascii=False) + "\n" for e in events).encode("utf-8")
     atomic_write_bytes(ws.events, old + new)
 
@@ -257,55 +512,91 @@ def _supersede(ws: Workspace, name: str) -> None:
 def _move_aside(src: Path, dest_dir: Path, digest: str) -> Path:
     dest_dir.mkdir(parents=True, exist_ok=True)
     dest = dest_dir / src.name
-    if dest.exists():
+    if os.path.lexists(dest):
         dest = dest_dir / f"{src.stem}.{digest[:8]}{src.suffix}"
-    shutil.move(str(src), dest)
+    os.replace(src, dest)  # the entry itself: a symlink stays a link, a FIFO is never opened
     return dest
 
 
 def intake(ws: Workspace, classes: list[str], round_no: int, *, annotator_default: str = "",
-           on_error: str = "keep_good_rows") -> IntakeResult:
+           on_error: str = "keep_good_rows", max_file_mb: float = 50.0) -> IntakeResult:
     """The intake stage: import every answer file at the top of data/inbox/ into its declared
     outputs, data/labels/events.jsonl and data/labels/imported/. Call with the workspace lock held.
-    ``on_error`` is params ``intake.on_error`` (see IntakeConfig)."""
+    ``on_error`` and ``max_file_mb`` are params ``intake.*`` (see IntakeConfig). Raises
+    LabelLogError if the log cannot be written (disk full): the log is intact, and that file and
+    the ones after it stay in the inbox."""
     result = IntakeResult()
     ws.inbox.mkdir(parents=True, exist_ok=True)
     ws.imported.mkdir(parents=True, exist_ok=True)
-    if not ws.events.exists():
-        atomic_write_bytes(ws.events, b"")  # an empty log is a valid, versionable state
+    try:
+        if not ws.events.exists():
+            atomic_write_bytes(ws.events, b"")  # an empty log is a valid, versionable state
+        repair_log(ws)
+    except OSError as e:
+        raise LabelLogError(f"cannot write {ws.rel(ws.events)} ({e.strerror}); nothing was imported: free some "
+                            f"space and run again") from e
     imported_sources = {e.source_sha256 for e in read_events(ws)}
-    for path in sorted(p for p in ws.inbox.iterdir() if p.is_file() and not p.name.startswith(".")):
-        raw = path.read_bytes()
-        digest = hashlib.sha256(raw).hexdigest()
-        rel = ws.rel(path)
-        if digest in imported_sources:
+    max_bytes = int(max_file_mb * 2**20)
+    for name in sorted(os.listdir(ws.inbox)):
+        path, rel = ws.inbox / name, f"data/inbox/{name}"
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            continue
+        if name.startswith(".") or stat.S_ISDIR(st.st_mode):
+            if not name.startswith(".") and name != "rejected":
+                log.warning("%s/ is a folder: intake reads the files at the top of data/inbox/ only; move them up", rel)
+            continue
+        try:
+            _intake_file(ws, path, rel, st, classes, round_no, result, imported_sources, annotator_default=annotator_default,
+                         on_error=on_error, max_bytes=max_bytes)
+        except OSError as e:
+            raise LabelLogError(f"intake stopped at {rel}: {e.strerror or e} ({e.filename or 'writing'}); the labels "
+                                f"already in {ws.rel(ws.events)} are intact and {rel} and the files after it are left "
+                                f"in data/inbox/: free some space (or fix the error) and run again") from e
+    events = read_events(ws)
+    result.human_labels, result.label_events = len(human_labels(events)), len(events)
+    return result
+
+
+def _intake_file(ws: Workspace, path: Path, rel: str, st: os.stat_result, classes: list[str], round_no: int,
+                 result: IntakeResult, imported_sources: set[str], *, annotator_default: str, on_error: str,
+                 max_bytes: int) -> None:
+    """Import (or reject, or skip as already imported) the inbox entry ``path``."""
+    bad = RowSpool() if on_error == "keep_good_rows" else None
+    try:
+        try:
+            raw = read_answer_file(path, rel, max_bytes)
+            digest = hashlib.sha256(raw).hexdigest()
+            err = None
+        except LabelFileError as e:
+            raw, err = None, e
+            digest = hashlib.sha256(f"{path.name}:{st.st_size}:{st.st_mtime_ns}".encode()).hexdigest()
+        if raw is not None and digest in imported_sources:
             log.info("%s: already imported (same bytes); nothing added", rel)
             result.files_already_imported.append(rel)
             _move_aside(path, ws.imported, digest)
-            continue
-        if path.suffix.lower() not in (".csv", ".json"):
+            return
+        if err is None and path.suffix.lower() not in (".csv", ".json"):
             err = LabelFileError(rel, [f"unsupported file type {path.suffix or '(none)'}: the inbox takes .csv files "
                                        f"and Label Studio JSON exports (.json)"])
-        else:
-            bad: list[tuple[dict, str]] | None = [] if on_error == "keep_good_rows" else None
+        if err is None:
             try:
                 rows, blank = validate_file(Path(rel), raw, ws, classes, bad_rows=bad)
-                err = None
             except LabelFileError as e:
                 err = e
         if err is not None:
             moved = _move_aside(path, ws.rejected, digest)
-            atomic_write_text(moved.with_name(moved.name + ".errors.txt"), str(err) + "\n\nFix the rows above and drop the "
-                              "whole file into data/inbox/ again; nothing from it was merged.\n")
+            atomic_write_text(moved.with_name(moved.name + ".errors.txt"), str(err) + "\n\nFix the rows above and drop "
+                              "the whole file into data/inbox/ again; nothing from it was merged.\n")
             log.warning("%s", err)
             result.files_rejected.append(rel)
             result.problems.append(str(err))
-            continue
+            return
         _supersede(ws, path.name)  # an accepted file clears an earlier rejection of the same name
         if bad:  # keep_good_rows: the bad rows go back to the person, with why, ready to fix and re-drop
             rows_file = ws.rejected / f"{path.stem}.rows.csv"
-            fields = list(dict.fromkeys([k for r, _ in bad for k in r] + ["reason"]))
-            write_csv(rows_file, fields, [{**r, "reason": why} for r, why in bad])
+            bad.write_csv(rows_file)
             problem = (f"{rel}: {len(bad)} row(s) not merged (the other {len(rows)} were): see "
                        f"{ws.rel(rows_file)}, fix them there and drop that file into data/inbox/")
             log.warning("%s", problem)
@@ -321,11 +612,14 @@ def intake(ws: Workspace, classes: list[str], round_no: int, *, annotator_defaul
         result.files_accepted.append(rel)
         result.events_added += len(events)
         result.rows_skipped_blank += blank
-    events = read_events(ws)
-    result.human_labels, result.label_events = len(human_labels(events)), len(events)
-    return result
+    finally:
+        if bad is not None:
+            bad.close()
 
 
 @task(name="intake", cache_policy=NO_CACHE)
-def intake_task(ws: Workspace, classes: list[str], round_no: int, on_error: str = "keep_good_rows") -> IntakeResult:
-    return intake(ws, classes, round_no, on_error=on_error)
+def intake_task(ws: Workspace, classes: list[str], round_no: int, on_error: str = "keep_good_rows",
+                max_file_mb: float | None = None) -> IntakeResult:
+    if max_file_mb is None:  # params intake.max_file_mb
+        max_file_mb = ws.params().intake.max_file_mb
+    return intake(ws, classes, round_no, on_error=on_error, max_file_mb=max_file_mb)

@@ -12,7 +12,6 @@ so what is exported is what the import reads back. No files are read or written 
 from __future__ import annotations
 
 import json
-import unicodedata
 from xml.sax.saxutils import quoteattr
 
 from coldstart.tasks.errors import LabelFileError
@@ -63,15 +62,19 @@ def parse_export(text: str, source: str) -> tuple[list[tuple[str, dict]], list[s
     """A Label Studio JSON export -> (rows, problems).
 
     Rows are ("task N (id X)", {image_id, path, label, annotator}); ``label`` is empty for a task
-    nobody answered. Problems name their task; the caller lists them all. Raises LabelFileError
-    (for ``source``) when the text is not an export at all.
+    nobody answered. Every field is checked for the JSON type Label Studio writes: a task with a
+    wrong one (a string where an object belongs, a number as a choice, ...) is a problem named by
+    task, and gives no row. Problems name their task; the caller lists them all. Raises
+    LabelFileError (for ``source``) when the text is not an export at all.
     """
     try:
         tasks = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise LabelFileError(source, [f"not a readable JSON file: {e}"]) from None
+    except RecursionError:
+        raise LabelFileError(source, ["JSON nested too deeply to be a Label Studio export"]) from None
+    except ValueError as e:  # JSONDecodeError, or an integer over Python's digit limit
+        raise LabelFileError(source, [f"not a readable JSON file: {str(e)[:200]}"]) from None
     if not isinstance(tasks, list):
-        raise LabelFileError(source, ["expected a Label Studio JSON export: a list of tasks"])
+        raise LabelFileError(source, [f"expected a Label Studio JSON export: a list of tasks, not {_kind(tasks)}"])
     rows, problems = [], []
     for n, item in enumerate(tasks, start=1):
         row, task_problems = _parse_task(n, item)
@@ -81,63 +84,97 @@ def parse_export(text: str, source: str) -> tuple[list[tuple[str, dict]], list[s
     return rows, problems
 
 
+class _Shape(Exception):
+    """A field of the export has the wrong JSON type (the message says which)."""
+
+
+def _kind(value: object) -> str:
+    return {dict: "an object", list: "a list", str: "a string", bool: "true/false", type(None): "null",
+            int: "a number", float: "a number"}.get(type(value), type(value).__name__)
+
+
+def _get(obj: dict, key: str, types: tuple, where: str, default=None):
+    """``obj[key]`` if it has one of ``types`` (missing or null: ``default``), else _Shape."""
+    value = obj.get(key)
+    if value is None:
+        return default
+    if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
+        raise _Shape(f"{where}{key!r} is {_kind(value)}, expected {' or '.join(_kind(t()) for t in types)}")
+    return value
+
+
 def _parse_task(n: int, item: object) -> tuple[tuple[str, dict] | None, list[str]]:
     """One exported task -> (row or None, problems). Cancelled annotations are skipped; annotators
     who disagree are a problem (settled in Label Studio, not guessed here)."""
-    where = f"task {n} (id {item.get('id', '?')})" if isinstance(item, dict) else f"task {n}"
-    if not isinstance(item, dict) or not isinstance(item.get("data"), dict):
-        return None, [f"{where}: not a task object with 'data'"]
-    labels, annotators, problems = [], [], []
-    for ann in item.get("annotations") or []:
-        if not isinstance(ann, dict):
-            problems.append(f"{where}: an annotation is not an object; export again as JSON from Label Studio")
-            continue
-        if ann.get("was_cancelled"):  # skipped by the annotator: no answer
-            continue
-        choices, problem = _choices(ann)
-        if problem:
-            problems.append(f"{where}: {problem}")
-        elif choices:
-            labels.append(choices[0])
-            annotators.append(_annotator(ann.get("completed_by")))
-    if len(set(labels)) > 1:
-        return None, problems + [f"{where}: annotators disagree ({', '.join(sorted(set(labels)))}); settle it in "
-                                 f"Label Studio and export again"]
-    data = item["data"]
-    return (where, {"image_id": _text(data.get("image_id")), "path": _image_path(data),
-                    "label": labels[0] if labels else "", "annotator": ",".join(sorted(set(annotators)))}), problems
+    task_id = item.get("id") if isinstance(item, dict) else None
+    shown = task_id if isinstance(task_id, int) or (isinstance(task_id, str) and len(task_id) <= 40) else "?"
+    where = f"task {n} (id {shown})" if isinstance(item, dict) else f"task {n}"
+    if not isinstance(item, dict):
+        return None, [f"{where}: not a task object with 'data' (it is {_kind(item)})"]
+    try:
+        data = _get(item, "data", (dict,), "")
+        if data is None:
+            raise _Shape("no 'data' object")
+        image_id, path = _get(data, "image_id", (str,), "data ", ""), _image_path(data)
+        answers = []
+        for k, ann in enumerate(_get(item, "annotations", (list,), "", []), start=1):
+            answers += _answers(ann, f"annotation {k}: ")
+    except _Shape as e:
+        return None, [f"{where}: {e}"]
+    labels = sorted({label for label, _ in answers})
+    if len(labels) > 1:
+        return None, [f"{where}: annotators disagree ({', '.join(labels)}); settle it in Label Studio and export again"]
+    annotators = ",".join(sorted({who for _, who in answers}))
+    return (where, {"image_id": image_id, "path": path, "label": labels[0] if labels else "",
+                    "annotator": annotators}), []
 
 
-def _choices(ann: dict) -> tuple[list[str], str | None]:
-    """The classes one annotation chose in the ``label`` control, and a problem if that is not one."""
-    results = [r for r in ann.get("result") or [] if isinstance(r, dict) and r.get("type") == "choices"]
-    ours = [r for r in results if r.get("from_name") == LABEL]
-    choices = [_text(c) for r in ours for c in (r.get("value") or {}).get("choices", [])]
-    if len(choices) > 1:
-        return choices, f"one annotation chose several labels {choices}; pick one"
+def _answers(ann: object, where: str) -> list[tuple[str, str]]:
+    """(label, annotator) of one annotation: none if cancelled or unanswered; _Shape if it is
+    not one Label Studio writes or it chose several labels."""
+    if not isinstance(ann, dict):
+        raise _Shape(f"{where}is {_kind(ann)}, expected an object")
+    if _get(ann, "was_cancelled", (bool,), where, False):  # skipped by the annotator: no answer
+        return []
+    who = _annotator(ann.get("completed_by"), where)
+    results = []
+    for k, r in enumerate(_get(ann, "result", (list,), where, []), start=1):
+        at = f"{where}result {k}: "
+        if not isinstance(r, dict):
+            raise _Shape(f"{at}is {_kind(r)}, expected an object")
+        if _get(r, "type", (str,), at) == "choices":
+            results.append((_get(r, "from_name", (str,), at, ""), _get(r, "value", (dict,), at, {}), at))
+    ours = [(value, at) for name, value, at in results if name == LABEL]
     if not ours and results:  # answered, but not in our control: a project with another config
-        names = sorted({str(r.get("from_name")) for r in results})
-        return [], (f"the choices come from control(s) {', '.join(names)}, not {LABEL!r}; set the project up "
-                    f"with coldstart's label_config.xml")
-    return choices, None
+        names = sorted({name for name, _, _ in results})
+        raise _Shape(f"the choices come from control(s) {', '.join(names)}, not {LABEL!r}; "
+                     f"set the project up with coldstart's label_config.xml")
+    choices = []
+    for value, at in ours:
+        for c in _get(value, "choices", (list,), at + "value ", []):
+            if not isinstance(c, str):
+                raise _Shape(f"{at}a choice is {_kind(c)}, expected a class name (a string)")
+            choices.append(c)
+    if len(choices) > 1:
+        raise _Shape(f"one annotation chose several labels {choices[:5]}; pick one")
+    return [(choices[0], who)] if choices else []
 
 
-def _annotator(who: object) -> str:
+def _annotator(who: object, where: str) -> str:
     """``completed_by`` is a user object (email, id) in full exports and a bare id in minimal ones:
     the email where the export has it, else ``ls-user-<id>`` (a bare "1" says nothing)."""
     if isinstance(who, dict):
-        if who.get("email"):
-            return str(who["email"])
-        who = who.get("id")
+        email = _get(who, "email", (str,), where + "completed_by ")
+        if email:
+            return email
+        who = _get(who, "id", (int, str), where + "completed_by ")
+    elif who is not None and (isinstance(who, bool) or not isinstance(who, (int, str))):
+        raise _Shape(f"{where}'completed_by' is {_kind(who)}, expected a user object or id")
     return f"ls-user-{who}" if who not in (None, "") else ""
 
 
 def _image_path(data: dict) -> str:
-    """The image path relative to data/images/: ``path`` as exported, else the URL minus the prefix."""
-    image = _text(data.get("path") or data.get(IMAGE))
+    """The image path relative to data/images/: ``path`` as exported, else the URL minus the
+    prefix. Kept as written (spaces too): intake matches it exactly first."""
+    image = _get(data, "path", (str,), "data ") or _get(data, IMAGE, (str,), "data ") or ""
     return image[len(LOCAL_FILES_PREFIX):] if image.startswith(LOCAL_FILES_PREFIX) else image
-
-
-def _text(value: object) -> str:
-    # Labels are compared after NFC normalisation everywhere (README, "Human answers").
-    return unicodedata.normalize("NFC", str(value or "").strip())

@@ -22,7 +22,7 @@ from coldstart.tasks.errors import SelectionError
 from coldstart.tasks.result import StageResult
 from coldstart.tasks.store import EmbeddingStore
 from coldstart.tasks.strategies import uncertainty
-from coldstart.tasks.workspace import Workspace, atomic_write_text, read_csv, write_csv
+from coldstart.tasks.workspace import Workspace, atomic_write_text, escape_formula, read_csv, write_csv
 
 log = logging.getLogger(__name__)
 
@@ -71,8 +71,8 @@ def waiting(ws: Workspace, round_no: int, humans: set[str]) -> set[str]:
 
 
 def _cell(value: str) -> str:
-    """Escape cells a spreadsheet would run as a formula (CSV injection)."""
-    return "'" + value if value[:1] in ("=", "+", "-", "@") else value
+    """Escape cells a spreadsheet would run as a formula (CSV injection); intake undoes it."""
+    return escape_formula(value)
 
 
 @dataclass

@@ -5,14 +5,13 @@ from __future__ import annotations
 import contextlib
 import csv
 import fcntl
-import io
 import os
 import re
 import subprocess
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator
 
 from coldstart.tasks.config import Params, load_params
 from coldstart.tasks.errors import WorkspaceError
@@ -136,12 +135,41 @@ def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
-def write_csv(path: Path, fieldnames: list[str], rows: list[dict]) -> None:
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=fieldnames, lineterminator="\n")
-    w.writeheader()
-    w.writerows(rows)
-    atomic_write_text(path, buf.getvalue())
+# A cell starting with one of these is run as a formula by Excel/LibreOffice/Sheets (CSV
+# injection). CSVs that people open get such text cells prefixed with a single quote (OWASP).
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def escape_formula(value: str) -> str:
+    """``value`` as a spreadsheet shows it literally: ``'`` before a formula-like start."""
+    return "'" + value if value[:1] in FORMULA_START else value
+
+
+def unescape_formula(value: str) -> str:
+    """Undo ``escape_formula``. Ambiguous for text that really starts with ``'=``: readers try
+    the cell as written first (see tasks/intake.py)."""
+    return value[1:] if value[:1] == "'" and value[1:2] in FORMULA_START else value
+
+
+def write_csv(path: Path, fieldnames: list[str], rows: Iterable[dict], *, escape_formulas: bool = False) -> None:
+    """Rows to a UTF-8 CSV, atomically. ``escape_formulas``: for CSVs a person opens in a
+    spreadsheet (review batches, exports, rows handed back): text cells that would run as a
+    formula get a leading ``'`` (see escape_formula)."""
+
+    def write(tmp: str) -> None:
+        with open(tmp, "w", encoding="utf-8", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=fieldnames, lineterminator="\n")
+            # The csv module quotes a field holding the line terminator, not one holding a bare CR,
+            # which a reader then takes for a line end: such rows are written fully quoted.
+            quoted = csv.DictWriter(f, fieldnames=fieldnames, lineterminator="\n", quoting=csv.QUOTE_ALL)
+            w.writeheader()
+            for row in rows:
+                if escape_formulas:
+                    row = {k: escape_formula(v) if isinstance(v, str) else v for k, v in row.items()}
+                cr = any(isinstance(v, str) and "\r" in v for v in row.values())
+                (quoted if cr else w).writerow(row)
+
+    atomic_write(path, write)
 
 
 def read_csv(path: Path) -> list[dict]:

@@ -75,14 +75,14 @@ def test_import_problems_are_named_by_task():
         "task 2 (id 8): one annotation chose several labels ['cat', 'dog']; pick one",
         "task 3 (id 9): the choices come from control(s) quality, not 'label'; set the project up with "
         "coldstart's label_config.xml",
-        "task 5: not a task object with 'data'",
+        "task 5: not a task object with 'data' (it is a string)",
     ]
     # The cancelled answer is skipped; a bare completed_by id is the annotator.
     assert rows[-1] == ("task 4 (id 10)", {"image_id": "", "path": "d.jpg", "label": "cat", "annotator": "ls-user-6"})  # a bare id says nothing
 
 
 @pytest.mark.parametrize("text, message", [
-    ('{"tasks": []}', "expected a Label Studio JSON export: a list of tasks"),
+    ('{"tasks": []}', "expected a Label Studio JSON export: a list of tasks, not an object"),
     ("[{", "not a readable JSON file: Expecting property name enclosed in double quotes: line 1 column 3 (char 2)"),
 ])
 def test_a_file_that_is_not_an_export_is_rejected_whole(text, message):
