@@ -63,21 +63,25 @@ def cmd_round(a) -> int:
 def cmd_intake(a) -> int:
     """`coldstart intake --check FILE...`: validate answer files as a round would, merge nothing."""
     from coldstart.tasks.errors import LabelFileError
-    from coldstart.tasks.intake import validate_file
+    from coldstart.tasks.intake import MAX_LISTED, RowSpool, read_answer_file, validate_file
     from coldstart.tasks.workspace import Workspace
 
     ws = Workspace.open(a.workspace)
     params = ws.params()
     classes, keep_good = params.ontology.class_names, params.intake.on_error == "keep_good_rows"
+    max_bytes = int(params.intake.max_file_mb * 1024 * 1024)
     bad = 0
     for name in a.check:
         path = Path(name)
+        bad_rows = RowSpool() if keep_good else None
         try:
-            bad_rows: list | None = [] if keep_good else None
-            rows, blank = validate_file(path, path.read_bytes(), ws, classes, bad_rows=bad_rows)
+            # As a round reads it: no symlink or FIFO is followed, the size cap holds.
+            rows, blank = validate_file(path, read_answer_file(path, name, max_bytes), ws, classes, bad_rows=bad_rows)
             if bad_rows:  # keep_good_rows: a round would merge the good rows and set these aside
-                listed = "\n".join(f"  - {why}" for _, why in bad_rows)
-                print(f"{name}: {len(bad_rows)} row(s) would be set aside, {len(rows)} answer(s) merged:\n{listed}")
+                listed = [f"  - {why}" for _, (_, why) in zip(range(MAX_LISTED), bad_rows)]
+                more = f"\n  ... and {len(bad_rows) - MAX_LISTED} more" if len(bad_rows) > MAX_LISTED else ""
+                print(f"{name}: {len(bad_rows)} row(s) would be set aside, {len(rows)} answer(s) merged:\n"
+                      + "\n".join(listed) + more)
                 bad += 1
             else:
                 print(f"{name}: ok, {len(rows)} answer(s), {blank} blank row(s)")
@@ -87,6 +91,9 @@ def cmd_intake(a) -> int:
         except OSError as e:
             print(f"{name}: cannot read it ({e})")
             bad += 1
+        finally:
+            if bad_rows is not None:
+                bad_rows.close()
     return 1 if bad else 0
 
 
@@ -131,7 +138,8 @@ def cmd_stage(a) -> int:
         elif a.name == "embed":
             result = embed.embed(ws, embed.load_model(params.model), params.model, params.views)
         elif a.name == "intake":
-            result = intake.intake(ws, params.ontology.class_names, n)
+            result = intake.intake(ws, params.ontology.class_names, n, on_error=params.intake.on_error,
+                                   max_file_mb=params.intake.max_file_mb)
         elif a.name == "train":
             result = train.train(ws, params, embed.load_model(params.model), n)
         elif a.name == "relabel":

@@ -7,6 +7,7 @@ rounds are the real Prefect flow with real MLflow and DVC.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import shutil
@@ -129,7 +130,9 @@ BANNER = """
 
 def run_demo(workspace: Path, *, rounds: int = 3, json_path: str | None = None, budget: int = 50,
              pretrained: str | None = "laion2b_s34b_b79k", n_images: int | None = None) -> list[dict]:
-    from coldstart.flows.round import labeling_round
+    from prefect.settings import temporary_settings
+
+    from coldstart.flows.serve import round_prefect
     from coldstart.tasks.version import init_workspace
 
     workspace = Path(workspace).expanduser().resolve()
@@ -148,6 +151,15 @@ def run_demo(workspace: Path, *, rounds: int = 3, json_path: str | None = None, 
     truth = write_digits(ws.images, n_images)
     print(f"demo workspace {ws.root}: {len(truth)} digit images, {rounds} rounds, batch {budget}\n", flush=True)
     header = f"{'round':>5} {'human labels':>12} {'model-labeled':>13} {'model':>9} {'audit acc':>9} {'true acc':>8} {'seconds':>7}"
+    # Rounds report to the workspace's own Prefect database, through a server tied to this process.
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(temporary_settings(stack.enter_context(round_prefect(ws))))
+        return _demo_rounds(ws, truth, rounds, json_path, header)
+
+
+def _demo_rounds(ws, truth: dict[str, str], rounds: int, json_path: str | None, header: str) -> list[dict]:
+    from coldstart.flows.round import labeling_round
+
     table: list[dict] = []
     lines = [header]
     for r in range(1, rounds + 1):

@@ -49,7 +49,8 @@ def run_round(ws: Workspace, force: bool = False) -> RoundRecord:
     with rec.timed("embed"):  # new images only -> embedding store
         rec.embed = embed_task(ws, clip, params.model, params.views, params.execution)
     with rec.timed("intake"):  # inbox answers -> validated -> label-event log
-        rec.intake = intake_task(ws, params.ontology.class_names, n, params.intake.on_error)
+        rec.intake = intake_task(ws, params.ontology.class_names, n, params.intake.on_error,
+                                 params.intake.max_file_mb)
     if not force and n > 1 and not (rec.scan.changed or rec.embed.embedded or rec.intake.events_added
                                     or config_changed(ws) or interrupted_work(ws, n, rec.scan.parts)):
         return nothing_new(ws, rec)

@@ -41,9 +41,11 @@ def start_local_server(ws: Workspace, port: int, timeout: float = 180.0) -> tupl
     env.pop("PREFECT_API_URL", None)
     log = open(home / "server.log", "ab")
     prefect = Path(sys.executable).with_name("prefect")
+    # Its own session (Ctrl-C in the terminal reaches serve only, which stops it in order), and
+    # tied to serve's process: killed with it, even by kill -9 (Linux).
     proc = subprocess.Popen([str(prefect), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
                             env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                            start_new_session=True)
+                            start_new_session=True, preexec_fn=_die_with_parent)
     deadline = time.monotonic() + timeout
     while not _healthy(api):
         if proc.poll() is not None or time.monotonic() > deadline:
@@ -123,6 +125,17 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child, between
         pass
 
 
+def _drain_prefect_workers() -> None:
+    """Send Prefect's queued logs and events now; at interpreter exit, where Prefect sends them
+    by itself, this round's server is gone ("Error logging to API")."""
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    for worker in (APILogWorker, EventsWorker):
+        with contextlib.suppress(Exception):  # best effort: the round itself is recorded already
+            worker.drain_all(timeout=5)
+
+
 @contextlib.contextmanager
 def round_prefect(ws: Workspace, timeout: float = 120.0) -> Iterator[dict]:
     """Prefect settings for one round run by hand, and the API server it needs for its lifetime.
@@ -161,6 +174,7 @@ def round_prefect(ws: Workspace, timeout: float = 120.0) -> Iterator[dict]:
             time.sleep(0.2)
         yield {PREFECT_API_URL: api}
     finally:
+        _drain_prefect_workers()  # the round's last logs and events, while the server still answers
         proc.terminate()
         try:
             proc.wait(timeout=30)

@@ -120,7 +120,8 @@ def select(ws: Workspace, cfg: RoundConfig, round_no: int) -> SelectResult:
     stem = ws.review / f"round-{round_no:03d}"
     ws.review.mkdir(parents=True, exist_ok=True)
     if budget == 0 and not rechecks:
-        log.warning("every image has a human label: no review batch this round")
+        log.warning("every image has a human label or waits in an unanswered review batch: no review batch "
+                    "this round (answer the open batches in data/review/)")
         return SelectResult(0, 0, 0, 0, [], strategy)
     if budget < cfg.budget - len(rechecks):
         log.warning("only %d unlabeled images left; the batch is smaller than round.budget=%d", budget, cfg.budget)

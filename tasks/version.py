@@ -202,24 +202,22 @@ def _fill_local_remote(cache: Path, remote: Path) -> int:
 
 
 def _own_default_remote(repo, root: Path) -> None:
-    """Workspaces made before remotes were relative name their in-workspace remote by absolute
-    path: make it relative (the same folder). A default remote inside *another* workspace means
-    this one was copied from it: say so, since it would push into the original's remote."""
-    from configobj import ConfigObj  # DVC's own config reader; DVC's API shows resolved paths only
-
+    """A workspace copied (or cloned) from another one names that one's default remote, an
+    absolute path: a round here would push into the original's remote. Give it its own,
+    ``.dvc-remote`` in this workspace (filled with every round's objects at this push, as a
+    remote without coldstart's marker is); say so."""
     name = repo.config["core"].get("remote")
-    raw = ConfigObj(str(root / ".dvc" / "config")).get(f'remote "{name}"', {}) if name else {}
-    url = raw.get("url", "")
-    if not url or "://" in url or not Path(url).is_absolute():
+    url = repo.config["remote"].get(name, {}).get("url", "") if name else ""  # DVC resolves it
+    if not url or "://" in url:
         return
     path = Path(url)
-    if path == root / ".dvc-remote":
+    other = path.parent
+    if path.name == ".dvc-remote" and other != root and (other / ".dvc").is_dir():
+        own = root / ".dvc-remote"
+        log.warning("this workspace was copied from %s: its rounds now go to its own DVC remote %s, not to %s",
+                    other, own, path)
         with repo.config.edit() as conf:
-            conf["remote"][name]["url"] = ".dvc-remote"  # relative to the cwd (the root), stored relative
-    elif path.name == ".dvc-remote" and (path.parent / ".dvc").is_dir() and path.parent != root:
-        log.warning("this workspace's DVC remote %s is the default remote of another workspace (%s): it was "
-                    "probably copied from there. To give it its own: dvc remote modify %s url ../.dvc-remote",
-                    path, path.parent, name)
+            conf["remote"][name]["url"] = str(own)
 
 
 def init_workspace(dest: str | os.PathLike, *, remote: str | os.PathLike | None = None,
@@ -240,11 +238,9 @@ def init_workspace(dest: str | os.PathLike, *, remote: str | os.PathLike | None 
     (root / "data" / "inbox" / ".gitkeep").touch()
     remote_dir = Path(remote).expanduser().resolve() if remote else root / ".dvc-remote"
     remote_dir.mkdir(parents=True, exist_ok=True)
-    # The default remote lives in the workspace and is named by a relative path (DVC stores it
-    # relative to .dvc/config and resolves it from there): a copied workspace pushes into its own
-    # copy, not into the original's remote. DVC reads a relative path given here from the cwd,
-    # which is the root below.
-    remote_url = ".dvc-remote" if not remote else str(remote_dir)
+    # An absolute path, so that a `git clone` of the workspace pulls from this remote; a copied
+    # workspace moves to a remote of its own at its first round (_own_default_remote).
+    remote_url = str(remote_dir)
     if not (root / ".git").exists():
         git(root, "init", "-q", "-b", "main")
     # Commits need an identity; CI machines often have none. Set one locally only if missing.
@@ -380,6 +376,8 @@ def version(ws: Workspace, round_no: int, message: str, parts: dict[str, str] | 
     try:
         # DVC's API resolves some targets against the process's cwd: work from the root.
         with contextlib.chdir(ws.root), Repo(str(ws.root)) as repo:
+            _own_default_remote(repo, ws.root)  # before the Repo below reads its remote
+        with contextlib.chdir(ws.root), Repo(str(ws.root)) as repo:
             if legacy.exists():
                 repo.remove(str(legacy), outs=False)
                 _unignore_parts(ws.root)
@@ -400,7 +398,6 @@ def version(ws: Workspace, round_no: int, message: str, parts: dict[str, str] | 
                 if stage.cmd and (stage.name != "scan" or rescan):
                     repo.commit(f"dvc.yaml:{stage.name}", force=True)
             push = [str(Path(t).with_name(Path(t).name + ".dvc")) for t in targets] + ["dvc.yaml"]
-            _own_default_remote(repo, ws.root)
             remote_dir = _local_remote(repo)
             if remote_dir is not None and not (remote_dir / REMOTE_MARKER).is_file() and ws.round_tags():
                 # A new, emptied or replaced remote: pushing only this round's changes would leave

@@ -181,12 +181,20 @@ def test_remote_faults_give_a_clear_message_and_the_next_round_pushes_what_is_mi
         status = subprocess.run([sys.executable, "-m", "dvc", "status", "-c", "-a", "-T"], env=env,
                                 capture_output=True, text=True)
     assert status.returncode == 0 and "new:" not in status.stdout and "missing:" not in status.stdout, status.stdout
-    # The default remote is named relative to the workspace: a copy pushes into its own copy.
+    # A copied workspace: its first round moves it to a remote of its own, with every round's
+    # objects; the original's remote gets nothing from it.
     copy = Path(shutil.copytree(ws.root, tmp_path / "copy", symlinks=True))
+    before = sorted(p.relative_to(remote) for p in remote.rglob("*"))
+    write_digits(copy / "data/images" / "d", n=3, size=32)
+    assert _round(Workspace(copy), env).returncode == 0
+    assert sorted(p.relative_to(remote) for p in remote.rglob("*")) == before
     from configobj import ConfigObj
 
-    url = ConfigObj(str(copy / ".dvc" / "config"))['remote "local"']["url"]
-    assert not Path(url).is_absolute() and (copy / ".dvc" / url).resolve() == copy / ".dvc-remote"
+    assert ConfigObj(str(copy / ".dvc" / "config"))['remote "local"']["url"] == str(copy / ".dvc-remote")
+    with contextlib.chdir(copy):
+        status = subprocess.run([sys.executable, "-m", "dvc", "status", "-c", "-a", "-T"], env=env,
+                                capture_output=True, text=True)
+    assert status.returncode == 0 and "new:" not in status.stdout and "missing:" not in status.stdout, status.stdout
 
 
 def test_an_unreachable_tracking_server_fails_in_seconds_and_the_round_is_versioned(tmp_path):

@@ -378,8 +378,9 @@ def test_checkpoints_and_big_files_go_to_dvc_never_to_git(rounds):
     assert {"models/finetuned.pt.dvc", "notes/scans.tar.dvc", "notes/readme.txt"} <= set(in_git)
     for name in ("models/finetuned.pt", "notes/scans.tar"):
         md5 = hashlib.md5((copy / name).read_bytes()).hexdigest()
-        # The copy's DVC remote is the original workspace's (an absolute path in .dvc/config).
-        assert (rounds.ws.root / ".dvc-remote/files/md5" / md5[:2] / md5[2:]).is_file(), name
+        # A copied workspace pushes to a remote of its own, never into the original's.
+        assert (copy / ".dvc-remote/files/md5" / md5[:2] / md5[2:]).is_file(), name
+        assert not (rounds.ws.root / ".dvc-remote/files/md5" / md5[:2] / md5[2:]).exists(), name
 
 
 def test_images_waiting_in_an_unanswered_batch_are_not_asked_or_audited_again(rounds):

@@ -57,7 +57,6 @@ class RednessEncoder:
 
 
 def test_defect_is_located_in_its_tile(tmp_path):
-    (tmp_path / "params.yaml").write_text("")
     ws = Workspace(tmp_path)
     ws.images.mkdir(parents=True)
     img = np.full((256, 256, 3), 235, np.uint8)
