@@ -267,6 +267,9 @@ def _label_studio_rows(source: str, raw: bytes) -> tuple[Iterator[tuple[str, int
 # --- validating it --------------------------------------------------------------------------------
 
 MAX_LISTED = 50  # problems listed in an .errors.txt, the terminal and the round summary; the .rows.csv has all
+# keep_good_rows: a file with more bad rows than this, and more bad rows than good ones, is
+# rejected whole (it is not a few typos); its .rows.csv would be as big as the file.
+MAX_SET_ASIDE = 1000
 
 
 class Problems:
@@ -585,6 +588,13 @@ def _intake_file(ws: Workspace, path: Path, rel: str, st: os.stat_result, classe
                 rows, blank = validate_file(Path(rel), raw, ws, classes, bad_rows=bad)
             except LabelFileError as e:
                 err = e
+        if err is None and bad is not None and len(bad) > MAX_SET_ASIDE and len(bad) > len(rows):
+            # Mostly bad rows are not typos (a wrong file, an old class list): handing back a copy
+            # of the file row by row would help nobody and could be hundreds of MB. Reject it whole.
+            err = LabelFileError(rel, [f"{len(bad)} of {len(bad) + len(rows)} answered rows are bad (more than "
+                                       f"{MAX_SET_ASIDE} and more than the good ones), so none is merged; the "
+                                       f"first ones:"] + [why for _, (_, why) in zip(range(MAX_LISTED), bad)],
+                                 total=len(bad) + 1)
         if err is not None:
             moved = _move_aside(path, ws.rejected, digest)
             atomic_write_text(moved.with_name(moved.name + ".errors.txt"), str(err) + "\n\nFix the rows above and drop "

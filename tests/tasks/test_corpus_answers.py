@@ -110,6 +110,19 @@ def test_problem_listings_are_capped(ws):
     assert report.count("unknown image") == 50 and len(r.problems[0]) < 10_000
 
 
+def test_a_file_of_mostly_bad_rows_is_rejected_whole_not_copied_row_by_row(ws):
+    """keep_good_rows hands typos back row by row; 5,000 bad rows and one good one are not typos
+    (a wrong file, an old class list): the file is rejected whole, the listing capped, and no
+    .rows.csv as big as the file is written."""
+    lines = ["image,label", "a.jpg,cat"] + [f"nope{k}.jpg,dog" for k in range(5000)]
+    (ws.inbox / "mostly-bad.csv").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    r = intake(ws, CLASSES, round_no=2, on_error="keep_good_rows")
+    assert r.files_rejected == ["data/inbox/mostly-bad.csv"] and r.events_added == 0 and r.rows_rejected == 0
+    report = (ws.rejected / "mostly-bad.csv.errors.txt").read_text(encoding="utf-8")
+    assert "5000 of 5001 answered rows are bad" in report and report.count("unknown image") == 50
+    assert not (ws.rejected / "mostly-bad.rows.csv").exists() and len(report) < 20_000
+
+
 def test_size_cap_rejects_unread(ws):
     (ws.inbox / "big.csv").write_bytes(b"image,label\n" + b"a.jpg,cat\n" * 120_000)  # 1.2 MB
     r = intake(ws, CLASSES, round_no=2, max_file_mb=1)
