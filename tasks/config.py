@@ -301,6 +301,40 @@ class ExecutionConfig(_Section):
     dask_workers: int | None = Field(None, ge=1)  # the LocalCluster's worker processes; null: Dask's default
 
 
+class RegionsConfig(_Section):
+    """SAM regions: segment every object, label each mask with the round's labeler.
+
+    The generator knobs keep segment-anything's ``SamAutomaticMaskGenerator`` names and meaning.
+    The cleanup rules run after it, each counted in the round's record."""
+
+    enabled: bool = False  # a `regions` stage in each round
+    sam_type: Literal["vit_t", "vit_b", "vit_l", "vit_h"] = "vit_t"  # vit_t: MobileSAM (mobilesam-mirror)
+    sam_checkpoint: str | None = None  # a local .pt/.pth state dict; null: random weights (tests only)
+    device: str = "auto"
+    # SamAutomaticMaskGenerator's knobs
+    points_per_side: int = Field(16, ge=1, le=128)
+    points_per_batch: int = Field(64, ge=1)
+    pred_iou_thresh: float = Field(0.88, ge=0, le=1)
+    stability_score_thresh: float = Field(0.95, ge=0, le=1)
+    stability_score_offset: float = 1.0
+    box_nms_thresh: float = Field(0.7, ge=0, le=1)
+    crop_n_layers: int = Field(0, ge=0, le=3)
+    crop_nms_thresh: float = Field(0.7, ge=0, le=1)
+    crop_overlap_ratio: float = Field(512 / 1500, ge=0, lt=1)
+    crop_n_points_downscale_factor: int = Field(1, ge=1)
+    min_mask_region_area: int = Field(0, ge=0)
+    # over-segmentation cleanup
+    mask_nms_thresh: float = Field(0.8, ge=0, le=1)  # drop a mask whose mask-IoU with a better one is above this
+    containment_thresh: float = Field(0.95, ge=0, le=1)  # drop a mask this much inside a better one of the same label
+    min_area: int = Field(64, ge=0)  # pixels, original resolution
+    max_area_fraction: float = Field(0.95, gt=0, le=1)  # drop (near) whole-image masks
+    one_mask_per_pixel: bool = False  # each pixel to its best mask only
+    # labeling
+    crop_padding: float = Field(0.1, ge=0, le=2)  # context around the mask's box, as a fraction of its size
+    blank_outside: bool = False  # grey out the pixels outside the mask in the crop
+    max_regions_per_image: int = Field(100, ge=1)
+
+
 class Params(_Section):
     ontology: OntologyConfig
     model: ModelConfig = Field(default_factory=ModelConfig)
@@ -313,6 +347,7 @@ class Params(_Section):
     execution: ExecutionConfig = Field(default_factory=ExecutionConfig)
     versioning: VersioningConfig = Field(default_factory=VersioningConfig)
     intake: IntakeConfig = Field(default_factory=IntakeConfig)
+    regions: RegionsConfig = Field(default_factory=RegionsConfig)
 
 
 def _key(loc: tuple) -> str:
