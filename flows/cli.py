@@ -108,6 +108,93 @@ def cmd_export(a) -> int:
     return 0
 
 
+def cmd_regions(a) -> int:
+    """Segment images with SAM, clean the masks up, label each with the workspace's labeler (the
+    last round's chosen head, else zero-shot), and write COCO (and Label Studio) files."""
+    import time
+    from collections import Counter
+
+    import numpy as np
+
+    from coldstart.models.masks import cleanup, generate_masks
+    from coldstart.models.sam import load_sam
+    from coldstart.tasks import labelstudio
+    from coldstart.tasks.embed import load_model
+    from coldstart.tasks.regions import (
+        ImageMasks,
+        cleanup_labeled,
+        label_regions,
+        negative_labels,
+        region_head,
+        regions_to_coco,
+        regions_to_labelstudio,
+    )
+    from coldstart.tasks.scan import load_rgb, sha256_file
+    from coldstart.tasks.workspace import Workspace, atomic_write_text
+
+    ws = Workspace.open(a.workspace)
+    params = ws.params()
+    cfg = params.regions
+    if cfg.sam_checkpoint and not Path(cfg.sam_checkpoint).expanduser().is_absolute():  # relative to the workspace
+        cfg = cfg.model_copy(update={"sam_checkpoint": str(ws.root / cfg.sam_checkpoint)})
+    sam = load_sam(cfg)
+    clip = load_model(params.model)
+    head, labeler = region_head(ws, params, clip)
+    classes, negatives = params.ontology.class_names, negative_labels(params.ontology)
+    images, found, cleaned, seg_s, read_s = [], {}, Counter(), 0.0, 0.0
+
+    def segmented():  # one image at a time: label_regions releases each once its crops are made
+        nonlocal seg_s, read_s
+        for name in a.images:
+            t_read = time.perf_counter()
+            path = Path(name).expanduser().resolve()
+            # as Label Studio's local files and the workspace's tables name images: relative to data/images/
+            shown = path.relative_to(ws.images).as_posix() if path.is_relative_to(ws.images) else str(path)
+            with load_rgb(path, params.scan) as img:
+                rgb = np.asarray(img.convert("RGB"))
+            image_id = sha256_file(path)
+            t_seg = time.perf_counter()
+            read_s += t_seg - t_read
+            masks = generate_masks(sam, rgb, cfg)
+            kept, counts = cleanup(masks, cfg)
+            seg_s += time.perf_counter() - t_seg
+            cleaned.update(counts)
+            images.append((image_id, shown, rgb.shape[1], rgb.shape[0]))
+            found[image_id] = (len(masks), len(kept))
+            yield ImageMasks(image_id, shown, rgb, kept)
+
+    t0 = time.perf_counter()
+    regions = label_regions(clip, head, segmented(), cfg, classes, negatives=negatives, labeler=labeler)
+    label_s = time.perf_counter() - t0 - seg_s - read_s  # crops, model, head
+    t_clean = time.perf_counter()
+    negative = sum(kept for _, kept in found.values()) - len(regions)
+    regions, counts = cleanup_labeled(regions, cfg)  # the rules that need labels (containment)
+    seg_s += time.perf_counter() - t_clean
+    cleaned.update(counts)
+    doc = regions_to_coco(regions, images, classes, negatives=negatives, description=f"coldstart regions ({labeler})")
+    atomic_write_text(Path(a.coco), json.dumps(doc, ensure_ascii=False) + "\n")
+    if a.labelstudio:
+        out = Path(a.labelstudio)
+        atomic_write_text(out, labelstudio.tasks_json(regions_to_labelstudio(regions, images, model_version=labeler)))
+        atomic_write_text(out.with_name("label_config.xml"), labelstudio.label_config(
+            classes, polygons=[c for c in classes if c not in negatives]))
+    print(f"{len(regions)} region(s) on {len(images)} image(s), labeled by {labeler}")
+    for image_id, shown, _, _ in images:
+        labels = Counter(r.label for r in regions if r.image_id == image_id)
+        masks, kept = found[image_id]
+        listed = ", ".join(f"{label} {n}" for label, n in labels.most_common()) or "none"
+        print(f"  {shown}: {masks} mask(s), {kept} after cleanup, {sum(labels.values())} region(s): {listed}")
+    if any(cleaned.values()) or negative:
+        print("  removed: " + ", ".join([f"{why} {n}" for why, n in cleaned.items() if n] +
+                                         ([f"negative label {negative}"] if negative else [])))
+    share = f" ({label_s / seg_s:.0%} of segmentation)" if seg_s > 0 else ""
+    print(f"  segmentation {seg_s:.2f} s, labeling {label_s:.2f} s{share}")
+    print(f"  COCO: {Path(a.coco).resolve()}" + (f"\n  Label Studio: {Path(a.labelstudio).resolve()} (config: "
+                                                 f"{Path(a.labelstudio).resolve().with_name('label_config.xml')})"
+                                                 if a.labelstudio else ""))
+    return 0
+
+
 EXIT_REJECTED = 3  # `coldstart round`: the round ran and was versioned, but answer files (or rows) were rejected
 
 
@@ -292,6 +379,13 @@ def cmd_bench(a) -> int:
         from coldstart.bench.scale import bench_scale
 
         figures = bench_scale(n=a.n, budget=a.budget, keep=a.keep)
+    elif a.bench == "regions":
+        from coldstart.bench.regions import bench_regions
+
+        figures = bench_regions(width=a.size[0], height=a.size[1], points_per_side=a.points_per_side,
+                                big=a.big if a.big[0] else None, pred_iou_thresh=a.pred_iou_thresh,
+                                stability_score_thresh=a.stability_score_thresh, box_nms_thresh=a.box_nms_thresh,
+                                clip_model=a.clip_model)
     elif a.bench == "relabel":
         from coldstart.bench.relabel import bench_relabel
 
@@ -332,13 +426,26 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("export", help="the labeled files as csv, an ImageFolder tree, Label Studio tasks or COCO")
     ws_arg(s)
-    s.add_argument("--format", required=True, choices=["csv", "imagefolder", "labelstudio", "coco"])
-    s.add_argument("--out", required=True, help="output file (csv, labelstudio, coco) or new folder (imagefolder)")
+    s.add_argument("--format", required=True, choices=["csv", "imagefolder", "labelstudio", "coco", "coco-regions"],
+                   help="coco-regions: the regions table (SAM masks, one RLE annotation each) as COCO instances")
+    s.add_argument("--out", required=True,
+                   help="output file (csv, labelstudio, coco, coco-regions) or new folder (imagefolder)")
     s.add_argument("--round", type=int, default=None, help="as this round left the labels (default: the latest)")
     s.add_argument("--min-confidence", type=float, default=None,
                    help="leave out auto labels less confident than this (human labels are always kept)")
     s.add_argument("--copy", action="store_true", help="imagefolder: copy the images instead of symlinking them")
     s.set_defaults(fn=cmd_export)
+
+    s = sub.add_parser("regions", help="segment images with SAM and label every mask with the workspace's labeler "
+                       "(the last round's chosen head, else zero-shot); writes COCO instances JSON (RLE masks) and "
+                       "optionally Label Studio polygon pre-annotations. Knobs: params.yaml regions")
+    ws_arg(s)
+    s.add_argument("images", nargs="+", metavar="IMAGE", help="image files (anywhere; those inside data/images/ are "
+                   "named relative to it, as Label Studio's local files serve them)")
+    s.add_argument("--coco", required=True, metavar="FILE", help="write the regions as COCO instances JSON here")
+    s.add_argument("--labelstudio", metavar="FILE", default=None,
+                   help="also write Label Studio tasks with polygon pre-annotations here, and label_config.xml beside it")
+    s.set_defaults(fn=cmd_regions)
 
     s = sub.add_parser("status", help="summarise a workspace")
     ws_arg(s)
@@ -417,8 +524,28 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--n", type=int, default=2000)
     b.add_argument("--budget", type=int, default=50)
     b.add_argument("--keep", help="build the workspace in this folder and keep it (default: a temporary folder)")
+    b = bench_parser("regions", "SAM automatic masks: ours vs segment-anything's generator, same model (vit_t, random)")
+    b.add_argument("--size", type=_wxh, default=(1024, 768), help="the compared image, WxH")
+    b.add_argument("--points-per-side", type=int, default=16)
+    b.add_argument("--big", type=_wxh, default=(8000, 6000), help="ours alone on this WxH, own process: peak RSS (0 skips)")
+    b.add_argument("--pred-iou-thresh", type=float, default=0.1, help="random weights: keeps ~1 candidate in 7")
+    b.add_argument("--stability-score-thresh", type=float, default=0.0, help="random weights score 0")
+    b.add_argument("--box-nms-thresh", type=float, default=1.0, help="random masks all span the image: 0.7 keeps one")
+    b.add_argument("--clip-model", default="ViT-B-32", help="labels the regions (random weights), if labeling exists")
     _describe(p)
     return p
+
+
+def _wxh(text: str) -> tuple[int, int]:
+    if text == "0":
+        return (0, 0)
+    try:
+        w, h = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: give WIDTHxHEIGHT, e.g. 1024x768") from None
+    if w < 1 or h < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: both sides must be positive")
+    return (w, h)
 
 
 def _describe(parser: argparse.ArgumentParser) -> None:

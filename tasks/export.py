@@ -8,7 +8,9 @@ manifest and the resolved table as a round left them. Formats:
 - ``imagefolder``: ``OUT/<label>/<path with "/" as "__">``, symlinks to the images (``copy``:
   copies), loadable as-is by ``torchvision.datasets.ImageFolder``;
 - ``labelstudio``: a tasks JSON with each label as a pre-annotation, plus ``label_config.xml``;
-- ``coco``: COCO JSON with ``images``, ``categories`` and one whole-image annotation per image.
+- ``coco``: COCO JSON with ``images``, ``categories`` and one whole-image annotation per image;
+- ``coco-regions``: COCO instances JSON of the regions table (``data/labels/regions/``, SAM masks
+  labeled by the round's labeler): one RLE annotation per region, images with at least one region.
 """
 
 from __future__ import annotations
@@ -23,10 +25,11 @@ from coldstart.tasks import labelstudio
 from coldstart.tasks.errors import WorkspaceError
 from coldstart.tasks.manifest import read_manifest_table
 from coldstart.tasks.parts import PartTable
+from coldstart.tasks.regions import ImageInfo, negative_labels, regions_dir, regions_of, regions_parts, regions_to_coco
 from coldstart.tasks.relabel import RESOLVED_FIELDS, resolved_schema
 from coldstart.tasks.workspace import Workspace, atomic_write_text, write_csv
 
-FORMATS = ("csv", "imagefolder", "labelstudio", "coco")
+FORMATS = ("csv", "imagefolder", "labelstudio", "coco", "coco-regions")
 CSV_FIELDS = ["path", "image_id", "label", "source", "confidence", "round"]
 
 
@@ -79,6 +82,8 @@ def export(ws: Workspace, fmt: str, out: Path, *, round_no: int | None = None, m
     """Write the labeled files of a round (default: the latest) in ``fmt`` to ``out``."""
     if fmt not in FORMATS:
         raise WorkspaceError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    if fmt == "coco-regions":
+        return _export_regions(ws, Path(out).expanduser().resolve(), round_no, min_confidence)
     rows, skipped = labeled_files(ws, round_no, min_confidence)
     out = Path(out).expanduser().resolve()
     if fmt == "csv":
@@ -113,3 +118,24 @@ def export(ws: Workspace, fmt: str, out: Path, *, round_no: int | None = None, m
         }
         atomic_write_text(out, json.dumps(doc, ensure_ascii=False, indent=1) + "\n")
     return ExportResult(len(rows), skipped, out)
+
+
+def _export_regions(ws: Workspace, out: Path, round_no: int | None, min_confidence: float | None) -> ExportResult:
+    """The regions table (as round ``round_no`` left it) as COCO instances JSON; rows: regions."""
+    before = None if round_no is None else round_no + 1
+    parts = regions_parts(regions_dir(ws))
+    if not parts.files(before):
+        raise WorkspaceError(f"{ws.root}: no regions{'' if round_no is None else f' as of round {round_no}'}; set "
+                             f"regions.enabled: true in params.yaml and run a round (`coldstart regions` labels "
+                             f"images ad hoc)")
+    every = regions_of(parts.read(before=before))
+    regions = [r for r in every if min_confidence is None or r.confidence >= min_confidence]
+    images: dict[str, ImageInfo] = {}
+    for r in regions:
+        images.setdefault(r.image_id, (r.image_id, r.path, r.rle["size"][1], r.rle["size"][0]))
+    onto = ws.params().ontology
+    names = list(dict.fromkeys(onto.class_names + sorted({r.label for r in regions})))
+    doc = regions_to_coco(regions, list(images.values()), names, negatives=negative_labels(onto),
+                          description=f"coldstart regions of {ws.root.name}")
+    atomic_write_text(out, json.dumps(doc, ensure_ascii=False) + "\n")
+    return ExportResult(len(regions), len(every) - len(regions), out)

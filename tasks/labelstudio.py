@@ -2,8 +2,9 @@
 
 Export: review items become Label Studio tasks (``tasks.json``) with the model's label as a
 pre-annotation, plus the project's labeling config (``label_config.xml``: one image, one
-single-choice control). Import: a Label Studio JSON export of those tasks becomes rows of
-(image, label, annotator) for intake to validate like a CSV.
+single-choice control, and for region pre-annotations a polygon control). Import: a Label
+Studio JSON export of those tasks becomes rows of (image, label, annotator) for intake to
+validate like a CSV.
 
 The control names, the data key and the local-files prefix below are used by both directions,
 so what is exported is what the import reads back. No files are read or written here.
@@ -18,6 +19,7 @@ from coldstart.tasks.errors import LabelFileError
 
 IMAGE = "image"  # the <Image> control's name, and the task data key it shows ($image)
 LABEL = "label"  # the <Choices> control's name: the from_name of every answer
+POLYGON = "region"  # the <PolygonLabels> control's name: the from_name of every region pre-annotation
 # Label Studio serves local files under this URL; ``d`` is relative to its document root, which
 # must be the workspace's data/ folder (LOCAL_FILES_DOCUMENT_ROOT).
 LOCAL_FILES_PREFIX = "/data/local-files/?d=images/"
@@ -44,15 +46,20 @@ def tasks_json(tasks: list[dict]) -> str:
     return json.dumps(tasks, ensure_ascii=False, indent=1) + "\n"
 
 
-def label_config(classes: list[str]) -> str:
-    """The labeling config (``label_config.xml``): the image and one single choice among ``classes``.
+def label_config(classes: list[str], *, polygons: list[str] | None = None) -> str:
+    """The labeling config (``label_config.xml``): the image and one single choice among ``classes``;
+    with ``polygons``, also a polygon control (``POLYGON``) whose labels are those classes, for
+    region pre-annotations (``regions.regions_to_labelstudio``) a person can edit.
 
     Class names are XML-attribute escaped: quotes, ``&`` and ``<`` are legal in a class name.
     """
     choices = "\n".join(f"    <Choice value={quoteattr(c)}/>" for c in classes)
+    polygon = "" if polygons is None else (
+        f'  <PolygonLabels name="{POLYGON}" toName="{IMAGE}" strokeWidth="2" pointSize="small" opacity="0.4">\n'
+        + "".join(f"    <Label value={quoteattr(c)}/>\n" for c in polygons) + "  </PolygonLabels>\n")
     return (f'<View>\n  <Image name="{IMAGE}" value="${IMAGE}"/>\n'
             f'  <Choices name="{LABEL}" toName="{IMAGE}" choice="single" showInLine="true">\n{choices}\n'
-            f'  </Choices>\n</View>\n')
+            f'  </Choices>\n{polygon}</View>\n')
 
 
 # --- import ---------------------------------------------------------------------------------------

@@ -1,0 +1,483 @@
+"""regions: label each SAM mask with the round's labeler (zero-shot head or probe), and write the
+regions as a table, COCO instances JSON or Label Studio polygon pre-annotations.
+
+A mask is a dict as segment-anything's ``SamAutomaticMaskGenerator(output_mode="coco_rle")``
+returns it: ``segmentation`` (COCO RLE ``{"size": [H, W], "counts": str}``), ``area`` (pixels),
+``bbox`` (XYWH, pixels of the original image), ``predicted_iou``, ``stability_score``, ...
+
+Each mask is seen by the model as a crop: its box grown by ``crop_padding`` of its size on every
+side (context), clipped to the image, the pixels outside the mask optionally greyed out, then
+letterboxed to a square with the same grey (the model's centre crop would cut a long box short).
+The crops of all images are embedded together in batches, so labeling costs one batched forward
+pass per ``batch_size`` regions whatever the image count. A region whose label is a negative one
+(``ontology.negative_label`` when the ontology has negative classes: "background", "ok") is
+dropped.
+
+Coordinates: boxes are in pixels of the EXIF-oriented original image (what a person sees);
+``bbox`` is XYWH as in COCO, crop boxes are XYXY.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Collection, Iterable, Iterator, Protocol, Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+from PIL import Image
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from coldstart.tasks import labelstudio
+from coldstart.tasks.config import OntologyConfig, Params, RegionsConfig
+from coldstart.tasks.parts import PartTable
+from coldstart.tasks.workspace import Workspace
+
+if TYPE_CHECKING:
+    from coldstart.models.clip import ClipModel
+
+log = logging.getLogger(__name__)
+
+GREY = (128, 128, 128)  # what blanked and letterboxed pixels become: neutral, close to CLIP's mean colour
+REGIONS_DIR = ("data", "labels", "regions")  # the regions table, Parquet parts keyed by region_id
+
+
+class Head(Protocol):
+    """What labels an embedding: ``ZeroShotHead`` or the round's ``ChosenHead`` (a probe)."""
+
+    def predict_proba(self, X: np.ndarray) -> np.ndarray:  # (N, D) unit embeddings -> (N, L)
+        ...
+
+
+@dataclass(frozen=True)
+class Region:
+    """One labeled mask. ``bbox`` XYWH and ``area`` in pixels of the original image; ``rle`` the
+    COCO RLE of the mask over the whole image: ``{"size": [H, W], "counts": str}``."""
+
+    region_id: str  # sha256(image_id + RLE counts), 16 hex: the same mask of the same image, the same id
+    image_id: str  # sha256 of the image file's bytes (as the scan names images)
+    path: str
+    label: str
+    confidence: float  # the head's probability of ``label`` (calibrated when the head is)
+    bbox: tuple[float, float, float, float]
+    area: int
+    rle: dict
+    predicted_iou: float  # SAM's own quality estimates of the mask
+    stability_score: float
+    labeler: str = ""  # what gave the label: the chosen head's labeler id, or "<model id>+zero-shot"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class ImageMasks:
+    """One image and its masks, the unit ``label_regions`` reads. ``image``: RGB, ``HxWx3`` uint8
+    array or PIL image, EXIF orientation already applied (``scan.load_rgb`` does)."""
+
+    image_id: str
+    path: str
+    image: Image.Image | np.ndarray
+    masks: list[dict]
+
+
+def region_id(image_id: str, counts: str | bytes) -> str:
+    """The stable id of a mask of an image: 16 hex of sha256(image_id + RLE counts)."""
+    counts = counts.encode("ascii") if isinstance(counts, str) else counts
+    return hashlib.sha256(image_id.encode("utf-8") + counts).hexdigest()[:16]
+
+
+def negative_labels(ontology: OntologyConfig) -> set[str]:
+    """The labels a region is dropped for: ``negative_label`` when some class is negative."""
+    return {ontology.negative_label} if any(spec.negative for spec in ontology.classes.values()) else set()
+
+
+# --- crops ----------------------------------------------------------------------------------------
+
+
+def crop_box(bbox: Sequence[float], width: int, height: int, padding: float) -> tuple[int, int, int, int]:
+    """XYWH ``bbox`` grown by ``padding`` x its width/height on each side -> XYXY int box clipped
+    to the ``width`` x ``height`` image, at least 1 pixel each way."""
+    x, y, w, h = (float(v) for v in bbox)
+    x0 = min(max(0, math.floor(x - padding * w)), width - 1)
+    y0 = min(max(0, math.floor(y - padding * h)), height - 1)
+    x1 = max(min(width, math.ceil(x + w + padding * w)), x0 + 1)
+    y1 = max(min(height, math.ceil(y + h + padding * h)), y0 + 1)
+    return x0, y0, x1, y1
+
+
+def decode_mask(rle: dict) -> np.ndarray:
+    """COCO RLE -> ``HxW`` uint8 {0, 1}."""
+    from pycocotools import mask as mask_utils
+
+    counts = rle["counts"]
+    return mask_utils.decode({"size": list(rle["size"]), "counts": counts.encode("ascii") if isinstance(counts, str)
+                              else counts})
+
+
+def region_crops(image: Image.Image | np.ndarray, masks: Sequence[dict], cfg: RegionsConfig | None = None
+                 ) -> tuple[list[Image.Image], np.ndarray]:
+    """The crop the model sees of each mask, and the crops' ``(M, 4)`` int XYXY boxes in pixels
+    of ``image`` (``crop == image[y0:y1, x0:x1]``, outside the mask greyed when
+    ``cfg.blank_outside``). ``image``: RGB ``HxWx3`` uint8 or PIL; ``cfg``: padding and blanking."""
+    cfg = cfg or RegionsConfig()
+    pixels = np.asarray(image.convert("RGB") if isinstance(image, Image.Image) else image)
+    if pixels.ndim != 3 or pixels.shape[2] != 3:
+        raise ValueError(f"region_crops needs an RGB image (HxWx3), not an array of shape {pixels.shape}")
+    H, W = pixels.shape[:2]
+    crops, boxes = [], []
+    for k, m in enumerate(masks):
+        size = list(m["segmentation"]["size"])
+        if size != [H, W]:
+            raise ValueError(f"mask {k} was made for an image of {size[1]}x{size[0]} pixels, this one is {W}x{H}")
+        x0, y0, x1, y1 = crop_box(m["bbox"], W, H, cfg.crop_padding)
+        crop = pixels[y0:y1, x0:x1]
+        if cfg.blank_outside:
+            inside = decode_mask(m["segmentation"])[y0:y1, x0:x1].astype(bool)
+            crop = np.where(inside[..., None], crop, np.array(GREY, np.uint8))
+        crops.append(Image.fromarray(np.ascontiguousarray(crop)))
+        boxes.append((x0, y0, x1, y1))
+    return crops, np.array(boxes, dtype=np.int32).reshape(-1, 4)
+
+
+def letterbox(img: Image.Image) -> Image.Image:
+    """``img`` centred on a grey square of its longer side (nothing cut by a centre crop)."""
+    side = max(img.size)
+    if img.width == img.height:
+        return img
+    square = Image.new("RGB", (side, side), GREY)
+    square.paste(img, ((side - img.width) // 2, (side - img.height) // 2))
+    return square
+
+
+# --- labeling -------------------------------------------------------------------------------------
+
+
+def _best_masks(masks: list[dict], limit: int) -> list[dict]:
+    """The ``limit`` masks with the highest predicted_iou (ties: the earlier), in their given order."""
+    if len(masks) <= limit:
+        return masks
+    order = sorted(range(len(masks)), key=lambda k: -float(masks[k].get("predicted_iou", 0.0)))
+    return [masks[k] for k in sorted(order[:limit])]
+
+
+def _crop_tensors(clip: ClipModel, items: Iterable[ImageMasks], cfg: RegionsConfig, pool: ThreadPoolExecutor
+                  ) -> Iterator[tuple[tuple[str, str, dict], object]]:
+    """((image id, path, mask), preprocessed ``(3, S, S)`` crop) for every kept mask of every
+    image, in order; nothing keeps a reference to an image once its crops are made.
+
+    An image's crops are preprocessed on ``pool``'s threads (PIL's resize releases the GIL), so
+    they are ready while the model encodes the previous batch: per region, preprocessing costs
+    about as much as a ViT-B-32 forward pass on a GPU."""
+    for item in items:
+        masks = _best_masks(list(item.masks), cfg.max_regions_per_image)
+        crops, _ = region_crops(item.image, masks, cfg)
+        yield from zip(((item.image_id, item.path, m) for m in masks),
+                       pool.map(lambda crop: clip.preprocess(letterbox(crop)), crops))
+
+
+def embed_regions(clip: ClipModel, items: Iterable[ImageMasks], cfg: RegionsConfig, *, batch_size: int = 64
+                  ) -> tuple[list[tuple[str, str, dict]], np.ndarray]:
+    """Embed the crops of all masks of all ``items`` in batches of ``batch_size`` (a batch spans
+    images). Returns ([(image id, path, mask)] in order, ``(R, D)`` float32 unit embeddings)."""
+    import torch
+
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, not {batch_size}")
+    which, vectors, pending = [], [], []
+
+    def flush() -> None:
+        vectors.append(clip.encode_images(torch.stack(pending)))
+        pending.clear()
+
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1), thread_name_prefix="region-crops") as pool:
+        for where, pixels in _crop_tensors(clip, items, cfg, pool):
+            which.append(where)
+            pending.append(pixels)
+            if len(pending) == batch_size:
+                flush()
+        if pending:
+            flush()
+    dim = int(getattr(clip, "embed_dim", 0))
+    return which, np.concatenate(vectors) if vectors else np.zeros((0, dim), np.float32)
+
+
+def label_regions(clip: ClipModel, head: Head, items: Iterable[ImageMasks], cfg: RegionsConfig,
+                  classes: Sequence[str], *, negatives: Collection[str] = (), labeler: str = "",
+                  batch_size: int = 64) -> list[Region]:
+    """Label every mask of every image; regions labeled a ``negatives`` label are dropped.
+
+    ``items``: images with their masks (read lazily: an image is released once its crops are
+    made); ``cfg``: crop padding, blanking and ``max_regions_per_image`` (the masks with the best
+    predicted_iou are kept); ``head.predict_proba`` maps ``(R, D)`` embeddings to ``(R, L)``
+    probabilities over ``classes`` (the labels, in the head's order). Returns the kept regions,
+    in image order and, within an image, in mask order.
+    """
+    which, X = embed_regions(clip, items, cfg, batch_size=batch_size)
+    if not which:
+        return []
+    probs = np.asarray(head.predict_proba(X))
+    if probs.shape != (len(which), len(classes)):
+        raise ValueError(f"the head gives {probs.shape[1]} probabilities per region, but {len(classes)} classes were "
+                         f"given ({', '.join(classes)}): pass the labels the head was trained on, in its order")
+    best = probs.argmax(1)
+    regions = []
+    for (image_id, path, m), k, p in zip(which, best, probs):
+        label = classes[int(k)]
+        if label in negatives:
+            continue
+        rle = {"size": [int(v) for v in m["segmentation"]["size"]], "counts": _text(m["segmentation"]["counts"])}
+        regions.append(Region(region_id(image_id, rle["counts"]), image_id, path, label,
+                              float(p[k]), tuple(float(v) for v in m["bbox"]), int(m["area"]), rle,
+                              float(m.get("predicted_iou", 0.0)), float(m.get("stability_score", 0.0)), labeler))
+    log.info("%d region(s) labeled, %d dropped as negative", len(regions), len(which) - len(regions))
+    return regions
+
+
+def cleanup_labeled(regions: Sequence[Region], cfg: RegionsConfig) -> tuple[list[Region], dict[str, int]]:
+    """The cleanup rules that need labels (``containment``: a region mostly inside a better one of
+    the same label is dropped), run per image by ``coldstart.models.masks.cleanup`` after
+    labeling; the label-free rules ran before it, on the raw masks. Returns (the kept regions in
+    their order, the count removed per rule)."""
+    from coldstart.models.masks import cleanup
+
+    by_image: dict[str, list[int]] = {}
+    for k, r in enumerate(regions):
+        by_image.setdefault(r.image_id, []).append(k)
+    keep, counts = set(), {}
+    for rows in by_image.values():
+        masks = [{"segmentation": regions[k].rle, "area": regions[k].area, "bbox": list(regions[k].bbox),
+                  "predicted_iou": regions[k].predicted_iou, "stability_score": regions[k].stability_score}
+                 for k in rows]
+        kept, removed = cleanup(masks, cfg, labels=[regions[k].label for k in rows])
+        keep.update(rows[m["index"]] for m in kept)
+        for rule, n in removed.items():
+            counts[rule] = counts.get(rule, 0) + n
+    return [r for k, r in enumerate(regions) if k in keep], counts
+
+
+def _text(counts: str | bytes) -> str:
+    return counts.decode("ascii") if isinstance(counts, bytes) else counts
+
+
+def region_head(ws: Workspace, params: Params, clip: ClipModel) -> tuple[Head, str]:
+    """The round's labeler for regions: the head the last train stage chose when it reads this
+    model's embeddings, else the ontology's zero-shot head. Returns (head, labeler id)."""
+    from coldstart.tasks.train import load_chosen, zero_shot_head
+
+    chosen = load_chosen(ws)
+    if chosen is not None and chosen.model_id == clip.model_id:
+        return chosen, chosen.labeler_id
+    head, _ = zero_shot_head(ws, params, clip)
+    return head, f"{clip.model_id}+zero-shot"
+
+
+def bench_labeling(image: Image.Image | np.ndarray, masks: list[dict], clip: ClipModel, head: Head, *,
+                   classes: Sequence[str] | None = None, cfg: RegionsConfig | None = None,
+                   batch_size: int = 64) -> tuple[float, float]:
+    """Seconds to label ``masks`` of ``image`` batched (``label_regions``) and naively (one model
+    call per mask: crop, preprocess, encode one, predict), on the same masks, after one warm-up
+    call each. Returns (ours_s, naive_s)."""
+    import torch
+
+    cfg = cfg or RegionsConfig()
+    masks = _best_masks(list(masks), cfg.max_regions_per_image)
+    if not masks:
+        raise ValueError("bench_labeling needs at least one mask")
+    item = ImageMasks("bench", "bench", image, masks)
+    n_labels = np.asarray(head.predict_proba(np.zeros((1, clip.embed_dim), np.float32))).shape[1]
+    classes = list(classes) if classes is not None else [str(k) for k in range(n_labels)]
+
+    def ours() -> None:
+        label_regions(clip, head, [item], cfg, classes, batch_size=batch_size)
+
+    def naive() -> None:
+        for m in masks:
+            crops, _ = region_crops(image, [m], cfg)
+            head.predict_proba(clip.encode_images(torch.stack([clip.preprocess(letterbox(crops[0]))])))
+
+    times = []
+    for fn in (ours, naive):
+        fn()  # warm-up: first-call allocations, lazy model build
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return times[0], times[1]
+
+
+# --- the regions table ----------------------------------------------------------------------------
+
+
+def regions_dir(ws: Workspace) -> Path:
+    return ws.root.joinpath(*REGIONS_DIR)
+
+
+def regions_schema() -> pa.Schema:
+    codes = pa.dictionary(pa.int32(), pa.string())
+    return pa.schema([("region_id", pa.string()), ("image_id", pa.string()), ("path", pa.string()),
+                      ("label", codes), ("confidence", pa.float64()), ("bbox", pa.list_(pa.float64(), 4)),
+                      ("area", pa.int64()), ("height", pa.int32()), ("width", pa.int32()), ("counts", pa.string()),
+                      ("predicted_iou", pa.float64()), ("stability_score", pa.float64()), ("labeler", codes)])
+
+
+def regions_parts(folder: Path) -> PartTable:
+    return PartTable(folder, "region_id", regions_schema())
+
+
+def regions_table(regions: Sequence[Region]) -> pa.Table:
+    """Regions as an Arrow table with ``regions_schema()`` (the mask's RLE as height, width, counts)."""
+    schema = regions_schema()
+    cols = {
+        "region_id": [r.region_id for r in regions], "image_id": [r.image_id for r in regions],
+        "path": [r.path for r in regions], "label": [r.label for r in regions],
+        "confidence": [r.confidence for r in regions], "bbox": [list(r.bbox) for r in regions],
+        "area": [r.area for r in regions], "height": [r.rle["size"][0] for r in regions],
+        "width": [r.rle["size"][1] for r in regions], "counts": [r.rle["counts"] for r in regions],
+        "predicted_iou": [r.predicted_iou for r in regions], "stability_score": [r.stability_score for r in regions],
+        "labeler": [r.labeler for r in regions],
+    }
+    return pa.table({name: pa.array(cols[name]).cast(schema.field(name).type) if pa.types.is_dictionary(
+        schema.field(name).type) else pa.array(cols[name], schema.field(name).type) for name in schema.names},
+        schema=schema)
+
+
+def regions_of(table: pa.Table) -> list[Region]:
+    """Rows of a regions table (``regions_schema()``) as Region records."""
+    return [Region(r["region_id"], r["image_id"], r["path"], r["label"], r["confidence"], tuple(r["bbox"]), r["area"],
+                   {"size": [r["height"], r["width"]], "counts": r["counts"]}, r["predicted_iou"],
+                   r["stability_score"], r["labeler"]) for r in table.to_pylist()]
+
+
+def write_regions(folder: Path, round_no: int, regions: Sequence[Region], *,
+                  images: Collection[str] | None = None) -> bool:
+    """Record round ``round_no``'s regions in the table at ``folder`` (``regions_dir(ws)``): the
+    regions of ``images`` (image ids; default: those of ``regions``) become exactly ``regions``,
+    other images keep theirs. Only changed rows are stored (a delta part). Returns whether a file
+    was written."""
+    new = regions_table(regions)
+    replaced = set(images) if images is not None else {r.image_id for r in regions}
+    stray = {r.image_id for r in regions} - replaced
+    if stray:
+        raise ValueError(f"{len(stray)} region(s) belong to images not listed in images= (e.g. {sorted(stray)[0]})")
+    parts = regions_parts(folder)
+    old = parts.read(before=round_no)
+    hit = pc.is_in(old["image_id"], value_set=pa.array(sorted(replaced), pa.string()))
+    before = {r["region_id"]: r for r in old.filter(hit).to_pylist()}
+    rows = new.to_pylist()
+    changed = [k for k, r in enumerate(rows) if before.get(r["region_id"]) != r]
+    deleted = sorted(set(before) - {r["region_id"] for r in rows})
+    kept = old.filter(pc.invert(hit))
+    return parts.write(round_no, new.take(pa.array(changed, pa.int64())), deleted,
+                       lambda: pa.concat_tables([kept.cast(regions_schema()), new]))
+
+
+def read_regions(folder: Path, *, before: int | None = None) -> list[Region]:
+    """The current regions table at ``folder`` (empty when there is none yet), by region id;
+    ``before``: as it stood before that round."""
+    return regions_of(regions_parts(folder).read(before=before))
+
+
+# --- exports --------------------------------------------------------------------------------------
+
+
+ImageInfo = tuple[str, str, int, int]  # (image_id, path, width, height)
+
+
+def _check_images(regions: Sequence[Region], images: Sequence[ImageInfo]) -> dict[str, ImageInfo]:
+    by_id = {i[0]: i for i in images}
+    for r in regions:
+        info = by_id.get(r.image_id)
+        if info is None:
+            raise ValueError(f"region {r.region_id} is on image {r.image_id}, which is not among the images given")
+        if list(r.rle["size"]) != [info[3], info[2]]:
+            raise ValueError(f"region {r.region_id}: its mask is {r.rle['size'][1]}x{r.rle['size'][0]} pixels, its "
+                             f"image {info[1]} is {info[2]}x{info[3]}")
+    return by_id
+
+
+def regions_to_coco(regions: Sequence[Region], images: Sequence[ImageInfo], classes: Sequence[str], *,
+                    negatives: Collection[str] = (), description: str = "coldstart regions") -> dict:
+    """A COCO instances document: ``images`` (ids 1..N in the order given, ``file_name`` the
+    path), ``categories`` (ids 1.. for ``classes`` minus ``negatives``, in order) and one
+    annotation per region: RLE ``segmentation`` (counts as a string), ``bbox`` XYWH, ``area``,
+    ``iscrowd`` 0, ``score`` (the confidence), ``region_id``. Loads in
+    ``pycocotools.coco.COCO``; the annotations also serve as results for ``COCO.loadRes``."""
+    by_id = _check_images(regions, images)
+    names = [c for c in classes if c not in negatives]
+    cat = {n: k + 1 for k, n in enumerate(names)}
+    img = {image_id: k + 1 for k, image_id in enumerate(by_id)}
+    anns = []
+    for r in regions:
+        if r.label not in cat:
+            raise ValueError(f"region {r.region_id} is labeled {r.label!r}, which is not a category "
+                             f"({', '.join(names)})")
+        anns.append({"id": len(anns) + 1, "image_id": img[r.image_id], "category_id": cat[r.label],
+                     "segmentation": {"size": list(r.rle["size"]), "counts": r.rle["counts"]},
+                     "area": r.area, "bbox": list(r.bbox), "iscrowd": 0, "score": r.confidence,
+                     "region_id": r.region_id})
+    return {
+        "info": {"description": description},
+        "images": [{"id": img[i], "file_name": p, "width": w, "height": h, "coldstart_image_id": i}
+                   for i, p, w, h in by_id.values()],
+        "categories": [{"id": cat[n], "name": n} for n in names],
+        "annotations": anns,
+    }
+
+
+def mask_polygons(rle: dict, *, tolerance: float = 1.0) -> list[np.ndarray]:
+    """The outer contours of a mask as ``(P, 2)`` float XY pixel polygons (P >= 3), simplified
+    by Douglas-Peucker within ``tolerance`` pixels; one per connected part, largest first."""
+    import cv2
+
+    mask = decode_mask(rle)
+    contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    polys = []
+    for c in sorted(contours, key=cv2.contourArea, reverse=True):
+        c = cv2.approxPolyDP(c, tolerance, True) if tolerance > 0 else c
+        if len(c) >= 3:
+            polys.append(c.reshape(-1, 2).astype(np.float64))
+    return polys
+
+
+def regions_to_labelstudio(regions: Sequence[Region], images: Sequence[ImageInfo], *,
+                           model_version: str = "coldstart-regions", tolerance: float = 1.0) -> list[dict]:
+    """Label Studio tasks, one per image (in the order given), each region a ``polygonlabels``
+    pre-annotation (one per connected part of its mask) with points in percent of the image's
+    width and height, editable in Label Studio with ``labelstudio.label_config(classes,
+    polygons=...)``. Images are served as ``labelstudio.task`` serves them (local files)."""
+    by_id = _check_images(regions, images)
+    results: dict[str, list[dict]] = {i: [] for i in by_id}
+    for r in regions:
+        _, _, w, h = by_id[r.image_id]
+        for k, poly in enumerate(mask_polygons(r.rle, tolerance=tolerance)):
+            points = np.clip(poly / [w, h] * 100.0, 0.0, 100.0)
+            results[r.image_id].append({
+                "id": r.region_id if k == 0 else f"{r.region_id}-{k}",
+                "from_name": labelstudio.POLYGON, "to_name": labelstudio.IMAGE, "type": "polygonlabels",
+                "original_width": w, "original_height": h, "image_rotation": 0, "score": r.confidence,
+                "value": {"points": points.round(4).tolist(), "closed": True, "polygonlabels": [r.label]},
+            })
+    tasks = []
+    for image_id, path, _, _ in by_id.values():
+        found = results[image_id]
+        scores = [res["score"] for res in found]
+        tasks.append({
+            "data": {labelstudio.IMAGE: labelstudio.LOCAL_FILES_PREFIX + path, "image_id": image_id, "path": path},
+            "predictions": [{"model_version": model_version, "score": float(np.mean(scores)) if scores else 0.0,
+                             "result": found}],
+        })
+    return tasks
+
+
+@task(name="label-regions", cache_policy=NO_CACHE)
+def label_regions_task(clip: ClipModel, head: Head, items: list[ImageMasks], cfg: RegionsConfig,
+                       classes: list[str], negatives: list[str], labeler: str = "") -> list[Region]:
+    return label_regions(clip, head, items, cfg, classes, negatives=negatives, labeler=labeler)
