@@ -29,4 +29,8 @@ TARGETS = {t.key: t for t in (
     Target("labels_to_95", "labels to 95% of full-pool accuracy (coldstart)", "<=", 70.0),
     Target("audit_coverage", "audit Wilson 95% interval coverage", ">=", 0.90),
     Target("train_s", "train stage, 1,797 images, 100 labels (s)", "<=", 5.0),
+    Target("speedup", "regions: stock SAM generator / ours (x)", ">=", 10.0),
+    Target("mask_match", "regions: masks matched both ways (IoU >= 0.9)", ">=", 0.95),
+    Target("ours_s_per_img", "regions: ours, 1024x768, vit_t, 16x16 pts (s)", "<=", 10.0),
+    Target("big_image_peak_rss_mb", "regions: 8000x6000 image peak RSS (MB)", "<=", 3072.0),
 )}
