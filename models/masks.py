@@ -277,7 +277,7 @@ def _cell_boxes(masks: torch.Tensor, sx: float, sy: float, w: int, h: int) -> to
     cells = batched_mask_to_box(masks).float()  # inclusive cell indices
     empty = ~masks.flatten(1).any(1)
     box = torch.stack([cells[:, 0] * sx, cells[:, 1] * sy, (cells[:, 2] + 1) * sx - 1, (cells[:, 3] + 1) * sy - 1], 1)
-    box = torch.minimum(box.clamp(min=0), torch.tensor([w - 1, h - 1, w - 1, h - 1], dtype=torch.float))
+    box = torch.minimum(box.clamp(min=0), torch.tensor([w - 1, h - 1, w - 1, h - 1], dtype=torch.float, device=box.device))
     box[empty] = 0
     return box
 

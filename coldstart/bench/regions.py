@@ -110,7 +110,7 @@ def _labeling(image: np.ndarray, masks: list[dict], clip_model: str) -> tuple[fl
         w = np.random.default_rng(0).standard_normal((10, clip.embed_dim)).astype(np.float32)
         args.append(LinearHead(w, np.zeros(10, np.float32)))
     ours, naive = fn(*args)
-    return float(ours), float(naive)
+    return round(float(ours), 3), round(float(naive), 3)
 
 
 def bench_regions(width: int = 1024, height: int = 768, points_per_side: int = 16,
