@@ -11,7 +11,7 @@ from pathlib import Path
 
 from coldstart.models.errors import ColdstartError
 
-STAGES = ("scan", "embed", "intake", "train", "relabel", "select")
+STAGES = ("scan", "embed", "intake", "train", "relabel", "regions", "select")
 
 
 def _quiet_prefect() -> None:
@@ -111,66 +111,42 @@ def cmd_export(a) -> int:
 def cmd_regions(a) -> int:
     """Segment images with SAM, clean the masks up, label each with the workspace's labeler (the
     last round's chosen head, else zero-shot), and write COCO (and Label Studio) files."""
-    import time
     from collections import Counter
 
-    import numpy as np
-
-    from coldstart.models.masks import cleanup, generate_masks
     from coldstart.models.sam import load_sam
     from coldstart.tasks import labelstudio
     from coldstart.tasks.embed import load_model
     from coldstart.tasks.regions import (
-        ImageMasks,
-        cleanup_labeled,
-        label_regions,
         negative_labels,
         region_head,
         regions_to_coco,
         regions_to_labelstudio,
+        resolve_checkpoint,
+        segment_and_label,
     )
-    from coldstart.tasks.scan import load_rgb, sha256_file
+    from coldstart.tasks.scan import sha256_file
     from coldstart.tasks.workspace import Workspace, atomic_write_text
 
     ws = Workspace.open(a.workspace)
     params = ws.params()
-    cfg = params.regions
-    if cfg.sam_checkpoint and not Path(cfg.sam_checkpoint).expanduser().is_absolute():  # relative to the workspace
-        cfg = cfg.model_copy(update={"sam_checkpoint": str(ws.root / cfg.sam_checkpoint)})
+    cfg = resolve_checkpoint(ws, params.regions)
+    params = params.model_copy(update={"regions": cfg})
     sam = load_sam(cfg)
     clip = load_model(params.model)
     head, labeler = region_head(ws, params, clip)
     classes, negatives = params.ontology.class_names, negative_labels(params.ontology)
-    images, found, cleaned, seg_s, read_s = [], {}, Counter(), 0.0, 0.0
 
-    def segmented():  # one image at a time: label_regions releases each once its crops are made
-        nonlocal seg_s, read_s
+    def named():
         for name in a.images:
-            t_read = time.perf_counter()
             path = Path(name).expanduser().resolve()
             # as Label Studio's local files and the workspace's tables name images: relative to data/images/
             shown = path.relative_to(ws.images).as_posix() if path.is_relative_to(ws.images) else str(path)
-            with load_rgb(path, params.scan) as img:
-                rgb = np.asarray(img.convert("RGB"))
-            image_id = sha256_file(path)
-            t_seg = time.perf_counter()
-            read_s += t_seg - t_read
-            masks = generate_masks(sam, rgb, cfg)
-            kept, counts = cleanup(masks, cfg)
-            seg_s += time.perf_counter() - t_seg
-            cleaned.update(counts)
-            images.append((image_id, shown, rgb.shape[1], rgb.shape[0]))
-            found[image_id] = (len(masks), len(kept))
-            yield ImageMasks(image_id, shown, rgb, kept)
+            yield sha256_file(path), shown, path
 
-    t0 = time.perf_counter()
-    regions = label_regions(clip, head, segmented(), cfg, classes, negatives=negatives, labeler=labeler)
-    label_s = time.perf_counter() - t0 - seg_s - read_s  # crops, model, head
-    t_clean = time.perf_counter()
-    negative = sum(kept for _, kept in found.values()) - len(regions)
-    regions, counts = cleanup_labeled(regions, cfg)  # the rules that need labels (containment)
-    seg_s += time.perf_counter() - t_clean
-    cleaned.update(counts)
+    seg = segment_and_label(params, sam, clip, head, labeler, named())
+    regions, images, found, seg_s, label_s = seg.regions, seg.images, seg.found, seg.seg_s, seg.label_s
+    cleaned = Counter({k: v for k, v in seg.cleaned.items() if k != "negative_label"})
+    negative = seg.cleaned.get("negative_label", 0)
     doc = regions_to_coco(regions, images, classes, negatives=negatives, description=f"coldstart regions ({labeler})")
     atomic_write_text(Path(a.coco), json.dumps(doc, ensure_ascii=False) + "\n")
     if a.labelstudio:
@@ -211,7 +187,7 @@ def cmd_status(a) -> int:
 def cmd_stage(a) -> int:
     """One stage on its own (what `dvc repro` runs), without Prefect, MLflow or tagging. Each
     writes exactly the outputs dvc.yaml declares for it."""
-    from coldstart.tasks import embed, intake, relabel, scan, select, train
+    from coldstart.tasks import embed, intake, regions, relabel, scan, select, train
     from coldstart.tasks.version import check_stages
     from coldstart.tasks.workspace import Workspace
 
@@ -231,6 +207,8 @@ def cmd_stage(a) -> int:
             result = train.train(ws, params, embed.load_model(params.model), n)
         elif a.name == "relabel":
             result = relabel.relabel(ws, params, n)
+        elif a.name == "regions":
+            result = regions.regions(ws, params, embed.load_model(params.model), n)
         else:
             result = select.select(ws, params.round, n)
     print(f"{a.name}: " + json.dumps(result.to_dict(), ensure_ascii=False, default=str))

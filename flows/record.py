@@ -18,6 +18,7 @@ from typing import Any, Iterator
 from coldstart.tasks.audit import AuditEstimate
 from coldstart.tasks.embed import EmbedResult
 from coldstart.tasks.intake import IntakeResult
+from coldstart.tasks.regions import RegionsResult
 from coldstart.tasks.relabel import RelabelResult
 from coldstart.tasks.scan import ScanResult
 from coldstart.tasks.select import SelectResult
@@ -27,7 +28,8 @@ from coldstart.tasks.version import VersionResult
 from coldstart.tasks.workspace import Workspace, atomic_write_text
 
 STAGES: dict[str, type] = {"scan": ScanResult, "embed": EmbedResult, "intake": IntakeResult, "audit": AuditEstimate,
-                           "train": TrainResult, "relabel": RelabelResult, "select": SelectResult,
+                           "train": TrainResult, "relabel": RelabelResult, "regions": RegionsResult,
+                           "select": SelectResult,
                            "track": TrackResult, "version": VersionResult}
 
 
@@ -40,6 +42,7 @@ class RoundRecord:
     audit: AuditEstimate | None = None  # of an earlier round's auto labels, from its answered audit items
     train: TrainResult | None = None
     relabel: RelabelResult | None = None
+    regions: RegionsResult | None = None
     select: SelectResult | None = None
     track: TrackResult | None = None
     version: VersionResult | None = None

@@ -15,6 +15,7 @@ from coldstart.tasks.audit import audit_task
 from coldstart.tasks.embed import embed_task, load_model_task
 from coldstart.tasks.errors import TrackingError
 from coldstart.tasks.intake import intake_task
+from coldstart.tasks.regions import regions_task
 from coldstart.tasks.relabel import relabel_task
 from coldstart.tasks.scan import scan_task
 from coldstart.tasks.select import select_task
@@ -60,6 +61,8 @@ def run_round(ws: Workspace, force: bool = False) -> RoundRecord:
         rec.train = train_task(ws, params, clip, n)
     with rec.timed("relabel"):  # every image -> resolved label (human > model)
         rec.relabel = relabel_task(ws, params, n)
+    with rec.timed("regions"):  # regions.enabled: SAM masks of new images, each labeled
+        rec.regions = regions_task(ws, params, clip, n)
     with rec.timed("select"):  # uncertainty + diversity + random audit -> review batch
         rec.select = select_task(ws, params.round, n)
     with rec.timed("track"):  # one MLflow run

@@ -25,7 +25,7 @@ import math
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Collection, Iterable, Iterator, Protocol, Sequence
 
@@ -39,6 +39,7 @@ from prefect.cache_policies import NO_CACHE
 from coldstart.tasks import labelstudio
 from coldstart.tasks.config import OntologyConfig, Params, RegionsConfig
 from coldstart.tasks.parts import PartTable
+from coldstart.tasks.result import StageResult
 from coldstart.tasks.workspace import Workspace
 
 if TYPE_CHECKING:
@@ -481,3 +482,142 @@ def regions_to_labelstudio(regions: Sequence[Region], images: Sequence[ImageInfo
 def label_regions_task(clip: ClipModel, head: Head, items: list[ImageMasks], cfg: RegionsConfig,
                        classes: list[str], negatives: list[str], labeler: str = "") -> list[Region]:
     return label_regions(clip, head, items, cfg, classes, negatives=negatives, labeler=labeler)
+
+
+# --- the stage -------------------------------------------------------------------------------------
+
+SEGMENTED_DIR = "images"  # beside the regions' parts: which images each SAM model has segmented
+
+
+def _segmented_parts(folder: Path) -> PartTable:
+    return PartTable(folder / SEGMENTED_DIR, "key", pa.schema([
+        ("key", pa.string()), ("image_id", pa.string()), ("sam_model_id", pa.string()), ("masks", pa.int32()),
+        ("kept", pa.int32()), ("round", pa.int32())]))
+
+
+@dataclass
+class Segmented:
+    """What segmenting and labeling a set of images gave (shared by the stage and `coldstart regions`)."""
+
+    regions: list[Region]
+    images: list[tuple[str, str, int, int]]  # (image id, path as shown, width, height)
+    found: dict[str, tuple[int, int]]  # image id -> (masks, masks kept by the label-free cleanup)
+    cleaned: dict[str, int]  # cleanup rule -> masks it removed; "negative_label": regions dropped as background
+    seg_s: float
+    label_s: float
+
+
+def resolve_checkpoint(ws: Workspace, cfg: RegionsConfig) -> RegionsConfig:
+    """``regions.sam_checkpoint`` relative to the workspace, as the other paths in params.yaml."""
+    if cfg.sam_checkpoint and not Path(cfg.sam_checkpoint).expanduser().is_absolute():
+        return cfg.model_copy(update={"sam_checkpoint": str(ws.root / cfg.sam_checkpoint)})
+    return cfg
+
+
+def segment_and_label(params: Params, sam, clip: ClipModel, head: Head, labeler: str,
+                      images: Iterable[tuple[str, str, Path]], *, progress: bool = False) -> Segmented:
+    """SAM masks of each image (one image in memory at a time), the label-free cleanup, then
+    every region of every image labeled in batches, then the cleanup rules that need labels.
+    ``images``: (image id, path as shown, file). Region boxes and masks are in original pixels."""
+    from collections import Counter
+
+    from coldstart.models.masks import cleanup, generate_masks
+    from coldstart.tasks.scan import load_rgb
+
+    cfg = params.regions
+    shown_images, found, cleaned = [], {}, Counter()
+    seg_s = read_s = 0.0
+
+    def segmented() -> Iterator[ImageMasks]:
+        nonlocal seg_s, read_s
+        for k, (image_id, shown, file) in enumerate(images, start=1):
+            t_read = time.perf_counter()
+            with load_rgb(file, params.scan) as img:
+                rgb = np.asarray(img.convert("RGB"))
+            t_seg = time.perf_counter()
+            read_s += t_seg - t_read
+            masks = generate_masks(sam, rgb, cfg)
+            kept, counts = cleanup(masks, cfg)
+            seg_s += time.perf_counter() - t_seg
+            cleaned.update(counts)
+            shown_images.append((image_id, shown, rgb.shape[1], rgb.shape[0]))
+            found[image_id] = (len(masks), len(kept))
+            if progress:
+                log.info("regions: image %d (%s): %d mask(s), %d kept", k, shown, len(masks), len(kept))
+            yield ImageMasks(image_id, shown, rgb, kept)
+
+    t0 = time.perf_counter()
+    regions = label_regions(clip, head, segmented(), cfg, params.ontology.class_names,
+                            negatives=negative_labels(params.ontology), labeler=labeler)
+    label_s = time.perf_counter() - t0 - seg_s - read_s
+    cleaned["negative_label"] += sum(kept for _, kept in found.values()) - len(regions)
+    t_clean = time.perf_counter()
+    regions, counts = cleanup_labeled(regions, cfg)  # the rules that need labels (containment)
+    seg_s += time.perf_counter() - t_clean
+    cleaned.update(counts)
+    return Segmented(regions, shown_images, found, dict(cleaned), seg_s, label_s)
+
+
+@dataclass
+class RegionsResult(StageResult):
+    enabled: bool = False
+    sam_model_id: str = ""
+    images_segmented: int = 0  # this round: images not segmented before by this SAM model
+    masks: int = 0  # SAM's masks on them, before cleanup
+    new_regions: int = 0  # labeled regions kept on them
+    regions: int = 0  # in the table, all images
+    cleaned: dict[str, int] = field(default_factory=dict)  # masks removed per cleanup rule (and as background)
+    seg_s: float = 0.0
+    label_s: float = 0.0
+
+    def metrics(self) -> dict[str, float | None]:
+        if not self.enabled:
+            return {}
+        return {"regions": self.regions, "regions_new": self.new_regions, "regions_images_segmented":
+                self.images_segmented, "regions_masks": self.masks,
+                **{f"regions_removed_{k}": v for k, v in self.cleaned.items()}}
+
+
+def regions(ws: Workspace, params: Params, clip: ClipModel, round_no: int) -> RegionsResult:
+    """The regions stage (``regions.enabled``): SAM segments each image this SAM model has not
+    segmented yet, each region is labeled by the round's labeler (the head the train stage
+    chose, else zero-shot), background regions are dropped, and the regions table
+    (data/labels/regions/, Parquet parts keyed by region id) records them with the segmented
+    images (its images/ folder). Regions of earlier images keep the label they were given.
+
+    Writes exactly its declared output, data/labels/regions/ (created empty when disabled, so
+    that DVC can record the stage either way)."""
+    from coldstart.models.sam import load_sam
+    from coldstart.tasks.manifest import read_manifest_table
+
+    folder = regions_dir(ws)
+    folder.mkdir(parents=True, exist_ok=True)
+    cfg = resolve_checkpoint(ws, params.regions)
+    if not cfg.enabled:
+        return RegionsResult(enabled=False)
+    sam = load_sam(cfg)
+    done_parts = _segmented_parts(folder)
+    done = {r["image_id"] for r in done_parts.read(["image_id", "sam_model_id"]).to_pylist()
+            if r["sam_model_id"] == sam.model_id}
+    first_path: dict[str, str] = {}
+    manifest = read_manifest_table(ws, ["image_id", "path"]).to_pydict()
+    for image_id, path in sorted(zip(manifest["image_id"], manifest["path"]), key=lambda r: r[1]):
+        first_path.setdefault(image_id, path)  # duplicates: one file segments for all
+    todo = [(i, p, ws.images / p) for i, p in sorted(first_path.items(), key=lambda r: r[1]) if i not in done]
+    head, labeler = region_head(ws, params, clip)
+    seg = segment_and_label(params.model_copy(update={"regions": cfg}), sam, clip, head, labeler, todo,
+                            progress=True)
+    if todo:
+        write_regions(folder, round_no, seg.regions, images=[i for i, _, _ in todo])
+        rows = [dict(key=f"{i}:{sam.model_id}", image_id=i, sam_model_id=sam.model_id, masks=seg.found[i][0],
+                     kept=seg.found[i][1], round=round_no) for i, _, _ in todo]
+        table = pa.Table.from_pylist(rows, schema=done_parts.schema)
+        done_parts.write(round_no, table, [], lambda: pa.concat_tables([done_parts.read(), table]))
+    total = regions_parts(folder).read(["region_id"]).num_rows
+    return RegionsResult(True, sam.model_id, len(todo), sum(m for m, _ in seg.found.values()), len(seg.regions),
+                         total, seg.cleaned, round(seg.seg_s, 3), round(seg.label_s, 3))
+
+
+@task(name="regions", cache_policy=NO_CACHE)
+def regions_task(ws: Workspace, params: Params, clip: ClipModel, round_no: int) -> RegionsResult:
+    return regions(ws, params, clip, round_no)

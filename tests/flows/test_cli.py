@@ -294,10 +294,14 @@ def test_each_stage_writes_exactly_its_declared_outputs(make_workspace):
         return outs
 
     ran = []
-    for name in ("scan", "embed", "intake", "train", "relabel", "select"):
+    for name in ("scan", "embed", "intake", "train", "relabel", "regions", "select"):
         if name == "intake":
             answers = "\n".join(f"{p},{t}" for p, t in list(truth.items())[:8])
             (ws.inbox / "a.csv").write_text("image,label\n" + answers + "\n")
+        if name == "regions":  # random vit_t, filters opened up so that regions exist
+            ws.params_file.write_text(ws.params_file.read_text() + "regions:\n  enabled: true\n  points_per_side: 2\n"
+                                      "  pred_iou_thresh: 0.0\n  stability_score_thresh: 0.0\n  box_nms_thresh: 1.0\n"
+                                      "  min_area: 0\n  max_area_fraction: 1.0\n")
         before = snapshot()
         assert cli(["stage", name, "-w", str(ws.root)]) == 0
         after = snapshot()

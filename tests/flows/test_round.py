@@ -219,7 +219,8 @@ def test_dvc_sees_every_stage_up_to_date_and_an_older_tag_pulls_back(rounds):
     ws = rounds.ws
     with contextlib.chdir(ws.root), Repo(str(ws.root)) as repo:
         assert repo.status() == {}
-        assert {s.name for s in repo.index.stages if s.cmd} == {"scan", "embed", "intake", "train", "relabel", "select"}
+        assert {s.name for s in repo.index.stages if s.cmd} == {"scan", "embed", "intake", "train", "relabel", "regions",
+                                                                  "select"}
     tags = subprocess.run(["git", "tag"], cwd=ws.root, capture_output=True, text=True).stdout.split()
     assert tags == ["round-001", "round-002", "round-003"] == [r.tag for r in rounds.records]
     clone = rounds.tmp / "clone"

@@ -1,0 +1,67 @@
+"""A round with regions.enabled: SAM (random vit_t) segments each new image once, the round's
+labeler labels every region, and the regions table is versioned with the round's tag."""
+
+from __future__ import annotations
+
+import contextlib
+import subprocess
+import sys
+
+import pytest
+
+from coldstart.flows.demo import write_digits
+from coldstart.flows.round import labeling_round
+from coldstart.tasks.regions import read_regions, regions_dir, regions_to_coco
+from coldstart.tasks.version import init_workspace
+from tests.conftest import tiny_params, write_image
+
+pytestmark = pytest.mark.slow
+
+# Random weights: SAM's predicted IoU and stability are low, so the filters are opened up; a few
+# points keep the CPU time small.
+REGIONS = """
+regions:
+  enabled: true
+  sam_type: vit_t
+  points_per_side: 3
+  pred_iou_thresh: 0.0
+  stability_score_thresh: 0.0
+  box_nms_thresh: 1.0
+  min_area: 0
+  max_area_fraction: 1.0
+  mask_nms_thresh: 1.0
+"""
+
+
+def test_a_round_with_regions_labels_every_region_and_versions_them(prefect_harness, tmp_path):
+    from pycocotools.coco import COCO
+
+    ws = init_workspace(tmp_path / "ws", params_text=tiny_params(4) + REGIONS)
+    write_digits(ws.images, n=6, size=48)
+    r1 = labeling_round(workspace=str(ws.root))
+    got = r1.regions
+    assert got.enabled and got.sam_model_id == "vit_t@random-seed0" and got.images_segmented == 6
+    assert got.masks > 0 and got.new_regions > 0 and got.regions == got.new_regions
+    table = read_regions(regions_dir(ws))
+    classes = ws.params().ontology.class_names
+    assert len(table) == got.regions and {r.label for r in table} <= set(classes)
+    assert all(r.labeler.startswith("coldstart-tiny@random-seed0+") for r in table)
+    assert all(0 <= r.bbox[0] and r.bbox[0] + r.bbox[2] <= 48 and r.rle["size"] == [48, 48] for r in table)
+    # The table exports as COCO that pycocotools reads.
+    images = sorted({(r.image_id, r.path, 48, 48) for r in table})
+    doc = regions_to_coco(table, images, classes)
+    coco = COCO()
+    coco.dataset = doc
+    coco.createIndex()
+    assert len(coco.getAnnIds()) == len(table)
+
+    # Round 2: one new image; only it is segmented, earlier regions stay as they were.
+    write_image(ws.images / "later" / "new.png", seed=3, size=(40, 56))
+    r2 = labeling_round(workspace=str(ws.root))
+    assert r2.regions.images_segmented == 1 and r2.regions.regions == got.regions + r2.regions.new_regions
+    assert {r.region_id for r in table} <= {r.region_id for r in read_regions(regions_dir(ws))}
+    assert ws.round_tags() == [1, 2]
+    with contextlib.chdir(ws.root):  # the table is a DVC output, recorded and pushed with the tag
+        status = subprocess.run([sys.executable, "-m", "dvc", "status", "-c"], capture_output=True, text=True)
+        lock = (ws.root / "dvc.lock").read_text()
+    assert "data/labels/regions" in lock and status.returncode == 0 and "new:" not in status.stdout, status.stdout
