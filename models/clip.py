@@ -98,15 +98,17 @@ class ClipModel:
         return np.concatenate(out).astype(np.float32, copy=False)
 
 
-def resolve_device(device: str) -> torch.device:
+def resolve_device(device: str, key: str = "model.device") -> torch.device:
+    """``auto`` (CUDA when visible, else CPU) or a torch device name; ``key`` names the param in
+    the error (model.device, regions.device)."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         dev = torch.device(device)
     except RuntimeError as e:
-        raise ConfigError(f"model.device: {device!r} is not a torch device (use auto, cpu, cuda, cuda:0)") from e
+        raise ConfigError(f"{key}: {device!r} is not a torch device (use auto, cpu, cuda, cuda:0)") from e
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"model.device: {device!r} asked for, but no CUDA GPU is visible; use auto or cpu")
+        raise ConfigError(f"{key}: {device!r} asked for, but no CUDA GPU is visible; use auto or cpu")
     return dev
 
 

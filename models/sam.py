@@ -78,15 +78,9 @@ class SamModel:
 
 
 def _resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except RuntimeError as e:
-        raise ConfigError(f"regions.device: {device!r} is not a torch device (use auto, cpu, cuda, cuda:0)") from e
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"regions.device: {device!r} asked for, but no CUDA GPU is visible; use auto or cpu")
-    return dev
+    from coldstart.models.clip import resolve_device
+
+    return resolve_device(device, key="regions.device")
 
 
 @functools.lru_cache(maxsize=16)
