@@ -558,6 +558,46 @@ def segment_and_label(params: Params, sam, clip: ClipModel, head: Head, labeler:
     return Segmented(regions, shown_images, found, dict(cleaned), seg_s, label_s)
 
 
+DEFECTS_DIR = "defects"  # beside the regions' parts: one SAM mask per image labeled as a defect
+
+
+def localize_defects(sam, params: Params, rows: Iterable[dict], files: dict[str, Path]) -> list[Region]:
+    """Defect localization: for each resolved row (``read_resolved``) labeled with a class that is
+    not negative and carrying a ``location`` (the multi-scale view's winning tile, "x0 y0 x1 y1"
+    in original pixels), that tile is a box prompt to SAM over the image's embedding, giving the
+    defect's mask and its tight box. One Region per image: label and confidence are the image's;
+    ``predicted_iou`` and ``stability_score`` are NaN (a box prompt is not scored);
+    ``labeler`` records what gave it, "<labeler>+box:<location>"."""
+    from coldstart.models.masks import image_embedding, segment_box
+    from coldstart.tasks.scan import load_rgb
+
+    negative = negative_labels(params.ontology)
+    out = []
+    for row in rows:
+        if row["label"] in negative or not row.get("location") or row["image_id"] not in files:
+            continue
+        with load_rgb(files[row["image_id"]], params.scan) as img:
+            rgb = np.asarray(img.convert("RGB"))
+        box = [float(v) for v in row["location"].split()]
+        mask = segment_box(sam, image_embedding(sam, rgb), box, rgb.shape[:2])
+        if not mask.any():
+            continue  # SAM found nothing in the tile: no region rather than a made-up one
+        rle = _rle(mask)
+        ys, xs = np.nonzero(mask)
+        bbox = (float(xs.min()), float(ys.min()), float(xs.max() - xs.min() + 1), float(ys.max() - ys.min() + 1))
+        out.append(Region(region_id(row["image_id"], rle["counts"]), row["image_id"], row["path"], row["label"],
+                          float(row["confidence"]), bbox, int(mask.sum()), rle, math.nan, math.nan,
+                          f"{row.get('model_id', '')}+box:{row['location']}"))
+    return out
+
+
+def _rle(mask: np.ndarray) -> dict:
+    from pycocotools import mask as mask_utils
+
+    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+    return {"size": [int(v) for v in rle["size"]], "counts": _text(rle["counts"])}
+
+
 @dataclass
 class RegionsResult(StageResult):
     enabled: bool = False
@@ -567,6 +607,7 @@ class RegionsResult(StageResult):
     new_regions: int = 0  # labeled regions kept on them
     regions: int = 0  # in the table, all images
     cleaned: dict[str, int] = field(default_factory=dict)  # masks removed per cleanup rule (and as background)
+    defects_localized: int = 0  # this round: images labeled as a defect whose tile SAM outlined (again)
     seg_s: float = 0.0
     label_s: float = 0.0
 
@@ -575,6 +616,7 @@ class RegionsResult(StageResult):
             return {}
         return {"regions": self.regions, "regions_new": self.new_regions, "regions_images_segmented":
                 self.images_segmented, "regions_masks": self.masks,
+                "regions_defects_localized": self.defects_localized,
                 **{f"regions_removed_{k}": v for k, v in self.cleaned.items()}}
 
 
@@ -613,9 +655,19 @@ def regions(ws: Workspace, params: Params, clip: ClipModel, round_no: int) -> Re
                      kept=seg.found[i][1], round=round_no) for i, _, _ in todo]
         table = pa.Table.from_pylist(rows, schema=done_parts.schema)
         done_parts.write(round_no, table, [], lambda: pa.concat_tables([done_parts.read(), table]))
+    # Defect localization: images whose label or winning tile changed since they were outlined.
+    from coldstart.tasks.relabel import read_resolved
+
+    defects = regions_parts(folder / DEFECTS_DIR)
+    outlined = {(r["image_id"], r["label"], r["labeler"]) for r in defects.read(["image_id", "label", "labeler"]).to_pylist()}
+    files = {i: ws.images / p for i, p in first_path.items()}
+    stale = [r for r in read_resolved(ws) if (r["image_id"], r["label"], f"{r.get('model_id', '')}+box:{r['location']}")
+             not in outlined]
+    found = localize_defects(sam, params, stale, files)
+    write_regions(folder / DEFECTS_DIR, round_no, found, images=[r["image_id"] for r in stale])
     total = regions_parts(folder).read(["region_id"]).num_rows
     return RegionsResult(True, sam.model_id, len(todo), sum(m for m, _ in seg.found.values()), len(seg.regions),
-                         total, seg.cleaned, round(seg.seg_s, 3), round(seg.label_s, 3))
+                         total, seg.cleaned, len(found), round(seg.seg_s, 3), round(seg.label_s, 3))
 
 
 @task(name="regions", cache_policy=NO_CACHE)

@@ -36,7 +36,9 @@ regions:
 def test_a_round_with_regions_labels_every_region_and_versions_them(prefect_harness, tmp_path):
     from pycocotools.coco import COCO
 
-    ws = init_workspace(tmp_path / "ws", params_text=tiny_params(4) + REGIONS)
+    # Tiles: each image's label comes with its winning tile, which SAM outlines (defect localization).
+    text = tiny_params(4).replace("  tiles: []", "  tiles:\n    - {size: 0.5, stride: 0.5}")
+    ws = init_workspace(tmp_path / "ws", params_text=text + REGIONS)
     write_digits(ws.images, n=6, size=48)
     r1 = labeling_round(workspace=str(ws.root))
     got = r1.regions
@@ -47,6 +49,17 @@ def test_a_round_with_regions_labels_every_region_and_versions_them(prefect_harn
     assert len(table) == got.regions and {r.label for r in table} <= set(classes)
     assert all(r.labeler.startswith("coldstart-tiny@random-seed0+") for r in table)
     assert all(0 <= r.bbox[0] and r.bbox[0] + r.bbox[2] <= 48 and r.rle["size"] == [48, 48] for r in table)
+    # Defect localization: each image's winning tile became a box prompt (no class is negative
+    # here); images whose tile SAM left empty have none.
+    from coldstart.tasks.regions import DEFECTS_DIR
+    from coldstart.tasks.relabel import read_resolved
+
+    outlined = read_regions(regions_dir(ws) / DEFECTS_DIR)
+    resolved = {r["image_id"]: r for r in read_resolved(ws)}
+    assert all(r["location"] for r in resolved.values())
+    assert 0 < got.defects_localized == len(outlined) <= len(resolved)
+    for r in outlined:
+        assert r.label == resolved[r.image_id]["label"] and r.labeler.endswith("+box:" + resolved[r.image_id]["location"])
     # The table exports as COCO that pycocotools reads.
     images = sorted({(r.image_id, r.path, 48, 48) for r in table})
     doc = regions_to_coco(table, images, classes)

@@ -296,3 +296,38 @@ def test_cleanup_after_labeling_drops_a_region_inside_one_of_its_label():
     relabeled = [regions[0], type(regions[1])(**{**regions[1].to_dict(), "label": "blue thing"}), regions[2]]
     kept, counts = cleanup_labeled(relabeled, RegionsConfig(min_area=0))
     assert kept == relabeled and counts["containment"] == 0  # inside, but of another label
+
+
+def test_a_defect_tile_becomes_a_box_prompt_and_its_mask_a_region(monkeypatch, tmp_path):
+    """Defect localization: an image labeled as a defect class, with the winning tile of its
+    multi-scale view, gets SAM's mask for that tile as a box prompt; negative images and images
+    without a tile get none. SAM is replaced by a deterministic stand-in (the box, filled)."""
+    import coldstart.models.masks as masks
+    from coldstart.tasks.config import parse_params
+    from coldstart.tasks.regions import localize_defects
+
+    params = parse_params({"ontology": {"classes": {"scratch": ["a scratched part"], "flawless": {
+        "descriptions": ["a flawless part"], "negative": True}}}})
+    calls = []
+
+    def box_mask(sam, embedding, box, size):
+        calls.append((tuple(box), tuple(size)))
+        m = np.zeros(size, bool)
+        x0, y0, x1, y1 = (int(v) for v in box)
+        m[y0 + 2:y1 - 2, x0 + 3:x1 - 3] = True  # inside the tile, as a real defect would be
+        return m
+
+    monkeypatch.setattr(masks, "image_embedding", lambda sam, image: None)
+    monkeypatch.setattr(masks, "segment_box", box_mask)
+    img = tmp_path / "part.png"
+    Image.fromarray(np.full((96, 128, 3), 200, np.uint8)).save(img)
+    rows = [dict(image_id="d", path="part.png", label="scratch", confidence=0.8, location="64 32 128 96", model_id="m"),
+            dict(image_id="n", path="part.png", label="ok", confidence=0.9, location="0 0 64 64", model_id="m"),
+            dict(image_id="u", path="part.png", label="scratch", confidence=0.7, location="", model_id="m")]
+    found = localize_defects(None, params, rows, {"d": img, "n": img, "u": img})
+    assert calls == [((64.0, 32.0, 128.0, 96.0), (96, 128))]  # the tile, in the image's own pixels
+    assert len(found) == 1
+    r = found[0]
+    assert (r.image_id, r.label, r.confidence, r.labeler) == ("d", "scratch", 0.8, "m+box:64 32 128 96")
+    assert r.bbox == (67.0, 34.0, 58.0, 60.0) and r.area == 58 * 60 and r.rle["size"] == [96, 128]
+    assert np.isnan(r.predicted_iou)  # a box prompt is not scored: not a made-up number
