@@ -598,6 +598,21 @@ def _rle(mask: np.ndarray) -> dict:
     return {"size": [int(v) for v in rle["size"]], "counts": _text(rle["counts"])}
 
 
+# The settings that change which regions an image gets (not `enabled`, the device or the batch size).
+_SEGMENTER_KEYS = ("points_per_side", "pred_iou_thresh", "stability_score_thresh", "stability_score_offset",
+                   "box_nms_thresh", "crop_n_layers", "crop_nms_thresh", "crop_overlap_ratio",
+                   "crop_n_points_downscale_factor", "min_mask_region_area", "mask_nms_thresh", "containment_thresh",
+                   "min_area", "max_area_fraction", "one_mask_per_pixel", "crop_padding", "blank_outside",
+                   "max_regions_per_image")
+
+
+def segmenter_id(sam_model_id: str, cfg: RegionsConfig) -> str:
+    """``"<SAM model id>/<digest of the segmenting settings>"``: what the segmented-images table
+    records, so that an image is segmented again when the model or a setting changes."""
+    settings = repr(tuple(getattr(cfg, k) for k in _SEGMENTER_KEYS)).encode()
+    return f"{sam_model_id}/{hashlib.sha256(settings).hexdigest()[:10]}"
+
+
 @dataclass
 class RegionsResult(StageResult):
     enabled: bool = False
@@ -639,8 +654,11 @@ def regions(ws: Workspace, params: Params, clip: ClipModel, round_no: int) -> Re
         return RegionsResult(enabled=False)
     sam = load_sam(cfg)
     done_parts = _segmented_parts(folder)
+    # Segmented by this model *with these settings*: a change to the generator's knobs or the
+    # cleanup rules segments every image again (their regions are replaced).
+    segmenter = segmenter_id(sam.model_id, cfg)
     done = {r["image_id"] for r in done_parts.read(["image_id", "sam_model_id"]).to_pylist()
-            if r["sam_model_id"] == sam.model_id}
+            if r["sam_model_id"] == segmenter}
     first_path: dict[str, str] = {}
     manifest = read_manifest_table(ws, ["image_id", "path"]).to_pydict()
     for image_id, path in sorted(zip(manifest["image_id"], manifest["path"]), key=lambda r: r[1]):
@@ -651,10 +669,16 @@ def regions(ws: Workspace, params: Params, clip: ClipModel, round_no: int) -> Re
                             progress=True)
     if todo:
         write_regions(folder, round_no, seg.regions, images=[i for i, _, _ in todo])
-        rows = [dict(key=f"{i}:{sam.model_id}", image_id=i, sam_model_id=sam.model_id, masks=seg.found[i][0],
+        rows = [dict(key=i, image_id=i, sam_model_id=segmenter, masks=seg.found[i][0],
                      kept=seg.found[i][1], round=round_no) for i, _, _ in todo]
         table = pa.Table.from_pylist(rows, schema=done_parts.schema)
-        done_parts.write(round_no, table, [], lambda: pa.concat_tables([done_parts.read(), table]))
+        redone = pa.array(sorted(i for i, _, _ in todo), pa.string())
+
+        def full() -> pa.Table:  # earlier images, then this round's (one row per image)
+            old = done_parts.read()
+            return pa.concat_tables([old.filter(pc.invert(pc.is_in(old["image_id"], value_set=redone))), table])
+
+        done_parts.write(round_no, table, [], full)
     # Defect localization: images whose label or winning tile changed since they were outlined.
     from coldstart.tasks.relabel import read_resolved
 

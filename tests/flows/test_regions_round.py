@@ -74,6 +74,16 @@ def test_a_round_with_regions_labels_every_region_and_versions_them(prefect_harn
     assert r2.regions.images_segmented == 1 and r2.regions.regions == got.regions + r2.regions.new_regions
     assert {r.region_id for r in table} <= {r.region_id for r in read_regions(regions_dir(ws))}
     assert ws.round_tags() == [1, 2]
+    # Round 3: a segmenting setting changed, so every image is segmented again (and its regions replaced).
+    ws.params_file.write_text(ws.params_file.read_text().replace("points_per_side: 3", "points_per_side: 2"))
+    r3 = labeling_round(workspace=str(ws.root))
+    assert r3.regions.images_segmented == 7 and r3.regions.regions == r3.regions.new_regions
+    from coldstart.tasks.regions import _segmented_parts
+
+    segmenters = {r["sam_model_id"] for r in _segmented_parts(regions_dir(ws)).read().to_pylist()}
+    assert len(segmenters) == 1 and next(iter(segmenters)).startswith("vit_t@random-seed0/")
+    assert _segmented_parts(regions_dir(ws)).read().num_rows == 7  # one row per image, the latest settings
+    assert ws.round_tags() == [1, 2, 3]
     with contextlib.chdir(ws.root):  # the table is a DVC output, recorded and pushed with the tag
         status = subprocess.run([sys.executable, "-m", "dvc", "status", "-c"], capture_output=True, text=True)
         lock = (ws.root / "dvc.lock").read_text()
