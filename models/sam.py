@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from coldstart.models.clip import resolve_device
 from coldstart.models.errors import ConfigError, WeightsUnavailableError
 
 if TYPE_CHECKING:
@@ -77,12 +78,6 @@ class SamModel:
             min_mask_region_area=cfg.min_mask_region_area, output_mode="coco_rle")
 
 
-def _resolve_device(device: str) -> torch.device:
-    from coldstart.models.clip import resolve_device
-
-    return resolve_device(device, key="regions.device")
-
-
 @functools.lru_cache(maxsize=16)
 def _file_digest(path: str, size: int, mtime_ns: int) -> str:
     # Keyed on size and mtime too: a vit_h file is 2.5 GB, hashed once per process, not per call.
@@ -116,7 +111,7 @@ def load_sam(cfg: RegionsConfig) -> SamModel:
     Raises :class:`WeightsUnavailableError` when the checkpoint is missing, unreadable or not a
     state dict of that variant; :class:`ConfigError` for a bad device or a missing package.
     """
-    device = _resolve_device(cfg.device)
+    device = resolve_device(cfg.device, key="regions.device")
     build = _builder(cfg.sam_type)
     if cfg.sam_checkpoint is None:
         # Seed inside a forked RNG: the same random model in every process, and the caller's

@@ -478,12 +478,6 @@ def regions_to_labelstudio(regions: Sequence[Region], images: Sequence[ImageInfo
     return tasks
 
 
-@task(name="label-regions", cache_policy=NO_CACHE)
-def label_regions_task(clip: ClipModel, head: Head, items: list[ImageMasks], cfg: RegionsConfig,
-                       classes: list[str], negatives: list[str], labeler: str = "") -> list[Region]:
-    return label_regions(clip, head, items, cfg, classes, negatives=negatives, labeler=labeler)
-
-
 # --- the stage -------------------------------------------------------------------------------------
 
 SEGMENTED_DIR = "images"  # beside the regions' parts: which images each SAM model has segmented
@@ -680,13 +674,19 @@ def regions(ws: Workspace, params: Params, clip: ClipModel, round_no: int) -> Re
 
         done_parts.write(round_no, table, [], full)
     # Defect localization: images whose label or winning tile changed since they were outlined.
-    from coldstart.tasks.relabel import read_resolved
+    from coldstart.tasks.relabel import resolved_parts
 
     defects = regions_parts(folder / DEFECTS_DIR)
     outlined = {(r["image_id"], r["label"], r["labeler"]) for r in defects.read(["image_id", "label", "labeler"]).to_pylist()}
     files = {i: ws.images / p for i, p in first_path.items()}
-    stale = [r for r in read_resolved(ws) if (r["image_id"], r["label"], f"{r.get('model_id', '')}+box:{r['location']}")
-             not in outlined]
+    # Only the rows that can matter are read out: candidates (a non-negative label with a tile)
+    # and images outlined before (whose region must go if they stopped being candidates).
+    resolved = resolved_parts(ws).read(columns=["path", "label", "confidence", "model_id", "location"])
+    candidate = pc.and_(pc.invert(pc.is_in(resolved["label"], value_set=pa.array(sorted(negative_labels(
+        params.ontology)), pa.string()))), pc.not_equal(resolved["location"], ""))
+    before = pc.is_in(resolved["image_id"], value_set=pa.array(sorted({i for i, _, _ in outlined}), pa.string()))
+    stale = [r for r in resolved.filter(pc.or_(candidate, before)).to_pylist()
+             if (r["image_id"], r["label"], f"{r['model_id']}+box:{r['location']}") not in outlined]
     found = localize_defects(sam, params, stale, files)
     write_regions(folder / DEFECTS_DIR, round_no, found, images=[r["image_id"] for r in stale])
     total = regions_parts(folder).read(["region_id"]).num_rows

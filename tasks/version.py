@@ -201,23 +201,29 @@ def _fill_local_remote(cache: Path, remote: Path) -> int:
     return sent
 
 
-def _own_default_remote(repo, root: Path) -> None:
+def _own_default_remote(root: Path) -> None:
     """A workspace copied (or cloned) from another one names that one's default remote, an
     absolute path: a round here would push into the original's remote. Give it its own,
     ``.dvc-remote`` in this workspace (filled with every round's objects at this push, as a
-    remote without coldstart's marker is); say so."""
-    name = repo.config["core"].get("remote")
-    url = repo.config["remote"].get(name, {}).get("url", "") if name else ""  # DVC resolves it
+    remote without coldstart's marker is); say so. Reads .dvc/config itself, so that the usual
+    case (nothing to do) opens no DVC ``Repo``."""
+    from configobj import ConfigObj  # DVC's own config reader
+
+    conf = ConfigObj(str(root / ".dvc" / "config"))
+    name = conf.get("core", {}).get("remote")
+    url = conf.get(f'remote "{name}"', {}).get("url", "") if name else ""
     if not url or "://" in url:
         return
-    path = Path(url)
+    path = (root / ".dvc" / url).resolve()  # DVC resolves a relative URL against .dvc/
     other = path.parent
     if path.name == ".dvc-remote" and other != root and (other / ".dvc").is_dir():
+        from dvc.repo import Repo
+
         own = root / ".dvc-remote"
         log.warning("this workspace was copied from %s: its rounds now go to its own DVC remote %s, not to %s",
                     other, own, path)
-        with repo.config.edit() as conf:
-            conf["remote"][name]["url"] = str(own)
+        with contextlib.chdir(root), Repo(str(root)) as repo, repo.config.edit() as edit:
+            edit["remote"][name]["url"] = str(own)
 
 
 def init_workspace(dest: str | os.PathLike, *, remote: str | os.PathLike | None = None,
@@ -375,8 +381,7 @@ def version(ws: Workspace, round_no: int, message: str, parts: dict[str, str] | 
     rescan = bool(changed or gone or legacy.exists()) or before.get("scan") != scan_params
     try:
         # DVC's API resolves some targets against the process's cwd: work from the root.
-        with contextlib.chdir(ws.root), Repo(str(ws.root)) as repo:
-            _own_default_remote(repo, ws.root)  # before the Repo below reads its remote
+        _own_default_remote(ws.root)  # before the Repo below reads its remote
         with contextlib.chdir(ws.root), Repo(str(ws.root)) as repo:
             if legacy.exists():
                 repo.remove(str(legacy), outs=False)
