@@ -128,7 +128,7 @@ def _export_regions(ws: Workspace, out: Path, round_no: int | None, min_confiden
         raise WorkspaceError(f"{ws.root}: no regions{'' if round_no is None else f' as of round {round_no}'}; set "
                              f"regions.enabled: true in params.yaml and run a round (`coldstart regions` labels "
                              f"images ad hoc)")
-    every = regions_of(parts.read(before=before))
+    every = [r for r in regions_of(parts.read(before=before)) if not r.dropped]
     regions = [r for r in every if min_confidence is None or r.confidence >= min_confidence]
     images: dict[str, ImageInfo] = {}
     for r in regions:

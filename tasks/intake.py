@@ -56,6 +56,12 @@ IMAGE_COLUMNS = ("image", "path", "image_id")  # any one identifies the image
 
 @dataclass
 class LabelEvent:
+    """One human answer, one line of data/labels/events.jsonl (append-only; the latest answer for
+    an image, or a region, wins). ``region_id`` empty: the answer labels the whole image. Set: it
+    labels that region of the image (the regions table's id); ``region`` then carries the
+    outline as COCO RLE ``{"size": [H, W], "counts": str}`` when the person drew it (a Label
+    Studio polygon no proposed region matches), else None (the table has the mask)."""
+
     image_id: str
     label: str
     annotator: str
@@ -64,6 +70,8 @@ class LabelEvent:
     source_row: int
     imported_at: str
     round: int
+    region_id: str = ""
+    region: dict | None = None
 
 
 @dataclass
@@ -133,8 +141,15 @@ def repair_log(ws: Workspace) -> Path | None:
 
 
 def human_labels(events: list[LabelEvent]) -> dict[str, str]:
-    """image id -> current human label (the latest event wins: a later file corrects an earlier)."""
-    return {e.image_id: e.label for e in events}
+    """image id -> current human label of the whole image (the latest event wins: a later file
+    corrects an earlier). Region answers are not image labels (see region_answers)."""
+    return {e.image_id: e.label for e in events if not e.region_id}
+
+
+def region_answers(events: list[LabelEvent]) -> dict[str, LabelEvent]:
+    """region id -> the latest human answer for that region (with its image id, and the drawn
+    outline for a region a person added)."""
+    return {e.region_id: e for e in events if e.region_id}
 
 
 # --- reading an answer file -------------------------------------------------------------------------
@@ -498,8 +513,14 @@ def _row_problem(row, id_cols, images, canonical, folded, seen):
 def _append_events(ws: Workspace, events: list[LabelEvent]) -> None:
     # Whole-file atomic replace: the log is small text, and old-or-new beats a torn last line.
     old, _ = _split_torn(ws.events.read_bytes() if ws.events.is_file() else b"")  # repair_log ran first
-    new = "".join(json.dumps(e.__dict__, ensure_ascii=False) + "\n" for e in events).encode("utf-8")
+    new = "".join(json.dumps(_event_fields(e), ensure_ascii=False) + "\n" for e in events).encode("utf-8")
     atomic_write_bytes(ws.events, old + new)
+
+
+def _event_fields(e: LabelEvent) -> dict:
+    """An event as its log line's fields: an image's answer has no region keys (its line reads
+    as it did before regions existed)."""
+    return {k: v for k, v in e.__dict__.items() if v or k not in ("region_id", "region")}
 
 
 def _supersede(ws: Workspace, name: str) -> None:

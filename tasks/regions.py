@@ -73,7 +73,12 @@ class Region:
     rle: dict
     predicted_iou: float  # SAM's own quality estimates of the mask
     stability_score: float
-    labeler: str = ""  # what gave the label: the chosen head's labeler id, or "<model id>+zero-shot"
+    labeler: str = ""  # what gave the label: the chosen head's labeler id, "<model id>+zero-shot", "human:<who>"
+    # Why the region is not one of the image's objects: "" (it is), "negative_label" (labeled a
+    # negative class: background), "contained" (inside a better region of the same label).
+    # Dropped regions stay in the table: the next labeler may see them differently.
+    dropped: str = ""
+    margin: float = 1.0  # top-1 minus top-2 probability: low = uncertain (review); 1.0 for a human's label
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -326,7 +331,8 @@ def regions_schema() -> pa.Schema:
     return pa.schema([("region_id", pa.string()), ("image_id", pa.string()), ("path", pa.string()),
                       ("label", codes), ("confidence", pa.float64()), ("bbox", pa.list_(pa.float64(), 4)),
                       ("area", pa.int64()), ("height", pa.int32()), ("width", pa.int32()), ("counts", pa.string()),
-                      ("predicted_iou", pa.float64()), ("stability_score", pa.float64()), ("labeler", codes)])
+                      ("predicted_iou", pa.float64()), ("stability_score", pa.float64()), ("labeler", codes),
+                      ("dropped", codes), ("margin", pa.float64())])
 
 
 def regions_parts(folder: Path) -> PartTable:
@@ -343,7 +349,8 @@ def regions_table(regions: Sequence[Region]) -> pa.Table:
         "area": [r.area for r in regions], "height": [r.rle["size"][0] for r in regions],
         "width": [r.rle["size"][1] for r in regions], "counts": [r.rle["counts"] for r in regions],
         "predicted_iou": [r.predicted_iou for r in regions], "stability_score": [r.stability_score for r in regions],
-        "labeler": [r.labeler for r in regions],
+        "labeler": [r.labeler for r in regions], "dropped": [r.dropped for r in regions],
+        "margin": [r.margin for r in regions],
     }
     return pa.table({name: pa.array(cols[name]).cast(schema.field(name).type) if pa.types.is_dictionary(
         schema.field(name).type) else pa.array(cols[name], schema.field(name).type) for name in schema.names},
@@ -354,7 +361,7 @@ def regions_of(table: pa.Table) -> list[Region]:
     """Rows of a regions table (``regions_schema()``) as Region records."""
     return [Region(r["region_id"], r["image_id"], r["path"], r["label"], r["confidence"], tuple(r["bbox"]), r["area"],
                    {"size": [r["height"], r["width"]], "counts": r["counts"]}, r["predicted_iou"],
-                   r["stability_score"], r["labeler"]) for r in table.to_pylist()]
+                   r["stability_score"], r["labeler"], r["dropped"], r["margin"]) for r in table.to_pylist()]
 
 
 def write_regions(folder: Path, round_no: int, regions: Sequence[Region], *,
@@ -373,17 +380,28 @@ def write_regions(folder: Path, round_no: int, regions: Sequence[Region], *,
     hit = pc.is_in(old["image_id"], value_set=pa.array(sorted(replaced), pa.string()))
     before = {r["region_id"]: r for r in old.filter(hit).to_pylist()}
     rows = new.to_pylist()
-    changed = [k for k, r in enumerate(rows) if before.get(r["region_id"]) != r]
+    changed = [k for k, r in enumerate(rows) if not _same_row(before.get(r["region_id"]), r)]
     deleted = sorted(set(before) - {r["region_id"] for r in rows})
     kept = old.filter(pc.invert(hit))
     return parts.write(round_no, new.take(pa.array(changed, pa.int64())), deleted,
                        lambda: pa.concat_tables([kept.cast(regions_schema()), new]))
 
 
-def read_regions(folder: Path, *, before: int | None = None) -> list[Region]:
-    """The current regions table at ``folder`` (empty when there is none yet), by region id;
-    ``before``: as it stood before that round."""
-    return regions_of(regions_parts(folder).read(before=before))
+def _same_row(a: dict | None, b: dict) -> bool:
+    """Row equality where NaN equals NaN (a box-prompted region has no predicted IoU)."""
+    return a is not None and a.keys() == b.keys() and all(
+        a[k] == b[k] or (isinstance(a[k], float) and isinstance(b[k], float) and math.isnan(a[k]) and math.isnan(b[k]))
+        for k in a)
+
+
+def read_regions(folder: Path, *, before: int | None = None, dropped: bool = False) -> list[Region]:
+    """The current regions table at ``folder`` (empty when there is none yet), by region id:
+    the image's objects, or with ``dropped`` every proposed region, dropped ones included
+    (background, contained); ``before``: as it stood before that round."""
+    table = regions_parts(folder).read(before=before)
+    if not dropped and table.num_rows:
+        table = table.filter(pc.equal(table["dropped"].cast(pa.string()), ""))
+    return regions_of(table)
 
 
 # --- exports --------------------------------------------------------------------------------------
