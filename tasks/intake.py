@@ -3,6 +3,13 @@
 Answers come as CSV (the review CSV with its ``label`` column filled in) or as a Label Studio
 JSON export of the tasks coldstart exported (``choices``).
 
+Region answers (a label for one SAM region of an image, "background" saying it is no object)
+come the same two ways: a CSV row whose ``region_id`` cell names a proposed region (the
+regions review CSV, data/review/round-NNN.regions.csv), or a Label Studio polygon
+(``polygonlabels`` of control ``region``) matched to a proposed region by its id, else by
+outline (mask IoU >= 0.5), else taken as a new region the person drew. They become events with
+``region_id`` set (and the drawn outline), never image labels.
+
 Contract (README, "Human answers"): a file with any bad row is rejected whole, every problem listed by
 row, nothing merged; it is moved to ``data/inbox/rejected/`` beside ``<name>.errors.txt``.
 An accepted file is moved to ``data/labels/imported/``. Re-importing a file whose bytes were
@@ -51,7 +58,14 @@ from coldstart.tasks.workspace import (
 log = logging.getLogger(__name__)
 
 HEX64 = re.compile(r"^[0-9a-f]{64}$")
+HEX16 = re.compile(r"^[0-9a-f]{16}$")
 IMAGE_COLUMNS = ("image", "path", "image_id")  # any one identifies the image
+REGION_COLUMN = "region_id"  # a CSV row with this cell filled answers for that region, not its image
+MATCH_IOU = 0.5  # a drawn polygon is a proposed region of its image when their masks overlap this much
+REGIONS_CSV = "data/review/round-NNN.regions.csv"  # where region ids come from (the regions review)
+# The region_id cell of a Label Studio polygon set aside into a .rows.csv that has no region id
+# of ours (its outline is new or redrawn): dropped back, the row is refused, not read as an image's.
+POLYGON_PREFIX = "polygon:"
 
 
 @dataclass
@@ -215,8 +229,8 @@ def read_answer_file(path: Path, rel: str, max_bytes: int) -> bytes:
 
 def _csv_rows(source: str, raw: bytes) -> tuple[Iterator[tuple[str, int, dict, str | None]], list[str], str]:
     """A CSV's data rows, streamed, as ("row N", N, {column: cell as written}, problem or None),
-    its image-reference columns and its encoding. Rows are numbered as a spreadsheet shows them (the header is
-    row 1). A file that is not a plain CSV table (encoding, header, a duplicated column, a quoted
+    its image-reference columns (none when it has a region_id column only) and its encoding.
+    Rows are numbered as a spreadsheet shows them (the header is row 1). A file that is not a plain CSV table (encoding, header, a duplicated column, a quoted
     cell running over several lines: an unclosed quote that swallows rows) raises LabelFileError,
     also midway through the rows."""
     encoding = text_encoding(raw)
@@ -235,10 +249,11 @@ def _csv_rows(source: str, raw: bytes) -> tuple[Iterator[tuple[str, int, dict, s
     if twice:
         raise LabelFileError(source, [f"column {n!r} appears twice in the header; keep one" for n in twice])
     id_cols = [c for c in IMAGE_COLUMNS if c in names]
-    if not id_cols or "label" not in names:
+    if not (id_cols or REGION_COLUMN in names) or "label" not in names:
         raise LabelFileError(source, [
-            f"header {names[:20]} must have a 'label' column and one of {', '.join(IMAGE_COLUMNS)} "
-            f"(the review CSVs that coldstart exports have both)"])
+            f"header {names[:20]} must have a 'label' column and one of {', '.join(IMAGE_COLUMNS)}, "
+            f"{REGION_COLUMN} (the review CSVs that coldstart exports have both: data/review/round-NNN.csv for "
+            f"images, {REGIONS_CSV} for regions)"])
 
     def rows() -> Iterator[tuple[str, int, dict, str | None]]:
         last = reader.line_num
@@ -272,7 +287,8 @@ def _csv_rows(source: str, raw: bytes) -> tuple[Iterator[tuple[str, int, dict, s
 
 def _label_studio_rows(source: str, raw: bytes) -> tuple[Iterator[tuple[str, int, dict, str | None]], list[str], list[str]]:
     """A Label Studio JSON export as ("task N (id X)", N, {image_id, path, label, annotator}, None)
-    rows, its image-reference columns, and the problems found by task (see tasks/labelstudio.py)."""
+    rows (and its polygons' rows, see labelstudio.parse_export), its image-reference columns, and
+    the problems found by task (see tasks/labelstudio.py)."""
     if not _decodes(raw, "utf-8"):
         raise LabelFileError(source, [f"not a readable JSON file: {NOT_UTF8}"])
     rows, problems = labelstudio.parse_export(raw.decode("utf-8-sig"), source)
@@ -401,19 +417,85 @@ class _Images:
         return None, f"unknown image {ref!r}: no such file under data/images/ (run a round to scan new images)"
 
 
+class _Regions:
+    """What region answers are checked against: the proposed regions, dropped ones included
+    (data/labels/regions/), and the images' sizes. Read on first use: a file without region
+    answers never reads them; the masks (RLE counts) only for Label Studio polygons."""
+
+    def __init__(self, ws: Workspace) -> None:
+        self.ws = ws
+        self._by_id: dict[str, tuple[str, str, int, int]] | None = None  # id -> (image id, path, height, width)
+        self._counts: dict[str, list[tuple[str, str]]] | None = None  # image id -> [(region id, counts)]
+        self._sizes: dict[str, tuple[int, int]] | None = None  # image id -> (width, height), from the manifest
+
+    def _read(self, columns: list[str]) -> dict[str, list]:
+        from coldstart.tasks.regions import regions_dir, regions_parts
+
+        return regions_parts(regions_dir(self.ws)).read(columns=columns, sort=False).to_pydict()
+
+    def get(self, rid: str) -> tuple[str, str, int, int] | None:
+        """(image id, path, mask height, mask width) of a proposed region, or None."""
+        if self._by_id is None:
+            t = self._read(["image_id", "path", "height", "width"])
+            self._by_id = {r: (i, p, h, w) for r, i, p, h, w in zip(t["region_id"], t["image_id"], t["path"],
+                                                                   t["height"], t["width"])}
+        return self._by_id.get(rid)
+
+    def unknown(self, rid: str) -> str:
+        if self.get(rid) is None and not self._by_id:
+            return (f"unknown region {rid!r}: no regions were proposed yet (data/labels/regions/ is empty): run a "
+                    f"round with regions.enabled: true, then answer the regions in {REGIONS_CSV}")
+        return f"unknown region {rid!r}: region ids come from {REGIONS_CSV}"
+
+    def masks(self, image_id: str) -> list[tuple[str, str]]:
+        """The proposed regions of an image as (region id, RLE counts)."""
+        if self._counts is None:
+            t = self._read(["image_id", "counts"])
+            self._counts = {}
+            for r, i, c in zip(t["region_id"], t["image_id"], t["counts"]):
+                self._counts.setdefault(i, []).append((r, c))
+        return self._counts.get(image_id, [])
+
+    def image_size(self, image_id: str) -> tuple[int, int] | None:
+        """(width, height) of an image as the scan saw it (EXIF-oriented), or None if unknown."""
+        if self._sizes is None:
+            t = read_manifest_table(self.ws, ["image_id", "width", "height"]).to_pydict()
+            self._sizes = {i: (w, h) for i, w, h in zip(t["image_id"], t["width"], t["height"]) if w and h}
+        return self._sizes.get(image_id)
+
+    def best_match(self, image_id: str, rle: dict) -> tuple[str, float] | None:
+        """The proposed region of ``image_id`` whose mask overlaps ``rle`` most: (id, IoU), or None."""
+        from pycocotools import mask as mask_utils
+
+        size = list(rle["size"])
+        found = [(r, {"size": size, "counts": c.encode("ascii")}) for r, c in self.masks(image_id)
+                 if list(self.get(r)[2:]) == size]
+        if not found:
+            return None
+        ious = mask_utils.iou([m for _, m in found], [{"size": size, "counts": rle["counts"].encode("ascii")}],
+                              [0])
+        k = int(ious[:, 0].argmax())
+        return found[k][0], float(ious[k, 0])
+
+
 def validate_file(path: Path, raw: bytes, ws: Workspace, classes: list[str], *,
-                  bad_rows: list[tuple[dict, str]] | RowSpool | None = None) -> tuple[list[tuple[int, str, str, str]], int]:
+                  bad_rows: list[tuple[dict, str]] | RowSpool | None = None) -> tuple[list[tuple], int]:
     """Parse and validate one CSV or Label Studio JSON export.
 
-    Returns ([(row number, image_id, label, annotator)], blank rows); raises LabelFileError
-    listing the problems with their row (or task): the first MAX_LISTED, and how many more. With
-    ``bad_rows`` given (intake.on_error: keep_good_rows), a problem in a row only drops that row:
-    it is appended to ``bad_rows`` as (row, reason) and the good rows are returned; a problem with
-    the file itself (encoding, header, structure, a task as a whole) still rejects it whole.
-    Memory: the accepted rows (at most one per image) and the problems listed; rows are streamed.
+    Returns ([(row number, image_id, label, annotator)] for image answers and (row number,
+    image_id, label, annotator, region_id, region) for region answers (``region``: the drawn
+    outline as COCO RLE for a Label Studio polygon no proposed region matches, else None), blank
+    rows); raises LabelFileError listing the problems with their row (or task): the first
+    MAX_LISTED, and how many more. With ``bad_rows`` given (intake.on_error: keep_good_rows), a
+    problem in a row only drops that row: it is appended to ``bad_rows`` as (row, reason) and the
+    good rows are returned; a problem with the file itself (encoding, header, structure, a task as
+    a whole: polygons of one task labeling one region twice) still rejects it whole.
+    Memory: the accepted rows (at most one per image or region) and the problems listed; rows are
+    streamed; the regions table is read only for a file with region answers.
     """
     source = str(path)
-    if path.suffix.lower() == ".json":
+    is_json = path.suffix.lower() == ".json"
+    if is_json:
         rows, id_cols, file_problems = _label_studio_rows(source, raw)
         guessed = False
     else:
@@ -426,29 +508,48 @@ def validate_file(path: Path, raw: bytes, ws: Workspace, classes: list[str], *,
     canonical = {c: c for c in classes}
     folded = {c.casefold(): c for c in classes}
     annotators: dict[str, str] = {}
-    accepted: list[tuple[int, str, str, str]] = []
+    accepted: list[tuple] = []
     seen: dict[str, tuple[str, str]] = {}
+    regions = _Regions(ws)
+    seen_regions: dict[str, tuple[str, str, int, dict]] = {}  # region id -> (where, label, index in accepted, row)
+    task_problems = 0  # Label Studio: one task's polygons give one region two labels
     blank = 0
     for where, number, row, problem in rows:
         if problem is None:
             if not unescape_formula(row.get("label", "").strip()).strip():
                 blank += 1  # an unanswered item of the batch: a skip, not an error
                 continue
-            problem = _row_problem(row, id_cols, images, canonical, folded, seen)
+            if is_json and "points" in row:  # a Label Studio polygon
+                problem = _polygon_problem(row, id_cols, images, regions, canonical, folded)
+            elif not is_json and row.get(REGION_COLUMN, "").strip():
+                problem = _region_row_problem(row, id_cols, images, regions, canonical, folded)
+            else:
+                problem = _row_problem(row, id_cols, images, canonical, folded, seen,
+                                       region_column=not is_json and REGION_COLUMN in row)
+            if isinstance(problem, tuple) and problem[0] == "region" and problem[3] in seen_regions:
+                problem, task_problem = _region_repeat(where, row, problem, seen_regions, accepted, is_json)
+                if task_problem:
+                    problems.add(task_problem)
+                    task_problems += 1
         if guessed:
             _check_guess(source, where, row, id_cols, problem)
         if isinstance(problem, str):
             problems.add(f"{where}: {problem}")
             if bad_rows is not None:
-                bad_rows.append((row, problem))
+                bad_rows.append((_set_aside(row) if is_json else row, problem))
             continue
         if problem is None:
             continue  # the same answer twice: keep the first
+        who = unicodedata.normalize("NFC", unescape_formula(row.get("annotator", "").strip()))
+        if problem[0] == "region":
+            _, image_id, label, rid, rle = problem
+            seen_regions[rid] = (where, label, len(accepted), row)
+            accepted.append((number, image_id, label, annotators.setdefault(who, who), rid, rle))
+            continue
         _, image_id, label = problem
         seen[image_id] = (where, label)
-        who = unicodedata.normalize("NFC", unescape_formula(row.get("annotator", "").strip()))
         accepted.append((number, image_id, label, annotators.setdefault(who, who)))
-    if file_problems or (problems.count and bad_rows is None):
+    if file_problems or task_problems or (problems.count and bad_rows is None):
         raise LabelFileError(source, problems.listed, total=problems.count)
     if not accepted and not blank and not bad_rows:
         raise LabelFileError(source, ["no data rows (or tasks)"])
@@ -472,39 +573,181 @@ def _label(cell: str, canonical: dict[str, str]) -> str | None:
     return next((canonical[v] for v in _variants(cell) if v in canonical), None)
 
 
-def _row_problem(row, id_cols, images, canonical, folded, seen):
-    """What is wrong with one answered row (a message), or ("ok", image_id, label), or None for a
-    repeat of an answer already taken."""
+def _row_image(row, id_cols, images) -> tuple[str | None, str | None]:
+    """The image a row names: (image id, None), (None, what is wrong), or (None, None) when its
+    image cells are all empty."""
     image_id = None
     given = row.get("image_id", "").strip() if "image_id" in id_cols else ""
     if given:
         if not HEX64.match(given.lower()):
-            return f"image_id {given[:80]!r} is not a sha256 (64 hex digits)"
+            return None, f"image_id {given[:80]!r} is not a sha256 (64 hex digits)"
         image_id, problem = images.resolve(given)
         if problem:
-            return problem
+            return None, problem
     refs = [row[c] for c in id_cols if c != "image_id" and row.get(c, "").strip()]
-    if not refs and image_id is None:
-        return f"no image given ({', '.join(id_cols)} are empty)"
     for ref in refs:
         got, problem = images.resolve(ref, want=image_id)
         if problem:
-            return problem
+            return None, problem
         if image_id is not None and got != image_id:
-            return f"{', '.join(id_cols)} name different images"
+            return None, f"{', '.join(id_cols)} name different images"
         image_id = got
-    label = _label(row["label"], canonical)
-    if label is None:
-        shown_label = unicodedata.normalize("NFC", unescape_formula(row["label"].strip()))
-        hint = f" (did you mean {folded[shown_label.casefold()]!r}?)" if shown_label.casefold() in folded else ""
-        names = list(canonical)
-        shown = ", ".join(names[:20]) + (" ..." if len(names) > 20 else "")
-        return f"unknown class {shown_label[:200]!r}{hint}; valid classes: {shown}"
+    return image_id, None
+
+
+def _class_problem(cell, canonical, folded) -> tuple[str | None, str | None]:
+    """The class a label cell names: (label, None), or (None, what is wrong)."""
+    label = _label(cell, canonical)
+    if label is not None:
+        return label, None
+    shown_label = unicodedata.normalize("NFC", unescape_formula(cell.strip()))
+    hint = f" (did you mean {folded[shown_label.casefold()]!r}?)" if shown_label.casefold() in folded else ""
+    names = list(canonical)
+    shown = ", ".join(names[:20]) + (" ..." if len(names) > 20 else "")
+    return None, f"unknown class {shown_label[:200]!r}{hint}; valid classes: {shown}"
+
+
+def _row_problem(row, id_cols, images, canonical, folded, seen, *, region_column: bool = False):
+    """What is wrong with one answered row (a message), or ("ok", image_id, label), or None for a
+    repeat of an answer already taken. ``region_column``: the file has a region_id column (empty
+    in this row)."""
+    image_id, problem = _row_image(row, id_cols, images)
+    if problem:
+        return problem
+    if image_id is None:
+        if region_column:
+            return f"no image or region given ({', '.join([*id_cols, REGION_COLUMN])} are empty)"
+        return f"no image given ({', '.join(id_cols)} are empty)"
+    label, problem = _class_problem(row["label"], canonical, folded)
+    if problem:
+        return problem
     if image_id in seen and seen[image_id][1] != label:
         return f"conflicting labels for one image: {label!r} here, {seen[image_id][1]!r} in {seen[image_id][0]}"
     if image_id in seen:
         return None
     return ("ok", image_id, label)
+
+
+def _region_row_problem(row, id_cols, images, regions: _Regions, canonical, folded):
+    """A CSV region answer (its region_id cell filled): what is wrong (a message), or ("region",
+    image_id, label, region_id, None)."""
+    cell = unescape_formula(row[REGION_COLUMN].strip()).strip()
+    rid = cell.lower()
+    if cell.startswith(POLYGON_PREFIX):
+        return (f"region_id {cell[:80]!r} is a polygon drawn in Label Studio: a CSV cannot carry its outline; fix it "
+                f"in Label Studio and export the task again (or delete this row)")
+    if not HEX16.match(rid):
+        hint = ""
+        try:
+            float(cell)
+            hint = " (a spreadsheet turned it into a number? format the column as text and copy the id again)"
+        except ValueError:
+            pass
+        return f"region_id {cell[:80]!r} is not a region id (16 hex digits){hint}; region ids come from {REGIONS_CSV}"
+    found = regions.get(rid)
+    if found is None:
+        return regions.unknown(rid)
+    image_id, path = found[0], found[1]
+    if image_id not in images.known:
+        return (f"region {rid} is on image {path!r} (id {image_id[:12]}...), which is no longer in data/images/ "
+                f"(removed or changed since the round proposed the region): drop this row")
+    for c in id_cols:  # the row may also name the image: it must be the region's
+        ref = row.get(c, "")
+        if not ref.strip():
+            continue
+        if c == "image_id" and not HEX64.match(ref.strip().lower()):
+            return f"image_id {ref.strip()[:80]!r} is not a sha256 (64 hex digits)"
+        got, problem = images.resolve(ref, want=image_id)
+        if got == image_id:
+            continue
+        if problem:
+            return problem
+        return (f"region {rid} is on image {path!r}, but {c} {ref.strip()[:200]!r} names another image: copy the "
+                f"row's region_id and image from {REGIONS_CSV} together")
+    label, problem = _class_problem(row["label"], canonical, folded)
+    if problem:
+        return problem
+    return ("region", image_id, label, rid, None)
+
+
+def _polygon_problem(row, id_cols, images, regions: _Regions, canonical, folded):
+    """A Label Studio polygon (a row from labelstudio.parse_export): what is wrong (a message),
+    or ("region", image_id, label, region_id, region). Matched to a proposed region of the task's
+    image by its id (minus a ``-k`` part suffix), else by outline (the highest mask IoU, if at
+    least MATCH_IOU), else it is a region the person drew: ``region`` is then its RLE."""
+    image_id, problem = _row_image(row, id_cols, images)
+    if problem:
+        return problem
+    if image_id is None:
+        return f"no image given ({', '.join(id_cols)} are empty)"
+    label, problem = _class_problem(row["label"], canonical, folded)
+    if problem:
+        return problem
+    width, height = row["original_width"], row["original_height"]
+    shown = f"polygon {row['result_id'][:40]!r} ({row['result']})"
+    stem = re.sub(r"-\d+$", "", row["result_id"])
+    found = regions.get(stem)
+    if found is not None and found[0] == image_id:
+        if (found[3], found[2]) != (width, height):
+            return (f"{shown} was drawn on the image at {width}x{height} pixels, but region {stem} was proposed on it "
+                    f"at {found[3]}x{found[2]}: Label Studio shows another version of the image; export the regions' "
+                    f"tasks from coldstart again and redo it there")
+        return ("region", image_id, label, stem, None)
+    size = regions.image_size(image_id)
+    if size is not None and size != (width, height):
+        return (f"{shown} was drawn on the image at {width}x{height} pixels, but the image is {size[0]}x{size[1]}: "
+                f"Label Studio shows another version of it; export its task from coldstart again and redo it there")
+    rle = labelstudio.polygon_rle(row["points"], width, height)
+    if rle is None:
+        return (f"{shown} has an outline too long to rasterize (over {labelstudio.MAX_PERIMETER} pixels); "
+                f"redraw it with fewer, simpler edges")
+    from pycocotools import mask as mask_utils
+
+    if not mask_utils.area({"size": rle["size"], "counts": rle["counts"].encode("ascii")}):
+        return f"{shown} covers no pixel of the image (its points enclose no area); redraw it"
+    best = regions.best_match(image_id, rle)
+    if best is not None and best[1] >= MATCH_IOU:
+        return ("region", image_id, label, best[0], None)
+    from coldstart.tasks.regions import region_id
+
+    return ("region", image_id, label, region_id(image_id, rle["counts"]), rle)
+
+
+def _region_repeat(where, row, problem, seen_regions, accepted, is_json) -> tuple[str | None, str | None]:
+    """A region answer for a region answered before in the file -> (a row problem, or None: the
+    row is not taken; a problem with the whole task, or None).
+    The same label again is kept once (a Label Studio task's annotators are all credited); another
+    label is a conflict: a row problem naming the other row, or within one Label Studio task (two
+    annotators, or two polygons of one region) a problem with the task."""
+    _, _, label, rid, _ = problem
+    first_where, first_label, k, first = seen_regions[rid]
+    if first_label != label:
+        if is_json and first_where == where:
+            labels = ", ".join(sorted({first_label, label}))
+            if first["annotator"] != row["annotator"]:
+                return None, (f"{where}: annotators disagree on region {rid} ({labels}); settle it in Label Studio "
+                              f"and export again")
+            return None, (f"{where}: {first['result']} and {row['result']} outline one region ({rid}) with different "
+                          f"labels ({labels}); give them one label in Label Studio and export again")
+        return f"conflicting labels for one region: {label!r} here, {first_label!r} in {first_where}", None
+    if is_json and first_where == where:
+        n, image_id, lab, who, _, rle = accepted[k]
+        names = sorted({*who.split(","), unicodedata.normalize("NFC", row["annotator"])} - {""})
+        accepted[k] = (n, image_id, lab, ",".join(names), rid, rle)
+    return None, None
+
+
+def _set_aside(row: dict) -> dict:
+    """A Label Studio row as the cells of a .rows.csv. A polygon gets a region_id cell (its
+    result's id when that is a region id of ours, else ``polygon:<id>``), so that the file,
+    dropped back, answers for the region and never labels the image; its points and sizes as
+    JSON text."""
+    if "points" not in row:
+        return row
+    stem = re.sub(r"-\d+$", "", row["result_id"])
+    region = stem if HEX16.match(stem) else POLYGON_PREFIX + row["result_id"]
+    return {"image_id": row["image_id"], "path": row["path"], REGION_COLUMN: region,
+            **{k: v if isinstance(v, str) else json.dumps(v) for k, v in row.items() if k not in ("image_id", "path")}}
 
 
 # --- the stage ------------------------------------------------------------------------------------
@@ -635,8 +878,9 @@ def _intake_file(ws: Workspace, path: Path, rel: str, st: os.stat_result, classe
             result.rows_rejected += len(bad)
         now = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
         events = [LabelEvent(image_id=i, label=lab, annotator=ann or annotator_default, source_file=rel,
-                             source_sha256=digest, source_row=r, imported_at=now, round=round_no)
-                  for r, i, lab, ann in rows]
+                             source_sha256=digest, source_row=r, imported_at=now, round=round_no,
+                             region_id=region[0] if region else "", region=region[1] if region else None)
+                  for r, i, lab, ann, *region in rows]
         _append_events(ws, events)  # the log first: a crash before the move re-imports as a no-op
         imported_sources.add(digest)
         _move_aside(path, ws.imported, digest)

@@ -4,7 +4,8 @@ Export: review items become Label Studio tasks (``tasks.json``) with the model's
 pre-annotation, plus the project's labeling config (``label_config.xml``: one image, one
 single-choice control, and for region pre-annotations a polygon control). Import: a Label
 Studio JSON export of those tasks becomes rows of (image, label, annotator) for intake to
-validate like a CSV.
+validate like a CSV, and one row per polygon a person kept, edited or drew (a region answer,
+which intake matches to the proposed regions).
 
 The control names, the data key and the local-files prefix below are used by both directions,
 so what is exported is what the import reads back. No files are read or written here.
@@ -13,6 +14,7 @@ so what is exported is what the import reads back. No files are read or written 
 from __future__ import annotations
 
 import json
+import math
 from xml.sax.saxutils import quoteattr
 
 from coldstart.tasks.errors import LabelFileError
@@ -24,6 +26,12 @@ POLYGON = "region"  # the <PolygonLabels> control's name: the from_name of every
 # must be the workspace's data/ folder (LOCAL_FILES_DOCUMENT_ROOT).
 LOCAL_FILES_PREFIX = "/data/local-files/?d=images/"
 IMAGE_KEYS = ("image_id", "path")  # what an imported row names its image by
+# Region tools whose results intake cannot turn into a region answer: the fix is the polygon tool.
+NOT_READ = {"brushlabels": "brush/rectangle", "brush": "brush/rectangle", "rectanglelabels": "brush/rectangle",
+            "rectangle": "brush/rectangle", "ellipselabels": "ellipse/keypoint", "ellipse": "ellipse/keypoint",
+            "keypointlabels": "ellipse/keypoint", "keypoint": "ellipse/keypoint"}
+MAX_SIDE = 1 << 17  # original_width/height above this is not an image Label Studio showed
+MAX_PERIMETER = 2_000_000  # pixels of outline rasterized per polygon (the rasterizer's memory grows with it)
 
 
 # --- export ---------------------------------------------------------------------------------------
@@ -68,11 +76,19 @@ def label_config(classes: list[str], *, polygons: list[str] | None = None) -> st
 def parse_export(text: str, source: str) -> tuple[list[tuple[str, dict]], list[str]]:
     """A Label Studio JSON export -> (rows, problems).
 
-    Rows are ("task N (id X)", {image_id, path, label, annotator}); ``label`` is empty for a task
-    nobody answered. Every field is checked for the JSON type Label Studio writes: a task with a
-    wrong one (a string where an object belongs, a number as a choice, ...) is a problem named by
-    task, and gives no row. Problems name their task; the caller lists them all. Raises
-    LabelFileError (for ``source``) when the text is not an export at all.
+    Rows are ("task N (id X)", {image_id, path, label, annotator}) for the image's choice; ``label``
+    is empty for a task nobody answered. A task's polygons (``polygonlabels`` results of control
+    ``POLYGON``, one row each, after its image row) are region answers, ("task N (id X)",
+    {image_id, path, label, annotator, result_id, result, points, original_width,
+    original_height}): ``result_id`` the result's id (coldstart's pre-annotations carry the region
+    id, ``<region id>-k`` for a mask's k-th part), ``result`` where it is ("annotation 1: result
+    2"), ``points`` its [x, y] vertices in percent of the image's width and height, the sizes in
+    pixels. A task with polygons but no choice gives no image row (its image was not answered,
+    its regions were). Every field is checked for the JSON type Label Studio writes: a task with a
+    wrong one (a string where an object belongs, a number as a choice, a polygon without one
+    label, brush strokes, ...) is a problem named by task, and gives no row. Problems name their
+    task; the caller lists them all. Raises LabelFileError (for ``source``) when the text is not
+    an export at all.
     """
     try:
         tasks = json.loads(text)
@@ -84,10 +100,9 @@ def parse_export(text: str, source: str) -> tuple[list[tuple[str, dict]], list[s
         raise LabelFileError(source, [f"expected a Label Studio JSON export: a list of tasks, not {_kind(tasks)}"])
     rows, problems = [], []
     for n, item in enumerate(tasks, start=1):
-        row, task_problems = _parse_task(n, item)
+        task_rows, task_problems = _parse_task(n, item)
         problems += task_problems
-        if row is not None:
-            rows.append(row)
+        rows += task_rows
     return rows, problems
 
 
@@ -110,47 +125,61 @@ def _get(obj: dict, key: str, types: tuple, where: str, default=None):
     return value
 
 
-def _parse_task(n: int, item: object) -> tuple[tuple[str, dict] | None, list[str]]:
-    """One exported task -> (row or None, problems). Cancelled annotations are skipped; annotators
-    who disagree are a problem (settled in Label Studio, not guessed here)."""
+def _parse_task(n: int, item: object) -> tuple[list[tuple[str, dict]], list[str]]:
+    """One exported task -> (rows, problems): the image's row (unless only regions were answered),
+    then a row per polygon. Cancelled annotations are skipped; annotators who disagree on the
+    image's choice are a problem (settled in Label Studio, not guessed here). Whether they agree
+    on a region is checked by intake, which knows which polygons outline the same region."""
     task_id = item.get("id") if isinstance(item, dict) else None
     shown = task_id if isinstance(task_id, int) or (isinstance(task_id, str) and len(task_id) <= 40) else "?"
     where = f"task {n} (id {shown})" if isinstance(item, dict) else f"task {n}"
     if not isinstance(item, dict):
-        return None, [f"{where}: not a task object with 'data' (it is {_kind(item)})"]
+        return [], [f"{where}: not a task object with 'data' (it is {_kind(item)})"]
     try:
         data = _get(item, "data", (dict,), "")
         if data is None:
             raise _Shape("no 'data' object")
         image_id, path = _get(data, "image_id", (str,), "data ", ""), _image_path(data)
-        answers = []
+        answers, polygons = [], []
         for k, ann in enumerate(_get(item, "annotations", (list,), "", []), start=1):
-            answers += _answers(ann, f"annotation {k}: ")
+            choices, drawn = _answers(ann, f"annotation {k}: ")
+            answers += choices
+            polygons += drawn
     except _Shape as e:
-        return None, [f"{where}: {e}"]
+        return [], [f"{where}: {e}"]
     labels = sorted({label for label, _ in answers})
     if len(labels) > 1:
-        return None, [f"{where}: annotators disagree ({', '.join(labels)}); settle it in Label Studio and export again"]
+        return [], [f"{where}: annotators disagree ({', '.join(labels)}); settle it in Label Studio and export again"]
     annotators = ",".join(sorted({who for _, who in answers}))
-    return (where, {"image_id": image_id, "path": path, "label": labels[0] if labels else "",
-                    "annotator": annotators}), []
+    rows = [] if polygons and not labels else [
+        (where, {"image_id": image_id, "path": path, "label": labels[0] if labels else "", "annotator": annotators})]
+    return rows + [(where, {"image_id": image_id, "path": path, **p}) for p in polygons], []
 
 
-def _answers(ann: object, where: str) -> list[tuple[str, str]]:
-    """(label, annotator) of one annotation: none if cancelled or unanswered; _Shape if it is
-    not one Label Studio writes or it chose several labels."""
+def _answers(ann: object, where: str) -> tuple[list[tuple[str, str]], list[dict]]:
+    """(label, annotator) of one annotation's image choice (none if cancelled or unanswered), and
+    its polygons (see parse_export); _Shape if it is not one Label Studio writes, it chose
+    several labels, or it outlines regions with a tool other than the polygon."""
     if not isinstance(ann, dict):
         raise _Shape(f"{where}is {_kind(ann)}, expected an object")
     if _get(ann, "was_cancelled", (bool,), where, False):  # skipped by the annotator: no answer
-        return []
+        return [], []
     who = _annotator(ann.get("completed_by"), where)
-    results = []
+    results, polygons = [], []
     for k, r in enumerate(_get(ann, "result", (list,), where, []), start=1):
         at = f"{where}result {k}: "
         if not isinstance(r, dict):
             raise _Shape(f"{at}is {_kind(r)}, expected an object")
-        if _get(r, "type", (str,), at) == "choices":
+        kind = _get(r, "type", (str,), at)
+        if kind == "choices":
             results.append((_get(r, "from_name", (str,), at, ""), _get(r, "value", (dict,), at, {}), at))
+        elif kind in ("polygonlabels", "polygon"):
+            label, rid, points, width, height = _polygon(r, at)
+            polygons.append({"label": label, "annotator": who, "result_id": rid, "result": f"{where}result {k}",
+                             "points": points, "original_width": width, "original_height": height})
+        elif kind in NOT_READ:
+            raise _Shape(f"{at}{NOT_READ[kind]} annotations are not read: outline regions with the polygon tool of "
+                         f"control {POLYGON!r} (coldstart's label_config.xml)")
     ours = [(value, at) for name, value, at in results if name == LABEL]
     if not ours and results:  # answered, but not in our control: a project with another config
         names = sorted({name for name, _, _ in results})
@@ -164,7 +193,63 @@ def _answers(ann: object, where: str) -> list[tuple[str, str]]:
             choices.append(c)
     if len(choices) > 1:
         raise _Shape(f"one annotation chose several labels {choices[:5]}; pick one")
-    return [(choices[0], who)] if choices else []
+    return ([(choices[0], who)] if choices else []), polygons
+
+
+def _number(v: object) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _polygon(r: dict, at: str) -> tuple[str, str, list[list[float]], int, int]:
+    """A polygon result's (label, id, points, original_width, original_height), each checked;
+    _Shape says what is wrong and how to fix it."""
+    name = _get(r, "from_name", (str,), at, "")
+    if name != POLYGON:
+        raise _Shape(f"{at}a polygon of control {name!r}, not {POLYGON!r}; set the project up with coldstart's "
+                     f"label_config.xml")
+    rid = _get(r, "id", (str, int), at, "")
+    value = _get(r, "value", (dict,), at, {})
+    labels = _get(value, "polygonlabels", (list,), at + "value ", [])
+    if len(labels) != 1:
+        raise _Shape(f"{at}polygon {str(rid)[:40]!r} needs exactly one label in value.polygonlabels, it has "
+                     f"{len(labels) or 'none'}: give it one class in Label Studio")
+    if not isinstance(labels[0], str) or not labels[0].strip():
+        got = "empty" if isinstance(labels[0], str) else _kind(labels[0])
+        raise _Shape(f"{at}polygon {str(rid)[:40]!r}: its label is {got}, expected a class name (a string)")
+    points = _get(value, "points", (list,), at + "value ", [])
+    if len(points) < 3:
+        raise _Shape(f"{at}polygon {str(rid)[:40]!r} has {len(points)} point(s) in value.points; an outline needs "
+                     f"at least 3 [x, y] points")
+    for k, p in enumerate(points, start=1):
+        if not (isinstance(p, list) and len(p) == 2 and all(_number(v) for v in p)):
+            raise _Shape(f"{at}polygon {str(rid)[:40]!r}: point {k} is {json.dumps(p)[:60]}, expected [x, y] (two "
+                         f"numbers, percent of the image's width and height)")
+        if not all(-1 <= v <= 101 for v in p):
+            raise _Shape(f"{at}polygon {str(rid)[:40]!r}: point {k} {json.dumps(p)[:60]} is outside the image "
+                         f"(points are percent of its width and height, 0-100)")
+    for key in ("original_width", "original_height"):
+        v = r.get(key)
+        if not isinstance(v, int) or isinstance(v, bool) or not 0 < v <= MAX_SIDE:
+            raise _Shape(f"{at}polygon {str(rid)[:40]!r}: {key!r} is {json.dumps(v)[:40]}, expected the image's size "
+                         f"in pixels (a positive whole number), as Label Studio exports it")
+    return (labels[0], str(rid), [[float(x), float(y)] for x, y in points], r["original_width"],
+            r["original_height"])
+
+
+def polygon_rle(points: list[list[float]], width: int, height: int) -> dict | None:
+    """A polygon in percent of a ``width`` x ``height`` image -> COCO RLE ``{"size": [H, W],
+    "counts": str}`` of the pixels it covers, or None when its outline is too long to rasterize
+    (over MAX_PERIMETER pixels)."""
+    from pycocotools import mask as mask_utils
+
+    xy = [(min(max(x, 0.0), 100.0) * width / 100.0, min(max(y, 0.0), 100.0) * height / 100.0) for x, y in points]
+    perimeter = sum(math.dist(a, b) for a, b in zip(xy, xy[1:] + xy[:1]))
+    if perimeter > MAX_PERIMETER:
+        return None
+    rle = mask_utils.merge(mask_utils.frPyObjects([[v for p in xy for v in p]], height, width))
+    counts = rle["counts"]
+    return {"size": [int(v) for v in rle["size"]], "counts": counts.decode("ascii") if isinstance(counts, bytes)
+            else counts}
 
 
 def _annotator(who: object, where: str) -> str:
