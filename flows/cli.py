@@ -143,10 +143,11 @@ def cmd_regions(a) -> int:
             shown = path.relative_to(ws.images).as_posix() if path.is_relative_to(ws.images) else str(path)
             yield sha256_file(path), shown, path
 
-    seg = segment_and_label(params, sam, clip, head, labeler, named())
-    regions, images, found, seg_s, label_s = seg.regions, seg.images, seg.found, seg.seg_s, seg.label_s
-    cleaned = Counter({k: v for k, v in seg.cleaned.items() if k != "negative_label"})
-    negative = seg.cleaned.get("negative_label", 0)
+    seg, labeled, label_s = segment_and_label(params, sam, clip, head, labeler, named())
+    regions, images, found, seg_s = [r for r in labeled if not r.dropped], seg.images, seg.found, seg.seg_s
+    cleaned = Counter({k: v for k, v in seg.cleaned.items()})
+    cleaned["containment"] += sum(1 for r in labeled if r.dropped == "contained")
+    negative = sum(1 for r in labeled if r.dropped == "negative_label")
     doc = regions_to_coco(regions, images, classes, negatives=negatives, description=f"coldstart regions ({labeler})")
     atomic_write_text(Path(a.coco), json.dumps(doc, ensure_ascii=False) + "\n")
     if a.labelstudio:
@@ -210,7 +211,7 @@ def cmd_stage(a) -> int:
         elif a.name == "regions":
             result = regions.regions(ws, params, embed.load_model(params.model), n)
         else:
-            result = select.select(ws, params.round, n)
+            result = select.select(ws, params.round, n, params.regions)
     print(f"{a.name}: " + json.dumps(result.to_dict(), ensure_ascii=False, default=str))
     return 0
 

@@ -151,6 +151,13 @@ class RoundRecord:
             f"{se.recheck} human label(s) to re-check): {', '.join(se.files) or '-'}",
             f"  mlflow run  {self.run_id}",
         ]
+        rg = self.regions
+        if rg is not None and rg.enabled:
+            dropped = ", ".join(f"{k} {v}" for k, v in sorted(rg.dropped.items())) or "none"
+            lines.insert(-1, f"  regions     {rg.regions} objects ({rg.new_regions} new on {rg.images_segmented} "
+                             f"image(s) segmented), {rg.relabeled} relabeled, {rg.human} labeled by people ({rg.drawn} "
+                             f"drawn); dropped: {dropped}; {rg.defects_localized} defect(s) outlined; "
+                             f"{se.regions} offered for review")
         for w in tr.warnings[:5]:
             lines.append("  WARNING " + w)
         if len(tr.warnings) > 5:

@@ -64,7 +64,7 @@ def run_round(ws: Workspace, force: bool = False) -> RoundRecord:
     with rec.timed("regions"):  # regions.enabled: SAM masks of new images, each labeled
         rec.regions = regions_task(ws, params, clip, n)
     with rec.timed("select"):  # uncertainty + diversity + random audit -> review batch
-        rec.select = select_task(ws, params.round, n)
+        rec.select = select_task(ws, params.round, n, params.regions)
     with rec.timed("track"):  # one MLflow run
         rec.track = track_task(ws, params, n, rec.metrics(), rec.artifacts(ws), rec.train)
     rec.save(ws.metrics_dir / "round.json")  # the round's own record, committed with its tag

@@ -84,9 +84,10 @@ def image_embedding(sam: SamModel, image: np.ndarray) -> ImageEmbedding:
 
 
 def _decode(sam: SamModel, emb: ImageEmbedding, points: torch.Tensor | None, boxes: torch.Tensor | None,
-            multimask: bool) -> tuple[torch.Tensor, torch.Tensor]:
+            multimask: bool, iou_thresh: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Prompts in the 1024 input frame -> low-res logits (B, C, h, 256) and predicted IoU (B, C):
-    the rows of the 256 grid over the image and one more (below them is only padding)."""
+    the rows of the 256 grid over the image and one more (below them is only padding).
+    ``iou_thresh``: masks at or below it will be dropped (``decode_prompts`` skips their work)."""
     from coldstart.models.sam_decoder import decode_prompts
 
     model = sam.model
@@ -97,7 +98,7 @@ def _decode(sam: SamModel, emb: ImageEmbedding, points: torch.Tensor | None, box
     # _DECODE_PROMPTS so its per-prompt (4096 x 256) tensors stay ~0.5 GB at most.
     rows = math.ceil((math.ceil(emb.input_size[0] / 4) + 1) / 4)  # embedding rows that low-res rows read
     outs = [decode_prompts(model.mask_decoder, feats, pe, sparse[i : i + _DECODE_PROMPTS], dense[:1], multimask,
-                           rows) for i in range(0, len(sparse), _DECODE_PROMPTS)]
+                           rows, iou_thresh) for i in range(0, len(sparse), _DECODE_PROMPTS)]
     return torch.cat([o[0] for o in outs]), torch.cat([o[1] for o in outs])
 
 
@@ -242,7 +243,7 @@ def _crop_candidates(sam: SamModel, image: np.ndarray, cfg: RegionsConfig, crop_
         for start in range(0, len(points), cfg.points_per_batch):
             p = torch.as_tensor(in_points[start : start + cfg.points_per_batch], dtype=torch.float, device=sam.device)
             low, iou = _decode(sam, emb, (p[:, None, :], torch.ones(len(p), 1, dtype=torch.int, device=sam.device)),
-                               None, True)
+                               None, True, cfg.pred_iou_thresh if cfg.pred_iou_thresh > 0 else None)
             low, iou = low.flatten(0, 1), iou.flatten(0, 1)  # (B*3, 256, 256), (B*3,): 3 masks per point
             pts = torch.as_tensor(points[start : start + cfg.points_per_batch])  # float64, as the stock records
             pts = pts.repeat_interleave(3, dim=0)

@@ -127,13 +127,19 @@ def _upscale_masks(dec, keys: Tensor, hyper: Tensor, side: int, rows: int) -> Te
 
 @torch.inference_mode()
 def decode_prompts(dec, image_embeddings: Tensor, image_pe: Tensor, sparse: Tensor, dense: Tensor,
-                   multimask_output: bool, rows: int | None = None) -> tuple[Tensor, Tensor]:
+                   multimask_output: bool, rows: int | None = None, iou_thresh: float | None = None
+                   ) -> tuple[Tensor, Tensor]:
     """``MaskDecoder.forward`` for B prompts on one image.
 
     ``image_embeddings`` and ``image_pe``: (1, C, H, W); ``sparse``: (B, T, C) prompt tokens;
     ``dense``: (1 or B, C, H, W), the same for every prompt (no mask input). Returns low-res mask
     logits (B, 3 or 1, 4H, 4W) and predicted IoU (B, 3 or 1), as the stock decoder does; with
     ``rows``, only the top 4*rows rows of the logits (those over the image, not its padding).
+
+    ``iou_thresh``: the caller keeps only masks whose predicted IoU is above it (the automatic
+    generator's ``pred_iou_thresh``). The predicted IoU comes from the transformer alone, so a
+    prompt none of whose masks is kept is not upscaled at all (the upscaling is most of the
+    decoder's cost); its logits are returned as -inf, every mask the caller keeps is exact.
     """
     if dense.shape[0] > 1 and not torch.equal(dense[:1].expand_as(dense), dense):
         raise ValueError("decode_prompts: mask prompts differ between prompts; use the stock MaskDecoder")
@@ -149,5 +155,12 @@ def decode_prompts(dec, image_embeddings: Tensor, image_pe: Tensor, sparse: Tens
     first = sl.start or 0
     hyper = torch.stack([dec.output_hypernetworks_mlps[first + i](mask_tokens[:, i]) for i in range(mask_tokens.shape[1])],
                         dim=1)
-    masks = _upscale_masks(dec, keys, hyper, w, h if rows is None else min(h, rows))
-    return masks, dec.iou_prediction_head(hs[:, 0])[:, sl]
+    iou = dec.iou_prediction_head(hs[:, 0])[:, sl]
+    side = h if rows is None else min(h, rows)
+    if iou_thresh is None:
+        return _upscale_masks(dec, keys, hyper, w, side), iou
+    kept = (iou > iou_thresh).any(1).nonzero()[:, 0]
+    masks = torch.full((b, hyper.shape[1], 4 * side, 4 * w), -math.inf, dtype=keys.dtype, device=keys.device)
+    if len(kept):
+        masks[kept] = _upscale_masks(dec, keys[kept], hyper[kept], w, side)
+    return masks, iou

@@ -333,6 +333,9 @@ class RegionsConfig(_Section):
     crop_padding: float = Field(0.1, ge=0, le=2)  # context around the mask's box, as a fraction of its size
     blank_outside: bool = False  # grey out the pixels outside the mask in the crop
     max_regions_per_image: int = Field(100, ge=1)
+    # the loop
+    review_budget: int = Field(20, ge=0)  # the least certain regions offered for review each round (0: none)
+    sam_cache_gb: float = Field(2.0, ge=0)  # SAM image embeddings kept between rounds (.coldstart/cache/sam); 0: none
 
 
 class Params(_Section):

@@ -25,7 +25,7 @@ import math
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Collection, Iterable, Iterator, Protocol, Sequence
 
@@ -216,10 +216,82 @@ def embed_regions(clip: ClipModel, items: Iterable[ImageMasks], cfg: RegionsConf
     return which, np.concatenate(vectors) if vectors else np.zeros((0, dim), np.float32)
 
 
+def candidate(image_id: str, path: str, mask: dict) -> Region:
+    """An unlabeled region from one SAM mask (as ``generate_masks`` returns it) of an image."""
+    rle = {"size": [int(v) for v in mask["segmentation"]["size"]], "counts": _text(mask["segmentation"]["counts"])}
+    return Region(region_id(image_id, rle["counts"]), image_id, path, "", math.nan, tuple(float(v) for v in mask["bbox"]),
+                  int(mask["area"]), rle, float(mask.get("predicted_iou", math.nan)),
+                  float(mask.get("stability_score", math.nan)))
+
+
+def assign_labels(regions: Sequence[Region], probs: np.ndarray, classes: Sequence[str], *,
+                  negatives: Collection[str] = (), labeler: str = "",
+                  answers: dict[str, tuple[str, str]] | None = None) -> list[Region]:
+    """Each region's label from its row of ``probs`` ``(R, L)`` over ``classes``: the top class,
+    its probability as confidence and the top-1 minus top-2 margin. ``answers`` (region id ->
+    (label, annotator)) override the model: a person's label, confidence 1, labeler
+    ``"human:<annotator>"``. A region whose label is in ``negatives`` is marked
+    ``dropped="negative_label"``; the others are not dropped (containment is ``mark_contained``)."""
+    probs = np.asarray(probs, dtype=np.float64)
+    if probs.shape != (len(regions), len(classes)):
+        raise ValueError(f"the head gives {probs.shape[-1]} probabilities per region, but {len(classes)} classes "
+                         f"were given ({', '.join(classes)}): pass the labels the head was trained on, in its order")
+    answers = answers or {}
+    top2 = np.sort(probs, axis=1)[:, -2:] if len(classes) > 1 else np.concatenate([np.zeros_like(probs), probs], 1)
+    best = probs.argmax(1) if len(regions) else np.zeros(0, int)
+    out = []
+    for r, k, p, (second, first) in zip(regions, best, probs, top2):
+        if r.region_id in answers:
+            label, who = answers[r.region_id]
+            conf, margin, by = 1.0, 1.0, f"human:{who}"
+        else:
+            label, conf, margin, by = classes[int(k)], float(p[k]), float(first - second), labeler
+        out.append(replace(r, label=label, confidence=conf, margin=margin, labeler=by,
+                           dropped="negative_label" if label in negatives else ""))
+    return out
+
+
+def mark_contained(regions: Sequence[Region], cfg: RegionsConfig) -> tuple[list[Region], int]:
+    """The cleanup rule that needs labels, per image: a region mostly inside a better one of the
+    same label (``containment_thresh``) is marked ``dropped="contained"``; regions already
+    dropped take no part. Returns (the regions in their order, how many were marked)."""
+    from coldstart.models.masks import cleanup
+
+    by_image: dict[str, list[int]] = {}
+    for k, r in enumerate(regions):
+        if not r.dropped or r.dropped == "contained":
+            by_image.setdefault(r.image_id, []).append(k)
+    out = [replace(r, dropped="") if r.dropped == "contained" else r for r in regions]
+    marked = 0
+    for rows in by_image.values():
+        masks = [{"segmentation": out[k].rle, "area": out[k].area, "bbox": list(out[k].bbox),
+                  "predicted_iou": _quality(out[k]), "stability_score": _finite(out[k].stability_score)}
+                 for k in rows]
+        only_containment = dict(min_area=0, max_area_fraction=1.0, mask_nms_thresh=1.0, one_mask_per_pixel=False,
+                                max_regions_per_image=len(rows))
+        kept, _ = cleanup(masks, cfg.model_copy(update=only_containment),
+                          labels=[out[k].label for k in rows])
+        keep = {rows[m["index"]] for m in kept}
+        for k in rows:
+            if k not in keep:
+                out[k] = replace(out[k], dropped="contained")
+                marked += 1
+    return out, marked
+
+
+def _finite(v: float) -> float:
+    return 0.0 if math.isnan(v) else v
+
+
+def _quality(r: Region) -> float:
+    """A region's rank in the containment rule: a person's outline first, then SAM's own score."""
+    return 2.0 if r.labeler.startswith("human:") else _finite(r.predicted_iou)
+
+
 def label_regions(clip: ClipModel, head: Head, items: Iterable[ImageMasks], cfg: RegionsConfig,
                   classes: Sequence[str], *, negatives: Collection[str] = (), labeler: str = "",
                   batch_size: int = 64) -> list[Region]:
-    """Label every mask of every image; regions labeled a ``negatives`` label are dropped.
+    """Label every mask of every image; regions labeled a ``negatives`` label are left out.
 
     ``items``: images with their masks (read lazily: an image is released once its crops are
     made); ``cfg``: crop padding, blanking and ``max_regions_per_image`` (the masks with the best
@@ -230,44 +302,18 @@ def label_regions(clip: ClipModel, head: Head, items: Iterable[ImageMasks], cfg:
     which, X = embed_regions(clip, items, cfg, batch_size=batch_size)
     if not which:
         return []
-    probs = np.asarray(head.predict_proba(X))
-    if probs.shape != (len(which), len(classes)):
-        raise ValueError(f"the head gives {probs.shape[1]} probabilities per region, but {len(classes)} classes were "
-                         f"given ({', '.join(classes)}): pass the labels the head was trained on, in its order")
-    best = probs.argmax(1)
-    regions = []
-    for (image_id, path, m), k, p in zip(which, best, probs):
-        label = classes[int(k)]
-        if label in negatives:
-            continue
-        rle = {"size": [int(v) for v in m["segmentation"]["size"]], "counts": _text(m["segmentation"]["counts"])}
-        regions.append(Region(region_id(image_id, rle["counts"]), image_id, path, label,
-                              float(p[k]), tuple(float(v) for v in m["bbox"]), int(m["area"]), rle,
-                              float(m.get("predicted_iou", 0.0)), float(m.get("stability_score", 0.0)), labeler))
+    labeled = assign_labels([candidate(*w) for w in which], head.predict_proba(X), classes, negatives=negatives,
+                            labeler=labeler)
+    regions = [r for r in labeled if not r.dropped]
     log.info("%d region(s) labeled, %d dropped as negative", len(regions), len(which) - len(regions))
     return regions
 
 
 def cleanup_labeled(regions: Sequence[Region], cfg: RegionsConfig) -> tuple[list[Region], dict[str, int]]:
-    """The cleanup rules that need labels (``containment``: a region mostly inside a better one of
-    the same label is dropped), run per image by ``coldstart.models.masks.cleanup`` after
-    labeling; the label-free rules ran before it, on the raw masks. Returns (the kept regions in
-    their order, the count removed per rule)."""
-    from coldstart.models.masks import cleanup
-
-    by_image: dict[str, list[int]] = {}
-    for k, r in enumerate(regions):
-        by_image.setdefault(r.image_id, []).append(k)
-    keep, counts = set(), {}
-    for rows in by_image.values():
-        masks = [{"segmentation": regions[k].rle, "area": regions[k].area, "bbox": list(regions[k].bbox),
-                  "predicted_iou": regions[k].predicted_iou, "stability_score": regions[k].stability_score}
-                 for k in rows]
-        kept, removed = cleanup(masks, cfg, labels=[regions[k].label for k in rows])
-        keep.update(rows[m["index"]] for m in kept)
-        for rule, n in removed.items():
-            counts[rule] = counts.get(rule, 0) + n
-    return [r for k, r in enumerate(regions) if k in keep], counts
+    """``mark_contained`` for regions that are all kept: returns (the regions not contained, in
+    their order, {"containment": how many were})."""
+    marked, n = mark_contained(regions, cfg)
+    return [r for r in marked if not r.dropped], {"containment": n}
 
 
 def _text(counts: str | bytes) -> str:
@@ -509,14 +555,15 @@ def _segmented_parts(folder: Path) -> PartTable:
 
 @dataclass
 class Segmented:
-    """What segmenting and labeling a set of images gave (shared by the stage and `coldstart regions`)."""
+    """What segmenting a set of images gave (shared by the stage and `coldstart regions`)."""
 
-    regions: list[Region]
+    candidates: list[Region]  # unlabeled, one per mask kept by the label-free cleanup, image by image
+    X: np.ndarray  # (R, D) unit CLIP embeddings of their crops
     images: list[tuple[str, str, int, int]]  # (image id, path as shown, width, height)
     found: dict[str, tuple[int, int]]  # image id -> (masks, masks kept by the label-free cleanup)
-    cleaned: dict[str, int]  # cleanup rule -> masks it removed; "negative_label": regions dropped as background
+    cleaned: dict[str, int]  # label-free cleanup rule -> masks it removed
     seg_s: float
-    label_s: float
+    embed_s: float
 
 
 def resolve_checkpoint(ws: Workspace, cfg: RegionsConfig) -> RegionsConfig:
@@ -526,17 +573,86 @@ def resolve_checkpoint(ws: Workspace, cfg: RegionsConfig) -> RegionsConfig:
     return cfg
 
 
-def segment_and_label(params: Params, sam, clip: ClipModel, head: Head, labeler: str,
-                      images: Iterable[tuple[str, str, Path]], *, progress: bool = False) -> Segmented:
-    """SAM masks of each image (one image in memory at a time), the label-free cleanup, then
-    every region of every image labeled in batches, then the cleanup rules that need labels.
-    ``images``: (image id, path as shown, file). Region boxes and masks are in original pixels."""
+class SamEmbeddingCache:
+    """SAM image embeddings kept between rounds, one file per (SAM model id, image id) under
+    ``root/<model-slug>/`` (``.coldstart/cache/sam`` in a workspace: a cache, not versioned).
+    Segmenting an image again with other knobs, and outlining its defect, skip the image
+    encoder. Float32 as computed (a float16 copy would move mask edges, so a re-segmented
+    image would get other region ids). ``max_gb`` bounds the folder: the least recently used
+    files go first. ``root`` None: nothing is kept."""
+
+    def __init__(self, root: Path | None, model_id: str, max_gb: float = 2.0):
+        from coldstart.tasks.store import model_slug
+
+        self.dir = None if root is None else Path(root) / model_slug(model_id)
+        self.model_id, self.max_bytes = model_id, int(max_gb * 2**30)
+
+    def get(self, sam, image_id: str, rgb: np.ndarray):
+        """The embedding of ``rgb`` (the image ``image_id``), from the cache or computed and kept."""
+        from coldstart.models.masks import ImageEmbedding, image_embedding
+
+        path = None if self.dir is None else self.dir / f"{image_id}.npz"
+        if path is not None and path.is_file():
+            try:
+                emb = ImageEmbedding.load(path)
+                if emb.model_id == sam.model_id and emb.original_size == tuple(rgb.shape[:2]):
+                    os.utime(path)  # recently used
+                    return emb
+            except (OSError, ValueError, KeyError) as e:  # a torn or foreign file: compute it again
+                log.warning("SAM embedding cache: %s is unreadable (%s); computing it again", path, e)
+        emb = image_embedding(sam, rgb)
+        if path is not None and self.max_bytes > 0:
+            self._put(path, emb)
+        return emb
+
+    def _put(self, path: Path, emb) -> None:
+        import io
+
+        from coldstart.tasks.workspace import atomic_write_bytes
+
+        buf = io.BytesIO()
+        emb.save(buf)
+        try:
+            atomic_write_bytes(path, buf.getvalue())
+            files = sorted(self.dir.glob("*.npz"), key=lambda f: f.stat().st_mtime_ns, reverse=True)
+            total = 0
+            for f in files:
+                total += f.stat().st_size
+                if total > self.max_bytes:
+                    f.unlink(missing_ok=True)
+        except OSError as e:  # a full disk costs speed next time, never the round
+            log.warning("SAM embedding cache: cannot keep %s (%s)", path.name, e.strerror or e)
+
+
+def sam_cache(ws: Workspace, sam, cfg: RegionsConfig) -> SamEmbeddingCache:
+    return SamEmbeddingCache(ws.state_dir / "cache" / "sam", sam.model_id, cfg.sam_cache_gb)
+
+
+def crop_store(ws: Workspace, model_id: str, cfg: RegionsConfig):
+    """The regions' crop embeddings (``EmbeddingStore`` keyed by region id), versioned with the
+    regions table: relabeling with a new head reads them instead of cropping every image again,
+    and training reads those of the regions people labeled. The crop settings name the view."""
+    from coldstart.tasks.store import EmbeddingStore
+
+    view = f"crops-pad{cfg.crop_padding:g}{'-blank' if cfg.blank_outside else ''}"
+    return EmbeddingStore(regions_dir(ws) / CROPS_DIR, model_id, view)
+
+
+CROPS_DIR = "embeddings"  # beside the regions' parts: the crop embeddings
+
+
+def segment_images(params: Params, sam, clip: ClipModel, images: Iterable[tuple[str, str, Path]], *,
+                   cache: SamEmbeddingCache | None = None, progress: bool = False) -> Segmented:
+    """SAM masks of each image (one image in memory at a time), the label-free cleanup, and the
+    CLIP embedding of every kept mask's crop (batched across images). ``images``: (image id,
+    path as shown, file). Boxes and masks are in original pixels."""
     from collections import Counter
 
     from coldstart.models.masks import cleanup, generate_masks
     from coldstart.tasks.scan import load_rgb
 
     cfg = params.regions
+    cache = cache or SamEmbeddingCache(None, getattr(sam, "model_id", ""))
     shown_images, found, cleaned = [], {}, Counter()
     seg_s = read_s = 0.0
 
@@ -548,7 +664,7 @@ def segment_and_label(params: Params, sam, clip: ClipModel, head: Head, labeler:
                 rgb = np.asarray(img.convert("RGB"))
             t_seg = time.perf_counter()
             read_s += t_seg - t_read
-            masks = generate_masks(sam, rgb, cfg)
+            masks = generate_masks(sam, rgb, cfg, embedding=cache.get(sam, image_id, rgb))
             kept, counts = cleanup(masks, cfg)
             seg_s += time.perf_counter() - t_seg
             cleaned.update(counts)
@@ -559,31 +675,42 @@ def segment_and_label(params: Params, sam, clip: ClipModel, head: Head, labeler:
             yield ImageMasks(image_id, shown, rgb, kept)
 
     t0 = time.perf_counter()
-    regions = label_regions(clip, head, segmented(), cfg, params.ontology.class_names,
+    which, X = embed_regions(clip, segmented(), cfg)
+    embed_s = time.perf_counter() - t0 - seg_s - read_s
+    return Segmented([candidate(*w) for w in which], X, shown_images, found, dict(cleaned), seg_s, embed_s)
+
+
+def segment_and_label(params: Params, sam, clip: ClipModel, head: Head, labeler: str,
+                      images: Iterable[tuple[str, str, Path]], *, progress: bool = False
+                      ) -> tuple[Segmented, list[Region], float]:
+    """``segment_images`` then every region labeled by ``head``, background and contained
+    regions marked as dropped. Returns (what segmenting gave, the labeled regions, seconds the
+    labeling took in all: crops, embeddings, head)."""
+    seg = segment_images(params, sam, clip, images, progress=progress)
+    t0 = time.perf_counter()
+    labeled = assign_labels(seg.candidates, head.predict_proba(seg.X) if len(seg.X) else
+                            np.zeros((0, len(params.ontology.class_names))), params.ontology.class_names,
                             negatives=negative_labels(params.ontology), labeler=labeler)
-    label_s = time.perf_counter() - t0 - seg_s - read_s
-    cleaned["negative_label"] += sum(kept for _, kept in found.values()) - len(regions)
-    t_clean = time.perf_counter()
-    regions, counts = cleanup_labeled(regions, cfg)  # the rules that need labels (containment)
-    seg_s += time.perf_counter() - t_clean
-    cleaned.update(counts)
-    return Segmented(regions, shown_images, found, dict(cleaned), seg_s, label_s)
+    labeled, _ = mark_contained(labeled, params.regions)
+    return seg, labeled, seg.embed_s + time.perf_counter() - t0
 
 
 DEFECTS_DIR = "defects"  # beside the regions' parts: one SAM mask per image labeled as a defect
 
 
-def localize_defects(sam, params: Params, rows: Iterable[dict], files: dict[str, Path]) -> list[Region]:
+def localize_defects(sam, params: Params, rows: Iterable[dict], files: dict[str, Path],
+                     cache: SamEmbeddingCache | None = None) -> list[Region]:
     """Defect localization: for each resolved row (``read_resolved``) labeled with a class that is
     not negative and carrying a ``location`` (the multi-scale view's winning tile, "x0 y0 x1 y1"
     in original pixels), that tile is a box prompt to SAM over the image's embedding, giving the
     defect's mask and its tight box. One Region per image: label and confidence are the image's;
     ``predicted_iou`` and ``stability_score`` are NaN (a box prompt is not scored);
     ``labeler`` records what gave it, "<labeler>+box:<location>"."""
-    from coldstart.models.masks import image_embedding, segment_box
+    from coldstart.models.masks import segment_box
     from coldstart.tasks.scan import load_rgb
 
     negative = negative_labels(params.ontology)
+    cache = cache or SamEmbeddingCache(None, getattr(sam, "model_id", ""))
     out = []
     for row in rows:
         if row["label"] in negative or not row.get("location") or row["image_id"] not in files:
@@ -591,7 +718,7 @@ def localize_defects(sam, params: Params, rows: Iterable[dict], files: dict[str,
         with load_rgb(files[row["image_id"]], params.scan) as img:
             rgb = np.asarray(img.convert("RGB"))
         box = [float(v) for v in row["location"].split()]
-        mask = segment_box(sam, image_embedding(sam, rgb), box, rgb.shape[:2])
+        mask = segment_box(sam, cache.get(sam, row["image_id"], rgb), box, rgb.shape[:2])
         if not mask.any():
             continue  # SAM found nothing in the tile: no region rather than a made-up one
         rle = _rle(mask)
@@ -629,11 +756,16 @@ def segmenter_id(sam_model_id: str, cfg: RegionsConfig) -> str:
 class RegionsResult(StageResult):
     enabled: bool = False
     sam_model_id: str = ""
-    images_segmented: int = 0  # this round: images not segmented before by this SAM model
+    labeler: str = ""
+    images_segmented: int = 0  # this round: images not segmented before by this SAM model with these settings
     masks: int = 0  # SAM's masks on them, before cleanup
-    new_regions: int = 0  # labeled regions kept on them
-    regions: int = 0  # in the table, all images
-    cleaned: dict[str, int] = field(default_factory=dict)  # masks removed per cleanup rule (and as background)
+    new_regions: int = 0  # objects (regions not dropped) found on them
+    regions: int = 0  # objects in the table, all images
+    relabeled: int = 0  # regions of earlier images whose label changed (a new head, or a person's answer)
+    human: int = 0  # regions labeled by a person (answers applied), outlines people drew included
+    drawn: int = 0  # of them, outlines people drew that SAM had not proposed
+    cleaned: dict[str, int] = field(default_factory=dict)  # this round's masks removed per label-free rule
+    dropped: dict[str, int] = field(default_factory=dict)  # regions in the table dropped, per reason
     defects_localized: int = 0  # this round: images labeled as a defect whose tile SAM outlined (again)
     seg_s: float = 0.0
     label_s: float = 0.0
@@ -642,21 +774,77 @@ class RegionsResult(StageResult):
         if not self.enabled:
             return {}
         return {"regions": self.regions, "regions_new": self.new_regions, "regions_images_segmented":
-                self.images_segmented, "regions_masks": self.masks,
-                "regions_defects_localized": self.defects_localized,
-                **{f"regions_removed_{k}": v for k, v in self.cleaned.items()}}
+                self.images_segmented, "regions_masks": self.masks, "regions_relabeled": self.relabeled,
+                "regions_human": self.human, "regions_defects_localized": self.defects_localized,
+                **{f"regions_removed_{k}": v for k, v in self.cleaned.items()},
+                **{f"regions_dropped_{k}": v for k, v in self.dropped.items()}}
+
+
+def _drawn_regions(answers: dict, known: set[str], paths: dict[str, str]) -> list[Region]:
+    """Unlabeled regions for the outlines people drew (answers carrying an outline that no
+    proposed region has), on images still in the workspace."""
+    out = []
+    for rid, e in sorted(answers.items()):
+        if e.region is None or rid in known or e.image_id not in paths:
+            continue
+        mask = decode_mask(e.region)
+        ys, xs = np.nonzero(mask)
+        if not len(xs):
+            continue
+        bbox = (float(xs.min()), float(ys.min()), float(xs.max() - xs.min() + 1), float(ys.max() - ys.min() + 1))
+        out.append(Region(rid, e.image_id, paths[e.image_id], "", math.nan, bbox, int(len(xs)),
+                          {"size": list(e.region["size"]), "counts": e.region["counts"]}, math.nan, math.nan))
+    return out
+
+
+def region_vectors(ws: Workspace, params: Params, clip: ClipModel, regions: Sequence[Region],
+                   files: dict[str, Path]) -> np.ndarray:
+    """``(R, D)`` crop embeddings of ``regions``, from the crop store; those it lacks (outlines
+    people drew, a store made with other crop settings) are cropped from their images, embedded
+    in batches and added to it. ``files``: image id -> file."""
+    from coldstart.tasks.scan import load_rgb
+
+    cfg = params.regions
+    store = crop_store(ws, clip.model_id, cfg)
+    have = store.ids()
+    missing = [r for r in regions if r.region_id not in have]
+    if missing:
+        by_image: dict[str, list[Region]] = {}
+        for r in missing:
+            by_image.setdefault(r.image_id, []).append(r)
+
+        def items() -> Iterator[ImageMasks]:
+            for image_id, rs in by_image.items():
+                with load_rgb(files[image_id], params.scan) as img:
+                    rgb = np.asarray(img.convert("RGB"))
+                yield ImageMasks(image_id, rs[0].path, rgb, [
+                    {"segmentation": r.rle, "bbox": list(r.bbox), "area": r.area, "region_id": r.region_id,
+                     "predicted_iou": _finite(r.predicted_iou)} for r in rs])
+
+        which, X = embed_regions(clip, items(), cfg.model_copy(update={"max_regions_per_image": 10**9}))
+        store.append([m["region_id"] for _, _, m in which], X)
+    if not regions:
+        return np.zeros((0, int(getattr(clip, "embed_dim", 0))), np.float32)
+    return store.load([r.region_id for r in regions])[1]
 
 
 def regions(ws: Workspace, params: Params, clip: ClipModel, round_no: int) -> RegionsResult:
-    """The regions stage (``regions.enabled``): SAM segments each image this SAM model has not
-    segmented yet, each region is labeled by the round's labeler (the head the train stage
-    chose, else zero-shot), background regions are dropped, and the regions table
-    (data/labels/regions/, Parquet parts keyed by region id) records them with the segmented
-    images (its images/ folder). Regions of earlier images keep the label they were given.
+    """The regions stage (``regions.enabled``). SAM segments each image this SAM model has not
+    segmented with these settings (the image embedding comes from the SAM cache when it can);
+    every region of every image, earlier ones too, is labeled by the round's labeler (the head
+    the train stage chose, else zero-shot) from its stored crop embedding, unless a person
+    labeled it (answers by region id in the label log; outlines people drew become regions).
+    Background and contained regions are kept in the table, marked dropped. Defects are
+    localized on images labeled as one. The regions table (data/labels/regions/, Parquet parts
+    keyed by region id) records it all with the segmented images (images/), the crop
+    embeddings (embeddings/) and the defects (defects/); a round stores only what changed.
 
     Writes exactly its declared output, data/labels/regions/ (created empty when disabled, so
     that DVC can record the stage either way)."""
+    from collections import Counter
+
     from coldstart.models.sam import load_sam
+    from coldstart.tasks.intake import read_events, region_answers
     from coldstart.tasks.manifest import read_manifest_table
 
     folder = regions_dir(ws)
@@ -664,7 +852,9 @@ def regions(ws: Workspace, params: Params, clip: ClipModel, round_no: int) -> Re
     cfg = resolve_checkpoint(ws, params.regions)
     if not cfg.enabled:
         return RegionsResult(enabled=False)
+    params = params.model_copy(update={"regions": cfg})
     sam = load_sam(cfg)
+    cache = sam_cache(ws, sam, cfg)
     done_parts = _segmented_parts(folder)
     # Segmented by this model *with these settings*: a change to the generator's knobs or the
     # cleanup rules segments every image again (their regions are replaced).
@@ -675,41 +865,73 @@ def regions(ws: Workspace, params: Params, clip: ClipModel, round_no: int) -> Re
     manifest = read_manifest_table(ws, ["image_id", "path"]).to_pydict()
     for image_id, path in sorted(zip(manifest["image_id"], manifest["path"]), key=lambda r: r[1]):
         first_path.setdefault(image_id, path)  # duplicates: one file segments for all
+    files = {i: ws.images / p for i, p in first_path.items()}
     todo = [(i, p, ws.images / p) for i, p in sorted(first_path.items(), key=lambda r: r[1]) if i not in done]
     head, labeler = region_head(ws, params, clip)
-    seg = segment_and_label(params.model_copy(update={"regions": cfg}), sam, clip, head, labeler, todo,
-                            progress=True)
+    seg = segment_images(params, sam, clip, todo, cache=cache, progress=True)
+    crop_store(ws, clip.model_id, cfg).append([r.region_id for r in seg.candidates], seg.X)
+
+    # Every region, labeled again: earlier images' rows (dropped ones too: a new head may see an
+    # object where the last one saw background), this round's, and the outlines people drew.
+    t0 = time.perf_counter()
+    redone = {i for i, _, _ in todo}
+    before = read_regions(folder, dropped=True)
+    earlier = [r for r in before if r.image_id not in redone and r.image_id in files]
+    answers = region_answers(read_events(ws))
+    drawn = _drawn_regions(answers, {r.region_id for r in earlier} | {r.region_id for r in seg.candidates},
+                           first_path)
+    every = earlier + seg.candidates + drawn
+    X = region_vectors(ws, params, clip, every, files)
+    classes = params.ontology.class_names
+    probs = head.predict_proba(X) if len(every) else np.zeros((0, len(classes)))
+    human = {rid: (e.label, e.annotator) for rid, e in answers.items()}
+    labeled = assign_labels(every, probs, classes, negatives=negative_labels(params.ontology), labeler=labeler,
+                            answers=human)
+    labeled, _ = mark_contained(labeled, cfg)
+    label_s = time.perf_counter() - t0 + seg.embed_s
+    old = {r.region_id: (r.label, r.dropped) for r in before}
+    relabeled = sum(1 for r in labeled[:len(earlier)] if old[r.region_id] != (r.label, r.dropped))
+    write_regions(folder, round_no, labeled, images=set(files) | {r.image_id for r in before})
     if todo:
-        write_regions(folder, round_no, seg.regions, images=[i for i, _, _ in todo])
         rows = [dict(key=i, image_id=i, sam_model_id=segmenter, masks=seg.found[i][0],
                      kept=seg.found[i][1], round=round_no) for i, _, _ in todo]
         table = pa.Table.from_pylist(rows, schema=done_parts.schema)
-        redone = pa.array(sorted(i for i, _, _ in todo), pa.string())
+        again = pa.array(sorted(redone), pa.string())
 
         def full() -> pa.Table:  # earlier images, then this round's (one row per image)
             old = done_parts.read()
-            return pa.concat_tables([old.filter(pc.invert(pc.is_in(old["image_id"], value_set=redone))), table])
+            return pa.concat_tables([old.filter(pc.invert(pc.is_in(old["image_id"], value_set=again))), table])
 
         done_parts.write(round_no, table, [], full)
-    # Defect localization: images whose label or winning tile changed since they were outlined.
+    found = _localize(ws, params, sam, cache, folder, first_path, files, round_no)
+    kept = [r for r in labeled if not r.dropped]
+    new_ids = {r.region_id for r in seg.candidates}
+    return RegionsResult(
+        True, sam.model_id, labeler, len(todo), sum(m for m, _ in seg.found.values()),
+        sum(1 for r in kept if r.region_id in new_ids), len(kept), relabeled,
+        sum(1 for r in labeled if r.labeler.startswith("human:")), len(drawn), seg.cleaned,
+        dict(Counter(r.dropped for r in labeled if r.dropped)), found, round(seg.seg_s, 3), round(label_s, 3))
+
+
+def _localize(ws: Workspace, params: Params, sam, cache: SamEmbeddingCache, folder: Path,
+              first_path: dict[str, str], files: dict[str, Path], round_no: int) -> int:
+    """Defect localization for the images whose label or winning tile changed since they were
+    outlined; returns how many were outlined this round."""
     from coldstart.tasks.relabel import resolved_parts
 
     defects = regions_parts(folder / DEFECTS_DIR)
     outlined = {(r["image_id"], r["label"], r["labeler"]) for r in defects.read(["image_id", "label", "labeler"]).to_pylist()}
-    files = {i: ws.images / p for i, p in first_path.items()}
     # Only the rows that can matter are read out: candidates (a non-negative label with a tile)
     # and images outlined before (whose region must go if they stopped being candidates).
     resolved = resolved_parts(ws).read(columns=["path", "label", "confidence", "model_id", "location"])
-    candidate = pc.and_(pc.invert(pc.is_in(resolved["label"], value_set=pa.array(sorted(negative_labels(
+    candidate_rows = pc.and_(pc.invert(pc.is_in(resolved["label"], value_set=pa.array(sorted(negative_labels(
         params.ontology)), pa.string()))), pc.not_equal(resolved["location"], ""))
     before = pc.is_in(resolved["image_id"], value_set=pa.array(sorted({i for i, _, _ in outlined}), pa.string()))
-    stale = [r for r in resolved.filter(pc.or_(candidate, before)).to_pylist()
+    stale = [r for r in resolved.filter(pc.or_(candidate_rows, before)).to_pylist()
              if (r["image_id"], r["label"], f"{r['model_id']}+box:{r['location']}") not in outlined]
-    found = localize_defects(sam, params, stale, files)
+    found = localize_defects(sam, params, stale, files, cache)
     write_regions(folder / DEFECTS_DIR, round_no, found, images=[r["image_id"] for r in stale])
-    total = regions_parts(folder).read(["region_id"]).num_rows
-    return RegionsResult(True, sam.model_id, len(todo), sum(m for m, _ in seg.found.values()), len(seg.regions),
-                         total, seg.cleaned, len(found), round(seg.seg_s, 3), round(seg.label_s, 3))
+    return len(found)
 
 
 @task(name="regions", cache_policy=NO_CACHE)

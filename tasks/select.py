@@ -17,7 +17,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from coldstart.tasks import labelstudio, strategies
-from coldstart.tasks.config import RoundConfig
+from coldstart.tasks.config import RegionsConfig, RoundConfig
 from coldstart.tasks.errors import SelectionError
 from coldstart.tasks.result import StageResult
 from coldstart.tasks.store import EmbeddingStore
@@ -30,6 +30,9 @@ BATCH_FIELDS = ["image_id", "image", "purpose", "predicted_label", "confidence",
                 "note"]
 # note: only for labels sent back for a second look (it says why); empty for everything else.
 REVIEW_FIELDS = ["image_id", "image", "suggested_label", "confidence", "label", "annotator", "note"]
+# The regions to review (round-NNN.regions.csv): answered by region id; bbox "x y w h" in pixels.
+REGION_REVIEW_FIELDS = ["region_id", "image_id", "image", "bbox", "suggested_label", "confidence", "label",
+                        "annotator", "note"]
 
 
 def select_indices(probs: np.ndarray, budget: int, *, strategy: str, audit: int, seed: int,
@@ -84,14 +87,70 @@ class SelectResult(StageResult):
     files: list[str]
     strategy: str = ""
     recheck: int = 0  # human labels sent back for a second look
+    regions: int = 0  # regions offered for review (regions.review_budget, least certain first)
 
     def metrics(self) -> dict[str, float | None]:
-        return {"label_flags": self.recheck, "batch_size": self.batch_size, "batch_audit": self.audit}
+        return {"label_flags": self.recheck, "batch_size": self.batch_size, "batch_audit": self.audit,
+                "batch_regions": self.regions}
 
 
-def select(ws: Workspace, cfg: RoundConfig, round_no: int) -> SelectResult:
+def select_regions(ws: Workspace, budget: int, round_no: int) -> list:
+    """The ``budget`` least certain regions (smallest top-1 minus top-2 margin) that a person
+    has not labeled and that no earlier, still unanswered regions batch holds. Background
+    regions count (the labeler may be wrong that they are); contained ones do not (their
+    container is asked)."""
+    from coldstart.tasks.intake import read_events, region_answers
+    from coldstart.tasks.regions import read_regions, regions_dir
+
+    if budget <= 0:
+        return []
+    answered = set(region_answers(read_events(ws)))
+    asked = {r["region_id"] for k in range(1, round_no)
+             for r in read_csv(ws.review / f"round-{k:03d}.regions.csv")} - answered
+    pool = [r for r in read_regions(regions_dir(ws), dropped=True)
+            if r.dropped != "contained" and not r.labeler.startswith("human:") and r.region_id not in asked
+            and r.region_id not in answered]
+    return sorted(pool, key=lambda r: (r.margin, r.region_id))[:budget]
+
+
+def _write_regions_batch(ws: Workspace, stem, picked: list) -> list[str]:
+    """round-NNN.regions.csv (answer by region id) and round-NNN.regions.tasks.json (Label Studio:
+    one task per image, the picked regions as editable polygons), ordered by image path."""
+    from coldstart.tasks.regions import regions_to_labelstudio
+
+    picked = sorted(picked, key=lambda r: (r.path, r.bbox[1], r.bbox[0]))
+    write_csv(stem.with_suffix(".regions.csv"), REGION_REVIEW_FIELDS, [
+        dict(region_id=r.region_id, image_id=r.image_id, image=_cell(r.path),
+             bbox=" ".join(f"{v:g}" for v in r.bbox), suggested_label=_cell(r.label), confidence=f"{r.confidence:.6f}",
+             label="", annotator="", note="") for r in picked])
+    images = {r.image_id: (r.image_id, r.path, r.rle["size"][1], r.rle["size"][0]) for r in picked}
+    tasks = regions_to_labelstudio(picked, list(images.values()), model_version=picked[0].labeler if picked else "")
+    atomic_write_text(stem.with_suffix(".regions.tasks.json"), labelstudio.tasks_json(tasks))
+    return [ws.rel(stem.with_suffix(s)) for s in (".regions.csv", ".regions.tasks.json")]
+
+
+def select(ws: Workspace, cfg: RoundConfig, round_no: int, regions: RegionsConfig | None = None) -> SelectResult:
     """The select stage: read the resolved table and its probabilities, write its declared output, the
-    review batch data/review/round-NNN.{csv,batch.csv,tasks.json} (and label_config.xml)."""
+    review batch data/review/round-NNN.{csv,batch.csv,tasks.json} (and label_config.xml); with
+    ``regions.enabled``, also the regions to review, round-NNN.regions.{csv,tasks.json}."""
+    from coldstart.tasks.regions import negative_labels
+
+    result = _select_images(ws, cfg, round_no)
+    if regions is not None and regions.enabled:
+        onto = ws.params().ontology
+        picked = select_regions(ws, regions.review_budget, round_no)
+        stem = ws.review / f"round-{round_no:03d}"
+        if picked:
+            result.files += _write_regions_batch(ws, stem, picked)
+            result.regions = len(picked)
+        # One project config for both: the image's choice and the region polygons.
+        negatives = negative_labels(onto)
+        atomic_write_text(ws.review / "label_config.xml", labelstudio.label_config(
+            onto.class_names, polygons=[c for c in onto.class_names if c not in negatives] + sorted(negatives)))
+    return result
+
+
+def _select_images(ws: Workspace, cfg: RoundConfig, round_no: int) -> SelectResult:
     from coldstart.tasks.relabel import load_probs, read_resolved
 
     ids, probs, classes, (model_id, view) = load_probs(ws)
@@ -160,5 +219,5 @@ def select(ws: Workspace, cfg: RoundConfig, round_no: int) -> SelectResult:
 
 
 @task(name="select", cache_policy=NO_CACHE)
-def select_task(ws: Workspace, cfg: RoundConfig, round_no: int) -> SelectResult:
-    return select(ws, cfg, round_no)
+def select_task(ws: Workspace, cfg: RoundConfig, round_no: int, regions: RegionsConfig | None = None) -> SelectResult:
+    return select(ws, cfg, round_no, regions)

@@ -66,6 +66,7 @@ class TrainResult(StageResult):
     threshold: float | None = None  # auto-accept confidence used this round
     threshold_note: str = ""
     flags: int = 0  # human labels the held-out model disagrees with (data/labels/flags.csv)
+    region_labels: int = 0  # of n_labels: regions people labeled (their crops' embeddings)
     warnings: list[str] = field(default_factory=list)  # about the ontology (confusable, script)
 
     @property
@@ -185,6 +186,33 @@ def current_human_labels(ws: Workspace, classes: list[str]) -> dict[str, str]:
     return humans
 
 
+def region_samples(ws: Workspace, params: Params, clip: ClipModel) -> tuple[np.ndarray, np.ndarray]:
+    """``(R, D)`` crop embeddings and ``(R,)`` label indices of the regions people labeled (the
+    latest answer per region), on images still in the workspace, whose crop the regions stage
+    has embedded with this model (an outline drawn this round is embedded by this round's
+    regions stage, after training: it joins the next round)."""
+    from coldstart.tasks.intake import region_answers
+    from coldstart.tasks.regions import crop_store
+    from coldstart.tasks.scan import image_table
+
+    classes = params.ontology.class_names
+    answers = region_answers(read_events(ws))
+    if not answers:
+        return np.zeros((0, 0), np.float32), np.zeros(0, int)
+    unknown = Counter(e.label for e in answers.values() if e.label not in classes)
+    if unknown:
+        listed = ", ".join(f"{label!r} ({n} regions)" for label, n in unknown.most_common())
+        raise ConfigError(f"params.yaml: ontology.classes no longer has labels that people gave regions: {listed}. "
+                          f"Put the class(es) back (the answers are kept in data/labels/events.jsonl).")
+    store = crop_store(ws, clip.model_id, params.regions)
+    have, current = store.ids(), image_table(ws)
+    ids = sorted(rid for rid, e in answers.items() if rid in have and e.image_id in current)
+    if not ids:
+        return np.zeros((0, 0), np.float32), np.zeros(0, int)
+    _, X = store.load(ids)
+    return X, np.array([classes.index(answers[rid].label) for rid in ids], dtype=int)
+
+
 def train(ws: Workspace, params: Params, clip: ClipModel, round_no: int) -> TrainResult:
     """The train stage: pick and fit this round's labeler on the human labels.
 
@@ -198,13 +226,25 @@ def train(ws: Workspace, params: Params, clip: ClipModel, round_no: int) -> Trai
     small = len(store) <= params.train.self_training_max_pool
     pool = read_pool(ws, store, humans, keep_all=small and bool(params.train.self_training))
     y = np.array([classes.index(humans[i]) for i in pool.labeled_ids], dtype=int)
+    X = pool.labeled_X
     extra = {}
     if params.train.self_training and len(y) and pool.all_X is not None:
         extra = dict(pool_X=pool.all_X, rows=pool.rows_of_labeled())
-    result = choose_labeler(pool.labeled_X, y, zero_shot, params.train, center=pool.center, scale=pool.scale, **extra)
+    # Regions people labeled are samples too: their crops live in the same CLIP space as whole
+    # images (a crop is an image of one object), so they teach the head what each class looks like.
+    region_X, region_y = region_samples(ws, params, clip)
+    if len(region_y):
+        X = np.concatenate([X.reshape(-1, region_X.shape[1]), region_X])
+        if extra:
+            extra = dict(pool_X=np.concatenate([extra["pool_X"], region_X]), rows=np.concatenate(
+                [extra["rows"], len(extra["pool_X"]) + np.arange(len(region_y))]))
+        y = np.concatenate([y, region_y])
+    result = choose_labeler(X, y, zero_shot, params.train, center=pool.center, scale=pool.scale, **extra)
+    result.region_labels = len(region_y)
     result.warnings = warnings
     result.threshold, result.threshold_note = auto_accept_threshold(params.round, result.oof_probs, y)
     flags = label_issues(result.oof_probs, y) if result.oof_probs is not None and len(y) >= 10 else []
+    flags = [f for f in flags if f[0] < len(pool.labeled_ids)]  # images only: flags.csv names images
     result.flags = len(flags)
     # A flag raised in an earlier round keeps that round: unchanged flags, unchanged file.
     raised = {(f["image_id"], f["human_label"], f["suggested_label"]): f["round"] for f in read_csv(ws.flags)}

@@ -139,6 +139,11 @@ def bench_regions(width: int = 1024, height: int = 768, points_per_side: int = 1
     print(f"  stock SamAutomaticMaskGenerator {stock_s:8.2f} s  {len(stock)} masks")
     print(f"  ours (generate_masks)           {ours_s:8.2f} s  {len(ours)} masks")
     print(f"  matched at mask IoU >= 0.9: {stock_in_ours:.3f} of stock's, {ours_in_stock:.3f} of ours", flush=True)
+    from coldstart.models.masks import cleanup
+
+    kept, removed = cleanup(ours, cfg)  # the cleanup rules at their defaults (cfg sets only the generator), counted
+    print(f"  cleanup (defaults): {len(ours)} -> {len(kept)} masks; removed "
+          + ", ".join(f"{rule} {n}" for rule, n in removed.items()), flush=True)
     label_s, naive_s = _labeling(image, ours, clip_model)
     child = _run_big(*big, points_per_side, pred_iou_thresh, stability_score_thresh, box_nms_thresh) if big else None
     figures = {
@@ -148,6 +153,9 @@ def bench_regions(width: int = 1024, height: int = 768, points_per_side: int = 1
         "mask_match_stock_in_ours": round(stock_in_ours, 4), "mask_match_ours_in_stock": round(ours_in_stock, 4),
         "stock_masks": len(stock), "ours_masks": len(ours),
         "label_s_per_img": label_s, "naive_label_s_per_img": naive_s,
+        "label_share": round(label_s / ours_s, 3) if label_s is not None else None,
+        "label_speedup": round(naive_s / label_s, 2) if label_s else None,
+        "cleanup_removed": removed, "masks_after_cleanup": len(kept),
         "peak_rss_mb": round(child["peak_rss_mb"], 1) if child else None,
         "big_image_peak_rss_mb": round(child["peak_rss_mb"], 1) if child else None,
         "big_image_s": round(child["seconds"], 3) if child else None,
@@ -166,7 +174,7 @@ def bench_regions(width: int = 1024, height: int = 768, points_per_side: int = 1
     if child:
         print(f"  ours on {big[0]}x{big[1]}: {child['seconds']:.2f} s, {child['masks']} masks, "
               f"peak RSS {child['peak_rss_mb']:.0f} MB (own process)")
-    for key in ("speedup", "mask_match", "ours_s_per_img", "big_image_peak_rss_mb"):
+    for key in ("speedup", "mask_match", "ours_s_per_img", "big_image_peak_rss_mb", "label_share", "label_speedup"):
         if figures[key] is not None:
             print(TARGETS[key].line(figures[key]))
     return figures

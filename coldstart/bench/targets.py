@@ -33,4 +33,6 @@ TARGETS = {t.key: t for t in (
     Target("mask_match", "regions: masks matched both ways (IoU >= 0.9)", ">=", 0.95),
     Target("ours_s_per_img", "regions: ours, 1024x768, vit_t, 16x16 pts (s)", "<=", 10.0),
     Target("big_image_peak_rss_mb", "regions: 8000x6000 image peak RSS (MB)", "<=", 3072.0),
+    Target("label_share", "regions: labeling time / segmentation time", "<=", 0.15),
+    Target("label_speedup", "regions: naive labeling / ours (x)", ">=", 5.0),
 )}

@@ -20,8 +20,11 @@ def test_bench_regions_compares_ours_with_the_stock_generator(tmp_path, capsys):
     assert 0 < f["peak_rss_mb"] == f["big_image_peak_rss_mb"] < 3072 and f["big_image_masks"] == 27
     assert f["settings"]["points_per_side"] == 3 and f["settings"]["big_image"] == [1200, 900]
     assert f["settings"]["weights"] == "random (seed 0)" and f["settings"]["box_nms_thresh"] == 1.0
-    for key in ("label_s_per_img", "naive_label_s_per_img"):  # null until labeling exists
-        assert f[key] is None or f[key] > 0
+    assert f["label_s_per_img"] > 0 and f["naive_label_s_per_img"] > 0
+    assert f["label_share"] == round(f["label_s_per_img"] / f["ours_s_per_img"], 3)
+    assert f["label_speedup"] == round(f["naive_label_s_per_img"] / f["label_s_per_img"], 2)
+    # The cleanup at its defaults, counted per rule: every mask is either kept or removed by one.
+    assert f["masks_after_cleanup"] + sum(f["cleanup_removed"].values()) == f["ours_masks"]
     text = capsys.readouterr().out
     assert "stock SamAutomaticMaskGenerator" in text and "masks matched both ways" in text
     with pytest.raises(SystemExit) as e:  # argparse: WIDTHxHEIGHT

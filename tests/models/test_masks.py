@@ -50,6 +50,15 @@ def test_the_rewritten_decoder_computes_the_stock_decoder(sam):
             assert got.shape == want.shape and got_iou.shape == want_iou.shape
             assert torch.allclose(got, want, atol=1e-4 * want.abs().max().item())
             assert torch.allclose(got_iou, want_iou, atol=1e-5)
+        # With the generator's IoU threshold, prompts with no mask above it skip the upscaling:
+        # the others' logits are exactly the unfiltered call's; theirs are -inf (never kept).
+        full, iou = decode_prompts(m.mask_decoder, feats, pe, sparse, dense[:1], True)
+        thresh = float(iou.max(1).values.median())
+        part, part_iou = decode_prompts(m.mask_decoder, feats, pe, sparse, dense[:1], True, iou_thresh=thresh)
+        kept = (iou > thresh).any(1)
+        assert 0 < int(kept.sum()) < len(kept) and torch.equal(part_iou, iou)
+        assert torch.allclose(part[kept], full[kept], atol=1e-6 * full.abs().max().item())
+        assert torch.isneginf(part[~kept]).all()
 
 
 def test_masks_are_the_stock_generators(ours_and_stock):
