@@ -328,6 +328,32 @@ def cmd_serve(a) -> int:
     return 0
 
 
+def cmd_api(a) -> int:
+    from coldstart.flows.api import TOKEN_FILE, api_token, serve
+    from coldstart.tasks.workspace import Workspace
+
+    ws = Workspace.open(a.workspace)
+    api_token(ws)  # made now, so the message below can point at it
+    print(f"coldstart api on http://{a.host}:{a.port} for {ws.root}\n  token: {ws.state_dir / TOKEN_FILE} "
+          f"(send 'Authorization: Bearer <token>'; Label Studio: basic auth, any user, the token as password)",
+          flush=True)
+    serve(str(ws.root), host=a.host, port=a.port, max_body_mb=a.max_body_mb)
+    return 0
+
+
+def cmd_labelstudio(a) -> int:
+    from coldstart.tasks import labelstudio
+    from coldstart.tasks.regions import negative_labels
+    from coldstart.tasks.workspace import Workspace
+
+    params = Workspace.open(a.workspace).params()
+    classes = params.ontology.class_names
+    negatives = negative_labels(params.ontology)
+    polygons = [c for c in classes if c not in negatives] + sorted(negatives) if params.regions.enabled else None
+    sys.stdout.write(labelstudio.label_config(classes, polygons=polygons))
+    return 0
+
+
 def cmd_bench(a) -> int:
     if a.bench == "all":
         from coldstart.bench.prelabel import bench_prelabel
@@ -467,6 +493,21 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--interval", type=float, help="seconds between rounds")
     s.add_argument("--port", type=int, default=4200, help="port of the Prefect server started when none is configured")
     s.set_defaults(fn=cmd_serve)
+
+    s = sub.add_parser("api", help="the web service: Label Studio ML backend (predict, webhook), signed image URLs, "
+                                   "and the inspection endpoint POST /v1/classify")
+    ws_arg(s)
+    s.add_argument("--host", default="127.0.0.1", help="listen address (not loopback: reachable from other machines)")
+    s.add_argument("--port", type=int, default=8750)
+    s.add_argument("--max-body-mb", type=float, default=20.0, help="bigger request bodies get 413 before they are read")
+    s.set_defaults(fn=cmd_api)
+
+    s = sub.add_parser("labelstudio", help="Label Studio helpers")
+    lsub = s.add_subparsers(dest="labelstudio", required=True)
+    ls = lsub.add_parser("config", help="print the labeling config (XML) for a Label Studio project: the ontology's "
+                                        "classes as choices, and polygons when regions are enabled")
+    ws_arg(ls)
+    ls.set_defaults(fn=cmd_labelstudio)
 
     s = sub.add_parser("bench", help="benchmarks")
     bsub = s.add_subparsers(dest="bench", required=True)

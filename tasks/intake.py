@@ -34,6 +34,7 @@ import re
 import shutil
 import stat
 import tempfile
+import time
 import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -86,6 +87,10 @@ class LabelEvent:
     round: int
     region_id: str = ""
     region: dict | None = None
+    # "" an answer; "retract": the answers from ``source_file`` (one Label Studio annotation,
+    # deleted) no longer count, for every image and region they named; "skip": the annotation
+    # was cancelled (skipped): recorded, not a label, and it retracts that annotation's answers.
+    kind: str = ""
 
 
 @dataclass
@@ -154,16 +159,34 @@ def repair_log(ws: Workspace) -> Path | None:
     return aside
 
 
+def current_answers(events: list[LabelEvent]) -> dict[tuple[str, str], LabelEvent]:
+    """(image id, region id or "") -> the answer that counts: the latest one whose source was
+    not retracted since. A retraction (a Label Studio annotation deleted, or cancelled) removes
+    that source's answers, so an earlier answer from another source counts again."""
+    stacks: dict[tuple[str, str], list[LabelEvent]] = {}
+    keys_of: dict[str, set[tuple[str, str]]] = {}
+    for e in events:
+        if e.kind in ("retract", "skip"):
+            for key in keys_of.pop(e.source_file, ()):
+                stacks[key] = [x for x in stacks.get(key, []) if x.source_file != e.source_file]
+            continue
+        key = (e.image_id, e.region_id)
+        stacks.setdefault(key, []).append(e)
+        keys_of.setdefault(e.source_file, set()).add(key)
+    return {key: stack[-1] for key, stack in stacks.items() if stack}
+
+
 def human_labels(events: list[LabelEvent]) -> dict[str, str]:
-    """image id -> current human label of the whole image (the latest event wins: a later file
-    corrects an earlier). Region answers are not image labels (see region_answers)."""
-    return {e.image_id: e.label for e in events if not e.region_id}
+    """image id -> current human label of the whole image (the latest answer wins: a later file
+    corrects an earlier; a retracted one no longer counts). Region answers are not image labels
+    (see region_answers)."""
+    return {image_id: e.label for (image_id, region), e in current_answers(events).items() if not region}
 
 
 def region_answers(events: list[LabelEvent]) -> dict[str, LabelEvent]:
-    """region id -> the latest human answer for that region (with its image id, and the drawn
+    """region id -> the current human answer for that region (with its image id, and the drawn
     outline for a region a person added)."""
-    return {e.region_id: e for e in events if e.region_id}
+    return {region: e for (_, region), e in current_answers(events).items() if region}
 
 
 # --- reading an answer file -------------------------------------------------------------------------
@@ -763,7 +786,7 @@ def _append_events(ws: Workspace, events: list[LabelEvent]) -> None:
 def _event_fields(e: LabelEvent) -> dict:
     """An event as its log line's fields: an image's answer has no region keys (its line reads
     as it did before regions existed)."""
-    return {k: v for k, v in e.__dict__.items() if v or k not in ("region_id", "region")}
+    return {k: v for k, v in e.__dict__.items() if v or k not in ("region_id", "region", "kind")}
 
 
 def _supersede(ws: Workspace, name: str) -> None:
@@ -804,6 +827,14 @@ def intake(ws: Workspace, classes: list[str], round_no: int, *, annotator_defaul
                             f"space and run again") from e
     imported_sources = {e.source_sha256 for e in read_events(ws)}
     max_bytes = int(max_file_mb * 2**20)
+    spool = ws.inbox / WEBHOOK_DIR
+    for name in sorted(os.listdir(spool)) if spool.is_dir() else []:  # in the order Label Studio sent them
+        if name.endswith(".json") and not name.startswith("."):
+            try:
+                _intake_webhook(ws, spool / name, classes, round_no, result, imported_sources, on_error=on_error)
+            except OSError as e:
+                raise LabelLogError(f"intake stopped at {WEBHOOK_DIR}/{name}: {e.strerror or e}; the labels already in "
+                                    f"{ws.rel(ws.events)} are intact: free some space and run again") from e
     for name in sorted(os.listdir(ws.inbox)):
         path, rel = ws.inbox / name, f"data/inbox/{name}"
         try:
@@ -860,12 +891,7 @@ def _intake_file(ws: Workspace, path: Path, rel: str, st: os.stat_result, classe
                                        f"first ones:"] + [why for _, (_, why) in zip(range(MAX_LISTED), bad)],
                                  total=len(bad) + 1)
         if err is not None:
-            moved = _move_aside(path, ws.rejected, digest)
-            atomic_write_text(moved.with_name(moved.name + ".errors.txt"), str(err) + "\n\nFix the rows above and drop "
-                              "the whole file into data/inbox/ again; nothing from it was merged.\n")
-            log.warning("%s", err)
-            result.files_rejected.append(rel)
-            result.problems.append(str(err))
+            _reject(ws, path, rel, digest, err, result)
             return
         _supersede(ws, path.name)  # an accepted file clears an earlier rejection of the same name
         if bad:  # keep_good_rows: the bad rows go back to the person, with why, ready to fix and re-drop
@@ -890,6 +916,118 @@ def _intake_file(ws: Workspace, path: Path, rel: str, st: os.stat_result, classe
     finally:
         if bad is not None:
             bad.close()
+
+
+# --- Label Studio annotations, live --------------------------------------------------------------
+
+# data/inbox/.label-studio/: the annotations Label Studio posted to `coldstart api` (its webhook),
+# one file each, named by arrival time; the next intake (at once when no round is running, else
+# the round's own) turns them into events and moves them to data/labels/imported/.
+WEBHOOK_DIR = ".label-studio"
+ANSWER_ACTIONS = ("ANNOTATION_CREATED", "ANNOTATION_UPDATED")
+DELETE_ACTIONS = ("ANNOTATION_DELETED", "ANNOTATIONS_DELETED")
+
+
+def annotation_source(annotation_id: object) -> str:
+    """The ``source_file`` of every event one Label Studio annotation gives: a later update or a
+    deletion of that annotation retracts them all (``current_answers``)."""
+    return f"label-studio:annotation/{annotation_id}"
+
+
+def spool_annotation(ws: Workspace, action: str, annotation: dict, task: dict | None) -> tuple[Path, str, bool]:
+    """Keep one annotation Label Studio sent (``action``: ANNOTATION_CREATED/UPDATED/DELETED)
+    until intake takes it in. Only what an answer is made of is kept (the annotation's id,
+    updated_at, result, was_cancelled, completed_by; the task's id and data). Its key is
+    (action, annotation id, updated_at): Label Studio retries a webhook it thinks failed, and the
+    same key is imported once. Returns (spool file, key digest, whether it was already known)."""
+    if action not in ANSWER_ACTIONS + DELETE_ACTIONS:
+        raise ValueError(f"not an annotation action: {action!r}")
+    if not isinstance(annotation, dict) or annotation.get("id") in (None, ""):
+        raise ValueError("the webhook's 'annotation' has no id")
+    keep = ("id", "updated_at", "result", "was_cancelled", "completed_by")
+    record = {"action": action, "annotation": {k: annotation.get(k) for k in keep},
+              "task": {k: (task or {}).get(k) for k in ("id", "data")}}
+    digest = hashlib.sha256(json.dumps([action, annotation.get("id"), annotation.get("updated_at")],
+                                       default=str).encode()).hexdigest()
+    record["key"] = digest
+    known = digest in {e.source_sha256 for e in read_events(ws)} or any(
+        p.name.endswith(f"-{digest[:16]}.json") for p in (ws.inbox / WEBHOOK_DIR).glob("*.json"))
+    path = ws.inbox / WEBHOOK_DIR / f"{time.time_ns():020d}-{digest[:16]}.json"
+    if not known:
+        atomic_write_bytes(path, json.dumps(record, ensure_ascii=False, sort_keys=True).encode("utf-8"))
+    return path, digest, known
+
+
+def _intake_webhook(ws: Workspace, path: Path, classes: list[str], round_no: int, result: IntakeResult,
+                    imported_sources: set[str], *, on_error: str) -> None:
+    """One spooled annotation -> events, validated exactly as a Label Studio export holding that
+    one task. An update first retracts what the annotation said before (it may have dropped a
+    polygon); a deletion retracts it; a cancelled (skipped) annotation is recorded as a skip."""
+    rel = f"data/inbox/{WEBHOOK_DIR}/{path.name}"
+    try:
+        record = json.loads(path.read_bytes())
+        action, ann, task_ = record["action"], record["annotation"], record["task"]
+        digest = record["key"]
+    except (ValueError, KeyError, TypeError) as e:
+        _reject(ws, path, rel, hashlib.sha256(path.name.encode()).hexdigest(),
+                LabelFileError(rel, [f"not a spooled Label Studio annotation ({e})"]), result)
+        return
+    if digest in imported_sources:
+        result.files_already_imported.append(rel)
+        _move_aside(path, ws.imported, digest)
+        return
+    source = annotation_source(ann.get("id"))
+    now = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    data = task_.get("data") if isinstance(task_.get("data"), dict) else {}
+    image_id = data.get("image_id", "") if isinstance(data.get("image_id"), str) else ""
+    task_id = task_.get("id") if isinstance(task_.get("id"), int) else 0
+
+    def event(kind: str, label: str = "", who: str = "") -> LabelEvent:
+        return LabelEvent(image_id=image_id, label=label, annotator=who, source_file=source, source_sha256=digest,
+                          source_row=task_id, imported_at=now, round=round_no, kind=kind)
+
+    if action in DELETE_ACTIONS:
+        events = [event("retract")]
+    elif ann.get("was_cancelled") is True:
+        events = [event("skip", who=labelstudio.annotator_of(ann.get("completed_by")))]
+    else:
+        bad = RowSpool() if on_error == "keep_good_rows" else None
+        export = json.dumps([{"id": task_id, "data": data, "annotations": [ann]}], ensure_ascii=False).encode()
+        try:
+            rows, _ = validate_file(Path(rel), export, ws, classes, bad_rows=bad)
+            reasons = [why for _, why in bad] if bad else []
+        except LabelFileError as e:
+            _reject(ws, path, rel, digest, e, result)
+            return
+        finally:
+            if bad is not None:
+                bad.close()
+        fix = f"correct annotation {ann.get('id')} in Label Studio: its update is taken in again"
+        if reasons and not rows:  # nothing good in it: refused whole, as a file would be
+            _reject(ws, path, rel, digest, LabelFileError(rel, [*reasons[:MAX_LISTED], fix]), result)
+            return
+        if reasons:
+            result.rows_rejected += len(reasons)
+            result.problems.append(f"{rel}: {len(reasons)} answer(s) of Label Studio annotation {ann.get('id')} not "
+                                   f"merged: {'; '.join(reasons[:5])}; {fix}")
+        events = [event("retract")] + [
+            LabelEvent(image_id=i, label=lab, annotator=who, source_file=source, source_sha256=digest, source_row=task_id,
+                       imported_at=now, round=round_no, region_id=region[0] if region else "",
+                       region=region[1] if region else None) for _, i, lab, who, *region in rows]
+    _append_events(ws, events)
+    imported_sources.add(digest)
+    _move_aside(path, ws.imported, digest)
+    result.files_accepted.append(rel)
+    result.events_added += sum(1 for e in events if not e.kind)
+
+
+def _reject(ws: Workspace, path: Path, rel: str, digest: str, err: LabelFileError, result: IntakeResult) -> None:
+    moved = _move_aside(path, ws.rejected, digest)
+    atomic_write_text(moved.with_name(moved.name + ".errors.txt"), str(err) + "\n\nFix the rows above and drop "
+                      "the whole file into data/inbox/ again; nothing from it was merged.\n")
+    log.warning("%s", err)
+    result.files_rejected.append(rel)
+    result.problems.append(str(err))
 
 
 @task(name="intake", cache_policy=NO_CACHE)

@@ -252,6 +252,14 @@ def polygon_rle(points: list[list[float]], width: int, height: int) -> dict | No
             else counts}
 
 
+def annotator_of(who: object) -> str:
+    """``completed_by`` as intake records it (see _annotator), or "" when it has an odd shape."""
+    try:
+        return _annotator(who, "")
+    except _Shape:
+        return ""
+
+
 def _annotator(who: object, where: str) -> str:
     """``completed_by`` is a user object (email, id) in full exports and a bare id in minimal ones:
     the email where the export has it, else ``ls-user-<id>`` (a bare "1" says nothing)."""
