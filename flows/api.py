@@ -22,45 +22,23 @@ constant time; bodies over ``--max-body-mb`` get 413 before they are read.
 # No `from __future__ import annotations` here: FastAPI reads the route functions' annotations
 # (Request, query types), which must be real objects, not strings.
 import base64
-import hashlib
 import hmac
 import logging
-import os
 import re
-import secrets
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+from coldstart.tasks.tokens import api_token, sign_image
 from coldstart.tasks.workspace import Workspace
 
 log = logging.getLogger(__name__)
 
-TOKEN_FILE = "api-token"
 HEX64 = re.compile(r"^[0-9a-f]{64}$")
-IMAGE_URL_DAYS = 30  # how long a signed image URL in an exported task stays valid
 
 
 # --- the token ------------------------------------------------------------------------------------
-
-
-def api_token(ws: Workspace) -> str:
-    """The workspace's API token: read, or made on first use (``.coldstart/api-token``, 0600;
-    .coldstart/ is git-ignored)."""
-    path = ws.state_dir / TOKEN_FILE
-    try:
-        token = path.read_text(encoding="ascii").strip()
-        if token:
-            return token
-    except FileNotFoundError:
-        pass
-    ws.state_dir.mkdir(parents=True, exist_ok=True)
-    token = secrets.token_urlsafe(32)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w", encoding="ascii") as f:
-        f.write(token + "\n")
-    return token
 
 
 def authorized(header: str | None, token: str) -> bool:
@@ -78,16 +56,6 @@ def authorized(header: str | None, token: str) -> bool:
             return False
         return hmac.compare_digest(password.encode(), token.encode())
     return False
-
-
-def sign_image(token: str, image_id: str, expires: int) -> str:
-    return hmac.new(token.encode(), f"{image_id}.{expires}".encode(), hashlib.sha256).hexdigest()[:32]
-
-
-def image_url(base_url: str, token: str, image_id: str, days: float = IMAGE_URL_DAYS) -> str:
-    """A signed, expiring URL of a workspace image on the API at ``base_url``."""
-    exp = int(time.time() + days * 86400)
-    return f"{base_url.rstrip('/')}/images/{image_id}?exp={exp}&sig={sign_image(token, image_id, exp)}"
 
 
 # --- the body cap ---------------------------------------------------------------------------------

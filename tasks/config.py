@@ -338,6 +338,30 @@ class RegionsConfig(_Section):
     sam_cache_gb: float = Field(2.0, ge=0)  # SAM image embeddings kept between rounds (.coldstart/cache/sam); 0: none
 
 
+class LabelStudioConfig(_Section):
+    """A Label Studio server for the review (`coldstart round --wait`, README "Label Studio").
+    The access token is read from the environment variable ``token_env``, never from here."""
+
+    url: str | None = None  # e.g. http://localhost:8080; null: review through files only
+    project: str | None = None  # the project's title; null: the workspace folder's name
+    token_env: str = "LABEL_STUDIO_TOKEN"  # the env var holding a personal access token (or a legacy token)
+    # How tasks point at images: Label Studio's local-files serving of the workspace's data/
+    # folder, or signed URLs of `coldstart api` (api_url: its address as the annotators'
+    # browsers reach it).
+    images: Literal["local-files", "api"] = "local-files"
+    api_url: str | None = None
+    wait_answers: int | None = Field(None, ge=1)  # round --wait: answers to wait for; null: the whole batch
+    wait_timeout_min: float = Field(60.0, gt=0)
+    poll_s: float = Field(10.0, gt=0)  # round --wait: how often Label Studio's answers are fetched
+
+    @model_validator(mode="after")
+    def _api_url(self):
+        if self.images == "api" and not self.api_url:
+            raise ValueError("labelstudio.images: api needs labelstudio.api_url (the address of `coldstart api` "
+                             "as the annotators' browsers reach it, e.g. http://labeling-host:8750)")
+        return self
+
+
 class Params(_Section):
     ontology: OntologyConfig
     model: ModelConfig = Field(default_factory=ModelConfig)
@@ -351,6 +375,7 @@ class Params(_Section):
     versioning: VersioningConfig = Field(default_factory=VersioningConfig)
     intake: IntakeConfig = Field(default_factory=IntakeConfig)
     regions: RegionsConfig = Field(default_factory=RegionsConfig)
+    labelstudio: LabelStudioConfig = Field(default_factory=LabelStudioConfig)
 
 
 def _key(loc: tuple) -> str:

@@ -938,8 +938,9 @@ def spool_annotation(ws: Workspace, action: str, annotation: dict, task: dict | 
     """Keep one annotation Label Studio sent (``action``: ANNOTATION_CREATED/UPDATED/DELETED)
     until intake takes it in. Only what an answer is made of is kept (the annotation's id,
     updated_at, result, was_cancelled, completed_by; the task's id and data). Its key is
-    (action, annotation id, updated_at): Label Studio retries a webhook it thinks failed, and the
-    same key is imported once. Returns (spool file, key digest, whether it was already known)."""
+    (answer or deletion, annotation id, updated_at): Label Studio retries a webhook it thinks failed, and the
+    same key is imported once (a created and an updated notice of one version share it).
+    Returns (spool file, key digest, whether it was already known)."""
     if action not in ANSWER_ACTIONS + DELETE_ACTIONS:
         raise ValueError(f"not an annotation action: {action!r}")
     if not isinstance(annotation, dict) or annotation.get("id") in (None, ""):
@@ -947,7 +948,10 @@ def spool_annotation(ws: Workspace, action: str, annotation: dict, task: dict | 
     keep = ("id", "updated_at", "result", "was_cancelled", "completed_by")
     record = {"action": action, "annotation": {k: annotation.get(k) for k in keep},
               "task": {k: (task or {}).get(k) for k in ("id", "data")}}
-    digest = hashlib.sha256(json.dumps([action, annotation.get("id"), annotation.get("updated_at")],
+    # Created and updated share a key: the webhook and `round --wait`'s polling of the export may
+    # both bring the same version of an annotation, and it must count once.
+    kind = "answer" if action in ANSWER_ACTIONS else "delete"
+    digest = hashlib.sha256(json.dumps([kind, annotation.get("id"), annotation.get("updated_at")],
                                        default=str).encode()).hexdigest()
     record["key"] = digest
     known = digest in {e.source_sha256 for e in read_events(ws)} or any(

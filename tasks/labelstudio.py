@@ -37,10 +37,12 @@ MAX_PERIMETER = 2_000_000  # pixels of outline rasterized per polygon (the raste
 # --- export ---------------------------------------------------------------------------------------
 
 
-def task(image_id: str, path: str, label: str, score: float, model_version: str) -> dict:
-    """One task: the image at ``path`` (relative to data/images/), pre-annotated with ``label``."""
+def task(image_id: str, path: str, label: str, score: float, model_version: str, url: str | None = None) -> dict:
+    """One task: the image at ``path`` (relative to data/images/), pre-annotated with ``label``.
+    ``url``: where Label Studio's browser fetches it (a signed `coldstart api` URL); default: its
+    local-files URL."""
     return {
-        "data": {IMAGE: LOCAL_FILES_PREFIX + path, "image_id": image_id, "path": path},
+        "data": {IMAGE: url or LOCAL_FILES_PREFIX + path, "image_id": image_id, "path": path},
         "predictions": [{
             "model_version": model_version,
             "score": float(score),

@@ -513,11 +513,13 @@ def mask_polygons(rle: dict, *, tolerance: float = 1.0) -> list[np.ndarray]:
 
 
 def regions_to_labelstudio(regions: Sequence[Region], images: Sequence[ImageInfo], *,
-                           model_version: str = "coldstart-regions", tolerance: float = 1.0) -> list[dict]:
+                           model_version: str = "coldstart-regions", tolerance: float = 1.0,
+                           url_of=None) -> list[dict]:
     """Label Studio tasks, one per image (in the order given), each region a ``polygonlabels``
     pre-annotation (one per connected part of its mask) with points in percent of the image's
     width and height, editable in Label Studio with ``labelstudio.label_config(classes,
-    polygons=...)``. Images are served as ``labelstudio.task`` serves them (local files)."""
+    polygons=...)``. Images are served as ``labelstudio.task`` serves them (local files), or at
+    ``url_of(image_id, path)``."""
     by_id = _check_images(regions, images)
     results: dict[str, list[dict]] = {i: [] for i in by_id}
     for r in regions:
@@ -535,7 +537,8 @@ def regions_to_labelstudio(regions: Sequence[Region], images: Sequence[ImageInfo
         found = results[image_id]
         scores = [res["score"] for res in found]
         tasks.append({
-            "data": {labelstudio.IMAGE: labelstudio.LOCAL_FILES_PREFIX + path, "image_id": image_id, "path": path},
+            "data": {labelstudio.IMAGE: url_of(image_id, path) if url_of else labelstudio.LOCAL_FILES_PREFIX + path,
+                     "image_id": image_id, "path": path},
             "predictions": [{"model_version": model_version, "score": float(np.mean(scores)) if scores else 0.0,
                              "result": found}],
         })

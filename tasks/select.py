@@ -94,6 +94,18 @@ class SelectResult(StageResult):
                 "batch_regions": self.regions}
 
 
+def image_urls(ws: Workspace):
+    """How exported tasks point at images: None (Label Studio's local files), or, with
+    ``labelstudio.images: api``, a function (image id, path) -> a signed `coldstart api` URL."""
+    cfg = ws.params().labelstudio
+    if cfg.images != "api":
+        return None
+    from coldstart.tasks.tokens import api_token, image_url
+
+    token = api_token(ws)
+    return lambda image_id, path: image_url(cfg.api_url, token, image_id)
+
+
 def select_regions(ws: Workspace, budget: int, round_no: int) -> list:
     """The ``budget`` least certain regions (smallest top-1 minus top-2 margin) that a person
     has not labeled and that no earlier, still unanswered regions batch holds. Background
@@ -124,7 +136,8 @@ def _write_regions_batch(ws: Workspace, stem, picked: list) -> list[str]:
              bbox=" ".join(f"{v:g}" for v in r.bbox), suggested_label=_cell(r.label), confidence=f"{r.confidence:.6f}",
              label="", annotator="", note="") for r in picked])
     images = {r.image_id: (r.image_id, r.path, r.rle["size"][1], r.rle["size"][0]) for r in picked}
-    tasks = regions_to_labelstudio(picked, list(images.values()), model_version=picked[0].labeler if picked else "")
+    tasks = regions_to_labelstudio(picked, list(images.values()), model_version=picked[0].labeler if picked else "",
+                                   url_of=image_urls(ws))
     atomic_write_text(stem.with_suffix(".regions.tasks.json"), labelstudio.tasks_json(tasks))
     return [ws.rel(stem.with_suffix(s)) for s in (".regions.csv", ".regions.tasks.json")]
 
@@ -210,8 +223,10 @@ def _select_images(ws: Workspace, cfg: RoundConfig, round_no: int) -> SelectResu
     write_csv(stem.with_suffix(".csv"), REVIEW_FIELDS, [
         dict(image_id=b["image_id"], image=_cell(b["image"]), suggested_label=_cell(b["predicted_label"]),
              confidence=b["confidence"], label="", annotator="", note=_cell(b["note"])) for b in review])
+    url_of = image_urls(ws)
     tasks = [labelstudio.task(b["image_id"], b["image"], b["predicted_label"], float(b["confidence"]),
-                              b["model_id"] or b["source"]) for b in review]
+                              b["model_id"] or b["source"], url_of(b["image_id"], b["image"]) if url_of else None)
+             for b in review]
     atomic_write_text(stem.with_suffix(".tasks.json"), labelstudio.tasks_json(tasks))
     atomic_write_text(ws.review / "label_config.xml", labelstudio.label_config(classes))
     files = [ws.rel(stem.with_suffix(s)) for s in (".csv", ".batch.csv", ".tasks.json")]

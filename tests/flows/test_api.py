@@ -13,10 +13,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from coldstart.flows.api import api_token, create_app, image_url
+from coldstart.flows.api import create_app
 from coldstart.flows.demo import write_digits
 from coldstart.flows.round import labeling_round
 from coldstart.tasks.intake import human_labels, read_events
+from coldstart.tasks.tokens import api_token, image_url
 from coldstart.tasks.version import init_workspace
 from tests.conftest import tiny_params
 from tests.corpus.make_images import _png_header_only
