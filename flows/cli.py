@@ -49,6 +49,17 @@ def cmd_round(a) -> int:
     ws = Workspace.open(a.workspace)
     with round_prefect(ws) as settings, temporary_settings(settings):
         record = labeling_round(workspace=a.workspace, force=a.force)
+        if a.wait and not record.nothing_new and record.select and record.select.batch_size:
+            from coldstart.flows.wait import wait_for_answers
+
+            out = sys.stderr if a.json == "-" else sys.stdout
+            print(record.describe(), file=out)
+            print(f"waiting for answers to round {record.round}'s batch ...", file=out, flush=True)
+            waited = wait_for_answers(ws, record.round, answers=a.answers, timeout_min=a.timeout)
+            print(f"  {waited.answered} of {waited.asked} answered in {waited.seconds:.0f} s"
+                  + (f" ({waited.pushed} task(s) in Label Studio project {waited.project})" if waited.project else "")
+                  + (": timed out, going on with what came" if waited.timed_out else ""), file=out, flush=True)
+            record = labeling_round(workspace=a.workspace, force=True)
     print(record.describe(), file=sys.stderr if a.json == "-" else sys.stdout)  # stdout: the JSON
     if not record.nothing_new:
         from coldstart.tasks.track import tracking_uri
@@ -329,7 +340,8 @@ def cmd_serve(a) -> int:
 
 
 def cmd_api(a) -> int:
-    from coldstart.flows.api import TOKEN_FILE, api_token, serve
+    from coldstart.flows.api import serve
+    from coldstart.tasks.tokens import TOKEN_FILE, api_token
     from coldstart.tasks.workspace import Workspace
 
     ws = Workspace.open(a.workspace)
@@ -421,6 +433,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", help="also write the round summary as JSON to this file (- for stdout)")
     s.add_argument("--force", action="store_true",
                    help="run the whole round even when nothing is new (by default such a round records nothing)")
+    s.add_argument("--wait", action="store_true",
+                   help="hand the batch to people (into Label Studio when labelstudio.url is set), wait for their "
+                        "answers, then run the next round on them")
+    s.add_argument("--answers", type=int, help="--wait: answers to wait for (default labelstudio.wait_answers, "
+                                               "else the whole batch)")
+    s.add_argument("--timeout", type=float, metavar="MIN", help="--wait: give up waiting after this many minutes "
+                                                                "(default labelstudio.wait_timeout_min)")
     s.set_defaults(fn=cmd_round)
 
     s = sub.add_parser("intake", help="check answer files as a round would, without merging anything")
