@@ -115,12 +115,13 @@ def create_app(workspace: str | Path, *, max_body_mb: float = 20.0, batch_images
     from fastapi import Depends, FastAPI, HTTPException, Request
     from fastapi.responses import FileResponse, JSONResponse
 
-    from coldstart.tasks.inference import Batcher, Labeler
+    from coldstart.tasks.inference import Batcher, Labeler, Outliner
 
     ws = Workspace.open(workspace)
     token = api_token(ws)
     labeler = Labeler(ws)
     batcher = Batcher(labeler, max_images=batch_images, max_wait_ms=batch_wait_ms)
+    outliner = Outliner(ws, labeler.params)
     app = FastAPI(title="coldstart", description=__doc__.split("\n\n")[0], docs_url=None, redoc_url=None)
     app.state.ws, app.state.labeler, app.state.batcher = ws, labeler, batcher
 
@@ -186,7 +187,7 @@ def create_app(workspace: str | Path, *, max_body_mb: float = 20.0, batch_images
         else:
             raise HTTPException(415, f"send an image (Content-Type image/jpeg, image/png, ...) or a multipart form "
                                      f"of images, not {ctype or 'no content type'}")
-        results = await run_in_threadpool(_classify, ws, labeler, batcher, blobs, keep)
+        results = await run_in_threadpool(_classify, ws, labeler, batcher, blobs, keep, outliner)
         return {"model_version": labeler.model_version, "results": results}
 
     @app.get("/v1/model", dependencies=auth)
@@ -333,23 +334,32 @@ def _start_round(ws: Workspace) -> dict:
 # --- inspection -----------------------------------------------------------------------------------
 
 
-def _classify(ws: Workspace, labeler, batcher, blobs: list[tuple[str, bytes]], keep: bool) -> list[dict]:
-    """Decode (the scan's guarded decoder and limits), batch, predict; keep the bytes if asked."""
+def _classify(ws: Workspace, labeler, batcher, blobs: list[tuple[str, bytes]], keep: bool, outliner=None
+              ) -> list[dict]:
+    """Decode (the scan's guarded decoder and limits), batch, predict, outline defects (regions
+    enabled); keep the bytes if asked."""
+    import numpy as np
+
     from coldstart.tasks.scan import ImageDecodeError, load_rgb
 
     labeler.refresh()
-    prepared = []
+    prepared, pixels = [], []
     for k, (name, data) in enumerate(blobs, start=1):
         try:
             with load_rgb(name, labeler.params.scan, data=data) as img:
                 fmt = (img.format or "").lower()
-                prepared.append((labeler.prepare(img.convert("RGB"), data=data), fmt, data))
+                rgb = img.convert("RGB")
+                prepared.append((labeler.prepare(rgb, data=data), fmt, data))
+                pixels.append(np.asarray(rgb) if outliner is not None and outliner.enabled else None)
         except ImageDecodeError as e:
             raise ValueError(f"image {k} ({name}): {e}") from None
     futures = [batcher.submit(v) for v, _, _ in prepared]
     out = []
-    for (views, fmt, data), fut in zip(prepared, futures):
-        res = fut.result().to_dict()
+    for (views, fmt, data), fut, rgb in zip(prepared, futures, pixels):
+        pred = fut.result()
+        if rgb is not None:
+            pred.regions = outliner.outline(pred, rgb)
+        res = pred.to_dict()
         if keep:
             res["kept"] = _keep(ws, views.image_id, fmt, data)
         out.append(res)

@@ -189,6 +189,48 @@ class Labeler:
         return out
 
 
+class Outliner:
+    """Defect localization on demand (``regions.enabled``): the tile that gave an image its
+    defect label becomes a SAM box prompt, as in the regions stage, and the mask comes back as
+    a COCO-style region. SAM is loaded on first use; one image at a time (it is not re-entrant)."""
+
+    def __init__(self, ws: Workspace, params):
+        from coldstart.tasks.regions import negative_labels, resolve_checkpoint
+
+        self.cfg = resolve_checkpoint(ws, params.regions)
+        self.negatives = negative_labels(params.ontology)
+        self._sam = None
+        self._lock = threading.Lock()
+
+    @property
+    def enabled(self) -> bool:
+        return self.cfg.enabled
+
+    def wanted(self, pred: Prediction) -> bool:
+        return self.cfg.enabled and bool(pred.location) and pred.label not in self.negatives
+
+    def outline(self, pred: Prediction, rgb: np.ndarray) -> list[dict]:
+        """``[{"label", "score", "bbox" (XYWH), "area", "segmentation" (COCO RLE)}]``: the defect's
+        mask inside its tile, or [] when SAM finds nothing there."""
+        from coldstart.models.masks import image_embedding, segment_box
+        from coldstart.models.sam import load_sam
+        from coldstart.tasks.regions import _rle
+
+        if not self.wanted(pred):
+            return []
+        with self._lock:
+            if self._sam is None:
+                self._sam = load_sam(self.cfg)
+            box = [float(v) for v in pred.location.split()]
+            mask = segment_box(self._sam, image_embedding(self._sam, rgb), box, rgb.shape[:2])
+        if not mask.any():
+            return []
+        ys, xs = np.nonzero(mask)
+        return [{"label": pred.label, "score": round(pred.confidence, 6),
+                 "bbox": [int(xs.min()), int(ys.min()), int(xs.max() - xs.min() + 1), int(ys.max() - ys.min() + 1)],
+                 "area": int(mask.sum()), "segmentation": _rle(mask)}]
+
+
 class Batcher:
     """Micro-batching: concurrent callers ``submit`` prepared images; one worker thread runs
     them through ``Labeler.predict`` together, up to ``max_images`` views' worth at a time,
