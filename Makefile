@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 TEST_ENV := HF_HUB_OFFLINE=1 DVC_NO_ANALYTICS=1 PREFECT_SERVER_ANALYTICS_ENABLED=false \
             PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS=90
 
-.PHONY: env demo test test-fast wheel-check bench clean
+.PHONY: env demo test test-fast wheel-check bench clean labelstudio-env test-labelstudio
 
 env: $(STAMP)
 
@@ -32,6 +32,13 @@ wheel-check: env
 
 test-fast: env
 	$(TEST_ENV) $(BIN)/pytest -q -m "not slow"
+
+# A real Label Studio (own environment, .ls-venv/: its dependencies conflict with coldstart's).
+labelstudio-env:
+	.ci/labelstudio-env
+
+test-labelstudio: env labelstudio-env
+	$(TEST_ENV) COLDSTART_TEST_LABELSTUDIO=1 $(BIN)/pytest -q -m labelstudio tests/labelstudio
 
 bench: env
 	$(TEST_ENV) $(BIN)/coldstart bench all --n 256 --json bench-all.json
