@@ -36,6 +36,7 @@ import stat
 import tempfile
 import time
 import unicodedata
+import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Iterator
@@ -412,7 +413,10 @@ class _Images:
 
     def resolve(self, ref: str, want: str | None = None) -> tuple[str | None, str | None]:
         """A content id or path under the image root -> (image id, problem). With ``want`` (the
-        row's image_id), any way the path may have been written that names that image counts."""
+        row's image_id), any way the path may have been written that names that image counts.
+        A Label Studio local-files URL (its CSV export's image column) names its path."""
+        if ref.startswith(labelstudio.LOCAL_FILES_PREFIX):
+            ref = urllib.parse.unquote(ref[len(labelstudio.LOCAL_FILES_PREFIX):])
         low = ref.strip().lower()
         if HEX64.match(low):
             return (low, None) if low in self.known else (None, f"unknown image id {ref.strip()}")
@@ -564,6 +568,8 @@ def validate_file(path: Path, raw: bytes, ws: Workspace, classes: list[str], *,
         if problem is None:
             continue  # the same answer twice: keep the first
         who = unicodedata.normalize("NFC", unescape_formula(row.get("annotator", "").strip()))
+        if who.isdigit() and "annotation_id" in row:  # Label Studio's CSV export names users by id
+            who = f"ls-user-{who}"
         if problem[0] == "region":
             _, image_id, label, rid, rle = problem
             seen_regions[rid] = (where, label, len(accepted), row)

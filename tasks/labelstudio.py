@@ -102,10 +102,44 @@ def parse_export(text: str, source: str) -> tuple[list[tuple[str, dict]], list[s
         raise LabelFileError(source, [f"expected a Label Studio JSON export: a list of tasks, not {_kind(tasks)}"])
     rows, problems = [], []
     for n, item in enumerate(tasks, start=1):
-        task_rows, task_problems = _parse_task(n, item)
+        task_rows, task_problems = _parse_min(n, item) if _is_min(item) else _parse_task(n, item)
         problems += task_problems
         rows += task_rows
     return rows, problems
+
+
+def _is_min(item: object) -> bool:
+    """A JSON_MIN export's row: flat, the task's data keys beside the control's answer and
+    ``annotation_id`` (no ``data`` object, no ``annotations`` list)."""
+    return isinstance(item, dict) and "data" not in item and "annotations" not in item and "annotation_id" in item
+
+
+def _parse_min(n: int, item: dict) -> tuple[list[tuple[str, dict]], list[str]]:
+    """One JSON_MIN row: ``{image, image_id, path, id, label, annotator, annotation_id, ...}``;
+    ``label`` (the choice control's name) holds the class. Polygons come as a list under the
+    region control's name: JSON_MIN drops what matches them to regions, so they are refused with
+    the fix (export JSON)."""
+    task_id = item.get("id")
+    shown = task_id if isinstance(task_id, int) or (isinstance(task_id, str) and len(task_id) <= 40) else "?"
+    where = f"task {n} (id {shown})"
+    try:
+        if item.get(POLYGON) not in (None, []):
+            raise _Shape(f"{POLYGON!r} holds polygons, which a JSON_MIN export cannot tie to regions: export as JSON")
+        label = item.get(LABEL)
+        if isinstance(label, dict) and isinstance(label.get("choices"), list):
+            label = label["choices"]
+        if isinstance(label, list):
+            if len(label) > 1:
+                raise _Shape(f"one annotation chose several labels {label[:5]}; pick one")
+            label = label[0] if label else ""
+        if label is not None and not isinstance(label, str):
+            raise _Shape(f"{LABEL!r} is {_kind(label)}, expected a class name (a string)")
+        image_id = _get(item, "image_id", (str,), "", "")
+        path = _image_path(item)
+        who = _annotator(item.get("annotator"), "")
+    except _Shape as e:
+        return [], [f"{where}: {e}"]
+    return [(where, {"image_id": image_id, "path": path, "label": label or "", "annotator": who})], []
 
 
 class _Shape(Exception):
