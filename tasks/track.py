@@ -7,6 +7,7 @@ the record, so a failure here is reported (TrackingError) but never loses labels
 
 from __future__ import annotations
 
+import json
 import logging
 import tempfile
 from dataclasses import dataclass
@@ -156,7 +157,13 @@ def log_round(ws: Workspace, params: Params, round_no: int, metrics: dict[str, f
             mlflow.set_tags({"coldstart.round": str(round_no), "coldstart.workspace": str(ws.root)})
             close_interrupted_runs(client, exp_id, ws, round_no, run.info.run_id)
             mlflow.log_params(flatten(params))
-            mlflow.log_metrics({k: float(v) for k, v in metrics.items() if v is not None})
+            # step = round: the MLflow UI's charts across the experiment's runs put rounds on the x axis.
+            mlflow.log_metrics({k: float(v) for k, v in metrics.items() if v is not None}, step=round_no)
+            # The learning curve so far, in this run too: one chart of a run shows every round.
+            for row in read_curve(ws):
+                for key in CURVE_FIELDS[1:]:
+                    if row.get(key) not in (None, ""):
+                        mlflow.log_metric(f"curve_{key}", float(row[key]), step=int(row["round"]))
             for path in artifacts:
                 if path.is_file():
                     mlflow.log_artifact(str(path), artifact_path="review" if "review" in path.parts else None)
@@ -235,13 +242,60 @@ def record_version(ws: Workspace, params: Params, run_id: str, commit: str, tag:
     client.set_tag(run_id, "coldstart.git_tag", tag)
 
 
+# The learning curve, one row per round (data/metrics/learning_curve.csv, a DVC plot).
+CURVE_FIELDS = ["round", "human_labels", "auto_labeled", "audit_accuracy", "audit_low", "audit_high", "audit_n",
+                "chosen_cv_accuracy"]
+# Where each curve column comes from in the round's metrics (the first key present).
+_CURVE_KEYS = {"audit_accuracy": ("audit_accuracy", "audit_accuracy_prev_round"),
+               "audit_low": ("audit_low", "audit_low_prev_round"),
+               "audit_high": ("audit_high", "audit_high_prev_round")}
+
+
+def read_curve(ws: Workspace) -> list[dict]:
+    from coldstart.tasks.workspace import read_csv
+
+    return read_csv(ws.metrics_dir / "learning_curve.csv")
+
+
+def _number(v: float) -> int | float:
+    """Counts as integers (``12``, not ``12.0``: what `dvc metrics diff` shows), the rest rounded."""
+    v = float(v)
+    return int(v) if v.is_integer() else round(v, 6)
+
+
+def write_metrics_files(ws: Workspace, round_no: int, metrics: dict[str, float | None]) -> None:
+    """What `dvc metrics diff` and `dvc plots diff` compare between round tags (both git-tracked
+    and declared at the top of dvc.yaml): data/metrics/round-metrics.json, the round's metrics
+    flat (timings aside, but the total: they differ every run), and
+    data/metrics/learning_curve.csv, this round's row after the earlier rounds' (a round run
+    again replaces its row)."""
+    from coldstart.tasks.workspace import atomic_write_text, write_csv
+
+    flat = {k: _number(v) for k, v in sorted(metrics.items())
+            if v is not None and (not k.startswith("seconds_") or k == "seconds_total")}
+    ws.metrics_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(ws.metrics_dir / "round-metrics.json", json.dumps({"round": round_no, **flat}, indent=1) + "\n")
+
+    def pick(name: str):
+        for key in _CURVE_KEYS.get(name, (name,)):
+            if metrics.get(key) is not None:
+                return _number(metrics[key])
+        return ""
+
+    rows = [r for r in read_curve(ws) if r.get("round", "").isdigit() and int(r["round"]) < round_no]
+    rows.append({"round": round_no, **{k: pick(k) for k in CURVE_FIELDS[1:]}})
+    write_csv(ws.metrics_dir / "learning_curve.csv", CURVE_FIELDS, rows)
+
+
 def track(ws: Workspace, params: Params, round_no: int, metrics: dict[str, float | None], artifacts: list[Path],
           train: "TrainResult") -> TrackResult:
-    """The track stage: one MLflow run for the round (params, metrics, plots, the fitted head).
+    """The track stage: the round's metrics files for DVC, and one MLflow run for the round
+    (params, metrics by round, the learning curve, plots, the fitted head).
 
     A tracking failure is returned, not raised: the round's data is versioned first, then the
     flow reports it (MLflow is a view of the round; the workspace's files are the record).
     """
+    write_metrics_files(ws, round_no, metrics)
     head = train.probe.head if train.probe is not None else None
     from coldstart.tasks.train import load_chosen
 
