@@ -403,6 +403,12 @@ def cmd_bench(a) -> int:
                                 big=a.big if a.big[0] else None, pred_iou_thresh=a.pred_iou_thresh,
                                 stability_score_thresh=a.stability_score_thresh, box_nms_thresh=a.box_nms_thresh,
                                 clip_model=a.clip_model)
+    elif a.bench == "api":
+        from coldstart.bench.api import bench_api
+
+        figures = bench_api(model=a.model, clients=a.clients, load_s=a.load_s, soak_s=a.soak_s, warm_s=a.warm_s,
+                            requests=a.requests, forward_runs=a.forward_runs, forward_batches=a.forward_batches,
+                            size=a.size, port=a.port)
     elif a.bench == "relabel":
         from coldstart.bench.relabel import bench_relabel
 
@@ -571,6 +577,18 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--stability-score-thresh", type=float, default=0.0, help="random weights score 0")
     b.add_argument("--box-nms-thresh", type=float, default=1.0, help="random masks all span the image: 0.7 keeps one")
     b.add_argument("--clip-model", default="ViT-B-32", help="labels the regions (random weights), if labeling exists")
+    b = bench_parser("api", "coldstart api (own process) over HTTP: 1-client latency, 16-client throughput and a soak "
+                            "(errors, RSS) against the bare forward pass")
+    b.add_argument("--model", default="ViT-B-32", help="the workspace's model.name (random weights)")
+    b.add_argument("--clients", type=int, default=16, help="concurrent clients in the load and soak phases")
+    b.add_argument("--load-s", type=float, default=60.0, help="load phase: seconds measured (after --warm-s)")
+    b.add_argument("--warm-s", type=float, default=5.0, help="load phase: ramp-up seconds not measured")
+    b.add_argument("--soak-s", type=float, default=300.0, help="soak phase: seconds at the same load")
+    b.add_argument("--requests", type=int, default=50, help="1-client phase: sequential requests (after 5 warm-up)")
+    b.add_argument("--forward-runs", type=int, default=30, help="bare single-image forward passes timed")
+    b.add_argument("--forward-batches", type=int, default=3, help="bare batched forward passes timed per batch size")
+    b.add_argument("--size", type=_wxh, default=(640, 480), help="the posted JPEG, WxH")
+    b.add_argument("--port", type=int, default=0, help="the server's port (0: a free one)")
     _describe(p)
     return p
 

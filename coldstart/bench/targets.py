@@ -35,4 +35,8 @@ TARGETS = {t.key: t for t in (
     Target("big_image_peak_rss_mb", "regions: 8000x6000 image peak RSS (MB)", "<=", 3072.0),
     Target("label_share", "regions: labeling time / segmentation time", "<=", 0.15),
     Target("label_speedup", "regions: naive labeling / ours (x)", ">=", 5.0),
+    Target("p50_over_target", "api: 1-client p50 / (1.2 x forward + 20 ms)", "<=", 1.0),
+    Target("throughput_ratio", "api: 16 clients / bare batched forward", ">=", 0.8),
+    Target("soak_errors", "api: errors in the soak, 16 clients", "<=", 0.0),
+    Target("rss_growth", "api: server RSS growth over the soak", "<=", 0.05),
 )}
