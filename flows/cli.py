@@ -11,7 +11,7 @@ from pathlib import Path
 
 from coldstart.models.errors import ColdstartError
 
-STAGES = ("scan", "embed", "intake", "train", "relabel", "regions", "select")
+STAGES = ("scan", "embed", "intake", "train", "relabel", "regions", "select", "report")
 
 
 def _quiet_prefect() -> None:
@@ -196,10 +196,29 @@ def cmd_status(a) -> int:
     return 0
 
 
+def cmd_report(a) -> int:
+    """`coldstart report`: write a round's HTML report again, from the workspace as that round left it."""
+    from coldstart.tasks.errors import WorkspaceError
+    from coldstart.tasks.report import write_report
+    from coldstart.tasks.workspace import Workspace
+
+    ws = Workspace.open(a.workspace)
+    tags = ws.round_tags()
+    if not tags:
+        raise WorkspaceError(f"{ws.root}: no round yet; run `coldstart round` first")
+    n = tags[-1] if a.round is None else a.round
+    if n not in tags:
+        raise WorkspaceError(f"there is no round {n} (rounds: {', '.join(map(str, tags))})")
+    with ws.lock():
+        path = write_report(ws, n, out=Path(a.out) if a.out else None)
+    print(f"round {n}'s report: {path}")
+    return 0
+
+
 def cmd_stage(a) -> int:
     """One stage on its own (what `dvc repro` runs), without Prefect, MLflow or tagging. Each
     writes exactly the outputs dvc.yaml declares for it."""
-    from coldstart.tasks import embed, intake, regions, relabel, scan, select, train
+    from coldstart.tasks import embed, intake, regions, relabel, report, scan, select, train
     from coldstart.tasks.version import check_stages
     from coldstart.tasks.workspace import Workspace
 
@@ -221,6 +240,8 @@ def cmd_stage(a) -> int:
             result = relabel.relabel(ws, params, n)
         elif a.name == "regions":
             result = regions.regions(ws, params, embed.load_model(params.model), n)
+        elif a.name == "report":
+            result = report.report(ws, n, params=params, raise_errors=True)
         else:
             result = select.select(ws, params.round, n, params.regions)
     print(f"{a.name}: " + json.dumps(result.to_dict(), ensure_ascii=False, default=str))
@@ -481,6 +502,12 @@ def build_parser() -> argparse.ArgumentParser:
     ws_arg(s)
     s.add_argument("--json", help="also write the status as JSON to this file (- for stdout)")
     s.set_defaults(fn=cmd_status)
+
+    s = sub.add_parser("report", help="write a round's HTML report (data/reports/round-NNN.html) again")
+    ws_arg(s)
+    s.add_argument("--round", type=int, default=None, help="the round (default: the latest)")
+    s.add_argument("--out", default=None, help="write it to this file instead of data/reports/round-NNN.html")
+    s.set_defaults(fn=cmd_report)
 
     s = sub.add_parser("stage", help="run one stage alone (used by dvc.yaml / dvc repro)")
     s.add_argument("name", choices=STAGES)

@@ -20,6 +20,7 @@ from coldstart.tasks.embed import EmbedResult
 from coldstart.tasks.intake import IntakeResult
 from coldstart.tasks.regions import RegionsResult
 from coldstart.tasks.relabel import RelabelResult
+from coldstart.tasks.report import ReportResult
 from coldstart.tasks.scan import ScanResult
 from coldstart.tasks.select import SelectResult
 from coldstart.tasks.track import TrackResult
@@ -29,7 +30,7 @@ from coldstart.tasks.workspace import Workspace, atomic_write_text
 
 STAGES: dict[str, type] = {"scan": ScanResult, "embed": EmbedResult, "intake": IntakeResult, "audit": AuditEstimate,
                            "train": TrainResult, "relabel": RelabelResult, "regions": RegionsResult,
-                           "select": SelectResult,
+                           "select": SelectResult, "report": ReportResult,
                            "track": TrackResult, "version": VersionResult}
 
 
@@ -44,6 +45,7 @@ class RoundRecord:
     relabel: RelabelResult | None = None
     regions: RegionsResult | None = None
     select: SelectResult | None = None
+    report: ReportResult | None = None  # the round's HTML page (data/reports/round-NNN.html)
     track: TrackResult | None = None
     version: VersionResult | None = None
     # Set when the round found nothing new (no image, answer or params change) and so did
@@ -105,9 +107,11 @@ class RoundRecord:
         return self.track.run_id if self.track else None
 
     def artifacts(self, ws: Workspace) -> list[Path]:
-        """Files logged with the MLflow run: the review batch, quarantine list, train metrics."""
+        """Files logged with the MLflow run: the review batch, quarantine list, train metrics, and
+        the round's report."""
         batch = [ws.root / f for f in (self.select.files if self.select else [])]
-        return batch + [ws.quarantine, ws.metrics_dir / "train.json"]
+        page = [ws.root / self.report.path] if self.report is not None and self.report.path else []
+        return batch + [ws.quarantine, ws.metrics_dir / "train.json"] + page
 
     def commit_message(self) -> str:
         t, r = self.train, self.relabel
@@ -151,6 +155,10 @@ class RoundRecord:
             f"{se.recheck} human label(s) to re-check): {', '.join(se.files) or '-'}",
             f"  mlflow run  {self.run_id}",
         ]
+        rp = self.report
+        if rp is not None:
+            lines.insert(-1, f"  report      {rp.path} ({rp.bytes / 1e6:.1f} MB, {rp.thumbnails} thumbnails)"
+                         if rp.path else f"  report      not written: {rp.error}")
         rg = self.regions
         if rg is not None and rg.enabled:
             dropped = ", ".join(f"{k} {v}" for k, v in sorted(rg.dropped.items())) or "none"

@@ -17,6 +17,7 @@ from coldstart.tasks.errors import TrackingError
 from coldstart.tasks.intake import intake_task
 from coldstart.tasks.regions import regions_task
 from coldstart.tasks.relabel import relabel_task
+from coldstart.tasks.report import report_task
 from coldstart.tasks.scan import scan_task
 from coldstart.tasks.select import select_task
 from coldstart.tasks.track import link_run_task, track_task
@@ -65,6 +66,9 @@ def run_round(ws: Workspace, force: bool = False) -> RoundRecord:
         rec.regions = regions_task(ws, params, clip, n)
     with rec.timed("select"):  # uncertainty + diversity + random audit -> review batch
         rec.select = select_task(ws, params.round, n, params.regions)
+    with rec.timed("report"):  # what a person reads: data/reports/round-NNN.html (never fails the round)
+        rec.metrics()  # settles the record's audit estimate first (see RoundRecord.metrics): the page shows it
+        rec.report = report_task(ws, n, rec.to_dict())
     with rec.timed("track"):  # one MLflow run
         rec.track = track_task(ws, params, n, rec.metrics(), rec.artifacts(ws), rec.train)
     rec.save(ws.metrics_dir / "round.json")  # the round's own record, committed with its tag
