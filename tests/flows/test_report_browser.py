@@ -7,6 +7,7 @@ whose class is named like a script tag."""
 from __future__ import annotations
 
 import base64
+import importlib.util
 import json
 import shutil
 import subprocess
@@ -132,6 +133,11 @@ def chromium() -> str | None:
     return shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
 
 
+NO_BROWSER = ("no chromium (Debian: apt-get install -y chromium)" if chromium() is None else
+              "no websockets package (the DevTools protocol client)" if importlib.util.find_spec("websockets") is None
+              else "")
+
+
 def render_in_chromium(page: Path, screenshot: Path | None = None, *, width: int = 1280, height: int = 2400,
                        timeout: float = 60.0) -> dict:
     """Open ``page`` in headless Chromium over the DevTools protocol; return what CHECK finds, plus
@@ -204,7 +210,7 @@ def render_in_chromium(page: Path, screenshot: Path | None = None, *, width: int
                 proc.wait()
 
 
-@pytest.mark.skipif(chromium() is None, reason="no chromium (Debian: apt-get install -y chromium)")
+@pytest.mark.skipif(bool(NO_BROWSER), reason=NO_BROWSER)
 def test_the_report_renders_in_headless_chromium(rounds, tmp_path):
     page = rounds.ws.root / "data/reports/round-003.html"
     shot = tmp_path / "report.png"
@@ -222,7 +228,7 @@ def test_the_report_renders_in_headless_chromium(rounds, tmp_path):
         assert img.size[0] == 1280 and img.size[1] > 1000
 
 
-@pytest.mark.skipif(chromium() is None, reason="no chromium (Debian: apt-get install -y chromium)")
+@pytest.mark.skipif(bool(NO_BROWSER), reason=NO_BROWSER)
 def test_a_class_named_like_a_script_tag_renders_as_text_in_chromium(tmp_path):
     from coldstart.tasks.report import render_report
     from tests.tasks.test_report import CHINESE as CHINESE_2
