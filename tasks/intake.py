@@ -951,7 +951,7 @@ def spool_annotation(ws: Workspace, action: str, annotation: dict, task: dict | 
         raise ValueError(f"not an annotation action: {action!r}")
     if not isinstance(annotation, dict) or annotation.get("id") in (None, ""):
         raise ValueError("the webhook's 'annotation' has no id")
-    keep = ("id", "updated_at", "result", "was_cancelled", "completed_by")
+    keep = ("id", "updated_at", "result", "was_cancelled", "completed_by", "lead_time")  # lead_time: the report's hours
     record = {"action": action, "annotation": {k: annotation.get(k) for k in keep},
               "task": {k: (task or {}).get(k) for k in ("id", "data")}}
     # Created and updated share a key: the webhook and `round --wait`'s polling of the export may

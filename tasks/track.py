@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import logging
+import posixpath
+import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -156,9 +158,9 @@ def log_round(ws: Workspace, params: Params, round_no: int, metrics: dict[str, f
         with mlflow.start_run(experiment_id=exp_id, run_name=f"round-{round_no:03d}") as run:
             mlflow.set_tags({"coldstart.round": str(round_no), "coldstart.workspace": str(ws.root)})
             close_interrupted_runs(client, exp_id, ws, round_no, run.info.run_id)
-            mlflow.log_params(flatten(params))
+            mlflow.log_params(mlflow_names(flatten(params)))
             # step = round: the MLflow UI's charts across the experiment's runs put rounds on the x axis.
-            mlflow.log_metrics({k: float(v) for k, v in metrics.items() if v is not None}, step=round_no)
+            mlflow.log_metrics(mlflow_names({k: float(v) for k, v in metrics.items() if v is not None}), step=round_no)
             # The learning curve so far, in this run too: one chart of a run shows every round.
             for row in read_curve(ws):
                 for key in CURVE_FIELDS[1:]:
@@ -214,6 +216,29 @@ def _register(client, name: str, model_uri: str, run_id: str, cv_accuracy: float
     if cv_accuracy is not None and not cv_accuracy < best:
         client.set_registered_model_alias(name, "champion", version.version)
     return str(version.version)
+
+
+def mlflow_name(name: str) -> str:
+    """``name`` as MLflow accepts a param or metric name: letters (any script), digits, ``_ - .
+    / : space``; anything else (full-width brackets in a Chinese class name, ``+``, ``<``) becomes
+    ``_``, and a name that would read as another path ("a//b", "../x") has its slashes replaced."""
+    out = re.sub(r"[^/\w.\- :]", "_", name)
+    if posixpath.normpath(out) != out or out.startswith(("/", "..")) or out in ("", "."):
+        out = out.replace("/", "_").lstrip(".") or "_"
+    return out
+
+
+def mlflow_names(values: dict) -> dict:
+    """``mlflow_name`` on every key; two keys that meet keep apart with ``_2``, ``_3``, ..."""
+    out: dict = {}
+    for key, value in values.items():
+        name = base = mlflow_name(key)
+        k = 1
+        while name in out:
+            k += 1
+            name = f"{base}_{k}"
+        out[name] = value
+    return out
 
 
 def record_audit(ws: Workspace, params: Params, audited_round: int, accuracy: float, low: float, high: float,

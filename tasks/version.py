@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 
 TEMPLATE_FILES = {"params.yaml": "params.yaml", "dvc.yaml": "dvc.yaml", "gitignore": ".gitignore",
                   "dvcignore": ".dvcignore"}
-DATA_DIRS = ["images", "inbox", "labels", "store", "review", "models", "metrics"]
+DATA_DIRS = ["images", "inbox", "labels", "store", "review", "models", "metrics", "reports"]
 
 
 @dataclass

@@ -195,16 +195,17 @@ def test_stopping_criteria_say_why():
                            audit=AuditEstimate(2, n, correct))
 
     stop = StopConfig(max_labels=100, churn_below=0.01, audit_lower_bound=0.9)
-    done, why, why_not = stopping(stop, record(40, 0.2, 9, 10))  # Wilson lower bound of 9/10: 0.596
+    done, why, why_not = stopping(stop, record(40, 0.2, 9, 10))  # one-sided Clopper-Pearson bound of 9/10: 0.606
     assert not done and why == [] and len(why_not) == 3
-    assert "its 95% lower bound is 59.6% (10 audited" in why_not[2]
-    done, why, why_not = stopping(stop, record(120, 0.005, 50, 50))  # 50/50: lower bound 0.929
+    assert "its one-sided 95% lower bound is 60.58% (90.0% correct (95% CI 55.5-99.7%, n=10" in why_not[2]
+    done, why, why_not = stopping(stop, record(120, 0.005, 50, 50))  # 50/50: 0.05^(1/50) = 0.942
     assert done and len(why) == 3 and why_not == []
     assert why == ["the human-label budget is spent (120 >= stop.max_labels=100)",
                    "labels have settled: 0.50% changed in the last round (< stop.churn_below=1.00%) and 0.0% of "
                    "auto labels are below the threshold (<= stop.max_below_threshold=5%)",
-                   "audited auto-label accuracy is at least 92.9% with 95% confidence "
-                   "(>= stop.audit_lower_bound=90%, 50 audited)"]
+                   "audited auto-label accuracy is at least 94.18% with 95% confidence "
+                   "(>= stop.audit_lower_bound=90%; 100.0% correct (95% CI 92.9-100.0%, n=50, round 2's audit as "
+                   "labeled))"]
     # No churn, but many uncertain auto labels and no audit: not done, and status says why.
     uncertain = record(45, 0.0, 0, 0)
     uncertain.relabel.below_threshold = 50
@@ -215,16 +216,23 @@ def test_stopping_criteria_say_why():
     assert stopping(StopConfig(churn_below=None, audit_lower_bound=None), record(0, 0.0, 0, 0)) == (False, [], [])
 
 
-def test_bench_al_writes_labels_to_95_and_audit_coverage(tmp_path):
+def test_bench_al_writes_labels_to_95_and_audit_coverage(tmp_path, monkeypatch):
+    from coldstart.bench import al
+
+    monkeypatch.setattr(al, "AUDIT_SEEDS_PER_SEED", 1)  # the audit simulation: 1 seed, rounds 2-4
+    monkeypatch.setattr(al, "AUDIT_ROUNDS", 4)
     out = tmp_path / "al.json"
     assert cli(["bench", "al", "--seeds", "1", "--json", str(out)]) == 0
     figures = json.loads(out.read_text())
     assert set(figures["labels_to_95"]) >= {"random", "entropy", "margin", "coldstart"}
     # One seed: labels start at 10 and grow by batches of 10 until the target is reached.
     assert all(v is None or (v - 10) % 10 == 0 for v in figures["labels_to_95"].values())
-    # Coverage is a count of rounds whose interval held the truth, over the audited rounds.
-    assert figures["audit_rounds"] >= 1
+    # Coverage is a count of (seed, round) pairs whose interval held the truth: rounds 2-4 here.
+    assert figures["audit_rounds"] == figures["audit_pairs"] == 3 and figures["audit_pairs_from_round_4"] == 1
     assert round(figures["audit_coverage"] * figures["audit_rounds"], 1).is_integer()
+    # n grows round by round: 15 audit items per batch of 50 (specialist), all earlier rounds'.
+    assert [v["median_n"] for v in figures["audit_by_round"].values()] == [15, 30, 45]
+    assert 0 < figures["audit_median_width"] < 1 and figures["audit_items_per_round"] == 15
 
 
 def test_finetune_command_writes_a_checkpoint_the_round_can_load(make_workspace, capsys):
@@ -294,7 +302,7 @@ def test_each_stage_writes_exactly_its_declared_outputs(make_workspace):
         return outs
 
     ran = []
-    for name in ("scan", "embed", "intake", "train", "relabel", "regions", "select"):
+    for name in ("scan", "embed", "intake", "train", "relabel", "regions", "select", "report"):
         if name == "intake":
             answers = "\n".join(f"{p},{t}" for p, t in list(truth.items())[:8])
             (ws.inbox / "a.csv").write_text("image,label\n" + answers + "\n")

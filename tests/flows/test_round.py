@@ -252,7 +252,7 @@ def test_dvc_repro_runs_exactly_the_stale_stages(rounds, monkeypatch):
     with contextlib.chdir(copy), Repo(str(copy)) as repo:
         assert set(repo.status()) == {"select"}
         ran = repo.reproduce()
-    assert [s.name for s in ran] == ["select"]
+    assert [s.name for s in ran] == ["select", "report"]  # the report shows the new batch
     assert len([b for b in read_csv(copy / "data/review/round-004.batch.csv") if b["purpose"] != "recheck"]) == 5
     with contextlib.chdir(copy), Repo(str(copy)) as repo:
         assert repo.status() == {}

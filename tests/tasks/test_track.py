@@ -33,3 +33,18 @@ def test_chinese_ontology_round_trips_through_mlflow_params(tmp_path):
     assert run.data.tags["coldstart.git_tag"] == "round-001"
     assert load_params(tmp_path / "params.yaml") == params
     assert yaml.safe_load((tmp_path / "params.yaml").read_text(encoding="utf-8"))["ontology"]["negative_label"] == "合格"
+
+
+def test_any_class_name_becomes_a_name_mlflow_accepts():
+    from mlflow.utils.validation import path_not_unique, validate_param_and_metric_name
+
+    from coldstart.tasks.track import mlflow_names
+
+    keys = ["ontology.classes.零（手写）.descriptions", "ontology.classes.<script>.negative", "ontology.classes.C++",
+            "ontology.classes.a//b", "../up", "ontology.classes.C--", "划痕"]
+    names = mlflow_names(dict.fromkeys(keys, 1))
+    assert len(names) == len(keys)  # none lost to a collision
+    for name in names:
+        assert validate_param_and_metric_name(name) and not path_not_unique(name), name
+    assert "划痕" in names and "ontology.classes.零_手写_.descriptions" in names
+    assert mlflow_names({"a+": 1, "a<": 2}) == {"a_": 1, "a__2": 2}
