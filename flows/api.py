@@ -265,7 +265,7 @@ def _predict_tasks(ws: Workspace, labeler, batcher, tasks: list) -> list[dict]:
             file = (ws.images / path).resolve()
             if file.is_relative_to(ws.images.resolve()) and file.is_file():
                 try:
-                    with load_rgb(file, labeler.params.scan) as img:
+                    with load_rgb(file, labeler.params.scan, draft=labeler.draft) as img:
                         pred = batcher.submit(labeler.prepare(img.convert("RGB"), image_id=image_id or "")).result()
                 except Exception as e:  # one bad image costs its task's prediction, not the batch
                     log.warning("predict: task %s: %s", task.get("id"), e)
@@ -346,7 +346,7 @@ def _classify(ws: Workspace, labeler, batcher, blobs: list[tuple[str, bytes]], k
     prepared, pixels = [], []
     for k, (name, data) in enumerate(blobs, start=1):
         try:
-            with load_rgb(name, labeler.params.scan, data=data) as img:
+            with load_rgb(name, labeler.params.scan, data=data, draft=labeler.draft) as img:
                 fmt = (img.format or "").lower()
                 rgb = img.convert("RGB")
                 prepared.append((labeler.prepare(rgb, data=data), fmt, data))

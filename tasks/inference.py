@@ -109,6 +109,13 @@ class Labeler:
             self._stamp = stamp
 
     @property
+    def draft(self) -> int | None:
+        """JPEG draft decoding as the embed stage does it (a reduced scale whose short side stays
+        >= the model's input; none with tiles, which need full resolution): the same pixels in,
+        the same probabilities out as the relabel stage's, and cheaper."""
+        return None if self.params.views.tiles else int(self.clip.image_size)
+
+    @property
     def model_version(self) -> str:
         """What Label Studio shows as the prediction's model version: the round whose head this
         is and the head's id (``round-NNN/<labeler id>``)."""
