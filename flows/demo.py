@@ -19,10 +19,9 @@ from PIL import Image
 
 from coldstart.models.clip import ClipConfig, load_clip
 from coldstart.models.errors import WeightsUnavailableError
-from coldstart.tasks.audit import audit_estimate
 from coldstart.tasks.errors import WorkspaceError
 from coldstart.tasks.relabel import read_resolved
-from coldstart.tasks.workspace import Workspace, read_csv
+from coldstart.tasks.workspace import Workspace
 
 DIGITS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 DEMO_MARKER = ".coldstart-demo"
@@ -150,7 +149,8 @@ def run_demo(workspace: Path, *, rounds: int = 3, json_path: str | None = None, 
     (workspace / DEMO_MARKER).write_text("created by `coldstart demo`; deleted and rebuilt by the next demo\n")
     truth = write_digits(ws.images, n_images)
     print(f"demo workspace {ws.root}: {len(truth)} digit images, {rounds} rounds, batch {budget}\n", flush=True)
-    header = f"{'round':>5} {'human labels':>12} {'model-labeled':>13} {'model':>9} {'audit acc':>9} {'true acc':>8} {'seconds':>7}"
+    header = (f"{'round':>5} {'human labels':>12} {'model-labeled':>13} {'model':>9} {'audit acc':>9} "
+              f"{'95% CI':>13} {'n':>4} {'true acc':>8} {'seconds':>7}")
     # Rounds report to the workspace's own Prefect database, through a server tied to this process.
     with contextlib.ExitStack() as stack:
         stack.enter_context(temporary_settings(stack.enter_context(round_prefect(ws))))
@@ -167,25 +167,27 @@ def _demo_rounds(ws, truth: dict[str, str], rounds: int, json_path: str | None, 
         rec = labeling_round(workspace=str(ws.root))
         seconds = time.perf_counter() - t0
         true_acc = auto_label_accuracy(ws, truth)
-        audit_acc = None
+        # The round's own audit estimate of its auto labels (out of fold, on every audit item
+        # answered before it: tasks/audit.py), with its 95% Clopper-Pearson interval and n.
+        est = rec.audit if rec.audit is not None and rec.audit.n else None
+        audit_acc, interval = (est.accuracy, list(est.interval)) if est else (None, None)
         if rec.select.batch_size:
-            review = ws.root / rec.select.files[0]
-            answer_batch(review, truth, ws.inbox)
-            answers = {row["image_id"]: truth[row["image"]] for row in read_csv(review)}
-            est = audit_estimate(read_csv(ws.review / f"round-{r:03d}.batch.csv"), answers)
-            audit_acc = est.accuracy if est else None
+            answer_batch(ws.root / rec.select.files[0], truth, ws.inbox)
         humans, auto, model = rec.intake.human_labels, rec.relabel.auto, rec.train.model
-        row = dict(round=r, human_labels=humans, model_labeled=auto, model=model,
-                   audit_accuracy=audit_acc, true_accuracy=true_acc, seconds=round(seconds, 1))
+        row = dict(round=r, human_labels=humans, model_labeled=auto, model=model, audit_accuracy=audit_acc,
+                   audit_interval=interval, audit_n=est.n if est else 0, true_accuracy=true_acc,
+                   seconds=round(seconds, 1))
         table.append(row)
+        ci = f"{100 * interval[0]:.1f}-{100 * interval[1]:.1f}%" if interval else "-"
         lines.append(f"{r:>5} {humans:>12} {auto:>13} {model:>9} "
-                     f"{'-' if audit_acc is None else f'{audit_acc:.1%}':>9} "
+                     f"{'-' if audit_acc is None else f'{audit_acc:.1%}':>9} {ci:>13} {row['audit_n']:>4} "
                      f"{'-' if true_acc is None else f'{true_acc:.1%}':>8} {seconds:>7.1f}")
         print("\n".join(lines if r == 1 else lines[-1:]), flush=True)
     if json_path:
         Path(json_path).write_text(json.dumps(table, indent=2) + "\n", encoding="utf-8")
-    print("\n'audit acc': the round's auto labels checked on its random audit sample (answered after the round);"
-          "\n'true acc': the same auto labels against the known digits.")
+    print("\n'audit acc': the round's auto labels as estimated from the random audit items answered before it\n"
+          "(every earlier round's, scored out of fold by the round's labeler), with its 95% Clopper-Pearson\n"
+          "interval and n; 'true acc': the same auto labels against the known digits.")
     print(f"\nMLflow UI:   mlflow ui --backend-store-uri sqlite:///{ws.root / 'mlflow.db'}")
     print(f"Round 2's labels, from a fresh clone:\n  git clone {ws.root} demo-clone && cd demo-clone && "
           f"git checkout round-002 && dvc pull data/labels/resolved\n  or: dvc get {ws.root} "

@@ -65,7 +65,14 @@ class RoundRecord:
             self.seconds_total = time.perf_counter() - self._started
 
     def metrics(self) -> dict[str, float | None]:
-        """MLflow metrics: each stage's own, plus ``seconds_<stage>`` and ``seconds_total``."""
+        """MLflow metrics: each stage's own, plus ``seconds_<stage>`` and ``seconds_total``.
+
+        The audit stage runs before the train stage, so this (the first thing a round does with
+        its record after training, at the track stage) is where the audit's estimate becomes the
+        current labeler's out-of-fold one (tasks/audit.py); round.json, the summary and
+        `coldstart status` then show that. Done once; a record read back from JSON is unchanged."""
+        if self.audit is not None and self.train is not None:
+            self.audit.use_out_of_fold(self.train, self.round)
         out: dict[str, float | None] = {}
         for name in STAGES:
             result = getattr(self, name)
@@ -137,9 +144,8 @@ class RoundRecord:
         sc, em, it, tr, rl, se, au = self.scan, self.embed, self.intake, self.train, self.relabel, self.select, self.audit
         audit = "no audit answers yet"
         if au is not None and au.n:
-            lo, hi = au.interval
-            audit = (f"{pct(au.accuracy)} of round {au.round}'s auto labels correct (95% CI {pct(lo)}-{pct(hi)}, "
-                     f"{au.n} audited)")
+            whose = "this round's" if au.round == self.round else f"round {au.round}'s"
+            audit = f"{whose} auto labels: {au.describe()}, at least {pct(au.lower_bound)} with 95% confidence"
             if au.per_class():
                 audit += "; per label: " + ", ".join(f"{k} {pct(v)}" for k, v in au.per_class().items())
         lines = [

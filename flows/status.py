@@ -9,11 +9,18 @@ from coldstart.tasks.manifest import read_manifest
 from coldstart.tasks.workspace import Workspace, read_csv
 
 
-def stopping(stop: StopConfig, last: RoundRecord) -> tuple[bool, list[str], list[str]]:
+def stopping(stop: StopConfig, last: RoundRecord, review_policy: str = "custom") -> tuple[bool, list[str], list[str]]:
     """Is the dataset done? (done, the criteria that hold, why each other one does not), from
     the last round's record and params.stop. Any one criterion is enough. Each rests on evidence
-    a round that asked nothing cannot fake: the human-label count, an audit interval, or low
-    churn together with few uncertain auto labels."""
+    a round that asked nothing cannot fake: the human-label count, an audit bound, or low churn
+    together with few uncertain auto labels.
+
+    The audit criterion is a decision ("is the accuracy at least stop.audit_lower_bound?"), so
+    it uses the one-sided 95% Clopper-Pearson lower bound of the audit estimate (tasks/audit.py):
+    P(accuracy >= bound) >= 95% whatever the accuracy and n, where Wilson's interval, used
+    before, held only ~83% of the time at small n and accuracies near 1. With
+    ``round.review_policy: critical`` every auto label goes to review, so neither the audit nor
+    settled labels make it done: only no auto label left (or the label budget)."""
     met, unmet = [], []
     humans = last.intake.human_labels if last.intake else 0
     if stop.max_labels is not None:
@@ -21,6 +28,14 @@ def stopping(stop: StopConfig, last: RoundRecord) -> tuple[bool, list[str], list
             f"the human-label budget is {'spent' if humans >= stop.max_labels else 'not spent'} "
             f"({humans} {'>=' if humans >= stop.max_labels else '<'} stop.max_labels={stop.max_labels})")
     rl = last.relabel
+    if review_policy == "critical":
+        left = rl.auto if rl else None
+        if left == 0:
+            met.append("every image has a human label (review_policy critical: every auto label goes to review)")
+        else:
+            unmet.append(f"review_policy critical: every auto label goes to review, and "
+                         f"{'some' if left is None else left} are not reviewed yet")
+        return bool(met), met, unmet
     if stop.churn_below is not None:
         churn = rl.churn if rl else None
         share = rl.below_threshold / rl.auto if rl and rl.auto > 0 else 0.0
@@ -38,14 +53,15 @@ def stopping(stop: StopConfig, last: RoundRecord) -> tuple[bool, list[str], list
                            f"(stop.max_below_threshold={stop.max_below_threshold:.0%})")
             unmet.append("labels have not settled: " + " and ".join(why))
     if stop.audit_lower_bound is not None:
-        interval = last.audit.interval if last.audit and last.audit.n else None
-        if interval and interval[0] >= stop.audit_lower_bound:
-            met.append(f"audited auto-label accuracy is at least {interval[0]:.1%} with 95% confidence "
-                       f"(>= stop.audit_lower_bound={stop.audit_lower_bound:.0%}, {last.audit.n} audited)")
+        au = last.audit if last.audit and last.audit.n else None
+        bound = au.lower_bound if au else None
+        if bound is not None and bound >= stop.audit_lower_bound:
+            met.append(f"audited auto-label accuracy is at least {bound:.2%} with 95% confidence "
+                       f"(>= stop.audit_lower_bound={stop.audit_lower_bound:.0%}; {au.describe()})")
         else:
             unmet.append(f"audited accuracy is not shown to be >= {stop.audit_lower_bound:.0%}: " + (
-                f"its 95% lower bound is {interval[0]:.1%} ({last.audit.n} audited; answer more audit items)"
-                if interval else "no answered audit items yet"))
+                f"its one-sided 95% lower bound is {bound:.2%} ({au.describe()}; answer more audit items)"
+                if au else "no answered audit items yet"))
     return bool(met), met, unmet
 
 
@@ -63,16 +79,26 @@ def workspace_status(ws: Workspace) -> dict:
     rejected = sorted(p.name for p in ws.rejected.glob("*") if p.is_file() and not p.name.endswith(".errors.txt")) \
         if ws.rejected.is_dir() else []
     last = last_round(ws)
-    done, why, why_not = stopping(ws.params().stop, last) if last else (False, [], [])
+    params = ws.params()
+    done, why, why_not = stopping(params.stop, last, params.round.review_policy) if last else (False, [], [])
     audit = last.audit if last else None
+    has_audit = bool(audit and audit.n)
+    report = ws.root / "data" / "reports" / f"round-{tags[-1]:03d}.html" if tags else None
     return {
         "workspace": str(ws.root),
         "done": done,
         "done_reasons": why,
         "not_done_reasons": why_not,
+        # The estimate of `audit_round`'s auto labels, its 95% Clopper-Pearson interval, the
+        # one-sided 95% lower bound the stopping rule uses, and how many audit items it rests on.
         "last_audit": {"audit_round": audit.round if audit else None, "audit_n": audit.n if audit else 0,
                        "audit_accuracy": audit.accuracy if audit else None,
-                       "audit_interval": list(audit.interval) if audit and audit.n else None},
+                       "audit_interval": list(audit.interval) if has_audit else None,
+                       "audit_lower_bound": audit.lower_bound if has_audit else None,
+                       "audit_method": audit.method if has_audit else None,
+                       "audit_summary": audit.describe() if has_audit else None},
+        "review_policy": params.round.review_policy,
+        "report": ws.rel(report) if report is not None and report.is_file() else None,
         "last_churn": last.relabel.churn if last and last.relabel else None,
         "images": len({r["image_id"] for r in manifest}),
         "files": len(manifest),
@@ -111,6 +137,14 @@ def format_status(s: dict) -> str:
         f"auto labels   {s['auto_labeled']} by {s['model'] or '-'}"
         + (f" (probe CV accuracy {s['probe_cv_accuracy']:.3f})" if s["probe_cv_accuracy"] is not None else ""),
     ]
+    audit = s.get("last_audit") or {}
+    if audit.get("audit_summary"):
+        lines.append(f"audit         round {audit['audit_round']}'s auto labels: {audit['audit_summary']}; at least "
+                     f"{audit['audit_lower_bound']:.1%} with 95% confidence")
+    elif s["rounds"]:
+        lines.append("audit         no answered audit items yet")
+    if s.get("report"):
+        lines.append(f"report        {s['report']}")
     if s["done"]:
         lines.append("DONE          " + "; ".join(s["done_reasons"]))
     elif s["rounds"]:

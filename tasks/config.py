@@ -226,11 +226,29 @@ class StopConfig(_Section):
     # can be low because little was asked, not because the labels are good).
     churn_below: float | None = Field(0.01, ge=0, le=1)
     max_below_threshold: float = Field(0.05, ge=0, le=1)
-    audit_lower_bound: float | None = Field(0.95, gt=0, le=1)  # Wilson 95% lower bound of audit accuracy
+    # Done when the audited auto-label accuracy is at least this with 95% confidence: the
+    # one-sided Clopper-Pearson 95% lower bound of the audit estimate (tasks/audit.py).
+    audit_lower_bound: float | None = Field(0.95, gt=0, le=1)
+
+
+# round.review_policy presets: what share of each batch is the uniformly random audit.
+# critical: every auto label goes to review (the whole pool, all of it a census audit).
+REVIEW_POLICIES = {"spot-check": 0.1, "specialist": 0.3, "critical": 1.0}
 
 
 class RoundConfig(_Section):
+    """One round's review batch and auto-accept settings.
+
+    ``review_policy`` presets, from practice: ``spot-check`` (10% of each batch a random audit),
+    ``specialist`` (30%), ``critical`` (every auto label goes to review: the batch is every image
+    without a human label, ``budget`` does not cap it, all of it audited, and no auto label is
+    accepted), ``custom`` (``audit_fraction`` and the rest as written). A preset sets
+    ``audit_fraction``; an ``audit_fraction`` that says otherwise is refused, not silently
+    overridden.
+    """
+
     budget: int = Field(50, ge=1)
+    review_policy: Literal["custom", "spot-check", "specialist", "critical"] = "custom"
     audit_fraction: float = Field(0.1, ge=0.0, le=1.0)
     # Round 1 has no labels and no trained model: pick typical, diverse images (TypiClust).
     first_strategy: str = "typiclust"
@@ -248,6 +266,19 @@ class RoundConfig(_Section):
     threshold_mode: Literal["fixed", "precision"] = "fixed"
     target_precision: float = Field(0.95, gt=0, le=1)
     seed: int = 0
+
+    @model_validator(mode="before")
+    @classmethod
+    def _policy(cls, raw: Any) -> Any:
+        if not isinstance(raw, dict) or raw.get("review_policy", "custom") not in REVIEW_POLICIES:
+            return raw
+        policy = raw["review_policy"]
+        share = REVIEW_POLICIES[policy]
+        given = raw.get("audit_fraction")
+        if given is not None and not (isinstance(given, (int, float)) and abs(float(given) - share) < 1e-9):
+            raise ValueError(f"audit_fraction {given} contradicts review_policy {policy} (which audits {share:.0%} "
+                             f"of each batch): remove round.audit_fraction, or set review_policy: custom")
+        return {**raw, "audit_fraction": share}
 
     @field_validator("strategy", "first_strategy")
     @classmethod
@@ -362,6 +393,13 @@ class LabelStudioConfig(_Section):
         return self
 
 
+class ReportConfig(_Section):
+    """The round report (data/reports/round-NNN.html)."""
+
+    seconds_per_label: float = Field(30.0, gt=0)  # a person's time per answered image, for the effort figures
+    target_accuracy: float = Field(0.95, gt=0, le=1)  # the auto-label accuracy the report measures against
+
+
 class Params(_Section):
     ontology: OntologyConfig
     model: ModelConfig = Field(default_factory=ModelConfig)
@@ -376,6 +414,7 @@ class Params(_Section):
     intake: IntakeConfig = Field(default_factory=IntakeConfig)
     regions: RegionsConfig = Field(default_factory=RegionsConfig)
     labelstudio: LabelStudioConfig = Field(default_factory=LabelStudioConfig)
+    report: ReportConfig = Field(default_factory=ReportConfig)
 
 
 def _key(loc: tuple) -> str:

@@ -188,20 +188,23 @@ def _select_images(ws: Workspace, cfg: RoundConfig, round_no: int) -> SelectResu
                              model_id="", score="", round=round_no,
                              note=f"please check: labeled {f['human_label']!r}, the model (held out) says "
                                   f"{f['suggested_label']!r} with p={float(f['probability']):.2f}"))
-    budget = min(cfg.budget - len(rechecks), len(pool))
+    # review_policy critical: every auto label goes to review. The batch is the whole pool
+    # (round.budget does not cap it), and all of it is audit: a census of this round's labels.
+    cap = len(pool) + len(rechecks) if cfg.review_policy == "critical" else cfg.budget
+    budget = min(cap - len(rechecks), len(pool))
     stem = ws.review / f"round-{round_no:03d}"
     ws.review.mkdir(parents=True, exist_ok=True)
     if budget == 0 and not rechecks:
         log.warning("every image has a human label or waits in an unanswered review batch: no review batch "
                     "this round (answer the open batches in data/review/)")
         return SelectResult(0, 0, 0, 0, [], strategy)
-    if budget < cfg.budget - len(rechecks):
+    if budget < cap - len(rechecks):
         log.warning("only %d unlabeled images left; the batch is smaller than round.budget=%d", budget, cfg.budget)
     n_audit = min(budget, math.ceil(budget * cfg.audit_fraction)) if cfg.audit_fraction > 0 else 0
     seed = cfg.seed * 100_003 + round_no
     sub = probs[pool]
     X = labeled_X = None
-    if strategies.build(strategy).needs_embeddings:
+    if budget > n_audit and strategies.build(strategy).needs_embeddings:  # an all-audit batch picks nothing
         store = EmbeddingStore(ws.embeddings, model_id, view)
         _, X = store.load([ids[k] for k in pool])
         _, labeled_X = store.load(labeled) if labeled else (None, None)

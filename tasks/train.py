@@ -27,7 +27,6 @@ from coldstart.tasks.calibrate import (
     apply_temperature,
     expected_calibration_error,
     fit_temperature,
-    precision_threshold,
 )
 from coldstart.tasks.config import Params, RoundConfig, TrainConfig
 from coldstart.tasks.intake import human_labels, read_events
@@ -153,14 +152,56 @@ def label_issues(oof_probs: np.ndarray, y: np.ndarray, min_prob: float = 0.5) ->
 
 
 
+def bounded_precision_threshold(probs: np.ndarray, y: np.ndarray, target: float, alpha: float = 0.05
+                                ) -> tuple[float, int] | None:
+    """The lowest confidence t whose held-out predictions with confidence >= t are right in at
+    least ``target`` *with confidence 1 - alpha*: the one-sided Clopper-Pearson lower bound of
+    their precision clears ``target``. Returns (t, how many held-out labels are above it), or None.
+
+    A bound, not the point value: with 20 held-out labels all right, the observed precision is
+    100% but the bound is 86%. Walking down from the most confident, the candidates are tested
+    in a fixed sequence (Learn-then-Test, Angelopoulos et al. 2021): from the first threshold
+    that clears the bound down to the last one before the first that does not, instead of the
+    lowest of all that clear it, which would pick a lucky stretch among many tries. Only the
+    ends of tie groups are candidates (the accepted set is every label with confidence >= t).
+    With target 0.95 it takes 59 held-out labels, none wrong, before any t qualifies.
+    """
+    from scipy.stats import beta
+
+    conf, right = probs.max(1), probs.argmax(1) == y
+    order = np.argsort(-conf, kind="stable")
+    c, hits = conf[order], np.cumsum(right[order])
+    n = np.arange(1, len(c) + 1)
+    ends = np.flatnonzero(np.append(c[:-1] > c[1:], True))
+    # One-sided Clopper-Pearson lower bound of each candidate's precision (0 with no hit).
+    lower = np.where(hits[ends] > 0, beta.ppf(alpha, np.maximum(hits[ends], 1), n[ends] - hits[ends] + 1), 0.0)
+    ok = lower >= target
+    if not ok.any():
+        return None
+    first = int(np.argmax(ok))
+    fails = np.flatnonzero(~ok[first:])
+    last = ends[first + (int(fails[0]) if len(fails) else len(ok) - first) - 1]
+    return float(c[last]), int(last) + 1
+
+
 def auto_accept_threshold(cfg: RoundConfig, oof_probs: np.ndarray | None, y: np.ndarray) -> tuple[float, str]:
-    """The confidence above which auto labels count as accepted, and how it was chosen."""
+    """The confidence above which auto labels count as accepted, and how it was chosen.
+
+    ``round.review_policy: critical`` accepts none (every auto label goes to review). With
+    ``threshold_mode: precision`` it is the lowest confidence whose held-out precision is at
+    least ``target_precision`` with 95% confidence (``bounded_precision_threshold``). The
+    held-out labels are mostly strategy-picked, harder than a random image of the pool at the
+    same confidence, which errs on the safe side."""
+    if cfg.review_policy == "critical":
+        return 1.0, "review_policy critical: every auto label goes to review"
     if cfg.threshold_mode != "precision" or oof_probs is None:
         return cfg.confidence_threshold, "fixed"
-    found = precision_threshold(oof_probs, y, cfg.target_precision)
+    found = bounded_precision_threshold(oof_probs, y, cfg.target_precision)
     if found is None:
-        return 1.0, f"no confidence reaches precision {cfg.target_precision} yet"
-    return found, f"precision >= {cfg.target_precision} on held-out labels"
+        return 1.0, (f"no confidence shows precision >= {cfg.target_precision} with 95% confidence yet "
+                     f"({len(y)} held-out labels)")
+    return found[0], (f"precision >= {cfg.target_precision} with 95% confidence (one-sided Clopper-Pearson bound) "
+                      f"on the {found[1]} held-out labels above it")
 
 
 def zero_shot_head(ws: Workspace, params: Params, clip: ClipModel) -> tuple[ZeroShotHead, list[str]]:

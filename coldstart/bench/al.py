@@ -1,14 +1,29 @@
 """`coldstart bench al`: active-learning simulation on scikit-learn's bundled digits.
 
-Real data nobody here wrote: 1,797 handwritten digits, a seeded 70/30 split per seed. Every
-strategy drives the same learner (the probe: logistic regression on standardised features)
-from 10 labels in batches of 10, and we count the labels needed to reach 95% of the test
-accuracy of the same learner trained on the whole pool. coldstart's default policy is what a
-round does with its defaults: TypiClust for the first batch, then hybrid (top 3 x batch by
-margin, then k-center), a random audit share (10%) whose answers give a Wilson 95% interval for
-the auto labels' accuracy (we check how often it covers the true accuracy), and the round's
+Real data nobody here wrote: 1,797 handwritten digits, a seeded 70/30 split per seed.
+
+Labels to 95%: every strategy drives the same learner (the probe: logistic regression on
+standardised features) from 10 labels in batches of 10, and we count the labels needed to reach
+95% of the test accuracy of the same learner trained on the whole pool. coldstart's default
+policy is what a round does with its defaults: TypiClust for the first batch, then hybrid (top
+3 x batch by margin, then k-center), a random audit share (10%) drawn first, and the round's
 probe with self-training (label spreading pseudo-labels with confidence >= 0.9 join the
 training set). Digits has no text, so the zero-shot candidates of a real round do not apply.
+
+The audit (``simulate_audit``): rounds as the flow runs them, with a review batch of 50 (the
+default ``round.budget``) under a review policy (default ``specialist``: 30% of each batch is the
+uniformly random audit, drawn first from the images without a human label; the rest by TypiClust
+in round 1, hybrid later). Each round n >= 2 the train stage's probe (``fit_probe``: the same
+5-fold CV, seed, pool statistics and self-training) is fitted on every answer so far, labels the
+pool, and the audit estimate is its out-of-fold accuracy on the audit items of rounds 1..n-1
+with a 95% Clopper-Pearson interval (``tasks/audit.py``). The truth it must cover is the accuracy
+of that round's auto labels: the head's labels of every image without a human label, against
+the digits' true classes. Reported: ``audit_coverage`` (share of (seed, round) pairs whose
+interval covers the truth), ``audit_median_width`` (rounds >= 4), ``audit_bias`` (mean estimate
+minus truth: the audit samples earlier, harder pools than today's, scored by fold models trained
+on 4/5 of the labels; see tasks/audit.py), ``audit_lower_bound_coverage`` (the gates' one-sided
+bound), and for comparison the newest batch alone (out of fold, and as its round labeled it:
+what the audit was before) and Wilson's interval on the same counts.
 """
 
 from __future__ import annotations
@@ -23,12 +38,20 @@ from sklearn.model_selection import train_test_split
 from sklearn.preprocessing import StandardScaler
 
 from coldstart.bench.targets import TARGETS
-from coldstart.models.probe import SelfTraining, _train_set
-from coldstart.tasks.audit import clopper_pearson_interval, wilson_interval
+from coldstart.models.probe import SelfTraining, _train_set, fit_probe
+from coldstart.tasks.audit import clopper_pearson_interval, clopper_pearson_lower, wilson_interval
+from coldstart.tasks.config import REVIEW_POLICIES
 from coldstart.tasks.select import select_indices
 from coldstart.tasks.strategies import top_uncertain, typiclust
 
 STRATEGIES = ("random", "entropy", "margin", "coldstart")
+# The audit simulation: seeds per `--seeds` (5 -> 20 seeds x rounds 2-8 = 140 (seed, round)
+# pairs, 100 of them from round 4 on), rounds per seed, the batch (round.budget's default) and
+# the review policy.
+AUDIT_SEEDS_PER_SEED = 4
+AUDIT_ROUNDS = 8
+AUDIT_BATCH = 50
+AUDIT_POLICY = "specialist"
 
 
 def _fit(X, y, seed):
@@ -49,7 +72,7 @@ def simulate(strategy: str, Xp, yp, Xt, yt, target: float, seed: int, *, start: 
         labeled = list(typiclust(Xp, start, seed=seed))
     else:
         labeled = list(rng.choice(n, start, replace=False))
-    audits, graph = [], None
+    graph = None
     while True:
         if strategy == "coldstart":  # the round's probe: self-training over the whole pool
             rows = np.asarray(labeled)
@@ -61,24 +84,17 @@ def simulate(strategy: str, Xp, yp, Xt, yt, target: float, seed: int, *, start: 
             model = _fit(Xp[labeled], yp[labeled], seed)
         acc = float(model.score(Xt, yt))
         if acc >= target or len(labeled) >= max_labels:
-            return {"labels": len(labeled) if acc >= target else None, "final_accuracy": acc, "audits": audits}
+            return {"labels": len(labeled) if acc >= target else None, "final_accuracy": acc}
         pool = np.setdiff1d(np.arange(n), labeled)
         probs = _probs(model, Xp[pool], C)
         if strategy == "random":
             pick = rng.choice(len(pool), batch, replace=False)
         elif strategy in ("entropy", "margin"):
             pick = top_uncertain(probs, batch, strategy, seed)
-        elif strategy == "coldstart":
-            n_audit = math.ceil(batch * audit_fraction)
-            chosen, audit = select_indices(probs, batch, strategy="hybrid", audit=n_audit, seed=seed + len(labeled),
-                                           X=Xp[pool], labeled_X=Xp[labeled], factor=factor, measure="margin")
-            predicted = probs.argmax(1)
-            truth_acc = float((predicted == yp[pool]).mean())  # auto labels of the whole pool
-            correct = int((predicted[audit] == yp[pool][audit]).sum())
-            lo, hi = wilson_interval(correct, len(audit))
-            cp_lo, cp_hi = clopper_pearson_interval(correct, len(audit))
-            audits.append({"labels": len(labeled), "true": truth_acc, "low": lo, "high": hi, "n": len(audit),
-                           "cp_covered": cp_lo <= truth_acc <= cp_hi})
+        elif strategy == "coldstart":  # a random audit share first, then hybrid (the audit: simulate_audit)
+            chosen, audit = select_indices(probs, batch, strategy="hybrid", audit=math.ceil(batch * audit_fraction),
+                                           seed=seed + len(labeled), X=Xp[pool], labeled_X=Xp[labeled], factor=factor,
+                                           measure="margin")
             pick = np.concatenate([chosen, audit])
         elif strategy.startswith("modal_"):
             from modAL.uncertainty import margin_sampling, uncertainty_sampling
@@ -91,7 +107,116 @@ def simulate(strategy: str, Xp, yp, Xt, yt, target: float, seed: int, *, start: 
         labeled.extend(pool[np.asarray(pick, int)].tolist())
 
 
-def bench_al(seeds: int = 5, batch: int = 10, start: int = 10) -> dict:
+def simulate_audit(Xp, yp, seed: int, *, batch: int = 50, policy: str = "specialist", rounds: int = 8,
+                   self_training: float = 0.9, factor: int = 3, folds: int = 5) -> list[dict]:
+    """Rounds 1..``rounds`` as the flow runs them, answers coming back at once; for each round
+    n >= 2, the audit estimate of its auto labels against their true accuracy (module docstring).
+
+    Round n's estimate uses the audit items of batches 1..n-1 (answered before round n), scored
+    out of fold by round n's probe, exactly as ``AuditEstimate.use_out_of_fold`` scores them
+    with the train stage's ``oof_probs``.
+    """
+    n, C = len(Xp), int(yp.max()) + 1
+    n_audit = min(batch, math.ceil(batch * REVIEW_POLICIES[policy]))
+    center, scale = Xp.mean(0), Xp.std(0) + 1e-6  # statistics of every image, as the train stage uses
+    labeled: list[int] = []  # answered images, in the order they were answered
+    audited: list[int] = []  # of them, the audit items
+    batches: list[tuple[np.ndarray, np.ndarray]] = []  # (audit items, the labels their round gave them)
+    graph, out, truths = None, [], []
+    probs = np.full((n, C), 1.0 / C)  # round 1: no model yet (its strategy, TypiClust, needs none)
+    for r in range(1, rounds + 1):
+        pool = np.setdiff1d(np.arange(n), labeled)
+        if r > 1:
+            rows = np.asarray(labeled)
+            graph = SelfTraining(Xp, rows, self_training) if graph is None else graph.with_rows(rows)
+            fit = fit_probe(Xp[rows], yp[rows], C, folds=folds, seed=seed, center=center, scale=scale,
+                            self_training=graph)
+            probs = fit.head.predict_proba(Xp[pool])
+        truths.append(float((probs.argmax(1) == yp[pool]).mean()))  # this round's auto labels
+        if r > 1:
+            where = {i: k for k, i in enumerate(labeled)}
+            oof = fit.oof_probs[[where[i] for i in audited]].argmax(1)
+            k, m = int((oof == yp[audited]).sum()), len(audited)
+            lo, hi = clopper_pearson_interval(k, m)
+            last_items, last_labels = batches[-1]  # the newest batch alone, as its round labeled it
+            k1, m1 = int((last_labels == yp[last_items]).sum()), len(last_items)
+            newest = oof[-m1:] == yp[last_items]  # the newest batch alone, out of fold: ~no pool shift
+            out.append({"round": r, "labels": len(labeled), "true": truths[-1], "n": m, "estimate": k / m,
+                        "low": lo, "high": hi, "lower_bound": clopper_pearson_lower(k, m),
+                        "wilson": wilson_interval(k, m),
+                        "newest": (float(newest.mean()), *clopper_pearson_interval(int(newest.sum()), m1)),
+                        "as_labeled": (k1 / m1, *clopper_pearson_interval(k1, m1), m1), "prev_true": truths[-2]})
+        if r == rounds:
+            break
+        strategy = "typiclust" if r == 1 else "hybrid"
+        chosen, aud = select_indices(probs, batch, strategy=strategy, audit=n_audit, seed=seed * 100_003 + r,
+                                     X=Xp[pool], labeled_X=Xp[labeled] if labeled else None, factor=factor,
+                                     measure="margin")
+        batches.append((pool[aud], probs[aud].argmax(1)))
+        labeled.extend(pool[chosen].tolist() + pool[aud].tolist())
+        audited.extend(pool[aud].tolist())
+    return out
+
+
+def audit_figures(pairs: list[dict], from_round: int = 4) -> dict:
+    """Coverage, width and bias of the audit intervals over (seed, round) pairs."""
+    def covered(p, lo, hi):
+        return lo <= p["true"] <= hi
+
+    late = [p for p in pairs if p["round"] >= from_round]
+    as_labeled = [p for p in pairs if p["round"] >= 3]  # round 1's labels are a placeholder here (no zero-shot)
+
+    def share(v):
+        return round(float(np.mean(v)), 3) if len(v) else None
+
+    return {
+        "audit_coverage": share([covered(p, p["low"], p["high"]) for p in pairs]),
+        "audit_pairs": len(pairs),
+        f"audit_coverage_from_round_{from_round}": share([covered(p, p["low"], p["high"]) for p in late]),
+        "audit_median_width": round(float(np.median([p["high"] - p["low"] for p in late])), 3) if late else None,
+        "audit_pairs_from_round_4": len(late),
+        "audit_median_n_from_round_4": float(np.median([p["n"] for p in late])) if late else None,
+        "audit_bias": round(float(np.mean([p["estimate"] - p["true"] for p in pairs])), 4) if pairs else None,
+        # The gate's one-sided 95% bound: how often the truth is at least the bound.
+        "audit_lower_bound_coverage": share([p["lower_bound"] <= p["true"] for p in pairs]),
+        "audit_coverage_wilson": share([covered(p, *p["wilson"]) for p in pairs]),
+        # The newest batch's audit items alone, out of fold: drawn from the pool just before the
+        # current one, so its bias is mostly the fold models' (trained on 4/5 of the labels), and
+        # audit_bias minus it is mostly the older pools' (harder images, since picked by strategy).
+        "audit_bias_newest_batch": round(float(np.mean([p["newest"][0] - p["true"] for p in pairs])), 4)
+        if pairs else None,
+        "audit_coverage_newest_batch": share([covered(p, *p["newest"][1:]) for p in pairs]),
+        "audit_median_width_newest_batch": round(float(np.median([p["newest"][2] - p["newest"][1] for p in late])), 3)
+        if late else None,
+        # Before: the newest batch alone, against the labels its round gave (truth: that round's).
+        "audit_coverage_as_labeled": share([p["as_labeled"][1] <= p["prev_true"] <= p["as_labeled"][2]
+                                            for p in as_labeled]),
+        "audit_median_width_as_labeled": round(float(np.median([p["as_labeled"][2] - p["as_labeled"][1]
+                                                                for p in late])), 3) if late else None,
+        "audit_by_round": {str(r): {"pairs": len(v), "coverage": share([covered(p, p["low"], p["high"]) for p in v]),
+                                    "median_n": float(np.median([p["n"] for p in v])),
+                                    "median_width": round(float(np.median([p["high"] - p["low"] for p in v])), 3),
+                                    "mean_true": round(float(np.mean([p["true"] for p in v])), 4),
+                                    "mean_estimate": round(float(np.mean([p["estimate"] for p in v])), 4)}
+                           for r in sorted({p["round"] for p in pairs})
+                           for v in [[p for p in pairs if p["round"] == r]]},
+    }
+
+
+def _split(digits, seed):
+    Xp, Xt, yp, yt = train_test_split(digits.data, digits.target, test_size=0.3, random_state=seed,
+                                      stratify=digits.target)
+    scaler = StandardScaler().fit(Xp)  # unsupervised: pool statistics, no labels used
+    return scaler.transform(Xp).astype(np.float32), scaler.transform(Xt).astype(np.float32), yp, yt
+
+
+def bench_al(seeds: int = 5, batch: int = 10, start: int = 10, *, audit_seeds: int | None = None,
+             audit_batch: int | None = None, audit_policy: str | None = None, audit_rounds: int | None = None) -> dict:
+    """Labels to 95% over ``seeds`` seeds; the audit over ``audit_seeds`` (default
+    ``AUDIT_SEEDS_PER_SEED`` per seed), ``audit_rounds`` rounds each."""
+    audit_batch = AUDIT_BATCH if audit_batch is None else audit_batch
+    audit_policy = AUDIT_POLICY if audit_policy is None else audit_policy
+    audit_rounds = AUDIT_ROUNDS if audit_rounds is None else audit_rounds
     digits = load_digits()
     strategies = list(STRATEGIES)
     try:
@@ -101,23 +226,27 @@ def bench_al(seeds: int = 5, batch: int = 10, start: int = 10) -> dict:
     except ImportError:
         print("modAL-python is not installed: skipping its strategies (pip install -e '.[bench]')")
     results: dict[str, list] = {s: [] for s in strategies}
-    coverage, cp_coverage = [], []
     t0 = time.perf_counter()
     for seed in range(seeds):
-        Xp, Xt, yp, yt = train_test_split(digits.data, digits.target, test_size=0.3, random_state=seed,
-                                          stratify=digits.target)
-        scaler = StandardScaler().fit(Xp)  # unsupervised: pool statistics, no labels used
-        Xp, Xt = scaler.transform(Xp).astype(np.float32), scaler.transform(Xt).astype(np.float32)
+        Xp, Xt, yp, yt = _split(digits, seed)
         full = float(_fit(Xp, yp, seed).score(Xt, yt))
         target = 0.95 * full
         line = [f"seed {seed}: full-pool accuracy {full:.3f}, target {target:.3f}:"]
         for s in strategies:
             r = simulate(s, Xp, yp, Xt, yt, target, seed, start=start, batch=batch)
             results[s].append(r["labels"])
-            coverage += [a["low"] <= a["true"] <= a["high"] for a in r["audits"]]
-            cp_coverage += [a["cp_covered"] for a in r["audits"]]
             line.append(f"{s}={r['labels']}")
         print(" ".join(line), flush=True)
+    seconds_al = time.perf_counter() - t0
+
+    t1 = time.perf_counter()
+    audit_seeds = AUDIT_SEEDS_PER_SEED * seeds if audit_seeds is None else audit_seeds
+    pairs = []
+    for seed in range(audit_seeds):
+        Xp, _, yp, _ = _split(digits, seed)
+        pairs += simulate_audit(Xp, yp, seed, batch=audit_batch, policy=audit_policy, rounds=audit_rounds)
+    audit = audit_figures(pairs)
+    seconds_audit = time.perf_counter() - t1
 
     def mean(v):
         ok = [x for x in v if x is not None]
@@ -127,22 +256,40 @@ def bench_al(seeds: int = 5, batch: int = 10, start: int = 10) -> dict:
     figures = {
         "labels_to_95": labels_to_95,
         "labels_to_95_per_seed": results,
-        "audit_coverage": round(float(np.mean(coverage)), 3) if coverage else None,
-        "audit_rounds": len(coverage),
-        "audit_coverage_clopper_pearson": round(float(np.mean(cp_coverage)), 3) if cp_coverage else None,
-        "audit_items_per_round": math.ceil(batch * 0.1),
-        "seeds": seeds, "batch": batch, "start": start, "seconds": round(time.perf_counter() - t0, 1),
+        **audit,
+        "audit_rounds": audit["audit_pairs"],  # (seed, round) pairs counted in audit_coverage
+        "audit_policy": audit_policy, "audit_batch": audit_batch,
+        "audit_items_per_round": min(audit_batch, math.ceil(audit_batch * REVIEW_POLICIES[audit_policy])),
+        "audit_seeds": audit_seeds, "audit_rounds_per_seed": audit_rounds,
+        "seeds": seeds, "batch": batch, "start": start,
+        "seconds_labels_to_95": round(seconds_al, 1), "seconds_audit": round(seconds_audit, 1),
+        "seconds": round(time.perf_counter() - t0, 1),
     }
     print("\nlabels to reach 95% of the full-pool probe accuracy (mean of seeds; lower is better):")
     for s, v in labels_to_95.items():
         print(f"  {s:18s} {v}")
     print("  reference (plain LR on pixels): random 160, entropy 160, margin 100")
-    print(f"audit: the Wilson 95% interval covered the true auto-label accuracy in "
-          f"{figures['audit_coverage']:.1%} of {len(coverage)} rounds ({figures['audit_items_per_round']} audit "
-          f"item(s) per round); the exact Clopper-Pearson interval covered it in "
-          f"{figures['audit_coverage_clopper_pearson']:.1%}")
+    if pairs:
+        print(f"\naudit ({audit_policy}: {figures['audit_items_per_round']} of each batch of {audit_batch}, "
+              f"{audit_seeds} seeds x rounds 2-{audit_rounds}): the 95% Clopper-Pearson interval of the out-of-fold "
+              f"estimate covered the true accuracy of the round's auto labels in {audit['audit_coverage']:.1%} of "
+              f"{audit['audit_pairs']} (seed, round) pairs ({audit['audit_coverage_from_round_4']:.1%} of "
+              f"{audit['audit_pairs_from_round_4']} from round 4, median width {audit['audit_median_width']:.3f}, "
+              f"median n {audit['audit_median_n_from_round_4']:g}); mean estimate - truth {audit['audit_bias']:+.4f} "
+              f"(the newest batch alone: {audit['audit_bias_newest_batch']:+.4f}); the one-sided 95% lower bound "
+              f"was at most the truth in {audit['audit_lower_bound_coverage']:.1%}. Wilson on the same counts: "
+              f"{audit['audit_coverage_wilson']:.1%}. The newest batch alone, out of fold: "
+              f"{audit['audit_coverage_newest_batch']:.1%}, median width {audit['audit_median_width_newest_batch']:.3f};"
+              f" as its round labeled it (before, against that round's truth): "
+              f"{audit['audit_coverage_as_labeled']:.1%}, median width {audit['audit_median_width_as_labeled']:.3f}.")
+        print("  round  pairs  median n  median width  coverage  mean truth  mean estimate")
+        for r, v in audit["audit_by_round"].items():
+            print(f"  {r:>5}  {v['pairs']:>5}  {v['median_n']:>8g}  {v['median_width']:>12.3f}  {v['coverage']:>8.1%}"
+                  f"  {v['mean_true']:>10.4f}  {v['mean_estimate']:>13.4f}")
+    print()
     if labels_to_95.get("coldstart") is not None:
         print(TARGETS["labels_to_95"].line(labels_to_95["coldstart"]))
-    if figures["audit_coverage"] is not None:
-        print(TARGETS["audit_coverage"].line(figures["audit_coverage"]))
+    for key in ("audit_coverage", "audit_median_width"):
+        if figures.get(key) is not None:
+            print(TARGETS[key].line(figures[key]))
     return figures

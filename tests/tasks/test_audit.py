@@ -1,0 +1,212 @@
+"""The audit estimate: exact intervals, and the current labeler scored out of fold on every
+answered audit item (tasks/audit.py)."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+from scipy.stats import binom
+
+from coldstart.tasks.audit import (
+    AuditEstimate,
+    AuditItem,
+    audit_estimate,
+    clopper_pearson_interval,
+    clopper_pearson_lower,
+    wilson_interval,
+)
+
+
+def _coverage(interval, n: int, p: float) -> float:
+    """Exact coverage at (n, p): the binomial probability of the counts whose interval holds p."""
+    return sum(binom.pmf(k, n, p) for k in range(n + 1) if interval(k, n)[0] <= p <= interval(k, n)[1])
+
+
+def test_clopper_pearson_known_values():
+    assert clopper_pearson_interval(8, 10) == pytest.approx((0.4439, 0.9748), abs=1e-4)
+    lo, hi = clopper_pearson_interval(50, 50)  # all right: low = (alpha/2)^(1/n)
+    assert lo == pytest.approx(0.025 ** (1 / 50)) and hi == 1.0
+    assert clopper_pearson_interval(0, 5) == pytest.approx((0.0, 1 - 0.025 ** (1 / 5)))
+    assert clopper_pearson_interval(0, 0) == (0.0, 1.0)
+    # One-sided: all of alpha below, so above the two-sided interval's low end.
+    assert clopper_pearson_lower(50, 50) == pytest.approx(0.05 ** (1 / 50))  # 0.942 vs 0.929
+    assert clopper_pearson_lower(9, 10) == pytest.approx(0.6058, abs=1e-4)
+    assert clopper_pearson_lower(0, 10) == clopper_pearson_lower(3, 0) == 0.0
+
+
+def test_clopper_pearson_covers_at_least_95_percent_where_wilson_does_not():
+    """Exact coverage over n <= 20 and the accuracies auto labels have (0.80-0.995): the
+    Clopper-Pearson interval never falls below 95%, its one-sided bound never above the truth
+    more than 5% of the time, while Wilson dips to ~0.83 (the issue's benchmark)."""
+    grid = np.linspace(0.80, 0.995, 40)
+    cp = min(_coverage(clopper_pearson_interval, n, p) for n in range(1, 21) for p in grid)
+    wilson = min(_coverage(wilson_interval, n, p) for n in range(1, 21) for p in grid)
+    lower = min(sum(binom.pmf(k, n, p) for k in range(n + 1) if clopper_pearson_lower(k, n) <= p)
+                for n in range(1, 21) for p in grid)
+    assert cp >= 0.95 and lower >= 0.95
+    assert wilson < 0.86
+
+
+def _estimate(items, sample_ids):
+    est = AuditEstimate(3, 0, 0, items=items, sample_ids=sample_ids, classes=["cat", "dog", "fox"])
+    est.as_labeled = {"1": [1, 2]}
+    return est
+
+
+def test_out_of_fold_scores_every_answered_audit_item_on_its_own_training_row():
+    """Rows of oof_probs follow the train stage's samples (sample_ids, then regions): each audit
+    item is read at its own row, wherever it sits, and compared with the person's answer."""
+    items = [AuditItem("b", 1, "dog", "cat"), AuditItem("d", 1, "cat", "cat"), AuditItem("e", 2, "fox", "dog"),
+             AuditItem("gone", 2, "dog", "dog")]  # no longer a training sample (image deleted)
+    sample_ids = ["a", "b", "c", "d", "e"]
+    oof = np.array([[1, 0, 0], [0.1, 0.8, 0.1], [1, 0, 0], [0.2, 0.7, 0.1], [0, 0.3, 0.7], [1, 0, 0]], np.float32)
+    train = SimpleNamespace(oof_probs=oof, region_labels=1)  # the last row is a labeled region
+    est = _estimate(items, sample_ids)
+    assert est.use_out_of_fold(train, 5)
+    assert (est.round, est.method, est.n, est.correct, est.drawn_in) == (5, "out-of-fold", 3, 2, [1, 2])
+    assert est.by_label == {"dog": [1, 2], "fox": [1, 1]}  # by the out-of-fold prediction
+    assert est.interval == clopper_pearson_interval(2, 3) and est.lower_bound == clopper_pearson_lower(2, 3)
+    assert est.as_labeled == {"1": [1, 2]}  # each batch as its round labeled it, kept beside
+    m = est.metrics()
+    assert (m["audit_accuracy"], m["audit_n"], m["audit_low"], m["audit_high"]) == \
+        (pytest.approx(2 / 3), 3, *est.interval)
+    assert "n=3, out-of-fold on the audits of rounds 1-2" in est.describe()
+    # Done once: a second call changes nothing.
+    assert not est.use_out_of_fold(SimpleNamespace(oof_probs=np.eye(3)[[0, 0, 0, 0, 0, 0]], region_labels=1), 6)
+    assert (est.round, est.correct) == (5, 2)
+
+
+def test_out_of_fold_keeps_the_as_labeled_estimate_when_rows_do_not_line_up():
+    items = [AuditItem("b", 1, "dog", "cat")]
+    est = _estimate(items, ["a", "b"])
+    est.n, est.correct = 1, 0
+    assert not est.use_out_of_fold(SimpleNamespace(oof_probs=np.eye(3), region_labels=0), 3)  # 3 rows, 2 samples
+    assert not est.use_out_of_fold(SimpleNamespace(oof_probs=None, region_labels=0), 3)  # no train result
+    assert (est.method, est.n, est.correct) == ("as labeled", 1, 0)
+
+
+def test_a_record_read_back_from_json_keeps_its_estimate():
+    est = _estimate([AuditItem("b", 1, "dog", "dog")], ["b"])
+    assert est.use_out_of_fold(SimpleNamespace(oof_probs=np.array([[0.0, 1.0, 0.0]]), region_labels=0), 2)
+    back = AuditEstimate.from_dict(est.to_dict())
+    assert (back.round, back.n, back.correct, back.method, back.drawn_in) == (2, 1, 1, "out-of-fold", [1])
+    assert back.items == [] and back.interval == est.interval
+    assert not back.use_out_of_fold(SimpleNamespace(oof_probs=np.eye(3), region_labels=0), 3)
+
+
+def test_audit_estimate_of_one_batch_as_labeled():
+    batch = [dict(image_id="a", purpose="audit", predicted_label="cat", round="4"),
+             dict(image_id="b", purpose="audit", predicted_label="dog", round="4"),
+             dict(image_id="c", purpose="hybrid", predicted_label="dog", round="4")]
+    est = audit_estimate(batch, {"a": "cat", "b": "cat", "c": "dog"})
+    assert (est.round, est.n, est.correct, est.method, est.drawn_in) == (4, 2, 1, "as labeled", [4])
+    assert [it.image_id for it in est.items] == ["a", "b"]
+    assert "round 4's audit as labeled" in est.describe()
+
+
+def test_the_round_s_audit_is_the_train_stage_s_out_of_fold_accuracy_on_every_audit_item(make_workspace):
+    """A real workspace: images scanned and embedded (tiny model), two rounds' audit items
+    answered, the audit stage, then the train stage; the estimate is the train stage's
+    out-of-fold predictions read at each audit item's row of read_pool (the train's samples)."""
+    from coldstart.flows.cli import main as cli
+    from coldstart.flows.demo import DIGITS, write_digits
+    from coldstart.tasks.audit import audit, sample_order
+    from coldstart.tasks.embed import load_model
+    from coldstart.tasks.intake import human_labels, read_events
+    from coldstart.tasks.pool import read_pool
+    from coldstart.tasks.select import BATCH_FIELDS
+    from coldstart.tasks.store import EmbeddingStore
+    from coldstart.tasks.train import train
+    from coldstart.tasks.workspace import read_csv, write_csv
+
+    ws = make_workspace()  # round.budget 6
+    ws.params_file.write_text(ws.params_file.read_text().replace("train:\n", "train:\n  model: probe\n"))
+    truth = write_digits(ws.images, n=40, size=32)
+    assert cli(["stage", "scan", "-w", str(ws.root)]) == 0
+    assert cli(["stage", "embed", "-w", str(ws.root)]) == 0
+    from coldstart.tasks.scan import image_table
+
+    ids = {path: i for i, path in image_table(ws).items()}
+    paths = sorted(truth)
+    # Rounds 1 and 2: 4 audit items each (every other one "labeled" wrong then) and 6 picks.
+    for r, chunk in ((1, paths[:10]), (2, paths[10:20])):
+        rows = [dict(image_id=ids[p], image=p, purpose="audit" if k < 4 else "hybrid",
+                     predicted_label=truth[p] if k % 2 else DIGITS[(DIGITS.index(truth[p]) + 1) % 10],
+                     confidence="0.5", source="zero-shot", model_id="", score="", round=r, note="")
+                for k, p in enumerate(chunk)]
+        write_csv(ws.review / f"round-{r:03d}.batch.csv", BATCH_FIELDS, rows)
+    (ws.inbox / "answers.csv").write_text("image,label\n" + "".join(f"{p},{truth[p]}\n" for p in paths[:20]))
+    assert cli(["stage", "intake", "-w", str(ws.root)]) == 0
+
+    est = audit(ws, 3)
+    assert (est.round, est.method, est.n, est.correct) == (2, "as labeled", 4, 2)  # the newest batch
+    assert est.as_labeled == {"1": [2, 4], "2": [2, 4]} and len(est.items) == 8
+    params = ws.params()
+    clip = load_model(params.model)
+    humans = human_labels(read_events(ws))
+    pool = read_pool(ws, EmbeddingStore(ws.embeddings, clip.model_id, params.views.key("global")), humans)
+    assert est.sample_ids == pool.labeled_ids == sample_order(ws, humans)
+
+    result = train(ws, params, clip, 3)
+    assert result.model == "probe" and result.oof_probs.shape[0] == 20
+    assert est.use_out_of_fold(result, 3)
+    classes = params.ontology.class_names
+    audited = [paths[k] for k in (0, 1, 2, 3, 10, 11, 12, 13)]
+    row = {i: k for k, i in enumerate(pool.labeled_ids)}
+    expected = sum(classes[int(result.oof_probs[row[ids[p]]].argmax())] == truth[p] for p in audited)
+    assert (est.round, est.method, est.n, est.correct, est.drawn_in) == (3, "out-of-fold", 8, expected, [1, 2])
+
+    # review_policy critical: every auto label goes to review, all of it audit; none is accepted.
+    from coldstart.tasks.relabel import relabel
+    from coldstart.tasks.select import select
+
+    critical = params.round.model_copy(update={"review_policy": "critical", "audit_fraction": 1.0})
+    relabel(ws, params.model_copy(update={"round": critical}), 3)
+    result = select(ws, critical, 3)
+    batch = read_csv(ws.review / "round-003.batch.csv")
+    assert result.batch_size == result.audit == len(batch) == 20 > params.round.budget
+    assert {b["purpose"] for b in batch} == {"audit"} and not {b["image_id"] for b in batch} & set(humans)
+
+
+def test_review_policy_presets_set_the_audit_share_and_refuse_a_contradiction():
+    from coldstart.models.errors import ConfigError
+    from coldstart.tasks.config import parse_params
+
+    def round_of(**kw):
+        return parse_params({"ontology": {"classes": {"a": ["x"], "b": ["y"]}}, "round": kw}).round
+
+    assert round_of().review_policy == "custom" and round_of().audit_fraction == 0.1
+    assert round_of(audit_fraction=0.2).audit_fraction == 0.2  # custom: as written
+    assert round_of(review_policy="spot-check").audit_fraction == 0.1
+    assert round_of(review_policy="specialist").audit_fraction == 0.3
+    assert round_of(review_policy="critical").audit_fraction == 1.0
+    assert round_of(review_policy="specialist", audit_fraction=0.3).audit_fraction == 0.3
+    with pytest.raises(ConfigError, match="audit_fraction 0.1 contradicts review_policy specialist"):
+        round_of(review_policy="specialist", audit_fraction=0.1)
+    with pytest.raises(ConfigError, match="round.review_policy"):
+        round_of(review_policy="lenient")
+
+
+def test_the_auto_accept_gate_is_a_lower_bound_on_held_out_precision():
+    from coldstart.tasks.config import RoundConfig
+    from coldstart.tasks.train import auto_accept_threshold, bounded_precision_threshold
+
+    def held_out(conf, right):
+        conf = np.asarray(conf, float)
+        probs = np.stack([conf, 1 - conf], 1)
+        return probs, np.where(right, 0, 1)
+
+    # 40 at 0.99 all right, then 40 at 0.9 all right, then 40 at 0.8 half right.
+    probs, y = held_out([0.99] * 40 + [0.9] * 40 + [0.8] * 40, [True] * 80 + [True, False] * 20)
+    # 40 right: bound 0.928 < 0.95; 80 right: 0.963 clears it; adding the 0.8s: 100/120, 0.77.
+    assert bounded_precision_threshold(probs, y, 0.95) == (0.9, 80)
+    assert bounded_precision_threshold(probs[:40], y[:40], 0.95) is None  # 100% observed, not shown
+    assert bounded_precision_threshold(probs, y, 0.7) == (0.8, 120)
+    cfg = RoundConfig(threshold_mode="precision", target_precision=0.95)
+    assert auto_accept_threshold(cfg, probs, y)[0] == 0.9
+    t, why = auto_accept_threshold(cfg, probs[:40], y[:40])
+    assert t == 1.0 and "with 95% confidence" in why
+    critical = RoundConfig(review_policy="critical")
+    assert auto_accept_threshold(critical, probs, y) == (1.0, "review_policy critical: every auto label goes to review")
