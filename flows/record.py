@@ -65,14 +65,7 @@ class RoundRecord:
             self.seconds_total = time.perf_counter() - self._started
 
     def metrics(self) -> dict[str, float | None]:
-        """MLflow metrics: each stage's own, plus ``seconds_<stage>`` and ``seconds_total``.
-
-        The audit stage runs before the train stage, so this (the first thing a round does with
-        its record after training, at the track stage) is where the audit's estimate becomes the
-        current labeler's out-of-fold one (tasks/audit.py); round.json, the summary and
-        `coldstart status` then show that. Done once; a record read back from JSON is unchanged."""
-        if self.audit is not None and self.train is not None:
-            self.audit.use_out_of_fold(self.train, self.round)
+        """MLflow metrics: each stage's own, plus ``seconds_<stage>`` and ``seconds_total``."""
         out: dict[str, float | None] = {}
         for name in STAGES:
             result = getattr(self, name)

@@ -60,6 +60,8 @@ def run_round(ws: Workspace, force: bool = False) -> RoundRecord:
         rec.audit = audit_task(ws, n)
     with rec.timed("train"):  # human labels -> the best labeler by cross-validation
         rec.train = train_task(ws, params, clip, n)
+    if rec.audit is not None:  # every round's answered audit items, scored out of fold by this labeler
+        rec.audit.use_out_of_fold(rec.train, n)
     with rec.timed("relabel"):  # every image -> resolved label (human > model)
         rec.relabel = relabel_task(ws, params, n)
     with rec.timed("regions"):  # regions.enabled: SAM masks of new images, each labeled
@@ -67,7 +69,6 @@ def run_round(ws: Workspace, force: bool = False) -> RoundRecord:
     with rec.timed("select"):  # uncertainty + diversity + random audit -> review batch
         rec.select = select_task(ws, params.round, n, params.regions)
     with rec.timed("report"):  # what a person reads: data/reports/round-NNN.html (never fails the round)
-        rec.metrics()  # settles the record's audit estimate first (see RoundRecord.metrics): the page shows it
         rec.report = report_task(ws, n, rec.to_dict())
     with rec.timed("track"):  # one MLflow run
         rec.track = track_task(ws, params, n, rec.metrics(), rec.artifacts(ws), rec.train)

@@ -254,7 +254,10 @@ def record_audit(ws: Workspace, params: Params, audited_round: int, accuracy: fl
     runs = client.search_runs([exp.experiment_id], f"tags.`coldstart.round` = '{audited_round}'",
                               order_by=["attributes.start_time DESC"], max_results=1)
     if runs:
-        for key, value in (("audit_accuracy", accuracy), ("audit_low", low), ("audit_high", high), ("audit_n", n)):
+        # "as labeled": that round's own predictions on its audit items (the estimate a later round
+        # logs, out of fold, is audit_accuracy on that later round's run).
+        for key, value in (("audit_as_labeled_accuracy", accuracy), ("audit_as_labeled_low", low),
+                           ("audit_as_labeled_high", high), ("audit_as_labeled_n", n)):
             client.log_metric(runs[0].info.run_id, key, float(value))
 
 

@@ -22,7 +22,7 @@ from coldstart.flows.cli import main as cli
 from coldstart.flows.demo import answer_batch, write_digits
 from coldstart.flows.record import RoundRecord
 from coldstart.flows.round import labeling_round
-from coldstart.tasks.audit import wilson_interval
+from coldstart.tasks.audit import clopper_pearson_interval
 from coldstart.tasks.intake import read_events
 from coldstart.tasks.relabel import read_resolved
 from coldstart.tasks.version import init_workspace
@@ -147,12 +147,16 @@ def test_the_audit_estimates_round_1_from_its_answered_audit_item(rounds):
     item = next(b for b in read_csv(rounds.ws.review / "round-001.batch.csv") if b["purpose"] == "audit")
     correct = int(rounds.truth[item["image"]] == item["predicted_label"])
     audit = rounds.records[1].audit
-    assert (audit.round, audit.n, audit.correct) == (1, 1, correct)
-    assert audit.interval == wilson_interval(correct, 1)
+    # Round 2's estimate: round 1's audit item, scored out of fold by round 2's labeler; what
+    # round 1 itself predicted for it is kept beside it (as_labeled).
+    assert (audit.round, audit.n, audit.method, audit.drawn_in) == (2, 1, "out-of-fold", [1])
+    assert audit.as_labeled == {"1": [correct, 1]}
+    assert audit.interval == clopper_pearson_interval(audit.correct, 1)
     client, runs = _mlflow_runs(rounds.ws)
-    # Logged on both runs: as "previous round" on round 2's, as its own accuracy on round 1's.
-    assert runs[1].data.metrics["audit_low_prev_round"] == pytest.approx(audit.interval[0])
-    assert runs[0].data.metrics["audit_accuracy"] == correct and runs[0].data.metrics["audit_n"] == 1
+    # Logged on both runs: the estimate on round 2's, round 1's own as-labeled accuracy on round 1's.
+    assert runs[1].data.metrics["audit_low"] == pytest.approx(audit.interval[0])
+    assert runs[0].data.metrics["audit_as_labeled_accuracy"] == correct
+    assert runs[0].data.metrics["audit_as_labeled_n"] == 1
 
 
 def test_one_mlflow_run_per_round_with_the_record_s_metrics(rounds):
@@ -220,7 +224,7 @@ def test_dvc_sees_every_stage_up_to_date_and_an_older_tag_pulls_back(rounds):
     with contextlib.chdir(ws.root), Repo(str(ws.root)) as repo:
         assert repo.status() == {}
         assert {s.name for s in repo.index.stages if s.cmd} == {"scan", "embed", "intake", "train", "relabel", "regions",
-                                                                  "select"}
+                                                                  "select", "report"}
     tags = subprocess.run(["git", "tag"], cwd=ws.root, capture_output=True, text=True).stdout.split()
     assert tags == ["round-001", "round-002", "round-003"] == [r.tag for r in rounds.records]
     clone = rounds.tmp / "clone"
