@@ -115,13 +115,14 @@ def create_app(workspace: str | Path, *, max_body_mb: float = 20.0, batch_images
     from fastapi import Depends, FastAPI, HTTPException, Request
     from fastapi.responses import FileResponse, JSONResponse
 
-    from coldstart.tasks.inference import Batcher, Labeler, Outliner
+    from coldstart.tasks.inference import Batcher, ImageIndex, Labeler, Outliner
 
     ws = Workspace.open(workspace)
     token = api_token(ws)
     labeler = Labeler(ws)
     batcher = Batcher(labeler, max_images=batch_images, max_wait_ms=batch_wait_ms)
     outliner = Outliner(ws, labeler.params)
+    index = ImageIndex(ws)
     app = FastAPI(title="coldstart", description=__doc__.split("\n\n")[0], docs_url=None, redoc_url=None)
     app.state.ws, app.state.labeler, app.state.batcher = ws, labeler, batcher
 
@@ -149,7 +150,7 @@ def create_app(workspace: str | Path, *, max_body_mb: float = 20.0, batch_images
             raise HTTPException(422, "expected {'tasks': [...]} as Label Studio sends it")
         from starlette.concurrency import run_in_threadpool
 
-        return {"results": await run_in_threadpool(_predict_tasks, ws, labeler, batcher, tasks)}
+        return {"results": await run_in_threadpool(_predict_tasks, ws, labeler, batcher, index, tasks)}
 
     @app.post("/webhook", dependencies=auth)
     async def webhook(request: Request):
@@ -167,7 +168,7 @@ def create_app(workspace: str | Path, *, max_body_mb: float = 20.0, batch_images
         if not HEX64.match(image_id) or exp < time.time() or not hmac.compare_digest(
                 sig.encode(), sign_image(token, image_id, exp).encode()):
             raise HTTPException(404, "no such image")
-        path = _image_path(ws, image_id)
+        path = _image_path(ws, index, image_id)
         if path is None:
             raise HTTPException(404, "no such image")
         return FileResponse(path, headers={"Cache-Control": "private, max-age=3600"})
@@ -213,15 +214,13 @@ async def _json(request):
         raise HTTPException(422, f"the body is not JSON ({str(e)[:200]})") from None
 
 
-def _image_path(ws: Workspace, image_id: str) -> Path | None:
+def _image_path(ws: Workspace, index, image_id: str) -> Path | None:
     """The file of a workspace image (its first path in the manifest), inside data/images/ only."""
-    from coldstart.tasks.inference import image_index
-
-    for path, i in sorted(image_index(ws).items()):
-        if i == image_id:
-            p = (ws.images / path).resolve()
-            return p if p.is_relative_to(ws.images.resolve()) and p.is_file() else None
-    return None
+    path = index.refresh().first_path.get(image_id)
+    if path is None:
+        return None
+    p = (ws.images / path).resolve()
+    return p if p.is_relative_to(ws.images.resolve()) and p.is_file() else None
 
 
 # --- Label Studio ---------------------------------------------------------------------------------
@@ -246,16 +245,14 @@ def _task_image(task: dict, index: dict[str, str]) -> tuple[str | None, str | No
     return image_id, path
 
 
-def _predict_tasks(ws: Workspace, labeler, batcher, tasks: list) -> list[dict]:
+def _predict_tasks(ws: Workspace, labeler, batcher, index, tasks: list) -> list[dict]:
     """One prediction per task, in order: from the resolved table for images the workspace
     knows, a forward pass for images in data/images/ not labeled yet, an empty one otherwise."""
     from coldstart.tasks import labelstudio
-    from coldstart.tasks.inference import image_index
     from coldstart.tasks.scan import load_rgb
 
     labeler.refresh()
-    index = image_index(ws)
-    named = [_task_image(t, index) for t in tasks]
+    named = [_task_image(t, index.refresh().by_path) for t in tasks]
     known = labeler.known([i for i, _ in named if i])
     version = labeler.model_version
     out = []

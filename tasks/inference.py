@@ -15,7 +15,6 @@ winning tile "x0 y0 x1 y1" in the image's own pixels, "" when the whole image ga
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import queue
 import threading
@@ -221,7 +220,7 @@ class Outliner:
         mask inside its tile, or [] when SAM finds nothing there."""
         from coldstart.models.masks import image_embedding, segment_box
         from coldstart.models.sam import load_sam
-        from coldstart.tasks.regions import _rle
+        from coldstart.tasks.regions import _rle, mask_box
 
         if not self.wanted(pred):
             return []
@@ -232,10 +231,9 @@ class Outliner:
             mask = segment_box(self._sam, image_embedding(self._sam, rgb), box, rgb.shape[:2])
         if not mask.any():
             return []
-        ys, xs = np.nonzero(mask)
-        return [{"label": pred.label, "score": round(pred.confidence, 6),
-                 "bbox": [int(xs.min()), int(ys.min()), int(xs.max() - xs.min() + 1), int(ys.max() - ys.min() + 1)],
-                 "area": int(mask.sum()), "segmentation": _rle(mask)}]
+        bbox, area = mask_box(mask)
+        return [{"label": pred.label, "score": round(pred.confidence, 6), "bbox": [int(v) for v in bbox],
+                 "area": area, "segmentation": _rle(mask)}]
 
 
 class Batcher:
@@ -292,13 +290,38 @@ class Batcher:
             self.batches += 1
 
 
+class ImageIndex:
+    """The manifest's paths and ids, read once and again only when a scan changed the manifest
+    (its files' stamps): the API looks images up on every request. ``by_path``: path (relative
+    to data/images/, as tasks name images) -> image id; ``first_path``: image id -> its first path
+    in sorted order (``scan.image_table``'s rule: one file shows for its duplicates)."""
+
+    def __init__(self, ws: Workspace):
+        self.ws, self._stamp = ws, None
+        self.by_path: dict[str, str] = {}
+        self.first_path: dict[str, str] = {}
+        self._lock = threading.Lock()
+
+    def _files_stamp(self) -> tuple:
+        root = self.ws.manifest
+        files = sorted(root.glob("*")) if root.is_dir() else [root.with_suffix(".csv")]
+        return tuple((f.name, f.stat().st_mtime_ns) for f in files if f.is_file())
+
+    def refresh(self) -> ImageIndex:
+        from coldstart.tasks.manifest import read_manifest_table
+
+        stamp = self._files_stamp()
+        with self._lock:
+            if stamp != self._stamp:
+                t = read_manifest_table(self.ws, ["image_id", "path"]).to_pydict()
+                self.by_path = dict(zip(t["path"], t["image_id"]))
+                first: dict[str, str] = {}
+                for path, i in sorted(self.by_path.items()):
+                    first.setdefault(i, path)
+                self.first_path, self._stamp = first, stamp
+        return self
+
+
 def image_index(ws: Workspace) -> dict[str, str]:
     """Path (relative to data/images/, as tasks name images) -> image id, from the manifest."""
-    from coldstart.tasks.manifest import read_manifest_table
-
-    t = read_manifest_table(ws, ["image_id", "path"]).to_pydict()
-    return dict(zip(t["path"], t["image_id"]))
-
-
-def dumps(obj) -> bytes:
-    return json.dumps(obj, ensure_ascii=False).encode("utf-8")
+    return ImageIndex(ws).refresh().by_path

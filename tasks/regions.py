@@ -725,12 +725,17 @@ def localize_defects(sam, params: Params, rows: Iterable[dict], files: dict[str,
         if not mask.any():
             continue  # SAM found nothing in the tile: no region rather than a made-up one
         rle = _rle(mask)
-        ys, xs = np.nonzero(mask)
-        bbox = (float(xs.min()), float(ys.min()), float(xs.max() - xs.min() + 1), float(ys.max() - ys.min() + 1))
+        bbox, area = mask_box(mask)
         out.append(Region(region_id(row["image_id"], rle["counts"]), row["image_id"], row["path"], row["label"],
-                          float(row["confidence"]), bbox, int(mask.sum()), rle, math.nan, math.nan,
+                          float(row["confidence"]), bbox, area, rle, math.nan, math.nan,
                           f"{row.get('model_id', '')}+box:{row['location']}"))
     return out
+
+
+def mask_box(mask: np.ndarray) -> tuple[tuple[float, float, float, float], int]:
+    """A non-empty ``HxW`` mask's tight box, XYWH in pixels (w = x_max - x_min + 1), and its area."""
+    ys, xs = np.nonzero(mask)
+    return (float(xs.min()), float(ys.min()), float(xs.max() - xs.min() + 1), float(ys.max() - ys.min() + 1)), len(xs)
 
 
 def _rle(mask: np.ndarray) -> dict:
@@ -791,11 +796,10 @@ def _drawn_regions(answers: dict, known: set[str], paths: dict[str, str]) -> lis
         if e.region is None or rid in known or e.image_id not in paths:
             continue
         mask = decode_mask(e.region)
-        ys, xs = np.nonzero(mask)
-        if not len(xs):
+        if not mask.any():
             continue
-        bbox = (float(xs.min()), float(ys.min()), float(xs.max() - xs.min() + 1), float(ys.max() - ys.min() + 1))
-        out.append(Region(rid, e.image_id, paths[e.image_id], "", math.nan, bbox, int(len(xs)),
+        bbox, area = mask_box(mask)
+        out.append(Region(rid, e.image_id, paths[e.image_id], "", math.nan, bbox, area,
                           {"size": list(e.region["size"]), "counts": e.region["counts"]}, math.nan, math.nan))
     return out
 
