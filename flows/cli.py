@@ -376,14 +376,10 @@ def cmd_api(a) -> int:
 
 def cmd_labelstudio(a) -> int:
     from coldstart.tasks import labelstudio
-    from coldstart.tasks.regions import negative_labels
     from coldstart.tasks.workspace import Workspace
 
     params = Workspace.open(a.workspace).params()
-    classes = params.ontology.class_names
-    negatives = negative_labels(params.ontology)
-    polygons = [c for c in classes if c not in negatives] + sorted(negatives) if params.regions.enabled else None
-    sys.stdout.write(labelstudio.label_config(classes, polygons=polygons))
+    sys.stdout.write(labelstudio.project_config(params.ontology, regions=params.regions.enabled))
     return 0
 
 

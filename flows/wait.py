@@ -45,7 +45,6 @@ def label_studio(ws: Workspace):
         return None, None
     from coldstart.tasks import labelstudio
     from coldstart.tasks.lsclient import LabelStudio, LabelStudioError
-    from coldstart.tasks.regions import negative_labels
 
     token = os.environ.get(cfg.token_env, "").strip()
     if not token:
@@ -55,10 +54,8 @@ def label_studio(ws: Workspace):
     title = cfg.project or ws.root.name
     project = client.find_project(title)
     if project is None:
-        negatives = negative_labels(params.ontology)
-        classes = params.ontology.class_names
-        polygons = [c for c in classes if c not in negatives] + sorted(negatives) if params.regions.enabled else None
-        project = client.create_project(title, labelstudio.label_config(classes, polygons=polygons))
+        project = client.create_project(title, labelstudio.project_config(params.ontology,
+                                                                          regions=params.regions.enabled))
         log.info("Label Studio: created project %r (id %s) at %s", title, project, cfg.url)
     return client, project
 

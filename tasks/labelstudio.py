@@ -72,6 +72,19 @@ def label_config(classes: list[str], *, polygons: list[str] | None = None) -> st
             f'  </Choices>\n{polygon}</View>\n')
 
 
+def project_config(ontology, *, regions: bool) -> str:
+    """The labeling config of a workspace's project: the ontology's classes as the image's
+    choice and, with ``regions`` (regions.enabled), as region polygons too, the negative
+    (background) labels last."""
+    from coldstart.tasks.regions import negative_labels
+
+    classes = ontology.class_names
+    if not regions:
+        return label_config(classes)
+    negatives = negative_labels(ontology)
+    return label_config(classes, polygons=[c for c in classes if c not in negatives] + sorted(negatives))
+
+
 # --- import ---------------------------------------------------------------------------------------
 
 

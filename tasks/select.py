@@ -146,8 +146,6 @@ def select(ws: Workspace, cfg: RoundConfig, round_no: int, regions: RegionsConfi
     """The select stage: read the resolved table and its probabilities, write its declared output, the
     review batch data/review/round-NNN.{csv,batch.csv,tasks.json} (and label_config.xml); with
     ``regions.enabled``, also the regions to review, round-NNN.regions.{csv,tasks.json}."""
-    from coldstart.tasks.regions import negative_labels
-
     result = _select_images(ws, cfg, round_no)
     if regions is not None and regions.enabled:
         onto = ws.params().ontology
@@ -157,9 +155,7 @@ def select(ws: Workspace, cfg: RoundConfig, round_no: int, regions: RegionsConfi
             result.files += _write_regions_batch(ws, stem, picked)
             result.regions = len(picked)
         # One project config for both: the image's choice and the region polygons.
-        negatives = negative_labels(onto)
-        atomic_write_text(ws.review / "label_config.xml", labelstudio.label_config(
-            onto.class_names, polygons=[c for c in onto.class_names if c not in negatives] + sorted(negatives)))
+        atomic_write_text(ws.review / "label_config.xml", labelstudio.project_config(onto, regions=True))
     return result
 
 
