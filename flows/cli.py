@@ -400,7 +400,8 @@ def cmd_bench(a) -> int:
     if a.bench == "al":
         from coldstart.bench.al import bench_al
 
-        figures = bench_al(seeds=a.seeds, batch=a.batch, start=a.start)
+        figures = bench_al(seeds=a.seeds, batch=a.batch, start=a.start, audit_seeds=a.audit_seeds,
+                           audit_seed_start=a.audit_seed_start)
     elif a.bench == "select":
         from coldstart.bench.select import bench_select
 
@@ -576,6 +577,10 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--seeds", type=int, default=5)
     b.add_argument("--batch", type=int, default=10)
     b.add_argument("--start", type=int, default=10)
+    b.add_argument("--audit-seeds", type=int, default=None,
+                   help="seeds of the audit simulation (default: 4 per --seeds: 20 seeds x rounds 2-8 = 140 pairs)")
+    b.add_argument("--audit-seed-start", type=int, default=0,
+                   help="first seed of the audit simulation (e.g. 20: a held-out set of seeds)")
     b = bench_parser("relabel", "the relabel stage (head over the store + resolved table) on N images")
     b.add_argument("--n", type=int, default=1_000_000)
     b.add_argument("--dim", type=int, default=512)

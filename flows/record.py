@@ -138,7 +138,7 @@ class RoundRecord:
         audit = "no audit answers yet"
         if au is not None and au.n:
             whose = "this round's" if au.round == self.round else f"round {au.round}'s"
-            audit = f"{whose} auto labels: {au.describe()}, at least {pct(au.lower_bound)} with 95% confidence"
+            audit = f"{whose} auto labels: {au.describe()}, at least {pct(au.lower_bound)} with 95% confidence (the gates' exact bound, unweighted)"
             if au.per_class():
                 audit += "; per label: " + ", ".join(f"{k} {pct(v)}" for k, v in au.per_class().items())
         lines = [

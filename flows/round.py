@@ -64,6 +64,8 @@ def run_round(ws: Workspace, force: bool = False) -> RoundRecord:
         rec.audit.use_out_of_fold(rec.train, n)
     with rec.timed("relabel"):  # every image -> resolved label (human > model)
         rec.relabel = relabel_task(ws, params, n)
+    if rec.audit is not None:  # ... weighted by confidence band to this round's auto labels
+        rec.audit.weight_to_pool(rec.relabel.auto_confidence)
     with rec.timed("regions"):  # regions.enabled: SAM masks of new images, each labeled
         rec.regions = regions_task(ws, params, clip, n)
     with rec.timed("select"):  # uncertainty + diversity + random audit -> review batch

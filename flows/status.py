@@ -140,7 +140,7 @@ def format_status(s: dict) -> str:
     audit = s.get("last_audit") or {}
     if audit.get("audit_summary"):
         lines.append(f"audit         round {audit['audit_round']}'s auto labels: {audit['audit_summary']}; at least "
-                     f"{audit['audit_lower_bound']:.1%} with 95% confidence")
+                     f"{audit['audit_lower_bound']:.1%} with 95% confidence (the gates' exact bound, unweighted)")
     elif s["rounds"]:
         lines.append("audit         no answered audit items yet")
     if s.get("report"):

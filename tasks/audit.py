@@ -7,47 +7,54 @@ What is sampled
     looks at the images. Once a person answers them they are human labels like any other: they
     train every later head.
 
-What is estimated (the current labeling procedure, out of fold)
+Scored out of fold: the current labeling procedure on every audit item
     Round n's train stage fits the labeler on all human labels H_n (which hold every answered
-    audit item) and cross-validates it: every human label gets a prediction from the same
-    procedure fitted without that label's fold (``TrainResult.oof_probs``). The head itself
-    cannot be scored on the audit items (it trained on them); its fold models can, each on items
-    it never saw. So the estimate is
+    audit item) and cross-validates it: every human label gets a prediction, with its
+    confidence, from the same procedure fitted without that label's fold
+    (``TrainResult.oof_probs``, calibrated with the round's temperature). The head itself cannot
+    be scored on the audit items (it trained on them); its fold models can, each on items it
+    never saw. This uses the audit items of *every* earlier round, so n grows round by round
+    (15 per round with a batch of 50 and the ``specialist`` policy) instead of restarting at the
+    newest batch's 5.
 
-        p_hat = #{audit items whose out-of-fold prediction equals the person's answer} / n,
+Weighted to today's auto labels (what is reported)
+    The share of audit items predicted right is not the accuracy of today's auto labels, for
+    two reasons, both measured on digits by ``coldstart bench al``:
+    - The audit items of round k are a sample of U_k, and today's pool U_n is a subset of it
+      that the review has emptied of the *uncertain* images. So the audited pools are harder
+      than today's, and the share right sits below today's accuracy (about 1.7 points).
+    - Each fold model is fitted on (K-1)/K of the labels: weaker than the head (about 2 points).
+    Both show up in the confidence: the images that left the pool were the low-confidence ones,
+    and a weaker model is less sure. So ``weighted_accuracy`` compares, per confidence band, the
+    errors people found on the audit items (k_b) with the errors the model expected there
+    (E_b = the sum of 1 - confidence), and applies that ratio to the errors the model expects
+    among today's auto labels in the band (M_b):
 
-    over the answered audit items of *every* earlier round, and n grows round by round (15 per
-    round with a batch of 50 and the ``specialist`` policy) instead of restarting at the newest
-    batch's 5. p_hat is the accuracy of the current labeling procedure on a stratified uniform
-    sample of the pools U_1, ..., U_{n-1} (stratum k weighted by its count of audit items).
+        accuracy = 1 - sum_b M_b * k_b / E_b / N        (N: today's auto labels)
 
-Caveats: what it does not measure exactly
-    - The auto labels this round are on U_n, and U_n is a subset of every earlier pool: the
-      pools shrink as people label batches, and the strategy takes the *uncertain* images out
-      first. So the earlier pools are harder than today's, and p_hat tends to sit *below* the
-      accuracy of today's auto labels (measured on digits by ``coldstart bench al``:
-      ``audit_bias``). Images added after round k are represented only by audits drawn after
-      they arrived.
-    - Each fold model is fitted on (K-1)/K of the labels: slightly weaker than the head that
-      labels the pool (again conservative). Choosing the labeler among three candidates by the
-      same out-of-fold accuracy is slightly optimistic (three candidates: small).
-    - The interval treats the n right/wrong outcomes as independent Bernoulli(p) draws: random
-      samples from pools much larger than the sample, scored by the K fold models (the usual
-      cross-validation approximation).
-    Measured (``coldstart bench al``: digits, ``specialist``, batches of 50, 20 seeds x rounds
-    2-8 = 140 pairs): p_hat sat 3.7 points below the true accuracy of the round's auto labels on
-    average (the newest batch alone: 2.0, so about 1.7 from the older, harder pools and 2.0 from
-    the weaker fold models); the two-sided interval held the truth in 64% of the pairs (the
-    truth above it), the one-sided lower bound in 100%. So the bound is safe for gates, and the
-    estimate errs low: it is a conservative figure, not an unbiased one, for today's labels.
+    When the model's confidence is right (k_b ~ E_b) this is its own expected accuracy over
+    today's labels; when it is over- or under-confident, the audit says by how much, in each
+    band. Bands merge until each expects at least one audit error, so every ratio rests on
+    evidence. Images added after round k are represented by today's confidences (M_b) but only
+    by audits drawn after they arrived (k_b, E_b).
 
 The interval
-    Clopper-Pearson (exact, from the beta distribution): its coverage is at least 95% for every
-    true accuracy and every n. Wilson's score interval, used before, covered only 88.5% of
-    benchmark rounds: at n <= 20 its coverage dips to about 0.83, at p ~ 0.96-0.99, which is
-    exactly where auto-label accuracy lives. Gates (``stop.audit_lower_bound``, the auto-accept
-    threshold) decide "is it at least x?": they use the one-sided 95% lower bound, P(accuracy >=
-    bound) >= 95%.
+    Errors are rare events: each band's ratio gets Garwood's exact Poisson limits, and the
+    number of today's auto labels that are wrong is itself random given the ratio (Poisson);
+    the 95% interval is the 2.5% and 97.5% quantiles of the simulated totals (20,000 draws,
+    fixed seed). Measured (``coldstart bench al``, 140 (seed, round) pairs): see BENCHMARKS.md,
+    "Audit coverage". Before the relabel stage has run, or without auto labels, the estimate is
+    the unweighted share with its Clopper-Pearson interval (exact, from the beta distribution:
+    coverage at least 95% for every true accuracy and n). Wilson's score interval, used before
+    that, covered only 88.5% of benchmark rounds: at n <= 20 its coverage dips to about 0.83,
+    at p ~ 0.96-0.99, which is exactly where auto-label accuracy lives.
+
+Gates
+    Gates (``stop.audit_lower_bound``, the auto-accept threshold) decide "is it at least x?":
+    they use the one-sided 95% Clopper-Pearson lower bound on the audit items, unweighted,
+    P(accuracy >= bound) >= 95%. It is exact for the audited pools, and those were harder than
+    today's, so the gates stay on the safe side (the bound never exceeded the truth in the
+    benchmark); the weighted interval is what a person reads.
 
 Until the train stage has run (or when its out-of-fold predictions do not line up with the
 human labels), the estimate is the newest answered batch's own audit: its items against the
@@ -120,6 +127,108 @@ def clopper_pearson_lower(correct: int, n: int, alpha: float = ALPHA) -> float:
     return float(beta.ppf(alpha, correct, n - correct + 1))
 
 
+# Confidence bands for the weighted estimate: fine where auto labels crowd (near 1), merged
+# until each band's audit items expect at least MIN_EXPECTED_ERRORS errors (see confidence_bands).
+BAND_EDGES = (0.0, 0.5, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99, 0.995, 1.0)
+MIN_EXPECTED_ERRORS = 1.0
+DRAWS = 20_000  # Monte Carlo draws for the weighted interval (fixed seed: a record is reproducible)
+MIN_Q = 1e-6  # 1 - confidence is floored here: float32 softmax saturates at exactly 1
+
+
+def confidence_bands(audit_conf: np.ndarray, min_expected: float = MIN_EXPECTED_ERRORS) -> np.ndarray:
+    """Band edges over [0, 1]: ``BAND_EDGES``, neighbours merged until the audit items in every
+    band expect at least ``min_expected`` errors (sum of 1 - confidence), so each band's error
+    ratio rests on evidence; one band [0, 1] when all of them together expect fewer."""
+    edges = list(BAND_EDGES)
+    q = np.maximum(1.0 - np.asarray(audit_conf, np.float64), MIN_Q)
+    while len(edges) > 2:
+        expected = np.bincount(band_of(audit_conf, edges), weights=q, minlength=len(edges) - 1)
+        short = np.flatnonzero(expected < min_expected)
+        if not len(short):
+            break
+        i = int(short[0])  # merge the first short band into its smaller neighbour
+        if i == 0:
+            del edges[1]
+        elif i == len(expected) - 1 or expected[i - 1] <= expected[i + 1]:
+            del edges[i]
+        else:
+            del edges[i + 1]
+    return np.asarray(edges)
+
+
+def band_of(conf: np.ndarray, edges) -> np.ndarray:
+    """``(N,)`` band index of each confidence (the top band includes 1.0)."""
+    return np.clip(np.searchsorted(np.asarray(edges)[1:-1], np.asarray(conf), side="right"), 0, len(edges) - 2)
+
+
+@dataclass
+class Weighted:
+    """The audit weighted to today's auto labels (``weighted_accuracy``)."""
+
+    accuracy: float
+    low: float
+    high: float
+    # Per band: [low edge, high edge, auto labels, errors the model expects among them,
+    #            audit items, errors the model expected among them, errors people found].
+    bands: list[list[float]]
+
+
+def weighted_accuracy(pool_conf: np.ndarray, audit_conf: np.ndarray, audit_correct: np.ndarray, *,
+                      alpha: float = ALPHA, draws: int = DRAWS, seed: int = 0) -> Weighted:
+    """Accuracy of today's auto labels from the audit items, weighted band by band.
+
+    ``pool_conf`` ``(N,)``: the calibrated confidence of each auto label this round (what the
+    relabel stage gave); ``audit_conf`` ``(n,)``/``audit_correct`` ``(n,)``: each audit item's
+    out-of-fold confidence and whether that prediction matched the person's answer.
+
+    Per confidence band b (``confidence_bands``): the model expects ``E_b = sum(1 - conf)``
+    errors among the band's audit items, people found ``k_b``; the ratio ``k_b / E_b`` says how
+    far the model's own error estimate is off in that band, and it is applied to the
+    ``M_b = sum(1 - conf)`` errors the model expects among the band's auto labels:
+
+        accuracy = 1 - sum_b M_b * k_b / E_b / N.
+
+    Interval: ``k_b`` is a count of rare events, so each ratio gets Garwood's exact Poisson
+    limits (as gamma draws: ``Gamma(k_b) / E_b`` for the low side, ``Gamma(k_b + 1) / E_b``
+    for the high side); the errors among today's auto labels are themselves random given the
+    ratio (``Poisson(M_b * ratio)``, at most the band's count); the 95% interval takes the
+    alpha/2 quantiles of the simulated totals. With one band and equal confidences it is close
+    to Clopper-Pearson on the audit items.
+    """
+    pool_conf = np.asarray(pool_conf, np.float64)
+    audit_conf = np.asarray(audit_conf, np.float64)
+    audit_correct = np.asarray(audit_correct, bool)
+    N = len(pool_conf)
+    if N == 0 or len(audit_conf) == 0:
+        raise ValueError("weighted_accuracy needs auto labels and scored audit items")
+    edges = confidence_bands(audit_conf)
+    bp, ba = band_of(pool_conf, edges), band_of(audit_conf, edges)
+    qp, qa = np.maximum(1 - pool_conf, MIN_Q), np.maximum(1 - audit_conf, MIN_Q)
+    rng = np.random.default_rng(seed)
+    errors, lo_errors, hi_errors, bands = 0.0, np.zeros(draws), np.zeros(draws), []
+    for b in range(len(edges) - 1):
+        in_pool, in_audit = bp == b, ba == b
+        n_pool, M = int(in_pool.sum()), float(qp[in_pool].sum())
+        n_audit, E, k = int(in_audit.sum()), float(qa[in_audit].sum()), int((~audit_correct[in_audit]).sum())
+        bands.append([float(edges[b]), float(edges[b + 1]), n_pool, round(M, 3), n_audit, round(E, 3), k])
+        if n_pool == 0:
+            continue
+        if n_audit == 0:  # cannot happen after merging (every band holds audit items); be safe
+            lo_errors += 0.0
+            hi_errors += n_pool
+            errors += M
+            continue
+        errors += M * k / E
+        low_ratio = rng.gamma(k, 1.0, draws) / E if k else np.zeros(draws)
+        high_ratio = rng.gamma(k + 1, 1.0, draws) / E
+        lo_errors += np.minimum(rng.poisson(M * low_ratio), n_pool)
+        hi_errors += np.minimum(rng.poisson(M * high_ratio), n_pool)
+    accuracy = max(0.0, 1.0 - errors / N)
+    low = max(0.0, 1.0 - float(np.quantile(hi_errors, 1 - alpha / 2)) / N)
+    high = min(1.0, 1.0 - float(np.quantile(lo_errors, alpha / 2)) / N)
+    return Weighted(accuracy, min(low, accuracy), max(high, accuracy), bands)
+
+
 @dataclass
 class AuditItem:
     """One answered audit item: drawn uniformly from round ``drawn``'s pool."""
@@ -132,12 +241,15 @@ class AuditItem:
 
 @dataclass
 class AuditEstimate(StageResult):
-    """The audit estimate: accuracy of auto labels, with its 95% Clopper-Pearson interval and n.
+    """The audit estimate: accuracy of auto labels, with its 95% interval and n.
 
     ``method`` says which: ``out-of-fold`` (the current round's labeling procedure, scored out
     of fold on the answered audit items of every earlier round; ``round`` is the current round)
     or ``as labeled`` (the newest answered batch against the labels its round gave; ``round`` is
-    that batch's round). See the module docstring for the population and its caveats.
+    that batch's round). An out-of-fold estimate is then weighted to the round's auto labels by
+    confidence band (``weighted``: ``weighted_accuracy``); before that (or without auto labels)
+    the estimate is the audited share with its Clopper-Pearson interval. See the module
+    docstring for the population and its caveats.
     """
 
     round: int  # the round whose auto labels are estimated
@@ -148,23 +260,43 @@ class AuditEstimate(StageResult):
     drawn_in: list[int] = field(default_factory=list)  # the rounds whose batches drew the items
     # Each audited batch against the labels its own round gave: round -> [correct, n].
     as_labeled: dict[str, list[int]] = field(default_factory=dict)
+    # Weighted to this round's auto labels (``weight_to_pool``), once the relabel stage has run:
+    # the estimate and 95% interval, and the confidence bands they rest on (``Weighted.bands``).
+    weighted: list[float] | None = None  # [accuracy, low, high]
+    bands: list[list[float]] = field(default_factory=list)
+    auto_labels: int = 0  # the auto labels it was weighted to
     # For the out-of-fold estimate, once the train stage has run (not recorded):
     items: list[AuditItem] = field(default_factory=list, metadata=IN_MEMORY)
+    scored: tuple[np.ndarray, np.ndarray] | None = field(default=None, metadata=IN_MEMORY, compare=False)  # (conf, right)
     sample_ids: list[str] | None = field(default=None, metadata=IN_MEMORY)  # the train stage's image rows
     classes: list[str] = field(default_factory=list, metadata=IN_MEMORY)
 
     @property
     def accuracy(self) -> float | None:
+        """The estimate: weighted to today's auto labels when it could be, else the share of
+        audit items predicted right."""
+        if self.weighted:
+            return self.weighted[0]
+        return self.correct / self.n if self.n else None
+
+    @property
+    def unweighted_accuracy(self) -> float | None:
+        """The share of audit items predicted right, unweighted."""
         return self.correct / self.n if self.n else None
 
     @property
     def interval(self) -> tuple[float, float] | None:
-        """Clopper-Pearson 95% interval of ``accuracy`` (None without items)."""
+        """95% interval of ``accuracy``: the weighted one (``weighted_accuracy``), else
+        Clopper-Pearson on the audit items (None without items)."""
+        if self.weighted:
+            return self.weighted[1], self.weighted[2]
         return clopper_pearson_interval(self.correct, self.n) if self.n else None
 
     @property
     def lower_bound(self) -> float | None:
-        """One-sided 95% lower bound of ``accuracy``: what gates compare with."""
+        """One-sided 95% lower bound: what gates compare with. Exact (Clopper-Pearson on the
+        audit items, unweighted), so a gate keeps its guarantee; it sits below the weighted
+        interval's low end, because the audited pools were harder than today's (module docstring)."""
         return clopper_pearson_lower(self.correct, self.n) if self.n else None
 
     def per_class(self, min_n: int = 5) -> dict[str, float]:
@@ -180,13 +312,26 @@ class AuditEstimate(StageResult):
         where = (f"rounds {rounds[0]}-{rounds[-1]}" if len(rounds) > 1 else f"round {rounds[0]}") if rounds \
             else f"round {self.round}"
         how = f"out-of-fold on the audits of {where}" if self.method == "out-of-fold" else f"{where}'s audit as labeled"
+        if self.weighted:
+            how += (f", {self.correct}/{self.n} right, weighted by confidence band to {self.auto_labels:,} "
+                    f"auto labels")
         return f"{100 * self.accuracy:.1f}% correct (95% CI {100 * lo:.1f}-{100 * hi:.1f}%, n={self.n}, {how})"
 
     def metrics(self) -> dict[str, float | None]:
         low, high = self.interval or (None, None)
         return {"audit_accuracy": self.accuracy, "audit_low": low, "audit_high": high, "audit_n": self.n,
-                "audit_lower_bound": self.lower_bound,
+                "audit_lower_bound": self.lower_bound, "audit_unweighted_accuracy": self.unweighted_accuracy,
                 **{f"audit_accuracy.{k}": v for k, v in self.per_class().items()}}
+
+    def weight_to_pool(self, auto_conf: np.ndarray | None) -> bool:
+        """Weight the out-of-fold estimate to today's auto labels (``weighted_accuracy``), given
+        their ``(N,)`` calibrated confidences. True if done; False (the estimate unchanged) before
+        ``use_out_of_fold`` or without auto labels."""
+        if self.method != "out-of-fold" or self.scored is None or auto_conf is None or not len(auto_conf):
+            return False
+        w = weighted_accuracy(auto_conf, *self.scored)
+        self.weighted, self.bands, self.auto_labels = [w.accuracy, w.low, w.high], w.bands, int(len(auto_conf))
+        return True
 
     def use_out_of_fold(self, train: "TrainResult", round_no: int) -> bool:
         """Replace the estimate by the current labeler's out-of-fold one (see the module
@@ -204,6 +349,9 @@ class AuditEstimate(StageResult):
         scored = [(it, int(np.argmax(oof[row[it.image_id]]))) for it in self.items if it.image_id in row]
         if not scored:
             return False
+        conf = np.array([float(np.max(oof[row[it.image_id]])) for it, _ in scored])
+        right = np.array([(self.classes[p] if p < len(self.classes) else str(p)) == it.answer for it, p in scored])
+        self.scored = (conf, right)
         by_label: dict[str, list[int]] = {}
         for it, pred in scored:
             label = self.classes[pred] if pred < len(self.classes) else str(pred)

@@ -227,7 +227,7 @@ class StopConfig(_Section):
     churn_below: float | None = Field(0.01, ge=0, le=1)
     max_below_threshold: float = Field(0.05, ge=0, le=1)
     # Done when the audited auto-label accuracy is at least this with 95% confidence: the
-    # one-sided Clopper-Pearson 95% lower bound of the audit estimate (tasks/audit.py).
+    # one-sided Clopper-Pearson 95% lower bound on the audit items, unweighted (tasks/audit.py).
     audit_lower_bound: float | None = Field(0.95, gt=0, le=1)
 
 

@@ -29,7 +29,7 @@ from coldstart.tasks.config import ExecutionConfig, Params, ViewsConfig
 from coldstart.tasks.errors import WorkspaceError
 from coldstart.tasks.manifest import manifest_parts, read_manifest_table
 from coldstart.tasks.parts import PartTable
-from coldstart.tasks.result import StageResult
+from coldstart.tasks.result import IN_MEMORY, StageResult
 from coldstart.tasks.store import EmbeddingStore
 from coldstart.tasks.train import current_human_labels, load_chosen
 from coldstart.tasks.views import aggregate_views
@@ -50,6 +50,8 @@ class RelabelResult(StageResult):
     threshold: float  # the auto-accept confidence the train stage chose
     churn: float | None  # fraction of images present last round whose label changed
     per_class: dict[str, int] = field(default_factory=dict)
+    # (auto,) the calibrated confidence of each auto label: the audit weights its estimate to them.
+    auto_confidence: np.ndarray | None = field(default=None, metadata=IN_MEMORY, compare=False)
 
     def metrics(self) -> dict[str, float | None]:
         return {"auto_labeled": self.auto, "below_threshold": self.below_threshold,
@@ -268,7 +270,7 @@ def relabel(ws: Workspace, params: Params, round_no: int) -> RelabelResult:
         images=len(raw_ids), human=int(is_human.sum()), auto=len(auto_conf), source=chosen.model,
         mean_confidence=float(auto_conf.mean()) if len(auto_conf) else None,
         below_threshold=int((auto_conf < chosen.threshold).sum()), threshold=chosen.threshold, churn=churn,
-        per_class={c: int(k) for c, k in zip(classes, counts) if k})
+        per_class={c: int(k) for c, k in zip(classes, counts) if k}, auto_confidence=auto_conf)
 
 
 def _id_strings(raw_ids: np.ndarray) -> pa.Array:

@@ -238,10 +238,11 @@ class Audit:
     by_label: dict[str, list[int]]
     interval_method: str  # how the per-label intervals are computed (the overall one is the record's own)
     text: str = ""  # the estimate in the record's own words (its ``describe()``), when it has them
+    bands: list[list[float]] = field(default_factory=list)  # AuditEstimate.bands, when it was weighted
 
     @classmethod
     def of(cls, data: dict | None) -> "Audit | None":
-        from coldstart.tasks.audit import AuditEstimate, clopper_pearson_interval, wilson_interval
+        from coldstart.tasks.audit import AuditEstimate
 
         if not data:
             return None
@@ -250,23 +251,15 @@ class Audit:
         acc = getattr(est, "accuracy", None)
         iv = getattr(est, "interval", None)
         iv = (float(iv[0]), float(iv[1])) if iv is not None else None
-        correct = getattr(est, "correct", None)
-        method = "Wilson"  # per label, the same kind of interval as the record's overall one
-        if iv is not None and correct is not None and n and \
-                np.allclose(clopper_pearson_interval(int(correct), n), iv, atol=1e-9) and \
-                not np.allclose(wilson_interval(int(correct), n), iv, atol=1e-9):
-            method = "Clopper-Pearson"
         text = est.describe() if n and callable(getattr(est, "describe", None)) else ""
         return cls(getattr(est, "round", None), None if acc is None else float(acc), iv, n,
-                   {k: [int(v[0]), int(v[1])] for k, v in (getattr(est, "by_label", None) or {}).items()}, method,
-                   str(text))
+                   {k: [int(v[0]), int(v[1])] for k, v in (getattr(est, "by_label", None) or {}).items()},
+                   "Clopper-Pearson", str(text), [list(b) for b in getattr(est, "bands", None) or []])
 
     def label_interval(self, correct: int, n: int) -> tuple[float, float]:
-        from coldstart.tasks.audit import clopper_pearson_interval, wilson_interval
+        from coldstart.tasks.audit import clopper_pearson_interval
 
-        if self.interval_method == "Clopper-Pearson":
-            return clopper_pearson_interval(correct, n)
-        return wilson_interval(correct, n)
+        return clopper_pearson_interval(correct, n)
 
 
 @dataclass
@@ -659,6 +652,17 @@ class Page:
                f"<div><b>{interval_text(au.interval)}</b>95% interval</div><div><b>{au.n}</b>audited (n)</div></div>"
                f"<p>Of {esc(whose)} auto labels, checked against people's answers on the random audit items (drawn "
                f"before anything else was selected, so unbiased)" + (f": {esc(au.text)}" if au.text else "") + ".</p>")
+        if au.bands:
+            out += ("<h3>Weighted to today's auto labels</h3><p>The audit items were drawn from earlier, harder pools "
+                    "(the review takes the uncertain images out), so their raw share right understates today's auto "
+                    "labels. Per confidence band, the errors people found on the audit items are compared with the "
+                    "errors the model expected there (the sum of 1 - confidence), and that ratio is applied to the "
+                    "errors the model expects among today's auto labels in the band. The interval takes exact "
+                    "Poisson limits for each ratio and the chance in which auto labels are wrong.</p>"
+                    + self.table(["confidence band", "auto labels today", "errors the model expects there",
+                                  "audit items", "errors the model expected there", "errors people found"],
+                                 [[f"{lo:.3g}–{hi:.3g}", str(int(n)), f"{m:.1f}", str(int(a)), f"{e:.1f}", str(int(k))]
+                                  for lo, hi, n, m, a, e, k in au.bands], {1, 2, 3, 4, 5}))
         counts = np.bincount(d.table.label[(~d.table.human) & (d.table.label >= 0)], minlength=len(d.classes))
         rows = []
         # Every label, up to MAX_LABEL_ROWS: then those audited and the most frequent.

@@ -14,16 +14,19 @@ The audit (``simulate_audit``): rounds as the flow runs them, with a review batc
 default ``round.budget``) under a review policy (default ``specialist``: 30% of each batch is the
 uniformly random audit, drawn first from the images without a human label; the rest by TypiClust
 in round 1, hybrid later). Each round n >= 2 the train stage's probe (``fit_probe``: the same
-5-fold CV, seed, pool statistics and self-training) is fitted on every answer so far, labels the
-pool, and the audit estimate is its out-of-fold accuracy on the audit items of rounds 1..n-1
-with a 95% Clopper-Pearson interval (``tasks/audit.py``). The truth it must cover is the accuracy
-of that round's auto labels: the head's labels of every image without a human label, against
-the digits' true classes. Reported: ``audit_coverage`` (share of (seed, round) pairs whose
-interval covers the truth), ``audit_median_width`` (rounds >= 4), ``audit_bias`` (mean estimate
-minus truth: the audit samples earlier, harder pools than today's, scored by fold models trained
-on 4/5 of the labels; see tasks/audit.py), ``audit_lower_bound_coverage`` (the gates' one-sided
-bound), and for comparison the newest batch alone (out of fold, and as its round labeled it:
-what the audit was before) and Wilson's interval on the same counts.
+5-fold CV, seed, pool statistics and self-training) is fitted on every answer so far and
+calibrated as the train stage does (a temperature from its out-of-fold probabilities), labels the
+pool, and the audit estimate scores the audit items of rounds 1..n-1 out of fold and weights them
+by confidence band to the pool's auto labels (``tasks/audit.py: weighted_accuracy``, the function
+the round calls). The truth it must cover is the accuracy of that round's auto labels: the head's
+labels of every image without a human label, against the digits' true classes. Reported:
+``audit_coverage`` (share of (seed, round) pairs whose 95% interval covers the truth),
+``audit_median_width`` (rounds >= 4), ``audit_bias`` (mean estimate minus truth), and for
+comparison the same items unweighted (the share right with Clopper-Pearson: ``*_unweighted``,
+what the report showed before; its one-sided bound is the gates', ``audit_lower_bound_coverage``),
+Wilson's interval on those counts, and the newest batch alone (out of fold, and as its round
+labeled it: what the audit was before that). ``--audit-seed-start 20 --audit-seeds 20`` runs the
+same on seeds the estimator was not tuned on.
 """
 
 from __future__ import annotations
@@ -39,7 +42,13 @@ from sklearn.preprocessing import StandardScaler
 
 from coldstart.bench.targets import TARGETS
 from coldstart.models.probe import SelfTraining, _train_set, fit_probe
-from coldstart.tasks.audit import clopper_pearson_interval, clopper_pearson_lower, wilson_interval
+from coldstart.tasks.audit import (
+    clopper_pearson_interval,
+    clopper_pearson_lower,
+    weighted_accuracy,
+    wilson_interval,
+)
+from coldstart.tasks.calibrate import apply_temperature, fit_temperature
 from coldstart.tasks.config import REVIEW_POLICIES
 from coldstart.tasks.select import select_indices
 from coldstart.tasks.strategies import top_uncertain, typiclust
@@ -131,18 +140,25 @@ def simulate_audit(Xp, yp, seed: int, *, batch: int = 50, policy: str = "special
             graph = SelfTraining(Xp, rows, self_training) if graph is None else graph.with_rows(rows)
             fit = fit_probe(Xp[rows], yp[rows], C, folds=folds, seed=seed, center=center, scale=scale,
                             self_training=graph)
-            probs = fit.head.predict_proba(Xp[pool])
+            # The train stage's calibration (train._finish): a temperature from the out-of-fold
+            # probabilities, applied to them and to the head's labels of the pool (relabel).
+            T = fit_temperature(fit.oof_probs, yp[rows]) if len(rows) >= 10 else 1.0
+            oof_probs = apply_temperature(fit.oof_probs, T)
+            probs = apply_temperature(fit.head.predict_proba(Xp[pool]), T)
         truths.append(float((probs.argmax(1) == yp[pool]).mean()))  # this round's auto labels
         if r > 1:
             where = {i: k for k, i in enumerate(labeled)}
-            oof = fit.oof_probs[[where[i] for i in audited]].argmax(1)
+            scored = oof_probs[[where[i] for i in audited]]
+            oof = scored.argmax(1)
             k, m = int((oof == yp[audited]).sum()), len(audited)
-            lo, hi = clopper_pearson_interval(k, m)
+            w = weighted_accuracy(probs.max(1), scored.max(1), oof == yp[audited])  # AuditEstimate.weight_to_pool
+            cp = clopper_pearson_interval(k, m)
             last_items, last_labels = batches[-1]  # the newest batch alone, as its round labeled it
             k1, m1 = int((last_labels == yp[last_items]).sum()), len(last_items)
             newest = oof[-m1:] == yp[last_items]  # the newest batch alone, out of fold: ~no pool shift
-            out.append({"round": r, "labels": len(labeled), "true": truths[-1], "n": m, "estimate": k / m,
-                        "low": lo, "high": hi, "lower_bound": clopper_pearson_lower(k, m),
+            out.append({"round": r, "labels": len(labeled), "true": truths[-1], "n": m, "estimate": w.accuracy,
+                        "low": w.low, "high": w.high, "bands": len(w.bands),
+                        "unweighted": (k / m, *cp), "lower_bound": clopper_pearson_lower(k, m),
                         "wilson": wilson_interval(k, m),
                         "newest": (float(newest.mean()), *clopper_pearson_interval(int(newest.sum()), m1)),
                         "as_labeled": (k1 / m1, *clopper_pearson_interval(k1, m1), m1), "prev_true": truths[-2]})
@@ -177,8 +193,15 @@ def audit_figures(pairs: list[dict], from_round: int = 4) -> dict:
         "audit_pairs_from_round_4": len(late),
         "audit_median_n_from_round_4": float(np.median([p["n"] for p in late])) if late else None,
         "audit_bias": round(float(np.mean([p["estimate"] - p["true"] for p in pairs])), 4) if pairs else None,
+        "audit_median_bands": float(np.median([p["bands"] for p in late])) if late else None,
         # The gate's one-sided 95% bound: how often the truth is at least the bound.
         "audit_lower_bound_coverage": share([p["lower_bound"] <= p["true"] for p in pairs]),
+        # The same items unweighted (the share right, Clopper-Pearson): what the report showed before.
+        "audit_coverage_unweighted": share([covered(p, *p["unweighted"][1:]) for p in pairs]),
+        "audit_median_width_unweighted": round(float(np.median([p["unweighted"][2] - p["unweighted"][1]
+                                                                for p in late])), 3) if late else None,
+        "audit_bias_unweighted": round(float(np.mean([p["unweighted"][0] - p["true"] for p in pairs])), 4)
+        if pairs else None,
         "audit_coverage_wilson": share([covered(p, *p["wilson"]) for p in pairs]),
         # The newest batch's audit items alone, out of fold: drawn from the pool just before the
         # current one, so its bias is mostly the fold models' (trained on 4/5 of the labels), and
@@ -211,7 +234,8 @@ def _split(digits, seed):
 
 
 def bench_al(seeds: int = 5, batch: int = 10, start: int = 10, *, audit_seeds: int | None = None,
-             audit_batch: int | None = None, audit_policy: str | None = None, audit_rounds: int | None = None) -> dict:
+             audit_batch: int | None = None, audit_policy: str | None = None, audit_rounds: int | None = None,
+             audit_seed_start: int = 0) -> dict:
     """Labels to 95% over ``seeds`` seeds; the audit over ``audit_seeds`` (default
     ``AUDIT_SEEDS_PER_SEED`` per seed), ``audit_rounds`` rounds each."""
     audit_batch = AUDIT_BATCH if audit_batch is None else audit_batch
@@ -242,7 +266,7 @@ def bench_al(seeds: int = 5, batch: int = 10, start: int = 10, *, audit_seeds: i
     t1 = time.perf_counter()
     audit_seeds = AUDIT_SEEDS_PER_SEED * seeds if audit_seeds is None else audit_seeds
     pairs = []
-    for seed in range(audit_seeds):
+    for seed in range(audit_seed_start, audit_seed_start + audit_seeds):
         Xp, _, yp, _ = _split(digits, seed)
         pairs += simulate_audit(Xp, yp, seed, batch=audit_batch, policy=audit_policy, rounds=audit_rounds)
     audit = audit_figures(pairs)
@@ -260,7 +284,7 @@ def bench_al(seeds: int = 5, batch: int = 10, start: int = 10, *, audit_seeds: i
         "audit_rounds": audit["audit_pairs"],  # (seed, round) pairs counted in audit_coverage
         "audit_policy": audit_policy, "audit_batch": audit_batch,
         "audit_items_per_round": min(audit_batch, math.ceil(audit_batch * REVIEW_POLICIES[audit_policy])),
-        "audit_seeds": audit_seeds, "audit_rounds_per_seed": audit_rounds,
+        "audit_seeds": audit_seeds, "audit_seed_start": audit_seed_start, "audit_rounds_per_seed": audit_rounds,
         "seeds": seeds, "batch": batch, "start": start,
         "seconds_labels_to_95": round(seconds_al, 1), "seconds_audit": round(seconds_audit, 1),
         "seconds": round(time.perf_counter() - t0, 1),
@@ -271,13 +295,16 @@ def bench_al(seeds: int = 5, batch: int = 10, start: int = 10, *, audit_seeds: i
     print("  reference (plain LR on pixels): random 160, entropy 160, margin 100")
     if pairs:
         print(f"\naudit ({audit_policy}: {figures['audit_items_per_round']} of each batch of {audit_batch}, "
-              f"{audit_seeds} seeds x rounds 2-{audit_rounds}): the 95% Clopper-Pearson interval of the out-of-fold "
-              f"estimate covered the true accuracy of the round's auto labels in {audit['audit_coverage']:.1%} of "
+              f"seeds {audit_seed_start}-{audit_seed_start + audit_seeds - 1} x rounds 2-{audit_rounds}): the 95% "
+              f"interval of the out-of-fold estimate weighted by confidence band covered the true accuracy of the "
+              f"round's auto labels in {audit['audit_coverage']:.1%} of "
               f"{audit['audit_pairs']} (seed, round) pairs ({audit['audit_coverage_from_round_4']:.1%} of "
               f"{audit['audit_pairs_from_round_4']} from round 4, median width {audit['audit_median_width']:.3f}, "
-              f"median n {audit['audit_median_n_from_round_4']:g}); mean estimate - truth {audit['audit_bias']:+.4f} "
-              f"(the newest batch alone: {audit['audit_bias_newest_batch']:+.4f}); the one-sided 95% lower bound "
-              f"was at most the truth in {audit['audit_lower_bound_coverage']:.1%}. Wilson on the same counts: "
+              f"median n {audit['audit_median_n_from_round_4']:g}); mean estimate - truth {audit['audit_bias']:+.4f}. "
+              f"Unweighted (the share right, Clopper-Pearson): coverage {audit['audit_coverage_unweighted']:.1%}, "
+              f"median width {audit['audit_median_width_unweighted']:.3f}, bias {audit['audit_bias_unweighted']:+.4f} "
+              f"(the newest batch alone: {audit['audit_bias_newest_batch']:+.4f}); its one-sided 95% lower bound "
+              f"(the gates') was at most the truth in {audit['audit_lower_bound_coverage']:.1%}. Wilson on the same counts: "
               f"{audit['audit_coverage_wilson']:.1%}. The newest batch alone, out of fold: "
               f"{audit['audit_coverage_newest_batch']:.1%}, median width {audit['audit_median_width_newest_batch']:.3f};"
               f" as its round labeled it (before, against that round's truth): "

@@ -22,7 +22,7 @@ from coldstart.flows.cli import main as cli
 from coldstart.flows.demo import answer_batch, write_digits
 from coldstart.flows.record import RoundRecord
 from coldstart.flows.round import labeling_round
-from coldstart.tasks.audit import clopper_pearson_interval
+from coldstart.tasks.audit import clopper_pearson_lower
 from coldstart.tasks.intake import read_events
 from coldstart.tasks.relabel import read_resolved
 from coldstart.tasks.version import init_workspace
@@ -151,7 +151,13 @@ def test_the_audit_estimates_round_1_from_its_answered_audit_item(rounds):
     # round 1 itself predicted for it is kept beside it (as_labeled).
     assert (audit.round, audit.n, audit.method, audit.drawn_in) == (2, 1, "out-of-fold", [1])
     assert audit.as_labeled == {"1": [correct, 1]}
-    assert audit.interval == clopper_pearson_interval(audit.correct, 1)
+    # Weighted by confidence band to round 2's auto labels (one item: one band); gates keep the
+    # exact unweighted bound.
+    assert audit.auto_labels == rounds.records[1].relabel.auto > 0 and len(audit.bands) == 1
+    assert audit.bands[0][2] == audit.auto_labels and audit.bands[0][4] == 1
+    lo, hi = audit.interval
+    assert lo <= audit.accuracy <= hi and audit.unweighted_accuracy == audit.correct
+    assert audit.lower_bound == clopper_pearson_lower(audit.correct, 1)
     client, runs = _mlflow_runs(rounds.ws)
     # Logged on both runs: the estimate on round 2's, round 1's own as-labeled accuracy on round 1's.
     assert runs[1].data.metrics["audit_low"] == pytest.approx(audit.interval[0])

@@ -61,7 +61,7 @@ def test_status_prints_the_estimate_with_its_interval_and_n_and_the_report(make_
     assert s["report"] is None and s["review_policy"] == "custom"
     text = format_status(s)
     assert (f"audit         round 4's auto labels: 93.3% correct (95% CI {100 * lo:.1f}-{100 * hi:.1f}%, n=75, "
-            f"out-of-fold on the audits of rounds 1-3); at least {rec.audit.lower_bound:.1%} with 95% confidence") \
+            f"out-of-fold on the audits of rounds 1-3); at least {rec.audit.lower_bound:.1%} with 95% confidence (the gates' exact bound, unweighted)") \
         in text
     assert "report" not in text
     (ws.root / "data" / "reports").mkdir(parents=True, exist_ok=True)

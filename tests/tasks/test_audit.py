@@ -15,6 +15,8 @@ from coldstart.tasks.audit import (
     audit_estimate,
     clopper_pearson_interval,
     clopper_pearson_lower,
+    confidence_bands,
+    weighted_accuracy,
     wilson_interval,
 )
 
@@ -96,6 +98,80 @@ def test_a_record_read_back_from_json_keeps_its_estimate():
     assert not back.use_out_of_fold(SimpleNamespace(oof_probs=np.eye(3), region_labels=0), 3)
 
 
+def test_weighted_estimate_with_equal_confidences_is_the_audited_share():
+    """One band and the same confidence everywhere: the ratio cancels, the estimate is the
+    share right, and the interval is close to Clopper-Pearson's (Poisson limits for the errors)."""
+    w = weighted_accuracy(np.full(1000, 0.9), np.full(40, 0.9), np.arange(40) >= 4)  # 4 errors of 40
+    assert w.accuracy == pytest.approx(0.9) and len(w.bands) == 1
+    assert w.bands[0][:5] == [0.0, 1.0, 1000, pytest.approx(100.0), 40] and w.bands[0][6] == 4
+    cp = clopper_pearson_interval(36, 40)
+    assert w.low < 0.9 < w.high and abs(w.low - cp[0]) < 0.05 and abs(w.high - cp[1]) < 0.03
+    # All right: the estimate is 1, the interval still allows errors.
+    w = weighted_accuracy(np.full(500, 0.95), np.full(30, 0.95), np.ones(30, bool))
+    assert w.accuracy == w.high == 1.0 and 0.8 < w.low < 1.0
+
+
+def test_confidence_bands_merge_until_each_expects_an_error():
+    conf = np.r_[np.full(10, 0.6), np.full(20, 0.85), np.full(200, 0.999)]  # expects 4, 3 and 0.2 errors
+    edges = confidence_bands(conf)
+    assert edges[0] == 0.0 and edges[-1] == 1.0
+    expected = [(1 - conf[(conf >= lo) & ((conf < hi) | (hi == 1.0))]).sum() for lo, hi in zip(edges[:-1], edges[1:])]
+    assert len(edges) >= 3 and min(expected) >= 1.0  # the 0.999 items joined a band with errors to expect
+    assert confidence_bands(np.full(5, 0.999)).tolist() == [0.0, 1.0]  # too little evidence: one band
+
+
+def _shifted_audit(rng, n_audit=60, n_pool=1500):
+    """Calibrated confidences; the audit drawn from an earlier pool with many uncertain images,
+    today's pool without most of them (the review took them out)."""
+    def draw(n, hard):
+        conf = np.where(rng.random(n) < hard, rng.uniform(0.4, 0.8, n), rng.uniform(0.97, 1.0, n))
+        return conf, rng.random(n) < conf
+    (ac, ar), (pc, pr) = draw(n_audit, 0.4), draw(n_pool, 0.05)
+    return pc, pr.mean(), ac, ar
+
+
+def test_weighted_estimate_follows_today_s_easier_pool_where_the_audited_share_does_not():
+    rng = np.random.default_rng(0)
+    pool_conf, truth, audit_conf, right = _shifted_audit(rng, n_audit=400)
+    w = weighted_accuracy(pool_conf, audit_conf, right)
+    assert right.mean() < truth - 0.1  # the raw share right is far below today's accuracy ...
+    assert abs(w.accuracy - truth) < 0.02 and w.low <= truth <= w.high  # ... the weighted one is not
+    assert len(w.bands) >= 2 and sum(b[2] for b in w.bands) == len(pool_conf)
+
+
+def test_weighted_interval_covers_today_s_accuracy_at_least_95_percent_of_the_time():
+    """300 simulated audits (60 items, calibrated confidences, today's pool easier than the
+    audited one): the interval holds the realised accuracy of today's auto labels."""
+    rng = np.random.default_rng(1)
+    hits = []
+    for _ in range(300):
+        pool_conf, truth, audit_conf, right = _shifted_audit(rng)
+        w = weighted_accuracy(pool_conf, audit_conf, right, draws=4000)
+        hits.append(w.low <= truth <= w.high)
+    assert np.mean(hits) >= 0.95
+
+
+def test_weighting_to_today_s_auto_labels_after_out_of_fold():
+    items = [AuditItem(x, 1, "dog" if k % 4 else "cat", "dog") for k, x in enumerate("abcdefgh")]
+    est = _estimate(items, list("abcdefgh"))
+    assert not est.weight_to_pool(np.full(100, 0.9))  # not out of fold yet: nothing to weight
+    oof = np.tile(np.array([[0.1, 0.8, 0.1]], np.float32), (8, 1))  # predicts dog at 0.8: 2 of 8 wrong
+    assert est.use_out_of_fold(SimpleNamespace(oof_probs=oof, region_labels=0), 3)
+    assert est.interval == clopper_pearson_interval(6, 8)
+    assert est.weight_to_pool(np.full(200, 0.95))  # today's auto labels: far surer than the audited ones
+    expected = 1 - 200 * 0.05 * 2 / (8 * 0.2) / 200  # errors expected there x found/expected on the audit
+    assert est.accuracy == pytest.approx(expected, abs=1e-5) and est.unweighted_accuracy == 0.75
+    lo, hi = est.interval
+    assert lo < expected < hi and est.lower_bound == clopper_pearson_lower(6, 8)  # gates stay exact
+    assert "6/8 right, weighted by confidence band to 200 auto labels" in est.describe()
+    m = est.metrics()
+    assert (m["audit_accuracy"], m["audit_low"], m["audit_high"], m["audit_unweighted_accuracy"]) == \
+        (est.accuracy, lo, hi, 0.75)
+    back = AuditEstimate.from_dict(est.to_dict())  # the round record keeps the weighted estimate
+    assert (back.accuracy, back.interval, back.bands, back.auto_labels) == (est.accuracy, (lo, hi), est.bands, 200)
+    assert not back.weight_to_pool(np.full(10, 0.5))  # read back: its items are gone, nothing to redo
+
+
 def test_audit_estimate_of_one_batch_as_labeled():
     batch = [dict(image_id="a", purpose="audit", predicted_label="cat", round="4"),
              dict(image_id="b", purpose="audit", predicted_label="dog", round="4"),
@@ -163,7 +239,10 @@ def test_the_round_s_audit_is_the_train_stage_s_out_of_fold_accuracy_on_every_au
     from coldstart.tasks.select import select
 
     critical = params.round.model_copy(update={"review_policy": "critical", "audit_fraction": 1.0})
-    relabel(ws, params.model_copy(update={"round": critical}), 3)
+    labels = relabel(ws, params.model_copy(update={"round": critical}), 3)
+    assert labels.auto == len(labels.auto_confidence) == 20  # the auto labels the estimate is weighted to
+    assert est.weight_to_pool(labels.auto_confidence) and est.auto_labels == 20 and est.unweighted_accuracy == \
+        expected / 8 and est.interval[0] <= est.accuracy <= est.interval[1]
     result = select(ws, critical, 3)
     batch = read_csv(ws.review / "round-003.batch.csv")
     assert result.batch_size == result.audit == len(batch) == 20 > params.round.budget

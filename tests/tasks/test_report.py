@@ -92,6 +92,20 @@ def audit(by_label: dict[str, list[int]]):
     return Audit.of({"round": 2, "n": n, "correct": c, "by_label": by_label})
 
 
+def test_a_weighted_audit_shows_the_bands_it_rests_on(tmp_path):
+    from coldstart.tasks.report import Audit
+
+    au = Audit.of({"round": 3, "n": 40, "correct": 36, "by_label": {"ok": [36, 40]}, "method": "out-of-fold",
+                   "drawn_in": [1, 2], "weighted": [0.97, 0.94, 0.99], "auto_labels": 900,
+                   "bands": [[0.0, 0.9, 100, 20.0, 20, 4.0, 3], [0.9, 1.0, 800, 8.0, 20, 0.5, 1]]})
+    assert (au.accuracy, au.interval, au.n) == (0.97, (0.94, 0.99), 40)
+    page, _ = render_report(make_data(tmp_path, audit=au), tmp_path / "images")
+    section = page.split('<section id="accuracy">')[1].split("</section>")[0]
+    assert "<b>97.0%</b>estimated accuracy" in section and "36/40 right, weighted by confidence band" in section
+    assert "Weighted to today&#x27;s auto labels" in section or "Weighted to today's auto labels" in section
+    assert "<td>0.9–1</td>" in section and '<td class="n">800</td>' in section and '<td class="n">0.5</td>' in section
+
+
 def thumbs_of(page: str) -> list[Image.Image]:
     return [Image.open(io.BytesIO(base64.b64decode(m.group(2)))) for m in URI.finditer(page)]
 
