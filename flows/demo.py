@@ -168,7 +168,8 @@ def _demo_rounds(ws, truth: dict[str, str], rounds: int, json_path: str | None, 
         seconds = time.perf_counter() - t0
         true_acc = auto_label_accuracy(ws, truth)
         # The round's own audit estimate of its auto labels (out of fold, on every audit item
-        # answered before it: tasks/audit.py), with its 95% Clopper-Pearson interval and n.
+        # answered before it, weighted by confidence band to its auto labels: tasks/audit.py),
+        # with its 95% interval and n.
         est = rec.audit if rec.audit is not None and rec.audit.n else None
         audit_acc, interval = (est.accuracy, list(est.interval)) if est else (None, None)
         if rec.select.batch_size:
@@ -186,8 +187,9 @@ def _demo_rounds(ws, truth: dict[str, str], rounds: int, json_path: str | None, 
     if json_path:
         Path(json_path).write_text(json.dumps(table, indent=2) + "\n", encoding="utf-8")
     print("\n'audit acc': the round's auto labels as estimated from the random audit items answered before it\n"
-          "(every earlier round's, scored out of fold by the round's labeler), with its 95% Clopper-Pearson\n"
-          "interval and n; 'true acc': the same auto labels against the known digits.")
+          "(every earlier round's, scored out of fold by the round's labeler and weighted by confidence band\n"
+          "to the round's auto labels), with its 95% interval and n; 'true acc': the same auto labels against\n"
+          "the known digits. A few audit items give wide intervals: answer more (round.review_policy).")
     print(f"\nMLflow UI:   mlflow ui --backend-store-uri sqlite:///{ws.root / 'mlflow.db'}")
     print(f"Round 2's labels, from a fresh clone:\n  git clone {ws.root} demo-clone && cd demo-clone && "
           f"git checkout round-002 && dvc pull data/labels/resolved\n  or: dvc get {ws.root} "
