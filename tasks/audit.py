@@ -36,7 +36,9 @@ Weighted to today's auto labels (what is reported)
     today's labels; when it is over- or under-confident, the audit says by how much, in each
     band. Bands merge until each expects at least one audit error, so every ratio rests on
     evidence. Images added after round k are represented by today's confidences (M_b) but only
-    by audits drawn after they arrived (k_b, E_b).
+    by audits drawn after they arrived (k_b, E_b). With ``views.tiles``, today's confidences are
+    the multi-scale ones and the audit items' the global view's (the train stage's): the ratio
+    absorbs a difference between the two that is the same across a band, not more.
 
 The interval
     Errors are rare events: each band's ratio gets Garwood's exact Poisson limits, and the
@@ -410,17 +412,15 @@ def every_audit(ws: Workspace, before_round: int) -> list[AuditEstimate]:
 
 
 def sample_order(ws: Workspace, humans: dict[str, str]) -> list[str]:
-    """The human-labeled image ids in the order of the train stage's samples (``read_pool``:
-    the global-view store's shards in order, images in the manifest, with a human label)."""
+    """The human-labeled image ids in the order of the train stage's samples (its
+    ``read_pool``'s ``labeled_ids``)."""
     from coldstart.tasks.embed import load_model
-    from coldstart.tasks.scan import image_table
+    from coldstart.tasks.pool import labeled_order
     from coldstart.tasks.store import EmbeddingStore
 
     params = ws.params()
-    store = EmbeddingStore(ws.embeddings, load_model(params.model).model_id, params.views.key("global"))
-    table = image_table(ws)
-    return [i for path, _ in store.shards() for i in (x.decode() for x in np.load(path))
-            if i in table and i in humans]
+    return labeled_order(ws, EmbeddingStore(ws.embeddings, load_model(params.model).model_id,
+                                            params.views.key("global")), humans)
 
 
 def audit(ws: Workspace, round_no: int) -> AuditEstimate | None:

@@ -25,6 +25,14 @@ def current_chunks(ws: Workspace, store: EmbeddingStore) -> Iterator[tuple[list[
             yield [ids[k] for k in keep], X[keep]
 
 
+def labeled_order(ws: Workspace, store: EmbeddingStore, labeled: dict[str, str] | set[str]) -> list[str]:
+    """The ids ``read_pool`` returns as ``labeled_ids``, in that order (the store's shards in
+    order, images in the manifest, labeled), from the shards' id files alone: no vectors read."""
+    table = image_table(ws)
+    return [i for path, _ in store.shards() for i in (x.decode() for x in np.load(path))
+            if i in table and i in labeled]
+
+
 @dataclass
 class Pool:
     """What training needs from one pass over the store, without holding every embedding
