@@ -401,7 +401,7 @@ def cmd_bench(a) -> int:
         from coldstart.bench.al import bench_al
 
         figures = bench_al(seeds=a.seeds, batch=a.batch, start=a.start, audit_seeds=a.audit_seeds,
-                           audit_seed_start=a.audit_seed_start)
+                           audit_seed_start=a.audit_seed_start, audit_policy=a.audit_policy)
     elif a.bench == "select":
         from coldstart.bench.select import bench_select
 
@@ -581,6 +581,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seeds of the audit simulation (default: 4 per --seeds: 20 seeds x rounds 2-8 = 140 pairs)")
     b.add_argument("--audit-seed-start", type=int, default=0,
                    help="first seed of the audit simulation (e.g. 20: a held-out set of seeds)")
+    b.add_argument("--audit-policy", choices=["spot-check", "specialist"], default=None,
+                   help="round.review_policy of the audit simulation (default specialist: 15 audit items a round)")
     b = bench_parser("relabel", "the relabel stage (head over the store + resolved table) on N images")
     b.add_argument("--n", type=int, default=1_000_000)
     b.add_argument("--dim", type=int, default=512)

@@ -222,7 +222,8 @@ def test_bench_al_writes_labels_to_95_and_audit_coverage(tmp_path, monkeypatch):
     monkeypatch.setattr(al, "AUDIT_SEEDS_PER_SEED", 1)  # the audit simulation: 1 seed, rounds 2-4
     monkeypatch.setattr(al, "AUDIT_ROUNDS", 4)
     out = tmp_path / "al.json"
-    assert cli(["bench", "al", "--seeds", "1", "--json", str(out)]) == 0
+    assert cli(["bench", "al", "--seeds", "1", "--audit-seed-start", "7", "--audit-policy", "spot-check",
+                "--json", str(out)]) == 0
     figures = json.loads(out.read_text())
     assert set(figures["labels_to_95"]) >= {"random", "entropy", "margin", "coldstart"}
     # One seed: labels start at 10 and grow by batches of 10 until the target is reached.
@@ -230,9 +231,11 @@ def test_bench_al_writes_labels_to_95_and_audit_coverage(tmp_path, monkeypatch):
     # Coverage is a count of (seed, round) pairs whose interval held the truth: rounds 2-4 here.
     assert figures["audit_rounds"] == figures["audit_pairs"] == 3 and figures["audit_pairs_from_round_4"] == 1
     assert round(figures["audit_coverage"] * figures["audit_rounds"], 1).is_integer()
-    # n grows round by round: 15 audit items per batch of 50 (specialist), all earlier rounds'.
-    assert [v["median_n"] for v in figures["audit_by_round"].values()] == [15, 30, 45]
-    assert 0 < figures["audit_median_width"] < 1 and figures["audit_items_per_round"] == 15
+    # n grows round by round: 5 audit items per batch of 50 (spot-check), all earlier rounds'.
+    assert [v["median_n"] for v in figures["audit_by_round"].values()] == [5, 10, 15]
+    assert 0 < figures["audit_median_width"] < 1 and figures["audit_items_per_round"] == 5
+    assert (figures["audit_policy"], figures["audit_seed_start"], figures["audit_seeds"]) == ("spot-check", 7, 1)
+    assert 0 <= figures["audit_coverage_unweighted"] <= 1 and figures["audit_median_bands"] >= 1
 
 
 def test_finetune_command_writes_a_checkpoint_the_round_can_load(make_workspace, capsys):
