@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
-from coldstart.tasks.audit import AuditEstimate
+from coldstart.tasks.audit import GATE_NOTE, AuditEstimate
 from coldstart.tasks.embed import EmbedResult
 from coldstart.tasks.intake import IntakeResult
 from coldstart.tasks.regions import RegionsResult
@@ -138,7 +138,8 @@ class RoundRecord:
         audit = "no audit answers yet"
         if au is not None and au.n:
             whose = "this round's" if au.round == self.round else f"round {au.round}'s"
-            audit = f"{whose} auto labels: {au.describe()}, at least {pct(au.lower_bound)} with 95% confidence (the gates' exact bound, unweighted)"
+            audit = (f"{whose} auto labels: {au.describe()}, at least {pct(au.lower_bound)} with 95% confidence "
+                     f"({GATE_NOTE})")
             if au.per_class():
                 audit += "; per label: " + ", ".join(f"{k} {pct(v)}" for k, v in au.per_class().items())
         lines = [

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from coldstart.flows.record import RoundRecord
+from coldstart.tasks.audit import GATE_NOTE
 from coldstart.tasks.config import StopConfig
 from coldstart.tasks.intake import human_labels, read_events
 from coldstart.tasks.manifest import read_manifest
@@ -140,7 +141,7 @@ def format_status(s: dict) -> str:
     audit = s.get("last_audit") or {}
     if audit.get("audit_summary"):
         lines.append(f"audit         round {audit['audit_round']}'s auto labels: {audit['audit_summary']}; at least "
-                     f"{audit['audit_lower_bound']:.1%} with 95% confidence (the gates' exact bound, unweighted)")
+                     f"{audit['audit_lower_bound']:.1%} with 95% confidence ({GATE_NOTE})")
     elif s["rounds"]:
         lines.append("audit         no answered audit items yet")
     if s.get("report"):

@@ -84,6 +84,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 ALPHA = 0.05  # 95% intervals and bounds
+GATE_NOTE = "the gates' exact bound, unweighted"  # how summaries name ``lower_bound``
 
 
 def wilson_interval(correct: int, n: int, z: float = 1.959964) -> tuple[float, float]:
@@ -213,12 +214,7 @@ def weighted_accuracy(pool_conf: np.ndarray, audit_conf: np.ndarray, audit_corre
         n_pool, M = int(in_pool.sum()), float(qp[in_pool].sum())
         n_audit, E, k = int(in_audit.sum()), float(qa[in_audit].sum()), int((~audit_correct[in_audit]).sum())
         bands.append([float(edges[b]), float(edges[b + 1]), n_pool, round(M, 3), n_audit, round(E, 3), k])
-        if n_pool == 0:
-            continue
-        if n_audit == 0:  # cannot happen after merging (every band holds audit items); be safe
-            lo_errors += 0.0
-            hi_errors += n_pool
-            errors += M
+        if n_pool == 0:  # (every band holds audit items: confidence_bands merged the others away)
             continue
         errors += M * k / E
         low_ratio = rng.gamma(k, 1.0, draws) / E if k else np.zeros(draws)
@@ -348,22 +344,20 @@ class AuditEstimate(StageResult):
                         "as-labeled estimate", len(oof), len(self.sample_ids), train.region_labels)
             return False
         row = {i: k for k, i in enumerate(self.sample_ids)}
-        scored = [(it, int(np.argmax(oof[row[it.image_id]]))) for it in self.items if it.image_id in row]
-        if not scored:
+        items = [it for it in self.items if it.image_id in row]
+        if not items:
             return False
-        conf = np.array([float(np.max(oof[row[it.image_id]])) for it, _ in scored])
-        right = np.array([(self.classes[p] if p < len(self.classes) else str(p)) == it.answer for it, p in scored])
-        self.scored = (conf, right)
+        probs = oof[[row[it.image_id] for it in items]]  # (n, L): each item's out-of-fold probabilities
+        labels = [self.classes[p] if p < len(self.classes) else str(p) for p in probs.argmax(1)]
+        right = np.array([label == it.answer for it, label in zip(items, labels)])
+        self.scored = (probs.max(1).astype(np.float64), right)
         by_label: dict[str, list[int]] = {}
-        for it, pred in scored:
-            label = self.classes[pred] if pred < len(self.classes) else str(pred)
+        for label, ok in zip(labels, right):
             c, n = by_label.get(label, [0, 0])
-            by_label[label] = [c + (label == it.answer), n + 1]
+            by_label[label] = [c + int(ok), n + 1]
         self.round, self.method = round_no, "out-of-fold"
-        self.n = len(scored)
-        self.correct = sum(c for c, _ in by_label.values())
-        self.by_label = by_label
-        self.drawn_in = sorted({it.drawn for it, _ in scored})
+        self.n, self.correct, self.by_label = len(items), int(right.sum()), by_label
+        self.drawn_in = sorted({it.drawn for it in items})
         return True
 
 

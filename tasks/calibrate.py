@@ -30,6 +30,17 @@ def fit_temperature(probs: np.ndarray, y: np.ndarray) -> float:
     return float(np.exp(minimize_scalar(nll, bounds=(-3, 3), method="bounded").x))
 
 
+MIN_LABELS_FOR_TEMPERATURE = 10  # fewer held-out labels fit noise, not a temperature
+
+
+def calibrate_held_out(probs: np.ndarray, y: np.ndarray) -> tuple[float, np.ndarray]:
+    """The train stage's calibration: a temperature fitted on held-out ``(N, L)`` probabilities
+    and their labels ``y`` (1.0 with fewer than ``MIN_LABELS_FOR_TEMPERATURE``), and the
+    probabilities rescaled by it."""
+    T = fit_temperature(probs, y) if len(y) >= MIN_LABELS_FOR_TEMPERATURE else 1.0
+    return T, apply_temperature(probs, T)
+
+
 def expected_calibration_error(probs: np.ndarray, y: np.ndarray, bins: int = 10) -> float:
     """ECE: |accuracy - confidence| averaged over equal-width confidence bins, weighted by size."""
     if len(y) == 0:

@@ -236,7 +236,6 @@ class Audit:
     interval: tuple[float, float] | None
     n: int
     by_label: dict[str, list[int]]
-    interval_method: str  # how the per-label intervals are computed (the overall one is the record's own)
     text: str = ""  # the estimate in the record's own words (its ``describe()``), when it has them
     bands: list[list[float]] = field(default_factory=list)  # AuditEstimate.bands, when it was weighted
 
@@ -254,9 +253,10 @@ class Audit:
         text = est.describe() if n and callable(getattr(est, "describe", None)) else ""
         return cls(getattr(est, "round", None), None if acc is None else float(acc), iv, n,
                    {k: [int(v[0]), int(v[1])] for k, v in (getattr(est, "by_label", None) or {}).items()},
-                   "Clopper-Pearson", str(text), [list(b) for b in getattr(est, "bands", None) or []])
+                   str(text), [list(b) for b in getattr(est, "bands", None) or []])
 
     def label_interval(self, correct: int, n: int) -> tuple[float, float]:
+        """Per label, unweighted: Clopper-Pearson on the audited counts."""
         from coldstart.tasks.audit import clopper_pearson_interval
 
         return clopper_pearson_interval(correct, n)
@@ -682,8 +682,8 @@ class Page:
         if len(listed) < len(d.classes):
             rows.append([f'<span class="muted">… and {len(d.classes) - len(listed)} more labels</span>', "", "", "",
                          "", ""])
-        out += (f"<h3>Per label</h3><p class=\"muted\">By the label the model gave; intervals: {esc(au.interval_method)} "
-                f"95%. Few audited items give wide intervals.</p>"
+        out += ("<h3>Per label</h3><p class=\"muted\">By the label the model gave; intervals: Clopper-Pearson "
+                "95%. Few audited items give wide intervals.</p>"
                 + self.table(["label", "auto labels now", "audited n", "correct", "estimate", "95% interval"], rows,
                              {1, 2, 3, 4}))
         return out

@@ -25,8 +25,8 @@ from coldstart.models.probe import LinearHead, ProbeFit, SelfTraining, fit_probe
 from coldstart.models.zeroshot import ZeroShotHead, prompt_warnings, softmax
 from coldstart.tasks.calibrate import (
     apply_temperature,
+    calibrate_held_out,
     expected_calibration_error,
-    fit_temperature,
 )
 from coldstart.tasks.config import Params, RoundConfig, TrainConfig
 from coldstart.tasks.intake import human_labels, read_events
@@ -124,9 +124,8 @@ def _finish(result: TrainResult, oof: np.ndarray, y: np.ndarray) -> TrainResult:
     confusion = np.zeros((L, L), dtype=int)
     np.add.at(confusion, (y, oof.argmax(1)), 1)
     result.confusion = confusion.tolist()
-    result.temperature = fit_temperature(oof, y) if len(y) >= 10 else 1.0
+    result.temperature, result.oof_probs = calibrate_held_out(oof, y)
     result.ece_before = expected_calibration_error(oof, y)
-    result.oof_probs = apply_temperature(oof, result.temperature)
     result.ece_after = expected_calibration_error(result.oof_probs, y)
     return result
 

@@ -48,7 +48,7 @@ from coldstart.tasks.audit import (
     weighted_accuracy,
     wilson_interval,
 )
-from coldstart.tasks.calibrate import apply_temperature, fit_temperature
+from coldstart.tasks.calibrate import apply_temperature, calibrate_held_out
 from coldstart.tasks.config import REVIEW_POLICIES
 from coldstart.tasks.select import select_indices
 from coldstart.tasks.strategies import top_uncertain, typiclust
@@ -140,10 +140,9 @@ def simulate_audit(Xp, yp, seed: int, *, batch: int = 50, policy: str = "special
             graph = SelfTraining(Xp, rows, self_training) if graph is None else graph.with_rows(rows)
             fit = fit_probe(Xp[rows], yp[rows], C, folds=folds, seed=seed, center=center, scale=scale,
                             self_training=graph)
-            # The train stage's calibration (train._finish): a temperature from the out-of-fold
-            # probabilities, applied to them and to the head's labels of the pool (relabel).
-            T = fit_temperature(fit.oof_probs, yp[rows]) if len(rows) >= 10 else 1.0
-            oof_probs = apply_temperature(fit.oof_probs, T)
+            # The train stage's calibration: a temperature from the out-of-fold probabilities,
+            # applied to them and to the head's labels of the pool (as relabel applies it).
+            T, oof_probs = calibrate_held_out(fit.oof_probs, yp[rows])
             probs = apply_temperature(fit.head.predict_proba(Xp[pool]), T)
         truths.append(float((probs.argmax(1) == yp[pool]).mean()))  # this round's auto labels
         if r > 1:
