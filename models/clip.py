@@ -119,6 +119,15 @@ def register_project_configs() -> None:
         open_clip.add_model_config(_CONFIG_DIR)
 
 
+def _missing(pre: str) -> WeightsUnavailableError:
+    """The error for a ``pretrained`` folder or checkpoint file that is not there."""
+    if pre.startswith("local-dir:"):
+        return WeightsUnavailableError(f"model.pretrained: folder {pre.removeprefix('local-dir:')} does not exist")
+    return WeightsUnavailableError(
+        f"model.pretrained: checkpoint file {pre} does not exist; give the path of a local open_clip checkpoint "
+        f"(.pt/.bin/.safetensors), relative to the workspace or absolute")
+
+
 def _file_digest(path: Path) -> str:
     h = hashlib.sha256()
     with path.open("rb") as f:
@@ -134,11 +143,15 @@ def model_id_for(cfg: ClipConfig) -> str:
         return f"{cfg.name}@random-seed{RANDOM_SEED}"
     if pre.startswith("local-dir:"):
         folder = Path(pre.removeprefix("local-dir:"))
+        if not folder.is_dir():
+            raise _missing(pre)
         files = sorted(p for p in folder.glob("*") if p.is_file() and (
             p.suffix in {".bin", ".pt", ".pth", ".safetensors"} or p.name == "open_clip_config.json"))
         digest = hashlib.sha256("".join(_file_digest(p) for p in files).encode()).hexdigest()[:12]
         return f"{cfg.name}@dir-{digest}"
     if Path(pre).suffix in {".pt", ".pth", ".bin", ".safetensors"} or os.sep in pre:
+        if not Path(pre).is_file():
+            raise _missing(pre)
         return f"{cfg.name}@file-{_file_digest(Path(pre))}"
     return f"{cfg.name}@{pre}"
 
@@ -191,14 +204,11 @@ def _load_clip_cached(cfg: ClipConfig) -> ClipModel:
         if pre.startswith("local-dir:"):
             kind = "dir"
             if not Path(pre.removeprefix("local-dir:")).is_dir():
-                raise WeightsUnavailableError(f"model.pretrained: folder {pre.removeprefix('local-dir:')} does not exist")
+                raise _missing(pre)
         elif Path(pre).suffix in {".pt", ".pth", ".bin", ".safetensors"} or os.sep in pre:
             kind = "file"
             if not Path(pre).is_file():
-                raise WeightsUnavailableError(
-                    f"model.pretrained: checkpoint file {pre} does not exist; give the path of a local "
-                    f"open_clip checkpoint (.pt/.bin/.safetensors), relative to the workspace or absolute"
-                )
+                raise _missing(pre)
         else:
             kind = "tag"
             tags = open_clip.list_pretrained_tags_by_model(cfg.name)

@@ -462,7 +462,10 @@ def scan(ws: Workspace, cfg: ScanConfig, round_no: int) -> ScanResult:
     import pyarrow.compute as pc
 
     ws.images.mkdir(parents=True, exist_ok=True)
-    view = read_manifest_table(ws)
+    # Compared with the manifest as the last tagged round left it, never with a part an attempt
+    # at this round killed before its tag wrote: against that, the retry would find "nothing
+    # changed", delete the part and tag the round without the new images.
+    view = read_manifest_table(ws, before=round_no)
     old_paths = view["path"].to_pylist()
     old = dict(zip(old_paths, range(len(old_paths))))
     old_ids = view["image_id"].to_pylist()

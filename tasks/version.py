@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import shutil
+import stat
 import subprocess
 import unicodedata
 from dataclasses import dataclass, field
@@ -23,7 +24,7 @@ from prefect.cache_policies import NO_CACHE
 from coldstart.tasks.errors import VersioningError, WorkspaceError
 from coldstart.tasks.result import StageResult
 from coldstart.tasks.scan import HashedFiles, name_problem, part_digests
-from coldstart.tasks.workspace import Workspace, atomic_write_text
+from coldstart.tasks.workspace import Workspace, atomic_write_bytes, atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -91,9 +92,38 @@ def unversioned_images(ws: Workspace, parts: dict[str, str]) -> bool:
     return before != parts
 
 
+# params.yaml sections that say where a round runs or reports, not what it computes: editing them
+# is not a reason for a new round (a Label Studio URL or token, the MLflow server, Dask workers).
+NOT_ROUND_INPUTS = ("labelstudio", "tracking", "execution")
+
+
 def config_changed(ws: Workspace) -> bool:
-    """Whether params.yaml or dvc.yaml changed since the last round's commit (git says so)."""
-    return bool(git(ws.root, "status", "--porcelain", "--", "params.yaml", "dvc.yaml", check=False))
+    """Whether params.yaml (its round inputs: every section but ``NOT_ROUND_INPUTS``) or dvc.yaml
+    differ from the last tagged round's. Compared with the tag, not with HEAD: an attempt killed
+    between its commit and its tag has committed the change, and it is still news."""
+    import yaml
+
+    tags = ws.round_tags()
+    if not tags:
+        return True
+    tag = f"round-{tags[-1]:03d}"
+
+    def inputs(text: str | None) -> object:
+        try:
+            data = yaml.safe_load(text or "") or {}
+        except yaml.YAMLError:
+            return text  # load_params has accepted the current file; an old one compares as text
+        return {k: v for k, v in data.items() if k not in NOT_ROUND_INPUTS} if isinstance(data, dict) else data
+
+    for name in ("params.yaml", "dvc.yaml"):
+        proc = subprocess.run(["git", "show", f"{tag}:{name}"], cwd=ws.root, capture_output=True, text=True,
+                              encoding="utf-8")
+        then = proc.stdout if proc.returncode == 0 else None
+        path = ws.root / name
+        now = path.read_text(encoding="utf-8") if path.is_file() else None
+        if then != now and (name == "dvc.yaml" or inputs(then) != inputs(now)):
+            return True
+    return False
 
 
 def template_text(name: str) -> str:
@@ -125,6 +155,33 @@ def check_stages(ws: Workspace) -> None:
             f"{path} declares other outputs for the stage(s) {', '.join(stale)} than this version of coldstart "
             f"writes (it was made by an older version). Replace it with the current one: cp {template} {path} "
             f"(then re-add any stages of your own), and commit it.")
+
+
+# Stage outputs a person opens, edits or drops files into (review batches and their tasks JSON,
+# reports, the answer files taken in, the flags and quarantine lists). DVC links every output
+# into its cache (cache.type hardlink) and makes it read-only: a non-root user cannot save an
+# edit, and root's edit in place rewrites the cache object under its old md5, which `dvc status
+# -c` never notices. These stay plain files: one link, the umask's mode. Images stay linked
+# (people replace images, they do not edit them; linking 20,000 of them takes 3 s, copying 16 s).
+EDITABLE = ("data/review", "data/reports", "data/labels/imported", "data/labels/flags.csv",
+            "data/store/quarantine.csv")
+
+
+def release_editable(root: Path) -> int:
+    """Make every file of ``EDITABLE`` that is a link into the DVC cache (or read-only) a plain
+    copy of itself, keeping its modification time; return how many were copied. Its DVC hash
+    is unchanged, so `dvc status` stays clean until a person edits the file."""
+    copied = 0
+    for rel in EDITABLE:
+        top = root / rel
+        files = [top] if top.is_file() else sorted(p for p in top.rglob("*") if p.is_file()) if top.is_dir() else []
+        for path in files:
+            st = path.lstat()
+            if stat.S_ISREG(st.st_mode) and (st.st_nlink > 1 or not st.st_mode & stat.S_IWUSR):
+                atomic_write_bytes(path, path.read_bytes())  # a new inode: the cache object keeps its own
+                os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+                copied += 1
+    return copied
 
 
 REMOTE_MARKER = "coldstart-remote.json"  # in a local remote: it has every pushed round's objects
@@ -402,6 +459,7 @@ def version(ws: Workspace, round_no: int, message: str, parts: dict[str, str] | 
                 # when either changed; its lock entry holds otherwise.
                 if stage.cmd and (stage.name != "scan" or rescan):
                     repo.commit(f"dvc.yaml:{stage.name}", force=True)
+            release_editable(ws.root)  # after the commits, which link every output into the cache
             push = [str(Path(t).with_name(Path(t).name + ".dvc")) for t in targets] + ["dvc.yaml"]
             remote_dir = _local_remote(repo)
             if remote_dir is not None and not (remote_dir / REMOTE_MARKER).is_file() and ws.round_tags():

@@ -71,3 +71,55 @@ def test_two_intakes_at_once_import_each_row_exactly_once(make_workspace):
     assert len(events) == 90 and len({(e.source_sha256, e.source_row) for e in events}) == 90
     assert sorted({e.annotator for e in events}) == ["a0", "a1", "a2"]
     assert not list(ws.inbox.glob("*.csv"))
+
+
+def test_a_failed_first_round_is_retried_cleanly_once_the_cause_is_fixed(make_workspace, prefect_harness):
+    """Offline, round 1 fails on its weights after the scan wrote its manifest part; with the
+    weights fixed, the very next attempt labels every image (it used to find "nothing changed",
+    delete the part and fail on a missing manifest)."""
+    from coldstart.flows.round import labeling_round
+    from coldstart.tasks.errors import ColdstartError
+    from coldstart.tasks.manifest import read_manifest_table
+    from coldstart.tasks.relabel import read_resolved
+
+    ws = make_workspace("offline")
+    write_digits(ws.images, n=12, size=32)
+    good = ws.params_file.read_text()
+    ws.params_file.write_text(good.replace("pretrained: null", "pretrained: weights/missing.pt"))
+    with pytest.raises(ColdstartError, match="missing.pt"):
+        labeling_round(workspace=str(ws.root))
+    assert ws.manifest.is_dir() and ws.round_tags() == []  # the failed attempt's part, no tag
+    ws.params_file.write_text(good)
+    rec = labeling_round(workspace=str(ws.root))
+    assert (rec.round, rec.scan.images, rec.scan.new_images) == (1, 12, 12) and ws.round_tags() == [1]
+    assert len(read_manifest_table(ws)) == 12 and len(read_resolved(ws)) == 12
+
+
+def test_a_round_killed_after_its_scan_takes_the_new_images_up_on_the_retry(make_workspace, prefect_harness):
+    """An attempt at round 2 fails in embed (a full disk), after its scan recorded the new images: the retry
+    compares the disk with round 1 (not with the dead attempt's part), so round 2 has them all
+    and its summary says how many are new."""
+    import coldstart.tasks.embed as embed
+    from coldstart.flows.round import labeling_round
+    from coldstart.tasks.relabel import read_resolved
+
+    ws = make_workspace("retry")
+    write_digits(ws.images, n=10, size=32)
+    labeling_round(workspace=str(ws.root))
+    write_digits(ws.images / "new", n=5, size=40)  # another size: new content
+    real = embed.embed
+
+    def dies(*a, **k):
+        raise OSError(28, "No space left on device")  # nothing after the scan is written
+
+    embed.embed = dies
+    try:
+        with pytest.raises(Exception, match="space"):
+            labeling_round(workspace=str(ws.root))
+    finally:
+        embed.embed = real
+    assert ws.round_tags() == [1]
+    rec = labeling_round(workspace=str(ws.root))
+    assert not rec.nothing_new and ws.round_tags() == [1, 2]
+    assert (rec.scan.images, rec.scan.new_images, rec.embed.embedded) == (15, 5, 5), rec.describe()
+    assert len(read_resolved(ws)) == 15

@@ -446,3 +446,74 @@ def test_each_round_publishes_its_summary_as_a_prefect_artifact(rounds):
     with get_client(sync_client=True) as client:
         found = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["round-003"])))
     assert found and found[0].type == "markdown" and "round 3 (round-003" in found[0].data
+
+
+def _cache_objects_intact(root) -> list[str]:
+    """The DVC cache's objects whose bytes no longer hash to their name (corrupted)."""
+    bad = []
+    for obj in (root / ".dvc" / "cache" / "files" / "md5").rglob("*"):
+        if obj.is_file() and not obj.name.endswith(".dir"):
+            if hashlib.md5(obj.read_bytes()).hexdigest() != obj.parent.name + obj.name:
+                bad.append(str(obj))
+    return bad
+
+
+def _edit_in_place(paths, uid: int | None) -> int:
+    """Append a byte to each file in place (as an editor saving in place does), in a child process
+    running as ``uid`` (privileges dropped) when given; its exit status. The folders are opened
+    before the privileges drop (pytest's temp root is 0700): the file's own mode decides."""
+    folders = {p.parent: os.open(p.parent, os.O_RDONLY | os.O_DIRECTORY) for p in paths}
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        code = 0
+        try:
+            if uid is not None:
+                os.setgid(uid)
+                os.setuid(uid)
+            for p in paths:
+                fd = os.open(p.name, os.O_WRONLY | os.O_APPEND, dir_fd=folders[p.parent])
+                os.write(fd, b"\n")
+                os.close(fd)
+        except BaseException:  # noqa: BLE001
+            code = 13
+        os._exit(code)
+    for fd in folders.values():
+        os.close(fd)
+    return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+
+
+def test_files_people_edit_are_plain_and_an_edit_in_place_never_reaches_the_dvc_cache(rounds):
+    """Review CSVs and tasks, reports, answer files taken in, flags and quarantine lists: one
+    link, the umask's mode, editable in place by their (non-root) owner; the cache and `dvc status
+    -c` stay intact, and `dvc status` shows the edit. Images stay hard-linked into the cache."""
+    from coldstart.tasks.version import EDITABLE
+
+    ws = rounds.ws
+    files = [p for rel in EDITABLE for p in ([ws.root / rel] if (ws.root / rel).is_file()
+                                              else sorted((ws.root / rel).rglob("*"))) if p.is_file()]
+    kinds = {p.relative_to(ws.root).parts[1] if p.parent != ws.root / "data" else p.name for p in files}
+    assert {"review", "reports", "labels", "store"} <= kinds and any(p.suffix == ".json" for p in files)
+    umask = os.umask(0)
+    os.umask(umask)
+    mode = 0o666 & ~umask
+    assert [(p.name, p.stat().st_nlink, oct(p.stat().st_mode & 0o777)) for p in files if
+            p.stat().st_nlink != 1 or p.stat().st_mode & 0o777 != mode] == []
+    image = ws.images / "scans-00" / "digit-0000.png"
+    assert image.stat().st_nlink == 2  # images keep DVC's hard link
+    uid = None
+    if os.geteuid() == 0:  # be the non-root owner of the workspace's files, as users are
+        uid = 65534
+        for p in files:  # through a hard link, this also hands the cache object over (mode 0444)
+            os.chown(p, uid, uid)
+    try:
+        assert _edit_in_place(files, uid) == 0
+    finally:
+        if uid is not None:
+            for p in files:
+                os.chown(p, 0, 0)
+    assert _cache_objects_intact(ws.root) == []
+    with contextlib.chdir(ws.root):
+        cloud = subprocess.run([sys.executable, "-m", "dvc", "status", "-c"], capture_output=True, text=True)
+        local = subprocess.run([sys.executable, "-m", "dvc", "status"], capture_output=True, text=True)
+    assert cloud.returncode == 0 and "new:" not in cloud.stdout and "missing:" not in cloud.stdout, cloud.stdout
+    assert "modified:" in local.stdout and "data/review" in local.stdout, local.stdout
