@@ -145,7 +145,7 @@ class RoundRecord:
         lines = [
             f"round {self.round} ({self.tag}, {self.seconds_total:.1f} s)",
             f"  images      {sc.images} ({sc.new_images} new, {em.embedded} embedded), {sc.quarantined} quarantined",
-            f"  intake      {len(it.files_accepted)} file(s) accepted (+{it.events_added} labels), "
+            f"  intake      {it.describe_answers()}; {len(it.files_accepted)} file(s) accepted now, "
             f"{len(it.files_rejected)} rejected" + (f", {it.rows_rejected} row(s) set aside" if it.rows_rejected else ""),
             f"  labels      {it.human_labels} human, {rl.auto} auto by {tr.model}: {tr.reason}",
             f"  confidence  {rl.below_threshold} auto labels below {rl.threshold:.3f} ({tr.threshold_note}); "

@@ -10,9 +10,14 @@ regions review CSV, data/review/round-NNN.regions.csv), or a Label Studio polygo
 outline (mask IoU >= 0.5), else taken as a new region the person drew. They become events with
 ``region_id`` set (and the drawn outline), never image labels.
 
-Contract (README, "Human answers"): a file with any bad row is rejected whole, every problem listed by
-row, nothing merged; it is moved to ``data/inbox/rejected/`` beside ``<name>.errors.txt``.
-An accepted file is moved to ``data/labels/imported/``. Re-importing a file whose bytes were
+Contract (README, "Human answers"): under ``intake.on_error: keep_good_rows`` (the default) a
+bad CSV row or Label Studio task costs that row or task only: the good ones are merged, the bad
+ones handed back in ``data/inbox/rejected/<stem>.rows.csv`` with a ``reason`` naming the row
+(or task) and image. Under ``reject_file`` a file with any bad row is rejected whole, every
+problem listed by row, nothing merged. A rejected file is moved to ``data/inbox/rejected/``
+beside ``<name>.errors.txt``; an accepted one to ``data/labels/imported/``. Rejections are
+returned in ``IntakeResult.problems`` for the caller to show (logged at INFO only, so that a
+round prints each once). Re-importing a file whose bytes were
 already imported adds nothing (the log records each source file's sha256).
 
 The log ``data/labels/events.jsonl`` is append-only: one JSON object per accepted row, with
@@ -27,6 +32,7 @@ import csv
 import datetime as dt
 import hashlib
 import io
+import itertools
 import json
 import logging
 import os
@@ -104,10 +110,16 @@ class IntakeResult(StageResult):
     rows_rejected: int = 0  # intake.on_error: keep_good_rows: rows written back to data/inbox/rejected/*.rows.csv
     problems: list[str] = field(default_factory=list)  # every rejection message, for the summary
     human_labels: int = 0  # images with a human label, after this intake
+    round_answers: dict[str, int] = field(default_factory=dict)  # this round's answers by source (see round_answers)
     label_events: int = 0  # events in the log, after this intake
 
+    def describe_answers(self) -> str:
+        """"7 answer(s) this round (5 from files, 2 from Label Studio)": every source counted."""
+        return describe_answers(self.round_answers)
+
     def metrics(self) -> dict[str, float | None]:
-        return {"human_labels": self.human_labels, "label_events": self.label_events,
+        return {"human_labels": self.human_labels, "label_events": self.label_events, "round_answers":
+                sum(self.round_answers.values()),
                 "events_added": self.events_added, "files_accepted": len(self.files_accepted),
                 "files_rejected": len(self.files_rejected), "rows_rejected": self.rows_rejected}
 
@@ -309,14 +321,100 @@ def _csv_rows(source: str, raw: bytes) -> tuple[Iterator[tuple[str, int, dict, s
     return rows(), id_cols, encoding
 
 
-def _label_studio_rows(source: str, raw: bytes) -> tuple[Iterator[tuple[str, int, dict, str | None]], list[str], list[str]]:
-    """A Label Studio JSON export as ("task N (id X)", N, {image_id, path, label, annotator}, None)
-    rows (and its polygons' rows, see labelstudio.parse_export), its image-reference columns, and
-    the problems found by task (see tasks/labelstudio.py)."""
+def _label_studio_rows(source: str, raw: bytes) -> tuple[Iterator[tuple[str, int, dict, str | None]], list[str]]:
+    """A Label Studio JSON export (full or JSON_MIN) as ("task N (id X)", N, cells, problem)
+    rows, and its image-reference columns; LabelFileError for what is not an export (not JSON,
+    not a list, a list with no task object in it). A good task gives its rows (see
+    labelstudio.parse_export: {image_id, path, label, annotator}, and one row per polygon). A
+    task with a problem (a wrong JSON type, annotators who disagree, an annotation that carries
+    no label: see _unlabeled) gives one row, its image's cells with an empty label, and the
+    problem: it is set aside (or rejects the file) like a bad CSV row, never its neighbours."""
     if not _decodes(raw, "utf-8"):
         raise LabelFileError(source, [f"not a readable JSON file: {NOT_UTF8}"])
-    rows, problems = labelstudio.parse_export(raw.decode("utf-8-sig"), source)
-    return ((where, int(where.split()[1]), row, None) for where, row in rows), list(labelstudio.IMAGE_KEYS), problems
+    text = raw.decode("utf-8-sig")
+    rows, problems = labelstudio.parse_export(text, source)  # raises for what is not an export at all
+    tasks = json.loads(text)  # it parsed above
+    if tasks and not any(isinstance(t, dict) for t in tasks):  # a list, but of no task at all
+        raise LabelFileError(source, problems[:MAX_LISTED], total=len(problems))
+    by_task: dict[int, list[tuple[str, dict]]] = {}
+    for where, row in rows:
+        by_task.setdefault(int(where.split()[1]), []).append((where, row))
+    said: dict[int, list[str]] = {}
+    for p in problems:
+        said.setdefault(int(p.split()[1].rstrip(":")), []).append(p)
+
+    def out() -> Iterator[tuple[str, int, dict, str | None]]:
+        for n, item in enumerate(tasks, start=1):
+            where = _task_where(n, item)
+            why = [p.removeprefix(f"{where}: ") for p in said.get(n, [])] or _unlabeled(item)
+            if why:
+                yield where, n, _task_cells(item), "; ".join(why)
+                continue
+            for w, row in by_task.get(n, []):
+                yield w, n, row, None
+
+    return out(), list(labelstudio.IMAGE_KEYS)
+
+
+def _task_where(n: int, item: object) -> str:
+    """How labelstudio.parse_export names task ``n``: "task N (id X)", or "task N"."""
+    if not isinstance(item, dict):
+        return f"task {n}"
+    task_id = item.get("id")
+    shown = task_id if isinstance(task_id, int) or (isinstance(task_id, str) and len(task_id) <= 40) else "?"
+    return f"task {n} (id {shown})"
+
+
+def _task_cells(item: object) -> dict:
+    """The cells of a task set aside whole: its image (``image_id``, ``path`` or the image URL,
+    where they are strings) and an empty label, for the .rows.csv."""
+    data = item.get("data", item) if isinstance(item, dict) else {}
+    data = data if isinstance(data, dict) else {}
+
+    def cell(key: str) -> str:
+        return data[key] if isinstance(data.get(key), str) else ""
+
+    return {"image_id": cell("image_id"), "path": cell("path") or cell(labelstudio.IMAGE), "label": "",
+            "annotator": ""}
+
+
+# Result types that carry an answer intake reads: the image's choice, a region's polygon.
+READ_TYPES = ("choices", "polygonlabels", "polygon")
+
+
+def _unlabeled(item: object) -> list[str]:
+    """The annotations of an exported task (not cancelled) that carry no label where a person
+    answered something: ``result: null``; a choice of control ``label`` with ``value`` null or
+    no choice in it; results only of types intake does not read (``labels``, a text area, ...).
+    An annotation with an empty result list (``result: []``) and a task with no annotation are
+    not answered: blanks, as an empty label cell is."""
+    if not isinstance(item, dict) or not isinstance(item.get("annotations"), list):
+        return []
+    why = []
+    for k, ann in enumerate(item["annotations"], start=1):
+        if not isinstance(ann, dict) or ann.get("was_cancelled") is True:
+            continue
+        results = ann.get("result", [])
+        if results is None:
+            why.append(f"annotation {k}: 'result' is null: it carries no label; answer the task again in Label "
+                       f"Studio (or skip it) and export again")
+            continue
+        if not isinstance(results, list):
+            continue
+        results = [r for r in results if isinstance(r, dict)]
+        ours = [(j, r) for j, r in enumerate(results, start=1)
+                if r.get("type") == "choices" and r.get("from_name") == labelstudio.LABEL]
+        for j, r in ours:
+            value = r.get("value")
+            if not (isinstance(value, dict) and value.get("choices")):
+                got = "'value' is null" if value is None else "no choice in 'value'"
+                why.append(f"annotation {k}: result {j}: a choice of control {labelstudio.LABEL!r} with {got}: it "
+                           f"carries no label; choose a class in Label Studio and export again")
+        if results and not any(r.get("type") in READ_TYPES for r in results):
+            kinds = ", ".join(sorted({repr(r.get("type")) for r in results}))
+            why.append(f"annotation {k}: its result(s) of type {kinds} carry no label intake reads: answer with the "
+                       f"choices of control {labelstudio.LABEL!r} (coldstart's label_config.xml)")
+    return why
 
 
 # --- validating it --------------------------------------------------------------------------------
@@ -374,74 +472,167 @@ class RowSpool:
 
 
 def _variants(cell: str) -> list[str]:
-    """How a path or class cell may have been written, most literal first: as is, with our
-    formula escape undone, trimmed (typed by hand), Windows separators, a data/images/ prefix;
-    each in NFC (the manifest's paths are NFC)."""
+    """How a class cell may have been written, most literal first: as is, with our formula
+    escape undone, trimmed (typed by hand); each in NFC (class names are compared in NFC)."""
     out = []
     for a in dict.fromkeys([cell, unescape_formula(cell)]):
-        for b in dict.fromkeys([a, a.strip(), unescape_formula(a.strip())]):
-            for c in dict.fromkeys([b, b.replace("\\", "/")]):
-                out += [c, c.removeprefix("data/images/")]
+        out += [a, a.strip(), unescape_formula(a.strip())]
     return list(dict.fromkeys(unicodedata.normalize("NFC", v) for v in out if v))
 
 
+# Label Studio URL forms that name a file: its local-files serving (``?d=`` relative to the
+# document root, data/), its uploads (``/data/upload/<project>/<8 hex>-<name>``: a name, no
+# folder), and the signed image URLs of `coldstart api` (``/images/<image id>?exp=&sig=``).
+LOCAL_FILES = labelstudio.LOCAL_FILES_PREFIX.removesuffix("images/")  # "/data/local-files/?d="
+UPLOAD = re.compile(r"/data/upload/\d+/([^?#]+)")
+SIGNED = re.compile(r"/images/([0-9a-fA-F]{64})(?:[?#]|$)")
+UPLOAD_ID = re.compile(r"^[0-9a-f]{8}-")
+
+
+def _decodings(text: str) -> list[str]:
+    """``text`` as written, percent-decoded, and percent-decoded with ``+`` as a space."""
+    return list(dict.fromkeys([text, urllib.parse.unquote(text), urllib.parse.unquote_plus(text)]))
+
+
+def _relative(path: str) -> list[str]:
+    """A path as written, with Windows separators as ``/``, then without ``./`` steps
+    (``./a/./b`` is ``a/b``) and without a ``data/images/`` prefix. ``..`` is left in place:
+    such a path names no manifest path and is refused as outside the image root."""
+    out = []
+    for p in dict.fromkeys([path, path.replace("\\", "/")]):
+        bare = re.sub(r"(?:^|(?<=/))(?:\./)+", "", p)
+        out += [p, bare, p.removeprefix("data/images/"), bare.removeprefix("data/images/"),
+                bare.removeprefix("data/images/").removeprefix("./")]
+    return list(dict.fromkeys(v for v in out if v))
+
+
+def _spellings(cell: str) -> tuple[list[str], list[str]]:
+    """The paths under data/images/ an image cell may spell, most literal first, and the
+    Label Studio upload names it gives (matched by file name). Tried: the cell as written,
+    formula escape undone, trimmed; a local-files URL's ``d`` (under ``images/``); each as
+    written, then percent-decoded (``%2F``, ``%20`` or ``+`` for a space); see _relative."""
+    plain = list(dict.fromkeys(v for a in dict.fromkeys([cell, unescape_formula(cell)])
+                               for v in (a, a.strip(), unescape_formula(a.strip())) if v))
+    paths, uploads = [], []
+    for text in plain:
+        at = text.find(LOCAL_FILES)
+        if at >= 0:  # Label Studio serves data/ there: d=images/<path>, maybe encoded as a whole
+            paths += [d[len("images/"):] for d in _decodings(text[at + len(LOCAL_FILES):]) if d.startswith("images/")]
+            continue
+        m = UPLOAD.search(text)
+        if m:
+            uploads += [u for n in _decodings(m.group(1)) for u in (n, UPLOAD_ID.sub("", n))]
+            continue
+        paths.append(text)
+    paths += [d for p in list(paths) for d in _decodings(p)]
+    return list(dict.fromkeys(r for p in paths for r in _relative(p))), list(dict.fromkeys(uploads))
+
+
+def _outside(path: str) -> bool:
+    """Whether a spelled path leaves data/images/ (absolute, a drive, a ``..`` step)."""
+    p = PurePosixPath(path.replace("\\", "/"))
+    return p.is_absolute() or ".." in p.parts or bool(re.match(r"^[A-Za-z]:", path))
+
+
+def _content_id(cell: str) -> str | None:
+    """The image id a cell gives: a sha256 (64 hex), or the id in a signed `coldstart api` image
+    URL (``.../images/<id>?exp=...&sig=...``; the signature is not checked: the id names the
+    image whether or not the URL has expired)."""
+    text = unescape_formula(cell.strip()).strip()
+    if HEX64.match(text.lower()):
+        return text.lower()
+    if "://" in text or text.startswith("/images/"):
+        m = SIGNED.search(urllib.parse.urlsplit(text).path + "?")
+        if m:
+            return m.group(1).lower()
+    return None
+
+
 class _Images:
-    """What answer rows are checked against: the manifest's paths and ids, the quarantine."""
+    """What answer rows are checked against: the manifest's paths (exactly as on disk, so NFC
+    or NFD) and ids, the quarantine."""
 
     def __init__(self, ws: Workspace) -> None:
-        self.root = ws.images
         self.by_path = dict(zip(*read_manifest_table(ws, ["image_id"]).to_pydict().values()))
         self.known = set(self.by_path.values())
         self.quarantined = {r["path"]: r["reason"] for r in read_csv(ws.quarantine)}
-        self._names: dict[str, dict[str, int]] = {}  # folder -> NFC name -> files with it
+        self._nfc: dict[str, list[str]] = {}  # NFC form -> the non-ASCII paths (manifest, quarantine) with it
+        for p in [*self.by_path, *self.quarantined]:
+            if not p.isascii():
+                self._nfc.setdefault(unicodedata.normalize("NFC", p), []).append(p)
+        self._names: dict[str, list[str]] | None = None  # NFC file name -> manifest paths (upload URLs)
 
-    def twins(self, key: str) -> bool:
-        """Whether two files under data/images/ have the name ``key`` after NFC normalisation."""
-        if key.isascii():
-            return False
-        folder, _, name = key.rpartition("/")
-        if folder not in self._names:
-            counts: dict[str, int] = {}
-            try:
-                for n in os.listdir(self.root / folder):
-                    n = unicodedata.normalize("NFC", n)
-                    counts[n] = counts.get(n, 0) + 1
-            except OSError:
-                pass
-            self._names[folder] = counts
-        return self._names[folder].get(name, 0) > 1
+    def _equal_up_to_nfc(self, spelled: str) -> list[str]:
+        """The manifest and quarantined paths equal to ``spelled`` after NFC normalisation."""
+        key = unicodedata.normalize("NFC", spelled)
+        found = list(self._nfc.get(key, []))
+        if key.isascii() and (key in self.by_path or key in self.quarantined):
+            found.append(key)
+        return found
+
+    def _named(self, name: str) -> list[str]:
+        """The manifest paths whose file name is ``name`` (up to NFC)."""
+        if self._names is None:
+            self._names = {}
+            for p in self.by_path:
+                self._names.setdefault(unicodedata.normalize("NFC", p.rpartition("/")[2]), []).append(p)
+        return self._names.get(unicodedata.normalize("NFC", name), [])
+
+    def _candidates(self, ref: str) -> Iterator[tuple[str, list[str]]]:
+        """(how, the paths it names) for each spelling of ``ref``: every exact match first, then
+        matches up to NFC, then Label Studio upload names by file name."""
+        paths, uploads = _spellings(ref)
+        for p in paths:
+            if p in self.by_path or p in self.quarantined:
+                yield "exact", [p]
+        for p in paths:
+            yield "nfc", self._equal_up_to_nfc(p)
+        for u in uploads:
+            yield "upload", self._named(u)
 
     def resolve(self, ref: str, want: str | None = None) -> tuple[str | None, str | None]:
-        """A content id or path under the image root -> (image id, problem). With ``want`` (the
-        row's image_id), any way the path may have been written that names that image counts.
-        A Label Studio local-files URL (its CSV export's image column) names its path."""
-        if ref.startswith(labelstudio.LOCAL_FILES_PREFIX):
-            ref = urllib.parse.unquote(ref[len(labelstudio.LOCAL_FILES_PREFIX):])
-        low = ref.strip().lower()
-        if HEX64.match(low):
-            return (low, None) if low in self.known else (None, f"unknown image id {ref.strip()}")
+        """A content id, path under the image root or Label Studio image URL -> (image id,
+        problem). With ``want`` (the row's image_id), any spelling that names that image counts;
+        else an exact path wins, then one equal up to NFC (two such files: a problem), then an
+        upload URL's file name when one image has it. Nothing is opened: a ``..`` or absolute
+        spelling matches no manifest path and is refused as outside the image root."""
+        image_id = _content_id(ref)
+        if image_id is not None:
+            return (image_id, None) if image_id in self.known else (None, f"unknown image id {ref.strip()}")
+        got = self.by_path.get(ref)  # the common case, the path exactly as on disk
+        if got is not None and want in (None, got):
+            return got, None
         found = quarantined = None
-        for key in _variants(ref):
-            got = self.by_path.get(key)
-            if got is not None and (want is None or got == want):
-                if want is None and self.twins(key):
-                    return None, (f"two files in data/images/ are named {key!r} up to Unicode normalisation (NFC); "
-                                  f"rename one, or give the image_id")
-                return got, None
-            found = found or got
-            if key in self.quarantined and quarantined is None:
-                quarantined = f"image {ref!r} is quarantined ({self.quarantined[key]}); fix or replace the file first"
+        for how, paths in self._candidates(ref):
+            ids = list(dict.fromkeys(self.by_path[p] for p in paths if p in self.by_path))
+            if want is not None and want in ids:
+                return want, None
+            if want is None and len(ids) > 1:
+                shown = paths[0] if how != "upload" else ref.strip()
+                return None, (f"{len(paths)} files in data/images/ are named {shown!r} up to Unicode normalisation "
+                              f"(NFC) or as a Label Studio upload; give the exact path, or the image_id")
+            if ids and want is None:
+                return ids[0], None
+            found = found or (ids[0] if ids else None)
+            q = next((p for p in paths if p in self.quarantined), None)
+            if q is not None and quarantined is None:
+                quarantined = f"image {ref!r} is quarantined ({self.quarantined[q]}); fix or replace the file first"
+                if how == "exact" and want is None:  # that very file, not a twin of it
+                    return None, quarantined
         if found is not None:
             return found, None  # another image than ``want``: the caller says so
-        if quarantined:
-            return None, quarantined
+        return None, quarantined or self._not_found(ref)
+
+    @staticmethod
+    def _not_found(ref: str) -> str:
+        """Why no image was found for ``ref``: outside the image root, a URL, or unknown."""
+        paths, _ = _spellings(ref)
+        if any(_outside(p) for p in paths) or (LOCAL_FILES in ref and not paths):
+            return f"path {ref!r} points outside the image root data/images/; give a path relative to it"
         plain = unescape_formula(ref.strip())
         if "://" in plain or plain.lower().startswith("file:"):
-            return None, f"{ref!r} is a URL; give the image's path relative to data/images/ or its sha256 id"
-        p = PurePosixPath(plain.replace("\\", "/"))
-        if p.is_absolute() or ".." in p.parts or re.match(r"^[A-Za-z]:", plain):
-            return None, f"path {ref!r} points outside the image root data/images/; give a path relative to it"
-        return None, f"unknown image {ref!r}: no such file under data/images/ (run a round to scan new images)"
+            return f"{ref!r} is a URL; give the image's path relative to data/images/ or its sha256 id"
+        return f"unknown image {ref!r}: no such file under data/images/ (run a round to scan new images)"
 
 
 class _Regions:
@@ -512,77 +703,141 @@ def validate_file(path: Path, raw: bytes, ws: Workspace, classes: list[str], *,
     Returns ([(row number, image_id, label, annotator)] for image answers and (row number,
     image_id, label, annotator, region_id, region) for region answers (``region``: the drawn
     outline as COCO RLE for a Label Studio polygon no proposed region matches, else None), blank
-    rows); raises LabelFileError listing the problems with their row (or task): the first
-    MAX_LISTED, and how many more. With ``bad_rows`` given (intake.on_error: keep_good_rows), a
-    problem in a row only drops that row: it is appended to ``bad_rows`` as (row, reason) and the
-    good rows are returned; a problem with the file itself (encoding, header, structure, a task as
-    a whole: polygons of one task labeling one region twice) still rejects it whole.
+    rows); raises LabelFileError listing the problems with their row (or task) and image: the
+    first MAX_LISTED, and how many more. With ``bad_rows`` given (intake.on_error:
+    keep_good_rows), a problem costs only its CSV row or its Label Studio task (all of the task's
+    rows when the problem is with the task as a whole: a wrong JSON type, annotators who disagree,
+    an annotation that carries no label, its polygons giving one region two labels): each row is
+    appended to ``bad_rows`` as (cells, reason naming its row or task and image), and the good
+    rows are returned. A problem with the file itself (encoding, header, structure, not an export)
+    rejects it whole under either policy.
     Memory: the accepted rows (at most one per image or region) and the problems listed; rows are
-    streamed; the regions table is read only for a file with region answers.
+    streamed, one task at a time; the regions table is read only for a file with region answers.
     """
     source = str(path)
     is_json = path.suffix.lower() == ".json"
     if is_json:
-        rows, id_cols, file_problems = _label_studio_rows(source, raw)
+        rows, id_cols = _label_studio_rows(source, raw)
         guessed = False
     else:
         rows, id_cols, encoding = _csv_rows(source, raw)
-        file_problems, guessed = [], encoding == "gb18030"
+        guessed = encoding == "gb18030"
+    check = _Check(ws, classes, id_cols, is_json, source if guessed else None)
     problems = Problems()
-    for p in file_problems:
-        problems.add(p)
-    images = _Images(ws)
-    canonical = {c: c for c in classes}
-    folded = {c.casefold(): c for c in classes}
-    annotators: dict[str, str] = {}
-    accepted: list[tuple] = []
-    seen: dict[str, tuple[str, str]] = {}
-    regions = _Regions(ws)
-    seen_regions: dict[str, tuple[str, str, int, dict]] = {}  # region id -> (where, label, index in accepted, row)
-    task_problems = 0  # Label Studio: one task's polygons give one region two labels
-    blank = 0
-    for where, number, row, problem in rows:
-        if problem is None:
-            if not unescape_formula(row.get("label", "").strip()).strip():
-                blank += 1  # an unanswered item of the batch: a skip, not an error
-                continue
-            if is_json and "points" in row:  # a Label Studio polygon
-                problem = _polygon_problem(row, id_cols, images, regions, canonical, folded)
-            elif not is_json and row.get(REGION_COLUMN, "").strip():
-                problem = _region_row_problem(row, id_cols, images, regions, canonical, folded)
-            else:
-                problem = _row_problem(row, id_cols, images, canonical, folded, seen,
-                                       region_column=not is_json and REGION_COLUMN in row)
-            if isinstance(problem, tuple) and problem[0] == "region" and problem[3] in seen_regions:
-                problem, task_problem = _region_repeat(where, row, problem, seen_regions, accepted, is_json)
-                if task_problem:
-                    problems.add(task_problem)
-                    task_problems += 1
-        if guessed:
-            _check_guess(source, where, row, id_cols, problem)
-        if isinstance(problem, str):
-            problems.add(f"{where}: {problem}")
-            if bad_rows is not None:
-                bad_rows.append((_set_aside(row) if is_json else row, problem))
-            continue
-        if problem is None:
-            continue  # the same answer twice: keep the first
+    for _, items in itertools.groupby(rows, key=lambda r: r[1]):  # a CSV row, or a task's rows
+        aside, listed = check.group(list(items))
+        for message in listed:
+            problems.add(message)
+        if bad_rows is not None:
+            for where, row, why in aside:
+                bad_rows.append((_set_aside(row) if is_json else row, _reason(where, row, why)))
+    if problems.count and bad_rows is None:
+        raise LabelFileError(source, problems.listed, total=problems.count)
+    if not check.accepted and not check.blank and not problems.count:
+        raise LabelFileError(source, ["no data rows (or tasks)"])
+    return check.accepted, check.blank
+
+
+def _shown(row: dict) -> str:
+    """The image (or region) a row names, as written, for a problem message; "" if none."""
+    for key in ("image", "path", "image_id", REGION_COLUMN):
+        value = row.get(key)
+        if isinstance(value, str) and value.strip():
+            return ("region " if key == REGION_COLUMN else "image ") + repr(value.strip()[:200])
+    return ""
+
+
+def _listed(where: str, row: dict, why: str) -> str:
+    """A problem as listed (.errors.txt, the terminal): its row or task, then what is wrong,
+    then the image when the message does not already quote it."""
+    shown = _shown(row)
+    return f"{where}: {why}" + (f" ({shown})" if shown and shown.split(" ", 1)[1] not in why else "")
+
+
+def _reason(where: str, row: dict, why: str) -> str:
+    """The ``reason`` cell of a row set aside: what is wrong, then its row or task and image
+    (the cell starts with what is wrong, as a person scanning the column reads it)."""
+    shown = _shown(row)
+    return f"{why} ({where}" + (f", {shown}" if shown and shown.split(" ", 1)[1] not in why else "") + ")"
+
+
+class _Check:
+    """One file's validation: what rows are checked against (images, regions, classes) and
+    what was taken so far (the accepted rows, the image and region answers seen, blanks)."""
+
+    def __init__(self, ws: Workspace, classes: list[str], id_cols: list[str], is_json: bool,
+                 guessed: str | None) -> None:
+        self.images, self.regions = _Images(ws), _Regions(ws)
+        self.canonical = {c: c for c in classes}
+        self.folded = {c.casefold(): c for c in classes}
+        self.id_cols, self.is_json = id_cols, is_json
+        self.guessed = guessed  # the source's name when it was read as GB18030 (see _check_guess), else None
+        self.annotators: dict[str, str] = {}
+        self.accepted: list[tuple] = []
+        self.seen: dict[str, tuple[str, str]] = {}  # image id -> (where, label)
+        # region id -> (where, label, index in accepted, row)
+        self.seen_regions: dict[str, tuple[str, str, int, dict]] = {}
+        self.blank = 0
+
+    def group(self, items: list[tuple[str, int, dict, str | None]]) -> tuple[list[tuple[str, dict, str]], list[str]]:
+        """Validate one CSV row, or the rows of one Label Studio task, taking the good ones.
+        Returns the rows set aside as (where, cells, reason) and the problems to list, one per
+        problem. A problem with the task as a whole (see outcome) undoes what its rows gave: all
+        of them are set aside with it."""
+        start, keys, done, whole = len(self.accepted), [], [], None
+        for where, number, row, problem in items:
+            if problem is None:
+                if not unescape_formula(row.get("label", "").strip()).strip():
+                    self.blank += 1  # an unanswered item of the batch: a skip, not an error
+                    continue
+                problem, task_problem = self.outcome(where, row)
+                whole = whole or task_problem
+            if self.guessed:
+                _check_guess(self.guessed, where, row, self.id_cols, problem)
+            if isinstance(problem, tuple):
+                keys.append(self.take(where, number, row, problem))
+            done.append((where, row, problem if isinstance(problem, str) else None))  # None: taken, or a repeat
+        listed = [_listed(w, r, why) for w, r, why in done if why]
+        if whole:
+            del self.accepted[start:]
+            for kind, key in keys:
+                (self.seen if kind == "image" else self.seen_regions).pop(key, None)
+            listed.append(_listed(items[0][0], items[0][2], whole))
+            done = [(w, r, why or whole) for w, r, why in done]
+        return [d for d in done if d[2]], listed
+
+    def outcome(self, where: str, row: dict):
+        """(what is wrong with an answered row: a message; ("ok", image_id, label); ("region",
+        image_id, label, region_id, region); or None for a repeat of an answer taken, a problem
+        with its Label Studio task as a whole or None)."""
+        images, canonical, folded = self.images, self.canonical, self.folded
+        if self.is_json and "points" in row:  # a Label Studio polygon
+            problem = _polygon_problem(row, self.id_cols, images, self.regions, canonical, folded)
+        elif not self.is_json and row.get(REGION_COLUMN, "").strip():
+            problem = _region_row_problem(row, self.id_cols, images, self.regions, canonical, folded)
+        else:
+            problem = _row_problem(row, self.id_cols, images, canonical, folded, self.seen,
+                                   region_column=not self.is_json and REGION_COLUMN in row)
+        if isinstance(problem, tuple) and problem[0] == "region" and problem[3] in self.seen_regions:
+            return _region_repeat(where, row, problem, self.seen_regions, self.accepted, self.is_json)
+        return problem, None
+
+    def take(self, where: str, number: int, row: dict, outcome: tuple) -> tuple[str, str]:
+        """Accept a row (``outcome`` from ``outcome``); returns what it answered: ("image", image
+        id) or ("region", region id)."""
         who = unicodedata.normalize("NFC", unescape_formula(row.get("annotator", "").strip()))
         if who.isdigit() and "annotation_id" in row:  # Label Studio's CSV export names users by id
             who = f"ls-user-{who}"
-        if problem[0] == "region":
-            _, image_id, label, rid, rle = problem
-            seen_regions[rid] = (where, label, len(accepted), row)
-            accepted.append((number, image_id, label, annotators.setdefault(who, who), rid, rle))
-            continue
-        _, image_id, label = problem
-        seen[image_id] = (where, label)
-        accepted.append((number, image_id, label, annotators.setdefault(who, who)))
-    if file_problems or task_problems or (problems.count and bad_rows is None):
-        raise LabelFileError(source, problems.listed, total=problems.count)
-    if not accepted and not blank and not bad_rows:
-        raise LabelFileError(source, ["no data rows (or tasks)"])
-    return accepted, blank
+        who = self.annotators.setdefault(who, who)
+        if outcome[0] == "region":
+            _, image_id, label, rid, rle = outcome
+            self.seen_regions[rid] = (where, label, len(self.accepted), row)
+            self.accepted.append((number, image_id, label, who, rid, rle))
+            return "region", rid
+        _, image_id, label = outcome
+        self.seen[image_id] = (where, label)
+        self.accepted.append((number, image_id, label, who))
+        return "image", image_id
 
 
 _MIXED = re.compile("[A-Za-z][^\x00-\x7f]|[^\x00-\x7f][A-Za-z]")
@@ -754,9 +1009,9 @@ def _region_repeat(where, row, problem, seen_regions, accepted, is_json) -> tupl
         if is_json and first_where == where:
             labels = ", ".join(sorted({first_label, label}))
             if first["annotator"] != row["annotator"]:
-                return None, (f"{where}: annotators disagree on region {rid} ({labels}); settle it in Label Studio "
+                return None, (f"annotators disagree on region {rid} ({labels}); settle it in Label Studio "
                               f"and export again")
-            return None, (f"{where}: {first['result']} and {row['result']} outline one region ({rid}) with different "
+            return None, (f"{first['result']} and {row['result']} outline one region ({rid}) with different "
                           f"labels ({labels}); give them one label in Label Studio and export again")
         return f"conflicting labels for one region: {label!r} here, {first_label!r} in {first_where}", None
     if is_json and first_where == where:
@@ -860,7 +1115,27 @@ def intake(ws: Workspace, classes: list[str], round_no: int, *, annotator_defaul
                                 f"in data/inbox/: free some space (or fix the error) and run again") from e
     events = read_events(ws)
     result.human_labels, result.label_events = len(human_labels(events)), len(events)
+    result.round_answers = round_answers(events, round_no)
     return result
+
+
+def describe_answers(counts: dict[str, int]) -> str:
+    """``round_answers`` as a person reads it: "7 answer(s) this round (5 from files, 2 from Label Studio)"."""
+    where = ", ".join(f"{n} from {'Label Studio' if k == 'label-studio' else k}" for k, n in sorted(counts.items()))
+    return f"{sum(counts.values())} answer(s) this round" + (f" ({where})" if where else "")
+
+
+def round_answers(events: list[LabelEvent], round_no: int) -> dict[str, int]:
+    """This round's answers by where they came from (``files`` dropped into data/inbox/,
+    ``label-studio`` annotations from the webhook or ``round --wait``'s export polling): every
+    event of round ``round_no`` that is an answer, whoever took it in (this intake, the API
+    between rounds, or an attempt at this round that was killed before its tag)."""
+    counts: dict[str, int] = {}
+    for e in events:
+        if e.round == round_no and not e.kind:
+            where = "label-studio" if e.source_file.startswith("label-studio:") else "files"
+            counts[where] = counts.get(where, 0) + 1
+    return counts
 
 
 def _intake_file(ws: Workspace, path: Path, rel: str, st: os.stat_result, classes: list[str], round_no: int,
@@ -905,7 +1180,7 @@ def _intake_file(ws: Workspace, path: Path, rel: str, st: os.stat_result, classe
             bad.write_csv(rows_file)
             problem = (f"{rel}: {len(bad)} row(s) not merged (the other {len(rows)} were): see "
                        f"{ws.rel(rows_file)}, fix them there and drop that file into data/inbox/")
-            log.warning("%s", problem)
+            log.info("%s", problem)  # the caller reports result.problems: one line each, not two
             result.problems.append(problem)
             result.rows_rejected += len(bad)
         now = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
@@ -1035,7 +1310,7 @@ def _reject(ws: Workspace, path: Path, rel: str, digest: str, err: LabelFileErro
     moved = _move_aside(path, ws.rejected, digest)
     atomic_write_text(moved.with_name(moved.name + ".errors.txt"), str(err) + "\n\nFix the rows above and drop "
                       "the whole file into data/inbox/ again; nothing from it was merged.\n")
-    log.warning("%s", err)
+    log.info("%s", err)  # the caller reports result.problems (the round's summary, `stage`, the webhook's answer)
     result.files_rejected.append(rel)
     result.problems.append(str(err))
 

@@ -37,6 +37,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from coldstart.tasks.errors import WorkspaceError
+from coldstart.tasks.intake import describe_answers
 from coldstart.tasks.result import StageResult
 from coldstart.tasks.workspace import Workspace, atomic_write_text
 
@@ -626,7 +627,7 @@ class Page:
             extra.append(f"Auto labels below the auto-accept confidence {d.threshold:.3f}: {below} "
                          f"({pct(below / max(1, int(auto.sum())))} of the auto labels).")
         if intake:
-            extra.append(f"This round took in {int(intake.get('events_added', 0))} new answer(s); "
+            extra.append(f"This round took in {describe_answers(intake.get('round_answers') or {})}; "
                          f"{int(intake.get('human_labels', 0))} images have a human label.")
         churn = (d.record.get("relabel") or {}).get("churn")
         if churn is not None:

@@ -21,7 +21,8 @@ CLASSES = ["cat", "dog", "划痕"]
 # Workspace images (path under data/images/). Names that round-trip badly through a
 # spreadsheet: leading space/TAB, formula-like, a quote-escaped twin, non-ASCII.
 IMAGES = ["a.jpg", "b.jpg", "sub/c.jpg", "图片/d.jpg", " space.jpg", "+p.jpg", "=x.png", "'=x.png", "-m.jpg",
-          "café.jpg", "twins/e\u0301.jpg", "twins/\u00e9.jpg"]
+          "café.jpg", "twins/e\u0301.jpg", "twins/\u00e9.jpg", "twins/\u00e9\u00e9.jpg", "twins/e\u0301e\u0301.jpg",
+          "mac/re\u0301sume\u0301.jpg"]  # twins: NFC and NFD names of two files; mac/: an NFD name (as macOS writes)
 QUARANTINED = "broken.jpg"  # zero bytes: the scan quarantines it
 PREFIX = "/data/local-files/?d=images/"
 
@@ -111,6 +112,18 @@ def make_answer_corpus(dest: Path, ids: dict[str, str], *, max_file_mb: float = 
     export = ["path,image_id,label,source,confidence,round"] + [
         f'"{escape_formula(p)}",{ids[p]},dog,human,1.0,{next(n)}' for p in tricky]
     ok("v23-export-roundtrip.csv", _csv(*export), len(tricky), "review round trip")
+    # Every spelling of one file finds it: ./ steps, NFC for an NFD name (with or without its id),
+    # either twin spelled exactly, percent-encoding.
+    ok("v24-dot-slash.csv", _csv("image,label,annotator", f"./sub/c.jpg,cat,x{next(n)}", ".\\b.jpg,dog,"), 2, "spelling")
+    nfd = "mac/re\u0301sume\u0301.jpg"
+    ok("v25-nfd-name-spelled-nfc.csv", _csv("image,label,annotator", f"mac/r\u00e9sum\u00e9.jpg,cat,x{next(n)}"), 1,
+       "spelling")
+    ok("v26-nfd-review-row.csv", _csv("image_id,image,label,annotator", f"{ids[nfd]},{nfd},dog,x{next(n)}"), 1,
+       "spelling")
+    ok("v27-twins-spelled-exactly.csv", _csv("image,label,annotator", f"twins/\u00e9.jpg,cat,x{next(n)}",
+                                             "twins/e\u0301.jpg,dog,"), 2, "spelling")
+    ok("v28-percent-encoded.csv", _csv("image,label,annotator", f"sub%2Fc.jpg,dog,x{next(n)}",
+                                       f"{PREFIX}%20space.jpg,cat,"), 2, "spelling")
 
     # --- rows set aside (keep_good_rows): one good row and one bad ------------------------------
     good = "a.jpg,cat"
@@ -136,7 +149,7 @@ def make_answer_corpus(dest: Path, ids: dict[str, str], *, max_file_mb: float = 
     bad_row("r15-id-path-mismatch.csv", f"{b},sub/c.jpg,dog,", "name different images", header="image_id,image,label")
     bad_row("r16-formula-image.csv", "\"=cmd|' /C calc'!A0\",dog,", "unknown image")
     bad_row("r17-formula-label.csv", "b.jpg,@SUM(1+1),", "unknown class")
-    bad_row("r18-nfc-twins.csv", "twins/\u00e9.jpg,dog,", "Unicode normalisation")
+    bad_row("r18-nfc-twins.csv", "twins/\u00e9e\u0301.jpg,dog,", "Unicode normalisation")  # neither twin exactly
     bad_row("r19-no-image.csv", "  ,dog,", "no image given")
     bad_row("r20-number-label.csv", "b.jpg,1,", "unknown class")
     bad_row("r21-path-traversal-dotdot-inside.csv", "sub/../../x.jpg,dog,", "outside the image root")
@@ -149,6 +162,14 @@ def make_answer_corpus(dest: Path, ids: dict[str, str], *, max_file_mb: float = 
     ls_bad_path = [_task(1, {"path": "a.jpg"}, (f"x{next(n)}@y", "cat", False)),
                    _task(2, {"path": "../../etc/passwd"}, ("x@y", "dog", False))]
     rows("r25-ls-traversal.json", _json(ls_bad_path), 1, "outside the image root", "LS bad rows")
+    no_label = [_task(1, {"path": "a.jpg"}, (f"x{next(n)}@y", "cat", False)), _task(2, {"path": "b.jpg"}, ("x@y", "dog", False)),
+                _task(3, {"path": "sub/c.jpg"}, ("x@y", "dog", False))]
+    no_label[1]["annotations"][0]["result"] = None
+    no_label[2]["annotations"][0]["result"] = [{"from_name": "tag", "type": "labels", "value": {"labels": ["dog"]}}]
+    rows("r26-ls-no-label.json", _json(no_label), 2, "no label", "LS bad rows")  # not silent blanks
+    encoded = [_task(1, {"image": PREFIX + "sub%2Fc.jpg"}, (f"x{next(n)}@y", "cat", False)),
+               _task(2, {"image": "/data/local-files/?d=images%2F..%2F..%2Fetc%2Fpasswd"}, ("x@y", "dog", False))]
+    rows("r27-ls-encoded-urls.json", _json(encoded), 1, "outside the image root", "LS bad rows")
 
     # --- rejected whole: not a readable CSV ------------------------------------------------------
     rej("x01-empty.csv", b"", "file is empty", "empty/structure")
@@ -224,7 +245,7 @@ def make_answer_corpus(dest: Path, ids: dict[str, str], *, max_file_mb: float = 
             {"task": t, "data": t["data"], "ann": ann, "res": res, "value": res["value"]}[where][field] = value
         return [t, _task(2, {"path": "b.jpg"}, (f"w{next(n)}", "dog", False))]
 
-    wrong = {  # a field with a JSON type Label Studio never writes there: the file is rejected, the task named
+    wrong = {  # a field with a JSON type Label Studio never writes there: that task is set aside, named
         "task__data": [None, "a.jpg", 5, ["a.jpg"]],
         "task__annotations": [{"a": 1}, "cat", 3, True],
         "ann__completed_by": [["x"], 1.5, True],
@@ -241,20 +262,24 @@ def make_answer_corpus(dest: Path, ids: dict[str, str], *, max_file_mb: float = 
     for key, values in wrong.items():
         for value in values:
             k += 1
-            rej(f"w{k:02d}-{key.replace('__', '-')}.json", _json(task_with(**{key: value})), "task 1 (id 1)",
-                "LS wrong JSON type")
-    rej("w90-annotation-string.json", _json([{"id": 1, "data": {"path": "a.jpg"}, "annotations": ["cat"]}]),
-        "annotation 1", "LS wrong JSON type")
-    rej("w91-annotation-null.json", _json([{"id": 1, "data": {"path": "a.jpg"}, "annotations": [None]}]),
-        "annotation 1", "LS wrong JSON type")
-    rej("w92-result-list-of-strings.json", _json([{"id": 1, "data": {"path": "a.jpg"}, "annotations": [
-        {"result": ["cat"]}]}]), "result 1", "LS wrong JSON type")
+            rows(f"w{k:02d}-{key.replace('__', '-')}.json", _json(task_with(**{key: value})), 1, "task 1 (id 1)",
+                 "LS wrong JSON type")
+
+    def lone(name, data, keyword, cat="LS wrong JSON type"):  # a one-task export whose task is bad
+        rows(name, data, 1, keyword, cat, events=0)
+
+    lone("w90-annotation-string.json", _json([{"id": 1, "data": {"path": "a.jpg"}, "annotations": ["cat"]}]),
+         "annotation 1")
+    lone("w91-annotation-null.json", _json([{"id": 1, "data": {"path": "a.jpg"}, "annotations": [None]}]),
+         "annotation 1")
+    lone("w92-result-list-of-strings.json", _json([{"id": 1, "data": {"path": "a.jpg"}, "annotations": [
+        {"result": ["cat"]}]}]), "result 1")
     rej("w93-task-string.json", _json(["a.jpg"]), "not a task object", "LS wrong JSON type")
     rej("w94-task-null.json", _json([None]), "not a task object", "LS wrong JSON type")
     rej("w95-tasks-list-of-lists.json", _json([[1, 2]]), "not a task object", "LS wrong JSON type")
-    rej("w96-completed-by-email-number.json", _json(task_with(ann__completed_by={"email": 5})), "completed_by",
-        "LS wrong JSON type")
-    rej("w97-weird-id.json", _json([{"id": {"x": "y" * 1000}, "data": 3}]), "task 1 (id ?)", "LS wrong JSON type")
+    rows("w96-completed-by-email-number.json", _json(task_with(ann__completed_by={"email": 5})), 1, "completed_by",
+         "LS wrong JSON type")
+    lone("w97-weird-id.json", _json([{"id": {"x": "y" * 1000}, "data": 3}]), "task 1 (id ?)")
     js = "LS not an export"
     rej("j10-broken.json", b"[{", "not a readable JSON file", js)
     rej("j11-dict.json", _json({"tasks": []}), "a list of tasks", js)
@@ -268,14 +293,14 @@ def make_answer_corpus(dest: Path, ids: dict[str, str], *, max_file_mb: float = 
         "nested too deeply", js)
     rej("j19-huge-int.json", b"[" + b"9" * 50_000 + b"]", "not a readable JSON file", js)
     rej("j20-nan.json", b"[NaN]", "not a task object", js)
-    rej("j21-disagree.json", _json([_task(1, {"path": "a.jpg"}, (f"u{next(n)}", "cat", False), ("v", "dog", False))]),
-        "annotators disagree", "LS conflicts")
+    lone("j21-disagree.json", _json([_task(1, {"path": "a.jpg"}, (f"u{next(n)}", "cat", False), ("v", "dog", False))]),
+         "annotators disagree", "LS conflicts")
     several = _task(1, {"path": "a.jpg"}, (f"u{next(n)}", "cat", False))
     several["annotations"][0]["result"][0]["value"]["choices"] = ["cat", "dog"]
-    rej("j22-several-choices.json", _json([several]), "several labels", "LS conflicts")
+    lone("j22-several-choices.json", _json([several]), "several labels", "LS conflicts")
     other = _task(1, {"path": "a.jpg"}, (f"u{next(n)}", "cat", False))
     other["annotations"][0]["result"][0]["from_name"] = "quality"
-    rej("j23-other-control.json", _json([other]), "control(s) quality", "LS conflicts")
+    lone("j23-other-control.json", _json([other]), "control(s) quality", "LS conflicts")
     rej("j24-binary.json", random.Random(24).randbytes(2048), "not", js)
     rej("j25-trailing-garbage.json", b"[]xyz", "not a readable JSON file", js)
 

@@ -20,9 +20,12 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from coldstart.flows.demo import answer_batch, write_digits
+from coldstart.flows.record import RoundRecord
 from coldstart.tasks.intake import read_events
+from coldstart.tasks.manifest import read_manifest_table
+from coldstart.tasks.relabel import read_resolved
 from coldstart.tasks.version import init_workspace
-from coldstart.tasks.workspace import Workspace
+from coldstart.tasks.workspace import Workspace, read_csv
 from tests.conftest import tiny_params
 
 pytestmark = pytest.mark.slow
@@ -37,6 +40,16 @@ def die(*a, **k):
 if target == "in-track":  # the MLflow run has started: it is left RUNNING
     import coldstart.tasks.track as t
     t.close_interrupted_runs = die
+elif target == "in-scan":  # the scan wrote this round's manifest part, not yet the quarantine list
+    import coldstart.tasks.scan as s
+    s.write_csv = die
+elif target == "in-embed":  # a shard of the new images' embeddings is written
+    import coldstart.tasks.store as st
+    append = st.EmbeddingStore.append
+    def append_then_die(self, *a, **k):
+        append(self, *a, **k)
+        die()
+    st.EmbeddingStore.append = append_then_die
 elif target == "in-version":  # the round's git commit is made, its tag is not
     import coldstart.tasks.version as v
     git = v.git
@@ -48,7 +61,7 @@ from coldstart.flows.cli import main
 sys.exit(main(["round", "-w", ws]))
 """
 
-BOUNDARIES = ["scan_task", "embed_task", "intake_task", "audit_task", "train_task", "relabel_task", "select_task",
+BOUNDARIES = ["scan_task", "in-scan", "embed_task", "in-embed", "intake_task", "audit_task", "train_task", "relabel_task", "select_task",
               "track_task", "in-track", "version_task", "in-version", "link_run_task", "publish"]
 
 
@@ -94,8 +107,8 @@ def test_kill_9_at_every_stage_boundary_then_the_round_completes_once(tmp_path):
     first = _round(ws, env)
     assert first.returncode == 0, first.stdout + first.stderr
     batch = sorted(ws.root.glob("data/review/round-001.csv"))[0]
-    answer_batch(batch, truth, ws.inbox)
-    write_digits(ws.images / "later", n=4, size=32)  # new images too: every stage has work
+    answered = len(read_csv(answer_batch(batch, truth, ws.inbox)))
+    write_digits(ws.images / "later", n=4, size=40)  # new images too (another size: new content)
     outcomes = {}
     for target in BOUNDARIES:
         if target == "publish":  # round 2 was tagged (killed at link_run): round 3 gets a new image
@@ -133,8 +146,18 @@ def test_kill_9_at_every_stage_boundary_then_the_round_completes_once(tmp_path):
     assert [live[n][0].data.tags.get("coldstart.git_tag") for n in "123"] == ["round-001", "round-002", "round-003"]
     # The answers were taken once, in round 2, and the new images are in the resolved labels.
     events = read_events(ws)
-    assert len(events) == len({(e.source_sha256, e.source_row) for e in events}) > 0
+    assert len(events) == len({(e.source_sha256, e.source_row) for e in events}) == answered > 0
     assert {e.round for e in events} == {2}
+    # Round 2 as tagged: every image on disk then (30 + 4 new) labeled, and its summary's counts
+    # true although earlier attempts took in the images (killed in scan) and the answers.
+    r2 = RoundRecord.from_dict(json.loads(_git(ws, "show", "round-002:data/metrics/round.json")))
+    assert (r2.scan.images, r2.scan.new_images) == (34, 4), r2.describe()
+    assert r2.intake.round_answers == {"files": answered} and f"{answered} answer(s) this round" in r2.describe()
+    on_disk = {p.relative_to(ws.images).as_posix() for p in ws.images.rglob("*.png")}
+    manifest = read_manifest_table(ws).to_pylist()
+    assert {r["path"] for r in manifest} == on_disk  # round 3's one new image included
+    labeled = {r["image_id"] for r in read_resolved(ws)}
+    assert {r["image_id"] for r in manifest} == labeled
     with contextlib.chdir(ws.root):
         status = subprocess.run([sys.executable, "-m", "dvc", "status", "-c", "-a", "-T"], env=env,
                                 capture_output=True, text=True)

@@ -22,7 +22,7 @@ from coldstart.tasks.workspace import Workspace, escape_formula
 from tests.conftest import write_image
 
 CLASSES = ["cat", "dog", "划痕"]
-PATHS = ["a.jpg", "b.jpg", "sub/c.jpg", "图片/d.jpg", "-m.jpg", "=x.png", " s.jpg"]
+PATHS = ["a.jpg", "b.jpg", "sub/c.jpg", "图片/d.jpg", "-m.jpg", "=x.png", " s.jpg", "a b/+c.jpg"]
 SETTINGS = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 ALLOWED = (LabelFileError,)  # the only exception a reader may raise, Pillow-style
 
@@ -32,7 +32,7 @@ def ws(tmp_path_factory):
     root = tmp_path_factory.mktemp("props")
     (root / "params.yaml").write_text("")
     w = Workspace(root)
-    for k, name in enumerate(PATHS):
+    for k, name in enumerate(PATHS + ["cafe\u0301.jpg"]):  # an NFD name, as macOS writes it
         write_image(w.images / name, seed=k, fmt="PNG" if name.endswith(".png") else "JPEG")
     scan(w, ScanConfig(), round_no=1)
     return w
@@ -123,3 +123,44 @@ def test_mixed_rows_import_exactly_the_valid_ones(ws, rows, escape):
         assert not expected and not n_bad
         return
     assert got[0] == expected and len(bad) == n_bad
+
+
+def _spell(path: str, ways: list[str]) -> str:
+    """``path`` written another way: NFD, a data/images/ prefix, ./, Windows separators,
+    percent-encoded, as a Label Studio local-files URL (in that order, those in ``ways``)."""
+    import unicodedata
+    import urllib.parse
+
+    if "nfd" in ways:
+        path = unicodedata.normalize("NFD", path)
+    if "prefix" in ways:
+        path = "data/images/" + path
+    if "dot" in ways:
+        path = "./" + path
+    if "win" in ways:
+        path = path.replace("/", "\\")
+    if "quote" in ways:
+        path = urllib.parse.quote(path, safe="")
+    if "local" in ways:
+        path = "/data/local-files/?d=images/" + path
+    return path
+
+
+@SETTINGS
+@given(path=st.sampled_from(PATHS + ["café.jpg"]),
+       ways=st.lists(st.sampled_from(["nfd", "prefix", "dot", "win", "quote", "local"]), unique=True, max_size=6))
+def test_every_spelling_of_a_path_names_its_image(ws, path, ways):
+    """However a path is written (normalisation, prefixes, separators, encoding, a URL), a row
+    naming it is that image's answer, in a CSV and in a Label Studio export."""
+    import unicodedata
+
+    ids = {unicodedata.normalize("NFC", r["path"]): r["image_id"] for r in read_manifest(ws)}
+    spelled = _spell(path, ways)
+    buf = io.StringIO()
+    csv.writer(buf, lineterminator="\n").writerows([["image", "label"], [spelled, "cat"]])
+    got = _validate(ws, "x.csv", buf.getvalue().encode("utf-8"))
+    assert got is not None and [r[1] for r in got[0]] == [ids[path]], spelled
+    export = [{"id": 1, "data": {"image": spelled}, "annotations": [{"result": [
+        {"from_name": "label", "to_name": "image", "type": "choices", "value": {"choices": ["dog"]}}]}]}]
+    got = _validate(ws, "x.json", json.dumps(export).encode("utf-8"))
+    assert got is not None and [r[1] for r in got[0]] == [ids[path]], spelled

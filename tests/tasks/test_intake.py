@@ -125,10 +125,15 @@ def test_label_studio_export_is_validated_like_a_csv(ws):
     bad = [_ls_task(1, {"path": "a.jpg"}, ("x", "cat", False), ("y", "dog", False)),
            _ls_task(2, {"path": "../outside.jpg"}, ("x", "cat", False))]
     (ws.inbox / "bad-ls.json").write_text(json.dumps(bad))
-    r = intake(ws, CLASSES, round_no=3)
+    r = intake(ws, CLASSES, round_no=3, on_error="reject_file")
     assert r.files_rejected == ["data/inbox/bad-ls.json"] and r.events_added == 0
     assert "task 1 (id 1): annotators disagree (cat, dog)" in r.problems[0]
     assert "task 2 (id 2): path '../outside.jpg' points outside" in r.problems[0]  # every problem listed
+    # keep_good_rows: each bad task is set aside on its own, the good one beside them merged.
+    bad.append(_ls_task(3, {"path": "b.jpg"}, ("x", "dog", False)))
+    (ws.inbox / "bad-ls.json").write_text(json.dumps(bad))
+    r = intake(ws, CLASSES, round_no=4, on_error="keep_good_rows")
+    assert (r.files_accepted, r.events_added, r.rows_rejected) == (["data/inbox/bad-ls.json"], 1, 2)
 
 
 def test_keep_good_rows_merges_the_valid_rows_and_hands_back_the_bad_ones(ws):

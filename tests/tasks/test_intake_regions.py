@@ -254,8 +254,8 @@ def test_label_studio_polygons_kept_redrawn_and_new_become_region_answers(ws):
     export = [_annotated(task_a, 11, _choice("cat"), kept, redrawn, drawn),
               _annotated(task_b, 12, _choice("dog"), brush)]
     (ws.inbox / "ls.json").write_text(json.dumps(export), encoding="utf-8")
-    r = intake(ws, CLASSES, round_no=2)
-    # The brush result is a problem with its task: the file is rejected whole, the fix named.
+    r = intake(ws, CLASSES, round_no=2, on_error="reject_file")
+    # The brush result is a problem with its task: under reject_file the file is rejected whole, the fix named.
     assert r.files_rejected == ["data/inbox/ls.json"] and r.events_added == 0 and read_events(ws) == []
     assert ("task 2 (id 12): annotation 1: result 2: brush/rectangle annotations are not read: outline regions "
             "with the polygon tool of control 'region' (coldstart's label_config.xml)") in r.problems[0]
@@ -297,9 +297,16 @@ def test_one_region_outlined_twice_agreeing_is_one_answer_by_both(ws):
 
 
 def _task_problem(ws, name, task):
+    """The problem listed for a one-task export: under reject_file in the .errors.txt; under
+    keep_good_rows the task's rows are set aside with the same reason, naming the task."""
     (ws.inbox / name).write_text(json.dumps([task]), encoding="utf-8")
-    r = intake(ws, CLASSES, round_no=2, on_error="keep_good_rows")
+    r = intake(ws, CLASSES, round_no=2, on_error="reject_file")
     assert r.files_rejected == [f"data/inbox/{name}"] and r.events_added == 0
+    (ws.rejected / name).rename(ws.inbox / name)
+    kept = intake(ws, CLASSES, round_no=2, on_error="keep_good_rows")
+    assert kept.files_accepted == [f"data/inbox/{name}"] and kept.events_added == 0 and kept.rows_rejected >= 1
+    reasons = [row["reason"] for row in read_csv(ws.rejected / f"{name.removesuffix('.json')}.rows.csv")]
+    assert all(f"(task 1 (id {task['id']})" in why for why in reasons), reasons
     return r.problems[0]
 
 
@@ -340,6 +347,26 @@ def test_polygon_problems_are_named_by_task_with_the_fix(ws):
     assert read_events(ws) == []
 
 
+def test_a_task_whose_polygons_conflict_is_set_aside_whole_and_its_neighbours_land(ws):
+    """keep_good_rows: one region given two labels within a task is a problem with the task: all
+    its rows (its image's choice too) are set aside, naming it; the next task is merged."""
+    task_a, task_b = _exported(ws)
+    r1 = rid(ws, "r1")
+    pre = {res["id"]: res for res in task_a["predictions"][0]["result"]}
+    part = {**pre[r1], "id": f"{r1}-1", "value": {**pre[r1]["value"], "polygonlabels": ["dog"]}}
+    export = [_annotated(task_a, 7, _choice("cat"), pre[r1], part), _annotated(task_b, 8, _choice("dog"))]
+    (ws.inbox / "conflict.json").write_text(json.dumps(export), encoding="utf-8")
+    r = intake(ws, CLASSES, round_no=2, on_error="keep_good_rows")
+    assert (r.files_accepted, r.events_added, r.rows_rejected) == (["data/inbox/conflict.json"], 1, 3)
+    events = read_events(ws)
+    assert human_labels(events) == {ids(ws)["b.jpg"]: "dog"} and region_answers(events) == {}
+    back = read_csv(ws.rejected / "conflict.rows.csv")
+    assert [(b["region_id"], b["label"]) for b in back] == [("", "cat"), (r1, "cat"), (r1, "dog")]
+    for b in back:
+        assert f"outline one region ({r1}) with different labels" in b["reason"], b["reason"]
+        assert b["reason"].endswith("(task 1 (id 7), image 'a.jpg')")
+
+
 def test_a_polygon_on_another_image_size_is_set_aside_naming_both_sizes(ws):
     task_a, _ = _exported(ws)
     r1 = rid(ws, "r1")
@@ -367,7 +394,8 @@ def test_a_polygon_on_another_image_size_is_set_aside_naming_both_sizes(ws):
     assert [(e.region_id, e.label) for e in region_answers(events).values()] == [(r1, "cat")]
     (again,) = read_csv(ws.rejected / "sizes.rows.rows.csv")
     assert again["reason"] == ("region_id 'polygon:new' is a polygon drawn in Label Studio: a CSV cannot carry its "
-                               "outline; fix it in Label Studio and export the task again (or delete this row)")
+                               "outline; fix it in Label Studio and export the task again (or delete this row) "
+                               "(row 3, image 'a.jpg')")
 
 
 def test_parse_export_gives_a_row_per_polygon_after_the_image_row():
