@@ -33,12 +33,14 @@ wheel-check: env
 test-fast: env
 	$(TEST_ENV) $(BIN)/pytest -q -m "not slow"
 
-# A real Label Studio (own environment, .ls-venv/: its dependencies conflict with coldstart's).
+# A real Label Studio (own environment, .ls-venv/: its dependencies conflict with coldstart's),
+# every package pinned by .ci/labelstudio-constraints.txt. docs/labelstudio.md starts it.
 labelstudio-env:
 	.ci/labelstudio-env
 
+# The real-server tests (marked labelstudio); SENTRY_DSN empty: no error reporting to the internet.
 test-labelstudio: env labelstudio-env
-	$(TEST_ENV) COLDSTART_TEST_LABELSTUDIO=1 $(BIN)/pytest -q -m labelstudio tests/labelstudio
+	$(TEST_ENV) COLDSTART_TEST_LABELSTUDIO=1 SENTRY_DSN= $(BIN)/pytest -q -m labelstudio tests/labelstudio
 
 bench: env
 	$(TEST_ENV) $(BIN)/coldstart bench all --n 256 --json bench-all.json

@@ -17,6 +17,11 @@ Security: every route but ``/health`` needs the workspace's token (``.coldstart/
 made on first use, mode 0600, never logged), as ``Authorization: Bearer <token>`` or as the
 password of HTTP basic auth (what Label Studio's ML backend settings can send), compared in
 constant time; bodies over ``--max-body-mb`` get 413 before they are read.
+
+Every request is logged (logger ``coldstart.api``, INFO, on the terminal of `coldstart api`):
+method, path without its query string (a signed image URL's signature stays out), status and
+milliseconds; never a header, so never the token. A webhook Label Studio sends without the
+token shows up as ``POST /webhook -> 401``.
 """
 
 # No `from __future__ import annotations` here: FastAPI reads the route functions' annotations
@@ -34,6 +39,7 @@ from coldstart.tasks.tokens import api_token, sign_image
 from coldstart.tasks.workspace import Workspace
 
 log = logging.getLogger(__name__)
+access_log = logging.getLogger("coldstart.api")  # one line per request (AccessLog)
 
 HEX64 = re.compile(r"^[0-9a-f]{64}$")
 
@@ -107,6 +113,52 @@ class BodyLimit:
         await send({"type": "http.response.body", "body": body})
 
 
+# --- the access log -------------------------------------------------------------------------------
+
+
+class AccessLog:
+    """ASGI middleware: one INFO line per request on ``coldstart.api``, ``METHOD /path -> status
+    (N ms)``. The path is logged without its query string and no header is looked at, so neither
+    an image URL's signature nor the token can reach the log. A request that ends without a
+    response (the client went away) logs status 0; one that raises logs 500 and re-raises."""
+
+    def __init__(self, app, logger: logging.Logger = access_log):
+        self.app, self.log = app, logger
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        t0, status = time.perf_counter(), 0
+
+        async def sending(message):
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, sending)
+        except BaseException:
+            status = status or 500
+            raise
+        finally:
+            path = scope.get("path") or "/"
+            self.log.info("%s %s -> %d (%.0f ms)", scope.get("method", "?"), path if len(path) <= 200 else
+                          path[:200] + "...", status, (time.perf_counter() - t0) * 1000)
+
+
+def log_requests_to_terminal(logger: logging.Logger = access_log) -> None:
+    """Make the access log reach the terminal at INFO whatever the command's log level: the
+    logger's own level, and its own stderr handler unless the root logger has one to pass it to
+    (the CLI's ``basicConfig``)."""
+    logger.setLevel(logging.INFO)
+    if not logging.getLogger().handlers and not logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(name)s: %(message)s"))
+        logger.addHandler(handler)
+        logger.propagate = False
+
+
 # --- the app --------------------------------------------------------------------------------------
 
 
@@ -116,6 +168,7 @@ def create_app(workspace: str | Path, *, max_body_mb: float = 20.0, batch_images
     from fastapi.responses import FileResponse, JSONResponse
 
     from coldstart.tasks.inference import Batcher, ImageIndex, Labeler, Outliner
+    from coldstart.tasks.labelstudio import Annotators
 
     ws = Workspace.open(workspace)
     token = api_token(ws)
@@ -123,6 +176,7 @@ def create_app(workspace: str | Path, *, max_body_mb: float = 20.0, batch_images
     batcher = Batcher(labeler, max_images=batch_images, max_wait_ms=batch_wait_ms)
     outliner = Outliner(ws, labeler.params)
     index = ImageIndex(ws)
+    annotators = Annotators.for_workspace(ws)  # webhook annotators by email (labelstudio.url and its token)
     app = FastAPI(title="coldstart", description=__doc__.split("\n\n")[0], docs_url=None, redoc_url=None)
     app.state.ws, app.state.labeler, app.state.batcher = ws, labeler, batcher
 
@@ -159,7 +213,7 @@ def create_app(workspace: str | Path, *, max_body_mb: float = 20.0, batch_images
             raise HTTPException(422, "expected a Label Studio webhook body with an 'action'")
         from starlette.concurrency import run_in_threadpool
 
-        return await run_in_threadpool(_webhook, ws, body)
+        return await run_in_threadpool(_webhook, ws, body, annotators)
 
     @app.get("/images/{image_id}")
     def image(image_id: str, exp: int = 0, sig: str = ""):
@@ -202,7 +256,7 @@ def create_app(workspace: str | Path, *, max_body_mb: float = 20.0, batch_images
         return JSONResponse(status_code=422, content={"detail": str(exc)})
 
     app.router.on_shutdown.append(batcher.close)
-    return BodyLimit(app, int(max_body_mb * 2**20))
+    return AccessLog(BodyLimit(app, int(max_body_mb * 2**20)))
 
 
 async def _json(request):
@@ -278,9 +332,12 @@ def _predict_tasks(ws: Workspace, labeler, batcher, index, tasks: list) -> list[
     return out
 
 
-def _webhook(ws: Workspace, body: dict) -> dict:
+def _webhook(ws: Workspace, body: dict, annotators=None) -> dict:
     """Annotations into the label log (through the spool: at once when no round holds the
-    workspace, else by that round's intake); START_TRAINING starts a round."""
+    workspace, else by that round's intake); START_TRAINING starts a round. ``annotators`` (a
+    ``labelstudio.Annotators``) names each annotation's annotator by email where Label Studio
+    sent only the user's id; without it, or when the email cannot be found, intake records
+    ``ls-user-<id>``."""
     from coldstart.tasks.errors import WorkspaceError
     from coldstart.tasks.intake import ANSWER_ACTIONS, DELETE_ACTIONS, intake, spool_annotation
 
@@ -295,6 +352,8 @@ def _webhook(ws: Workspace, body: dict) -> dict:
         return {"status": "ignored", "action": action, "reason": "no annotation object in the body"}
     spooled = 0
     for ann in annotations:
+        if annotators is not None and action in ANSWER_ACTIONS:
+            ann = annotators.named(ann)
         try:
             _, _, known = spool_annotation(ws, action, ann, task)
         except ValueError as e:
@@ -307,6 +366,8 @@ def _webhook(ws: Workspace, body: dict) -> dict:
                             max_file_mb=params.intake.max_file_mb)
     except WorkspaceError:  # a round is running: its intake takes the spooled annotation in
         return {"status": "queued", "action": action, "new": spooled}
+    for problem in result.problems:  # the server's log shows a refused annotation, not only the response
+        log.warning("REJECTED %s", problem)
     return {"status": "imported", "action": action, "new": spooled, "events_added": result.events_added,
             "problems": result.problems}
 
@@ -382,4 +443,5 @@ def serve(workspace: str, host: str = "127.0.0.1", port: int = 8750, max_body_mb
         log.warning("coldstart api listens on %s: reachable from other machines; the token is the only guard "
                     "(put it behind TLS)", host)
     app = create_app(workspace, max_body_mb=max_body_mb)
+    log_requests_to_terminal()  # our access log (AccessLog), not uvicorn's: it would print query strings
     uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)

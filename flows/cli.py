@@ -5,13 +5,29 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import logging.handlers
 import os
+import shlex
 import sys
+import time
 from pathlib import Path
 
 from coldstart.models.errors import ColdstartError
+from coldstart.tasks.commands import command
 
 STAGES = ("scan", "embed", "intake", "train", "relabel", "regions", "select", "report")
+LOG_FILE = Path(".coldstart") / "logs" / "coldstart.log"  # in the workspace: every library's log lines
+def _process_seconds() -> float:
+    """Seconds since this process started (its start-up and imports included)."""
+    try:
+        import psutil
+
+        return max(0.0, time.time() - psutil.Process().create_time())
+    except Exception:  # no psutil, or no /proc: since this module was imported
+        return time.time() - _IMPORTED
+
+
+_IMPORTED = time.time()
 
 
 def _quiet_prefect() -> None:
@@ -20,6 +36,93 @@ def _quiet_prefect() -> None:
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
     os.environ.setdefault("DVC_NO_ANALYTICS", "1")
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")  # our own summary says what happened
+    # ... but a flow run's own log lines (get_run_logger: the round summary, the "nothing new"
+    # reason, stage timings) must reach its run page in the Prefect UI: those two loggers log
+    # INFO to the API whatever PREFECT_LOGGING_LEVEL says. Environment variables, so that the
+    # runs `coldstart serve` starts in subprocesses get them too. coldstart's own loggers go to
+    # the run page as well (Prefect's "extra loggers"); outside a run they are not sent.
+    os.environ.setdefault("PREFECT_LOGGING_LOGGERS_PREFECT_FLOW_RUNS_LEVEL", "INFO")
+    os.environ.setdefault("PREFECT_LOGGING_LOGGERS_PREFECT_TASK_RUNS_LEVEL", "INFO")
+    os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "coldstart")
+    os.environ.setdefault("PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW", "ignore")
+    # MLflow's loggers go through ours (the log file), not its own stderr handler.
+    os.environ.setdefault("MLFLOW_CONFIGURE_LOGGING", "false")
+    if "prefect.logging.configuration" in sys.modules:  # Prefect configured its logging already (tests, notebooks)
+        for name in ("prefect.flow_runs", "prefect.task_runs"):
+            logging.getLogger(name).setLevel(logging.INFO)
+
+
+class TerminalFilter(logging.Filter):
+    """What the terminal shows (without --verbose): coldstart's own messages from INFO up, and
+    other libraries' errors. Everything else (MLflow's registry and database lines, alembic's,
+    Python warnings such as timm's FutureWarnings) goes to the workspace's log file only. (DVC
+    prints through handlers of its own, on its loggers.)"""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name == "coldstart" or record.name.startswith("coldstart."):
+            # zero-shot's ontology warnings: the round summary shows them (once, see _fresh_warnings)
+            return record.levelno >= (logging.WARNING if record.name == "coldstart.models.zeroshot" else logging.INFO)
+        return record.levelno >= logging.ERROR
+
+
+class WorkspaceLogHandler(logging.handlers.RotatingFileHandler):
+    """Appends to ``<workspace>/.coldstart/logs/coldstart.log`` (2 MB, then one older file kept),
+    once the folder is a workspace (it has a params.yaml): the file is opened on the first record
+    after that, and opened again if the workspace is rebuilt meanwhile (`coldstart demo`)."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        super().__init__(root / LOG_FILE, maxBytes=2_000_000, backupCount=1, encoding="utf-8", delay=True)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            if not (self.root / "params.yaml").is_file():
+                return
+            if self.stream is not None and not os.path.exists(self.baseFilename):
+                self.close()  # the workspace was deleted and made again: a new file
+            Path(self.baseFilename).parent.mkdir(parents=True, exist_ok=True)
+        except OSError:
+            return
+        super().emit(record)
+
+
+def _configure_logging(args: argparse.Namespace) -> None:
+    """The terminal gets coldstart's own messages (all of every logger with --verbose); the
+    workspace's log file (LOG_FILE) gets every library's warnings and coldstart's, MLflow's
+    and Prefect's INFO lines. Called once per ``main()``: it replaces what an earlier call set."""
+    root = logging.getLogger()
+    for h in list(root.handlers):
+        # ours from an earlier call; Prefect's console handler where Prefect was imported first
+        # (tests, notebooks: in the CLI, Prefect sees ours and adds none).
+        if getattr(h, "coldstart", False) or type(h).__name__ == "PrefectConsoleHandler":
+            root.removeHandler(h)
+            if getattr(h, "coldstart", False):
+                h.close()
+    terminal = logging.StreamHandler(sys.stderr)
+    terminal.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    if not args.verbose:
+        terminal.addFilter(TerminalFilter())
+    handlers: list[logging.Handler] = [terminal]
+    folder = getattr(args, "workspace", None) or getattr(args, "directory", None)
+    if folder:
+        file = WorkspaceLogHandler(Path(folder).expanduser().resolve())
+        file.setFormatter(logging.Formatter("%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s"))
+        handlers.append(file)
+    for h in handlers:
+        h.coldstart = True  # type: ignore[attr-defined]
+        root.addHandler(h)
+    root.setLevel(logging.INFO if args.verbose else logging.WARNING)
+    for name in ("coldstart", "mlflow", "alembic"):
+        logging.getLogger(name).setLevel(logging.INFO)
+    # MLflow imported before main() (a notebook, a test) has put its own stderr handlers on
+    # "mlflow" and "alembic" and stopped propagation: their lines must go through ours
+    # (MLFLOW_CONFIGURE_LOGGING, set by _quiet_prefect, keeps a later import from doing it).
+    for name in ("mlflow", "alembic"):
+        lib = logging.getLogger(name)
+        for h in list(lib.handlers):
+            lib.removeHandler(h)
+        lib.propagate = True
+    logging.captureWarnings(True)  # warnings.warn (FutureWarning, ...) -> logger py.warnings -> the file
 
 
 def _write_json(path: str | None, data) -> None:
@@ -35,8 +138,79 @@ def cmd_init(a) -> int:
 
     ws = init_workspace(a.directory, remote=a.remote)
     print(f"created workspace {ws.root}\n  put images in {ws.images}/, edit {ws.params_file}, then run:\n"
-          f"  coldstart round --workspace {ws.root}")
+          f"  {command('coldstart')} round --workspace {shlex.quote(str(ws.root))}")
     return 0
+
+
+WARNED = "warned.json"  # in .coldstart/: the ontology warnings shown already, for which ontology and model
+
+
+def _fresh_warnings(ws, params, warnings: list[str]) -> tuple[list[str], int]:
+    """The ontology warnings a round's summary shows: each once per workspace, until the ontology
+    (or the model reading it) changes. Returns (those not shown before, how many were). The
+    record (JSON, MLflow, the Prefect run's log) keeps them all; `coldstart prompts` lists them."""
+    import hashlib
+
+    from coldstart.tasks.workspace import atomic_write_text
+
+    key = hashlib.sha256(json.dumps([params.ontology.model_dump(mode="json"), params.model.name,
+                                     params.model.pretrained], sort_keys=True, default=str).encode()).hexdigest()
+    path = ws.state_dir / WARNED
+    try:
+        kept = json.loads(path.read_text(encoding="utf-8"))
+        seen = set(kept["warnings"]) if kept.get("ontology") == key else set()
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        seen = set()
+    fresh = [w for w in warnings if w not in seen]
+    if fresh:
+        try:
+            path.parent.mkdir(exist_ok=True)
+            atomic_write_text(path, json.dumps({"ontology": key, "warnings": sorted(seen | set(fresh))},
+                                               ensure_ascii=False) + "\n")
+        except OSError:
+            pass  # shown again next time
+    return fresh, len(warnings) - len(fresh)
+
+
+def _summary(ws, record, started: float) -> str:
+    """A round's terminal summary: its time counted from ``started`` (the process start: Python,
+    imports and Prefect's start-up included, as a person waits for it), ontology warnings shown
+    before left out, and how to open MLflow's UI."""
+    import dataclasses
+
+    shown, repeated = record, 0
+    if record.train is not None and record.train.warnings:
+        fresh, repeated = _fresh_warnings(ws, ws.params(), record.train.warnings)
+        if repeated:
+            shown = dataclasses.replace(shown, train=dataclasses.replace(record.train, warnings=fresh))
+    if not record.nothing_new:
+        shown = dataclasses.replace(shown, seconds_total=time.monotonic() - started)
+    me, where = command("coldstart"), shlex.quote(str(ws.root))
+    # The record's hints name the bare command; here they become commands one can paste.
+    text = shown.describe().replace("`coldstart round --force`", f"`{me} round --force -w {where}`") \
+        .replace("coldstart prompts --workspace DIR", f"{me} prompts --workspace {where}")
+    lines = [text]
+    if repeated:
+        lines.append(f"  ({repeated} ontology warning(s) as in an earlier round, not repeated: "
+                     f"{command('coldstart')} prompts -w {shlex.quote(str(ws.root))} lists them all)")
+    if not record.nothing_new:
+        from coldstart.tasks.track import tracking_uri
+
+        uri = tracking_uri(ws, ws.params())
+        lines.append("  MLflow UI   " + (uri if uri.startswith(("http://", "https://")) else
+                                         f"{command('mlflow')} ui --backend-store-uri {shlex.quote(uri)}"))
+    return "\n".join(lines)
+
+
+def _warm_status(ws) -> None:
+    """Derive the status now, while the modules it needs are loaded: the next `coldstart status`
+    reads it back (.coldstart/status.json) instead of importing them."""
+    from coldstart.flows.status import workspace_status
+
+    try:
+        workspace_status(ws)
+    except Exception as e:  # best effort: status derives it itself
+        logging.getLogger(__name__).debug("status not derived: %s", e)
 
 
 def cmd_round(a) -> int:
@@ -47,26 +221,36 @@ def cmd_round(a) -> int:
     from coldstart.tasks.workspace import Workspace
 
     ws = Workspace.open(a.workspace)
+    started = a.started
+    found = None
+    if a.wait:  # a bad project title, token or server fails now, not after a whole round
+        from coldstart.tasks.labelstudio import preflight
+
+        found = preflight(ws)
     with round_prefect(ws) as settings, temporary_settings(settings):
         record = labeling_round(workspace=a.workspace, force=a.force)
-        if a.wait and not record.nothing_new and record.select and record.select.batch_size:
-            from coldstart.flows.wait import wait_for_answers
+        batch = None
+        if a.wait:
+            from coldstart.flows.wait import latest_batch, wait_for_answers
 
+            # Nothing new: the open batch (the latest round's) is still what people should answer.
+            batch = latest_batch(ws) if record.nothing_new else \
+                record.round if record.select and record.select.batch_size else None
+        if batch is not None:
             out = sys.stderr if a.json == "-" else sys.stdout
-            print(record.describe(), file=out)
-            print(f"waiting for answers to round {record.round}'s batch ...", file=out, flush=True)
-            waited = wait_for_answers(ws, record.round, answers=a.answers, timeout_min=a.timeout)
+            print(_summary(ws, record, started), file=out)
+            print(f"waiting for answers to round {batch}'s batch ...", file=out, flush=True)
+            waited = wait_for_answers(ws, batch, answers=a.answers, timeout_min=a.timeout, found=found)
             print(f"  {waited.answered} of {waited.asked} answered in {waited.seconds:.0f} s"
                   + (f" ({waited.pushed} task(s) in Label Studio project {waited.project})" if waited.project else "")
+                  + (f", {waited.rechecks} of them re-checks" if waited.rechecks else "")
                   + (": timed out, going on with what came" if waited.timed_out else ""), file=out, flush=True)
-            record = labeling_round(workspace=a.workspace, force=True)
-    print(record.describe(), file=sys.stderr if a.json == "-" else sys.stdout)  # stdout: the JSON
-    if not record.nothing_new:
-        from coldstart.tasks.track import tracking_uri
-
-        print(f"  MLflow UI   mlflow ui --backend-store-uri {tracking_uri(ws, ws.params())}",
-              file=sys.stderr if a.json == "-" else sys.stdout)
+            if waited.answered or not record.nothing_new:
+                started = time.monotonic()
+                record = labeling_round(workspace=a.workspace, force=True)
+    print(_summary(ws, record, started), file=sys.stderr if a.json == "-" else sys.stdout)  # stdout: the JSON
     _write_json(a.json, record.to_dict())
+    _warm_status(ws)
     # The round is versioned, but a person must fix an answer file: say so in the exit status.
     return EXIT_REJECTED if record.intake and (record.intake.files_rejected or record.intake.rows_rejected) else 0
 
@@ -113,7 +297,7 @@ def cmd_export(a) -> int:
     from coldstart.tasks.workspace import Workspace
 
     result = export(Workspace.open(a.workspace), a.format, Path(a.out), round_no=a.round,
-                    min_confidence=a.min_confidence, copy=a.copy)
+                    min_confidence=a.min_confidence, copy=not a.link)
     left = f" ({result.skipped} auto label(s) under --min-confidence left out)" if result.skipped else ""
     print(f"exported {result.rows} file(s) as {a.format} to {result.out}{left}")
     return 0
@@ -205,7 +389,8 @@ def cmd_report(a) -> int:
     ws = Workspace.open(a.workspace)
     tags = ws.round_tags()
     if not tags:
-        raise WorkspaceError(f"{ws.root}: no round yet; run `coldstart round` first")
+        raise WorkspaceError(f"{ws.root}: no round yet; run `{command('coldstart')} round -w "
+                             f"{shlex.quote(str(ws.root))}` first")
     n = tags[-1] if a.round is None else a.round
     if n not in tags:
         raise WorkspaceError(f"there is no round {n} (rounds: {', '.join(map(str, tags))})")
@@ -342,7 +527,8 @@ def cmd_finetune(a) -> int:
     save_weights(clip, out)
     print(f"fine-tuned the last {a.blocks} vision block(s) of {clip.model_id} on {len(items)} human labels "
           f"for {a.epochs} epoch(s): {out}\nto use it: set model.pretrained: {ws.rel(out) if out.is_relative_to(ws.root) else out} "
-          f"in params.yaml (the next round re-embeds every image), and `dvc add` the file to version it")
+          f"in params.yaml (the next round re-embeds every image), and version it: cd {shlex.quote(str(ws.root))} && "
+          f"{command('dvc')} add {shlex.quote(str(out))}")
     return 0
 
 
@@ -378,7 +564,18 @@ def cmd_labelstudio(a) -> int:
     from coldstart.tasks import labelstudio
     from coldstart.tasks.workspace import Workspace
 
-    params = Workspace.open(a.workspace).params()
+    ws = Workspace.open(a.workspace)
+    params = ws.params()
+    if a.labelstudio == "check":  # what `round --wait` checks first: title, server, token
+        found = labelstudio.preflight(ws, params)
+        if found is None:
+            print("labelstudio.url is not set: rounds hand their batch over as files (data/review/)")
+            return 0
+        found.client.close()
+        print(f"Label Studio at {found.url}: the token of {found.user} is accepted\n  project {found.title!r}: "
+              + (f"id {found.project}" if found.project is not None else "not there yet; the first `round --wait` "
+                 "creates it"))
+        return 0
     sys.stdout.write(labelstudio.project_config(params.ontology, regions=params.regions.enabled))
     return 0
 
@@ -441,7 +638,9 @@ def cmd_bench(a) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="coldstart", description="Label images with CLIP, spend human effort where it pays.")
-    p.add_argument("-v", "--verbose", action="store_true", help="show library logs")
+    p.add_argument("-v", "--verbose", action="store_true",
+                   help="show every library's log lines on the terminal (they are always kept in the workspace's "
+                        ".coldstart/logs/coldstart.log)")
     sub = p.add_subparsers(dest="command", required=True)
 
     def ws_arg(sp):
@@ -481,7 +680,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--round", type=int, default=None, help="as this round left the labels (default: the latest)")
     s.add_argument("--min-confidence", type=float, default=None,
                    help="leave out auto labels less confident than this (human labels are always kept)")
-    s.add_argument("--copy", action="store_true", help="imagefolder: copy the images instead of symlinking them")
+    s.add_argument("--link", action="store_true", help="imagefolder: symlink the images (a read-only view that "
+                   "takes no space) instead of copying them")
+    s.add_argument("--copy", action="store_true", help=argparse.SUPPRESS)  # the default now; kept for old scripts
     s.set_defaults(fn=cmd_export)
 
     s = sub.add_parser("regions", help="segment images with SAM and label every mask with the workspace's labeler "
@@ -555,6 +756,10 @@ def build_parser() -> argparse.ArgumentParser:
     lsub = s.add_subparsers(dest="labelstudio", required=True)
     ls = lsub.add_parser("config", help="print the labeling config (XML) for a Label Studio project: the ontology's "
                                         "classes as choices, and polygons when regions are enabled")
+    ws_arg(ls)
+    ls.set_defaults(fn=cmd_labelstudio)
+    ls = lsub.add_parser("check", help="check labelstudio.url, the token and the project title as `round --wait` "
+                                       "does before it starts")
     ws_arg(ls)
     ls.set_defaults(fn=cmd_labelstudio)
 
@@ -648,8 +853,8 @@ def _describe(parser: argparse.ArgumentParser) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
+    args.started = time.monotonic() - _process_seconds()  # a round's printed time counts from the process start
+    _configure_logging(args)
     if not args.verbose:
         # Prefect logs a failed run with its traceback; the Prefect UI keeps it (API handler),
         # the terminal gets our one-line message instead.

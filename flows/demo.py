@@ -19,6 +19,7 @@ from PIL import Image
 
 from coldstart.models.clip import ClipConfig, load_clip
 from coldstart.models.errors import WeightsUnavailableError
+from coldstart.tasks.commands import command
 from coldstart.tasks.errors import WorkspaceError
 from coldstart.tasks.relabel import read_resolved
 from coldstart.tasks.workspace import Workspace
@@ -190,9 +191,30 @@ def _demo_rounds(ws, truth: dict[str, str], rounds: int, json_path: str | None, 
           "(every earlier round's, scored out of fold by the round's labeler and weighted by confidence band\n"
           "to the round's auto labels), with its 95% interval and n; 'true acc': the same auto labels against\n"
           "the known digits. A few audit items give wide intervals: answer more (round.review_policy).")
-    print(f"\nMLflow UI:   mlflow ui --backend-store-uri sqlite:///{ws.root / 'mlflow.db'}")
-    print(f"Round 2's labels, from a fresh clone:\n  git clone {ws.root} demo-clone && cd demo-clone && "
-          f"git checkout round-002 && dvc pull data/labels/resolved\n  or: dvc get {ws.root} "
-          f"data/labels/resolved --rev round-002 -o resolved-round-002\n  then, in Python: "
-          f"coldstart.read_labels('resolved-round-002')  (a pandas DataFrame)")
+    with contextlib.suppress(Exception):  # derived now: the next `coldstart status` reads it back
+        from coldstart.flows.status import workspace_status
+
+        workspace_status(ws)
+    print(demo_hints(ws.root, rounds))
     return table
+
+
+def demo_hints(root: Path, rounds: int) -> str:
+    """What to try next, as commands that run when pasted into a shell (any folder, virtualenv
+    activated or not): the executables of this environment by full path, the workspace quoted."""
+    import shlex
+    import sys
+
+
+    here, last = shlex.quote(str(root)), max(1, rounds)
+    tag = f"round-{last:03d}"
+    clone = shlex.quote(str(root.with_name(root.name + "-clone")))
+    out = shlex.quote(str(root.with_name(f"resolved-{tag}")))
+    labels = json.dumps(str(root.with_name(f"resolved-{tag}")), ensure_ascii=False)  # a Python string literal too
+    read = shlex.quote(f"import coldstart; print(coldstart.read_labels({labels}))")
+    return (f"\nMLflow UI:   {command('mlflow')} ui --backend-store-uri "
+            f"{shlex.quote('sqlite:///' + str(root / 'mlflow.db'))}\n"
+            f"Round {last}'s labels, from a fresh clone:\n  git clone {here} {clone} && cd {clone} && "
+            f"git checkout {tag} && {command('dvc')} pull data/labels/resolved\n"
+            f"  or: {command('dvc')} get {here} data/labels/resolved --rev {tag} -o {out}\n"
+            f"  then: {shlex.quote(sys.executable)} -c {read}  (a pandas DataFrame)")

@@ -15,6 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
+from prefect.exceptions import MissingContextError
+from prefect.logging import get_run_logger
+
 from coldstart.tasks.audit import GATE_NOTE, AuditEstimate
 from coldstart.tasks.embed import EmbedResult
 from coldstart.tasks.intake import IntakeResult
@@ -32,6 +35,14 @@ STAGES: dict[str, type] = {"scan": ScanResult, "embed": EmbedResult, "intake": I
                            "train": TrainResult, "relabel": RelabelResult, "regions": RegionsResult,
                            "select": SelectResult, "report": ReportResult,
                            "track": TrackResult, "version": VersionResult}
+
+
+def _log_stage(round_no: int, stage: str, seconds: float) -> None:
+    """A stage's wall time in the flow run's log (the Prefect UI's run page); outside a run, nowhere."""
+    try:
+        get_run_logger().info("round %d: stage %s took %.2f s", round_no, stage, seconds)
+    except MissingContextError:
+        pass
 
 
 @dataclass
@@ -63,6 +74,7 @@ class RoundRecord:
         finally:
             self.seconds[stage] = time.perf_counter() - t
             self.seconds_total = time.perf_counter() - self._started
+            _log_stage(self.round, stage, self.seconds[stage])
 
     def metrics(self) -> dict[str, float | None]:
         """MLflow metrics: each stage's own, plus ``seconds_<stage>`` and ``seconds_total``."""
@@ -135,8 +147,8 @@ class RoundRecord:
         if self.nothing_new:
             return self.describe_nothing_new()
         sc, em, it, tr, rl, se, au = self.scan, self.embed, self.intake, self.train, self.relabel, self.select, self.audit
-        audit = "no audit answers yet"
-        if au is not None and au.n:
+        audit = "no audit answers yet" if rl.auto else "no auto labels to audit: every image has a human label"
+        if au is not None and au.n and rl.auto:
             whose = "this round's" if au.round == self.round else f"round {au.round}'s"
             audit = (f"{whose} auto labels: {au.describe()}, at least {pct(au.lower_bound)} with 95% confidence "
                      f"({GATE_NOTE})")

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Iterator
 
 from coldstart.models.errors import ColdstartError
+from coldstart.tasks.commands import command
 from coldstart.tasks.workspace import Workspace
 
 
@@ -37,8 +38,12 @@ def start_local_server(ws: Workspace, port: int, timeout: float = 180.0) -> tupl
                              f"or point PREFECT_API_URL at that server")
     home = ws.root / ".prefect"
     home.mkdir(exist_ok=True)
-    env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
-    env.pop("PREFECT_API_URL", None)
+    # The UI it serves calls the API at PREFECT_UI_API_URL, which defaults to PREFECT_API_URL,
+    # else to PREFECT_SERVER_API_HOST/PORT: not to --port. Without these, a server on any port but
+    # 4200 serves a UI that says "Can't connect to Server API at http://127.0.0.1:4200/api".
+    env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+           "PREFECT_API_URL": api, "PREFECT_UI_API_URL": api, "PREFECT_SERVER_API_HOST": "127.0.0.1",
+           "PREFECT_SERVER_API_PORT": str(port)}
     log = open(home / "server.log", "ab")
     prefect = Path(sys.executable).with_name("prefect")
     # Its own session (Ctrl-C in the terminal reaches serve only, which stops it in order), and
@@ -114,6 +119,11 @@ def prefect_settings_for(ws: Workspace) -> dict:
     return {PREFECT_HOME: str(ws.root / ".prefect")}
 
 
+def _prefect() -> str:
+
+    return command("prefect")
+
+
 def _die_with_parent() -> None:  # pragma: no cover - runs in the child, between fork and exec
     """Linux: the child gets SIGTERM when the process that started it dies, even by kill -9."""
     import ctypes
@@ -170,7 +180,7 @@ def round_prefect(ws: Workspace, timeout: float = 120.0) -> Iterator[dict]:
         while not _healthy(api):
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise ColdstartError(f"the round's Prefect API server did not start (see {home / 'round-server.log'}); "
-                                     f"or point PREFECT_API_URL at a running `prefect server start`")
+                                     f"or point PREFECT_API_URL at a running `{_prefect()} server start`")
             time.sleep(0.2)
         yield {PREFECT_API_URL: api}
     finally:

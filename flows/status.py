@@ -1,20 +1,36 @@
-"""`coldstart status`: what a person wants to know about a workspace, from its own files."""
+"""`coldstart status`: what a person wants to know about a workspace, from its own files.
+
+Fast (about a second on the demo's 1,797 images): it imports neither torch, MLflow, DVC nor
+the round's record and stage modules. What needs the label log or the audit (modules that import
+Prefect and SciPy) is derived once per change of data/labels/events.jsonl or
+data/metrics/round.json, and kept in .coldstart/status.json; `coldstart round` and the demo
+derive it before they exit.
+"""
 
 from __future__ import annotations
 
-from coldstart.flows.record import RoundRecord
-from coldstart.tasks.audit import GATE_NOTE
+import json
+from types import SimpleNamespace
+from typing import TYPE_CHECKING, Any
+
+from coldstart.tasks.commands import command
 from coldstart.tasks.config import StopConfig
-from coldstart.tasks.intake import human_labels, read_events
-from coldstart.tasks.manifest import read_manifest
-from coldstart.tasks.workspace import Workspace, read_csv
+from coldstart.tasks.workspace import Workspace, atomic_write_text, read_csv
+
+if TYPE_CHECKING:
+    from coldstart.flows.record import RoundRecord
+
+GATE_NOTE = "the gates' exact bound, unweighted"  # as coldstart.tasks.audit.GATE_NOTE (checked by a test)
+CACHE = "status.json"  # in .coldstart/: derived parts of the status, keyed by their file's size, mtime and inode
+CACHE_VERSION = 1
 
 
-def stopping(stop: StopConfig, last: RoundRecord, review_policy: str = "custom") -> tuple[bool, list[str], list[str]]:
+def stopping(stop: StopConfig, last: "RoundRecord", review_policy: str = "custom") -> tuple[bool, list[str], list[str]]:
     """Is the dataset done? (done, the criteria that hold, why each other one does not), from
     the last round's record and params.stop. Any one criterion is enough. Each rests on evidence
     a round that asked nothing cannot fake: the human-label count, an audit bound, or low churn
-    together with few uncertain auto labels.
+    together with few uncertain auto labels. When every image has a human label (no auto label
+    left), it is done whatever the other criteria say: there is nothing left to check.
 
     The audit criterion is a decision ("is the accuracy at least stop.audit_lower_bound?"), so
     it uses the one-sided 95% Clopper-Pearson lower bound of the audit estimate (tasks/audit.py):
@@ -29,10 +45,14 @@ def stopping(stop: StopConfig, last: RoundRecord, review_policy: str = "custom")
             f"the human-label budget is {'spent' if humans >= stop.max_labels else 'not spent'} "
             f"({humans} {'>=' if humans >= stop.max_labels else '<'} stop.max_labels={stop.max_labels})")
     rl = last.relabel
+    if rl is not None and rl.auto == 0 and rl.images:
+        met.append("every image has a human label (review_policy critical: every auto label goes to review)"
+                   if review_policy == "critical" else "every image has a human label: no auto label is left to check")
+        return True, met, []
     if review_policy == "critical":
         left = rl.auto if rl else None
-        if left == 0:
-            met.append("every image has a human label (review_policy critical: every auto label goes to review)")
+        if left == 0:  # no image at all
+            unmet.append("review_policy critical: no image is labeled yet")
         else:
             unmet.append(f"review_policy critical: every auto label goes to review, and "
                          f"{'some' if left is None else left} are not reviewed yet")
@@ -66,24 +86,120 @@ def stopping(stop: StopConfig, last: RoundRecord, review_policy: str = "custom")
     return bool(met), met, unmet
 
 
-def last_round(ws: Workspace) -> RoundRecord | None:
+def last_round(ws: Workspace) -> "RoundRecord | None":
     """The newest round's record (data/metrics/round.json), or None before the first round."""
+    from coldstart.flows.record import RoundRecord
+
     path = ws.metrics_dir / "round.json"
     return RoundRecord.load(path) if path.is_file() else None
 
 
+def _stat(path) -> list[int] | None:
+    try:
+        st = path.stat()
+        return [st.st_size, st.st_mtime_ns, st.st_ino]
+    except OSError:
+        return None
+
+
+def _cached(ws: Workspace, part: str, path, compute) -> Any:
+    """``compute()``, derived from the file ``path``: read back from .coldstart/status.json while
+    that file's size and mtime are those it was derived from, else computed and kept."""
+    from coldstart import __version__
+
+    key = [__version__, CACHE_VERSION, _stat(path)]
+    cache = ws.state_dir / CACHE
+    try:
+        kept = json.loads(cache.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        kept = {}
+    if not isinstance(kept, dict):
+        kept = {}
+    entry = kept.get(part)
+    if isinstance(entry, dict) and entry.get("key") == key:
+        return entry["value"]
+    value = compute()
+    if _stat(path) == key[2]:  # unchanged while it was read
+        try:
+            cache.parent.mkdir(exist_ok=True)
+            atomic_write_text(cache, json.dumps({**kept, part: {"key": key, "value": value}}, ensure_ascii=False) + "\n")
+        except OSError:
+            pass  # a read-only workspace: status is just slower
+    return value
+
+
+def _label_counts(ws: Workspace) -> dict[str, int]:
+    """Images with a human label, and label events, from the label log (tasks.intake: Prefect)."""
+    def compute():
+        from coldstart.tasks.intake import human_labels, read_events
+
+        events = read_events(ws)
+        return {"human_labels": len(human_labels(events)), "label_events": len(events)}
+
+    return _cached(ws, "labels", ws.events, compute)
+
+
+def _record_facts(ws: Workspace) -> dict[str, Any] | None:
+    """What `status` needs of the newest round's record (data/metrics/round.json): a few intake,
+    relabel and train figures as recorded, and the audit's estimate, interval, one-sided bound and
+    wording (tasks.audit: Prefect, SciPy); None before the first round."""
+    path = ws.metrics_dir / "round.json"
+
+    def compute():
+        if not path.is_file():
+            return None
+        data = json.loads(path.read_text(encoding="utf-8"))
+        audit = None
+        if data.get("audit"):
+            from coldstart.tasks.audit import AuditEstimate
+
+            au = AuditEstimate.from_dict(data["audit"])
+            audit = {"round": au.round, "n": au.n, "accuracy": au.accuracy, "method": au.method,
+                     "interval": list(au.interval) if au.n else None, "lower_bound": au.lower_bound,
+                     "summary": au.describe() if au.n else None}
+        def some(part: str, *names: str) -> dict | None:
+            d = data.get(part)
+            return {k: d.get(k) for k in names} if d else None
+
+        return {"round": int(data["round"]), "intake": some("intake", "human_labels"),
+                "relabel": some("relabel", "images", "auto", "churn", "below_threshold"),
+                "train": some("train", "model", "probe_cv_accuracy"), "audit": audit}
+
+    return _cached(ws, "record", path, compute)
+
+
+def _light_record(facts: dict[str, Any]) -> SimpleNamespace:
+    """The record's facts with the attributes ``stopping`` reads (as a ``RoundRecord``'s)."""
+    def plain(d):
+        return SimpleNamespace(**d) if d else None
+
+    au = facts["audit"]
+    audit = SimpleNamespace(**au, describe=lambda: au["summary"] or "no answered audit items yet") if au else None
+    return SimpleNamespace(round=facts["round"], intake=plain(facts["intake"]), relabel=plain(facts["relabel"]),
+                           train=plain(facts["train"]), audit=audit)
+
+
+def _image_counts(ws: Workspace) -> tuple[int, int]:
+    """(distinct images, files) of the current manifest."""
+    from coldstart.tasks.manifest import read_manifest_table
+
+    ids = read_manifest_table(ws, ["image_id"]).column("image_id")
+    return len(set(ids.to_pylist())), len(ids)
+
+
 def workspace_status(ws: Workspace) -> dict:
-    manifest = read_manifest(ws)
-    events = read_events(ws)
     tags = ws.round_tags()
     pending = sorted(p.name for p in ws.inbox.glob("*") if p.is_file() and not p.name.startswith(".")) if ws.inbox.is_dir() else []
     rejected = sorted(p.name for p in ws.rejected.glob("*") if p.is_file() and not p.name.endswith(".errors.txt")) \
         if ws.rejected.is_dir() else []
-    last = last_round(ws)
     params = ws.params()
+    facts = _record_facts(ws)
+    last = _light_record(facts) if facts else None
     done, why, why_not = stopping(params.stop, last, params.round.review_policy) if last else (False, [], [])
     audit = last.audit if last else None
     has_audit = bool(audit and audit.n)
+    labels = _label_counts(ws)
+    images, files = _image_counts(ws)
     report = ws.root / "data" / "reports" / f"round-{tags[-1]:03d}.html" if tags else None
     return {
         "workspace": str(ws.root),
@@ -94,18 +210,18 @@ def workspace_status(ws: Workspace) -> dict:
         # one-sided 95% lower bound the stopping rule uses, and how many audit items it rests on.
         "last_audit": {"audit_round": audit.round if audit else None, "audit_n": audit.n if audit else 0,
                        "audit_accuracy": audit.accuracy if audit else None,
-                       "audit_interval": list(audit.interval) if has_audit else None,
+                       "audit_interval": audit.interval if has_audit else None,
                        "audit_lower_bound": audit.lower_bound if has_audit else None,
                        "audit_method": audit.method if has_audit else None,
-                       "audit_summary": audit.describe() if has_audit else None},
+                       "audit_summary": audit.summary if has_audit else None},
         "review_policy": params.round.review_policy,
         "report": ws.rel(report) if report is not None and report.is_file() else None,
         "last_churn": last.relabel.churn if last and last.relabel else None,
-        "images": len({r["image_id"] for r in manifest}),
-        "files": len(manifest),
+        "images": images,
+        "files": files,
         "quarantined": len(read_csv(ws.quarantine)),
-        "human_labels": len(human_labels(events)),
-        "label_events": len(events),
+        "human_labels": labels["human_labels"],
+        "label_events": labels["label_events"],
         "rounds": len(tags),
         "last_round": tags[-1] if tags else None,
         "auto_labeled": last.relabel.auto if last and last.relabel else 0,
@@ -119,8 +235,6 @@ def workspace_status(ws: Workspace) -> dict:
 
 def _last_check(ws: Workspace, last_round: int | None) -> dict | None:
     """The newest round attempt that found nothing new since the last round, if any."""
-    import json
-
     path = ws.state_dir / "last-check.json"
     try:
         check = json.loads(path.read_text(encoding="utf-8"))
@@ -139,7 +253,9 @@ def format_status(s: dict) -> str:
         + (f" (probe CV accuracy {s['probe_cv_accuracy']:.3f})" if s["probe_cv_accuracy"] is not None else ""),
     ]
     audit = s.get("last_audit") or {}
-    if audit.get("audit_summary"):
+    if s["rounds"] and not s["auto_labeled"] and s["images"]:
+        lines.append("audit         no auto labels to audit: every image has a human label")
+    elif audit.get("audit_summary"):
         lines.append(f"audit         round {audit['audit_round']}'s auto labels: {audit['audit_summary']}; at least "
                      f"{audit['audit_lower_bound']:.1%} with 95% confidence ({GATE_NOTE})")
     elif s["rounds"]:
@@ -149,10 +265,13 @@ def format_status(s: dict) -> str:
     if s["done"]:
         lines.append("DONE          " + "; ".join(s["done_reasons"]))
     elif s["rounds"]:
-        lines.append("not done yet  (any one criterion in params.yaml `stop:` is enough) - answer the review batch "
-                     "and run a round")
-    for reason in s.get("not_done_reasons") or []:
-        lines.append("  not met     " + reason)
+
+        run = f"{command('coldstart')} round -w {_quote(s['workspace'])}"
+        lines.append("not done yet  (any one criterion in params.yaml `stop:` is enough) - " + (
+            f"answers wait in data/inbox/: run a round: {run}" if s["inbox_pending"] else
+            f"answer the review batch (data/review/), drop the answers into data/inbox/ and run a round: {run}"))
+        for reason in s.get("not_done_reasons") or []:
+            lines.append("  not met     " + reason)
     if s.get("last_check"):
         lines.append(f"last check    {s['last_check']['checked_at']}: nothing new since round {s['last_round']} "
                      f"(no images, answers or params changes), so no round was made")
@@ -163,3 +282,9 @@ def format_status(s: dict) -> str:
                      "(in data/inbox/rejected/: NAME.errors.txt says why a file was rejected; NAME.rows.csv "
                      "holds rows set aside, with a reason column: fix them and drop that file into data/inbox/)")
     return "\n".join(lines)
+
+
+def _quote(path: str) -> str:
+    import shlex
+
+    return shlex.quote(path)

@@ -9,19 +9,35 @@ which intake matches to the proposed regions).
 
 The control names, the data key and the local-files prefix below are used by both directions,
 so what is exported is what the import reads back. No files are read or written here.
+
+Also the checks a live review needs before a round starts (``preflight``: the project title Label
+Studio will accept, the server reachable, the token valid), and ``Annotators``: a Label Studio
+user id -> that person's email, for annotations that name their annotator by id only.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import math
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
 from xml.sax.saxutils import quoteattr
 
-from coldstart.tasks.errors import LabelFileError
+from coldstart.tasks.errors import ConfigError, LabelFileError
+
+log = logging.getLogger(__name__)
 
 IMAGE = "image"  # the <Image> control's name, and the task data key it shows ($image)
 LABEL = "label"  # the <Choices> control's name: the from_name of every answer
 POLYGON = "region"  # the <PolygonLabels> control's name: the from_name of every region pre-annotation
+NOTE = "note"  # the task data key shown above the choices (<Header value="$note"/>): why a re-check is asked
+# A re-check's pre-annotation is the label a person already gave (not a model's), named so.
+HUMAN_LABEL_VERSION = "human-label"
+# Without a known human label, a re-check is pre-annotated with the model's disputing suggestion, named so.
+DISPUTING_MODEL_VERSION = "held-out-model-disputes"
 # Label Studio serves local files under this URL; ``d`` is relative to its document root, which
 # must be the workspace's data/ folder (LOCAL_FILES_DOCUMENT_ROOT).
 LOCAL_FILES_PREFIX = "/data/local-files/?d=images/"
@@ -37,18 +53,114 @@ MAX_PERIMETER = 2_000_000  # pixels of outline rasterized per polygon (the raste
 # --- export ---------------------------------------------------------------------------------------
 
 
+def _choice(label: str) -> list[dict]:
+    return [{"from_name": LABEL, "to_name": IMAGE, "type": "choices", "value": {"choices": [label]}}]
+
+
+def _data(image_id: str, path: str, url: str | None) -> dict:
+    return {IMAGE: url or LOCAL_FILES_PREFIX + path, "image_id": image_id, "path": path}
+
+
 def task(image_id: str, path: str, label: str, score: float, model_version: str, url: str | None = None) -> dict:
     """One task: the image at ``path`` (relative to data/images/), pre-annotated with ``label``.
     ``url``: where Label Studio's browser fetches it (a signed `coldstart api` URL); default: its
     local-files URL."""
     return {
-        "data": {IMAGE: url or LOCAL_FILES_PREFIX + path, "image_id": image_id, "path": path},
-        "predictions": [{
-            "model_version": model_version,
-            "score": float(score),
-            "result": [{"from_name": LABEL, "to_name": IMAGE, "type": "choices", "value": {"choices": [label]}}],
-        }],
+        "data": _data(image_id, path, url),
+        "predictions": [{"model_version": model_version, "score": float(score), "result": _choice(label)}],
     }
+
+
+def recheck_note(human_label: str, suggested: str, probability: float) -> str:
+    """What a re-check task tells the annotator: why the image is asked again, and what each side says."""
+    return (f"Asked again: a person labeled this {human_label!r}; the model (held out from that label) says "
+            f"{suggested!r} with p={probability:.2f}. Keep the person's label or choose the right class.")
+
+
+def recheck_task(image_id: str, path: str, suggested: str, probability: float, *, human_label: str | None,
+                 url: str | None = None, note: str = "") -> dict:
+    """A re-check: an image a person already labeled ``human_label`` that the held-out model
+    disputes (it says ``suggested`` with ``probability``). ``data.note`` says so (shown above the
+    choices), ``data.purpose`` is ``recheck`` (a Data Manager column to filter by), and
+    ``data.human_label`` / ``data.model_suggestion`` hold both sides.
+
+    The pre-annotation is the person's label, named ``model_version: "human-label"``, its score
+    1 - p (low: a disputed label sorts first by prediction score). Without a known human label it
+    is the model's suggestion, named ``held-out-model-disputes``, and ``note`` (the review CSV's)
+    is shown instead."""
+    data = {**_data(image_id, path, url), "purpose": "recheck", "model_suggestion": suggested}
+    if human_label:
+        data.update(human_label=human_label, **{NOTE: recheck_note(human_label, suggested, probability)})
+        version, label, score = HUMAN_LABEL_VERSION, human_label, 1.0 - float(probability)
+    else:
+        data[NOTE] = note or (f"Asked again: a person's label of this image is disputed by the model (held out), "
+                              f"which says {suggested!r} with p={probability:.2f}. Choose the right class.")
+        version, label, score = DISPUTING_MODEL_VERSION, suggested, float(probability)
+    return {"data": data, "predictions": [{"model_version": version, "score": round(score, 6),
+                                           "result": _choice(label)}]}
+
+
+def review_tasks(batch: list[dict], url_of: Callable[[str, str], str] | None = None, *,
+                 human: dict[str, str] | None = None) -> list[dict]:
+    """The tasks of a review batch (rows of ``round-NNN.batch.csv``: image_id, image, purpose,
+    predicted_label, confidence, model_id, source, note), in the order given. A re-check
+    (``purpose: recheck``) becomes a ``recheck_task`` whose human label is ``human[image_id]``
+    (else the row's ``human_label``); every other row a ``task`` pre-annotated with the model's
+    label. ``url_of(image_id, path)``: the image's URL (``labelstudio.images: api``); None:
+    local files."""
+    out = []
+    for b in batch:
+        url = url_of(b["image_id"], b["image"]) if url_of else None
+        if b.get("purpose") == "recheck":
+            out.append(recheck_task(b["image_id"], b["image"], b["predicted_label"], float(b["confidence"]),
+                                    human_label=(human or {}).get(b["image_id"]) or b.get("human_label") or None,
+                                    url=url, note=b.get("note") or ""))
+        else:
+            out.append(task(b["image_id"], b["image"], b["predicted_label"], float(b["confidence"]),
+                            b.get("model_id") or b.get("source") or "", url))
+    return out
+
+
+def honest_rechecks(tasks: list[dict], batch: list[dict], human: dict[str, str]) -> list[dict]:
+    """``tasks`` (a round's tasks.json) with each re-check of ``batch`` that was written as a plain
+    task (by an older coldstart: the model's suggestion under ``model_version: "human"``, no note)
+    rewritten as a ``recheck_task``, keeping its image URL; ``human``: image id -> its current
+    human label. Tasks already marked ``purpose: recheck`` and all others are returned as they are."""
+    rechecks = {b["image_id"]: b for b in batch if b.get("purpose") == "recheck"}
+    out = []
+    for t in tasks:
+        data = t.get("data") if isinstance(t, dict) else None
+        b = rechecks.get(data.get("image_id")) if isinstance(data, dict) else None
+        if b is None or data.get("purpose") == "recheck":
+            out.append(t)
+            continue
+        out.append(recheck_task(b["image_id"], b["image"], b["predicted_label"], float(b["confidence"]),
+                                human_label=human.get(b["image_id"]), url=data.get(IMAGE), note=b.get("note") or ""))
+    return out
+
+
+def human_task(image_id: str, path: str, label: str, url: str | None = None) -> dict:
+    """A task whose label a person gave: imported as an annotation (Label Studio credits the
+    importing user), not as a prediction."""
+    return {"data": _data(image_id, path, url),
+            "annotations": [{"result": _choice(label), "was_cancelled": False, "ground_truth": False}]}
+
+
+def export_tasks(rows: list[dict], url_of: Callable[[str, str], str] | None = None) -> list[dict]:
+    """``coldstart export --format labelstudio``: one task per labeled file (rows with image_id,
+    path, label, source, confidence, optionally model_id). Human labels (``source: human``) are
+    ``annotations``; model labels stay ``predictions`` (model_version: the row's model_id, else
+    its source). ``url_of(image_id, path)``: the image URL when ``labelstudio.images: api`` (as
+    the round's tasks have them); None: local files."""
+    out = []
+    for r in rows:
+        url = url_of(r["image_id"], r["path"]) if url_of else None
+        if r["source"] == "human":
+            out.append(human_task(r["image_id"], r["path"], r["label"], url))
+        else:
+            out.append(task(r["image_id"], r["path"], r["label"], r["confidence"], r.get("model_id") or r["source"],
+                            url))
+    return out
 
 
 def tasks_json(tasks: list[dict]) -> str:
@@ -57,7 +169,8 @@ def tasks_json(tasks: list[dict]) -> str:
 
 
 def label_config(classes: list[str], *, polygons: list[str] | None = None) -> str:
-    """The labeling config (``label_config.xml``): the image and one single choice among ``classes``;
+    """The labeling config (``label_config.xml``): the image, a header showing the task's ``note``
+    (a re-check says why it is asked again; empty otherwise), and one single choice among ``classes``;
     with ``polygons``, also a polygon control (``POLYGON``) whose labels are those classes, for
     region pre-annotations (``regions.regions_to_labelstudio``) a person can edit.
 
@@ -67,7 +180,7 @@ def label_config(classes: list[str], *, polygons: list[str] | None = None) -> st
     polygon = "" if polygons is None else (
         f'  <PolygonLabels name="{POLYGON}" toName="{IMAGE}" strokeWidth="2" pointSize="small" opacity="0.4">\n'
         + "".join(f"    <Label value={quoteattr(c)}/>\n" for c in polygons) + "  </PolygonLabels>\n")
-    return (f'<View>\n  <Image name="{IMAGE}" value="${IMAGE}"/>\n'
+    return (f'<View>\n  <Image name="{IMAGE}" value="${IMAGE}"/>\n  <Header value="${NOTE}" size="5"/>\n'
             f'  <Choices name="{LABEL}" toName="{IMAGE}" choice="single" showInLine="true">\n{choices}\n'
             f'  </Choices>\n{polygon}</View>\n')
 
@@ -327,3 +440,152 @@ def _image_path(data: dict) -> str:
     prefix. Kept as written (spaces too): intake matches it exactly first."""
     image = _get(data, "path", (str,), "data ") or _get(data, IMAGE, (str,), "data ") or ""
     return image[len(LOCAL_FILES_PREFIX):] if image.startswith(LOCAL_FILES_PREFIX) else image
+
+
+# --- a live server: before a round, and who answered -----------------------------------------------
+
+TITLE_MIN, TITLE_MAX = 3, 50  # what Label Studio 1.23 accepts for a project title (after trimming spaces)
+
+
+def project_title(configured: str | None, folder: str) -> str:
+    """The Label Studio project title of a workspace: ``labelstudio.project`` as configured
+    (ConfigError, with the fix, when Label Studio would refuse it: under 3 or over 50 characters
+    once trimmed, as it trims), else the workspace folder's name, made valid: "coldstart <name>"
+    when it is under 3 characters (``ws`` -> ``coldstart ws``), cut to 50 when longer."""
+    if configured is not None:
+        title = configured.strip()
+        if not TITLE_MIN <= len(title) <= TITLE_MAX:
+            raise ConfigError(f"labelstudio.project {configured!r} is {len(title)} character(s) long (trimmed); Label "
+                              f"Studio wants a project title of {TITLE_MIN} to {TITLE_MAX} characters: set "
+                              f"labelstudio.project in params.yaml to one (or remove it to use the workspace "
+                              f"folder's name)")
+        return title
+    title = folder.strip()  # Label Studio trims the ends, as here
+    if len(title) < TITLE_MIN:
+        title = f"coldstart {title}".strip()
+    return title[:TITLE_MAX].rstrip()
+
+
+@dataclass
+class Preflight:
+    """What ``preflight`` found: the server, the project title (``project``: its id, None until
+    the first push creates it), the token's user, and a connected ``client`` (close it)."""
+
+    url: str
+    title: str
+    user: str
+    project: int | None
+    client: Any = field(repr=False, default=None)
+    warnings: list[str] = field(default_factory=list)
+
+
+def preflight(ws, params=None, *, transport=None) -> Preflight | None:
+    """Check, before a round that hands its batch to Label Studio (``round --wait`` with
+    ``labelstudio.url`` set), everything that would otherwise fail only after the round: the
+    project title is one Label Studio accepts (``project_title``), the token is in the
+    environment, the server answers and accepts the token (``GET /api/current-user/whoami``).
+    With ``labelstudio.images: api`` it also asks ``api_url``'s ``/health`` and warns (does not
+    fail) when `coldstart api` does not answer there: annotators would see no images.
+
+    None when ``labelstudio.url`` is not set (files only: nothing to check). Raises ConfigError
+    (the title) or LabelStudioError (token, server), each with the fix."""
+    from coldstart.tasks.lsclient import LabelStudio, LabelStudioError
+
+    params = params if params is not None else ws.params()
+    cfg = params.labelstudio
+    if not cfg.url:
+        return None
+    title = project_title(cfg.project, ws.root.name)
+    token = os.environ.get(cfg.token_env, "").strip()
+    if not token:
+        raise LabelStudioError(f"labelstudio.url is set but ${cfg.token_env} is empty: export your Label Studio access "
+                               f"token (Account & Settings -> Personal Access Token) as {cfg.token_env}")
+    client = LabelStudio(cfg.url, token, transport=transport)
+    try:
+        me = client.call("GET", "/api/current-user/whoami")
+        if not isinstance(me, dict) or "id" not in me:
+            raise LabelStudioError(f"{cfg.url}/api/current-user/whoami did not answer with a user: is labelstudio.url "
+                                   f"the address of Label Studio (not of `coldstart api`)?")
+        project = client.find_project(title)
+    except BaseException:
+        client.close()
+        raise
+    found = Preflight(cfg.url, title, str(me.get("email") or me.get("username") or me["id"]), project, client)
+    if cfg.images == "api" and cfg.api_url:
+        import httpx
+
+        try:
+            with httpx.Client(timeout=3, transport=transport) as http:
+                ok = http.get(cfg.api_url.rstrip("/") + "/health").status_code == 200
+        except httpx.HTTPError:
+            ok = False
+        if not ok:
+            found.warnings.append(f"labelstudio.images is api but `coldstart api` does not answer at {cfg.api_url}/health"
+                                  f": start it (coldstart api --workspace {ws.root}) or annotators will see no images")
+    for w in found.warnings:
+        log.warning("%s", w)
+    return found
+
+
+class Annotators:
+    """Label Studio user id -> email. Webhooks and exports name an annotation's annotator by id
+    (``completed_by: 1``); ``named`` puts the email in (``{"id": 1, "email": ...}``, which intake
+    records as the annotator) when ``lookup`` (a function returning every user's id -> email,
+    e.g. ``LabelStudio.user_emails``) knows it. An unknown id asks again at most every
+    ``retry_s`` seconds; a failed lookup is logged and the annotation keeps its id (intake then
+    records ``ls-user-<id>``)."""
+
+    def __init__(self, lookup: Callable[[], dict[int, str]] | None, *, retry_s: float = 60.0,
+                 clock: Callable[[], float] = time.monotonic):
+        self.lookup, self.retry_s, self.clock = lookup, retry_s, clock
+        self.emails: dict[int, str] = {}
+        self._asked_at: float | None = None
+
+    @classmethod
+    def for_workspace(cls, ws, **kwargs) -> Annotators:
+        """The users of the workspace's Label Studio (``labelstudio.url``, the token from
+        ``labelstudio.token_env``, both read when asked); no lookup when either is missing."""
+
+        def lookup() -> dict[int, str]:
+            from coldstart.tasks.lsclient import LabelStudio
+
+            cfg = ws.params().labelstudio
+            token = os.environ.get(cfg.token_env, "").strip()
+            if not cfg.url or not token:
+                return {}
+            with LabelStudio(cfg.url, token, timeout=10) as client:
+                return client.user_emails()
+
+        return cls(lookup, **kwargs)
+
+    def email(self, user_id: object) -> str | None:
+        """The email of Label Studio user ``user_id`` (an int or a numeric string), or None."""
+        try:
+            uid = int(user_id)  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            return None
+        if uid not in self.emails and self.lookup is not None and (
+                self._asked_at is None or self.clock() - self._asked_at >= self.retry_s):
+            self._asked_at = self.clock()
+            try:
+                self.emails = {**self.emails, **self.lookup()}
+            except Exception as e:  # the server is away or refuses: the id is recorded instead
+                log.warning("could not look up Label Studio user %s's email (%s); recorded as ls-user-%s", uid, e, uid)
+        return self.emails.get(uid) or None
+
+    def named(self, annotation: dict) -> dict:
+        """``annotation`` (a copy) with ``completed_by`` as ``{"id", "email"}`` when it names a user
+        by id (bare, or an object without an email) whose email is known; else as it came."""
+        who = annotation.get("completed_by") if isinstance(annotation, dict) else None
+        if isinstance(who, dict):
+            if who.get("email"):
+                return annotation
+            uid = who.get("id")
+        elif isinstance(who, (int, str)) and not isinstance(who, bool):
+            uid = who
+        else:
+            return annotation
+        email = self.email(uid)
+        if email is None:
+            return annotation
+        return {**annotation, "completed_by": {**(who if isinstance(who, dict) else {}), "id": uid, "email": email}}

@@ -22,6 +22,7 @@ from coldstart.tasks.errors import SelectionError
 from coldstart.tasks.result import StageResult
 from coldstart.tasks.store import EmbeddingStore
 from coldstart.tasks.strategies import uncertainty
+from coldstart.tasks.tokens import image_urls
 from coldstart.tasks.workspace import Workspace, atomic_write_text, escape_formula, read_csv, write_csv
 
 log = logging.getLogger(__name__)
@@ -92,18 +93,6 @@ class SelectResult(StageResult):
     def metrics(self) -> dict[str, float | None]:
         return {"label_flags": self.recheck, "batch_size": self.batch_size, "batch_audit": self.audit,
                 "batch_regions": self.regions}
-
-
-def image_urls(ws: Workspace):
-    """How exported tasks point at images: None (Label Studio's local files), or, with
-    ``labelstudio.images: api``, a function (image id, path) -> a signed `coldstart api` URL."""
-    cfg = ws.params().labelstudio
-    if cfg.images != "api":
-        return None
-    from coldstart.tasks.tokens import api_token, image_url
-
-    token = api_token(ws)
-    return lambda image_id, path: image_url(cfg.api_url, token, image_id)
 
 
 def select_regions(ws: Workspace, budget: int, round_no: int) -> list:
@@ -223,9 +212,9 @@ def _select_images(ws: Workspace, cfg: RoundConfig, round_no: int) -> SelectResu
         dict(image_id=b["image_id"], image=_cell(b["image"]), suggested_label=_cell(b["predicted_label"]),
              confidence=b["confidence"], label="", annotator="", note=_cell(b["note"])) for b in review])
     url_of = image_urls(ws)
-    tasks = [labelstudio.task(b["image_id"], b["image"], b["predicted_label"], float(b["confidence"]),
-                              b["model_id"] or b["source"], url_of(b["image_id"], b["image"]) if url_of else None)
-             for b in review]
+    # A re-check pre-selects the person's own label and says in a note why it is asked again.
+    tasks = labelstudio.review_tasks(review, url_of, human={r["image_id"]: resolved[r["image_id"]]["label"]
+                                                            for r in rechecks})
     atomic_write_text(stem.with_suffix(".tasks.json"), labelstudio.tasks_json(tasks))
     atomic_write_text(ws.review / "label_config.xml", labelstudio.label_config(classes))
     files = [ws.rel(stem.with_suffix(s)) for s in (".csv", ".batch.csv", ".tasks.json")]

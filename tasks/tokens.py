@@ -45,3 +45,13 @@ def image_url(base_url: str, token: str, image_id: str, days: float = IMAGE_URL_
     """A signed URL of a workspace image on the API at ``base_url``, valid for ``days``."""
     exp = int(time.time() + days * 86400)
     return f"{base_url.rstrip('/')}/images/{image_id}?exp={exp}&sig={sign_image(token, image_id, exp)}"
+
+
+def image_urls(ws: Workspace):
+    """How exported tasks point at images: None (Label Studio's local files), or, with
+    ``labelstudio.images: api``, a function (image id, path) -> a signed `coldstart api` URL."""
+    cfg = ws.params().labelstudio
+    if cfg.images != "api":
+        return None
+    token = api_token(ws)
+    return lambda image_id, path: image_url(cfg.api_url, token, image_id)

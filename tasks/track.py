@@ -7,6 +7,7 @@ the record, so a failure here is reported (TrackingError) but never loses labels
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import posixpath
@@ -14,7 +15,7 @@ import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Iterator
 
 import numpy as np
 from prefect import task
@@ -206,7 +207,8 @@ def _register(client, name: str, model_uri: str, run_id: str, cv_accuracy: float
         if same:
             return str(max(int(v.version) for v in same))
     tags = {"cv_accuracy": str(cv_accuracy), **({"labeler_id": labeler_id} if labeler_id else {})}
-    version = mlflow.register_model(model_uri, name, tags=tags)
+    with _prints_to_log("mlflow"):  # "Registered model ... Created version ...": the log file, not the terminal
+        version = mlflow.register_model(model_uri, name, tags=tags)
     try:
         champion = client.get_model_version_by_alias(name, "champion")
         best = float(champion.tags.get("cv_accuracy", "nan"))
@@ -216,6 +218,38 @@ def _register(client, name: str, model_uri: str, run_id: str, cv_accuracy: float
     if cv_accuracy is not None and not cv_accuracy < best:
         client.set_registered_model_alias(name, "champion", version.version)
     return str(version.version)
+
+
+class _LogLines:
+    """A text stream whose lines go to a logger at INFO (MLflow prints some news to stderr)."""
+
+    def __init__(self, logger: logging.Logger):
+        self.logger, self.buffer = logger, ""
+
+    def write(self, text: str) -> int:
+        self.buffer += text
+        *lines, self.buffer = self.buffer.split("\n")
+        for line in lines:
+            if line.strip():
+                self.logger.info("%s", line.rstrip())
+        return len(text)
+
+    def flush(self) -> None:
+        if self.buffer.strip():
+            self.logger.info("%s", self.buffer.rstrip())
+        self.buffer = ""
+
+
+@contextlib.contextmanager
+def _prints_to_log(name: str) -> Iterator[None]:
+    """What is printed to stderr meanwhile goes to logger ``name`` (INFO) instead: for the CLI,
+    into the workspace's log file, off the terminal."""
+    stream = _LogLines(logging.getLogger(name))
+    try:
+        with contextlib.redirect_stderr(stream):  # type: ignore[type-var]
+            yield
+    finally:
+        stream.flush()
 
 
 def mlflow_name(name: str) -> str:

@@ -1,12 +1,14 @@
 """`coldstart api` over a real workspace after a real round: Label Studio's ML backend protocol
 (predict, webhook into the label log exactly once, retractions), signed image URLs, the
-inspection endpoint, and the guards (token, body cap, traversal, bombs)."""
+inspection endpoint, and the guards (token, body cap, traversal, bombs); and its access log
+(method, path without the query, status, ms; never the token)."""
 
 from __future__ import annotations
 
 import base64
 import io
 import json
+import logging
 import time
 
 import numpy as np
@@ -22,7 +24,7 @@ from coldstart.tasks.version import init_workspace
 from tests.conftest import tiny_params
 from tests.corpus.make_images import _png_header_only
 
-pytestmark = pytest.mark.slow
+slow = pytest.mark.slow  # a real round first; the access-log tests at the end need none
 
 
 @pytest.fixture(scope="module")
@@ -49,8 +51,10 @@ def _png(seed: int = 0, size=(40, 40)) -> bytes:
     return buf.getvalue()
 
 
-def test_every_route_but_health_needs_the_token(served):
+@slow
+def test_every_route_but_health_needs_the_token(served, caplog):
     ws, client, token, _ = served
+    caplog.set_level(logging.INFO, logger="coldstart.api")
     assert client.get("/health").json()["status"] == "UP"
     assert client.post("/setup").status_code == 401
     assert client.post("/setup", headers={"Authorization": "Bearer wrong"}).status_code == 401
@@ -61,10 +65,14 @@ def test_every_route_but_health_needs_the_token(served):
     basic = base64.b64encode(f"labelstudio:{token}".encode()).decode()
     assert client.post("/setup", headers={"Authorization": f"Basic {basic}"}).status_code == 200
     assert client.post("/v1/classify", content=_png(), headers={"Content-Type": "image/png"}).status_code == 401
+    # Each request is in the access log, refusals too; the token never is.
+    assert "POST /setup -> 401" in caplog.text and "POST /setup -> 200" in caplog.text
+    assert token not in caplog.text and basic not in caplog.text
     token_file = ws.state_dir / "api-token"
     assert token_file.stat().st_mode & 0o777 == 0o600 and token in token_file.read_text()
 
 
+@slow
 def test_an_oversized_body_gets_413_before_it_is_read(served):
     _, client, token, _ = served
     big = b"\0" * (65 * 1024)
@@ -79,6 +87,7 @@ def test_an_oversized_body_gets_413_before_it_is_read(served):
     assert r.status_code == 413
 
 
+@slow
 def test_images_are_served_by_signed_expiring_url_only(served):
     ws, client, token, _ = served
     from coldstart.tasks.inference import image_index
@@ -94,6 +103,7 @@ def test_images_are_served_by_signed_expiring_url_only(served):
         assert client.get(f"/images/{bad}?exp={int(time.time()) + 60}&sig=x").status_code == 404
 
 
+@slow
 def test_predict_answers_each_task_sorted_by_confidence(served):
     ws, client, token, _ = served
     from coldstart.tasks.relabel import read_resolved
@@ -129,6 +139,7 @@ def _annotation(ann_id: int, label: str, updated: str, *, cancelled: bool = Fals
                                              "value": {"choices": [label]}}]}
 
 
+@slow
 def test_webhook_annotations_reach_the_log_exactly_once_and_deletions_retract(served):
     ws, client, token, truth = served
     tasks = json.loads((ws.review / "round-001.tasks.json").read_text(encoding="utf-8"))
@@ -172,6 +183,7 @@ def test_webhook_annotations_reach_the_log_exactly_once_and_deletions_retract(se
     assert not list((ws.inbox / ".label-studio").glob("*.json"))
 
 
+@slow
 def test_classify_raw_and_multipart_and_keep(served):
     ws, client, token, _ = served
     classes = ws.params().ontology.class_names
@@ -198,6 +210,7 @@ def test_classify_raw_and_multipart_and_keep(served):
         (ws.root / k).unlink()
 
 
+@slow
 def test_label_studio_config_command_prints_the_projects_config(served, capsys):
     import xml.etree.ElementTree as ET
 
@@ -208,3 +221,72 @@ def test_label_studio_config_command_prints_the_projects_config(served, capsys):
     root = ET.fromstring(capsys.readouterr().out)
     assert [c.get("value") for c in root.iter("Choice")] == ws.params().ontology.class_names
     assert root.find("PolygonLabels") is None  # regions are off in this workspace
+
+
+# --- the access log (no round needed) ---------------------------------------------------------------
+
+
+def _logged_app():
+    """A small app behind coldstart's access log and token check, as create_app stacks them."""
+    from fastapi import Depends, FastAPI, Header, HTTPException
+
+    from coldstart.flows.api import AccessLog, BodyLimit, authorized
+
+    def require_token(authorization: str | None = Header(None)) -> None:  # (str annotations: this module's future import)
+        if not authorized(authorization, "s3cret-token"):
+            raise HTTPException(401, "missing or wrong token")
+
+    app = FastAPI()
+
+    @app.post("/webhook", dependencies=[Depends(require_token)])
+    def webhook():
+        return {"status": "imported"}
+
+    @app.get("/images/{image_id}")
+    def image(image_id: str, sig: str = ""):
+        raise HTTPException(404, "no such image")
+
+    @app.get("/boom")
+    def boom():
+        raise RuntimeError("bug")
+
+    return AccessLog(BodyLimit(app, 1024))
+
+
+def test_each_request_is_logged_without_query_or_token(caplog):
+    from starlette.testclient import TestClient
+
+    caplog.set_level(logging.INFO, logger="coldstart.api")
+    with TestClient(_logged_app(), raise_server_exceptions=False) as client:
+        assert client.post("/webhook", json={"action": "ANNOTATION_CREATED"}).status_code == 401  # LS's own webhook
+        assert client.post("/webhook", json={}, headers={"Authorization": "Bearer s3cret-token"}).status_code == 200
+        assert client.get("/images/abc?exp=1&sig=topsecretsig").status_code == 404
+        assert client.post("/webhook", content=b"x" * 2048, headers={"Authorization": "Bearer s3cret-token"}
+                           ).status_code == 413
+        assert client.get("/boom").status_code == 500
+    lines = [r.getMessage() for r in caplog.records if r.name == "coldstart.api"]
+    assert [line.rsplit(" (", 1)[0] for line in lines] == [
+        "POST /webhook -> 401", "POST /webhook -> 200", "GET /images/abc -> 404", "POST /webhook -> 413",
+        "GET /boom -> 500"]
+    assert all(line.endswith(" ms)") for line in lines)
+    assert all(r.levelno == logging.INFO for r in caplog.records if r.name == "coldstart.api")
+    assert "s3cret-token" not in caplog.text and "topsecretsig" not in caplog.text and "exp=" not in caplog.text
+
+
+def test_the_access_log_reaches_the_terminal_of_coldstart_api():
+    """`coldstart api` runs at the CLI's WARNING level unless --verbose; the access log is INFO
+    and still shows, on stderr, once and without a root handler too (serve() used as a library)."""
+    import subprocess
+    import sys
+
+    code = ("import logging, sys\n"
+            "from coldstart.flows.api import log_requests_to_terminal, access_log\n"
+            "if sys.argv[1] == 'cli': logging.basicConfig(level=logging.WARNING, format='%(levelname)s %(name)s: %(message)s')\n"
+            "log_requests_to_terminal()\n"
+            "access_log.info('POST /webhook -> 401 (1 ms)')\n"
+            "logging.getLogger('coldstart.other').info('not shown')\n")
+    for how in ("cli", "library"):
+        out = subprocess.run([sys.executable, "-c", code, how], capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stderr
+        assert out.stderr.count("POST /webhook -> 401 (1 ms)") == 1 and "not shown" not in out.stderr, out.stderr
+        assert "coldstart.api" in out.stderr

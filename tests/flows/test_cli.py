@@ -433,3 +433,90 @@ def test_the_demo_s_offline_banner_keeps_whole_sentences():
     body = [line for line in text.splitlines() if line.startswith("!!   ")]
     assert " ".join(line[5:] for line in body).replace(" x", "x").endswith("x" * 250 + ".")
     assert all(len(line) <= 88 for line in body) and "Tried" not in text
+
+
+def test_library_noise_goes_to_the_workspace_log_not_the_terminal(make_workspace, capsys):
+    """Without -v the terminal shows coldstart's own messages (INFO up) and other libraries'
+    errors; MLflow's registry and database lines, alembic's, other libraries' warnings and
+    Python warnings (timm's FutureWarnings) go to .coldstart/logs/coldstart.log only."""
+    import logging
+    import warnings
+
+    from coldstart.flows.cli import LOG_FILE, _configure_logging, build_parser
+
+    ws = make_workspace()
+    root = logging.getLogger()
+    before = list(root.handlers), root.level
+    try:
+        logging.captureWarnings(False)  # as in a fresh process (an earlier main() captured them already)
+        _configure_logging(build_parser().parse_args(["status", "-w", str(ws.root)]))
+        logging.getLogger("coldstart.tasks.select").info("only 3 unlabeled images left")
+        logging.getLogger("coldstart.models.zeroshot").info("classes 'a' and 'b' are nearly identical")
+        logging.getLogger("mlflow.store.db.utils").info("Creating initial MLflow database tables...")
+        logging.getLogger("mlflow").info("Created version '2' of model 'x-head'")
+        logging.getLogger("alembic.runtime.migration").info("Context impl SQLiteImpl.")
+        logging.getLogger("urllib3.connectionpool").warning("some library warning")
+        logging.getLogger("prefect.engine").error("a library error")
+        with warnings.catch_warnings():
+            warnings.simplefilter("always")
+            warnings.warn("Importing from timm.models.layers is deprecated", FutureWarning)
+        err = capsys.readouterr().err
+        assert "only 3 unlabeled images left" in err and "a library error" in err
+        for noise in ("nearly identical", "MLflow database", "Created version", "SQLiteImpl", "library warning", "timm"):
+            assert noise not in err
+        log = (ws.root / LOG_FILE).read_text(encoding="utf-8")
+        for line in ("only 3 unlabeled", "Creating initial MLflow database tables", "Created version '2'",
+                     "Context impl SQLiteImpl", "some library warning", "a library error",
+                     "timm.models.layers is deprecated"):
+            assert line in log
+        # -v: everything on the terminal; the same handlers are replaced, not added twice.
+        _configure_logging(build_parser().parse_args(["-v", "status", "-w", str(ws.root)]))
+        logging.getLogger("mlflow").info("Registered model 'x-head' already exists")
+        assert capsys.readouterr().err.count("Registered model") == 1
+    finally:
+        logging.captureWarnings(False)
+        for h in [h for h in root.handlers if getattr(h, "coldstart", False)]:
+            root.removeHandler(h)
+            h.close()
+        root.handlers[:], root.level = before
+
+
+def test_ontology_warnings_are_shown_once_per_workspace_until_the_ontology_changes(make_workspace):
+    from coldstart.flows.cli import _fresh_warnings
+
+    ws = make_workspace()
+    w = ["classes 'one' and 'seven' are nearly identical", "class 'eight': prompt is not in Latin script"]
+    assert _fresh_warnings(ws, ws.params(), w) == (w, 0)
+    assert _fresh_warnings(ws, ws.params(), w) == ([], 2)  # the next round: not again
+    assert _fresh_warnings(ws, ws.params(), w + ["a new one"]) == (["a new one"], 2)
+    ws.params_file.write_text(ws.params_file.read_text().replace('"the digit one"', '"the digit 1"'))
+    assert _fresh_warnings(ws, ws.params(), w) == (w, 0)  # a changed ontology: all of them again
+    ws.params_file.write_text(ws.params_file.read_text().replace("budget: 6", "budget: 7"))
+    assert _fresh_warnings(ws, ws.params(), w) == ([], 2)  # other params: no
+
+
+def test_printed_commands_name_this_environment_s_executables(tmp_path):
+    """What coldstart prints to paste (`mlflow ui`, `dvc pull`, `coldstart round`) runs outside the
+    activated virtualenv: each executable by its full path, else `python -m`."""
+    import shlex
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from coldstart.flows.demo import demo_hints
+    from coldstart.tasks.commands import command
+
+    for name in ("coldstart", "mlflow", "dvc", "prefect"):
+        argv = shlex.split(command(name))
+        assert Path(argv[0]).is_absolute() and Path(argv[0]).is_file()
+    out = subprocess.run(shlex.split(command("coldstart")) + ["--help"], capture_output=True, text=True,
+                         env={"PATH": "/usr/bin:/bin"}, timeout=60)
+    assert out.returncode == 0 and "usage: coldstart" in out.stdout
+    root = tmp_path / "demo ws"  # a space: quoted
+    hints = demo_hints(root, 3)
+    assert f"{command('mlflow')} ui --backend-store-uri 'sqlite:///{root}/mlflow.db'" in hints
+    assert f"&& {command('dvc')} pull data/labels/resolved" in hints and "round-003" in hints
+    assert f"{command('dvc')} get '{root}' data/labels/resolved --rev round-003" in hints
+    assert shlex.quote(sys.executable) + " -c " in hints
+    for line in hints.splitlines():
+        assert " mlflow ui" not in line and not line.lstrip().startswith(("dvc ", "mlflow ", "coldstart "))

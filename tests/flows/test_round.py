@@ -362,6 +362,16 @@ def test_a_round_with_nothing_new_does_nothing_and_status_says_so(rounds, capsys
     assert sorted(p.name for p in (copy / "data/review").iterdir()) == batches
     assert len(client.search_runs([exp.experiment_id])) == n_runs
     assert json.loads((copy / ".coldstart/last-check.json").read_text())["result"] == "nothing new"
+    # Where the round runs or reports (Label Studio, the MLflow server, Dask) is not a round input.
+    import yaml
+
+    params = (copy / "params.yaml").read_text()
+    edited = yaml.safe_load(params)
+    edited["labelstudio"] = {"url": "http://localhost:8080", "project": "parts", "images": "api"}
+    edited["execution"] = {**edited.get("execution", {}), "dask_workers": 3}
+    (copy / "params.yaml").write_text(yaml.safe_dump(edited, allow_unicode=True))
+    assert labeling_round(workspace=str(copy)).nothing_new
+    (copy / "params.yaml").write_text(params)
     assert cli(["status", "-w", str(copy)]) == 0
     assert "last check" in capsys.readouterr().out
     versions = client.search_model_versions("name = 'coldstart-demo-head'")

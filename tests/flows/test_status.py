@@ -3,7 +3,10 @@ critical review policy, and what the status prints about the audit and the round
 
 from __future__ import annotations
 
+import json
 import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -69,3 +72,76 @@ def test_status_prints_the_estimate_with_its_interval_and_n_and_the_report(make_
     s = workspace_status(ws)
     assert s["report"] == "data/reports/round-004.html"
     assert "report        data/reports/round-004.html" in format_status(s)
+
+
+def test_a_workspace_where_every_image_has_a_human_label_is_done(make_workspace):
+    """No auto label left: done whatever the audit and churn say, and no accuracy claimed for
+    the auto labels there are none of."""
+    ws = make_workspace()
+    rec = record(20, 20, auto=0, below=0, churn=0.3)  # 60 images, all labeled by people
+    done, why, why_not = stopping(StopConfig(), rec)
+    assert done and why == ["every image has a human label: no auto label is left to check"] and why_not == []
+    rec.save(ws.metrics_dir / "round.json")
+    subprocess.run(["git", "tag", "round-004"], cwd=ws.root, check=True, capture_output=True)
+    s = workspace_status(ws)
+    assert s["done"] and s["auto_labeled"] == 0
+    s["images"] = 60  # as the manifest of those 60 images would say
+    text = format_status(s)
+    assert "DONE          every image has a human label" in text
+    assert "not done yet" not in text and "answer the review batch" not in text
+    assert "correct" not in text and "audit         no auto labels to audit: every image has a human label" in text
+
+
+def test_not_done_says_what_to_run_as_a_command_that_runs(make_workspace):
+    ws = make_workspace()
+    record(70, 75).save(ws.metrics_dir / "round.json")
+    subprocess.run(["git", "tag", "round-004"], cwd=ws.root, check=True, capture_output=True)
+    text = format_status(workspace_status(ws))
+    line = next(x for x in text.splitlines() if x.startswith("not done yet"))
+    exe = line.split("run a round: ", 1)[1].split()[0]
+    assert exe.startswith("/") and Path(exe).is_file() and line.endswith(f"round -w {ws.root}")
+    (ws.inbox / "answers.csv").write_text("image,label\n")
+    assert "answers wait in data/inbox/: run a round: " in format_status(workspace_status(ws))
+
+
+def test_status_keeps_what_it_derived_until_its_files_change(make_workspace):
+    """.coldstart/status.json: the label counts and the record's audit figures, each keyed by
+    its file; an event appended or a new record is seen at once."""
+    ws = make_workspace()
+    record(70, 75).save(ws.metrics_dir / "round.json")
+    s = workspace_status(ws)
+    assert (s["human_labels"], s["label_events"]) == (0, 0) and s["last_audit"]["audit_n"] == 75
+    assert workspace_status(ws) == s  # read back
+    event = {"image_id": "a" * 64, "label": "zero", "annotator": "x", "source_file": "f.csv", "source_sha256": "0" * 64,
+             "source_row": 2, "imported_at": "2026-01-01T00:00:00Z", "round": 1}
+    ws.events.parent.mkdir(parents=True, exist_ok=True)
+    ws.events.write_text(json.dumps(event) + "\n")
+    record(10, 12).save(ws.metrics_dir / "round.json")
+    s = workspace_status(ws)
+    assert (s["human_labels"], s["label_events"]) == (1, 1) and s["last_audit"]["audit_n"] == 12
+    (ws.state_dir / "status.json").write_text("{not json")  # a damaged cache is recomputed
+    assert workspace_status(ws) == s
+
+
+def test_status_imports_neither_torch_nor_mlflow(make_workspace):
+    """`coldstart status` reads files; it never loads torch, MLflow, DVC or scikit-learn (seconds
+    of imports). Once derived (here by the first call), not Prefect or SciPy either."""
+    ws = make_workspace()
+    record(70, 75).save(ws.metrics_dir / "round.json")
+    probe = ("import sys\nfrom coldstart.flows.cli import main\nassert main(['status', '-w', sys.argv[1]]) == 0\n"
+             "print('LOADED', sorted(m for m in ('torch', 'mlflow', 'dvc', 'sklearn', 'prefect', 'scipy') "
+             "if m in sys.modules))\n")
+    loaded = []
+    for _ in range(2):
+        out = subprocess.run([sys.executable, "-c", probe, str(ws.root)], capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, out.stderr
+        loaded.append(out.stdout.split("LOADED ", 1)[1].strip())
+    assert "torch" not in loaded[0] and "mlflow" not in loaded[0] and "dvc" not in loaded[0] and "sklearn" not in loaded[0]
+    assert loaded[1] == "[]"
+
+
+def test_the_gate_note_is_the_audit_s():
+    from coldstart.flows import status
+    from coldstart.tasks import audit
+
+    assert status.GATE_NOTE == audit.GATE_NOTE

@@ -109,7 +109,7 @@ def start_label_studio(workdir: Path, *, extra_env: dict[str, str] | None = None
     """Start Label Studio from .ls-venv on 127.0.0.1 at a free port, data under ``workdir``.
 
     Settings: SQLite in ``workdir/ls-data`` (LABEL_STUDIO_BASE_DATA_DIR), the first user from
-    LABEL_STUDIO_USERNAME/PASSWORD, no version check or analytics (both reach the internet), local
+    LABEL_STUDIO_USERNAME/PASSWORD, no version check, analytics or Sentry (all reach the internet), local
     files served from ``workdir/data`` (made here), and private addresses allowed for webhooks and
     ML backends (SSRF_PROTECTION_ENABLED=false, ML_BLOCK_LOCAL_IP=false): the defaults refuse any
     URL resolving to 127.0.0.0/8 or a private network with HTTP 403, which is where coldstart's
@@ -129,6 +129,9 @@ def start_label_studio(workdir: Path, *, extra_env: dict[str, str] | None = None
         "LABEL_STUDIO_HOST": url,
         "LATEST_VERSION_CHECK": "false",
         "COLLECT_ANALYTICS": "false",
+        # No error reports to the internet; and with sentry-sdk 3.x (not what the pinned
+        # environment has) an empty DSN is what lets label-studio 1.23.2 start at all.
+        "SENTRY_DSN": "",
         "LOCAL_FILES_SERVING_ENABLED": "true",
         "LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT": str(data_root),
         "SSRF_PROTECTION_ENABLED": "false",

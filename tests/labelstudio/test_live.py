@@ -4,8 +4,9 @@
 connected to it as ML backend (basic auth, the token as password) and webhook (bearer header);
 `round --wait`'s push imports the round's tasks with their predictions and signed image URLs; a
 person's clicks are posted through Label Studio's API as its UI posts them; every answer must
-reach the label log exactly once (webhook and export polling both deliver), an update must
-replace and a deletion retract, and the next round must train on what is left.
+reach the label log exactly once (webhook and export polling both deliver), under the annotator's
+email, an update must replace and a deletion retract, and the next round must train on what is
+left; the API's terminal logs each request (the header-less webhook Label Studio adds: 401).
 """
 
 from __future__ import annotations
@@ -68,11 +69,14 @@ def test_a_round_reviewed_in_label_studio_reaches_the_log_once_and_trains_the_ne
     truth = write_digits(ws.images, n=16, size=40)
     r1 = labeling_round(workspace=str(ws.root))
     token = api_token(ws)
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
+    # The API names annotators by email: it reads Label Studio's users with the same token.
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT), "LABEL_STUDIO_TOKEN": label_studio.token}
     t0 = time.perf_counter()
-    api = subprocess.Popen([sys.executable, "-m", "coldstart.flows.cli", "api", "--workspace", str(ws.root),
-                            "--port", str(port)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                           start_new_session=True)
+    api_log = tmp_path / "api.log"
+    with open(api_log, "wb") as out:
+        api = subprocess.Popen([sys.executable, "-m", "coldstart.flows.cli", "api", "--workspace", str(ws.root),
+                                "--port", str(port)], env=env, stdout=out, stderr=subprocess.STDOUT,
+                               start_new_session=True)
     try:
         for _ in range(300):
             try:
@@ -119,6 +123,7 @@ def test_a_round_reviewed_in_label_studio_reaches_the_log_once_and_trains_the_ne
         per_annotation = Counter(e.source_file for e in answers)
         # Exactly once: one answer per annotation version (the update is a second version).
         assert sorted(per_annotation.values()) == [1] * (len(tasks) - 1) + [2]
+        assert {e.annotator for e in answers} == {label_studio.email}  # by email, not ls-user-1
         labels = human_labels(events)
         assert labels[first["data"]["image_id"]] == wrong
         assert second["data"]["image_id"] not in labels  # the deletion is honoured
@@ -142,6 +147,13 @@ def test_a_round_reviewed_in_label_studio_reaches_the_log_once_and_trains_the_ne
         assert preds, "Label Studio did not get a prediction from coldstart's /predict"
         pred = preds[0] if isinstance(preds[0], dict) else client.call("GET", f"/api/predictions/{preds[0]}")
         assert pred["model_version"].startswith("round-002/") and pred["result"][0]["type"] == "choices"
+        # The API's terminal shows every request: our webhook's (200) and the one Label Studio
+        # added when the backend was connected, which sends no token (401); never the token.
+        shown = api_log.read_text(errors="replace")
+        assert "coldstart.api" in shown and "POST /webhook -> 200" in shown and "POST /webhook -> 401" in shown, \
+            shown[-3000:]
+        assert "POST /predict -> 200" in shown and "GET /images/" in shown and token not in shown
+        assert "sig=" not in shown
     finally:
         os.killpg(api.pid, 15)
         api.wait(timeout=30)

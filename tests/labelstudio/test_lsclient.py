@@ -425,3 +425,57 @@ def test_review_round_through_label_studio(label_studio, ls, receiver):
                        "ANNOTATION_CREATED", "TASKS_CREATED"]
     ml_actions = [json.loads(body)["action"] for _, path, _, body in receiver.requests if path == "/ml/webhook"]
     assert ml_actions == actions
+
+
+# --- what coldstart imports, as Label Studio keeps it --------------------------------------------------
+
+
+@real
+def test_rechecks_and_exported_human_labels_import_as_meant(label_studio, ls):
+    """A re-check keeps its note and the person's label as a "human-label" prediction; an export's
+    human label becomes an annotation (credited to the importing user) and reads back as that
+    label; the config's note header is accepted with tasks that have no note."""
+    from coldstart.tasks.labelstudio import HUMAN_LABEL_VERSION, export_tasks, review_tasks
+
+    pid = ls.create_project(f"rechecks {time.time_ns()}", label_config(["cat", "dog"]))
+    batch = [{"image_id": "u", "image": "u.png", "purpose": "uncertainty", "predicted_label": "cat",
+              "confidence": "0.55", "model_id": "round-002/m", "source": "model", "note": ""},
+             {"image_id": "r", "image": "r.png", "purpose": "recheck", "predicted_label": "dog",
+              "confidence": "0.91", "model_id": "", "source": "human", "note": ""}]
+    rows = [{"image_id": "h", "path": "h.png", "label": "dog", "source": "human", "confidence": 1.0},
+            {"image_id": "m", "path": "m.png", "label": "cat", "source": "model", "confidence": 0.8}]
+    assert ls.import_tasks(pid, review_tasks(batch, human={"r": "cat"}) + export_tasks(rows)) == 4
+    got = {t["data"]["image_id"]: t for t in ls.tasks(pid)}
+    [pred] = got["r"]["predictions"]
+    assert pred["model_version"] == HUMAN_LABEL_VERSION and pred["result"][0]["value"] == {"choices": ["cat"]}
+    assert got["r"]["data"]["purpose"] == "recheck" and "'dog'" in got["r"]["data"]["note"]
+    assert [p["model_version"] for p in got["u"]["predictions"]] == ["round-002/m"] and "note" not in got["u"]["data"]
+    [ann] = got["h"]["annotations"]
+    assert ann["result"][0]["value"] == {"choices": ["dog"]} and got["h"]["predictions"] == []
+    assert ls.user_emails()[ann["completed_by"]] == label_studio.email
+    assert got["m"]["annotations"] == [] and got["m"]["predictions"][0]["result"][0]["value"] == {"choices": ["cat"]}
+    rows_back, problems = parse_export(ls.export(pid).decode(), "export.json")
+    assert problems == [] and [(r["image_id"], r["label"]) for _, r in rows_back] == [("h", "dog")]
+
+
+@real
+def test_preflight_checks_the_real_server_and_makes_the_title_valid(label_studio, tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from coldstart.tasks.config import parse_params
+    from coldstart.tasks.labelstudio import preflight
+
+    params = parse_params({"ontology": {"classes": {"cat": ["a cat"], "dog": ["a dog"]}},
+                           "labelstudio": {"url": label_studio.url}})
+    ws = SimpleNamespace(root=tmp_path / "ws", params=lambda: params)  # a folder name Label Studio would refuse
+    monkeypatch.setenv("LABEL_STUDIO_TOKEN", label_studio.token)
+    found = preflight(ws)
+    assert (found.title, found.user, found.project) == ("coldstart ws", label_studio.email, None)
+    pid = found.client.create_project(found.title, label_config(["cat"]))  # accepted as it is
+    found.client.close()
+    again = preflight(ws)
+    assert again.project == pid
+    again.client.close()
+    monkeypatch.setenv("LABEL_STUDIO_TOKEN", label_studio.token.rsplit(".", 1)[0] + ".c2lnbmF0dXJl")
+    with pytest.raises(LabelStudioError, match="refused the personal access token"):
+        preflight(ws)

@@ -72,3 +72,51 @@ def _params():
     from coldstart.tasks.config import parse_params
 
     return parse_params({"ontology": {"classes": {"cat": ["a cat"], "dog": ["a dog"]}}})
+
+
+def test_webhook_answers_are_recorded_under_the_annotators_email(ws, monkeypatch):  # noqa: F811
+    """Label Studio's webhook names the annotator by user id (``completed_by: 1``); the email is
+    in its user record, which `coldstart api` asks for (``labelstudio.Annotators``)."""
+    from coldstart.flows.api import _webhook
+    from coldstart.tasks.labelstudio import Annotators
+
+    monkeypatch.setattr(type(ws), "params", lambda self: _params())
+    created = _recorded("webhook-annotation-created.json")
+    assert created["annotation"]["completed_by"] == 1  # as recorded: an id, no email
+    created["task"]["data"] = _point_at(created["task"]["data"], ids(ws)["a.jpg"], "a.jpg")
+    assert _webhook(ws, created, Annotators(lambda: {1: "reviewer@example.com"}))["events_added"] == 1
+    [event] = [e for e in read_events(ws) if not e.kind]  # (an update retracts first: an answer and a retraction)
+    assert event.annotator == "reviewer@example.com"
+
+    # No email to be found (the server is away): the id, as before.
+    def away():
+        raise OSError("connection refused")
+
+    updated = _recorded("webhook-annotation-updated.json")
+    updated["task"]["data"] = _point_at(updated["task"]["data"], ids(ws)["a.jpg"], "a.jpg")
+    assert _webhook(ws, updated, Annotators(away))["events_added"] == 1
+    assert read_events(ws)[-1].annotator == "ls-user-1"
+
+
+def test_polled_answers_are_recorded_under_the_annotators_email(ws):  # noqa: F811
+    """`round --wait` polls the project's JSON export (``completed_by`` an id there too) and names
+    the annotator from the server's user list."""
+    from coldstart.flows.wait import fetch_answers
+
+    export = _recorded("export.json")
+    export[0]["data"] = _point_at(export[0]["data"], ids(ws)["b.jpg"], "b.jpg")
+
+    class Server:
+        def export(self, project, fmt):
+            assert fmt == "JSON"
+            return json.dumps(export).encode()
+
+        def user_emails(self):
+            return {1: "reviewer@example.com"}
+
+    assert fetch_answers(ws, Server(), 2) == 1
+    result = intake(ws, CLASSES, 2)
+    assert result.events_added == 1
+    [event] = [e for e in read_events(ws) if not e.kind]
+    assert (event.image_id, event.label, event.annotator) == (ids(ws)["b.jpg"], "dog", "reviewer@example.com")
+    assert fetch_answers(ws, Server(), 2) == 0  # the same version again: nothing new

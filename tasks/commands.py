@@ -1,0 +1,22 @@
+"""The commands coldstart prints for a person to paste: each runs as printed, activated
+virtualenv or not."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import sys
+from pathlib import Path
+
+# The module each tool also runs as (`python -m ...`), where no executable sits beside Python.
+MODULES = {"coldstart": "coldstart.flows.cli", "mlflow": "mlflow", "dvc": "dvc", "prefect": "prefect"}
+
+
+def command(name: str) -> str:
+    """How to run ``name`` (coldstart, mlflow, dvc, prefect) in this environment, as text to
+    paste into a shell: the executable beside this Python (the virtualenv's, whether or not it is
+    activated), else ``python -m``. Every command coldstart prints starts with this."""
+    exe = Path(sys.executable).with_name(name)
+    if exe.is_file() and os.access(exe, os.X_OK):
+        return shlex.quote(str(exe))
+    return f"{shlex.quote(sys.executable)} -m {MODULES[name]}"
