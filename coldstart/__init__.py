@@ -85,6 +85,7 @@ def read_labels(folder: str, probs: bool = False):
     that changed labels; this applies them in order."""
     from pathlib import Path
 
+    from coldstart.tasks.commands import command  # only here: `import coldstart` stays light
     from coldstart.tasks.parts import PartTable
     from coldstart.tasks.relabel import RESOLVED_FIELDS, resolved_schema
 
@@ -92,5 +93,5 @@ def read_labels(folder: str, probs: bool = False):
     table = PartTable(path, "image_id", resolved_schema(1))
     if not table.files():
         raise FileNotFoundError(f"{path}: no resolved-label parts here (NNNNNN.parquet files); pull them with "
-                                f"`dvc pull data/labels/resolved` or run a round first")
+                                f"`{command('dvc')} pull data/labels/resolved` in the workspace, or run a round first")
     return table.read(columns=RESOLVED_FIELDS[1:] + (["probs"] if probs else [])).to_pandas()

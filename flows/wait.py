@@ -20,9 +20,11 @@ from __future__ import annotations
 
 import json
 import logging
+import shlex
 import time
 from dataclasses import dataclass
 
+from coldstart.tasks.commands import command
 from coldstart.tasks.errors import WorkspaceError
 from coldstart.tasks.workspace import Workspace, read_csv
 
@@ -63,8 +65,9 @@ def label_studio(ws: Workspace, found=None):
         current = client.call("GET", f"/api/projects/{project}").get("label_config", "")
         if current.strip() != config.strip():
             log.warning("Label Studio project %r (id %s) has a labeling config other than coldstart's: paste the output "
-                        "of `coldstart labelstudio config --workspace %s` into its Settings -> Labeling Interface -> "
-                        "Code (re-check notes show only with it)", title, project, ws.root)
+                        "of `%s labelstudio config --workspace %s` into its Settings -> Labeling Interface -> "
+                        "Code (re-check notes show only with it)", title, project, command("coldstart"),
+                        shlex.quote(str(ws.root)))
     return client, project
 
 

@@ -15,6 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from coldstart.models.errors import ConfigError
+from coldstart.tasks.commands import command
 from coldstart.tasks.strategies import MEASURES, STRATEGIES  # the registries' names (numpy only: no heavy imports)
 
 
@@ -102,7 +103,7 @@ class OntologyConfig(_Section):
                 spec = {"descriptions": spec}
             if not isinstance(spec, dict):
                 raise ValueError(f"class {name!r}: give a list of descriptions or a mapping with 'descriptions'")
-            # Labels are matched after NFC normalisation everywhere (README, "Human answers").
+            # Labels are matched after NFC normalisation everywhere (docs/answers.md).
             out[unicodedata.normalize("NFC", str(name).strip())] = spec
         return out
 
@@ -370,7 +371,7 @@ class RegionsConfig(_Section):
 
 
 class LabelStudioConfig(_Section):
-    """A Label Studio server for the review (`coldstart round --wait`, README "Label Studio").
+    """A Label Studio server for the review (`coldstart round --wait`, docs/labelstudio.md).
     The access token is read from the environment variable ``token_env``, never from here."""
 
     url: str | None = None  # e.g. http://localhost:8080; null: review through files only
@@ -441,7 +442,8 @@ def load_params(path: Path) -> Params:
     """Read and validate ``params.yaml``."""
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"{path}: not found; run `coldstart init DIR` to create a workspace with an example")
+        raise ConfigError(f"{path}: not found; run `{command('coldstart')} init DIR` to create a workspace with an "
+                          f"example")
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (yaml.YAMLError, UnicodeDecodeError) as e:

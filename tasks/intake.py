@@ -10,7 +10,7 @@ regions review CSV, data/review/round-NNN.regions.csv), or a Label Studio polygo
 outline (mask IoU >= 0.5), else taken as a new region the person drew. They become events with
 ``region_id`` set (and the drawn outline), never image labels.
 
-Contract (README, "Human answers"): under ``intake.on_error: keep_good_rows`` (the default) a
+Contract (docs/answers.md): under ``intake.on_error: keep_good_rows`` (the default) a
 bad CSV row or Label Studio task costs that row or task only: the good ones are merged, the bad
 ones handed back in ``data/inbox/rejected/<stem>.rows.csv`` with a ``reason`` naming the row
 (or task) and image. Under ``reject_file`` a file with any bad row is rejected whole, every

@@ -21,11 +21,13 @@ import json
 import logging
 import math
 import os
+import shlex
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 from xml.sax.saxutils import quoteattr
 
+from coldstart.tasks.commands import command
 from coldstart.tasks.errors import ConfigError, LabelFileError
 
 log = logging.getLogger(__name__)
@@ -521,7 +523,8 @@ def preflight(ws, params=None, *, transport=None) -> Preflight | None:
             ok = False
         if not ok:
             found.warnings.append(f"labelstudio.images is api but `coldstart api` does not answer at {cfg.api_url}/health"
-                                  f": start it (coldstart api --workspace {ws.root}) or annotators will see no images")
+                                  f": start it ({command('coldstart')} api --workspace {shlex.quote(str(ws.root))}) or "
+                                  f"annotators will see no images")
     for w in found.warnings:
         log.warning("%s", w)
     return found

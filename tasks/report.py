@@ -26,6 +26,7 @@ import io
 import json
 import logging
 import math
+import shlex
 import subprocess
 import tempfile
 from dataclasses import dataclass, field
@@ -36,6 +37,7 @@ import numpy as np
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
+from coldstart.tasks.commands import command
 from coldstart.tasks.errors import WorkspaceError
 from coldstart.tasks.intake import describe_answers
 from coldstart.tasks.result import StageResult
@@ -426,7 +428,7 @@ def gather(ws: Workspace, round_no: int, record: dict | None = None, params=None
             if got is None:
                 raise WorkspaceError(
                     f"round {round_no}'s labels are no longer in this workspace (older parts are pruned) nor in its "
-                    f"DVC cache; get them with `dvc get {ws.root} data/labels/resolved --rev {tag} -o DIR`")
+                    f"DVC cache; get them with `{command('dvc')} get {shlex.quote(str(ws.root))} data/labels/resolved --rev {tag} -o DIR`")
             table, classes = read_table(ws, round_no, params.ontology.class_names, got)
     train = record.get("train") or {}
     if not train:

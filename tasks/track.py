@@ -12,6 +12,7 @@ import json
 import logging
 import posixpath
 import re
+import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -223,28 +224,36 @@ def _register(client, name: str, model_uri: str, run_id: str, cv_accuracy: float
 class _LogLines:
     """A text stream whose lines go to a logger at INFO (MLflow prints some news to stderr)."""
 
-    def __init__(self, logger: logging.Logger):
-        self.logger, self.buffer = logger, ""
+    def __init__(self, logger: logging.Logger, original):
+        self.logger, self.original, self.buffer, self.emitting = logger, original, "", False
 
     def write(self, text: str) -> int:
+        if self.emitting:  # a handler that writes to sys.stderr (MLflow's own, outside the CLI): pass through
+            return self.original.write(text)
         self.buffer += text
         *lines, self.buffer = self.buffer.split("\n")
         for line in lines:
-            if line.strip():
-                self.logger.info("%s", line.rstrip())
+            self._emit(line)
         return len(text)
 
     def flush(self) -> None:
-        if self.buffer.strip():
-            self.logger.info("%s", self.buffer.rstrip())
+        self._emit(self.buffer)
         self.buffer = ""
+
+    def _emit(self, line: str) -> None:
+        if line.strip():
+            self.emitting = True
+            try:
+                self.logger.info("%s", line.rstrip())
+            finally:
+                self.emitting = False
 
 
 @contextlib.contextmanager
 def _prints_to_log(name: str) -> Iterator[None]:
     """What is printed to stderr meanwhile goes to logger ``name`` (INFO) instead: for the CLI,
     into the workspace's log file, off the terminal."""
-    stream = _LogLines(logging.getLogger(name))
+    stream = _LogLines(logging.getLogger(name), sys.stderr)
     try:
         with contextlib.redirect_stderr(stream):  # type: ignore[type-var]
             yield

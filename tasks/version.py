@@ -21,6 +21,7 @@ from pathlib import Path
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
+from coldstart.tasks.commands import command
 from coldstart.tasks.errors import VersioningError, WorkspaceError
 from coldstart.tasks.result import StageResult
 from coldstart.tasks.scan import HashedFiles, name_problem, part_digests
@@ -476,7 +477,8 @@ def version(ws: Workspace, round_no: int, message: str, parts: dict[str, str] | 
     except (DvcException, OSError) as e:
         hint = ("add the missing section to params.yaml (dvc.yaml declares it as a parameter)"
                 if "missing from" in str(e) else
-                "check that the DVC remote exists and is writable (`dvc remote list`, then `dvc push`)")
+                f"check that the DVC remote exists and is writable (`{command('dvc')} remote list`, then "
+                f"`{command('dvc')} push`, in {ws.root})")
         raise VersioningError(
             f"DVC could not record round {round_no}: {type(e).__name__ if isinstance(e, OSError) else ''}"
             f"{' ' if isinstance(e, OSError) else ''}{str(e).rstrip('.')}. The round's data is intact in data/, "

@@ -7,12 +7,14 @@ import csv
 import fcntl
 import os
 import re
+import shlex
 import subprocess
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator
 
+from coldstart.tasks.commands import command
 from coldstart.tasks.config import Params, load_params
 from coldstart.tasks.errors import WorkspaceError
 
@@ -30,7 +32,7 @@ class Workspace:
         root = Path(root).expanduser().resolve()
         if not (root / "params.yaml").is_file():
             raise WorkspaceError(
-                f"{root} is not a coldstart workspace (no params.yaml); create one with `coldstart init {root}`"
+                f"{root} is not a coldstart workspace (no params.yaml); create one with `{command('coldstart')} init {shlex.quote(str(root))}`"
             )
         return cls(root)
 

@@ -1,6 +1,6 @@
 """The fault matrix: `coldstart round` killed with SIGKILL at every stage boundary (and inside
 tracking and versioning), then run again; and the remote and tracking faults. Real processes,
-real Prefect server, MLflow on SQLite, DVC with a local remote (README, "Reliability")."""
+real Prefect server, MLflow on SQLite, DVC with a local remote (docs/reliability.md)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Faults with real processes: kill -9 mid-embed, two intakes at once (README, "What a round does")."""
+"""Faults with real processes: kill -9 mid-embed, two intakes at once (docs/round.md)."""
 
 from __future__ import annotations
 

@@ -367,7 +367,8 @@ def test_a_round_with_nothing_new_does_nothing_and_status_says_so(rounds, capsys
 
     params = (copy / "params.yaml").read_text()
     edited = yaml.safe_load(params)
-    edited["labelstudio"] = {"url": "http://localhost:8080", "project": "parts", "images": "api"}
+    edited["labelstudio"] = {"url": "http://localhost:8080", "project": "parts", "images": "api",
+                             "api_url": "http://localhost:8750"}
     edited["execution"] = {**edited.get("execution", {}), "dask_workers": 3}
     (copy / "params.yaml").write_text(yaml.safe_dump(edited, allow_unicode=True))
     assert labeling_round(workspace=str(copy)).nothing_new

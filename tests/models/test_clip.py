@@ -67,7 +67,7 @@ def test_local_checkpoint_path_is_loaded(tiny_clip, tmp_path):
 
 
 def test_local_dir_as_documented_is_loaded(tiny_clip, tmp_path):
-    """model.pretrained: local-dir:/folder (open_clip_config.json + a checkpoint), as the README
+    """model.pretrained: local-dir:/folder (open_clip_config.json + a checkpoint), as docs/configuration.md
     documents; open_clip itself takes the folder as the model name."""
     import json
 
