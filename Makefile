@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 TEST_ENV := HF_HUB_OFFLINE=1 DVC_NO_ANALYTICS=1 PREFECT_SERVER_ANALYTICS_ENABLED=false \
             PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS=90
 
-.PHONY: env demo test test-fast wheel-check bench clean labelstudio-env test-labelstudio
+.PHONY: env demo test test-fast lint wheel-check bench clean labelstudio-env test-labelstudio
 
 env: $(STAMP)
 
@@ -29,6 +29,12 @@ test: env
 # The wheel as users get it: fresh environment, not editable, init + one tiny round from it.
 wheel-check: env
 	.ci/wheel-check
+
+# The layers (flows and bench above tasks above models; pyproject.toml [tool.importlinter]) and the
+# import graph without cycles, every import statement counted (tests/import_graph.py).
+lint: env
+	$(BIN)/lint-imports
+	$(BIN)/python tests/import_graph.py
 
 test-fast: env
 	$(TEST_ENV) $(BIN)/pytest -q -m "not slow"

@@ -22,7 +22,7 @@ from __future__ import annotations
 from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+from coldstart.version import __version__ as __version__  # re-exported: coldstart.__version__
 
 __all__ = ["ColdstartError", "RoundRecord", "Workspace", "init_workspace", "load_champion", "open_workspace",
            "read_labels", "read_round", "run_round"]

@@ -339,7 +339,8 @@ def _webhook(ws: Workspace, body: dict, annotators=None) -> dict:
     sent only the user's id; without it, or when the email cannot be found, intake records
     ``ls-user-<id>``."""
     from coldstart.tasks.errors import WorkspaceError
-    from coldstart.tasks.intake import ANSWER_ACTIONS, DELETE_ACTIONS, intake, spool_annotation
+    from coldstart.tasks.intake import ANSWER_ACTIONS, DELETE_ACTIONS, spool_annotation
+    from coldstart.tasks.stages import Context, take_in
 
     action = body["action"]
     if action == "START_TRAINING":
@@ -362,8 +363,7 @@ def _webhook(ws: Workspace, body: dict, annotators=None) -> dict:
     params = ws.params()
     try:
         with ws.lock():
-            result = intake(ws, params.ontology.class_names, ws.next_round(), on_error=params.intake.on_error,
-                            max_file_mb=params.intake.max_file_mb)
+            result = take_in(ws, Context(params, ws.next_round()))
     except WorkspaceError:  # a round is running: its intake takes the spooled annotation in
         return {"status": "queued", "action": action, "new": spooled}
     for problem in result.problems:  # the server's log shows a refused annotation, not only the response

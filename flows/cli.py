@@ -12,10 +12,9 @@ import sys
 import time
 from pathlib import Path
 
-from coldstart.models.errors import ColdstartError
+from coldstart.models.errors import ColdstartError, ConfigError
 from coldstart.tasks.commands import command
 
-STAGES = ("scan", "embed", "intake", "train", "relabel", "regions", "select", "report")
 LOG_FILE = Path(".coldstart") / "logs" / "coldstart.log"  # in the workspace: every library's log lines
 def _process_seconds() -> float:
     """Seconds since this process started (its start-up and imports included)."""
@@ -311,8 +310,8 @@ def cmd_regions(a) -> int:
     from coldstart.models.sam import load_sam
     from coldstart.tasks import labelstudio
     from coldstart.tasks.embed import load_model
+    from coldstart.tasks.ontology import negative_labels
     from coldstart.tasks.regions import (
-        negative_labels,
         region_head,
         regions_to_coco,
         regions_to_labelstudio,
@@ -403,32 +402,18 @@ def cmd_report(a) -> int:
 def cmd_stage(a) -> int:
     """One stage on its own (what `dvc repro` runs), without Prefect, MLflow or tagging. Each
     writes exactly the outputs dvc.yaml declares for it."""
-    from coldstart.tasks import embed, intake, regions, relabel, report, scan, select, train
+    from coldstart.tasks.stages import DVC_STAGES, STAGES, Context
     from coldstart.tasks.version import check_stages
     from coldstart.tasks.workspace import Workspace
 
+    if a.name not in DVC_STAGES:  # audit, track and version run inside a round only
+        raise ConfigError(f"coldstart stage: unknown stage {a.name!r}; the stages of dvc.yaml are "
+                          f"{', '.join(DVC_STAGES)}")
     ws = Workspace.open(a.workspace)
-    params = ws.params()
+    ctx = Context.of(ws)  # params.yaml validated first: its mistakes are the likelier ones
     check_stages(ws)
     with ws.lock():
-        n = ws.next_round()
-        if a.name == "scan":
-            result = scan.scan(ws, params.scan, n)
-        elif a.name == "embed":
-            result = embed.embed(ws, embed.load_model(params.model), params.model, params.views)
-        elif a.name == "intake":
-            result = intake.intake(ws, params.ontology.class_names, n, on_error=params.intake.on_error,
-                                   max_file_mb=params.intake.max_file_mb)
-        elif a.name == "train":
-            result = train.train(ws, params, embed.load_model(params.model), n)
-        elif a.name == "relabel":
-            result = relabel.relabel(ws, params, n)
-        elif a.name == "regions":
-            result = regions.regions(ws, params, embed.load_model(params.model), n)
-        elif a.name == "report":
-            result = report.report(ws, n, params=params, raise_errors=True)
-        else:
-            result = select.select(ws, params.round, n, params.regions)
+        result = STAGES[a.name].run(ws, ctx)
     print(f"{a.name}: " + json.dumps(result.to_dict(), ensure_ascii=False, default=str))
     return 0
 
@@ -438,10 +423,10 @@ def cmd_prompts(a) -> int:
     import numpy as np
 
     from coldstart.tasks.embed import load_model
-    from coldstart.tasks.intake import human_labels, read_events
+    from coldstart.tasks.heads import zero_shot_head
+    from coldstart.tasks.labellog import human_labels, read_events
     from coldstart.tasks.pool import read_pool
     from coldstart.tasks.store import EmbeddingStore
-    from coldstart.tasks.train import zero_shot_head
     from coldstart.tasks.workspace import Workspace
 
     ws = Workspace.open(a.workspace)
@@ -484,9 +469,9 @@ def cmd_finetune(a) -> int:
     from coldstart.models.finetune import FinetuneConfig, finetune, save_weights
     from coldstart.models.probe import LinearHead
     from coldstart.tasks.embed import ImageFiles, clip_config
-    from coldstart.tasks.intake import human_labels, read_events
+    from coldstart.tasks.heads import load_chosen, zero_shot_head
+    from coldstart.tasks.labellog import human_labels, read_events
     from coldstart.tasks.scan import image_table
-    from coldstart.tasks.train import load_chosen, zero_shot_head
     from coldstart.tasks.workspace import Workspace
 
     ws = Workspace.open(a.workspace)
@@ -708,7 +693,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(fn=cmd_report)
 
     s = sub.add_parser("stage", help="run one stage alone (used by dvc.yaml / dvc repro)")
-    s.add_argument("name", choices=STAGES)
+    s.add_argument("name", help="a stage of dvc.yaml (scan, embed, ...: an unknown name gets the list)")
     ws_arg(s)
     s.set_defaults(fn=cmd_stage)
 

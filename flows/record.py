@@ -26,15 +26,14 @@ from coldstart.tasks.relabel import RelabelResult
 from coldstart.tasks.report import ReportResult
 from coldstart.tasks.scan import ScanResult
 from coldstart.tasks.select import SelectResult
+from coldstart.tasks.stages import STAGES as REGISTRY
 from coldstart.tasks.track import TrackResult
 from coldstart.tasks.train import TrainResult
 from coldstart.tasks.version import VersionResult
 from coldstart.tasks.workspace import Workspace, atomic_write_text
 
-STAGES: dict[str, type] = {"scan": ScanResult, "embed": EmbedResult, "intake": IntakeResult, "audit": AuditEstimate,
-                           "train": TrainResult, "relabel": RelabelResult, "regions": RegionsResult,
-                           "select": SelectResult, "report": ReportResult,
-                           "track": TrackResult, "version": VersionResult}
+# Stage name -> its result type, in round order: the stage registry's (tasks/stages.py).
+STAGES: dict[str, type] = {name: stage.result for name, stage in REGISTRY.items()}
 
 
 def _log_stage(round_no: int, stage: str, seconds: float) -> None:

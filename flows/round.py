@@ -14,12 +14,12 @@ from coldstart.flows.record import RoundRecord
 from coldstart.tasks.audit import audit_task
 from coldstart.tasks.embed import embed_task, load_model_task
 from coldstart.tasks.errors import TrackingError
-from coldstart.tasks.intake import intake_task
 from coldstart.tasks.regions import regions_task
 from coldstart.tasks.relabel import relabel_task
 from coldstart.tasks.report import report_task
 from coldstart.tasks.scan import scan_task
 from coldstart.tasks.select import select_task
+from coldstart.tasks.stages import Context, intake_task
 from coldstart.tasks.track import link_run_task, track_task
 from coldstart.tasks.train import train_task
 from coldstart.tasks.version import check_stages, config_changed, unversioned_images, version_task
@@ -51,8 +51,7 @@ def run_round(ws: Workspace, force: bool = False) -> RoundRecord:
     with rec.timed("embed"):  # new images only -> embedding store
         rec.embed = embed_task(ws, clip, params.model, params.views, params.execution)
     with rec.timed("intake"):  # inbox answers -> validated -> label-event log
-        rec.intake = intake_task(ws, params.ontology.class_names, n, params.intake.on_error,
-                                 params.intake.max_file_mb)
+        rec.intake = intake_task(ws, Context(params, n))
     if not force and n > 1 and not (rec.scan.changed or rec.embed.embedded or rec.intake.events_added
                                     or config_changed(ws) or interrupted_work(ws, n, rec.scan.parts)):
         return nothing_new(ws, rec)
@@ -89,7 +88,7 @@ def interrupted_work(ws: Workspace, n: int, parts: dict[str, str] | None) -> boo
     """What an attempt at round ``n`` killed before its tag already took in: answers (their
     events carry round ``n``) or images (parts differ from the last tagged round's). Without
     this, the retry would find "nothing new" and the work would wait for unrelated news."""
-    from coldstart.tasks.intake import read_events
+    from coldstart.tasks.labellog import read_events
 
     return any(e.round == n for e in read_events(ws)) or (parts is not None and unversioned_images(ws, parts))
 

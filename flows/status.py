@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from coldstart.tasks.commands import command
 from coldstart.tasks.config import StopConfig
 from coldstart.tasks.workspace import Workspace, atomic_write_text, read_csv
+from coldstart.version import __version__
 
 if TYPE_CHECKING:
     from coldstart.flows.record import RoundRecord
@@ -105,8 +106,6 @@ def _stat(path) -> list[int] | None:
 def _cached(ws: Workspace, part: str, path, compute) -> Any:
     """``compute()``, derived from the file ``path``: read back from .coldstart/status.json while
     that file's size and mtime are those it was derived from, else computed and kept."""
-    from coldstart import __version__
-
     key = [__version__, CACHE_VERSION, _stat(path)]
     cache = ws.state_dir / CACHE
     try:
@@ -131,7 +130,7 @@ def _cached(ws: Workspace, part: str, path, compute) -> Any:
 def _label_counts(ws: Workspace) -> dict[str, int]:
     """Images with a human label, and label events, from the label log (tasks.intake: Prefect)."""
     def compute():
-        from coldstart.tasks.intake import human_labels, read_events
+        from coldstart.tasks.labellog import human_labels, read_events
 
         events = read_events(ws)
         return {"human_labels": len(human_labels(events)), "label_events": len(events)}

@@ -128,7 +128,7 @@ def latest_batch(ws: Workspace) -> int | None:
 
 def _honest(ws: Workspace, round_no: int, tasks: list) -> list:
     from coldstart.tasks import labelstudio
-    from coldstart.tasks.intake import human_labels, read_events
+    from coldstart.tasks.labellog import human_labels, read_events
 
     batch = read_csv(ws.review / f"round-{round_no:03d}.batch.csv")
     if not any(b.get("purpose") == "recheck" for b in batch):
@@ -157,7 +157,7 @@ def answered(ws: Workspace, batch: set[str], round_no: int) -> int:
     """How many of the batch's images have a human answer taken in after round ``round_no`` (the
     round that handed the batch out; later answers are events of a later round). A label from
     before, which is what puts a re-check in the batch, is not an answer to it."""
-    from coldstart.tasks.intake import current_answers, read_events
+    from coldstart.tasks.labellog import current_answers, read_events
 
     return sum(1 for (image_id, region), e in current_answers(read_events(ws)).items()
                if not region and image_id in batch and e.round > round_no)
@@ -170,8 +170,8 @@ def wait_for_answers(ws: Workspace, round_no: int, *, answers: int | None = None
     enough of its images have new answers or the time is up. Answers are imported as they come
     (the spool and the inbox, under the workspace lock), so nothing waits for the next round to
     be safe."""
-    from coldstart.tasks.intake import intake
     from coldstart.tasks.labelstudio import Annotators
+    from coldstart.tasks.stages import Context, take_in
 
     params = ws.params()
     cfg = params.labelstudio
@@ -197,8 +197,7 @@ def wait_for_answers(ws: Workspace, round_no: int, *, answers: int | None = None
             fetch_answers(ws, client, project, annotators)
         try:
             with ws.lock():
-                took = intake(ws, params.ontology.class_names, round_no + 1, on_error=params.intake.on_error,
-                              max_file_mb=params.intake.max_file_mb)
+                took = take_in(ws, Context(params, round_no + 1))
             for problem in took.problems:  # a person has to act on them: once each, as they come
                 log.warning("REJECTED %s", problem)
         except WorkspaceError:

@@ -29,8 +29,7 @@ import torch.nn.functional as F
 from coldstart.models.errors import ConfigError
 
 if TYPE_CHECKING:
-    from coldstart.models.sam import SamModel
-    from coldstart.tasks.config import RegionsConfig
+    from coldstart.models.sam import GeneratorSettings, SamModel
 
 _LOW_RES = 256  # the mask decoder's output side: one logit per 4x4 block of the 1024 input
 _DECODE_PROMPTS = 16
@@ -137,14 +136,14 @@ def segment_box(sam: SamModel, embedding: ImageEmbedding, box_xyxy: Sequence[flo
     return (logits[0] > sam.mask_threshold).cpu().numpy()
 
 
-def _check_cfg(cfg: RegionsConfig) -> None:
+def _check_cfg(cfg: GeneratorSettings) -> None:
     if cfg.crop_n_layers > 0 and cfg.points_per_side // cfg.crop_n_points_downscale_factor**cfg.crop_n_layers < 1:
         raise ConfigError(f"regions.crop_n_points_downscale_factor: {cfg.crop_n_points_downscale_factor}"
                           f"^{cfg.crop_n_layers} leaves no points of regions.points_per_side {cfg.points_per_side} "
                           "in the smallest crops")
 
 
-def generate_masks(sam: SamModel, image: np.ndarray, cfg: RegionsConfig, *,
+def generate_masks(sam: SamModel, image: np.ndarray, cfg: GeneratorSettings, *,
                    embedding: ImageEmbedding | None = None) -> list[dict[str, Any]]:
     """Every object's mask in ``image`` (H, W, 3) uint8, as SamAutomaticMaskGenerator finds them.
 
@@ -221,7 +220,7 @@ def _box_area(b: torch.Tensor) -> torch.Tensor:
     return (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
 
 
-def _crop_candidates(sam: SamModel, image: np.ndarray, cfg: RegionsConfig, crop_box: list[int],
+def _crop_candidates(sam: SamModel, image: np.ndarray, cfg: GeneratorSettings, crop_box: list[int],
                      grid: np.ndarray, embedding: ImageEmbedding | None) -> _Candidates | None:
     """One crop: encode it, decode the point grid in batches, filter on low-res logits, box NMS."""
     from mobile_sam.utils.amg import calculate_stability_score, is_box_near_crop_edge
@@ -283,7 +282,7 @@ def _cell_boxes(masks: torch.Tensor, sx: float, sy: float, w: int, h: int) -> to
     return box
 
 
-def _encode(sam: SamModel, c: _Candidates, size: tuple[int, int], cfg: RegionsConfig) -> list[dict[str, Any]]:
+def _encode(sam: SamModel, c: _Candidates, size: tuple[int, int], cfg: GeneratorSettings) -> list[dict[str, Any]]:
     """Upsample the survivors to the image, threshold, (optionally) fill holes and drop islands,
     and write the stock records. Masks are built transposed, (W, H) C-order, which is the (H, W)
     Fortran order pycocotools encodes from: no transposing copy of a full-size mask is made."""
@@ -351,7 +350,7 @@ def _quality_order(masks: Sequence[dict[str, Any]]) -> list[int]:
     return sorted(range(len(masks)), key=lambda i: (-masks[i]["predicted_iou"], -masks[i]["stability_score"], i))
 
 
-def cleanup(masks: Sequence[dict[str, Any]], cfg: RegionsConfig,
+def cleanup(masks: Sequence[dict[str, Any]], cfg: GeneratorSettings,
             labels: Sequence[Any] | None = None) -> tuple[list[dict[str, Any]], dict[str, int]]:
     """Apply the over-segmentation rules to ``masks`` (records as :func:`generate_masks` returns).
 

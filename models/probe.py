@@ -173,7 +173,7 @@ def to_head(est: LogisticRegression, n_classes: int, center: np.ndarray, scale: 
     return LinearHead(weight, bias)
 
 
-def _train_set(X, y, st: SelfTraining | None, tr, te, n_classes):
+def train_set(X, y, st: SelfTraining | None, tr, te, n_classes):
     """The training rows of one fold (or of the final fit), plus pseudo-labels if asked."""
     if st is None:
         return X[tr], y[tr], 0
@@ -205,9 +205,9 @@ def fit_probe(X: np.ndarray, y: np.ndarray, n_classes: int, *, C: float = 1.0, f
     scale = X.std(0) + 1e-6 if scale is None else np.asarray(scale, np.float32)
     oof = np.zeros((len(y), n_classes), np.float32)
     for tr, te in splits(y, folds, seed):
-        Xtr, ytr, _ = _train_set(X, y, self_training, tr, te, n_classes)
+        Xtr, ytr, _ = train_set(X, y, self_training, tr, te, n_classes)
         oof[te] = _fit_plain(Xtr, ytr, n_classes, C, seed, center, scale).predict_proba(X[te])
-    Xtr, ytr, n_pseudo = _train_set(X, y, self_training, np.arange(len(y)), None, n_classes)
+    Xtr, ytr, n_pseudo = train_set(X, y, self_training, np.arange(len(y)), None, n_classes)
     head = _fit_plain(Xtr, ytr, n_classes, C, seed, center, scale)
     return ProbeFit(head, "probe", float((oof.argmax(1) == y).mean()), oof, {"C": C, "pseudo_labels": n_pseudo})
 
@@ -275,9 +275,9 @@ def fit_zs_probe(X: np.ndarray, y: np.ndarray, W0: np.ndarray, *, folds: int = 5
     if self_training is not None and cv:
         oof = np.zeros((len(y), L), np.float32)
         for f, (tr, te) in enumerate(cv):
-            Xtr, ytr, _n = _train_set(X, y, self_training, tr, te, L)
+            Xtr, ytr, _n = train_set(X, y, self_training, tr, te, L)
             oof[te] = _fit_prior(Xtr, ytr, W0, lam, starts[f]).predict_proba(X[te])
         acc = float((oof.argmax(1) == y).mean())
-    Xtr, ytr, n_pseudo = _train_set(X, y, self_training, np.arange(len(y)), None, L)
+    Xtr, ytr, n_pseudo = train_set(X, y, self_training, np.arange(len(y)), None, L)
     head = _fit_prior(Xtr, ytr, W0, lam)
     return ProbeFit(head, "zs-probe", acc, oof, {"lambda": lam, "pseudo_labels": n_pseudo})

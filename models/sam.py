@@ -19,15 +19,12 @@ import logging
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import torch
 
 from coldstart.models.clip import resolve_device
 from coldstart.models.errors import ConfigError, WeightsUnavailableError
-
-if TYPE_CHECKING:
-    from coldstart.tasks.config import RegionsConfig
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +36,45 @@ WEIGHTS_URLS = {
     "vit_l": "https://dl.fbaipublicfiles.com/segment_anything/sam_vit_l_0b3195.pth",
     "vit_h": "https://dl.fbaipublicfiles.com/segment_anything/sam_vit_h_4b8939.pth",
 }
+
+
+class SamSettings(Protocol):
+    """Which SAM to load (``regions.sam_type``, ``sam_checkpoint``, ``device`` in params.yaml)."""
+
+    @property
+    def sam_type(self) -> str: ...  # vit_t (MobileSAM), vit_b, vit_l, vit_h
+    @property
+    def sam_checkpoint(self) -> str | None: ...  # a local state dict; None: random weights (tests only)
+    @property
+    def device(self) -> str: ...  # auto, cpu, cuda, cuda:N
+
+
+class GeneratorSettings(Protocol):
+    """The automatic mask generator's knobs, with segment-anything's ``SamAutomaticMaskGenerator``
+    names and meaning (the ``regions.*`` keys of params.yaml)."""
+
+    @property
+    def points_per_side(self) -> int: ...
+    @property
+    def points_per_batch(self) -> int: ...
+    @property
+    def pred_iou_thresh(self) -> float: ...
+    @property
+    def stability_score_thresh(self) -> float: ...
+    @property
+    def stability_score_offset(self) -> float: ...
+    @property
+    def box_nms_thresh(self) -> float: ...
+    @property
+    def crop_n_layers(self) -> int: ...
+    @property
+    def crop_nms_thresh(self) -> float: ...
+    @property
+    def crop_overlap_ratio(self) -> float: ...
+    @property
+    def crop_n_points_downscale_factor(self) -> int: ...
+    @property
+    def min_mask_region_area(self) -> int: ...
 
 
 @dataclass
@@ -63,7 +99,7 @@ class SamModel:
     def mask_threshold(self) -> float:
         return float(self.model.mask_threshold)
 
-    def stock_generator(self, cfg: RegionsConfig) -> Any:
+    def stock_generator(self, cfg: GeneratorSettings) -> Any:
         """segment-anything's own ``SamAutomaticMaskGenerator`` over this model with ``cfg``'s knobs
         (COCO RLE output): the reference :func:`coldstart.models.masks.generate_masks` is checked against."""
         from mobile_sam import SamAutomaticMaskGenerator
@@ -88,7 +124,7 @@ def _file_digest(path: str, size: int, mtime_ns: int) -> str:
     return h.hexdigest()[:12]
 
 
-def _missing(cfg: RegionsConfig, why: str) -> WeightsUnavailableError:
+def _missing(cfg: SamSettings, why: str) -> WeightsUnavailableError:
     return WeightsUnavailableError(
         f"regions.sam_checkpoint: {why}. Give the path of a local {cfg.sam_type} state dict; the official "
         f"weights are published at {WEIGHTS_URLS[cfg.sam_type]} (nothing is downloaded here)")
@@ -105,7 +141,7 @@ def _builder(sam_type: str):
     return sam_model_registry[sam_type]
 
 
-def load_sam(cfg: RegionsConfig) -> SamModel:
+def load_sam(cfg: SamSettings) -> SamModel:
     """Build ``cfg.sam_type`` and load ``cfg.sam_checkpoint`` (``weights_only=True``) onto ``cfg.device``.
 
     Raises :class:`WeightsUnavailableError` when the checkpoint is missing, unreadable or not a

@@ -74,7 +74,7 @@ import numpy as np
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from coldstart.tasks.intake import human_labels, read_events
+from coldstart.tasks.labellog import human_labels, read_events
 from coldstart.tasks.result import IN_MEMORY, StageResult
 from coldstart.tasks.workspace import Workspace, read_csv
 

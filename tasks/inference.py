@@ -77,7 +77,7 @@ class Labeler:
         self.refresh()
 
     def _files_stamp(self) -> tuple:
-        from coldstart.tasks.train import CHOSEN_FILE, HEAD_FILE
+        from coldstart.tasks.heads import CHOSEN_FILE, HEAD_FILE
 
         out = []
         for p in (self.ws.model_dir / CHOSEN_FILE, self.ws.model_dir / HEAD_FILE, self.ws.metrics_dir / "round.json"):
@@ -91,7 +91,7 @@ class Labeler:
     def refresh(self) -> None:
         """Load the chosen head again when data/models/ changed (a round ran); before the first
         train stage, the ontology's zero-shot head."""
-        from coldstart.tasks.train import load_chosen, zero_shot_head
+        from coldstart.tasks.heads import load_chosen, zero_shot_head
 
         stamp = self._files_stamp()
         if stamp == self._stamp:
@@ -132,7 +132,7 @@ class Labeler:
         import pyarrow as pa
         import pyarrow.compute as pc
 
-        from coldstart.tasks.relabel import _plain, resolved_parts
+        from coldstart.tasks.relabel import plain_column, resolved_parts
 
         parts = resolved_parts(self.ws)
         if not image_ids or not parts.files():
@@ -141,7 +141,7 @@ class Labeler:
         table = table.filter(pc.is_in(table["image_id"], value_set=pa.array(sorted(set(image_ids)), pa.string())))
         if not table.num_rows:
             return {}
-        probs = _plain(table["probs"]).flatten().to_numpy().reshape(table.num_rows, -1)
+        probs = plain_column(table["probs"]).flatten().to_numpy().reshape(table.num_rows, -1)
         if probs.shape[1] != len(self.classes):
             return {}  # the ontology changed since the last round: the table's labels are not these
         out = {}
@@ -201,7 +201,8 @@ class Outliner:
     a COCO-style region. SAM is loaded on first use; one image at a time (it is not re-entrant)."""
 
     def __init__(self, ws: Workspace, params):
-        from coldstart.tasks.regions import negative_labels, resolve_checkpoint
+        from coldstart.tasks.ontology import negative_labels
+        from coldstart.tasks.regions import resolve_checkpoint
 
         self.cfg = resolve_checkpoint(ws, params.regions)
         self.negatives = negative_labels(params.ontology)
@@ -220,7 +221,7 @@ class Outliner:
         mask inside its tile, or [] when SAM finds nothing there."""
         from coldstart.models.masks import image_embedding, segment_box
         from coldstart.models.sam import load_sam
-        from coldstart.tasks.regions import _rle, mask_box
+        from coldstart.tasks.regions import mask_box, mask_rle
 
         if not self.wanted(pred):
             return []
@@ -233,7 +234,7 @@ class Outliner:
             return []
         bbox, area = mask_box(mask)
         return [{"label": pred.label, "score": round(pred.confidence, 6), "bbox": [int(v) for v in bbox],
-                 "area": area, "segmentation": _rle(mask)}]
+                 "area": area, "segmentation": mask_rle(mask)}]
 
 
 class Batcher:

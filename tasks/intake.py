@@ -47,11 +47,18 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Iterator
 
-from prefect import task
-from prefect.cache_policies import NO_CACHE
-
 from coldstart.tasks import labelstudio
 from coldstart.tasks.errors import LabelFileError, LabelLogError
+from coldstart.tasks.labellog import (
+    LabelEvent,
+    annotation_source,
+    append_events,
+    describe_answers,
+    human_labels,
+    read_events,
+    repair_log,
+    round_answers,
+)
 from coldstart.tasks.manifest import read_manifest_table
 from coldstart.tasks.result import StageResult
 from coldstart.tasks.workspace import (
@@ -77,30 +84,6 @@ POLYGON_PREFIX = "polygon:"
 
 
 @dataclass
-class LabelEvent:
-    """One human answer, one line of data/labels/events.jsonl (append-only; the latest answer for
-    an image, or a region, wins). ``region_id`` empty: the answer labels the whole image. Set: it
-    labels that region of the image (the regions table's id); ``region`` then carries the
-    outline as COCO RLE ``{"size": [H, W], "counts": str}`` when the person drew it (a Label
-    Studio polygon no proposed region matches), else None (the table has the mask)."""
-
-    image_id: str
-    label: str
-    annotator: str
-    source_file: str
-    source_sha256: str
-    source_row: int
-    imported_at: str
-    round: int
-    region_id: str = ""
-    region: dict | None = None
-    # "" an answer; "retract": the answers from ``source_file`` (one Label Studio annotation,
-    # deleted) no longer count, for every image and region they named; "skip": the annotation
-    # was cancelled (skipped): recorded, not a label, and it retracts that annotation's answers.
-    kind: str = ""
-
-
-@dataclass
 class IntakeResult(StageResult):
     files_accepted: list[str] = field(default_factory=list)
     files_rejected: list[str] = field(default_factory=list)
@@ -122,84 +105,6 @@ class IntakeResult(StageResult):
                 sum(self.round_answers.values()),
                 "events_added": self.events_added, "files_accepted": len(self.files_accepted),
                 "files_rejected": len(self.files_rejected), "rows_rejected": self.rows_rejected}
-
-
-def read_events(ws: Workspace) -> list[LabelEvent]:
-    """Every event in the log, oldest first. A torn last line (a crash or a full disk mid-append
-    elsewhere) is left out with a warning; the next intake sets it aside (see repair_log)."""
-    if not ws.events.is_file():
-        return []
-    complete, torn = _split_torn(ws.events.read_bytes())
-    if torn:
-        log.warning("%s ends with a torn line (%d bytes) that is not an event; it is left out, and the next intake "
-                    "saves it aside", ws.rel(ws.events), len(torn))
-    events = []
-    for n, line in enumerate(complete.split(b"\n"), start=1):
-        if line.strip():
-            try:
-                events.append(LabelEvent(**json.loads(line)))
-            except (ValueError, TypeError) as e:
-                raise LabelLogError(f"{ws.rel(ws.events)} line {n} is not a label event ({str(e)[:200]}); restore "
-                                    f"the file from git/DVC or delete that line") from None
-    return events
-
-
-def _split_torn(data: bytes) -> tuple[bytes, bytes]:
-    """The log's bytes -> (complete lines, each ending in a newline; a torn last line or b"")."""
-    if not data or data.endswith(b"\n"):
-        return data, b""
-    cut = data.rfind(b"\n") + 1
-    try:  # the last event written whole, only its newline missing: keep it
-        LabelEvent(**json.loads(data[cut:]))
-        return data + b"\n", b""
-    except (ValueError, TypeError):
-        return data[:cut], data[cut:]
-
-
-def repair_log(ws: Workspace) -> Path | None:
-    """Cut a torn last line off the event log, saving its bytes to
-    ``.coldstart/torn/events.jsonl.torn-<UTC time>`` (returned). Call with the workspace lock held."""
-    if not ws.events.is_file():
-        return None
-    complete, torn = _split_torn(ws.events.read_bytes())
-    if not torn:
-        return None
-    aside = ws.state_dir / "torn" / f"events.jsonl.torn-{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%S%fZ}"
-    atomic_write_bytes(aside, torn)
-    atomic_write_bytes(ws.events, complete)
-    log.warning("%s ended with a torn line (a crash or a full disk mid-write); the complete events are kept and the "
-                "%d torn bytes were saved to %s", ws.rel(ws.events), len(torn), ws.rel(aside))
-    return aside
-
-
-def current_answers(events: list[LabelEvent]) -> dict[tuple[str, str], LabelEvent]:
-    """(image id, region id or "") -> the answer that counts: the latest one whose source was
-    not retracted since. A retraction (a Label Studio annotation deleted, or cancelled) removes
-    that source's answers, so an earlier answer from another source counts again."""
-    stacks: dict[tuple[str, str], list[LabelEvent]] = {}
-    keys_of: dict[str, set[tuple[str, str]]] = {}
-    for e in events:
-        if e.kind in ("retract", "skip"):
-            for key in keys_of.pop(e.source_file, ()):
-                stacks[key] = [x for x in stacks.get(key, []) if x.source_file != e.source_file]
-            continue
-        key = (e.image_id, e.region_id)
-        stacks.setdefault(key, []).append(e)
-        keys_of.setdefault(e.source_file, set()).add(key)
-    return {key: stack[-1] for key, stack in stacks.items() if stack}
-
-
-def human_labels(events: list[LabelEvent]) -> dict[str, str]:
-    """image id -> current human label of the whole image (the latest answer wins: a later file
-    corrects an earlier; a retracted one no longer counts). Region answers are not image labels
-    (see region_answers)."""
-    return {image_id: e.label for (image_id, region), e in current_answers(events).items() if not region}
-
-
-def region_answers(events: list[LabelEvent]) -> dict[str, LabelEvent]:
-    """region id -> the current human answer for that region (with its image id, and the drawn
-    outline for a region a person added)."""
-    return {region: e for (_, region), e in current_answers(events).items() if region}
 
 
 # --- reading an answer file -------------------------------------------------------------------------
@@ -1037,19 +942,6 @@ def _set_aside(row: dict) -> dict:
 # --- the stage ------------------------------------------------------------------------------------
 
 
-def _append_events(ws: Workspace, events: list[LabelEvent]) -> None:
-    # Whole-file atomic replace: the log is small text, and old-or-new beats a torn last line.
-    old, _ = _split_torn(ws.events.read_bytes() if ws.events.is_file() else b"")  # repair_log ran first
-    new = "".join(json.dumps(_event_fields(e), ensure_ascii=False) + "\n" for e in events).encode("utf-8")
-    atomic_write_bytes(ws.events, old + new)
-
-
-def _event_fields(e: LabelEvent) -> dict:
-    """An event as its log line's fields: an image's answer has no region keys (its line reads
-    as it did before regions existed)."""
-    return {k: v for k, v in e.__dict__.items() if v or k not in ("region_id", "region", "kind")}
-
-
 def _supersede(ws: Workspace, name: str) -> None:
     """A file accepted under the name of an earlier rejected one is its corrected copy: the
     rejected copy and its error notes move to data/inbox/rejected/superseded/ (kept, not listed)."""
@@ -1119,25 +1011,6 @@ def intake(ws: Workspace, classes: list[str], round_no: int, *, annotator_defaul
     return result
 
 
-def describe_answers(counts: dict[str, int]) -> str:
-    """``round_answers`` as a person reads it: "7 answer(s) this round (5 from files, 2 from Label Studio)"."""
-    where = ", ".join(f"{n} from {'Label Studio' if k == 'label-studio' else k}" for k, n in sorted(counts.items()))
-    return f"{sum(counts.values())} answer(s) this round" + (f" ({where})" if where else "")
-
-
-def round_answers(events: list[LabelEvent], round_no: int) -> dict[str, int]:
-    """This round's answers by where they came from (``files`` dropped into data/inbox/,
-    ``label-studio`` annotations from the webhook or ``round --wait``'s export polling): every
-    event of round ``round_no`` that is an answer, whoever took it in (this intake, the API
-    between rounds, or an attempt at this round that was killed before its tag)."""
-    counts: dict[str, int] = {}
-    for e in events:
-        if e.round == round_no and not e.kind:
-            where = "label-studio" if e.source_file.startswith("label-studio:") else "files"
-            counts[where] = counts.get(where, 0) + 1
-    return counts
-
-
 def _intake_file(ws: Workspace, path: Path, rel: str, st: os.stat_result, classes: list[str], round_no: int,
                  result: IntakeResult, imported_sources: set[str], *, annotator_default: str, on_error: str,
                  max_bytes: int) -> None:
@@ -1188,7 +1061,7 @@ def _intake_file(ws: Workspace, path: Path, rel: str, st: os.stat_result, classe
                              source_sha256=digest, source_row=r, imported_at=now, round=round_no,
                              region_id=region[0] if region else "", region=region[1] if region else None)
                   for r, i, lab, ann, *region in rows]
-        _append_events(ws, events)  # the log first: a crash before the move re-imports as a no-op
+        append_events(ws, events)  # the log first: a crash before the move re-imports as a no-op
         imported_sources.add(digest)
         _move_aside(path, ws.imported, digest)
         result.files_accepted.append(rel)
@@ -1207,12 +1080,6 @@ def _intake_file(ws: Workspace, path: Path, rel: str, st: os.stat_result, classe
 WEBHOOK_DIR = ".label-studio"
 ANSWER_ACTIONS = ("ANNOTATION_CREATED", "ANNOTATION_UPDATED")
 DELETE_ACTIONS = ("ANNOTATION_DELETED", "ANNOTATIONS_DELETED")
-
-
-def annotation_source(annotation_id: object) -> str:
-    """The ``source_file`` of every event one Label Studio annotation gives: a later update or a
-    deletion of that annotation retracts them all (``current_answers``)."""
-    return f"label-studio:annotation/{annotation_id}"
 
 
 def spool_annotation(ws: Workspace, action: str, annotation: dict, task: dict | None) -> tuple[Path, str, bool]:
@@ -1299,7 +1166,7 @@ def _intake_webhook(ws: Workspace, path: Path, classes: list[str], round_no: int
             LabelEvent(image_id=i, label=lab, annotator=who, source_file=source, source_sha256=digest, source_row=task_id,
                        imported_at=now, round=round_no, region_id=region[0] if region else "",
                        region=region[1] if region else None) for _, i, lab, who, *region in rows]
-    _append_events(ws, events)
+    append_events(ws, events)
     imported_sources.add(digest)
     _move_aside(path, ws.imported, digest)
     result.files_accepted.append(rel)
@@ -1313,11 +1180,3 @@ def _reject(ws: Workspace, path: Path, rel: str, digest: str, err: LabelFileErro
     log.info("%s", err)  # the caller reports result.problems (the round's summary, `stage`, the webhook's answer)
     result.files_rejected.append(rel)
     result.problems.append(str(err))
-
-
-@task(name="intake", cache_policy=NO_CACHE)
-def intake_task(ws: Workspace, classes: list[str], round_no: int, on_error: str = "keep_good_rows",
-                max_file_mb: float | None = None) -> IntakeResult:
-    if max_file_mb is None:  # params intake.max_file_mb
-        max_file_mb = ws.params().intake.max_file_mb
-    return intake(ws, classes, round_no, on_error=on_error, max_file_mb=max_file_mb)

@@ -191,7 +191,7 @@ def project_config(ontology, *, regions: bool) -> str:
     """The labeling config of a workspace's project: the ontology's classes as the image's
     choice and, with ``regions`` (regions.enabled), as region polygons too, the negative
     (background) labels last."""
-    from coldstart.tasks.regions import negative_labels
+    from coldstart.tasks.ontology import negative_labels
 
     classes = ontology.class_names
     if not regions:

@@ -37,7 +37,8 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from coldstart.tasks import labelstudio
-from coldstart.tasks.config import OntologyConfig, Params, RegionsConfig
+from coldstart.tasks.config import Params, RegionsConfig
+from coldstart.tasks.ontology import negative_labels
 from coldstart.tasks.parts import PartTable
 from coldstart.tasks.result import StageResult
 from coldstart.tasks.workspace import Workspace
@@ -99,11 +100,6 @@ def region_id(image_id: str, counts: str | bytes) -> str:
     """The stable id of a mask of an image: 16 hex of sha256(image_id + RLE counts)."""
     counts = counts.encode("ascii") if isinstance(counts, str) else counts
     return hashlib.sha256(image_id.encode("utf-8") + counts).hexdigest()[:16]
-
-
-def negative_labels(ontology: OntologyConfig) -> set[str]:
-    """The labels a region is dropped for: ``negative_label`` when some class is negative."""
-    return {ontology.negative_label} if any(spec.negative for spec in ontology.classes.values()) else set()
 
 
 # --- crops ----------------------------------------------------------------------------------------
@@ -323,7 +319,7 @@ def _text(counts: str | bytes) -> str:
 def region_head(ws: Workspace, params: Params, clip: ClipModel) -> tuple[Head, str]:
     """The round's labeler for regions: the head the last train stage chose when it reads this
     model's embeddings, else the ontology's zero-shot head. Returns (head, labeler id)."""
-    from coldstart.tasks.train import load_chosen, zero_shot_head
+    from coldstart.tasks.heads import load_chosen, zero_shot_head
 
     chosen = load_chosen(ws)
     if chosen is not None and chosen.model_id == clip.model_id:
@@ -724,7 +720,7 @@ def localize_defects(sam, params: Params, rows: Iterable[dict], files: dict[str,
         mask = segment_box(sam, cache.get(sam, row["image_id"], rgb), box, rgb.shape[:2])
         if not mask.any():
             continue  # SAM found nothing in the tile: no region rather than a made-up one
-        rle = _rle(mask)
+        rle = mask_rle(mask)
         bbox, area = mask_box(mask)
         out.append(Region(region_id(row["image_id"], rle["counts"]), row["image_id"], row["path"], row["label"],
                           float(row["confidence"]), bbox, area, rle, math.nan, math.nan,
@@ -738,7 +734,7 @@ def mask_box(mask: np.ndarray) -> tuple[tuple[float, float, float, float], int]:
     return (float(xs.min()), float(ys.min()), float(xs.max() - xs.min() + 1), float(ys.max() - ys.min() + 1)), len(xs)
 
 
-def _rle(mask: np.ndarray) -> dict:
+def mask_rle(mask: np.ndarray) -> dict:
     from pycocotools import mask as mask_utils
 
     rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
@@ -851,7 +847,7 @@ def regions(ws: Workspace, params: Params, clip: ClipModel, round_no: int) -> Re
     from collections import Counter
 
     from coldstart.models.sam import load_sam
-    from coldstart.tasks.intake import read_events, region_answers
+    from coldstart.tasks.labellog import read_events, region_answers
     from coldstart.tasks.manifest import read_manifest_table
 
     folder = regions_dir(ws)

@@ -27,11 +27,11 @@ from coldstart.models.errors import ConfigError
 from coldstart.tasks.cluster import dask_runner, on_dask
 from coldstart.tasks.config import ExecutionConfig, Params, ViewsConfig
 from coldstart.tasks.errors import WorkspaceError
+from coldstart.tasks.heads import current_human_labels, load_chosen
 from coldstart.tasks.manifest import manifest_parts, read_manifest_table
 from coldstart.tasks.parts import PartTable
 from coldstart.tasks.result import IN_MEMORY, StageResult
 from coldstart.tasks.store import EmbeddingStore
-from coldstart.tasks.train import current_human_labels, load_chosen
 from coldstart.tasks.views import aggregate_views
 from coldstart.tasks.workspace import Workspace
 
@@ -161,7 +161,7 @@ def score_store(store: EmbeddingStore, predict, workers: int | None = None) -> t
     out: list[np.ndarray] = []
 
     def score(k: int) -> None:
-        raw_ids, X = store._read(shards[k][0])
+        raw_ids, X = store.read_shard(shards[k][0])
         p = predict(X)
         if not out:
             out.append(np.empty((offsets[-1], p.shape[1]), np.float32))
@@ -191,7 +191,7 @@ def score_shard_task(root: str, ids_file: str) -> tuple[np.ndarray, np.ndarray]:
     """On a worker: the chosen head (read from the shared workspace) over one store shard:
     ``(n,)`` S64 ids and ``(n, L)`` float32 probabilities."""
     chosen = load_chosen(Workspace(Path(root)))
-    raw_ids, X = EmbeddingStore._read(Path(ids_file))
+    raw_ids, X = EmbeddingStore.read_shard(Path(ids_file))
     return raw_ids, chosen.predict_proba(X).astype(np.float32, copy=False)
 
 
@@ -342,7 +342,7 @@ class Previous:
         same = pc.equal(self.old["path"].take(take), paths).to_numpy(zero_copy_only=False)
         if locations is not None:
             same &= pc.equal(self.old["location"].take(take), locations).to_numpy(zero_copy_only=False)
-        old = _plain(self.old["probs"]).flatten().to_numpy().reshape(-1, probs.shape[1])
+        old = plain_column(self.old["probs"]).flatten().to_numpy().reshape(-1, probs.shape[1])
         return same & (old[np.maximum(self.row, 0)] == probs).all(1) & (self.row >= 0)
 
 
@@ -367,7 +367,7 @@ def previous_rows(parts: PartTable, round_no: int, new_raw: np.ndarray, digest: 
     if aligned:
         row, found = np.arange(n), np.ones(n, bool)
     else:
-        at = lookup(new_raw, raw_ids_of(_plain(old["image_id"])), None)  # each old row's row now (-1: gone)
+        at = lookup(new_raw, raw_ids_of(plain_column(old["image_id"])), None)  # each old row's row now (-1: gone)
         found = at >= 0
         row = np.full(n, -1, np.int64)
         row[at[found]] = np.flatnonzero(found)
@@ -376,15 +376,15 @@ def previous_rows(parts: PartTable, round_no: int, new_raw: np.ndarray, digest: 
     human = _codes(old["source"], {"human": 0}) == 0
     by_labeler = _codes(old["model_id"], {labeler_id: 0}) == 0
     return Previous(row, np.where(row >= 0, label[take], -1).astype(np.int32),
-                    _plain(old["confidence"]).to_numpy()[take], human[take], by_labeler[take],
-                    _plain(old["round"]).to_numpy()[take].astype(np.int32),
-                    pa.array([], pa.string()) if aligned else _plain(old["image_id"]).filter(pa.array(~found)),
+                    plain_column(old["confidence"]).to_numpy()[take], human[take], by_labeler[take],
+                    plain_column(old["round"]).to_numpy()[take].astype(np.int32),
+                    pa.array([], pa.string()) if aligned else plain_column(old["image_id"]).filter(pa.array(~found)),
                     old, comparable)
 
 
 def _codes(column, known: dict[str, int]) -> np.ndarray:
     """A label column as indices into this round's labels (-1: a label the ontology lost)."""
-    column = _plain(column)
+    column = plain_column(column)
     if not pa.types.is_dictionary(column.type):
         column = pc.dictionary_encode(column)
     if pa.types.is_dictionary(column.type):
@@ -393,7 +393,7 @@ def _codes(column, known: dict[str, int]) -> np.ndarray:
     return np.array([known.get(c, -1) for c in column.to_pylist()], np.int32)
 
 
-def _plain(column) -> pa.Array:
+def plain_column(column) -> pa.Array:
     """A (possibly chunked) column as one array (dictionary chunks share one dictionary)."""
     if not isinstance(column, pa.ChunkedArray):
         return column
@@ -434,7 +434,7 @@ def load_probs(ws: Workspace) -> tuple[list[str], np.ndarray, list[str], tuple[s
     meta = parts.metadata()
     classes = json.loads(meta[CLASSES_KEY.encode()])
     table = parts.read(columns=["probs"])
-    probs = _plain(table["probs"]).flatten().to_numpy().reshape(-1, len(classes)) if len(table) else \
+    probs = plain_column(table["probs"]).flatten().to_numpy().reshape(-1, len(classes)) if len(table) else \
         np.zeros((0, len(classes)), np.float32)
     return table["image_id"].to_pylist(), probs, classes, tuple(json.loads(meta[STORE_KEY.encode()]))
 

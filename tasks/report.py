@@ -39,7 +39,7 @@ from prefect.cache_policies import NO_CACHE
 
 from coldstart.tasks.commands import command
 from coldstart.tasks.errors import WorkspaceError
-from coldstart.tasks.intake import describe_answers
+from coldstart.tasks.labellog import describe_answers
 from coldstart.tasks.result import StageResult
 from coldstart.tasks.workspace import Workspace, atomic_write_text
 
@@ -389,8 +389,9 @@ def gather(ws: Workspace, round_no: int, record: dict | None = None, params=None
     before its round is recorded). A round older than the newest tag reads the files that
     changed since from that tag (git, or DVC's cache) and the label log up to that round."""
     from coldstart.tasks.audit import audit as audit_stage
-    from coldstart.tasks.intake import current_answers, read_events
-    from coldstart.tasks.regions import DEFECTS_DIR, negative_labels, regions_dir, regions_of, regions_parts
+    from coldstart.tasks.labellog import current_answers, read_events
+    from coldstart.tasks.ontology import negative_labels
+    from coldstart.tasks.regions import DEFECTS_DIR, regions_dir, regions_of, regions_parts
     from coldstart.tasks.relabel import resolved_parts
     from coldstart.tasks.workspace import read_csv
 

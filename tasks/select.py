@@ -100,7 +100,7 @@ def select_regions(ws: Workspace, budget: int, round_no: int) -> list:
     has not labeled and that no earlier, still unanswered regions batch holds. Background
     regions count (the labeler may be wrong that they are); contained ones do not (their
     container is asked)."""
-    from coldstart.tasks.intake import read_events, region_answers
+    from coldstart.tasks.labellog import read_events, region_answers
     from coldstart.tasks.regions import read_regions, regions_dir
 
     if budget <= 0:

@@ -70,14 +70,14 @@ class EmbeddingStore:
     def iter_raw(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """Like iter_chunks, ids left as a ``(n,)`` S64 array (no Python string per image)."""
         for p in self._shards():
-            yield self._read(p)
+            yield self.read_shard(p)
 
     def shards(self) -> list[tuple[Path, int]]:
         """Each committed shard's ids file and row count (read from the .npy header only)."""
         return [(p, np.load(p, mmap_mode="r").shape[0]) for p in self._shards()]
 
     @staticmethod
-    def _read(ids_path: Path) -> tuple[np.ndarray, np.ndarray]:
+    def read_shard(ids_path: Path) -> tuple[np.ndarray, np.ndarray]:
         """One shard: ``(n,)`` S64 ids and ``(n, D)`` float32 vectors."""
         return np.load(ids_path), np.load(str(ids_path).replace(".ids.npy", ".vec.npy"))
 

@@ -368,7 +368,7 @@ def track(ws: Workspace, params: Params, round_no: int, metrics: dict[str, float
     """
     write_metrics_files(ws, round_no, metrics)
     head = train.probe.head if train.probe is not None else None
-    from coldstart.tasks.train import load_chosen
+    from coldstart.tasks.heads import load_chosen
 
     chosen = load_chosen(ws) if head is not None else None
     try:

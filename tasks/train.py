@@ -21,18 +21,18 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from coldstart.models.errors import ConfigError
-from coldstart.models.probe import LinearHead, ProbeFit, SelfTraining, fit_probe, fit_zs_probe
-from coldstart.models.zeroshot import ZeroShotHead, prompt_warnings, softmax
+from coldstart.models.probe import ProbeFit, SelfTraining, fit_probe, fit_zs_probe
+from coldstart.models.zeroshot import ZeroShotHead
 from coldstart.tasks.calibrate import (
-    apply_temperature,
     calibrate_held_out,
     expected_calibration_error,
 )
 from coldstart.tasks.config import Params, RoundConfig, TrainConfig
-from coldstart.tasks.intake import human_labels, read_events
+from coldstart.tasks.heads import CHOSEN_FILE, HEAD_FILE, current_human_labels, zero_shot_head
+from coldstart.tasks.labellog import read_events
 from coldstart.tasks.pool import read_pool
 from coldstart.tasks.result import IN_MEMORY, StageResult
-from coldstart.tasks.store import EmbeddingStore, cached_text_head
+from coldstart.tasks.store import EmbeddingStore
 from coldstart.tasks.workspace import Workspace, atomic_write_bytes, atomic_write_text, read_csv, write_csv
 
 if TYPE_CHECKING:  # the relabel stage imports this module: keep torch out of it
@@ -40,10 +40,6 @@ if TYPE_CHECKING:  # the relabel stage imports this module: keep torch out of it
 
 log = logging.getLogger(__name__)
 
-# data/models/: the head that labels images without a human label, whichever won (a probe's
-# weights, or the zero-shot text weights), and what the relabel stage needs to apply it.
-HEAD_FILE = "head.npz"
-CHOSEN_FILE = "chosen.json"
 FLAG_FIELDS = ["image_id", "human_label", "suggested_label", "probability", "round"]
 
 
@@ -150,7 +146,6 @@ def label_issues(oof_probs: np.ndarray, y: np.ndarray, min_prob: float = 0.5) ->
     return sorted(flags, key=lambda f: -f[2])
 
 
-
 def bounded_precision_threshold(probs: np.ndarray, y: np.ndarray, target: float, alpha: float = 0.05
                                 ) -> tuple[float, int] | None:
     """The lowest confidence t whose held-out predictions with confidence >= t are right in at
@@ -203,35 +198,12 @@ def auto_accept_threshold(cfg: RoundConfig, oof_probs: np.ndarray | None, y: np.
                       f"on the {found[1]} held-out labels above it")
 
 
-def zero_shot_head(ws: Workspace, params: Params, clip: ClipModel) -> tuple[ZeroShotHead, list[str]]:
-    """The ontology's zero-shot head for this model (text weights cached), and its warnings."""
-    onto = params.ontology
-    prompts = onto.prompts()
-    weights, logit_scale, english_only = cached_text_head(ws.text_cache, clip, prompts)
-    warnings = prompt_warnings(clip.model_id, english_only, onto.scoring_classes, prompts, weights,
-                               onto.confusable_threshold)
-    head = ZeroShotHead(weights, np.array(onto.label_of_class), len(onto.class_names), logit_scale)
-    return head, warnings
-
-
-def current_human_labels(ws: Workspace, classes: list[str]) -> dict[str, str]:
-    """image id -> human label; refuses an ontology that dropped a label people already gave."""
-    humans = human_labels(read_events(ws))
-    missing = Counter(label for label in humans.values() if label not in classes)
-    if missing:
-        listed = ", ".join(f"{label!r} ({n} images)" for label, n in missing.most_common())
-        raise ConfigError(f"params.yaml: ontology.classes no longer has labels that people gave: {listed}. Put the "
-                          f"class(es) back (the answers are kept in data/labels/events.jsonl), or relabel those "
-                          f"images with a new CSV in data/inbox/ first.")
-    return humans
-
-
 def region_samples(ws: Workspace, params: Params, clip: ClipModel) -> tuple[np.ndarray, np.ndarray]:
     """``(R, D)`` crop embeddings and ``(R,)`` label indices of the regions people labeled (the
     latest answer per region), on images still in the workspace, whose crop the regions stage
     has embedded with this model (an outline drawn this round is embedded by this round's
     regions stage, after training: it joins the next round)."""
-    from coldstart.tasks.intake import region_answers
+    from coldstart.tasks.labellog import region_answers
     from coldstart.tasks.regions import crop_store
     from coldstart.tasks.scan import image_table
 
@@ -316,43 +288,6 @@ def save(ws: Workspace, result: TrainResult, zero_shot: ZeroShotHead, model_id: 
     keys = ("n_labels", "model", "reason", "probe_cv_accuracy", "zs_probe_cv_accuracy", "zero_shot_accuracy",
             "temperature", "ece_before", "ece_after", "threshold")
     atomic_write_text(ws.metrics_dir / "train.json", json.dumps({k: getattr(result, k) for k in keys}, indent=2) + "\n")
-
-
-@dataclass
-class ChosenHead:
-    """The head the last train stage chose, as the relabel stage applies it."""
-
-    head: LinearHead | ZeroShotHead
-    model: str  # "zero-shot", "probe" or "zs-probe"
-    model_id: str  # the embedding model whose embeddings it reads
-    labeler_id: str  # recorded with every auto label
-    temperature: float
-    threshold: float
-
-    @property
-    def n_labels(self) -> int:
-        return len(self.head.bias) if isinstance(self.head, LinearHead) else self.head.n_labels
-
-    def predict_proba(self, X: np.ndarray) -> np.ndarray:
-        """``(N, D)`` embeddings -> ``(N, L)`` calibrated label probabilities."""
-        if isinstance(self.head, LinearHead):
-            # softmax(log softmax(z) / T) = softmax(z / T): one pass instead of three, and a
-            # label the head never saw (logit -inf) keeps probability 0.
-            return softmax(self.head.logits(X) / np.float32(self.temperature))
-        return apply_temperature(self.head.predict_proba(X), self.temperature)
-
-
-def load_chosen(ws: Workspace) -> ChosenHead | None:
-    """The head written by the last train stage, or None before the first one."""
-    chosen, head_file = ws.model_dir / CHOSEN_FILE, ws.model_dir / HEAD_FILE
-    if not chosen.is_file() or not head_file.is_file():
-        return None
-    info = json.loads(chosen.read_text(encoding="utf-8"))
-    with np.load(head_file, allow_pickle=False) as z:
-        head = LinearHead(z["weight"], z["bias"]) if "weight" in z else ZeroShotHead(
-            z["weights"], z["label_of_class"], int(z["n_labels"]), float(z["logit_scale"]))
-    return ChosenHead(head, info["model"], info["model_id"], info.get("labeler_id", info["model_id"]),
-                      float(info.get("temperature", 1.0)), float(info.get("threshold") or 0.0))
 
 
 @task(name="train", cache_policy=NO_CACHE)

@@ -41,7 +41,7 @@ from sklearn.model_selection import train_test_split
 from sklearn.preprocessing import StandardScaler
 
 from coldstart.bench.targets import TARGETS
-from coldstart.models.probe import SelfTraining, _train_set, fit_probe
+from coldstart.models.probe import SelfTraining, fit_probe, train_set
 from coldstart.tasks.audit import (
     clopper_pearson_interval,
     clopper_pearson_lower,
@@ -87,7 +87,7 @@ def simulate(strategy: str, Xp, yp, Xt, yt, target: float, seed: int, *, start: 
             rows = np.asarray(labeled)
             st = SelfTraining(Xp, rows, self_training) if graph is None else graph.with_rows(rows)
             graph = st
-            Xtr, ytr, _ = _train_set(Xp[rows], yp[rows], st, np.arange(len(rows)), None, C)
+            Xtr, ytr, _ = train_set(Xp[rows], yp[rows], st, np.arange(len(rows)), None, C)
             model = _fit(Xtr, ytr, seed)
         else:
             model = _fit(Xp[labeled], yp[labeled], seed)

@@ -52,7 +52,7 @@ def build_workspace(root: Path, n: int, dim: int, n_classes: int, n_human: int, 
 
     from coldstart.models.probe import LinearHead, ProbeFit
     from coldstart.models.zeroshot import ZeroShotHead
-    from coldstart.tasks.intake import LabelEvent
+    from coldstart.tasks.labellog import LabelEvent
     from coldstart.tasks.manifest import SCHEMA as MANIFEST_SCHEMA
     from coldstart.tasks.manifest import manifest_parts
     from coldstart.tasks.store import EmbeddingStore
@@ -88,9 +88,9 @@ def build_workspace(root: Path, n: int, dim: int, n_classes: int, n_human: int, 
 def _child(root: str, round_no: int, floor: bool) -> None:
     """Runs in a fresh process, as every `coldstart round` does: the production stage once, then
     (``floor``) the bare head streamed over the same store."""
+    from coldstart.tasks.heads import load_chosen
     from coldstart.tasks.relabel import relabel, score_store
     from coldstart.tasks.store import EmbeddingStore
-    from coldstart.tasks.train import load_chosen
     from coldstart.tasks.workspace import Workspace
 
     ws = Workspace(Path(root))

@@ -26,9 +26,9 @@ def build(root: Path, n: int, labels: int, seed: int = 0):
 
     from coldstart.flows.demo import DIGITS, demo_params
     from coldstart.tasks.embed import load_model
+    from coldstart.tasks.heads import zero_shot_head
     from coldstart.tasks.manifest import replace_manifest
     from coldstart.tasks.store import EmbeddingStore
-    from coldstart.tasks.train import zero_shot_head
     from coldstart.tasks.workspace import Workspace, atomic_write_text
 
     root.mkdir(parents=True, exist_ok=True)

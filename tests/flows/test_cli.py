@@ -146,10 +146,10 @@ def test_prompts_saves_the_round_weights_from_a_local_checkpoint_and_ablates(mak
     assert sum(r["variant"].startswith("description alone") for r in rows) == 30
     assert all(r["n"] == 12 and round(r["accuracy"] * 12, 6).is_integer() for r in rows)
     # The ensemble row is the round's own zero-shot head, scored on the same 12 human labels.
-    from coldstart.tasks.intake import human_labels, read_events
+    from coldstart.tasks.heads import zero_shot_head
+    from coldstart.tasks.labellog import human_labels, read_events
     from coldstart.tasks.pool import read_pool
     from coldstart.tasks.store import EmbeddingStore
-    from coldstart.tasks.train import zero_shot_head
 
     params, clip = ws.params(), load_clip(ClipConfig("coldstart-tiny", str(ws.root / "weights/tiny.pt"), "auto"))
     humans = human_labels(read_events(ws))

@@ -24,7 +24,7 @@ def _store(ws) -> dict[str, tuple[list[str], np.ndarray]]:
     """Each shard file of the workspace's stores -> (its ids, its vectors)."""
     out = {}
     for ids_file in sorted(ws.embeddings.rglob("*.ids.npy")):
-        raw, X = EmbeddingStore._read(ids_file)
+        raw, X = EmbeddingStore.read_shard(ids_file)
         out[ids_file.relative_to(ws.embeddings).as_posix()] = ([i.decode() for i in raw], X)
     return out
 

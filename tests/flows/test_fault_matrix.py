@@ -21,7 +21,7 @@ from mlflow.tracking import MlflowClient
 
 from coldstart.flows.demo import answer_batch, write_digits
 from coldstart.flows.record import RoundRecord
-from coldstart.tasks.intake import read_events
+from coldstart.tasks.labellog import read_events
 from coldstart.tasks.manifest import read_manifest_table
 from coldstart.tasks.relabel import read_resolved
 from coldstart.tasks.version import init_workspace

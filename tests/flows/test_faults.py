@@ -13,7 +13,7 @@ import pytest
 
 from coldstart.flows.cli import main as cli
 from coldstart.flows.demo import write_digits
-from coldstart.tasks.intake import read_events
+from coldstart.tasks.labellog import read_events
 from coldstart.tasks.store import EmbeddingStore
 
 pytestmark = pytest.mark.slow

@@ -101,7 +101,7 @@ def test_people_answer_regions_by_id_and_the_next_round_learns_from_them(prefect
     import math
 
     from coldstart.flows.demo import answer_batch
-    from coldstart.tasks.intake import human_labels, read_events, region_answers
+    from coldstart.tasks.labellog import human_labels, read_events, region_answers
     from coldstart.tasks.regions import crop_store
 
     text = tiny_params(4) + REGIONS + "  review_budget: 5\n"

@@ -23,7 +23,7 @@ from coldstart.flows.demo import answer_batch, write_digits
 from coldstart.flows.record import RoundRecord
 from coldstart.flows.round import labeling_round
 from coldstart.tasks.audit import clopper_pearson_lower
-from coldstart.tasks.intake import read_events
+from coldstart.tasks.labellog import read_events
 from coldstart.tasks.relabel import read_resolved
 from coldstart.tasks.version import init_workspace
 from coldstart.tasks.workspace import read_csv

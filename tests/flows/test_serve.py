@@ -86,7 +86,7 @@ def test_a_week_of_scheduled_rounds_records_only_the_days_with_something_new(mak
 
     from coldstart.flows.demo import answer_batch, write_digits
     from coldstart.flows.status import workspace_status
-    from coldstart.tasks.intake import read_events
+    from coldstart.tasks.labellog import read_events
     from coldstart.tasks.workspace import read_csv, write_csv
     from tests.conftest import write_image
 

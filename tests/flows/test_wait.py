@@ -10,7 +10,7 @@ import pytest
 from coldstart.flows.demo import answer_batch, write_digits
 from coldstart.flows.round import labeling_round
 from coldstart.flows.wait import wait_for_answers
-from coldstart.tasks.intake import human_labels, read_events
+from coldstart.tasks.labellog import human_labels, read_events
 from coldstart.tasks.version import init_workspace
 from tests.conftest import tiny_params
 

@@ -54,7 +54,7 @@ def test_a_round_reviewed_in_label_studio_reaches_the_log_once_and_trains_the_ne
     from coldstart.flows.round import labeling_round
     from coldstart.flows.wait import fetch_answers, push_batch
     from coldstart.flows.wait import label_studio as ls_project
-    from coldstart.tasks.intake import human_labels, read_events
+    from coldstart.tasks.labellog import human_labels, read_events
     from coldstart.tasks.lsclient import LabelStudio
     from coldstart.tasks.tokens import api_token
     from coldstart.tasks.version import init_workspace

@@ -190,7 +190,7 @@ def test_the_round_s_audit_is_the_train_stage_s_out_of_fold_accuracy_on_every_au
     from coldstart.flows.demo import DIGITS, write_digits
     from coldstart.tasks.audit import audit, sample_order
     from coldstart.tasks.embed import load_model
-    from coldstart.tasks.intake import human_labels, read_events
+    from coldstart.tasks.labellog import human_labels, read_events
     from coldstart.tasks.pool import read_pool
     from coldstart.tasks.select import BATCH_FIELDS
     from coldstart.tasks.store import EmbeddingStore

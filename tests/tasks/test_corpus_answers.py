@@ -11,10 +11,11 @@ import signal
 
 import pytest
 
-from coldstart.tasks import intake as intake_mod
+from coldstart.tasks import labellog
 from coldstart.tasks.config import ScanConfig
 from coldstart.tasks.errors import LabelLogError
-from coldstart.tasks.intake import intake, read_events
+from coldstart.tasks.intake import intake
+from coldstart.tasks.labellog import read_events
 from coldstart.tasks.manifest import read_manifest
 from coldstart.tasks.scan import scan
 from coldstart.tasks.workspace import Workspace, read_csv
@@ -160,7 +161,7 @@ def test_a_full_disk_during_the_append_is_a_clear_error(ws, monkeypatch):
     def full(*_a, **_k):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(intake_mod, "atomic_write_bytes", full)
+    monkeypatch.setattr(labellog, "atomic_write_bytes", full)  # the log's append
     with pytest.raises(LabelLogError, match="No space left on device.*intact.*second.csv"):
         intake(ws, CLASSES, round_no=3)
     assert ws.events.read_bytes() == before and (ws.inbox / "second.csv").is_file()

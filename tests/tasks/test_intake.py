@@ -1,7 +1,8 @@
 import pytest
 
 from coldstart.tasks.config import ScanConfig
-from coldstart.tasks.intake import human_labels, intake, read_events
+from coldstart.tasks.intake import intake
+from coldstart.tasks.labellog import human_labels, read_events
 from coldstart.tasks.manifest import read_manifest
 from coldstart.tasks.scan import scan
 from coldstart.tasks.workspace import Workspace

@@ -17,7 +17,8 @@ import pytest
 
 from coldstart.tasks.config import ScanConfig
 from coldstart.tasks.errors import LabelFileError
-from coldstart.tasks.intake import intake, read_events, spool_annotation, validate_file
+from coldstart.tasks.intake import intake, spool_annotation, validate_file
+from coldstart.tasks.labellog import read_events
 from coldstart.tasks.manifest import read_manifest
 from coldstart.tasks.scan import scan
 from coldstart.tasks.workspace import Workspace, read_csv

@@ -11,7 +11,8 @@ from pycocotools import mask as mask_utils
 
 from coldstart.tasks import labelstudio
 from coldstart.tasks.config import IntakeConfig, ScanConfig
-from coldstart.tasks.intake import human_labels, intake, read_events, region_answers
+from coldstart.tasks.intake import intake
+from coldstart.tasks.labellog import human_labels, read_events, region_answers
 from coldstart.tasks.manifest import read_manifest
 from coldstart.tasks.regions import (
     Region,

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from coldstart.tasks.intake import human_labels, intake, read_events
+from coldstart.tasks.intake import intake
+from coldstart.tasks.labellog import human_labels, read_events
 from tests.tasks.test_intake import ids, ws  # noqa: F401  (the fixture)
 
 RECORDED = Path(__file__).parents[1] / "labelstudio" / "recorded"

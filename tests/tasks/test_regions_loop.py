@@ -106,7 +106,7 @@ def test_the_sam_cache_skips_the_encoder_and_stays_within_its_bound(tmp_path, mo
 def test_the_least_certain_regions_not_yet_asked_are_offered(make_workspace):
     import datetime
 
-    from coldstart.tasks.intake import LabelEvent, _append_events
+    from coldstart.tasks.labellog import LabelEvent, append_events
     from coldstart.tasks.select import REGION_REVIEW_FIELDS, select_regions
     from coldstart.tasks.workspace import write_csv
 
@@ -128,7 +128,7 @@ def test_the_least_certain_regions_not_yet_asked_are_offered(make_workspace):
     write_csv(ws.review / "round-002.regions.csv", REGION_REVIEW_FIELDS,
               [dict(region_id=picked[0].region_id)] + [dict(region_id=picked[1].region_id)])
     now = datetime.datetime.now(datetime.timezone.utc).isoformat()
-    _append_events(ws, [LabelEvent(picked[1].image_id, "blue thing", "ann", "x.csv", "0" * 64, 2, now, 2,
+    append_events(ws, [LabelEvent(picked[1].image_id, "blue thing", "ann", "x.csv", "0" * 64, 2, now, 2,
                                    region_id=picked[1].region_id)])
     later = select_regions(ws, 10, 3)
     ids = {r.region_id for r in later}

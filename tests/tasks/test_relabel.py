@@ -14,7 +14,7 @@ from coldstart.models.zeroshot import ZeroShotHead
 from coldstart.tasks.calibrate import apply_temperature
 from coldstart.tasks.config import parse_params
 from coldstart.tasks.errors import WorkspaceError
-from coldstart.tasks.intake import LabelEvent
+from coldstart.tasks.labellog import LabelEvent
 from coldstart.tasks.manifest import read_manifest, replace_manifest
 from coldstart.tasks.relabel import RESOLVED_FIELDS, id_keys, load_probs, lookup, read_resolved, relabel
 from coldstart.tasks.store import EmbeddingStore

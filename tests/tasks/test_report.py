@@ -39,7 +39,7 @@ CLASSES = ["ok", CHINESE, SCRIPT]
 URI = re.compile(r'src="(data:image/jpeg;base64,([A-Za-z0-9+/=]+))"')
 
 
-def _rle(mask: np.ndarray) -> dict:
+def mask_rle(mask: np.ndarray) -> dict:
     from pycocotools import mask as mask_utils
 
     rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
@@ -77,7 +77,7 @@ def make_data(tmp_path, n=30, classes=CLASSES, **over) -> ReportData:
         train={"model": "zs-probe", "confusion": [[2, 0, 0], [1, 1, 0], [0, 1, 1]], "temperature": 1.7,
                "ece_before": 0.2, "ece_after": 0.05},
         reliability=[(0.9, True), (0.85, True), (0.4, False), (0.45, True)],
-        defects={f"{k:064x}": {"rle": _rle(mask), "bbox": (12, 10, 18, 10), "label": classes[label[k]]}
+        defects={f"{k:064x}": {"rle": mask_rle(mask), "bbox": (12, 10, 18, 10), "label": classes[label[k]]}
                  for k in range(n) if label[k] == 1},
         defect_labels=list(classes[1:]), lead_times={}, lead_labels=0, seconds_per_label=30.0, target_accuracy=0.95)
     data.update(over)
