@@ -256,8 +256,9 @@ def cmd_round(a) -> int:
 
 def cmd_intake(a) -> int:
     """`coldstart intake --check FILE...`: validate answer files as a round would, merge nothing."""
+    from coldstart.tasks.answerfiles import MAX_LISTED, read_answer_file
     from coldstart.tasks.errors import LabelFileError
-    from coldstart.tasks.intake import MAX_LISTED, RowSpool, read_answer_file, validate_file
+    from coldstart.tasks.intake import RowSpool, validate_file
     from coldstart.tasks.workspace import Workspace
 
     ws = Workspace.open(a.workspace)

@@ -27,11 +27,8 @@ an image is its latest event.
 
 from __future__ import annotations
 
-import codecs
-import csv
 import datetime as dt
 import hashlib
-import io
 import itertools
 import json
 import logging
@@ -42,13 +39,30 @@ import stat
 import tempfile
 import time
 import unicodedata
-import urllib.parse
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Iterator
 
 from coldstart.tasks import labelstudio
+from coldstart.tasks.answerchecks import (
+    HEX16,
+    POLYGON_PREFIX,
+    RegionIndex,
+    polygon_problem,
+    region_repeat,
+    region_row_problem,
+    row_problem,
+)
+from coldstart.tasks.answerfiles import (
+    MAX_LISTED,
+    NOT_UTF8,
+    REGION_COLUMN,
+    csv_rows,
+    label_studio_rows,
+    read_answer_file,
+)
 from coldstart.tasks.errors import LabelFileError, LabelLogError
+from coldstart.tasks.imagerefs import ImageIndex
 from coldstart.tasks.labellog import (
     LabelEvent,
     annotation_source,
@@ -59,28 +73,16 @@ from coldstart.tasks.labellog import (
     repair_log,
     round_answers,
 )
-from coldstart.tasks.manifest import read_manifest_table
 from coldstart.tasks.result import StageResult
 from coldstart.tasks.workspace import (
     Workspace,
     atomic_write_bytes,
     atomic_write_text,
-    read_csv,
     unescape_formula,
     write_csv,
 )
 
 log = logging.getLogger(__name__)
-
-HEX64 = re.compile(r"^[0-9a-f]{64}$")
-HEX16 = re.compile(r"^[0-9a-f]{16}$")
-IMAGE_COLUMNS = ("image", "path", "image_id")  # any one identifies the image
-REGION_COLUMN = "region_id"  # a CSV row with this cell filled answers for that region, not its image
-MATCH_IOU = 0.5  # a drawn polygon is a proposed region of its image when their masks overlap this much
-REGIONS_CSV = "data/review/round-NNN.regions.csv"  # where region ids come from (the regions review)
-# The region_id cell of a Label Studio polygon set aside into a .rows.csv that has no region id
-# of ours (its outline is new or redrawn): dropped back, the row is refused, not read as an image's.
-POLYGON_PREFIX = "polygon:"
 
 
 @dataclass
@@ -109,222 +111,9 @@ class IntakeResult(StageResult):
 
 # --- reading an answer file -------------------------------------------------------------------------
 
-NOT_UTF8 = "not UTF-8; save it as UTF-8 (Excel: CSV UTF-8)"
-_CHUNK = 1 << 20
-# What Chinese text decoded from GB2312 bytes is made of: ideographs, CJK and fullwidth
-# punctuation. Anything else (a cp1252 "é" read as GB18030 becomes an odd ideograph or a
-# Greek letter) means the guess was wrong.
-_NOT_CJK = re.compile("[^\x00-\x7f\u4e00-\u9fff\u3400-\u4dbf\uf900-\ufaff\u3000-\u303f\uff00-\uffef"
-                      "\u2010-\u2027\u00b7]")
-
-
-def _decodes(raw: bytes, encoding: str, bad: re.Pattern | None = None) -> bool:
-    """Whether ``raw`` is valid ``encoding`` (decoded a chunk at a time) with no char ``bad`` matches."""
-    dec, view = codecs.getincrementaldecoder(encoding)(), memoryview(raw)
-    try:
-        for i in range(0, max(len(raw), 1), _CHUNK):
-            text = dec.decode(view[i:i + _CHUNK], final=i + _CHUNK >= len(raw))
-            if bad is not None and bad.search(text):
-                return False
-    except UnicodeDecodeError:
-        return False
-    return True
-
-
-def text_encoding(raw: bytes) -> str | None:
-    """The encoding to read an answer file with: UTF-8 (with or without BOM), or GB18030 (Excel
-    on Chinese Windows) only when the bytes are GB2312 and decode to Chinese text; else None.
-    A cp1252 file ("José") would decode as GB18030 too, into wrong text: it is refused instead."""
-    if raw[:2] in (b"\xff\xfe", b"\xfe\xff") or b"\x00" in raw:  # UTF-16, or not text at all
-        return None
-    if _decodes(raw, "utf-8"):
-        return "utf-8-sig"
-    return "gb18030" if _decodes(raw, "gb2312", _NOT_CJK) else None
-
-
-def read_answer_file(path: Path, rel: str, max_bytes: int) -> bytes:
-    """The bytes of the inbox entry ``path``; LabelFileError (for ``rel``) for a symlink, a
-    folder, a FIFO or device (never opened: a FIFO would block the round), or a file over
-    ``max_bytes`` (checked before reading)."""
-    st = os.lstat(path)
-    if stat.S_ISLNK(st.st_mode):
-        raise LabelFileError(rel, ["a symlink; copy the file itself into data/inbox/"])
-    if not stat.S_ISREG(st.st_mode):
-        raise LabelFileError(rel, ["not a regular file (a FIFO, socket or device); drop answer files into data/inbox/"])
-    too_big = LabelFileError(rel, [f"file is {st.st_size / 2**20:.1f} MB, over intake.max_file_mb "
-                                   f"({max_bytes / 2**20:g} MB); split it into files under {max_bytes / 2**20:g} MB"])
-    if st.st_size > max_bytes:
-        raise too_big
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)  # swapped since the lstat: still safe
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise LabelFileError(rel, ["not a regular file; drop answer files into data/inbox/"])
-        with os.fdopen(os.dup(fd), "rb") as f:
-            raw = f.read(max_bytes + 1)
-    finally:
-        os.close(fd)
-    if len(raw) > max_bytes:  # grew since the stat
-        raise too_big
-    return raw
-
-
-def _csv_rows(source: str, raw: bytes) -> tuple[Iterator[tuple[str, int, dict, str | None]], list[str], str]:
-    """A CSV's data rows, streamed, as ("row N", N, {column: cell as written}, problem or None),
-    its image-reference columns (none when it has a region_id column only) and its encoding.
-    Rows are numbered as a spreadsheet shows them (the header is row 1). A file that is not a plain CSV table (encoding, header, a duplicated column, a quoted
-    cell running over several lines: an unclosed quote that swallows rows) raises LabelFileError,
-    also midway through the rows."""
-    encoding = text_encoding(raw)
-    if encoding is None:
-        raise LabelFileError(source, [NOT_UTF8])
-    text = io.TextIOWrapper(io.BytesIO(raw), encoding=encoding, newline="")
-    reader = csv.reader(text, strict=True)
-    try:
-        header = next((r for r in reader if any(c.strip() for c in r)), None)
-    except csv.Error as e:
-        raise LabelFileError(source, [f"line {reader.line_num}: not a readable CSV ({e})"]) from None
-    if header is None:
-        raise LabelFileError(source, ["file is empty; expected a header row with columns image,label[,annotator]"])
-    names = [unicodedata.normalize("NFC", unescape_formula(h.strip())).lower() for h in header]
-    twice = sorted({n for n in names if n and names.count(n) > 1})
-    if twice:
-        raise LabelFileError(source, [f"column {n!r} appears twice in the header; keep one" for n in twice])
-    id_cols = [c for c in IMAGE_COLUMNS if c in names]
-    if not (id_cols or REGION_COLUMN in names) or "label" not in names:
-        raise LabelFileError(source, [
-            f"header {names[:20]} must have a 'label' column and one of {', '.join(IMAGE_COLUMNS)}, "
-            f"{REGION_COLUMN} (the review CSVs that coldstart exports have both: data/review/round-NNN.csv for "
-            f"images, {REGIONS_CSV} for regions)"])
-
-    def rows() -> Iterator[tuple[str, int, dict, str | None]]:
-        last = reader.line_num
-        while True:
-            try:
-                cells = next(reader, None)
-            except csv.Error as e:
-                hint = ": an unclosed quote \" swallows the rows after it" if "end of data" in str(e) else ""
-                raise LabelFileError(source, [f"line {reader.line_num}: not a readable CSV ({e}){hint}"]) from None
-            if cells is None:
-                return
-            first, last = last + 1, reader.line_num
-            if any("\n" in c or "\r" in c for c in cells):
-                raise LabelFileError(source, [
-                    f"row {first}: a quoted cell runs over lines {first}-{last} (an unclosed quote \"?); the rows "
-                    f"in it would be lost: fix the quote or save the file again as CSV"])
-            if not any(c.strip() for c in cells):
-                continue  # an empty line
-            row = {n: c for n, c in zip(names, cells) if n}
-            problem = None
-            if len(cells) < len(names):
-                problem = f"has {len(cells)} field(s), the header has {len(names)}: a comma is missing"
-            elif any(c.strip() for c in cells[len(names):]) or any(c.strip() for n, c in zip(names, cells) if not n):
-                extra = [c for c in cells[len(names):] if c.strip()]
-                row["extra fields"] = ",".join(extra)
-                problem = f"has values outside the header's columns ({', '.join(map(repr, extra[:3]))}): a comma too many?"
-            yield f"row {first}", first, row, problem
-
-    return rows(), id_cols, encoding
-
-
-def _label_studio_rows(source: str, raw: bytes) -> tuple[Iterator[tuple[str, int, dict, str | None]], list[str]]:
-    """A Label Studio JSON export (full or JSON_MIN) as ("task N (id X)", N, cells, problem)
-    rows, and its image-reference columns; LabelFileError for what is not an export (not JSON,
-    not a list, a list with no task object in it). A good task gives its rows (see
-    labelstudio.parse_export: {image_id, path, label, annotator}, and one row per polygon). A
-    task with a problem (a wrong JSON type, annotators who disagree, an annotation that carries
-    no label: see _unlabeled) gives one row, its image's cells with an empty label, and the
-    problem: it is set aside (or rejects the file) like a bad CSV row, never its neighbours."""
-    if not _decodes(raw, "utf-8"):
-        raise LabelFileError(source, [f"not a readable JSON file: {NOT_UTF8}"])
-    text = raw.decode("utf-8-sig")
-    rows, problems = labelstudio.parse_export(text, source)  # raises for what is not an export at all
-    tasks = json.loads(text)  # it parsed above
-    if tasks and not any(isinstance(t, dict) for t in tasks):  # a list, but of no task at all
-        raise LabelFileError(source, problems[:MAX_LISTED], total=len(problems))
-    by_task: dict[int, list[tuple[str, dict]]] = {}
-    for where, row in rows:
-        by_task.setdefault(int(where.split()[1]), []).append((where, row))
-    said: dict[int, list[str]] = {}
-    for p in problems:
-        said.setdefault(int(p.split()[1].rstrip(":")), []).append(p)
-
-    def out() -> Iterator[tuple[str, int, dict, str | None]]:
-        for n, item in enumerate(tasks, start=1):
-            where = _task_where(n, item)
-            why = [p.removeprefix(f"{where}: ") for p in said.get(n, [])] or _unlabeled(item)
-            if why:
-                yield where, n, _task_cells(item), "; ".join(why)
-                continue
-            for w, row in by_task.get(n, []):
-                yield w, n, row, None
-
-    return out(), list(labelstudio.IMAGE_KEYS)
-
-
-def _task_where(n: int, item: object) -> str:
-    """How labelstudio.parse_export names task ``n``: "task N (id X)", or "task N"."""
-    if not isinstance(item, dict):
-        return f"task {n}"
-    task_id = item.get("id")
-    shown = task_id if isinstance(task_id, int) or (isinstance(task_id, str) and len(task_id) <= 40) else "?"
-    return f"task {n} (id {shown})"
-
-
-def _task_cells(item: object) -> dict:
-    """The cells of a task set aside whole: its image (``image_id``, ``path`` or the image URL,
-    where they are strings) and an empty label, for the .rows.csv."""
-    data = item.get("data", item) if isinstance(item, dict) else {}
-    data = data if isinstance(data, dict) else {}
-
-    def cell(key: str) -> str:
-        return data[key] if isinstance(data.get(key), str) else ""
-
-    return {"image_id": cell("image_id"), "path": cell("path") or cell(labelstudio.IMAGE), "label": "",
-            "annotator": ""}
-
-
-# Result types that carry an answer intake reads: the image's choice, a region's polygon.
-READ_TYPES = ("choices", "polygonlabels", "polygon")
-
-
-def _unlabeled(item: object) -> list[str]:
-    """The annotations of an exported task (not cancelled) that carry no label where a person
-    answered something: ``result: null``; a choice of control ``label`` with ``value`` null or
-    no choice in it; results only of types intake does not read (``labels``, a text area, ...).
-    An annotation with an empty result list (``result: []``) and a task with no annotation are
-    not answered: blanks, as an empty label cell is."""
-    if not isinstance(item, dict) or not isinstance(item.get("annotations"), list):
-        return []
-    why = []
-    for k, ann in enumerate(item["annotations"], start=1):
-        if not isinstance(ann, dict) or ann.get("was_cancelled") is True:
-            continue
-        results = ann.get("result", [])
-        if results is None:
-            why.append(f"annotation {k}: 'result' is null: it carries no label; answer the task again in Label "
-                       f"Studio (or skip it) and export again")
-            continue
-        if not isinstance(results, list):
-            continue
-        results = [r for r in results if isinstance(r, dict)]
-        ours = [(j, r) for j, r in enumerate(results, start=1)
-                if r.get("type") == "choices" and r.get("from_name") == labelstudio.LABEL]
-        for j, r in ours:
-            value = r.get("value")
-            if not (isinstance(value, dict) and value.get("choices")):
-                got = "'value' is null" if value is None else "no choice in 'value'"
-                why.append(f"annotation {k}: result {j}: a choice of control {labelstudio.LABEL!r} with {got}: it "
-                           f"carries no label; choose a class in Label Studio and export again")
-        if results and not any(r.get("type") in READ_TYPES for r in results):
-            kinds = ", ".join(sorted({repr(r.get("type")) for r in results}))
-            why.append(f"annotation {k}: its result(s) of type {kinds} carry no label intake reads: answer with the "
-                       f"choices of control {labelstudio.LABEL!r} (coldstart's label_config.xml)")
-    return why
-
 
 # --- validating it --------------------------------------------------------------------------------
 
-MAX_LISTED = 50  # problems listed in an .errors.txt, the terminal and the round summary; the .rows.csv has all
 # keep_good_rows: a file with more bad rows than this, and more bad rows than good ones, is
 # rejected whole (it is not a few typos); its .rows.csv would be as big as the file.
 MAX_SET_ASIDE = 1000
@@ -376,231 +165,6 @@ class RowSpool:
         self._file.close()
 
 
-def _variants(cell: str) -> list[str]:
-    """How a class cell may have been written, most literal first: as is, with our formula
-    escape undone, trimmed (typed by hand); each in NFC (class names are compared in NFC)."""
-    out = []
-    for a in dict.fromkeys([cell, unescape_formula(cell)]):
-        out += [a, a.strip(), unescape_formula(a.strip())]
-    return list(dict.fromkeys(unicodedata.normalize("NFC", v) for v in out if v))
-
-
-# Label Studio URL forms that name a file: its local-files serving (``?d=`` relative to the
-# document root, data/), its uploads (``/data/upload/<project>/<8 hex>-<name>``: a name, no
-# folder), and the signed image URLs of `coldstart api` (``/images/<image id>?exp=&sig=``).
-LOCAL_FILES = labelstudio.LOCAL_FILES_PREFIX.removesuffix("images/")  # "/data/local-files/?d="
-UPLOAD = re.compile(r"/data/upload/\d+/([^?#]+)")
-SIGNED = re.compile(r"/images/([0-9a-fA-F]{64})(?:[?#]|$)")
-UPLOAD_ID = re.compile(r"^[0-9a-f]{8}-")
-
-
-def _decodings(text: str) -> list[str]:
-    """``text`` as written, percent-decoded, and percent-decoded with ``+`` as a space."""
-    return list(dict.fromkeys([text, urllib.parse.unquote(text), urllib.parse.unquote_plus(text)]))
-
-
-def _relative(path: str) -> list[str]:
-    """A path as written, with Windows separators as ``/``, then without ``./`` steps
-    (``./a/./b`` is ``a/b``) and without a ``data/images/`` prefix. ``..`` is left in place:
-    such a path names no manifest path and is refused as outside the image root."""
-    out = []
-    for p in dict.fromkeys([path, path.replace("\\", "/")]):
-        bare = re.sub(r"(?:^|(?<=/))(?:\./)+", "", p)
-        out += [p, bare, p.removeprefix("data/images/"), bare.removeprefix("data/images/"),
-                bare.removeprefix("data/images/").removeprefix("./")]
-    return list(dict.fromkeys(v for v in out if v))
-
-
-def _spellings(cell: str) -> tuple[list[str], list[str]]:
-    """The paths under data/images/ an image cell may spell, most literal first, and the
-    Label Studio upload names it gives (matched by file name). Tried: the cell as written,
-    formula escape undone, trimmed; a local-files URL's ``d`` (under ``images/``); each as
-    written, then percent-decoded (``%2F``, ``%20`` or ``+`` for a space); see _relative."""
-    plain = list(dict.fromkeys(v for a in dict.fromkeys([cell, unescape_formula(cell)])
-                               for v in (a, a.strip(), unescape_formula(a.strip())) if v))
-    paths, uploads = [], []
-    for text in plain:
-        at = text.find(LOCAL_FILES)
-        if at >= 0:  # Label Studio serves data/ there: d=images/<path>, maybe encoded as a whole
-            paths += [d[len("images/"):] for d in _decodings(text[at + len(LOCAL_FILES):]) if d.startswith("images/")]
-            continue
-        m = UPLOAD.search(text)
-        if m:
-            uploads += [u for n in _decodings(m.group(1)) for u in (n, UPLOAD_ID.sub("", n))]
-            continue
-        paths.append(text)
-    paths += [d for p in list(paths) for d in _decodings(p)]
-    return list(dict.fromkeys(r for p in paths for r in _relative(p))), list(dict.fromkeys(uploads))
-
-
-def _outside(path: str) -> bool:
-    """Whether a spelled path leaves data/images/ (absolute, a drive, a ``..`` step)."""
-    p = PurePosixPath(path.replace("\\", "/"))
-    return p.is_absolute() or ".." in p.parts or bool(re.match(r"^[A-Za-z]:", path))
-
-
-def _content_id(cell: str) -> str | None:
-    """The image id a cell gives: a sha256 (64 hex), or the id in a signed `coldstart api` image
-    URL (``.../images/<id>?exp=...&sig=...``; the signature is not checked: the id names the
-    image whether or not the URL has expired)."""
-    text = unescape_formula(cell.strip()).strip()
-    if HEX64.match(text.lower()):
-        return text.lower()
-    if "://" in text or text.startswith("/images/"):
-        m = SIGNED.search(urllib.parse.urlsplit(text).path + "?")
-        if m:
-            return m.group(1).lower()
-    return None
-
-
-class _Images:
-    """What answer rows are checked against: the manifest's paths (exactly as on disk, so NFC
-    or NFD) and ids, the quarantine."""
-
-    def __init__(self, ws: Workspace) -> None:
-        self.by_path = dict(zip(*read_manifest_table(ws, ["image_id"]).to_pydict().values()))
-        self.known = set(self.by_path.values())
-        self.quarantined = {r["path"]: r["reason"] for r in read_csv(ws.quarantine)}
-        self._nfc: dict[str, list[str]] = {}  # NFC form -> the non-ASCII paths (manifest, quarantine) with it
-        for p in [*self.by_path, *self.quarantined]:
-            if not p.isascii():
-                self._nfc.setdefault(unicodedata.normalize("NFC", p), []).append(p)
-        self._names: dict[str, list[str]] | None = None  # NFC file name -> manifest paths (upload URLs)
-
-    def _equal_up_to_nfc(self, spelled: str) -> list[str]:
-        """The manifest and quarantined paths equal to ``spelled`` after NFC normalisation."""
-        key = unicodedata.normalize("NFC", spelled)
-        found = list(self._nfc.get(key, []))
-        if key.isascii() and (key in self.by_path or key in self.quarantined):
-            found.append(key)
-        return found
-
-    def _named(self, name: str) -> list[str]:
-        """The manifest paths whose file name is ``name`` (up to NFC)."""
-        if self._names is None:
-            self._names = {}
-            for p in self.by_path:
-                self._names.setdefault(unicodedata.normalize("NFC", p.rpartition("/")[2]), []).append(p)
-        return self._names.get(unicodedata.normalize("NFC", name), [])
-
-    def _candidates(self, ref: str) -> Iterator[tuple[str, list[str]]]:
-        """(how, the paths it names) for each spelling of ``ref``: every exact match first, then
-        matches up to NFC, then Label Studio upload names by file name."""
-        paths, uploads = _spellings(ref)
-        for p in paths:
-            if p in self.by_path or p in self.quarantined:
-                yield "exact", [p]
-        for p in paths:
-            yield "nfc", self._equal_up_to_nfc(p)
-        for u in uploads:
-            yield "upload", self._named(u)
-
-    def resolve(self, ref: str, want: str | None = None) -> tuple[str | None, str | None]:
-        """A content id, path under the image root or Label Studio image URL -> (image id,
-        problem). With ``want`` (the row's image_id), any spelling that names that image counts;
-        else an exact path wins, then one equal up to NFC (two such files: a problem), then an
-        upload URL's file name when one image has it. Nothing is opened: a ``..`` or absolute
-        spelling matches no manifest path and is refused as outside the image root."""
-        image_id = _content_id(ref)
-        if image_id is not None:
-            return (image_id, None) if image_id in self.known else (None, f"unknown image id {ref.strip()}")
-        got = self.by_path.get(ref)  # the common case, the path exactly as on disk
-        if got is not None and want in (None, got):
-            return got, None
-        found = quarantined = None
-        for how, paths in self._candidates(ref):
-            ids = list(dict.fromkeys(self.by_path[p] for p in paths if p in self.by_path))
-            if want is not None and want in ids:
-                return want, None
-            if want is None and len(ids) > 1:
-                shown = paths[0] if how != "upload" else ref.strip()
-                return None, (f"{len(paths)} files in data/images/ are named {shown!r} up to Unicode normalisation "
-                              f"(NFC) or as a Label Studio upload; give the exact path, or the image_id")
-            if ids and want is None:
-                return ids[0], None
-            found = found or (ids[0] if ids else None)
-            q = next((p for p in paths if p in self.quarantined), None)
-            if q is not None and quarantined is None:
-                quarantined = f"image {ref!r} is quarantined ({self.quarantined[q]}); fix or replace the file first"
-                if how == "exact" and want is None:  # that very file, not a twin of it
-                    return None, quarantined
-        if found is not None:
-            return found, None  # another image than ``want``: the caller says so
-        return None, quarantined or self._not_found(ref)
-
-    @staticmethod
-    def _not_found(ref: str) -> str:
-        """Why no image was found for ``ref``: outside the image root, a URL, or unknown."""
-        paths, _ = _spellings(ref)
-        if any(_outside(p) for p in paths) or (LOCAL_FILES in ref and not paths):
-            return f"path {ref!r} points outside the image root data/images/; give a path relative to it"
-        plain = unescape_formula(ref.strip())
-        if "://" in plain or plain.lower().startswith("file:"):
-            return f"{ref!r} is a URL; give the image's path relative to data/images/ or its sha256 id"
-        return f"unknown image {ref!r}: no such file under data/images/ (run a round to scan new images)"
-
-
-class _Regions:
-    """What region answers are checked against: the proposed regions, dropped ones included
-    (data/labels/regions/), and the images' sizes. Read on first use: a file without region
-    answers never reads them; the masks (RLE counts) only for Label Studio polygons."""
-
-    def __init__(self, ws: Workspace) -> None:
-        self.ws = ws
-        self._by_id: dict[str, tuple[str, str, int, int]] | None = None  # id -> (image id, path, height, width)
-        self._counts: dict[str, list[tuple[str, str]]] | None = None  # image id -> [(region id, counts)]
-        self._sizes: dict[str, tuple[int, int]] | None = None  # image id -> (width, height), from the manifest
-
-    def _read(self, columns: list[str]) -> dict[str, list]:
-        from coldstart.tasks.regions import regions_dir, regions_parts
-
-        return regions_parts(regions_dir(self.ws)).read(columns=columns, sort=False).to_pydict()
-
-    def get(self, rid: str) -> tuple[str, str, int, int] | None:
-        """(image id, path, mask height, mask width) of a proposed region, or None."""
-        if self._by_id is None:
-            t = self._read(["image_id", "path", "height", "width"])
-            self._by_id = {r: (i, p, h, w) for r, i, p, h, w in zip(t["region_id"], t["image_id"], t["path"],
-                                                                   t["height"], t["width"])}
-        return self._by_id.get(rid)
-
-    def unknown(self, rid: str) -> str:
-        if self.get(rid) is None and not self._by_id:
-            return (f"unknown region {rid!r}: no regions were proposed yet (data/labels/regions/ is empty): run a "
-                    f"round with regions.enabled: true, then answer the regions in {REGIONS_CSV}")
-        return f"unknown region {rid!r}: region ids come from {REGIONS_CSV}"
-
-    def masks(self, image_id: str) -> list[tuple[str, str]]:
-        """The proposed regions of an image as (region id, RLE counts)."""
-        if self._counts is None:
-            t = self._read(["image_id", "counts"])
-            self._counts = {}
-            for r, i, c in zip(t["region_id"], t["image_id"], t["counts"]):
-                self._counts.setdefault(i, []).append((r, c))
-        return self._counts.get(image_id, [])
-
-    def image_size(self, image_id: str) -> tuple[int, int] | None:
-        """(width, height) of an image as the scan saw it (EXIF-oriented), or None if unknown."""
-        if self._sizes is None:
-            t = read_manifest_table(self.ws, ["image_id", "width", "height"]).to_pydict()
-            self._sizes = {i: (w, h) for i, w, h in zip(t["image_id"], t["width"], t["height"]) if w and h}
-        return self._sizes.get(image_id)
-
-    def best_match(self, image_id: str, rle: dict) -> tuple[str, float] | None:
-        """The proposed region of ``image_id`` whose mask overlaps ``rle`` most: (id, IoU), or None."""
-        from pycocotools import mask as mask_utils
-
-        size = list(rle["size"])
-        found = [(r, {"size": size, "counts": c.encode("ascii")}) for r, c in self.masks(image_id)
-                 if list(self.get(r)[2:]) == size]
-        if not found:
-            return None
-        ious = mask_utils.iou([m for _, m in found], [{"size": size, "counts": rle["counts"].encode("ascii")}],
-                              [0])
-        k = int(ious[:, 0].argmax())
-        return found[k][0], float(ious[k, 0])
-
-
 def validate_file(path: Path, raw: bytes, ws: Workspace, classes: list[str], *,
                   bad_rows: list[tuple[dict, str]] | RowSpool | None = None) -> tuple[list[tuple], int]:
     """Parse and validate one CSV or Label Studio JSON export.
@@ -622,10 +186,10 @@ def validate_file(path: Path, raw: bytes, ws: Workspace, classes: list[str], *,
     source = str(path)
     is_json = path.suffix.lower() == ".json"
     if is_json:
-        rows, id_cols = _label_studio_rows(source, raw)
+        rows, id_cols = label_studio_rows(source, raw)
         guessed = False
     else:
-        rows, id_cols, encoding = _csv_rows(source, raw)
+        rows, id_cols, encoding = csv_rows(source, raw)
         guessed = encoding == "gb18030"
     check = _Check(ws, classes, id_cols, is_json, source if guessed else None)
     problems = Problems()
@@ -672,7 +236,7 @@ class _Check:
 
     def __init__(self, ws: Workspace, classes: list[str], id_cols: list[str], is_json: bool,
                  guessed: str | None) -> None:
-        self.images, self.regions = _Images(ws), _Regions(ws)
+        self.images, self.regions = ImageIndex(ws), RegionIndex(ws)
         self.canonical = {c: c for c in classes}
         self.folded = {c.casefold(): c for c in classes}
         self.id_cols, self.is_json = id_cols, is_json
@@ -717,14 +281,14 @@ class _Check:
         with its Label Studio task as a whole or None)."""
         images, canonical, folded = self.images, self.canonical, self.folded
         if self.is_json and "points" in row:  # a Label Studio polygon
-            problem = _polygon_problem(row, self.id_cols, images, self.regions, canonical, folded)
+            problem = polygon_problem(row, self.id_cols, images, self.regions, canonical, folded)
         elif not self.is_json and row.get(REGION_COLUMN, "").strip():
-            problem = _region_row_problem(row, self.id_cols, images, self.regions, canonical, folded)
+            problem = region_row_problem(row, self.id_cols, images, self.regions, canonical, folded)
         else:
-            problem = _row_problem(row, self.id_cols, images, canonical, folded, self.seen,
+            problem = row_problem(row, self.id_cols, images, canonical, folded, self.seen,
                                    region_column=not self.is_json and REGION_COLUMN in row)
         if isinstance(problem, tuple) and problem[0] == "region" and problem[3] in self.seen_regions:
-            return _region_repeat(where, row, problem, self.seen_regions, self.accepted, self.is_json)
+            return region_repeat(where, row, problem, self.seen_regions, self.accepted, self.is_json)
         return problem, None
 
     def take(self, where: str, number: int, row: dict, outcome: tuple) -> tuple[str, str]:
@@ -755,175 +319,6 @@ def _check_guess(source: str, where: str, row: dict, id_cols: list[str], problem
     cells = [row.get(c, "") for c in [*id_cols, "label"]]
     if (isinstance(problem, str) and not all(c.isascii() for c in cells)) or _MIXED.search(row.get("annotator", "")):
         raise LabelFileError(source, [f"{NOT_UTF8} (read as GB18030, {where} does not look like Chinese text)"])
-
-
-def _label(cell: str, canonical: dict[str, str]) -> str | None:
-    """The class a label cell names (the ontology's own string), or None."""
-    return next((canonical[v] for v in _variants(cell) if v in canonical), None)
-
-
-def _row_image(row, id_cols, images) -> tuple[str | None, str | None]:
-    """The image a row names: (image id, None), (None, what is wrong), or (None, None) when its
-    image cells are all empty."""
-    image_id = None
-    given = row.get("image_id", "").strip() if "image_id" in id_cols else ""
-    if given:
-        if not HEX64.match(given.lower()):
-            return None, f"image_id {given[:80]!r} is not a sha256 (64 hex digits)"
-        image_id, problem = images.resolve(given)
-        if problem:
-            return None, problem
-    refs = [row[c] for c in id_cols if c != "image_id" and row.get(c, "").strip()]
-    for ref in refs:
-        got, problem = images.resolve(ref, want=image_id)
-        if problem:
-            return None, problem
-        if image_id is not None and got != image_id:
-            return None, f"{', '.join(id_cols)} name different images"
-        image_id = got
-    return image_id, None
-
-
-def _class_problem(cell, canonical, folded) -> tuple[str | None, str | None]:
-    """The class a label cell names: (label, None), or (None, what is wrong)."""
-    label = _label(cell, canonical)
-    if label is not None:
-        return label, None
-    shown_label = unicodedata.normalize("NFC", unescape_formula(cell.strip()))
-    hint = f" (did you mean {folded[shown_label.casefold()]!r}?)" if shown_label.casefold() in folded else ""
-    names = list(canonical)
-    shown = ", ".join(names[:20]) + (" ..." if len(names) > 20 else "")
-    return None, f"unknown class {shown_label[:200]!r}{hint}; valid classes: {shown}"
-
-
-def _row_problem(row, id_cols, images, canonical, folded, seen, *, region_column: bool = False):
-    """What is wrong with one answered row (a message), or ("ok", image_id, label), or None for a
-    repeat of an answer already taken. ``region_column``: the file has a region_id column (empty
-    in this row)."""
-    image_id, problem = _row_image(row, id_cols, images)
-    if problem:
-        return problem
-    if image_id is None:
-        if region_column:
-            return f"no image or region given ({', '.join([*id_cols, REGION_COLUMN])} are empty)"
-        return f"no image given ({', '.join(id_cols)} are empty)"
-    label, problem = _class_problem(row["label"], canonical, folded)
-    if problem:
-        return problem
-    if image_id in seen and seen[image_id][1] != label:
-        return f"conflicting labels for one image: {label!r} here, {seen[image_id][1]!r} in {seen[image_id][0]}"
-    if image_id in seen:
-        return None
-    return ("ok", image_id, label)
-
-
-def _region_row_problem(row, id_cols, images, regions: _Regions, canonical, folded):
-    """A CSV region answer (its region_id cell filled): what is wrong (a message), or ("region",
-    image_id, label, region_id, None)."""
-    cell = unescape_formula(row[REGION_COLUMN].strip()).strip()
-    rid = cell.lower()
-    if cell.startswith(POLYGON_PREFIX):
-        return (f"region_id {cell[:80]!r} is a polygon drawn in Label Studio: a CSV cannot carry its outline; fix it "
-                f"in Label Studio and export the task again (or delete this row)")
-    if not HEX16.match(rid):
-        hint = ""
-        try:
-            float(cell)
-            hint = " (a spreadsheet turned it into a number? format the column as text and copy the id again)"
-        except ValueError:
-            pass
-        return f"region_id {cell[:80]!r} is not a region id (16 hex digits){hint}; region ids come from {REGIONS_CSV}"
-    found = regions.get(rid)
-    if found is None:
-        return regions.unknown(rid)
-    image_id, path = found[0], found[1]
-    if image_id not in images.known:
-        return (f"region {rid} is on image {path!r} (id {image_id[:12]}...), which is no longer in data/images/ "
-                f"(removed or changed since the round proposed the region): drop this row")
-    for c in id_cols:  # the row may also name the image: it must be the region's
-        ref = row.get(c, "")
-        if not ref.strip():
-            continue
-        if c == "image_id" and not HEX64.match(ref.strip().lower()):
-            return f"image_id {ref.strip()[:80]!r} is not a sha256 (64 hex digits)"
-        got, problem = images.resolve(ref, want=image_id)
-        if got == image_id:
-            continue
-        if problem:
-            return problem
-        return (f"region {rid} is on image {path!r}, but {c} {ref.strip()[:200]!r} names another image: copy the "
-                f"row's region_id and image from {REGIONS_CSV} together")
-    label, problem = _class_problem(row["label"], canonical, folded)
-    if problem:
-        return problem
-    return ("region", image_id, label, rid, None)
-
-
-def _polygon_problem(row, id_cols, images, regions: _Regions, canonical, folded):
-    """A Label Studio polygon (a row from labelstudio.parse_export): what is wrong (a message),
-    or ("region", image_id, label, region_id, region). Matched to a proposed region of the task's
-    image by its id (minus a ``-k`` part suffix), else by outline (the highest mask IoU, if at
-    least MATCH_IOU), else it is a region the person drew: ``region`` is then its RLE."""
-    image_id, problem = _row_image(row, id_cols, images)
-    if problem:
-        return problem
-    if image_id is None:
-        return f"no image given ({', '.join(id_cols)} are empty)"
-    label, problem = _class_problem(row["label"], canonical, folded)
-    if problem:
-        return problem
-    width, height = row["original_width"], row["original_height"]
-    shown = f"polygon {row['result_id'][:40]!r} ({row['result']})"
-    stem = re.sub(r"-\d+$", "", row["result_id"])
-    found = regions.get(stem)
-    if found is not None and found[0] == image_id:
-        if (found[3], found[2]) != (width, height):
-            return (f"{shown} was drawn on the image at {width}x{height} pixels, but region {stem} was proposed on it "
-                    f"at {found[3]}x{found[2]}: Label Studio shows another version of the image; export the regions' "
-                    f"tasks from coldstart again and redo it there")
-        return ("region", image_id, label, stem, None)
-    size = regions.image_size(image_id)
-    if size is not None and size != (width, height):
-        return (f"{shown} was drawn on the image at {width}x{height} pixels, but the image is {size[0]}x{size[1]}: "
-                f"Label Studio shows another version of it; export its task from coldstart again and redo it there")
-    rle = labelstudio.polygon_rle(row["points"], width, height)
-    if rle is None:
-        return (f"{shown} has an outline too long to rasterize (over {labelstudio.MAX_PERIMETER} pixels); "
-                f"redraw it with fewer, simpler edges")
-    from pycocotools import mask as mask_utils
-
-    if not mask_utils.area({"size": rle["size"], "counts": rle["counts"].encode("ascii")}):
-        return f"{shown} covers no pixel of the image (its points enclose no area); redraw it"
-    best = regions.best_match(image_id, rle)
-    if best is not None and best[1] >= MATCH_IOU:
-        return ("region", image_id, label, best[0], None)
-    from coldstart.tasks.regions import region_id
-
-    return ("region", image_id, label, region_id(image_id, rle["counts"]), rle)
-
-
-def _region_repeat(where, row, problem, seen_regions, accepted, is_json) -> tuple[str | None, str | None]:
-    """A region answer for a region answered before in the file -> (a row problem, or None: the
-    row is not taken; a problem with the whole task, or None).
-    The same label again is kept once (a Label Studio task's annotators are all credited); another
-    label is a conflict: a row problem naming the other row, or within one Label Studio task (two
-    annotators, or two polygons of one region) a problem with the task."""
-    _, _, label, rid, _ = problem
-    first_where, first_label, k, first = seen_regions[rid]
-    if first_label != label:
-        if is_json and first_where == where:
-            labels = ", ".join(sorted({first_label, label}))
-            if first["annotator"] != row["annotator"]:
-                return None, (f"annotators disagree on region {rid} ({labels}); settle it in Label Studio "
-                              f"and export again")
-            return None, (f"{first['result']} and {row['result']} outline one region ({rid}) with different "
-                          f"labels ({labels}); give them one label in Label Studio and export again")
-        return f"conflicting labels for one region: {label!r} here, {first_label!r} in {first_where}", None
-    if is_json and first_where == where:
-        n, image_id, lab, who, _, rle = accepted[k]
-        names = sorted({*who.split(","), unicodedata.normalize("NFC", row["annotator"])} - {""})
-        accepted[k] = (n, image_id, lab, ",".join(names), rid, rle)
-    return None, None
 
 
 def _set_aside(row: dict) -> dict:
