@@ -23,8 +23,10 @@ $(STAMP): pyproject.toml
 demo: env
 	$(BIN)/coldstart demo --workspace demo-workspace --rounds 3 --json demo-rounds.json
 
+# Two workers, each test file on one of them (module fixtures built once): most tests wait on
+# Prefect, DVC and git subprocesses, so two cores overlap them (BENCHMARKS.md, "Test suite").
 test: env
-	$(TEST_ENV) $(BIN)/pytest -q
+	$(TEST_ENV) $(BIN)/pytest -q -n 2 --dist loadfile
 
 # The wheel as users get it: fresh environment, not editable, init + one tiny round from it.
 wheel-check: env

@@ -237,7 +237,12 @@ def cmd_round(a) -> int:
                 record.round if record.select and record.select.batch_size else None
         if batch is not None:
             out = sys.stderr if a.json == "-" else sys.stdout
-            print(_summary(ws, record, started), file=out)
+            if record.nothing_new:  # not the advice to drop files or --force: the wait is the way on
+                rejected = [p for p in record.describe().splitlines() if p.startswith(("REJECTED", "  "))]
+                print("\n".join([*rejected, f"nothing new since round {record.round - 1}: round {batch}'s batch "
+                                 f"is still open"]), file=out)
+            else:
+                print(_summary(ws, record, started), file=out)
             print(f"waiting for answers to round {batch}'s batch ...", file=out, flush=True)
             waited = wait_for_answers(ws, batch, answers=a.answers, timeout_min=a.timeout, found=found)
             print(f"  {waited.answered} of {waited.asked} answered in {waited.seconds:.0f} s"
@@ -247,7 +252,8 @@ def cmd_round(a) -> int:
             if waited.answered or not record.nothing_new:
                 started = time.monotonic()
                 record = labeling_round(workspace=a.workspace, force=True)
-    print(_summary(ws, record, started), file=sys.stderr if a.json == "-" else sys.stdout)  # stdout: the JSON
+    if not (record.nothing_new and batch is not None):  # else said above: nothing came, no round made
+        print(_summary(ws, record, started), file=sys.stderr if a.json == "-" else sys.stdout)  # stdout: the JSON
     _write_json(a.json, record.to_dict())
     _warm_status(ws)
     # The round is versioned, but a person must fix an answer file: say so in the exit status.

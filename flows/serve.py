@@ -12,6 +12,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -78,6 +79,12 @@ def serve(workspace: str, *, cron: str | None = None, interval: float | None = N
         print(f"using the Prefect server at {api}", flush=True)
     # Set before the flow's runner starts: scheduled runs are subprocesses that inherit it.
     os.environ["PREFECT_API_URL"] = api
+    # Prefect's runner keeps each run's files under <temp>/runner_storage/: a folder another user's
+    # `coldstart serve` made on a shared /tmp would refuse ours (PermissionError on every run).
+    tmp = ws.state_dir / "tmp"
+    tmp.mkdir(parents=True, exist_ok=True)
+    tempfile.tempdir = str(tmp)
+    os.environ["TMPDIR"] = str(tmp)
     try:
         from prefect.settings import PREFECT_API_URL, temporary_settings
 

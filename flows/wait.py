@@ -112,8 +112,31 @@ def push_batch(ws: Workspace, round_no: int, client, project: int) -> int:
             continue
         if suffix == ".tasks.json":
             tasks = _honest(ws, round_no, tasks)
-        n += client.import_tasks(project, [{**t, "data": {**t["data"], "batch": batch}} for t in tasks])
+        n += client.import_tasks(project, [_preselected({**t, "data": {**t["data"], "batch": batch}}) for t in tasks])
+    if n:
+        _preselect_in(client, project)
     return n
+
+
+# Label Studio pre-selects only the predictions whose model_version is the project's, which its
+# first import fixes: round 2's labeler (another version) would show nothing pre-selected. Every
+# task coldstart puts into a project carries one version; the one that made the suggestion (a
+# labeler id, or "human-label" for a re-check) is in the task's data, a Data Manager column.
+PRESELECT_VERSION = "coldstart"
+
+
+def _preselected(task: dict) -> dict:
+    preds = task.get("predictions") or []
+    if not preds:
+        return task
+    data = {**task["data"], "suggested_by": preds[0].get("model_version", "")}
+    return {**task, "data": data, "predictions": [{**p, "model_version": PRESELECT_VERSION} for p in preds]}
+
+
+def _preselect_in(client, project: int) -> None:
+    """Make the project pre-select coldstart's suggestions (its model_version), if it does not."""
+    if client.call("GET", f"/api/projects/{project}").get("model_version") != PRESELECT_VERSION:
+        client.call("PATCH", f"/api/projects/{project}", json={"model_version": PRESELECT_VERSION})
 
 
 def latest_batch(ws: Workspace) -> int | None:

@@ -144,12 +144,13 @@ def describe_answers(counts: dict[str, int]) -> str:
 
 def round_answers(events: list[LabelEvent], round_no: int) -> dict[str, int]:
     """This round's answers by where they came from (``files`` dropped into data/inbox/,
-    ``label-studio`` annotations from the webhook or ``round --wait``'s export polling): every
-    event of round ``round_no`` that is an answer, whoever took it in (this intake, the API
-    between rounds, or an attempt at this round that was killed before its tag)."""
+    ``label-studio`` annotations from the webhook or ``round --wait``'s export polling): each
+    image (or region) whose answer that counts now came in round ``round_no``, whoever took it in
+    (this intake, the API between rounds, or an attempt at this round killed before its tag).
+    An answer corrected twice counts once; one deleted again does not count."""
     counts: dict[str, int] = {}
-    for e in events:
-        if e.round == round_no and not e.kind:
+    for e in current_answers(events).values():
+        if e.round == round_no:
             where = "label-studio" if e.source_file.startswith(LABEL_STUDIO_SOURCE) else "files"
             counts[where] = counts.get(where, 0) + 1
     return counts

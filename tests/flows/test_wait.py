@@ -16,7 +16,7 @@ from tests.conftest import tiny_params
 
 
 @pytest.mark.slow
-def test_waiting_takes_answers_in_as_they_come_then_the_next_round_learns(prefect_harness, tmp_path):
+def test_waiting_takes_answers_in_as_they_come_then_the_next_round_learns(prefect_harness, tmp_path, capsys):
     import csv
 
     ws = init_workspace(tmp_path / "ws", params_text=tiny_params(4))
@@ -44,6 +44,9 @@ def test_waiting_takes_answers_in_as_they_come_then_the_next_round_learns(prefec
     r2 = labeling_round(workspace=str(ws.root))
     assert not r2.nothing_new and r2.train.n_labels == r1.select.batch_size
     assert r2.intake.events_added == 0  # already in the log: the round did not import them twice
+    # ... yet its summary counts them: this round's answers, whoever took them in.
+    assert r2.intake.round_answers == {"files": r1.select.batch_size}
+    assert f"{r1.select.batch_size} answer(s) this round" in r2.describe()
     from coldstart.flows.wait import latest_batch
 
     assert latest_batch(ws) == 2  # what a `round --wait` with nothing new waits on
@@ -51,6 +54,16 @@ def test_waiting_takes_answers_in_as_they_come_then_the_next_round_learns(prefec
     # Nobody answers: the wait ends at its timeout with what came.
     waited = wait_for_answers(ws, 2, poll_s=0, timeout_min=0.0005, sleep=lambda s: None)
     assert waited.timed_out and waited.answered == 0 and waited.asked == r2.select.batch_size
+
+    # `round --wait` with nothing new waits on the open batch (no advice to drop files or --force),
+    # and makes no round when nobody answered.
+    from coldstart.flows.cli import main as cli
+
+    capsys.readouterr()
+    assert cli(["round", "-w", str(ws.root), "--wait", "--timeout", "0.0005"]) == 0
+    out = capsys.readouterr().out
+    assert "nothing new since round 2: round 2's batch is still open" in out and "--force" not in out, out
+    assert "waiting for answers to round 2's batch" in out and ws.round_tags() == [1, 2]
 
 
 # --- fast: a scanned workspace, no round ------------------------------------------------------------
@@ -208,7 +221,7 @@ def test_a_batch_is_pushed_once_marked_and_with_honest_rechecks(ws):
 
     class Project:
         def __init__(self):
-            self.held = []
+            self.held, self.model_version = [], "round-1-labeler"  # fixed by an earlier import
 
         def tasks(self, project):
             return self.held
@@ -217,12 +230,21 @@ def test_a_batch_is_pushed_once_marked_and_with_honest_rechecks(ws):
             self.held += tasks
             return len(tasks)
 
+        def call(self, method, path, json=None):
+            if method == "PATCH":
+                self.model_version = json["model_version"]
+            return {"model_version": self.model_version}
+
     server = Project()
     assert push_batch(ws, 1, server, 1) == 2
     assert push_batch(ws, 1, server, 1) == 0  # the same batch again: nothing asked twice
     assert [t["data"]["batch"] for t in server.held] == ["round-001", "round-001"]
+    # Label Studio pre-selects the predictions of the project's model_version only: one for all
+    # of coldstart's tasks, whatever labeler made them (that one is in the task's data).
+    assert server.model_version == "coldstart" == server.held[1]["predictions"][0]["model_version"]
+    assert server.held[1]["data"]["suggested_by"] == "m"
     recheck = server.held[0]
-    assert recheck["data"]["purpose"] == "recheck" and recheck["predictions"][0]["model_version"] == "human-label"
+    assert recheck["data"]["purpose"] == "recheck" and recheck["data"]["suggested_by"] == "human-label"
     assert recheck["predictions"][0]["result"][0]["value"] == {"choices": ["cat"]}  # the person's label
     assert "'dog'" in recheck["data"]["note"]
     assert latest_batch(ws) is None  # no round tag in this workspace: nothing to wait on

@@ -99,6 +99,11 @@ def test_a_round_reviewed_in_label_studio_reaches_the_log_once_and_trains_the_ne
         assert pushed == r1.select.batch_size
         tasks = client.tasks(project)
         assert len(tasks) == pushed
+        # The labeling stream pre-selects coldstart's suggestion (Label Studio shows the predictions
+        # of the project's model_version only).
+        assert client.call("GET", f"/api/projects/{project}")["model_version"] == "coldstart"
+        shown = client.call("GET", f"/api/projects/{project}/next/")
+        assert shown["predictions"] and shown["predictions"][0]["model_version"] == "coldstart", shown
         # Each task carries coldstart's prediction (a score to sort by) and a signed image URL
         # that Label Studio's browser can fetch without the token.
         for t in tasks:
