@@ -46,7 +46,7 @@ class RegionIndex:
         self._sizes: dict[str, tuple[int, int]] | None = None  # image id -> (width, height), from the manifest
 
     def _read(self, columns: list[str]) -> dict[str, list]:
-        from coldstart.tasks.regions import regions_dir, regions_parts
+        from coldstart.tasks.regiontable import regions_dir, regions_parts
 
         return regions_parts(regions_dir(self.ws)).read(columns=columns, sort=False).to_pydict()
 
@@ -235,7 +235,7 @@ def polygon_problem(row, id_cols, images, regions: RegionIndex, canonical, folde
     best = regions.best_match(image_id, rle)
     if best is not None and best[1] >= MATCH_IOU:
         return ("region", image_id, label, best[0], None)
-    from coldstart.tasks.regions import region_id
+    from coldstart.tasks.regiontable import region_id
 
     return ("region", image_id, label, region_id(image_id, rle["counts"]), rle)
 

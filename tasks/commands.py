@@ -3,6 +3,7 @@ virtualenv or not."""
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import sys
@@ -20,3 +21,11 @@ def command(name: str) -> str:
     if exe.is_file() and os.access(exe, os.X_OK):
         return shlex.quote(str(exe))
     return f"{shlex.quote(sys.executable)} -m {MODULES[name]}"
+
+
+def write_json(path: str | None, data) -> None:
+    """``--json FILE``: the data as JSON into FILE; ``--json -``: onto stdout."""
+    if path == "-":
+        sys.stdout.write(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+    elif path:
+        Path(path).write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")

@@ -33,7 +33,8 @@ from coldstart.tasks.errors import WorkspaceError
 from coldstart.tasks.manifest import read_manifest_table
 from coldstart.tasks.ontology import negative_labels
 from coldstart.tasks.parts import PartTable
-from coldstart.tasks.regions import ImageInfo, regions_dir, regions_of, regions_parts, regions_to_coco
+from coldstart.tasks.regionexports import ImageInfo, regions_to_coco
+from coldstart.tasks.regiontable import regions_dir, regions_of, regions_parts
 from coldstart.tasks.relabel import RESOLVED_FIELDS, resolved_schema
 from coldstart.tasks.tokens import image_urls
 from coldstart.tasks.workspace import Workspace, atomic_write_text, write_csv

@@ -202,7 +202,7 @@ class Outliner:
 
     def __init__(self, ws: Workspace, params):
         from coldstart.tasks.ontology import negative_labels
-        from coldstart.tasks.regions import resolve_checkpoint
+        from coldstart.tasks.samcache import resolve_checkpoint
 
         self.cfg = resolve_checkpoint(ws, params.regions)
         self.negatives = negative_labels(params.ontology)
@@ -221,7 +221,7 @@ class Outliner:
         mask inside its tile, or [] when SAM finds nothing there."""
         from coldstart.models.masks import image_embedding, segment_box
         from coldstart.models.sam import load_sam
-        from coldstart.tasks.regions import mask_box, mask_rle
+        from coldstart.tasks.regiontable import mask_box, mask_rle
 
         if not self.wanted(pred):
             return []

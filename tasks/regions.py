@@ -25,7 +25,7 @@ import math
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Collection, Iterable, Iterator, Protocol, Sequence
 
@@ -36,11 +36,24 @@ from PIL import Image
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from coldstart.tasks import labelstudio
 from coldstart.tasks.config import Params, RegionsConfig
+from coldstart.tasks.crops import letterbox, region_crops
 from coldstart.tasks.ontology import negative_labels
-from coldstart.tasks.parts import PartTable
+from coldstart.tasks.regiontable import (
+    Region,
+    crop_store,
+    decode_mask,
+    mask_box,
+    mask_rle,
+    read_regions,
+    region_id,
+    regions_dir,
+    regions_parts,
+    rle_text,
+    write_regions,
+)
 from coldstart.tasks.result import StageResult
+from coldstart.tasks.samcache import SamEmbeddingCache, Segmented, resolve_checkpoint, sam_cache, segmented_parts
 from coldstart.tasks.workspace import Workspace
 
 if TYPE_CHECKING:
@@ -48,41 +61,12 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-GREY = (128, 128, 128)  # what blanked and letterboxed pixels become: neutral, close to CLIP's mean colour
-REGIONS_DIR = ("data", "labels", "regions")  # the regions table, Parquet parts keyed by region_id
-
 
 class Head(Protocol):
     """What labels an embedding: ``ZeroShotHead`` or the round's ``ChosenHead`` (a probe)."""
 
     def predict_proba(self, X: np.ndarray) -> np.ndarray:  # (N, D) unit embeddings -> (N, L)
         ...
-
-
-@dataclass(frozen=True)
-class Region:
-    """One labeled mask. ``bbox`` XYWH and ``area`` in pixels of the original image; ``rle`` the
-    COCO RLE of the mask over the whole image: ``{"size": [H, W], "counts": str}``."""
-
-    region_id: str  # sha256(image_id + RLE counts), 16 hex: the same mask of the same image, the same id
-    image_id: str  # sha256 of the image file's bytes (as the scan names images)
-    path: str
-    label: str
-    confidence: float  # the head's probability of ``label`` (calibrated when the head is)
-    bbox: tuple[float, float, float, float]
-    area: int
-    rle: dict
-    predicted_iou: float  # SAM's own quality estimates of the mask
-    stability_score: float
-    labeler: str = ""  # what gave the label: the chosen head's labeler id, "<model id>+zero-shot", "human:<who>"
-    # Why the region is not one of the image's objects: "" (it is), "negative_label" (labeled a
-    # negative class: background), "contained" (inside a better region of the same label).
-    # Dropped regions stay in the table: the next labeler may see them differently.
-    dropped: str = ""
-    margin: float = 1.0  # top-1 minus top-2 probability: low = uncertain (review); 1.0 for a human's label
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 @dataclass
@@ -96,68 +80,7 @@ class ImageMasks:
     masks: list[dict]
 
 
-def region_id(image_id: str, counts: str | bytes) -> str:
-    """The stable id of a mask of an image: 16 hex of sha256(image_id + RLE counts)."""
-    counts = counts.encode("ascii") if isinstance(counts, str) else counts
-    return hashlib.sha256(image_id.encode("utf-8") + counts).hexdigest()[:16]
-
-
 # --- crops ----------------------------------------------------------------------------------------
-
-
-def crop_box(bbox: Sequence[float], width: int, height: int, padding: float) -> tuple[int, int, int, int]:
-    """XYWH ``bbox`` grown by ``padding`` x its width/height on each side -> XYXY int box clipped
-    to the ``width`` x ``height`` image, at least 1 pixel each way."""
-    x, y, w, h = (float(v) for v in bbox)
-    x0 = min(max(0, math.floor(x - padding * w)), width - 1)
-    y0 = min(max(0, math.floor(y - padding * h)), height - 1)
-    x1 = max(min(width, math.ceil(x + w + padding * w)), x0 + 1)
-    y1 = max(min(height, math.ceil(y + h + padding * h)), y0 + 1)
-    return x0, y0, x1, y1
-
-
-def decode_mask(rle: dict) -> np.ndarray:
-    """COCO RLE -> ``HxW`` uint8 {0, 1}."""
-    from pycocotools import mask as mask_utils
-
-    counts = rle["counts"]
-    return mask_utils.decode({"size": list(rle["size"]), "counts": counts.encode("ascii") if isinstance(counts, str)
-                              else counts})
-
-
-def region_crops(image: Image.Image | np.ndarray, masks: Sequence[dict], cfg: RegionsConfig | None = None
-                 ) -> tuple[list[Image.Image], np.ndarray]:
-    """The crop the model sees of each mask, and the crops' ``(M, 4)`` int XYXY boxes in pixels
-    of ``image`` (``crop == image[y0:y1, x0:x1]``, outside the mask greyed when
-    ``cfg.blank_outside``). ``image``: RGB ``HxWx3`` uint8 or PIL; ``cfg``: padding and blanking."""
-    cfg = cfg or RegionsConfig()
-    pixels = np.asarray(image.convert("RGB") if isinstance(image, Image.Image) else image)
-    if pixels.ndim != 3 or pixels.shape[2] != 3:
-        raise ValueError(f"region_crops needs an RGB image (HxWx3), not an array of shape {pixels.shape}")
-    H, W = pixels.shape[:2]
-    crops, boxes = [], []
-    for k, m in enumerate(masks):
-        size = list(m["segmentation"]["size"])
-        if size != [H, W]:
-            raise ValueError(f"mask {k} was made for an image of {size[1]}x{size[0]} pixels, this one is {W}x{H}")
-        x0, y0, x1, y1 = crop_box(m["bbox"], W, H, cfg.crop_padding)
-        crop = pixels[y0:y1, x0:x1]
-        if cfg.blank_outside:
-            inside = decode_mask(m["segmentation"])[y0:y1, x0:x1].astype(bool)
-            crop = np.where(inside[..., None], crop, np.array(GREY, np.uint8))
-        crops.append(Image.fromarray(np.ascontiguousarray(crop)))
-        boxes.append((x0, y0, x1, y1))
-    return crops, np.array(boxes, dtype=np.int32).reshape(-1, 4)
-
-
-def letterbox(img: Image.Image) -> Image.Image:
-    """``img`` centred on a grey square of its longer side (nothing cut by a centre crop)."""
-    side = max(img.size)
-    if img.width == img.height:
-        return img
-    square = Image.new("RGB", (side, side), GREY)
-    square.paste(img, ((side - img.width) // 2, (side - img.height) // 2))
-    return square
 
 
 # --- labeling -------------------------------------------------------------------------------------
@@ -214,7 +137,7 @@ def embed_regions(clip: ClipModel, items: Iterable[ImageMasks], cfg: RegionsConf
 
 def candidate(image_id: str, path: str, mask: dict) -> Region:
     """An unlabeled region from one SAM mask (as ``generate_masks`` returns it) of an image."""
-    rle = {"size": [int(v) for v in mask["segmentation"]["size"]], "counts": _text(mask["segmentation"]["counts"])}
+    rle = {"size": [int(v) for v in mask["segmentation"]["size"]], "counts": rle_text(mask["segmentation"]["counts"])}
     return Region(region_id(image_id, rle["counts"]), image_id, path, "", math.nan, tuple(float(v) for v in mask["bbox"]),
                   int(mask["area"]), rle, float(mask.get("predicted_iou", math.nan)),
                   float(mask.get("stability_score", math.nan)))
@@ -312,10 +235,6 @@ def cleanup_labeled(regions: Sequence[Region], cfg: RegionsConfig) -> tuple[list
     return [r for r in marked if not r.dropped], {"containment": n}
 
 
-def _text(counts: str | bytes) -> str:
-    return counts.decode("ascii") if isinstance(counts, bytes) else counts
-
-
 def region_head(ws: Workspace, params: Params, clip: ClipModel) -> tuple[Head, str]:
     """The round's labeler for regions: the head the last train stage chose when it reads this
     model's embeddings, else the ontology's zero-shot head. Returns (head, labeler id)."""
@@ -364,280 +283,10 @@ def bench_labeling(image: Image.Image | np.ndarray, masks: list[dict], clip: Cli
 # --- the regions table ----------------------------------------------------------------------------
 
 
-def regions_dir(ws: Workspace) -> Path:
-    return ws.root.joinpath(*REGIONS_DIR)
-
-
-def regions_schema() -> pa.Schema:
-    codes = pa.dictionary(pa.int32(), pa.string())
-    return pa.schema([("region_id", pa.string()), ("image_id", pa.string()), ("path", pa.string()),
-                      ("label", codes), ("confidence", pa.float64()), ("bbox", pa.list_(pa.float64(), 4)),
-                      ("area", pa.int64()), ("height", pa.int32()), ("width", pa.int32()), ("counts", pa.string()),
-                      ("predicted_iou", pa.float64()), ("stability_score", pa.float64()), ("labeler", codes),
-                      ("dropped", codes), ("margin", pa.float64())])
-
-
-def regions_parts(folder: Path) -> PartTable:
-    return PartTable(folder, "region_id", regions_schema())
-
-
-def regions_table(regions: Sequence[Region]) -> pa.Table:
-    """Regions as an Arrow table with ``regions_schema()`` (the mask's RLE as height, width, counts)."""
-    schema = regions_schema()
-    cols = {
-        "region_id": [r.region_id for r in regions], "image_id": [r.image_id for r in regions],
-        "path": [r.path for r in regions], "label": [r.label for r in regions],
-        "confidence": [r.confidence for r in regions], "bbox": [list(r.bbox) for r in regions],
-        "area": [r.area for r in regions], "height": [r.rle["size"][0] for r in regions],
-        "width": [r.rle["size"][1] for r in regions], "counts": [r.rle["counts"] for r in regions],
-        "predicted_iou": [r.predicted_iou for r in regions], "stability_score": [r.stability_score for r in regions],
-        "labeler": [r.labeler for r in regions], "dropped": [r.dropped for r in regions],
-        "margin": [r.margin for r in regions],
-    }
-    return pa.table({name: pa.array(cols[name]).cast(schema.field(name).type) if pa.types.is_dictionary(
-        schema.field(name).type) else pa.array(cols[name], schema.field(name).type) for name in schema.names},
-        schema=schema)
-
-
-def regions_of(table: pa.Table) -> list[Region]:
-    """Rows of a regions table (``regions_schema()``) as Region records."""
-    return [Region(r["region_id"], r["image_id"], r["path"], r["label"], r["confidence"], tuple(r["bbox"]), r["area"],
-                   {"size": [r["height"], r["width"]], "counts": r["counts"]}, r["predicted_iou"],
-                   r["stability_score"], r["labeler"], r["dropped"], r["margin"]) for r in table.to_pylist()]
-
-
-def write_regions(folder: Path, round_no: int, regions: Sequence[Region], *,
-                  images: Collection[str] | None = None) -> bool:
-    """Record round ``round_no``'s regions in the table at ``folder`` (``regions_dir(ws)``): the
-    regions of ``images`` (image ids; default: those of ``regions``) become exactly ``regions``,
-    other images keep theirs. Only changed rows are stored (a delta part). Returns whether a file
-    was written."""
-    new = regions_table(regions)
-    replaced = set(images) if images is not None else {r.image_id for r in regions}
-    stray = {r.image_id for r in regions} - replaced
-    if stray:
-        raise ValueError(f"{len(stray)} region(s) belong to images not listed in images= (e.g. {sorted(stray)[0]})")
-    parts = regions_parts(folder)
-    old = parts.read(before=round_no)
-    hit = pc.is_in(old["image_id"], value_set=pa.array(sorted(replaced), pa.string()))
-    before = {r["region_id"]: r for r in old.filter(hit).to_pylist()}
-    rows = new.to_pylist()
-    changed = [k for k, r in enumerate(rows) if not _same_row(before.get(r["region_id"]), r)]
-    deleted = sorted(set(before) - {r["region_id"] for r in rows})
-    kept = old.filter(pc.invert(hit))
-    return parts.write(round_no, new.take(pa.array(changed, pa.int64())), deleted,
-                       lambda: pa.concat_tables([kept.cast(regions_schema()), new]))
-
-
-def _same_row(a: dict | None, b: dict) -> bool:
-    """Row equality where NaN equals NaN (a box-prompted region has no predicted IoU)."""
-    return a is not None and a.keys() == b.keys() and all(
-        a[k] == b[k] or (isinstance(a[k], float) and isinstance(b[k], float) and math.isnan(a[k]) and math.isnan(b[k]))
-        for k in a)
-
-
-def read_regions(folder: Path, *, before: int | None = None, dropped: bool = False) -> list[Region]:
-    """The current regions table at ``folder`` (empty when there is none yet), by region id:
-    the image's objects, or with ``dropped`` every proposed region, dropped ones included
-    (background, contained); ``before``: as it stood before that round."""
-    table = regions_parts(folder).read(before=before)
-    if not dropped and table.num_rows:
-        table = table.filter(pc.equal(table["dropped"].cast(pa.string()), ""))
-    return regions_of(table)
-
-
 # --- exports --------------------------------------------------------------------------------------
 
 
-ImageInfo = tuple[str, str, int, int]  # (image_id, path, width, height)
-
-
-def _check_images(regions: Sequence[Region], images: Sequence[ImageInfo]) -> dict[str, ImageInfo]:
-    by_id = {i[0]: i for i in images}
-    for r in regions:
-        info = by_id.get(r.image_id)
-        if info is None:
-            raise ValueError(f"region {r.region_id} is on image {r.image_id}, which is not among the images given")
-        if list(r.rle["size"]) != [info[3], info[2]]:
-            raise ValueError(f"region {r.region_id}: its mask is {r.rle['size'][1]}x{r.rle['size'][0]} pixels, its "
-                             f"image {info[1]} is {info[2]}x{info[3]}")
-    return by_id
-
-
-def regions_to_coco(regions: Sequence[Region], images: Sequence[ImageInfo], classes: Sequence[str], *,
-                    negatives: Collection[str] = (), description: str = "coldstart regions") -> dict:
-    """A COCO instances document: ``images`` (ids 1..N in the order given, ``file_name`` the
-    path), ``categories`` (ids 1.. for ``classes`` minus ``negatives``, in order) and one
-    annotation per region: RLE ``segmentation`` (counts as a string), ``bbox`` XYWH, ``area``,
-    ``iscrowd`` 0, ``score`` (the confidence), ``region_id``. Loads in
-    ``pycocotools.coco.COCO``; the annotations also serve as results for ``COCO.loadRes``."""
-    by_id = _check_images(regions, images)
-    names = [c for c in classes if c not in negatives]
-    cat = {n: k + 1 for k, n in enumerate(names)}
-    img = {image_id: k + 1 for k, image_id in enumerate(by_id)}
-    anns = []
-    for r in regions:
-        if r.label not in cat:
-            raise ValueError(f"region {r.region_id} is labeled {r.label!r}, which is not a category "
-                             f"({', '.join(names)})")
-        anns.append({"id": len(anns) + 1, "image_id": img[r.image_id], "category_id": cat[r.label],
-                     "segmentation": {"size": list(r.rle["size"]), "counts": r.rle["counts"]},
-                     "area": r.area, "bbox": list(r.bbox), "iscrowd": 0, "score": r.confidence,
-                     "region_id": r.region_id})
-    return {
-        "info": {"description": description},
-        "images": [{"id": img[i], "file_name": p, "width": w, "height": h, "coldstart_image_id": i}
-                   for i, p, w, h in by_id.values()],
-        "categories": [{"id": cat[n], "name": n} for n in names],
-        "annotations": anns,
-    }
-
-
-def mask_polygons(rle: dict, *, tolerance: float = 1.0) -> list[np.ndarray]:
-    """The outer contours of a mask as ``(P, 2)`` float XY pixel polygons (P >= 3), simplified
-    by Douglas-Peucker within ``tolerance`` pixels; one per connected part, largest first."""
-    import cv2
-
-    mask = decode_mask(rle)
-    contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
-    polys = []
-    for c in sorted(contours, key=cv2.contourArea, reverse=True):
-        c = cv2.approxPolyDP(c, tolerance, True) if tolerance > 0 else c
-        if len(c) >= 3:
-            polys.append(c.reshape(-1, 2).astype(np.float64))
-    return polys
-
-
-def regions_to_labelstudio(regions: Sequence[Region], images: Sequence[ImageInfo], *,
-                           model_version: str = "coldstart-regions", tolerance: float = 1.0,
-                           url_of=None) -> list[dict]:
-    """Label Studio tasks, one per image (in the order given), each region a ``polygonlabels``
-    pre-annotation (one per connected part of its mask) with points in percent of the image's
-    width and height, editable in Label Studio with ``labelstudio.label_config(classes,
-    polygons=...)``. Images are served as ``labelstudio.task`` serves them (local files), or at
-    ``url_of(image_id, path)``."""
-    by_id = _check_images(regions, images)
-    results: dict[str, list[dict]] = {i: [] for i in by_id}
-    for r in regions:
-        _, _, w, h = by_id[r.image_id]
-        for k, poly in enumerate(mask_polygons(r.rle, tolerance=tolerance)):
-            points = np.clip(poly / [w, h] * 100.0, 0.0, 100.0)
-            results[r.image_id].append({
-                "id": r.region_id if k == 0 else f"{r.region_id}-{k}",
-                "from_name": labelstudio.POLYGON, "to_name": labelstudio.IMAGE, "type": "polygonlabels",
-                "original_width": w, "original_height": h, "image_rotation": 0, "score": r.confidence,
-                "value": {"points": points.round(4).tolist(), "closed": True, "polygonlabels": [r.label]},
-            })
-    tasks = []
-    for image_id, path, _, _ in by_id.values():
-        found = results[image_id]
-        scores = [res["score"] for res in found]
-        tasks.append({
-            "data": {labelstudio.IMAGE: url_of(image_id, path) if url_of else labelstudio.LOCAL_FILES_PREFIX + path,
-                     "image_id": image_id, "path": path},
-            "predictions": [{"model_version": model_version, "score": float(np.mean(scores)) if scores else 0.0,
-                             "result": found}],
-        })
-    return tasks
-
-
 # --- the stage -------------------------------------------------------------------------------------
-
-SEGMENTED_DIR = "images"  # beside the regions' parts: which images each SAM model has segmented
-
-
-def _segmented_parts(folder: Path) -> PartTable:
-    return PartTable(folder / SEGMENTED_DIR, "key", pa.schema([
-        ("key", pa.string()), ("image_id", pa.string()), ("sam_model_id", pa.string()), ("masks", pa.int32()),
-        ("kept", pa.int32()), ("round", pa.int32())]))
-
-
-@dataclass
-class Segmented:
-    """What segmenting a set of images gave (shared by the stage and `coldstart regions`)."""
-
-    candidates: list[Region]  # unlabeled, one per mask kept by the label-free cleanup, image by image
-    X: np.ndarray  # (R, D) unit CLIP embeddings of their crops
-    images: list[tuple[str, str, int, int]]  # (image id, path as shown, width, height)
-    found: dict[str, tuple[int, int]]  # image id -> (masks, masks kept by the label-free cleanup)
-    cleaned: dict[str, int]  # label-free cleanup rule -> masks it removed
-    seg_s: float
-    embed_s: float
-
-
-def resolve_checkpoint(ws: Workspace, cfg: RegionsConfig) -> RegionsConfig:
-    """``regions.sam_checkpoint`` relative to the workspace, as the other paths in params.yaml."""
-    if cfg.sam_checkpoint and not Path(cfg.sam_checkpoint).expanduser().is_absolute():
-        return cfg.model_copy(update={"sam_checkpoint": str(ws.root / cfg.sam_checkpoint)})
-    return cfg
-
-
-class SamEmbeddingCache:
-    """SAM image embeddings kept between rounds, one file per (SAM model id, image id) under
-    ``root/<model-slug>/`` (``.coldstart/cache/sam`` in a workspace: a cache, not versioned).
-    Segmenting an image again with other knobs, and outlining its defect, skip the image
-    encoder. Float32 as computed (a float16 copy would move mask edges, so a re-segmented
-    image would get other region ids). ``max_gb`` bounds the folder: the least recently used
-    files go first. ``root`` None: nothing is kept."""
-
-    def __init__(self, root: Path | None, model_id: str, max_gb: float = 2.0):
-        from coldstart.tasks.store import model_slug
-
-        self.dir = None if root is None else Path(root) / model_slug(model_id)
-        self.model_id, self.max_bytes = model_id, int(max_gb * 2**30)
-
-    def get(self, sam, image_id: str, rgb: np.ndarray):
-        """The embedding of ``rgb`` (the image ``image_id``), from the cache or computed and kept."""
-        from coldstart.models.masks import ImageEmbedding, image_embedding
-
-        path = None if self.dir is None else self.dir / f"{image_id}.npz"
-        if path is not None and path.is_file():
-            try:
-                emb = ImageEmbedding.load(path)
-                if emb.model_id == sam.model_id and emb.original_size == tuple(rgb.shape[:2]):
-                    os.utime(path)  # recently used
-                    return emb
-            except (OSError, ValueError, KeyError) as e:  # a torn or foreign file: compute it again
-                log.warning("SAM embedding cache: %s is unreadable (%s); computing it again", path, e)
-        emb = image_embedding(sam, rgb)
-        if path is not None and self.max_bytes > 0:
-            self._put(path, emb)
-        return emb
-
-    def _put(self, path: Path, emb) -> None:
-        import io
-
-        from coldstart.tasks.workspace import atomic_write_bytes
-
-        buf = io.BytesIO()
-        emb.save(buf)
-        try:
-            atomic_write_bytes(path, buf.getvalue())
-            files = sorted(self.dir.glob("*.npz"), key=lambda f: f.stat().st_mtime_ns, reverse=True)
-            total = 0
-            for f in files:
-                total += f.stat().st_size
-                if total > self.max_bytes:
-                    f.unlink(missing_ok=True)
-        except OSError as e:  # a full disk costs speed next time, never the round
-            log.warning("SAM embedding cache: cannot keep %s (%s)", path.name, e.strerror or e)
-
-
-def sam_cache(ws: Workspace, sam, cfg: RegionsConfig) -> SamEmbeddingCache:
-    return SamEmbeddingCache(ws.state_dir / "cache" / "sam", sam.model_id, cfg.sam_cache_gb)
-
-
-def crop_store(ws: Workspace, model_id: str, cfg: RegionsConfig):
-    """The regions' crop embeddings (``EmbeddingStore`` keyed by region id), versioned with the
-    regions table: relabeling with a new head reads them instead of cropping every image again,
-    and training reads those of the regions people labeled. The crop settings name the view."""
-    from coldstart.tasks.store import EmbeddingStore
-
-    view = f"crops-pad{cfg.crop_padding:g}{'-blank' if cfg.blank_outside else ''}"
-    return EmbeddingStore(regions_dir(ws) / CROPS_DIR, model_id, view)
-
-
-CROPS_DIR = "embeddings"  # beside the regions' parts: the crop embeddings
 
 
 def segment_images(params: Params, sam, clip: ClipModel, images: Iterable[tuple[str, str, Path]], *,
@@ -726,19 +375,6 @@ def localize_defects(sam, params: Params, rows: Iterable[dict], files: dict[str,
                           float(row["confidence"]), bbox, area, rle, math.nan, math.nan,
                           f"{row.get('model_id', '')}+box:{row['location']}"))
     return out
-
-
-def mask_box(mask: np.ndarray) -> tuple[tuple[float, float, float, float], int]:
-    """A non-empty ``HxW`` mask's tight box, XYWH in pixels (w = x_max - x_min + 1), and its area."""
-    ys, xs = np.nonzero(mask)
-    return (float(xs.min()), float(ys.min()), float(xs.max() - xs.min() + 1), float(ys.max() - ys.min() + 1)), len(xs)
-
-
-def mask_rle(mask: np.ndarray) -> dict:
-    from pycocotools import mask as mask_utils
-
-    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
-    return {"size": [int(v) for v in rle["size"]], "counts": _text(rle["counts"])}
 
 
 # The settings that change which regions an image gets (not `enabled`, the device or the batch size).
@@ -858,7 +494,7 @@ def regions(ws: Workspace, params: Params, clip: ClipModel, round_no: int) -> Re
     params = params.model_copy(update={"regions": cfg})
     sam = load_sam(cfg)
     cache = sam_cache(ws, sam, cfg)
-    done_parts = _segmented_parts(folder)
+    done_parts = segmented_parts(folder)
     # Segmented by this model *with these settings*: a change to the generator's knobs or the
     # cleanup rules segments every image again (their regions are replaced).
     segmenter = segmenter_id(sam.model_id, cfg)

@@ -101,7 +101,7 @@ def select_regions(ws: Workspace, budget: int, round_no: int) -> list:
     regions count (the labeler may be wrong that they are); contained ones do not (their
     container is asked)."""
     from coldstart.tasks.labellog import read_events, region_answers
-    from coldstart.tasks.regions import read_regions, regions_dir
+    from coldstart.tasks.regiontable import read_regions, regions_dir
 
     if budget <= 0:
         return []
@@ -117,7 +117,7 @@ def select_regions(ws: Workspace, budget: int, round_no: int) -> list:
 def _write_regions_batch(ws: Workspace, stem, picked: list) -> list[str]:
     """round-NNN.regions.csv (answer by region id) and round-NNN.regions.tasks.json (Label Studio:
     one task per image, the picked regions as editable polygons), ordered by image path."""
-    from coldstart.tasks.regions import regions_to_labelstudio
+    from coldstart.tasks.regionexports import regions_to_labelstudio
 
     picked = sorted(picked, key=lambda r: (r.path, r.bbox[1], r.bbox[0]))
     write_csv(stem.with_suffix(".regions.csv"), REGION_REVIEW_FIELDS, [

@@ -204,7 +204,7 @@ def region_samples(ws: Workspace, params: Params, clip: ClipModel) -> tuple[np.n
     has embedded with this model (an outline drawn this round is embedded by this round's
     regions stage, after training: it joins the next round)."""
     from coldstart.tasks.labellog import region_answers
-    from coldstart.tasks.regions import crop_store
+    from coldstart.tasks.regiontable import crop_store
     from coldstart.tasks.scan import image_table
 
     classes = params.ontology.class_names

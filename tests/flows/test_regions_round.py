@@ -11,7 +11,8 @@ import pytest
 
 from coldstart.flows.demo import write_digits
 from coldstart.flows.round import labeling_round
-from coldstart.tasks.regions import read_regions, regions_dir, regions_to_coco
+from coldstart.tasks.regionexports import regions_to_coco
+from coldstart.tasks.regiontable import read_regions, regions_dir
 from coldstart.tasks.version import init_workspace
 from tests.conftest import tiny_params, write_image
 
@@ -78,11 +79,11 @@ def test_a_round_with_regions_labels_every_region_and_versions_them(prefect_harn
     ws.params_file.write_text(ws.params_file.read_text().replace("points_per_side: 3", "points_per_side: 2"))
     r3 = labeling_round(workspace=str(ws.root))
     assert r3.regions.images_segmented == 7 and r3.regions.regions == r3.regions.new_regions
-    from coldstart.tasks.regions import _segmented_parts
+    from coldstart.tasks.samcache import segmented_parts
 
-    segmenters = {r["sam_model_id"] for r in _segmented_parts(regions_dir(ws)).read().to_pylist()}
+    segmenters = {r["sam_model_id"] for r in segmented_parts(regions_dir(ws)).read().to_pylist()}
     assert len(segmenters) == 1 and next(iter(segmenters)).startswith("vit_t@random-seed0/")
-    assert _segmented_parts(regions_dir(ws)).read().num_rows == 7  # one row per image, the latest settings
+    assert segmented_parts(regions_dir(ws)).read().num_rows == 7  # one row per image, the latest settings
     assert ws.round_tags() == [1, 2, 3]
     with contextlib.chdir(ws.root):  # the table is a DVC output, recorded and pushed with the tag
         status = subprocess.run([sys.executable, "-m", "dvc", "status", "-c"], capture_output=True, text=True)
@@ -102,7 +103,7 @@ def test_people_answer_regions_by_id_and_the_next_round_learns_from_them(prefect
 
     from coldstart.flows.demo import answer_batch
     from coldstart.tasks.labellog import human_labels, read_events, region_answers
-    from coldstart.tasks.regions import crop_store
+    from coldstart.tasks.regiontable import crop_store
 
     text = tiny_params(4) + REGIONS + "  review_budget: 5\n"
     ws = init_workspace(tmp_path / "ws", params_text=text)

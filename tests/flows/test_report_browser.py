@@ -22,7 +22,7 @@ import pytest
 from coldstart.flows.cli import main as cli
 from coldstart.flows.demo import DIGITS, answer_batch, write_digits
 from coldstart.flows.round import labeling_round
-from coldstart.tasks.report import SECTIONS
+from coldstart.tasks.reportpage import SECTIONS
 from coldstart.tasks.version import init_workspace
 from tests.conftest import tiny_params
 

@@ -14,14 +14,8 @@ from coldstart.tasks.config import IntakeConfig, ScanConfig
 from coldstart.tasks.intake import intake
 from coldstart.tasks.labellog import human_labels, read_events, region_answers
 from coldstart.tasks.manifest import read_manifest
-from coldstart.tasks.regions import (
-    Region,
-    decode_mask,
-    region_id,
-    regions_dir,
-    regions_to_labelstudio,
-    write_regions,
-)
+from coldstart.tasks.regionexports import regions_to_labelstudio
+from coldstart.tasks.regiontable import Region, decode_mask, region_id, regions_dir, write_regions
 from coldstart.tasks.scan import scan
 from coldstart.tasks.workspace import Workspace, read_csv
 from tests.conftest import write_image

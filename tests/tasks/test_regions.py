@@ -13,20 +13,11 @@ from torchvision.transforms import functional as TF
 
 from coldstart.models.zeroshot import ZeroShotHead
 from coldstart.tasks.config import RegionsConfig
+from coldstart.tasks.crops import GREY, region_crops
 from coldstart.tasks.labelstudio import IMAGE, POLYGON, label_config
-from coldstart.tasks.regions import (
-    GREY,
-    ImageMasks,
-    bench_labeling,
-    embed_regions,
-    label_regions,
-    read_regions,
-    region_crops,
-    region_id,
-    regions_to_coco,
-    regions_to_labelstudio,
-    write_regions,
-)
+from coldstart.tasks.regionexports import regions_to_coco, regions_to_labelstudio
+from coldstart.tasks.regions import ImageMasks, bench_labeling, embed_regions, label_regions
+from coldstart.tasks.regiontable import read_regions, region_id, write_regions
 
 CLASSES = ["red thing", "blue thing", "background"]  # the labels; background is the negative one
 NEGATIVES = {"background"}
@@ -227,7 +218,7 @@ def test_export_coco_regions(tmp_path):
 
     from coldstart.tasks.errors import WorkspaceError
     from coldstart.tasks.export import export
-    from coldstart.tasks.regions import regions_dir
+    from coldstart.tasks.regiontable import regions_dir
     from coldstart.tasks.workspace import Workspace
     from tests.conftest import tiny_params
 

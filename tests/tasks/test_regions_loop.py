@@ -7,16 +7,9 @@ import numpy as np
 import pytest
 
 from coldstart.tasks.config import RegionsConfig
-from coldstart.tasks.regions import (
-    Region,
-    SamEmbeddingCache,
-    assign_labels,
-    candidate,
-    mark_contained,
-    read_regions,
-    regions_dir,
-    write_regions,
-)
+from coldstart.tasks.regions import assign_labels, candidate, mark_contained
+from coldstart.tasks.regiontable import Region, read_regions, regions_dir, write_regions
+from coldstart.tasks.samcache import SamEmbeddingCache
 from tests.tasks.test_regions import CLASSES, NEGATIVES, sam_mask, scene
 
 

@@ -15,10 +15,8 @@ import pyarrow as pa
 import pytest
 from PIL import Image
 
-from coldstart.tasks.report import (
-    DEFECT_PX,
-    SECTIONS,
-    THUMB_PX,
+from coldstart.tasks.report import render_report
+from coldstart.tasks.reportdata import (
     CurvePoint,
     ReportData,
     Table,
@@ -27,9 +25,9 @@ from coldstart.tasks.report import (
     fit_curve,
     learning_curve,
     projection,
-    render_report,
     report_settings,
 )
+from coldstart.tasks.reportpage import DEFECT_PX, SECTIONS, THUMB_PX
 from coldstart.tasks.workspace import Workspace
 from tests.conftest import write_image
 
@@ -85,7 +83,7 @@ def make_data(tmp_path, n=30, classes=CLASSES, **over) -> ReportData:
 
 
 def audit(by_label: dict[str, list[int]]):
-    from coldstart.tasks.report import Audit
+    from coldstart.tasks.reportdata import Audit
 
     c = sum(v[0] for v in by_label.values())
     n = sum(v[1] for v in by_label.values())
@@ -93,7 +91,7 @@ def audit(by_label: dict[str, list[int]]):
 
 
 def test_a_weighted_audit_shows_the_bands_it_rests_on(tmp_path):
-    from coldstart.tasks.report import Audit
+    from coldstart.tasks.reportdata import Audit
 
     au = Audit.of({"round": 3, "n": 40, "correct": 36, "by_label": {"ok": [36, 40]}, "method": "out-of-fold",
                    "drawn_in": [1, 2], "weighted": [0.97, 0.94, 0.99], "auto_labels": 900,
