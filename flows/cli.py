@@ -231,9 +231,8 @@ def cmd_round(a) -> int:
         if batch is not None:
             out = sys.stderr if a.json == "-" else sys.stdout
             if record.nothing_new:  # not the advice to drop files or --force: the wait is the way on
-                rejected = [p for p in record.describe().splitlines() if p.startswith(("REJECTED", "  "))]
-                print("\n".join([*rejected, f"nothing new since round {record.round - 1}: round {batch}'s batch "
-                                 f"is still open"]), file=out)
+                print("\n".join([*record.rejections(), f"nothing new since round {record.round - 1}: round "
+                                 f"{batch}'s batch is still open"]), file=out)
             else:
                 print(_summary(ws, record, started), file=out)
             print(f"waiting for answers to round {batch}'s batch ...", file=out, flush=True)

@@ -129,14 +129,16 @@ class RoundRecord:
         return (f"coldstart round {self.round}: {self.intake.human_labels} human labels, {r.auto} auto labels "
                 f"({t.model})" + (f", mlflow run {self.run_id}" if self.run_id else ""))
 
+    def rejections(self) -> list[str]:
+        """The intake's rejections as summary lines, first: a person has to act on them."""
+        return ["REJECTED " + p.replace("\n", "\n  ") for p in (self.intake.problems if self.intake else [])]
+
     def describe_nothing_new(self) -> str:
-        it = self.intake
-        lines = [f"nothing new since round {self.round - 1}: no new or changed images, no new answers, no change to "
-                 f"params.yaml or dvc.yaml, so no round was made (no tag, MLflow run, model version or review "
-                 f"batch). Answer the open review batch into data/inbox/, or run `coldstart round --force`."]
-        for p in (it.problems if it else []):
-            lines.insert(0, "REJECTED " + p.replace("\n", "\n  "))
-        return "\n".join(lines)
+        return "\n".join([*self.rejections(),
+                          f"nothing new since round {self.round - 1}: no new or changed images, no new answers, no "
+                          f"change to params.yaml or dvc.yaml, so no round was made (no tag, MLflow run, model "
+                          f"version or review batch). Answer the open review batch into data/inbox/, or run "
+                          f"`coldstart round --force`."])
 
     def describe(self) -> str:
         """The terminal summary of the round."""
@@ -182,5 +184,4 @@ class RoundRecord:
         if len(tr.warnings) > 5:
             lines.append(f"  WARNING ... and {len(tr.warnings) - 5} more (all of them: coldstart prompts --workspace DIR)")
         # Rejections first: a person has to act on them (the round exits with status 3).
-        rejected = ["REJECTED " + p.replace("\n", "\n  ") for p in it.problems]
-        return "\n".join(rejected + lines)
+        return "\n".join(self.rejections() + lines)
