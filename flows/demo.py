@@ -2,104 +2,27 @@
 
 The annotator reads each round's review CSV and fills in the true label, exactly as a person
 would in a spreadsheet, then drops the file into data/inbox/. Nothing else is simulated: the
-rounds are the real Prefect flow with real MLflow and DVC.
+rounds are the real Prefect flow with real MLflow and DVC. The digits, their params.yaml and the
+simulated annotator are coldstart.tasks.demodata (shared with the benchmarks and tests).
 """
 
 from __future__ import annotations
 
 import contextlib
-import csv
 import json
 import shutil
 import time
 from pathlib import Path
 
-import numpy as np
-from PIL import Image
-
 from coldstart.models.clip import ClipConfig, load_clip
 from coldstart.models.errors import WeightsUnavailableError
 from coldstart.tasks.commands import command
+from coldstart.tasks.demodata import answer_batch, demo_params, write_digits
 from coldstart.tasks.errors import WorkspaceError
 from coldstart.tasks.relabel import read_resolved
 from coldstart.tasks.workspace import Workspace
 
-DIGITS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 DEMO_MARKER = ".coldstart-demo"
-
-DEMO_PARAMS = """\
-# The coldstart demo: scikit-learn's handwritten digits, ten classes described in words.
-ontology:
-  templates: ["a photo of {{}}.", "a scan of {{}}."]
-  classes:
-{classes}
-model:
-  name: {model}
-  pretrained: {pretrained}
-  device: auto
-  batch_size: 32
-  num_workers: auto
-views:
-  clahe: false
-  tiles: []
-scan:
-  max_pixels: 100000000
-round:
-  budget: {budget}
-  audit_fraction: 0.1
-  first_strategy: typiclust
-  strategy: hybrid
-  confidence_threshold: 0.7
-  threshold_mode: fixed
-  target_precision: 0.95
-  seed: 0
-train:
-  seed: 0
-  C: 1.0
-  cv_folds: 5
-  min_labels: 4
-tracking:
-  uri: null
-  experiment: coldstart-demo
-"""
-
-
-def demo_params(pretrained: str | None, budget: int, model: str = "ViT-B-32") -> str:
-    classes = "\n".join(f'    {name}: ["the digit {name}", "a handwritten {d}", "the number {d}"]'
-                        for d, name in enumerate(DIGITS))
-    return DEMO_PARAMS.format(classes=classes, pretrained="null" if pretrained is None else pretrained, budget=budget,
-                              model=model)
-
-
-def write_digits(images_dir: Path, n: int | None = None, size: int = 128) -> dict[str, str]:
-    """Write the digits as ``size``x``size`` PNGs (dark ink on white); return path -> true class."""
-    from sklearn.datasets import load_digits
-
-    digits = load_digits()
-    truth: dict[str, str] = {}
-    count = len(digits.images) if n is None else min(n, len(digits.images))
-    for k in range(count):
-        pixels = (255 - digits.images[k] * (255.0 / 16.0)).astype(np.uint8)
-        rel = f"scans-{k // 200:02d}/digit-{k:04d}.png"  # no label in the name
-        (images_dir / rel).parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(pixels, "L").resize((size, size), Image.BICUBIC).save(images_dir / rel)
-        truth[rel] = DIGITS[int(digits.target[k])]
-    return truth
-
-
-def answer_batch(review_csv: Path, truth: dict[str, str], inbox: Path, annotator: str = "sim-annotator") -> Path:
-    """Fill in the review CSV's label column from the truth and drop it into the inbox."""
-    with open(review_csv, newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f)
-        rows, fields = list(reader), reader.fieldnames
-    for r in rows:
-        r["label"], r["annotator"] = truth[r["image"]], annotator
-    out = inbox / f"answers-{review_csv.stem}.csv"
-    with open(out, "w", newline="", encoding="utf-8") as f:
-        w = csv.DictWriter(f, fieldnames=fields)
-        w.writeheader()
-        w.writerows(rows)
-    return out
 
 
 def auto_label_accuracy(ws: Workspace, truth: dict[str, str]) -> float | None:

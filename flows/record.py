@@ -13,7 +13,7 @@ import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, TypeVar
 
 from prefect.exceptions import MissingContextError
 from prefect.logging import get_run_logger
@@ -24,6 +24,7 @@ from coldstart.tasks.intake import IntakeResult
 from coldstart.tasks.regions import RegionsResult
 from coldstart.tasks.relabel import RelabelResult
 from coldstart.tasks.report import ReportResult
+from coldstart.tasks.result import StageResult
 from coldstart.tasks.scan import ScanResult
 from coldstart.tasks.select import SelectResult
 from coldstart.tasks.stages import STAGES as REGISTRY
@@ -33,7 +34,17 @@ from coldstart.tasks.version import VersionResult
 from coldstart.tasks.workspace import Workspace, atomic_write_text
 
 # Stage name -> its result type, in round order: the stage registry's (tasks/stages.py).
-STAGES: dict[str, type] = {name: stage.result for name, stage in REGISTRY.items()}
+STAGES: dict[str, type[StageResult]] = {name: stage.result for name, stage in REGISTRY.items()}
+
+_R = TypeVar("_R", bound=StageResult)
+
+
+def _ran(result: _R | None, stage: str) -> _R:
+    """A stage result every made round has: a missing one is named here, not met later as an
+    AttributeError on None."""
+    if result is None:
+        raise ValueError(f"the round record has no {stage} result: the round was not made")
+    return result
 
 
 def _log_stage(round_no: int, stage: str, seconds: float) -> None:
@@ -95,10 +106,13 @@ class RoundRecord:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "RoundRecord":
-        stages = {name: kind.from_dict(data[name]) for name, kind in STAGES.items() if data.get(name)}
-        return cls(round=int(data["round"]), seconds=dict(data.get("seconds", {})),
-                   nothing_new=bool(data.get("nothing_new", False)),
-                   seconds_total=float(data.get("seconds_total", 0.0)), **stages)
+        record = cls(round=int(data["round"]), seconds=dict(data.get("seconds", {})),
+                     nothing_new=bool(data.get("nothing_new", False)),
+                     seconds_total=float(data.get("seconds_total", 0.0)))
+        for name, kind in STAGES.items():  # each field is named after its stage, typed by its result
+            if data.get(name):
+                setattr(record, name, kind.from_dict(data[name]))
+        return record
 
     def save(self, path: Path) -> None:
         atomic_write_text(path, json.dumps(self.to_dict(), indent=2, ensure_ascii=False) + "\n")
@@ -125,8 +139,8 @@ class RoundRecord:
         return batch + [ws.quarantine, ws.metrics_dir / "train.json"] + page
 
     def commit_message(self) -> str:
-        t, r = self.train, self.relabel
-        return (f"coldstart round {self.round}: {self.intake.human_labels} human labels, {r.auto} auto labels "
+        t, r = _ran(self.train, "train"), _ran(self.relabel, "relabel")
+        return (f"coldstart round {self.round}: {_ran(self.intake, 'intake').human_labels} human labels, {r.auto} auto labels "
                 f"({t.model})" + (f", mlflow run {self.run_id}" if self.run_id else ""))
 
     def rejections(self) -> list[str]:
@@ -147,7 +161,8 @@ class RoundRecord:
 
         if self.nothing_new:
             return self.describe_nothing_new()
-        sc, em, it, tr, rl, se, au = self.scan, self.embed, self.intake, self.train, self.relabel, self.select, self.audit
+        sc, em, it = _ran(self.scan, "scan"), _ran(self.embed, "embed"), _ran(self.intake, "intake")
+        tr, rl, se, au = _ran(self.train, "train"), _ran(self.relabel, "relabel"), _ran(self.select, "select"), self.audit
         audit = "no audit answers yet" if rl.auto else "no auto labels to audit: every image has a human label"
         if au is not None and au.n and rl.auto:
             whose = "this round's" if au.round == self.round else f"round {au.round}'s"

@@ -10,10 +10,11 @@ derive it before they exit.
 from __future__ import annotations
 
 import json
+import sys
 from types import SimpleNamespace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
-from coldstart.tasks.commands import command
+from coldstart.tasks.commands import command, write_json
 from coldstart.tasks.config import StopConfig
 from coldstart.tasks.workspace import Workspace, atomic_write_text, read_csv
 from coldstart.version import __version__
@@ -26,7 +27,42 @@ CACHE = "status.json"  # in .coldstart/: derived parts of the status, keyed by t
 CACHE_VERSION = 1
 
 
-def stopping(stop: StopConfig, last: "RoundRecord", review_policy: str = "custom") -> tuple[bool, list[str], list[str]]:
+# What `stopping` reads of a round: a RoundRecord has it, and so has the light record that
+# `status` builds from round.json without importing the stage modules (``_light_record``).
+class _IntakeFacts(Protocol):
+    @property
+    def human_labels(self) -> int: ...
+
+
+class _RelabelFacts(Protocol):
+    @property
+    def images(self) -> int: ...
+    @property
+    def auto(self) -> int: ...
+    @property
+    def churn(self) -> float | None: ...
+    @property
+    def below_threshold(self) -> int: ...
+
+
+class _AuditFacts(Protocol):
+    @property
+    def n(self) -> int: ...
+    @property
+    def lower_bound(self) -> float | None: ...
+    def describe(self) -> str: ...
+
+
+class RoundFacts(Protocol):
+    @property
+    def intake(self) -> _IntakeFacts | None: ...
+    @property
+    def relabel(self) -> _RelabelFacts | None: ...
+    @property
+    def audit(self) -> _AuditFacts | None: ...
+
+
+def stopping(stop: StopConfig, last: RoundFacts, review_policy: str = "custom") -> tuple[bool, list[str], list[str]]:
     """Is the dataset done? (done, the criteria that hold, why each other one does not), from
     the last round's record and params.stop. Any one criterion is enough. Each rests on evidence
     a round that asked nothing cannot fake: the human-label count, an audit bound, or low churn
@@ -39,7 +75,8 @@ def stopping(stop: StopConfig, last: "RoundRecord", review_policy: str = "custom
     before, held only ~83% of the time at small n and accuracies near 1. With
     ``round.review_policy: critical`` every auto label goes to review, so neither the audit nor
     settled labels make it done: only no auto label left (or the label budget)."""
-    met, unmet = [], []
+    met: list[str] = []
+    unmet: list[str] = []
     humans = last.intake.human_labels if last.intake else 0
     if stop.max_labels is not None:
         (met if humans >= stop.max_labels else unmet).append(
@@ -68,6 +105,7 @@ def stopping(stop: StopConfig, last: "RoundRecord", review_policy: str = "custom
                        f"{stop.churn_below:.2%}) and {share:.1%} of auto labels are below the threshold "
                        f"(<= stop.max_below_threshold={stop.max_below_threshold:.0%})")
         else:
+            assert rl is not None, "churn is known only from a relabel result"
             why = [f"{churn:.2%} changed in the last round (stop.churn_below={stop.churn_below:.2%})"] \
                 if churn >= stop.churn_below else []
             if share > stop.max_below_threshold:
@@ -77,7 +115,7 @@ def stopping(stop: StopConfig, last: "RoundRecord", review_policy: str = "custom
     if stop.audit_lower_bound is not None:
         au = last.audit if last.audit and last.audit.n else None
         bound = au.lower_bound if au else None
-        if bound is not None and bound >= stop.audit_lower_bound:
+        if au is not None and bound is not None and bound >= stop.audit_lower_bound:
             met.append(f"audited auto-label accuracy is at least {bound:.2%} with 95% confidence "
                        f"(>= stop.audit_lower_bound={stop.audit_lower_bound:.0%}; {au.describe()})")
         else:
@@ -196,7 +234,7 @@ def workspace_status(ws: Workspace) -> dict:
     last = _light_record(facts) if facts else None
     done, why, why_not = stopping(params.stop, last, params.round.review_policy) if last else (False, [], [])
     audit = last.audit if last else None
-    has_audit = bool(audit and audit.n)
+    answered = audit if audit is not None and audit.n else None  # an audit with answered items
     labels = _label_counts(ws)
     images, files = _image_counts(ws)
     report = ws.root / "data" / "reports" / f"round-{tags[-1]:03d}.html" if tags else None
@@ -209,10 +247,10 @@ def workspace_status(ws: Workspace) -> dict:
         # one-sided 95% lower bound the stopping rule uses, and how many audit items it rests on.
         "last_audit": {"audit_round": audit.round if audit else None, "audit_n": audit.n if audit else 0,
                        "audit_accuracy": audit.accuracy if audit else None,
-                       "audit_interval": audit.interval if has_audit else None,
-                       "audit_lower_bound": audit.lower_bound if has_audit else None,
-                       "audit_method": audit.method if has_audit else None,
-                       "audit_summary": audit.summary if has_audit else None},
+                       "audit_interval": answered.interval if answered is not None else None,
+                       "audit_lower_bound": answered.lower_bound if answered is not None else None,
+                       "audit_method": answered.method if answered is not None else None,
+                       "audit_summary": answered.summary if answered is not None else None},
         "review_policy": params.round.review_policy,
         "report": ws.rel(report) if report is not None and report.is_file() else None,
         "last_churn": last.relabel.churn if last and last.relabel else None,
@@ -287,3 +325,12 @@ def _quote(path: str) -> str:
     import shlex
 
     return shlex.quote(path)
+
+
+def cmd_status(a) -> int:
+    """`coldstart status`: the summary on the terminal, and as JSON where --json says."""
+    s = workspace_status(Workspace.open(a.workspace))
+    print(format_status(s), file=sys.stderr if a.json == "-" else sys.stdout)  # stdout: the JSON
+    write_json(a.json, s)
+    return 0
+

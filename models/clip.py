@@ -19,7 +19,7 @@ import threading
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable, Protocol, cast
 
 import numpy as np
 import torch
@@ -55,8 +55,39 @@ MULTILINGUAL_SETUP = ("multilingual open_clip models read text through Hugging F
                       "must be given as model.pretrained: local-dir:/folder with the tokenizer files inside")
 
 
+class ClipModel(Protocol):
+    """What the code that encodes needs of a CLIP model: a :class:`LoadedClip`, or a
+    :class:`LazyClip` handle that builds one on first use. Annotate with this, so a stage can be
+    handed the lazy handle and a model is only built when something is encoded."""
+
+    @property
+    def model(self) -> torch.nn.Module: ...
+    @property
+    def preprocess(self) -> Callable: ...
+    @property
+    def tokenizer(self) -> Callable: ...
+    @property
+    def device(self) -> torch.device: ...
+    @property
+    def model_id(self) -> str: ...
+    @property
+    def image_size(self) -> int: ...
+    @property
+    def embed_dim(self) -> int: ...
+    @property
+    def autocast_dtype(self) -> torch.dtype | None: ...
+    @property
+    def logit_scale(self) -> float: ...
+    def encode_images(self, pixels: torch.Tensor) -> np.ndarray: ...
+    def encode_text(self, texts: list[str], batch_size: int = 256) -> np.ndarray: ...
+
+
+# open_clip's CLIP is untyped; torch types its methods, seen through nn.Module, as Tensor | Module.
+_Encode = Callable[[torch.Tensor], torch.Tensor]
+
+
 @dataclass
-class ClipModel:
+class LoadedClip:
     """A loaded open_clip model with its preprocessing and tokenizer.
 
     ``encode_images`` takes a float tensor ``(B, 3, S, S)`` already passed through
@@ -74,26 +105,28 @@ class ClipModel:
 
     @property
     def logit_scale(self) -> float:
-        return float(self.model.logit_scale.exp().item())
+        return float(cast(torch.Tensor, self.model.logit_scale).exp().item())
 
     @torch.inference_mode()
     def encode_images(self, pixels: torch.Tensor) -> np.ndarray:
         pixels = pixels.to(self.device, non_blocking=True)
+        encode_image = cast(_Encode, self.model.encode_image)
         if self.autocast_dtype is None:
-            feats = self.model.encode_image(pixels)
+            feats = encode_image(pixels)
         else:
             with torch.autocast(self.device.type, dtype=self.autocast_dtype):
-                feats = self.model.encode_image(pixels)
+                feats = encode_image(pixels)
         feats = torch.nn.functional.normalize(feats.float(), dim=-1)
         return feats.cpu().numpy().astype(np.float32, copy=False)
 
     @torch.inference_mode()
     def encode_text(self, texts: list[str], batch_size: int = 256) -> np.ndarray:
         """``texts`` (N,) -> L2-normalised ``(N, D)`` float32."""
+        encode = cast(_Encode, self.model.encode_text)
         out = []
         for i in range(0, len(texts), batch_size):
             tokens = self.tokenizer(texts[i : i + batch_size]).to(self.device)
-            feats = self.model.encode_text(tokens)
+            feats = encode(tokens)
             out.append(torch.nn.functional.normalize(feats.float(), dim=-1).cpu().numpy())
         return np.concatenate(out).astype(np.float32, copy=False)
 
@@ -161,15 +194,33 @@ class LazyClip:
     without building it, so a round with nothing new to embed and cached text weights never
     imports open_clip's model code (1-2 s per round, and seconds more for a large model)."""
 
-    def __init__(self, cfg: ClipConfig):
-        self.cfg, self.model_id, self._model = cfg, model_id_for(cfg), None
+    # The built model's attributes, forwarded by __getattr__ (declared only, for the type checker:
+    # a class attribute here would shadow the forwarding).
+    model: torch.nn.Module
+    preprocess: Callable
+    tokenizer: Callable
+    device: torch.device
+    image_size: int
+    embed_dim: int
+    autocast_dtype: torch.dtype | None
+    logit_scale: float
 
-    def load(self) -> ClipModel:
+    def __init__(self, cfg: ClipConfig):
+        self.cfg, self.model_id = cfg, model_id_for(cfg)
+        self._model: LoadedClip | None = None
+
+    def load(self) -> LoadedClip:
         if self._model is None:
             self._model = load_clip(self.cfg)
         return self._model
 
-    def __getattr__(self, name: str):
+    def encode_images(self, pixels: torch.Tensor) -> np.ndarray:
+        return self.load().encode_images(pixels)
+
+    def encode_text(self, texts: list[str], batch_size: int = 256) -> np.ndarray:
+        return self.load().encode_text(texts, batch_size)
+
+    def __getattr__(self, name: str) -> Any:
         if name.startswith("_"):  # copy/pickle/introspection probes must not build the model
             raise AttributeError(name)
         return getattr(self.load(), name)
@@ -178,7 +229,7 @@ class LazyClip:
         return f"LazyClip({self.model_id}, {'built' if self._model is not None else 'not built yet'})"
 
 
-def load_clip(cfg: ClipConfig, *, fresh: bool = False) -> ClipModel:
+def load_clip(cfg: ClipConfig, *, fresh: bool = False) -> LoadedClip:
     """Build the model once per process (cached); raise a clear error when weights are missing.
 
     ``fresh=True`` builds a private copy, for code that changes the weights (fine-tuning).
@@ -187,70 +238,24 @@ def load_clip(cfg: ClipConfig, *, fresh: bool = False) -> ClipModel:
 
 
 @functools.lru_cache(maxsize=2)
-def _load_clip_cached(cfg: ClipConfig) -> ClipModel:
+def _load_clip_cached(cfg: ClipConfig) -> LoadedClip:
+    """Check the settings (cheap, clear errors first), then build the model, its preprocessing and
+    tokenizer. Cached because building takes seconds and every stage of a round asks for it."""
     import open_clip
 
     register_project_configs()
-    local_dir = cfg.pretrained is not None and cfg.pretrained.startswith("local-dir:")
-    if cfg.name not in open_clip.list_models() and not local_dir:
-        raise ConfigError(
-            f"model.name: unknown open_clip architecture {cfg.name!r} "
-            f"(see `python -c 'import open_clip; print(open_clip.list_models())'`)"
-        )
+    _check_architecture(cfg)
     device = resolve_device(cfg.device)
     pre = cfg.pretrained
-    kind = "random"
-    if pre is not None:
-        if pre.startswith("local-dir:"):
-            kind = "dir"
-            if not Path(pre.removeprefix("local-dir:")).is_dir():
-                raise _missing(pre)
-        elif Path(pre).suffix in {".pt", ".pth", ".bin", ".safetensors"} or os.sep in pre:
-            kind = "file"
-            if not Path(pre).is_file():
-                raise _missing(pre)
-        else:
-            kind = "tag"
-            tags = open_clip.list_pretrained_tags_by_model(cfg.name)
-            if pre not in tags:
-                raise ConfigError(
-                    f"model.pretrained: {pre!r} is not a pretrained tag of {cfg.name}; "
-                    f"valid tags: {', '.join(tags) or '(none)'}; or give a local checkpoint path"
-                )
+    kind = _weights_kind(cfg.name, pre)
     model_id = model_id_for(cfg)
-    if _uses_hf_text(cfg.name):
-        try:
-            import transformers  # noqa: F401
-        except ImportError:
-            raise WeightsUnavailableError(f"model.name {cfg.name}: {MULTILINGUAL_SETUP}") from None
+    _check_text_dependencies(cfg.name)
     src = None
     if kind == "tag":
-        # Decide before open_clip runs: offline, huggingface_hub retries each file 5 times with
-        # backoff (~45 s) and prints a warning per try. Cached weights load with the hub forced
-        # offline; otherwise one short probe tells whether a download can work at all.
-        src = _tag_source(cfg.name, pre)
-        if src.cached is None and _hub_offline():
-            raise WeightsUnavailableError(_weights_error(
-                cfg.name, pre, src, f"not in the local cache, and HF_HUB_OFFLINE is set so {src.label} was not "
-                f"contacted", f"the local cache ({src.looked_at})", "unset HF_HUB_OFFLINE, or "))
-        if src.cached is None and (why := _probe(src.url)):
-            raise WeightsUnavailableError(_weights_error(
-                cfg.name, pre, src, f"not in the local cache and {src.label} is unreachable",
-                f"the local cache ({src.looked_at}) and one probe of {src.url} ({why})"))
+        assert pre is not None  # _weights_kind calls pretrained=None "random"
+        src = _reachable_tag_source(cfg.name, pre)
     torch.manual_seed(RANDOM_SEED)  # random weights must be identical in every process
-    try:
-        with contextlib.nullcontext() if src is None else _quiet_hub(offline=src.cached is not None):
-            # open_clip takes local-dir: as the model name (the folder's open_clip_config.json gives
-            # the architecture, its checkpoint the weights), never as `pretrained`.
-            name_or_dir, weights = (pre, None) if kind == "dir" else (cfg.name, pre)
-            model, _, preprocess = open_clip.create_model_and_transforms(name_or_dir, pretrained=weights, device=device)
-    except Exception as e:  # open_clip raises many kinds: hub errors, RuntimeError on bad state dicts
-        if src is not None:
-            cause, tried = ((f"the cached file did not load ({_first_line(e)})", f"the local cache ({src.cached})")
-                            if src.cached else (f"the download from {src.label} failed ({_first_line(e)})",
-                                                f"the local cache ({src.looked_at}) and {src.url} (reachable)"))
-            raise WeightsUnavailableError(_weights_error(cfg.name, pre, src, cause, tried)) from e
-        raise WeightsUnavailableError(f"could not load weights {pre} into {cfg.name}: {e}") from e
+    model, preprocess = _create_model(cfg, kind, src, device)
     model.eval()
     if pre is None:
         log.warning("model %s has RANDOM weights: zero-shot labels are meaningless", cfg.name)
@@ -260,8 +265,98 @@ def _load_clip_cached(cfg: ClipConfig) -> ClipModel:
         raise WeightsUnavailableError(f"the tokenizer of {cfg.name} could not be loaded ({e}); {MULTILINGUAL_SETUP}") from e
     size = model.visual.image_size
     size = int(size[0] if isinstance(size, (tuple, list)) else size)
-    return ClipModel(model, preprocess, tokenizer, device, model_id, size, int(model.visual.output_dim),
-                     autocast_dtype(cfg.precision, device))
+    return LoadedClip(model, preprocess, tokenizer, device, model_id, size, int(model.visual.output_dim),
+                      autocast_dtype(cfg.precision, device))
+
+
+def _check_architecture(cfg: ClipConfig) -> None:
+    """Refuse an unknown ``model.name`` before anything is loaded, with where to find valid names
+    (open_clip's own error would come later, from deep inside model creation). A ``local-dir:``
+    folder names its architecture in its own config, so the name is not checked then."""
+    import open_clip
+
+    local_dir = cfg.pretrained is not None and cfg.pretrained.startswith("local-dir:")
+    if cfg.name not in open_clip.list_models() and not local_dir:
+        raise ConfigError(
+            f"model.name: unknown open_clip architecture {cfg.name!r} "
+            f"(see `python -c 'import open_clip; print(open_clip.list_models())'`)"
+        )
+
+
+def _weights_kind(name: str, pre: str | None) -> str:
+    """What ``model.pretrained`` is: random, dir, file or tag. Checked here, before open_clip runs,
+    so a missing file or a mistyped tag is one clear error naming the setting, not a hub lookup
+    that fails later (a string that is neither a path nor a known tag is refused)."""
+    import open_clip
+
+    if pre is None:
+        return "random"
+    if pre.startswith("local-dir:"):
+        if not Path(pre.removeprefix("local-dir:")).is_dir():
+            raise _missing(pre)
+        return "dir"
+    if Path(pre).suffix in {".pt", ".pth", ".bin", ".safetensors"} or os.sep in pre:
+        if not Path(pre).is_file():
+            raise _missing(pre)
+        return "file"
+    tags = open_clip.list_pretrained_tags_by_model(name)
+    if pre not in tags:
+        raise ConfigError(
+            f"model.pretrained: {pre!r} is not a pretrained tag of {name}; "
+            f"valid tags: {', '.join(tags) or '(none)'}; or give a local checkpoint path"
+        )
+    return "tag"
+
+
+def _check_text_dependencies(name: str) -> None:
+    """Multilingual models read text through `transformers`, an optional extra: say how to install
+    it up front instead of failing with an ImportError from inside open_clip."""
+    if _uses_hf_text(name):
+        try:
+            import transformers  # noqa: F401
+        except ImportError:
+            raise WeightsUnavailableError(f"model.name {name}: {MULTILINGUAL_SETUP}") from None
+
+
+def _reachable_tag_source(name: str, tag: str) -> _TagSource:
+    """Where a pretrained tag's weights come from, refusing at once when they cannot be had.
+
+    Decided before open_clip runs: offline, huggingface_hub retries each file 5 times with
+    backoff (~45 s) and prints a warning per try. Cached weights load with the hub forced
+    offline; otherwise one short probe tells whether a download can work at all."""
+    src = _tag_source(name, tag)
+    if src.cached is None and _hub_offline():
+        raise WeightsUnavailableError(_weights_error(
+            name, tag, src, f"not in the local cache, and HF_HUB_OFFLINE is set so {src.label} was not "
+            f"contacted", f"the local cache ({src.looked_at})", "unset HF_HUB_OFFLINE, or "))
+    if src.cached is None and (why := _probe(src.url)):
+        raise WeightsUnavailableError(_weights_error(
+            name, tag, src, f"not in the local cache and {src.label} is unreachable",
+            f"the local cache ({src.looked_at}) and one probe of {src.url} ({why})"))
+    return src
+
+
+def _create_model(cfg: ClipConfig, kind: str, src: _TagSource | None, device: torch.device) -> tuple[Any, Callable]:
+    """open_clip's model (untyped, hence Any) and image preprocessing. open_clip raises many kinds
+    of errors (hub errors, RuntimeError on bad state dicts): each becomes one
+    WeightsUnavailableError line saying what failed, what was tried and how to fix it."""
+    import open_clip
+
+    pre = cfg.pretrained
+    try:
+        with contextlib.nullcontext() if src is None else _quiet_hub(offline=src.cached is not None):
+            # open_clip takes local-dir: as the model name (the folder's open_clip_config.json gives
+            # the architecture, its checkpoint the weights), never as `pretrained`.
+            name_or_dir, weights = (pre, None) if kind == "dir" else (cfg.name, pre)
+            model, _, preprocess = open_clip.create_model_and_transforms(name_or_dir, pretrained=weights, device=device)
+    except Exception as e:
+        if src is not None and pre is not None:  # src: a tag's source, so pretrained is that tag
+            cause, tried = ((f"the cached file did not load ({_first_line(e)})", f"the local cache ({src.cached})")
+                            if src.cached else (f"the download from {src.label} failed ({_first_line(e)})",
+                                                f"the local cache ({src.looked_at}) and {src.url} (reachable)"))
+            raise WeightsUnavailableError(_weights_error(cfg.name, pre, src, cause, tried)) from e
+        raise WeightsUnavailableError(f"could not load weights {pre} into {cfg.name}: {e}") from e
+    return model, preprocess
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, cast
 
 import numpy as np
 import torch
@@ -32,22 +33,25 @@ class FinetuneConfig:
 
 def trainable_parameters(clip: ClipModel, blocks: int) -> list[torch.nn.Parameter]:
     """Freeze the whole model, then unfreeze the last ``blocks`` vision blocks, ln_post, proj."""
-    visual = clip.model.visual
+    # open_clip's towers are plain nn.Modules to the type checker: name what these attributes are.
+    visual = cast(torch.nn.Module, clip.model.visual)
     if not hasattr(visual, "transformer") or not hasattr(visual.transformer, "resblocks"):
         raise ValueError(f"{clip.model_id}: fine-tuning supports ViT image towers (no transformer.resblocks here)")
-    n = len(visual.transformer.resblocks)
+    resblocks = cast(torch.nn.ModuleList, cast(torch.nn.Module, visual.transformer).resblocks)
+    n = len(resblocks)
     if not 1 <= blocks <= n:
         raise ValueError(f"blocks must be between 1 and {n} for {clip.model_id}, got {blocks}")
     for p in clip.model.parameters():
         p.requires_grad_(False)
     params = []
-    for module in list(visual.transformer.resblocks[n - blocks :]) + [visual.ln_post]:
+    for module in list(resblocks[n - blocks :]) + [cast(torch.nn.Module, visual.ln_post)]:
         for p in module.parameters():
             p.requires_grad_(True)
             params.append(p)
-    if isinstance(getattr(visual, "proj", None), torch.nn.Parameter):
-        visual.proj.requires_grad_(True)
-        params.append(visual.proj)
+    proj = getattr(visual, "proj", None)
+    if isinstance(proj, torch.nn.Parameter):
+        proj.requires_grad_(True)
+        params.append(proj)
     return params
 
 
@@ -67,13 +71,14 @@ def finetune(clip: ClipModel, batches, head: LinearHead, cfg: FinetuneConfig) ->
     use_amp = device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     clip.model.train()
+    encode_image = cast(Callable[[torch.Tensor], torch.Tensor], clip.model.encode_image)
     try:
         for epoch in range(cfg.epochs):
             total, count = 0.0, 0
             for pixels, labels in batches:
                 pixels, labels = pixels.to(device), labels.to(device)
                 with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
-                    feats = torch.nn.functional.normalize(clip.model.encode_image(pixels), dim=-1)
+                    feats = torch.nn.functional.normalize(encode_image(pixels), dim=-1)
                     loss = torch.nn.functional.cross_entropy(linear(feats.float()), labels)
                 optim.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from coldstart.models.errors import ConfigError
 
 if TYPE_CHECKING:
-    from coldstart.models.sam import GeneratorSettings, SamModel
+    from coldstart.models.sam import CleanupSettings, GeneratorSettings, SamModel
 
 _LOW_RES = 256  # the mask decoder's output side: one logit per 4x4 block of the 1024 input
 _DECODE_PROMPTS = 16
@@ -57,8 +57,8 @@ class ImageEmbedding:
     @classmethod
     def load(cls, path: Path) -> ImageEmbedding:
         with np.load(path) as z:
-            return cls(z["features"], tuple(int(v) for v in z["original_size"]),
-                       tuple(int(v) for v in z["input_size"]), str(z["model_id"]))
+            (oh, ow), (ih, iw) = (int(v) for v in z["original_size"]), (int(v) for v in z["input_size"])
+            return cls(z["features"], (oh, ow), (ih, iw), str(z["model_id"]))
 
 
 def _check_image(image: np.ndarray) -> None:
@@ -82,7 +82,8 @@ def image_embedding(sam: SamModel, image: np.ndarray) -> ImageEmbedding:
                           (int(resized.shape[0]), int(resized.shape[1])), sam.model_id)
 
 
-def _decode(sam: SamModel, emb: ImageEmbedding, points: torch.Tensor | None, boxes: torch.Tensor | None,
+def _decode(sam: SamModel, emb: ImageEmbedding, points: tuple[torch.Tensor, torch.Tensor] | None,
+            boxes: torch.Tensor | None,
             multimask: bool, iou_thresh: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Prompts in the 1024 input frame -> low-res logits (B, C, h, 256) and predicted IoU (B, C):
     the rows of the 256 grid over the image and one more (below them is only padding).
@@ -205,8 +206,9 @@ class _Candidates:
     def cat(parts: list[_Candidates]) -> _Candidates | None:
         if not parts:
             return None
-        return _Candidates([t for p in parts for t in p.low], *(torch.cat([getattr(p, k) for p in parts]) for k in
-                           ("iou", "stability", "boxes", "points", "crop_boxes")),
+        return _Candidates([t for p in parts for t in p.low], torch.cat([p.iou for p in parts]),
+                           torch.cat([p.stability for p in parts]), torch.cat([p.boxes for p in parts]),
+                           torch.cat([p.points for p in parts]), torch.cat([p.crop_boxes for p in parts]),
                            [s for p in parts for s in p.input_sizes])
 
 
@@ -350,7 +352,7 @@ def _quality_order(masks: Sequence[dict[str, Any]]) -> list[int]:
     return sorted(range(len(masks)), key=lambda i: (-masks[i]["predicted_iou"], -masks[i]["stability_score"], i))
 
 
-def cleanup(masks: Sequence[dict[str, Any]], cfg: GeneratorSettings,
+def cleanup(masks: Sequence[dict[str, Any]], cfg: CleanupSettings,
             labels: Sequence[Any] | None = None) -> tuple[list[dict[str, Any]], dict[str, int]]:
     """Apply the over-segmentation rules to ``masks`` (records as :func:`generate_masks` returns).
 

@@ -262,15 +262,19 @@ def fit_zs_probe(X: np.ndarray, y: np.ndarray, W0: np.ndarray, *, folds: int = 5
     L = len(W0)
     cv = list(splits(y, folds, seed)) if len(y) >= 2 else []
     plain = [(tr, te, (X[tr], y[tr], 0)) for tr, te in cv]
-    best, warm = None, [None] * len(cv)
+    best: tuple[float, float, np.ndarray, list[LinearHead | None]] | None = None
+    warm: list[LinearHead | None] = [None] * len(cv)
     for lam in sorted(lambdas, reverse=True):  # strongest pull first; each fit warm-starts the next
         oof = np.zeros((len(y), L), np.float32)
         for f, (_, te, (Xtr, ytr, _n)) in enumerate(plain):
-            warm[f] = _fit_prior(Xtr, ytr, W0, lam, warm[f])
-            oof[te] = warm[f].predict_proba(X[te])
+            fold_head = _fit_prior(Xtr, ytr, W0, lam, warm[f])
+            warm[f] = fold_head
+            oof[te] = fold_head.predict_proba(X[te])
         acc = float((oof.argmax(1) == y).mean()) if cv else 0.0
         if best is None or acc > best[1]:
             best = (lam, acc, oof, list(warm))
+    if best is None:
+        raise ValueError("fit_zs_probe: lambdas is empty; give at least one pull strength")
     lam, acc, oof, starts = best
     if self_training is not None and cv:
         oof = np.zeros((len(y), L), np.float32)

@@ -77,6 +77,24 @@ class GeneratorSettings(Protocol):
     def min_mask_region_area(self) -> int: ...
 
 
+class CleanupSettings(Protocol):
+    """The over-segmentation cleanup rules run after the generator (masks.cleanup; the
+    ``regions.*`` keys of params.yaml of the same names)."""
+
+    @property
+    def min_area(self) -> int: ...
+    @property
+    def max_area_fraction(self) -> float: ...
+    @property
+    def mask_nms_thresh(self) -> float: ...
+    @property
+    def containment_thresh(self) -> float: ...
+    @property
+    def one_mask_per_pixel(self) -> bool: ...
+    @property
+    def max_regions_per_image(self) -> int: ...
+
+
 @dataclass
 class SamModel:
     """A loaded SAM: the torch ``Sam`` module (eval mode, on ``device``) and its cache id.

@@ -65,7 +65,8 @@ def _token_to_image(attn, q_tokens: Tensor, keys: Tensor, key_pe: Tensor) -> Ten
     return attn.out_proj(out.transpose(1, 2).reshape(b, t, -1))
 
 
-def _image_to_token(attn, keys: Tensor, key_pe: Tensor, q_tokens: Tensor, tokens: Tensor) -> Tensor:
+def _image_to_token(attn, keys: Tensor, key_pe: Tensor, q_tokens: Tensor,
+                    tokens: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """``attn(q=keys + key_pe, k=q_tokens, v=tokens)``: image keys (1 or B, N, C) read the tokens
     (B, T, C); returns the (B, N, C) update as ``P @ M + b_out`` with P (B, N, h*T), M (B, h*T, C), as (P, M, b_out)."""
     h = attn.num_heads

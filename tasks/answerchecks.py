@@ -85,8 +85,9 @@ class RegionIndex:
         from pycocotools import mask as mask_utils
 
         size = list(rle["size"])
+        # masks() and get() read the same table: every region of masks() is known to get()
         found = [(r, {"size": size, "counts": c.encode("ascii")}) for r, c in self.masks(image_id)
-                 if list(self.get(r)[2:]) == size]
+                 if (known := self.get(r)) is not None and list(known[2:]) == size]
         if not found:
             return None
         ious = mask_utils.iou([m for _, m in found], [{"size": size, "counts": rle["counts"].encode("ascii")}],

@@ -71,8 +71,6 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
-from prefect import task
-from prefect.cache_policies import NO_CACHE
 
 from coldstart.tasks.labellog import human_labels, read_events
 from coldstart.tasks.result import IN_MEMORY, StageResult
@@ -305,7 +303,9 @@ class AuditEstimate(StageResult):
         """``96.0% correct (95% CI 91.2-98.7%, n=75, out-of-fold on the audits of rounds 1-5)``."""
         if not self.n:
             return "no answered audit items yet"
-        lo, hi = self.interval
+        accuracy, interval = self.accuracy, self.interval
+        assert accuracy is not None and interval is not None, "both are known once an item was answered"
+        lo, hi = interval
         rounds = sorted(set(self.drawn_in))
         where = (f"rounds {rounds[0]}-{rounds[-1]}" if len(rounds) > 1 else f"round {rounds[0]}") if rounds \
             else f"round {self.round}"
@@ -313,7 +313,7 @@ class AuditEstimate(StageResult):
         if self.weighted:
             how += (f", {self.correct}/{self.n} right, weighted by confidence band to {self.auto_labels:,} "
                     f"auto labels")
-        return f"{100 * self.accuracy:.1f}% correct (95% CI {100 * lo:.1f}-{100 * hi:.1f}%, n={self.n}, {how})"
+        return f"{100 * accuracy:.1f}% correct (95% CI {100 * lo:.1f}-{100 * hi:.1f}%, n={self.n}, {how})"
 
     def metrics(self) -> dict[str, float | None]:
         low, high = self.interval or (None, None)
@@ -435,8 +435,3 @@ def audit(ws: Workspace, round_no: int) -> AuditEstimate | None:
     except Exception as e:  # no store yet, or an unreadable one: the train stage reports it
         log.warning("audit: cannot line the audit items up with the training samples (%s)", e)
     return est
-
-
-@task(name="audit", cache_policy=NO_CACHE)
-def audit_task(ws: Workspace, round_no: int) -> AuditEstimate | None:
-    return audit(ws, round_no)

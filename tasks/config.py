@@ -82,7 +82,7 @@ class OntologyConfig(_Section):
     templates: list[str] = Field(default_factory=lambda: ["a photo of {}."])
     negative_label: str = "ok"
     # Two classes whose text embeddings have a cosine above this are reported as confusable.
-    confusable_threshold: float = Field(0.95, gt=0, le=1)
+    confusable_threshold: float = Field(default=0.95, gt=0, le=1)
     classes: dict[str, ClassSpec]
 
     @field_validator("templates", mode="before")
@@ -147,7 +147,7 @@ class ModelConfig(_Section):
     pretrained: str | None = "laion2b_s34b_b79k"
     device: str = "auto"
     precision: Literal["auto", "fp32", "fp16", "bf16"] = "auto"  # auto: fp32 on CPU, fp16 autocast on CUDA
-    batch_size: int = Field(32, ge=1, le=4096)
+    batch_size: int = Field(default=32, ge=1, le=4096)
     # DataLoader workers decoding images while the model computes; 'auto' picks by core count.
     num_workers: int | Literal["auto"] = "auto"
 
@@ -162,11 +162,11 @@ class ViewsConfig(_Section):
     """What the model sees of each image: optional CLAHE, and optional sliding-window tiles."""
 
     clahe: bool = False  # contrast-limited adaptive histogram equalisation (faint defects)
-    clahe_clip_limit: float = Field(2.0, gt=0)
-    clahe_tiles: int = Field(8, ge=1, le=64)
+    clahe_clip_limit: float = Field(default=2.0, gt=0)
+    clahe_tiles: int = Field(default=8, ge=1, le=64)
     tiles: list[TileSpec] = Field(default_factory=list)
     aggregate: Literal["max", "mean", "topk"] = "max"  # per class, over the global view and the tiles
-    topk: int = Field(3, ge=1)
+    topk: int = Field(default=3, ge=1)
 
     def key(self, kind: str) -> str:
         """Cache key of a view: 'global' or 'tiles-...', plus the preprocessing that changes pixels."""
@@ -177,16 +177,16 @@ class ViewsConfig(_Section):
 class ScanConfig(_Section):
     # Decompression bombs: refuse images above this many pixels before decoding them. The one
     # pixel limit: Pillow's own (Image.MAX_IMAGE_PIXELS, 89.5 Mpx) does not apply on top of it.
-    max_pixels: int = Field(100_000_000, ge=1)
+    max_pixels: int = Field(default=100_000_000, ge=1)
     # Long side / short side. The model resizes the short side to ~224 px, so a 20000x1 strip
     # (144 bytes as PNG) would become 4.5e9 pixels; at 20:1 the worst case is 224*4480 = 1 Mpx,
     # and the centre crop still sees 1/20 of the image. Real panoramas are rarely over 12:1.
-    max_aspect_ratio: float = Field(20.0, ge=1)
+    max_aspect_ratio: float = Field(default=20.0, ge=1)
     # Checked from the file's size before it is read (the scan reads a new file whole to hash it).
-    max_file_mb: float = Field(200.0, gt=0)
+    max_file_mb: float = Field(default=200.0, gt=0)
     # Pillow formats an image may have (by content, not extension). Never EPS/PS/PDF: Pillow
     # hands those to Ghostscript, an interpreter. Multi-picture JPEGs (MPO) come with JPEG.
-    formats: list[str] = Field(["JPEG", "PNG", "WEBP", "BMP", "TIFF", "GIF"], validate_default=True)
+    formats: list[str] = Field(default=["JPEG", "PNG", "WEBP", "BMP", "TIFF", "GIF"], validate_default=True)
     extensions: list[str] | None = None  # null: every file is tried (a wrong one is quarantined)
 
     @field_validator("formats")
@@ -209,27 +209,27 @@ class TrainConfig(_Section):
     seed: int = 0
     # auto: the best by cross-validation on the human labels among zero-shot, probe, zs-probe.
     model: Literal["auto", "zero-shot", "probe", "zs-probe"] = "auto"
-    C: float = Field(1.0, gt=0)  # inverse L2 strength of the plain probe
-    cv_folds: int = Field(5, ge=2)
-    min_labels: int = Field(4, ge=2)  # fewer human labels than this: no probe is fitted
+    C: float = Field(default=1.0, gt=0)  # inverse L2 strength of the plain probe
+    cv_folds: int = Field(default=5, ge=2)
+    min_labels: int = Field(default=4, ge=2)  # fewer human labels than this: no probe is fitted
     # Self-training: label spreading gives unlabeled images with confidence >= this a pseudo-label
     # for training (null: off). Only when the pool has at most self_training_max_pool images.
-    self_training: float | None = Field(0.9, gt=0, le=1)
-    self_training_max_pool: int = Field(20000, ge=10)
+    self_training: float | None = Field(default=0.9, gt=0, le=1)
+    self_training_max_pool: int = Field(default=20000, ge=10)
 
 
 class StopConfig(_Section):
     """When is the dataset done? Any one criterion met is enough; null turns one off."""
 
-    max_labels: int | None = Field(None, ge=1)  # the human-label budget
+    max_labels: int | None = Field(default=None, ge=1)  # the human-label budget
     # Labels have settled: fewer than this share changed in the last round, AND at most
     # max_below_threshold of the auto labels are below the auto-accept threshold (churn alone
     # can be low because little was asked, not because the labels are good).
-    churn_below: float | None = Field(0.01, ge=0, le=1)
-    max_below_threshold: float = Field(0.05, ge=0, le=1)
+    churn_below: float | None = Field(default=0.01, ge=0, le=1)
+    max_below_threshold: float = Field(default=0.05, ge=0, le=1)
     # Done when the audited auto-label accuracy is at least this with 95% confidence: the
     # one-sided Clopper-Pearson 95% lower bound on the audit items, unweighted (tasks/audit.py).
-    audit_lower_bound: float | None = Field(0.95, gt=0, le=1)
+    audit_lower_bound: float | None = Field(default=0.95, gt=0, le=1)
 
 
 # round.review_policy presets: what share of each batch is the uniformly random audit.
@@ -248,24 +248,24 @@ class RoundConfig(_Section):
     overridden.
     """
 
-    budget: int = Field(50, ge=1)
+    budget: int = Field(default=50, ge=1)
     review_policy: Literal["custom", "spot-check", "specialist", "critical"] = "custom"
-    audit_fraction: float = Field(0.1, ge=0.0, le=1.0)
+    audit_fraction: float = Field(default=0.1, ge=0.0, le=1.0)
     # Round 1 has no labels and no trained model: pick typical, diverse images (TypiClust).
     first_strategy: str = "typiclust"
     # Later rounds: uncertain *and* diverse (top hybrid_factor x budget by uncertainty, then k-center).
     strategy: str = "hybrid"
     uncertainty: str = "margin"  # the measure used by hybrid
-    hybrid_factor: int = Field(3, ge=1)
-    class_cap: float | None = Field(None, gt=0, le=1)  # at most this share of a batch per predicted class
+    hybrid_factor: int = Field(default=3, ge=1)
+    class_cap: float | None = Field(default=None, gt=0, le=1)  # at most this share of a batch per predicted class
     # Human labels the held-out model confidently disagrees with go back for a second look, at
     # most this share of the budget per round (on top of it).
-    recheck_fraction: float = Field(0.1, ge=0, le=1)
-    confidence_threshold: float = Field(0.7, ge=0.0, le=1.0)
+    recheck_fraction: float = Field(default=0.1, ge=0, le=1)
+    confidence_threshold: float = Field(default=0.7, ge=0.0, le=1.0)
     # Auto-accept threshold: "fixed" uses confidence_threshold; "precision" picks the lowest
     # confidence whose accepted labels reach target_precision on held-out human labels.
     threshold_mode: Literal["fixed", "precision"] = "fixed"
-    target_precision: float = Field(0.95, gt=0, le=1)
+    target_precision: float = Field(default=0.95, gt=0, le=1)
     seed: int = 0
 
     @model_validator(mode="before")
@@ -313,14 +313,14 @@ class IntakeConfig(_Section):
     on_error: Literal["reject_file", "keep_good_rows"] = "keep_good_rows"
     # Bigger answer files are rejected unread ("split it"): parsing memory grows with the file,
     # and a review batch's answers are a few MB at most.
-    max_file_mb: float = Field(50.0, gt=0)
+    max_file_mb: float = Field(default=50.0, gt=0)
 
 
 class VersioningConfig(_Section):
     """What the version step keeps out of git: model checkpoints (by extension) and any file
     larger than ``git_max_file_mb`` go to DVC instead (`dvc add`, pushed like the data)."""
 
-    git_max_file_mb: float = Field(10.0, gt=0)
+    git_max_file_mb: float = Field(default=10.0, gt=0)
 
 
 class ExecutionConfig(_Section):
@@ -330,7 +330,7 @@ class ExecutionConfig(_Section):
     task_runner: Literal["local", "dask"] = "local"  # local: this process; dask: a Dask cluster
     # dask: the scheduler's address (tcp://host:8786); null starts a LocalCluster on this machine.
     dask_address: str | None = None
-    dask_workers: int | None = Field(None, ge=1)  # the LocalCluster's worker processes; null: Dask's default
+    dask_workers: int | None = Field(default=None, ge=1)  # the LocalCluster's worker processes; null: Dask's default
 
 
 class RegionsConfig(_Section):
@@ -344,30 +344,30 @@ class RegionsConfig(_Section):
     sam_checkpoint: str | None = None  # a local .pt/.pth state dict; null: random weights (tests only)
     device: str = "auto"
     # SamAutomaticMaskGenerator's knobs
-    points_per_side: int = Field(16, ge=1, le=128)
-    points_per_batch: int = Field(64, ge=1)
-    pred_iou_thresh: float = Field(0.88, ge=0, le=1)
-    stability_score_thresh: float = Field(0.95, ge=0, le=1)
+    points_per_side: int = Field(default=16, ge=1, le=128)
+    points_per_batch: int = Field(default=64, ge=1)
+    pred_iou_thresh: float = Field(default=0.88, ge=0, le=1)
+    stability_score_thresh: float = Field(default=0.95, ge=0, le=1)
     stability_score_offset: float = 1.0
-    box_nms_thresh: float = Field(0.7, ge=0, le=1)
-    crop_n_layers: int = Field(0, ge=0, le=3)
-    crop_nms_thresh: float = Field(0.7, ge=0, le=1)
-    crop_overlap_ratio: float = Field(512 / 1500, ge=0, lt=1)
-    crop_n_points_downscale_factor: int = Field(1, ge=1)
-    min_mask_region_area: int = Field(0, ge=0)
+    box_nms_thresh: float = Field(default=0.7, ge=0, le=1)
+    crop_n_layers: int = Field(default=0, ge=0, le=3)
+    crop_nms_thresh: float = Field(default=0.7, ge=0, le=1)
+    crop_overlap_ratio: float = Field(default=512 / 1500, ge=0, lt=1)
+    crop_n_points_downscale_factor: int = Field(default=1, ge=1)
+    min_mask_region_area: int = Field(default=0, ge=0)
     # over-segmentation cleanup
-    mask_nms_thresh: float = Field(0.8, ge=0, le=1)  # drop a mask whose mask-IoU with a better one is above this
-    containment_thresh: float = Field(0.95, ge=0, le=1)  # drop a mask this much inside a better one of the same label
-    min_area: int = Field(64, ge=0)  # pixels, original resolution
-    max_area_fraction: float = Field(0.95, gt=0, le=1)  # drop (near) whole-image masks
+    mask_nms_thresh: float = Field(default=0.8, ge=0, le=1)  # drop a mask whose mask-IoU with a better one is above this
+    containment_thresh: float = Field(default=0.95, ge=0, le=1)  # drop a mask this much inside a better one of the same label
+    min_area: int = Field(default=64, ge=0)  # pixels, original resolution
+    max_area_fraction: float = Field(default=0.95, gt=0, le=1)  # drop (near) whole-image masks
     one_mask_per_pixel: bool = False  # each pixel to its best mask only
     # labeling
-    crop_padding: float = Field(0.1, ge=0, le=2)  # context around the mask's box, as a fraction of its size
+    crop_padding: float = Field(default=0.1, ge=0, le=2)  # context around the mask's box, as a fraction of its size
     blank_outside: bool = False  # grey out the pixels outside the mask in the crop
-    max_regions_per_image: int = Field(100, ge=1)
+    max_regions_per_image: int = Field(default=100, ge=1)
     # the loop
-    review_budget: int = Field(20, ge=0)  # the least certain regions offered for review each round (0: none)
-    sam_cache_gb: float = Field(2.0, ge=0)  # SAM image embeddings kept between rounds (.coldstart/cache/sam); 0: none
+    review_budget: int = Field(default=20, ge=0)  # the least certain regions offered for review each round (0: none)
+    sam_cache_gb: float = Field(default=2.0, ge=0)  # SAM image embeddings kept between rounds (.coldstart/cache/sam); 0: none
 
 
 class LabelStudioConfig(_Section):
@@ -382,9 +382,9 @@ class LabelStudioConfig(_Section):
     # browsers reach it).
     images: Literal["local-files", "api"] = "local-files"
     api_url: str | None = None
-    wait_answers: int | None = Field(None, ge=1)  # round --wait: answers to wait for; null: the whole batch
-    wait_timeout_min: float = Field(60.0, gt=0)
-    poll_s: float = Field(10.0, gt=0)  # round --wait: how often Label Studio's answers are fetched
+    wait_answers: int | None = Field(default=None, ge=1)  # round --wait: answers to wait for; null: the whole batch
+    wait_timeout_min: float = Field(default=60.0, gt=0)
+    poll_s: float = Field(default=10.0, gt=0)  # round --wait: how often Label Studio's answers are fetched
 
     @model_validator(mode="after")
     def _api_url(self):
@@ -397,8 +397,8 @@ class LabelStudioConfig(_Section):
 class ReportConfig(_Section):
     """The round report (data/reports/round-NNN.html)."""
 
-    seconds_per_label: float = Field(30.0, gt=0)  # a person's time per answered image, for the effort figures
-    target_accuracy: float = Field(0.95, gt=0, le=1)  # the auto-label accuracy the report measures against
+    seconds_per_label: float = Field(default=30.0, gt=0)  # a person's time per answered image, for the effort figures
+    target_accuracy: float = Field(default=0.95, gt=0, le=1)  # the auto-label accuracy the report measures against
 
 
 class Params(_Section):

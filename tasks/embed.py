@@ -19,7 +19,7 @@ import torch
 from prefect import flow, task, unmapped
 from prefect.cache_policies import NO_CACHE
 from torch.utils.data import DataLoader, Dataset
-from tqdm.auto import tqdm
+from tqdm.auto import tqdm  # type: ignore[import-untyped]  # tqdm ships no type information
 
 from coldstart.models.clip import ClipConfig, ClipModel, LazyClip, load_clip
 from coldstart.tasks.cluster import dask_runner, on_dask
@@ -206,7 +206,7 @@ def embed(ws: Workspace, clip: ClipModel, cfg: ModelConfig, views: ViewsConfig |
         return EmbedResult(clip.model_id, 0, 0, done, 0.0, 0)
     first = max(store.next_shard(), tile_store.next_shard() if tile_store is not None else 0)
     t0 = time.perf_counter()
-    if on_dask(execution):
+    if execution is not None and on_dask(execution):
         failed, n_tiles = _embed_on_dask(ws, cfg, views, execution, ids, paths, need_global, need_tiles, first)
     else:
         failed, n_tiles = embed_shards(clip, store, tile_store, ids, paths, need_global, need_tiles, first,
@@ -265,14 +265,3 @@ def embed_on_cluster(root: str, cfg: ModelConfig, views: ViewsConfig, shards: li
     """Sub-flow run with the Dask task runner: one embed-shard task per shard."""
     futures = embed_shard_task.map(unmapped(root), unmapped(cfg), unmapped(views), shards)
     return [f.result() for f in futures]
-
-
-@task(name="load_model", cache_policy=NO_CACHE)
-def load_model_task(cfg: ModelConfig) -> LazyClip:
-    return load_model(cfg)
-
-
-@task(name="embed", cache_policy=NO_CACHE)
-def embed_task(ws: Workspace, clip: ClipModel, cfg: ModelConfig, views: ViewsConfig,
-               execution: ExecutionConfig | None = None) -> EmbedResult:
-    return embed(ws, clip, cfg, views, execution=execution)

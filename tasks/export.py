@@ -23,9 +23,12 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+
+from PIL import Image
 
 from coldstart.tasks import labelstudio
 from coldstart.tasks.commands import command
@@ -96,8 +99,6 @@ def _imagefolder_file(src: Path, name: str) -> tuple[str, bool]:
     otherwise the extension of the decoded format (Pillow's, from the header) is appended."""
     if name.lower().endswith(IMAGEFOLDER_EXTENSIONS):
         return name, False
-    from PIL import Image
-
     with Image.open(src) as img:
         fmt = img.format
     ext = FORMAT_EXTENSIONS.get(fmt or "")
@@ -130,8 +131,6 @@ def export(ws: Workspace, fmt: str, out: Path, *, round_no: int | None = None, m
             dest = out / _folder_name(r["label"]) / name
             dest.parent.mkdir(parents=True, exist_ok=True)
             if convert:
-                from PIL import Image
-
                 with Image.open(src) as img:  # the first frame, as the round embedded it
                     img.convert("RGBA" if "A" in img.getbands() or "transparency" in img.info else "RGB").save(
                         dest, format="PNG")
@@ -171,8 +170,6 @@ def _command(name: str) -> str:
 
 
 def _quote(path: Path | str) -> str:
-    import shlex
-
     return shlex.quote(str(path))
 
 

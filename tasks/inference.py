@@ -28,7 +28,12 @@ import numpy as np
 from coldstart.tasks.workspace import Workspace
 
 if TYPE_CHECKING:
+    import torch
     from PIL import Image
+
+    from coldstart.models.sam import SamModel
+    from coldstart.models.zeroshot import ZeroShotHead
+    from coldstart.tasks.heads import ChosenHead
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +60,7 @@ class Views:
     the tiles' ``(V-1, 4)`` XYXY boxes; ``image_id`` the sha256 of its bytes."""
 
     image_id: str
-    pixels: object  # torch.Tensor
+    pixels: torch.Tensor
     boxes: np.ndarray
 
 
@@ -71,7 +76,7 @@ class Labeler:
         self.clip = load_model(self.params.model)
         self._lock = threading.Lock()
         self._stamp: tuple | None = None
-        self.head = None
+        self.head: ChosenHead | ZeroShotHead | None = None  # set by refresh(), below
         self.labeler_id = ""
         self.round = 0
         self.refresh()
@@ -79,7 +84,7 @@ class Labeler:
     def _files_stamp(self) -> tuple:
         from coldstart.tasks.heads import CHOSEN_FILE, HEAD_FILE
 
-        out = []
+        out: list[tuple[int, int] | None] = []
         for p in (self.ws.model_dir / CHOSEN_FILE, self.ws.model_dir / HEAD_FILE, self.ws.metrics_dir / "round.json"):
             try:
                 st = p.stat()
@@ -174,6 +179,7 @@ class Labeler:
         X = self.clip.encode_images(torch.cat([v.pixels for v in items]))
         with self._lock:
             head = self.head
+        assert head is not None, "__init__ runs refresh(), which always sets a head"
         P = np.asarray(head.predict_proba(X), dtype=np.float32)
         out, start = [], 0
         onto, views = self.params.ontology, self.params.views
@@ -206,7 +212,7 @@ class Outliner:
 
         self.cfg = resolve_checkpoint(ws, params.regions)
         self.negatives = negative_labels(params.ontology)
-        self._sam = None
+        self._sam: SamModel | None = None
         self._lock = threading.Lock()
 
     @property
@@ -298,7 +304,8 @@ class ImageIndex:
     in sorted order (``scan.image_table``'s rule: one file shows for its duplicates)."""
 
     def __init__(self, ws: Workspace):
-        self.ws, self._stamp = ws, None
+        self.ws = ws
+        self._stamp: tuple | None = None
         self.by_path: dict[str, str] = {}
         self.first_path: dict[str, str] = {}
         self._lock = threading.Lock()

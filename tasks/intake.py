@@ -273,7 +273,7 @@ class _Check:
                 (self.seen if kind == "image" else self.seen_regions).pop(key, None)
             listed.append(_listed(items[0][0], items[0][2], whole))
             done = [(w, r, why or whole) for w, r, why in done]
-        return [d for d in done if d[2]], listed
+        return [(w, r, why) for w, r, why in done if why], listed
 
     def outcome(self, where: str, row: dict):
         """(what is wrong with an answered row: a message; ("ok", image_id, label); ("region",
@@ -427,7 +427,7 @@ def _intake_file(ws: Workspace, path: Path, rel: str, st: os.stat_result, classe
         if err is None and path.suffix.lower() not in (".csv", ".json"):
             err = LabelFileError(rel, [f"unsupported file type {path.suffix or '(none)'}: the inbox takes .csv files "
                                        f"and Label Studio JSON exports (.json)"])
-        if err is None:
+        if err is None and raw is not None:  # raw is None only with an error
             try:
                 rows, blank = validate_file(Path(rel), raw, ws, classes, bad_rows=bad)
             except LabelFileError as e:
@@ -538,25 +538,9 @@ def _intake_webhook(ws: Workspace, path: Path, classes: list[str], round_no: int
     elif ann.get("was_cancelled") is True:
         events = [event("skip", who=labelstudio.annotator_of(ann.get("completed_by")))]
     else:
-        bad = RowSpool() if on_error == "keep_good_rows" else None
-        export = json.dumps([{"id": task_id, "data": data, "annotations": [ann]}], ensure_ascii=False).encode()
-        try:
-            rows, _ = validate_file(Path(rel), export, ws, classes, bad_rows=bad)
-            reasons = [why for _, why in bad] if bad else []
-        except LabelFileError as e:
-            _reject(ws, path, rel, digest, e, result)
+        rows = _webhook_rows(ws, path, rel, digest, ann, task_id, data, classes, result, on_error=on_error)
+        if rows is None:
             return
-        finally:
-            if bad is not None:
-                bad.close()
-        fix = f"correct annotation {ann.get('id')} in Label Studio: its update is taken in again"
-        if reasons and not rows:  # nothing good in it: refused whole, as a file would be
-            _reject(ws, path, rel, digest, LabelFileError(rel, [*reasons[:MAX_LISTED], fix]), result)
-            return
-        if reasons:
-            result.rows_rejected += len(reasons)
-            result.problems.append(f"{rel}: {len(reasons)} answer(s) of Label Studio annotation {ann.get('id')} not "
-                                   f"merged: {'; '.join(reasons[:5])}; {fix}")
         events = [event("retract")] + [
             LabelEvent(image_id=i, label=lab, annotator=who, source_file=source, source_sha256=digest, source_row=task_id,
                        imported_at=now, round=round_no, region_id=region[0] if region else "",
@@ -566,6 +550,33 @@ def _intake_webhook(ws: Workspace, path: Path, classes: list[str], round_no: int
     _move_aside(path, ws.imported, digest)
     result.files_accepted.append(rel)
     result.events_added += sum(1 for e in events if not e.kind)
+
+
+def _webhook_rows(ws: Workspace, path: Path, rel: str, digest: str, ann: dict, task_id: int, data: dict,
+                  classes: list[str], result: IntakeResult, *, on_error: str) -> list[tuple] | None:
+    """The answers of one spooled annotation, validated as an export holding its task; None when
+    it was refused (moved aside with its reasons). With ``on_error="keep_good_rows"`` the bad
+    answers are counted and said in ``result.problems``, and the good ones kept."""
+    bad = RowSpool() if on_error == "keep_good_rows" else None
+    export = json.dumps([{"id": task_id, "data": data, "annotations": [ann]}], ensure_ascii=False).encode()
+    try:
+        rows, _ = validate_file(Path(rel), export, ws, classes, bad_rows=bad)
+        reasons = [why for _, why in bad] if bad else []
+    except LabelFileError as e:
+        _reject(ws, path, rel, digest, e, result)
+        return None
+    finally:
+        if bad is not None:
+            bad.close()
+    fix = f"correct annotation {ann.get('id')} in Label Studio: its update is taken in again"
+    if reasons and not rows:  # nothing good in it: refused whole, as a file would be
+        _reject(ws, path, rel, digest, LabelFileError(rel, [*reasons[:MAX_LISTED], fix]), result)
+        return None
+    if reasons:
+        result.rows_rejected += len(reasons)
+        result.problems.append(f"{rel}: {len(reasons)} answer(s) of Label Studio annotation {ann.get('id')} not "
+                               f"merged: {'; '.join(reasons[:5])}; {fix}")
+    return rows
 
 
 def _reject(ws: Workspace, path: Path, rel: str, digest: str, err: LabelFileError, result: IntakeResult) -> None:

@@ -24,7 +24,7 @@ import os
 import shlex
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, SupportsIndex, SupportsInt
 from xml.sax.saxutils import quoteattr
 
 from coldstart.tasks.commands import command
@@ -133,7 +133,7 @@ def honest_rechecks(tasks: list[dict], batch: list[dict], human: dict[str, str])
     for t in tasks:
         data = t.get("data") if isinstance(t, dict) else None
         b = rechecks.get(data.get("image_id")) if isinstance(data, dict) else None
-        if b is None or data.get("purpose") == "recheck":
+        if b is None or not isinstance(data, dict) or data.get("purpose") == "recheck":
             out.append(t)
             continue
         out.append(recheck_task(b["image_id"], b["image"], b["predicted_label"], float(b["confidence"]),
@@ -563,8 +563,10 @@ class Annotators:
 
     def email(self, user_id: object) -> str | None:
         """The email of Label Studio user ``user_id`` (an int or a numeric string), or None."""
+        if not isinstance(user_id, (str, bytes, SupportsInt, SupportsIndex)):
+            return None  # int() would raise TypeError
         try:
-            uid = int(user_id)  # type: ignore[arg-type]
+            uid = int(user_id)
         except (TypeError, ValueError):
             return None
         if uid not in self.emails and self.lookup is not None and (

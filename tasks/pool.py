@@ -55,8 +55,11 @@ class Pool:
 def read_pool(ws: Workspace, store: EmbeddingStore, labeled: dict[str, str] | set[str], *,
               keep_all: bool = False) -> Pool:
     """One streaming pass: feature statistics, the labeled rows, and optionally everything."""
-    n, total, total_sq, ids, rows = 0, 0.0, 0.0, [], []
-    all_ids, chunks = [], []
+    n, total, total_sq = 0, 0.0, 0.0  # the sums become (D,) float64 arrays with the first chunk
+    ids: list[str] = []
+    rows: list[np.ndarray] = []
+    all_ids: list[str] = []
+    chunks: list[np.ndarray] = []
     for chunk_ids, X in current_chunks(ws, store):
         X64 = X.astype(np.float64)
         n, total, total_sq = n + len(X), total + X64.sum(0), total_sq + (X64 ** 2).sum(0)
@@ -68,7 +71,7 @@ def read_pool(ws: Workspace, store: EmbeddingStore, labeled: dict[str, str] | se
             chunks.append(X)
     if n == 0:
         return Pool(0, np.zeros(0, np.float32), np.ones(0, np.float32), [], np.zeros((0, 0), np.float32))
-    mean = total / n
+    mean = np.asarray(total / n)
     std = np.sqrt(np.maximum(total_sq / n - mean ** 2, 0.0)) + 1e-6
     return Pool(n, mean.astype(np.float32), std.astype(np.float32), ids, np.concatenate(rows),
                 all_ids if keep_all else None, np.concatenate(chunks) if keep_all else None)

@@ -3,7 +3,7 @@ Studio tasks with polygon pre-annotations."""
 
 from __future__ import annotations
 
-from typing import Collection, Sequence
+from typing import Any, Collection, Sequence
 
 import numpy as np
 
@@ -36,7 +36,7 @@ def regions_to_coco(regions: Sequence[Region], images: Sequence[ImageInfo], clas
     names = [c for c in classes if c not in negatives]
     cat = {n: k + 1 for k, n in enumerate(names)}
     img = {image_id: k + 1 for k, image_id in enumerate(by_id)}
-    anns = []
+    anns: list[dict[str, Any]] = []
     for r in regions:
         if r.label not in cat:
             raise ValueError(f"region {r.region_id} is labeled {r.label!r}, which is not a category "

@@ -24,6 +24,7 @@ import logging
 import math
 import os
 import time
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -33,12 +34,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from PIL import Image
-from prefect import task
-from prefect.cache_policies import NO_CACHE
 
 from coldstart.tasks.config import Params, RegionsConfig
 from coldstart.tasks.crops import letterbox, region_crops
+from coldstart.tasks.labellog import read_events, region_answers
+from coldstart.tasks.manifest import read_manifest_table
 from coldstart.tasks.ontology import negative_labels
+from coldstart.tasks.parts import PartTable
 from coldstart.tasks.regiontable import (
     Region,
     crop_store,
@@ -54,6 +56,7 @@ from coldstart.tasks.regiontable import (
 )
 from coldstart.tasks.result import StageResult
 from coldstart.tasks.samcache import SamEmbeddingCache, Segmented, resolve_checkpoint, sam_cache, segmented_parts
+from coldstart.tasks.scan import load_rgb
 from coldstart.tasks.workspace import Workspace
 
 if TYPE_CHECKING:
@@ -113,11 +116,13 @@ def embed_regions(clip: ClipModel, items: Iterable[ImageMasks], cfg: RegionsConf
                   ) -> tuple[list[tuple[str, str, dict]], np.ndarray]:
     """Embed the crops of all masks of all ``items`` in batches of ``batch_size`` (a batch spans
     images). Returns ([(image id, path, mask)] in order, ``(R, D)`` float32 unit embeddings)."""
-    import torch
+    import torch  # lazy: torch is heavy, and only embedding needs it here
 
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, not {batch_size}")
-    which, vectors, pending = [], [], []
+    which: list[tuple[str, str, dict]] = []
+    vectors: list[np.ndarray] = []
+    pending: list[torch.Tensor] = []
 
     def flush() -> None:
         vectors.append(clip.encode_images(torch.stack(pending)))
@@ -137,8 +142,10 @@ def embed_regions(clip: ClipModel, items: Iterable[ImageMasks], cfg: RegionsConf
 
 def candidate(image_id: str, path: str, mask: dict) -> Region:
     """An unlabeled region from one SAM mask (as ``generate_masks`` returns it) of an image."""
-    rle = {"size": [int(v) for v in mask["segmentation"]["size"]], "counts": rle_text(mask["segmentation"]["counts"])}
-    return Region(region_id(image_id, rle["counts"]), image_id, path, "", math.nan, tuple(float(v) for v in mask["bbox"]),
+    counts = rle_text(mask["segmentation"]["counts"])
+    rle = {"size": [int(v) for v in mask["segmentation"]["size"]], "counts": counts}
+    x, y, w, h = (float(v) for v in mask["bbox"])  # XYWH
+    return Region(region_id(image_id, counts), image_id, path, "", math.nan, (x, y, w, h),
                   int(mask["area"]), rle, float(mask.get("predicted_iou", math.nan)),
                   float(mask.get("stability_score", math.nan)))
 
@@ -174,7 +181,7 @@ def mark_contained(regions: Sequence[Region], cfg: RegionsConfig) -> tuple[list[
     """The cleanup rule that needs labels, per image: a region mostly inside a better one of the
     same label (``containment_thresh``) is marked ``dropped="contained"``; regions already
     dropped take no part. Returns (the regions in their order, how many were marked)."""
-    from coldstart.models.masks import cleanup
+    from coldstart.models.masks import cleanup  # lazy: the masks need torch
 
     by_image: dict[str, list[int]] = {}
     for k, r in enumerate(regions):
@@ -238,7 +245,7 @@ def cleanup_labeled(regions: Sequence[Region], cfg: RegionsConfig) -> tuple[list
 def region_head(ws: Workspace, params: Params, clip: ClipModel) -> tuple[Head, str]:
     """The round's labeler for regions: the head the last train stage chose when it reads this
     model's embeddings, else the ontology's zero-shot head. Returns (head, labeler id)."""
-    from coldstart.tasks.heads import load_chosen, zero_shot_head
+    from coldstart.tasks.heads import load_chosen, zero_shot_head  # lazy: heads brings scikit-learn and pandas
 
     chosen = load_chosen(ws)
     if chosen is not None and chosen.model_id == clip.model_id:
@@ -253,7 +260,7 @@ def bench_labeling(image: Image.Image | np.ndarray, masks: list[dict], clip: Cli
     """Seconds to label ``masks`` of ``image`` batched (``label_regions``) and naively (one model
     call per mask: crop, preprocess, encode one, predict), on the same masks, after one warm-up
     call each. Returns (ours_s, naive_s)."""
-    import torch
+    import torch  # lazy: only a benchmark run needs torch here
 
     cfg = cfg or RegionsConfig()
     masks = _best_masks(list(masks), cfg.max_regions_per_image)
@@ -294,14 +301,13 @@ def segment_images(params: Params, sam, clip: ClipModel, images: Iterable[tuple[
     """SAM masks of each image (one image in memory at a time), the label-free cleanup, and the
     CLIP embedding of every kept mask's crop (batched across images). ``images``: (image id,
     path as shown, file). Boxes and masks are in original pixels."""
-    from collections import Counter
-
-    from coldstart.models.masks import cleanup, generate_masks
-    from coldstart.tasks.scan import load_rgb
+    from coldstart.models.masks import cleanup, generate_masks  # lazy: the masks need torch
 
     cfg = params.regions
     cache = cache or SamEmbeddingCache(None, getattr(sam, "model_id", ""))
-    shown_images, found, cleaned = [], {}, Counter()
+    shown_images: list[tuple[str, str, int, int]] = []
+    found: dict[str, tuple[int, int]] = {}
+    cleaned: Counter[str] = Counter()
     seg_s = read_s = 0.0
 
     def segmented() -> Iterator[ImageMasks]:
@@ -354,8 +360,7 @@ def localize_defects(sam, params: Params, rows: Iterable[dict], files: dict[str,
     defect's mask and its tight box. One Region per image: label and confidence are the image's;
     ``predicted_iou`` and ``stability_score`` are NaN (a box prompt is not scored);
     ``labeler`` records what gave it, "<labeler>+box:<location>"."""
-    from coldstart.models.masks import segment_box
-    from coldstart.tasks.scan import load_rgb
+    from coldstart.models.masks import segment_box  # lazy: the masks need torch
 
     negative = negative_labels(params.ontology)
     cache = cache or SamEmbeddingCache(None, getattr(sam, "model_id", ""))
@@ -441,8 +446,6 @@ def region_vectors(ws: Workspace, params: Params, clip: ClipModel, regions: Sequ
     """``(R, D)`` crop embeddings of ``regions``, from the crop store; those it lacks (outlines
     people drew, a store made with other crop settings) are cropped from their images, embedded
     in batches and added to it. ``files``: image id -> file."""
-    from coldstart.tasks.scan import load_rgb
-
     cfg = params.regions
     store = crop_store(ws, clip.model_id, cfg)
     have = store.ids()
@@ -480,11 +483,7 @@ def regions(ws: Workspace, params: Params, clip: ClipModel, round_no: int) -> Re
 
     Writes exactly its declared output, data/labels/regions/ (created empty when disabled, so
     that DVC can record the stage either way)."""
-    from collections import Counter
-
-    from coldstart.models.sam import load_sam
-    from coldstart.tasks.labellog import read_events, region_answers
-    from coldstart.tasks.manifest import read_manifest_table
+    from coldstart.models.sam import load_sam  # lazy: SAM needs torch, only when regions are enabled
 
     folder = regions_dir(ws)
     folder.mkdir(parents=True, exist_ok=True)
@@ -500,21 +499,51 @@ def regions(ws: Workspace, params: Params, clip: ClipModel, round_no: int) -> Re
     segmenter = segmenter_id(sam.model_id, cfg)
     done = {r["image_id"] for r in done_parts.read(["image_id", "sam_model_id"]).to_pylist()
             if r["sam_model_id"] == segmenter}
-    first_path: dict[str, str] = {}
-    manifest = read_manifest_table(ws, ["image_id", "path"]).to_pydict()
-    for image_id, path in sorted(zip(manifest["image_id"], manifest["path"]), key=lambda r: r[1]):
-        first_path.setdefault(image_id, path)  # duplicates: one file segments for all
+    first_path = _first_paths(ws)
     files = {i: ws.images / p for i, p in first_path.items()}
     todo = [(i, p, ws.images / p) for i, p in sorted(first_path.items(), key=lambda r: r[1]) if i not in done]
     head, labeler = region_head(ws, params, clip)
     seg = segment_images(params, sam, clip, todo, cache=cache, progress=True)
     crop_store(ws, clip.model_id, cfg).append([r.region_id for r in seg.candidates], seg.X)
 
-    # Every region, labeled again: earlier images' rows (dropped ones too: a new head may see an
-    # object where the last one saw background), this round's, and the outlines people drew.
     t0 = time.perf_counter()
     redone = {i for i, _, _ in todo}
     before = read_regions(folder, dropped=True)
+    earlier, drawn, labeled = _label_every(ws, params, clip, head, labeler, seg, before, redone, first_path, files)
+    label_s = time.perf_counter() - t0 + seg.embed_s
+    old = {r.region_id: (r.label, r.dropped) for r in before}
+    relabeled = sum(1 for r in labeled[:len(earlier)] if old[r.region_id] != (r.label, r.dropped))
+    write_regions(folder, round_no, labeled, images=set(files) | {r.image_id for r in before})
+    if todo:
+        _record_segmented(done_parts, [i for i, _, _ in todo], seg, segmenter, round_no)
+    found = _localize(ws, params, sam, cache, folder, first_path, files, round_no)
+    kept = [r for r in labeled if not r.dropped]
+    new_ids = {r.region_id for r in seg.candidates}
+    return RegionsResult(
+        True, sam.model_id, labeler, len(todo), sum(m for m, _ in seg.found.values()),
+        sum(1 for r in kept if r.region_id in new_ids), len(kept), relabeled,
+        sum(1 for r in labeled if r.labeler.startswith("human:")), len(drawn), seg.cleaned,
+        dict(Counter(r.dropped for r in labeled if r.dropped)), found, round(seg.seg_s, 3), round(label_s, 3))
+
+
+def _first_paths(ws: Workspace) -> dict[str, str]:
+    """image id -> its first path in the manifest (by path): an image stored twice (duplicates)
+    is segmented once, from one file, for all its copies."""
+    first_path: dict[str, str] = {}
+    manifest = read_manifest_table(ws, ["image_id", "path"]).to_pydict()
+    for image_id, path in sorted(zip(manifest["image_id"], manifest["path"]), key=lambda r: r[1]):
+        first_path.setdefault(image_id, path)  # duplicates: one file segments for all
+    return first_path
+
+
+def _label_every(ws: Workspace, params: Params, clip: ClipModel, head: Head, labeler: str, seg: Segmented,
+                 before: list[Region], redone: set[str], first_path: dict[str, str],
+                 files: dict[str, Path]
+                 ) -> tuple[list[Region], list[Region], list[Region]]:
+    """Every region, labeled again: earlier images' rows (dropped ones too: a new head may see an
+    object where the last one saw background), this round's, and the outlines people drew; a
+    person's answer wins over the labeler. Returns (the earlier regions, the drawn ones, all of
+    them labeled, earlier ones first)."""
     earlier = [r for r in before if r.image_id not in redone and r.image_id in files]
     answers = region_answers(read_events(ws))
     drawn = _drawn_regions(answers, {r.region_id for r in earlier} | {r.region_id for r in seg.candidates},
@@ -526,37 +555,31 @@ def regions(ws: Workspace, params: Params, clip: ClipModel, round_no: int) -> Re
     human = {rid: (e.label, e.annotator) for rid, e in answers.items()}
     labeled = assign_labels(every, probs, classes, negatives=negative_labels(params.ontology), labeler=labeler,
                             answers=human)
-    labeled, _ = mark_contained(labeled, cfg)
-    label_s = time.perf_counter() - t0 + seg.embed_s
-    old = {r.region_id: (r.label, r.dropped) for r in before}
-    relabeled = sum(1 for r in labeled[:len(earlier)] if old[r.region_id] != (r.label, r.dropped))
-    write_regions(folder, round_no, labeled, images=set(files) | {r.image_id for r in before})
-    if todo:
-        rows = [dict(key=i, image_id=i, sam_model_id=segmenter, masks=seg.found[i][0],
-                     kept=seg.found[i][1], round=round_no) for i, _, _ in todo]
-        table = pa.Table.from_pylist(rows, schema=done_parts.schema)
-        again = pa.array(sorted(redone), pa.string())
+    labeled, _ = mark_contained(labeled, params.regions)
+    return earlier, drawn, labeled
 
-        def full() -> pa.Table:  # earlier images, then this round's (one row per image)
-            old = done_parts.read()
-            return pa.concat_tables([old.filter(pc.invert(pc.is_in(old["image_id"], value_set=again))), table])
 
-        done_parts.write(round_no, table, [], full)
-    found = _localize(ws, params, sam, cache, folder, first_path, files, round_no)
-    kept = [r for r in labeled if not r.dropped]
-    new_ids = {r.region_id for r in seg.candidates}
-    return RegionsResult(
-        True, sam.model_id, labeler, len(todo), sum(m for m, _ in seg.found.values()),
-        sum(1 for r in kept if r.region_id in new_ids), len(kept), relabeled,
-        sum(1 for r in labeled if r.labeler.startswith("human:")), len(drawn), seg.cleaned,
-        dict(Counter(r.dropped for r in labeled if r.dropped)), found, round(seg.seg_s, 3), round(label_s, 3))
+def _record_segmented(done_parts: PartTable, image_ids: list[str], seg: Segmented, segmenter: str,
+                      round_no: int) -> None:
+    """The segmented-images table (images/): one row per image segmented this round, replacing
+    its earlier row, so that the next round knows what this segmenter has done."""
+    rows = [dict(key=i, image_id=i, sam_model_id=segmenter, masks=seg.found[i][0],
+                 kept=seg.found[i][1], round=round_no) for i in image_ids]
+    table = pa.Table.from_pylist(rows, schema=done_parts.schema)
+    again = pa.array(sorted(set(image_ids)), pa.string())
+
+    def full() -> pa.Table:  # earlier images, then this round's (one row per image)
+        old = done_parts.read()
+        return pa.concat_tables([old.filter(pc.invert(pc.is_in(old["image_id"], value_set=again))), table])
+
+    done_parts.write(round_no, table, [], full)
 
 
 def _localize(ws: Workspace, params: Params, sam, cache: SamEmbeddingCache, folder: Path,
               first_path: dict[str, str], files: dict[str, Path], round_no: int) -> int:
     """Defect localization for the images whose label or winning tile changed since they were
     outlined; returns how many were outlined this round."""
-    from coldstart.tasks.relabel import resolved_parts
+    from coldstart.tasks.relabel import resolved_parts  # lazy: relabel brings prefect, pandas, scikit-learn
 
     defects = regions_parts(folder / DEFECTS_DIR)
     outlined = {(r["image_id"], r["label"], r["labeler"]) for r in defects.read(["image_id", "label", "labeler"]).to_pylist()}
@@ -571,8 +594,3 @@ def _localize(ws: Workspace, params: Params, sam, cache: SamEmbeddingCache, fold
     found = localize_defects(sam, params, stale, files, cache)
     write_regions(folder / DEFECTS_DIR, round_no, found, images=[r["image_id"] for r in stale])
     return len(found)
-
-
-@task(name="regions", cache_policy=NO_CACHE)
-def regions_task(ws: Workspace, params: Params, clip: ClipModel, round_no: int) -> RegionsResult:
-    return regions(ws, params, clip, round_no)

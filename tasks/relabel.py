@@ -16,18 +16,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
+import pandas as pd  # type: ignore[import-untyped]  # no pandas-stubs in the environment
 import pyarrow as pa
 import pyarrow.compute as pc
 from prefect import flow, task, unmapped
 from prefect.cache_policies import NO_CACHE
-from threadpoolctl import threadpool_limits
+from threadpoolctl import threadpool_limits  # type: ignore[import-untyped]  # ships no type information
 
 from coldstart.models.errors import ConfigError
 from coldstart.tasks.cluster import dask_runner, on_dask
 from coldstart.tasks.config import ExecutionConfig, Params, ViewsConfig
 from coldstart.tasks.errors import WorkspaceError
-from coldstart.tasks.heads import current_human_labels, load_chosen
+from coldstart.tasks.heads import ChosenHead, current_human_labels, load_chosen
 from coldstart.tasks.manifest import manifest_parts, read_manifest_table
 from coldstart.tasks.parts import PartTable
 from coldstart.tasks.result import IN_MEMORY, StageResult
@@ -191,6 +191,8 @@ def score_shard_task(root: str, ids_file: str) -> tuple[np.ndarray, np.ndarray]:
     """On a worker: the chosen head (read from the shared workspace) over one store shard:
     ``(n,)`` S64 ids and ``(n, L)`` float32 probabilities."""
     chosen = load_chosen(Workspace(Path(root)))
+    if chosen is None:  # the train stage's head is gone from the shared workspace
+        raise WorkspaceError("data/models/ holds no trained head: run the train stage first (coldstart stage train)")
     raw_ids, X = EmbeddingStore.read_shard(Path(ids_file))
     return raw_ids, chosen.predict_proba(X).astype(np.float32, copy=False)
 
@@ -217,6 +219,35 @@ def relabel(ws: Workspace, params: Params, round_no: int) -> RelabelResult:
         raise ConfigError("params.yaml: the ontology's labels changed since the head was trained; run the train "
                           "stage (coldstart stage train) before relabel")
     humans = current_human_labels(ws, classes)
+    raw_ids, probs, keys, paths, locations = _scored(ws, params, chosen)
+    label, conf, is_human = resolve(raw_ids, probs, classes, humans, keys)
+    store_key = (chosen.model_id, params.views.key("global"))
+    parts = resolved_parts(ws, len(classes))
+    digest = fingerprint(raw_ids)
+    prev = previous_rows(parts, round_no, raw_ids, digest, classes, chosen.labeler_id, store_key)
+    rounds, changed, gone, churn = _changes(prev, round_no, label, conf, is_human, paths, locations, probs)
+    table = resolved_table(raw_ids, paths, label, conf, is_human, classes, source=chosen.model,
+                           model_id=chosen.labeler_id, rounds=rounds, locations=locations, probs=probs)
+    # The ids' fingerprint, in this order: previous_rows trusts it only when the view is one base.
+    meta = {CLASSES_KEY: json.dumps(classes, ensure_ascii=False), STORE_KEY: json.dumps(list(store_key)),
+            FINGERPRINT.decode(): digest}
+    parts.write(round_no, table.filter(pa.array(changed)), gone, lambda: table, meta)
+    auto_conf = conf[~is_human]
+    counts = np.bincount(label, minlength=len(classes))
+    return RelabelResult(
+        images=len(raw_ids), human=int(is_human.sum()), auto=len(auto_conf), source=chosen.model,
+        mean_confidence=float(auto_conf.mean()) if len(auto_conf) else None,
+        below_threshold=int((auto_conf < chosen.threshold).sum()), threshold=chosen.threshold, churn=churn,
+        per_class={c: int(k) for c, k in zip(classes, counts) if k}, auto_confidence=auto_conf)
+
+
+def _scored(ws: Workspace, params: Params, chosen: ChosenHead
+            ) -> tuple[np.ndarray, np.ndarray, np.ndarray, pa.Array, pa.Array | None]:
+    """The chosen head over every stored embedding of a current image: (raw ids, ``(N, L)``
+    probabilities, id keys, display paths, label locations or None without tiles). The store
+    may hold images no longer in the manifest, or an id twice: they are left out here, so that
+    the resolved table has one row per current image."""
+    classes = params.ontology.class_names
     store = EmbeddingStore(ws.embeddings, chosen.model_id, params.views.key("global"))
     if on_dask(params.execution):
         raw_ids, probs = _score_on_dask(ws, store, params.execution)
@@ -238,13 +269,17 @@ def relabel(ws: Workspace, params: Params, round_no: int) -> RelabelResult:
         probs, locs = multiscale(ws, chosen.model_id, params.views, [i.decode() for i in raw_ids], probs,
                                  chosen.predict_proba, negative)
         locations = pa.array(locs, pa.string())
-    label, conf, is_human = resolve(raw_ids, probs, classes, humans, keys)
-    store_key = (chosen.model_id, params.views.key("global"))
-    parts = resolved_parts(ws, len(classes))
-    digest = fingerprint(raw_ids)
-    prev = previous_rows(parts, round_no, raw_ids, digest, classes, chosen.labeler_id, store_key)
-    rounds = np.full(len(raw_ids), round_no, np.int32)
-    changed, gone = np.ones(len(raw_ids), bool), pa.array([], pa.string())
+    return raw_ids, probs, keys, paths, locations
+
+
+def _changes(prev: Previous | None, round_no: int, label: np.ndarray, conf: np.ndarray, is_human: np.ndarray,
+             paths: pa.Array, locations: pa.Array | None, probs: np.ndarray
+             ) -> tuple[np.ndarray, np.ndarray, pa.Array, float | None]:
+    """Against the previous table: each row's round, which rows changed, the ids gone, and the
+    label churn (None before the first round). A round stores only the rows that changed, so
+    an unchanged row must keep the round its label was set in."""
+    rounds = np.full(len(label), round_no, np.int32)
+    changed, gone = np.ones(len(label), bool), pa.array([], pa.string())
     churn = None
     if prev is not None:
         seen = prev.row >= 0
@@ -258,19 +293,7 @@ def relabel(ws: Workspace, params: Params, round_no: int) -> RelabelResult:
         rounds[same] = prev.round[same]
         changed = ~(same & prev.same_rest(paths, locations, probs))
         gone = prev.gone
-    table = resolved_table(raw_ids, paths, label, conf, is_human, classes, source=chosen.model,
-                           model_id=chosen.labeler_id, rounds=rounds, locations=locations, probs=probs)
-    # The ids' fingerprint, in this order: previous_rows trusts it only when the view is one base.
-    meta = {CLASSES_KEY: json.dumps(classes, ensure_ascii=False), STORE_KEY: json.dumps(list(store_key)),
-            FINGERPRINT.decode(): digest}
-    parts.write(round_no, table.filter(pa.array(changed)), gone, lambda: table, meta)
-    auto_conf = conf[~is_human]
-    counts = np.bincount(label, minlength=len(classes))
-    return RelabelResult(
-        images=len(raw_ids), human=int(is_human.sum()), auto=len(auto_conf), source=chosen.model,
-        mean_confidence=float(auto_conf.mean()) if len(auto_conf) else None,
-        below_threshold=int((auto_conf < chosen.threshold).sum()), threshold=chosen.threshold, churn=churn,
-        per_class={c: int(k) for c, k in zip(classes, counts) if k}, auto_confidence=auto_conf)
+    return rounds, changed, gone, churn
 
 
 def _id_strings(raw_ids: np.ndarray) -> pa.Array:
@@ -468,8 +491,3 @@ def multiscale(ws: Workspace, model_id: str, views: ViewsConfig, ids: list[str],
         w = winner[n, scores[n].argmax()]
         locations.append(" ".join(str(int(v)) for v in boxes[w - 1]) if w > 0 else "")
     return scores.astype(np.float32, copy=False), locations
-
-
-@task(name="relabel", cache_policy=NO_CACHE)
-def relabel_task(ws: Workspace, params: Params, round_no: int) -> RelabelResult:
-    return relabel(ws, params, round_no)

@@ -24,8 +24,6 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from prefect import task
-from prefect.cache_policies import NO_CACHE
 
 from coldstart.tasks.reportdata import ReportData, gather
 from coldstart.tasks.reportpage import MAX_THUMB_BYTES, MAX_THUMBS, Page, Thumbs
@@ -105,8 +103,3 @@ def report(ws: Workspace, round_no: int, record: dict | None = None, params=None
             raise
         log.warning("report: round %d's report was not written (%s: %s)", round_no, type(e).__name__, e)
         return ReportResult(error=f"{type(e).__name__}: {e}")
-
-
-@task(name="report", cache_policy=NO_CACHE)
-def report_task(ws: Workspace, round_no: int, record: dict | None = None) -> ReportResult:
-    return report(ws, round_no, record)

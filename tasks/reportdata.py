@@ -4,6 +4,7 @@ annotation times, and the label economics (the learning curve fitted and project
 
 from __future__ import annotations
 
+import csv
 import io
 import json
 import logging
@@ -16,10 +17,19 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
+from coldstart.tasks.audit import AuditEstimate, clopper_pearson_interval
+from coldstart.tasks.audit import audit as audit_stage
 from coldstart.tasks.commands import command
 from coldstart.tasks.errors import WorkspaceError
-from coldstart.tasks.workspace import Workspace
+from coldstart.tasks.labellog import current_answers, read_events
+from coldstart.tasks.ontology import negative_labels
+from coldstart.tasks.parts import PartTable
+from coldstart.tasks.regions import DEFECTS_DIR
+from coldstart.tasks.regiontable import regions_dir, regions_of, regions_parts
+from coldstart.tasks.workspace import Workspace, read_csv
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +92,7 @@ class AtTag:
     @property
     def fs(self):
         if self._fs is None:
-            from dvc.api import DVCFileSystem
+            from dvc.api import DVCFileSystem  # lazy: DVC is heavy and only a past round's report needs it
 
             self._fs = DVCFileSystem(str(self.ws.root), rev=self.tag)
         return self._fs
@@ -104,8 +114,6 @@ class AtTag:
 
 
 def _csv_rows(text: str | None) -> list[dict]:
-    import csv
-
     return list(csv.DictReader(io.StringIO(text))) if text else []
 
 
@@ -122,8 +130,6 @@ class Table:
     located: np.ndarray  # (N,) bool: a location (the winning tile) is recorded
 
     def rows(self, idx) -> list[dict]:
-        import pyarrow as pa
-
         take = pa.array(np.asarray(idx, dtype=np.int64))
         ids, paths, locs = (c.take(take).to_pylist() for c in (self.image_id, self.path, self.location))
         return [{"image_id": i, "path": p, "location": loc or "", "label": int(self.label[k]),
@@ -132,9 +138,6 @@ class Table:
 
     def find(self, image_ids: list[str]) -> dict[str, int]:
         """image id -> row, for the ids present."""
-        import pyarrow as pa
-        import pyarrow.compute as pc
-
         if not image_ids:
             return {}
         at = pc.index_in(self.image_id, value_set=pa.array(image_ids, pa.string())).to_numpy(zero_copy_only=False)
@@ -145,10 +148,7 @@ class Table:
 def read_table(ws: Workspace, round_no: int, classes: list[str], folder: Path | None = None
                ) -> tuple[Table, list[str]]:
     """The resolved table as round ``round_no`` left it (``folder``: its parts from elsewhere)."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
-    from coldstart.tasks.parts import PartTable
+    # lazy: relabel brings prefect, pandas and scikit-learn (its heads), which this module does not need
     from coldstart.tasks.relabel import CLASSES_KEY, resolved_parts
 
     parts = resolved_parts(ws) if folder is None else PartTable(folder, "image_id", resolved_parts(ws).schema)
@@ -188,8 +188,6 @@ class Audit:
 
     @classmethod
     def of(cls, data: dict | None) -> "Audit | None":
-        from coldstart.tasks.audit import AuditEstimate
-
         if not data:
             return None
         est = AuditEstimate.from_dict(data)
@@ -204,8 +202,6 @@ class Audit:
 
     def label_interval(self, correct: int, n: int) -> tuple[float, float]:
         """Per label, unweighted: Clopper-Pearson on the audited counts."""
-        from coldstart.tasks.audit import clopper_pearson_interval
-
         return clopper_pearson_interval(correct, n)
 
 
@@ -332,14 +328,6 @@ def gather(ws: Workspace, round_no: int, record: dict | None = None, params=None
     tag, or data/metrics/round.json), else builds a partial one from the files (a stage run alone,
     before its round is recorded). A round older than the newest tag reads the files that
     changed since from that tag (git, or DVC's cache) and the label log up to that round."""
-    from coldstart.tasks.audit import audit as audit_stage
-    from coldstart.tasks.labellog import current_answers, read_events
-    from coldstart.tasks.ontology import negative_labels
-    from coldstart.tasks.regions import DEFECTS_DIR
-    from coldstart.tasks.regiontable import regions_dir, regions_of, regions_parts
-    from coldstart.tasks.relabel import resolved_parts
-    from coldstart.tasks.workspace import read_csv
-
     params = params or ws.params()
     tags = ws.round_tags()
     latest = tags[-1] if tags else 0
@@ -349,6 +337,45 @@ def gather(ws: Workspace, round_no: int, record: dict | None = None, params=None
     past = round_no < latest
     tag = f"round-{round_no:03d}"
     notes: list[str] = []
+    records, record = _round_records(ws, round_no, tags, record, past, notes)
+    spl, target = report_settings(params)
+
+    at_tag = AtTag(ws, tag) if past else None
+    table, classes = _round_table(ws, round_no, params.ontology.class_names, at_tag)
+    train = _train_metrics(ws, record, at_tag)
+    relabel = record.get("relabel") or {}
+    threshold = relabel.get("threshold", train.get("threshold"))
+    model = relabel.get("source") or train.get("model") or "?"
+
+    if at_tag is not None:
+        quarantine = _csv_rows(at_tag.text("data/store/quarantine.csv"))
+        flags = _csv_rows(at_tag.text("data/labels/flags.csv"))
+    else:
+        quarantine, flags = read_csv(ws.quarantine), read_csv(ws.flags)
+
+    events = [e for e in read_events(ws) if e.round <= round_no]
+    answers = {k[0]: e for k, e in current_answers(events).items() if not k[1]}
+    humans = {i: e.label for i, e in answers.items()}
+    lead_times, lead_labels = answer_times(ws, answers)
+    reliability = _reliability(ws, round_no, humans)
+
+    negatives = negative_labels(params.ontology)
+    defect_labels = [c for c in classes if c not in negatives] if params.views.tiles else []
+    defects = _defects(ws, round_no, at_tag, notes) if defect_labels else {}
+
+    return ReportData(
+        round=round_no, workspace=ws.root.name, classes=classes, table=table, threshold=threshold, model=model,
+        record=record, quarantine=quarantine, humans=humans, audit=Audit.of(record.get("audit")),
+        curve=learning_curve(records), batch=read_csv(ws.review / f"round-{round_no:03d}.batch.csv"), flags=flags,
+        train=train, reliability=reliability, defects=defects, defect_labels=defect_labels,
+        lead_times=lead_times, lead_labels=lead_labels, seconds_per_label=spl, target_accuracy=target, notes=notes)
+
+
+def _round_records(ws: Workspace, round_no: int, tags: list[int], record: dict | None, past: bool,
+                   notes: list[str]) -> tuple[dict[int, dict], dict]:
+    """(the records of the rounds up to ``round_no``, this round's record): the learning curve
+    needs the earlier ones, and a round not recorded yet gets one built from the files (said in
+    ``notes``) so that the page can still be made after a stage run alone."""
     earlier = [r for r in tags if r < round_no]
     records = _records(ws, earlier + ([round_no] if round_no in tags and record is None else []))
     if record is None:
@@ -364,38 +391,45 @@ def gather(ws: Workspace, round_no: int, record: dict | None = None, params=None
         notes.append("This round is not recorded yet (a stage run alone): counts come from the files, and the "
                      "confusion matrix appears once a round records it.")
     records[round_no] = record
-    spl, target = report_settings(params)
+    return records, record
 
-    at_tag = AtTag(ws, tag) if past else None
+
+def _round_table(ws: Workspace, round_no: int, classes: list[str], at_tag: AtTag | None) -> tuple[Table, list[str]]:
+    """The resolved table as round ``round_no`` left it: a past round whose parts were pruned
+    since (``at_tag``: its tag) reads them from DVC, or says how to get them."""
+    # lazy: relabel brings prefect, pandas and scikit-learn (as in read_table)
+    from coldstart.tasks.relabel import resolved_parts
+
     with tempfile.TemporaryDirectory(prefix="coldstart-report-") as tmp:
-        table, classes = read_table(ws, round_no, params.ontology.class_names)
-        if past and _pruned(resolved_parts(ws), round_no):  # this round's parts: from DVC
+        table, got_classes = read_table(ws, round_no, classes)
+        if at_tag is not None and _pruned(resolved_parts(ws), round_no):  # this round's parts: from DVC
             got = at_tag.folder("data/labels/resolved", Path(tmp) / "resolved")
             if got is None:
                 raise WorkspaceError(
                     f"round {round_no}'s labels are no longer in this workspace (older parts are pruned) nor in its "
-                    f"DVC cache; get them with `{command('dvc')} get {shlex.quote(str(ws.root))} data/labels/resolved --rev {tag} -o DIR`")
-            table, classes = read_table(ws, round_no, params.ontology.class_names, got)
+                    f"DVC cache; get them with `{command('dvc')} get {shlex.quote(str(ws.root))} data/labels/resolved --rev {at_tag.tag} -o DIR`")
+            table, got_classes = read_table(ws, round_no, classes, got)
+    return table, got_classes
+
+
+def _train_metrics(ws: Workspace, record: dict, at_tag: AtTag | None) -> dict:
+    """The train stage's metrics: the record's, else train.json (at the round's tag for a past
+    round), for a record that lacks them (a stage run alone)."""
     train = record.get("train") or {}
     if not train:
-        blob = _git_files(ws, [f"{tag}:data/metrics/train.json"]).get(f"{tag}:data/metrics/train.json") if past \
-            else (ws.metrics_dir / "train.json").read_bytes() if (ws.metrics_dir / "train.json").is_file() else None
+        if at_tag is not None:
+            spec = f"{at_tag.tag}:data/metrics/train.json"
+            blob = _git_files(ws, [spec]).get(spec)
+        else:
+            saved = ws.metrics_dir / "train.json"
+            blob = saved.read_bytes() if saved.is_file() else None
         train = _json(blob) or {}
-    relabel = record.get("relabel") or {}
-    threshold = relabel.get("threshold", train.get("threshold"))
-    model = relabel.get("source") or train.get("model") or "?"
+    return train
 
-    if past:
-        quarantine = _csv_rows(at_tag.text("data/store/quarantine.csv"))
-        flags = _csv_rows(at_tag.text("data/labels/flags.csv"))
-    else:
-        quarantine, flags = read_csv(ws.quarantine), read_csv(ws.flags)
 
-    events = [e for e in read_events(ws) if e.round <= round_no]
-    answers = {k[0]: e for k, e in current_answers(events).items() if not k[1]}
-    humans = {i: e.label for i, e in answers.items()}
-    lead_times, lead_labels = answer_times(ws, answers)
-
+def _reliability(ws: Workspace, round_no: int, humans: dict[str, str]) -> list[tuple[float, bool]]:
+    """(confidence given, correct) of each answered audit item of the earlier rounds' batches:
+    the reliability diagram's points."""
     reliability = []
     for r in range(1, round_no):
         for b in read_csv(ws.review / f"round-{r:03d}.batch.csv"):
@@ -404,29 +438,27 @@ def gather(ws: Workspace, round_no: int, record: dict | None = None, params=None
                     reliability.append((float(b["confidence"]), humans[b["image_id"]] == b["predicted_label"]))
                 except (KeyError, ValueError):
                     continue
+    return reliability
 
-    negatives = negative_labels(params.ontology)
-    defect_labels = [c for c in classes if c not in negatives] if params.views.tiles else []
-    defects: dict[str, dict] = {}
+
+def _defects(ws: Workspace, round_no: int, at_tag: AtTag | None, notes: list[str]) -> dict[str, dict]:
+    """image id -> {"rle", "bbox", "label"}: the SAM masks of the located defects as of
+    ``round_no`` (from DVC at ``at_tag`` when pruned since). A view: an unreadable mask table
+    costs the masks (said in ``notes``), not the page."""
     folder = regions_dir(ws) / DEFECTS_DIR
-    if defect_labels and folder.is_dir():
-        try:
-            if past and _pruned(regions_parts(folder), round_no):
-                with tempfile.TemporaryDirectory(prefix="coldstart-report-") as tmp:
-                    got = at_tag.folder(folder.relative_to(ws.root).as_posix(), Path(tmp) / DEFECTS_DIR)
-                    regions = regions_of(regions_parts(got).read()) if got else []
-            else:
-                regions = regions_of(regions_parts(folder).read(before=round_no + 1))
-            defects = {r.image_id: {"rle": r.rle, "bbox": r.bbox, "label": r.label} for r in regions}
-        except Exception as e:  # a view: an unreadable mask table costs the masks, not the page
-            notes.append(f"The defect masks ({folder.relative_to(ws.root)}) could not be read: {e}")
-
-    return ReportData(
-        round=round_no, workspace=ws.root.name, classes=classes, table=table, threshold=threshold, model=model,
-        record=record, quarantine=quarantine, humans=humans, audit=Audit.of(record.get("audit")),
-        curve=learning_curve(records), batch=read_csv(ws.review / f"round-{round_no:03d}.batch.csv"), flags=flags,
-        train=train, reliability=reliability, defects=defects, defect_labels=defect_labels,
-        lead_times=lead_times, lead_labels=lead_labels, seconds_per_label=spl, target_accuracy=target, notes=notes)
+    if not folder.is_dir():
+        return {}
+    try:
+        if at_tag is not None and _pruned(regions_parts(folder), round_no):
+            with tempfile.TemporaryDirectory(prefix="coldstart-report-") as tmp:
+                got = at_tag.folder(folder.relative_to(ws.root).as_posix(), Path(tmp) / DEFECTS_DIR)
+                regions = regions_of(regions_parts(got).read()) if got else []
+        else:
+            regions = regions_of(regions_parts(folder).read(before=round_no + 1))
+        return {r.image_id: {"rle": r.rle, "bbox": r.bbox, "label": r.label} for r in regions}
+    except Exception as e:  # a view: an unreadable mask table costs the masks, not the page
+        notes.append(f"The defect masks ({folder.relative_to(ws.root)}) could not be read: {e}")
+        return {}
 
 
 def fit_curve(points: list[CurvePoint]) -> tuple[float, float] | None:

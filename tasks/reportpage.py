@@ -12,9 +12,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from PIL import Image, ImageDraw
 
 from coldstart.tasks.labellog import describe_answers
+from coldstart.tasks.regiontable import decode_mask
 from coldstart.tasks.reportdata import ReportData, economics, fit_curve, projection
+from coldstart.tasks.scan import load_rgb
 
 log = logging.getLogger(__name__)
 
@@ -95,18 +98,12 @@ class Thumbs:
         return got
 
     def _encode(self, path: str, size: int, box: str, rle: dict | None) -> tuple[str, int, int] | None:
-        from PIL import Image, ImageDraw
-
-        from coldstart.tasks.scan import load_rgb
-
         file = self.images / path
         try:
             with load_rgb(file, self.scan, draft=None if (box or rle) else size) as img:
                 img = img.convert("RGB")
                 full = img.size
                 if rle is not None:
-                    from coldstart.tasks.regiontable import decode_mask
-
                     mask = decode_mask(rle).astype(bool)
                     if mask.shape == (full[1], full[0]):
                         tint = Image.new("RGB", full, (255, 0, 64))
@@ -357,38 +354,20 @@ class Page:
         counts = np.bincount(t.label[t.label >= 0], minlength=L) if len(t.label) else np.zeros(L, int)
         shown = sorted(range(L), key=lambda k: -counts[k])[:MAX_LABEL_SECTIONS] if L > MAX_LABEL_SECTIONS \
             else list(range(L))
-        shown_set = set(shown)
         k_strip = max(1, min(STRIP, (MAX_THUMBS // 3) // max(1, 2 * len(shown))))
         # The auto labels sorted by (label, confidence): each label's ends, without a pass per label.
         auto = np.flatnonzero((~t.human) & (t.label >= 0))
         order = auto[np.lexsort((t.confidence[auto], t.label[auto]))]
         starts = np.searchsorted(t.label[order], np.arange(L + 1))
-        by_label: dict[int, dict[str, list]] = {k: {"review": [], "flags": [], "defects": []} for k in shown}
         where = t.find(sorted({f.get("image_id", "") for f in d.flags}))
-        for b in d.batch:
-            k = d.classes.index(b.get("predicted_label")) if b.get("predicted_label") in d.classes else -1
-            if k in shown_set and len(by_label[k]["review"]) < PER_LABEL_REVIEW:
-                by_label[k]["review"].append(b)
-        for f in d.flags:
-            k = d.classes.index(f.get("human_label")) if f.get("human_label") in d.classes else -1
-            if k in shown_set and len(by_label[k]["flags"]) < PER_LABEL_FLAGS:
-                by_label[k]["flags"].append(f)
+        by_label = self._label_items(shown)
         defect_set = {d.classes.index(c) for c in d.defect_labels if c in d.classes}
         # Thumbnails are given out in this order (the budget may run out): what to act on first.
         review_figs = {k: [self.review_figure(b) for b in v["review"]] for k, v in by_label.items()}
         flag_figs = {k: [self.flag_figure(f, where) for f in v["flags"]] for k, v in by_label.items()}
         defect_figs = {k: self.defect_figures(k, order[starts[k]:starts[k + 1]]) if k in defect_set else []
                        for k in shown}
-        strips = {}
-        for k in shown:
-            rows = order[starts[k]:starts[k + 1]]
-            most = t.rows(rows[::-1][:k_strip])
-            least = t.rows(rows[:k_strip]) if len(rows) > k_strip else []
-            strips[k] = ([self.figure(r["path"], pct(r["confidence"]), f"{r['path']}: {pct(r['confidence'])}")
-                          for r in most],
-                         [self.figure(r["path"], pct(r["confidence"]), f"{r['path']}: {pct(r['confidence'])}")
-                          for r in least])
-        au = d.audit
+        strips = {k: self._strips(order[starts[k]:starts[k + 1]], k_strip) for k in shown}
         toc = " · ".join(f'<a href="#label-{k}">{esc(d.classes[k])}</a>' for k in shown)
         out = [f"<p>Per label: the auto labels the model is surest and least sure of, the review items it suggests "
                f"this label for, the human labels of this label it disputes (data/labels/flags.csv), and for defect "
@@ -397,32 +376,68 @@ class Page:
             out.append(f'<p class="note">{L} labels: the {len(shown)} most frequent have a section here; the '
                        f"accuracy table above lists every label.</p>")
         for k in shown:
-            name = d.classes[k]
-            human = int(np.count_nonzero(t.human & (t.label == k)))
-            acc = ""
-            if au is not None and name in au.by_label and au.by_label[name][1]:
-                c, n = au.by_label[name]
-                acc = f"; audited {pct(c / n)} ({interval_text(au.label_interval(c, n))}, n={n})"
-            most, least = strips[k]
-            block = [f'<div class="label" id="label-{k}" data-label="{esc(name)}"><h3>{esc(name)}</h3>'
-                     f'<p class="muted">{int(counts[k])} images: {human} human, {int(counts[k]) - human} auto'
-                     f"{esc(acc)}</p>"]
-            block.append("<h4>most confident auto labels</h4>" + (f'<div class="strip">{"".join(most)}</div>'
-                                                                   if most else '<p class="muted">none</p>'))
-            if least:
-                block.append(f'<h4>least confident auto labels</h4><div class="strip">{"".join(least)}</div>')
-            if review_figs[k]:
-                block.append(f'<h4>in the review batch, suggested as {esc(name)}</h4>'
-                             f'<div class="strip">{"".join(review_figs[k])}</div>')
-            if flag_figs[k]:
-                block.append(f'<h4>human labels “{esc(name)}” the model disputes</h4>'
-                             f'<div class="strip">{"".join(flag_figs[k])}</div>')
-            if defect_figs[k]:
-                block.append(f'<h4>located defects (box: the winning tile; red: the SAM mask, where there is one)'
-                             f'</h4><div class="strip">{"".join(defect_figs[k])}</div>')
-            block.append("</div>")
-            out.append("".join(block))
+            out.append(self._label_section(k, int(counts[k]), strips[k], review_figs[k], flag_figs[k], defect_figs[k]))
         return "".join(out)
+
+    def _class_index(self, name: object) -> int:
+        """A label's index in the classes, -1 for none of them: batch and flag rows name labels
+        as text, and may name one the ontology no longer has."""
+        return self.d.classes.index(name) if isinstance(name, str) and name in self.d.classes else -1
+
+    def _label_items(self, shown: list[int]) -> dict[int, dict[str, list[dict]]]:
+        """Per shown label, the review items suggested as it and the human labels of it the model
+        disputes, each capped: they open its section, so they are picked before the strips."""
+        d = self.d
+        shown_set = set(shown)
+        by_label: dict[int, dict[str, list[dict]]] = {k: {"review": [], "flags": []} for k in shown}
+        for b in d.batch:
+            k = self._class_index(b.get("predicted_label"))
+            if k in shown_set and len(by_label[k]["review"]) < PER_LABEL_REVIEW:
+                by_label[k]["review"].append(b)
+        for f in d.flags:
+            k = self._class_index(f.get("human_label"))
+            if k in shown_set and len(by_label[k]["flags"]) < PER_LABEL_FLAGS:
+                by_label[k]["flags"].append(f)
+        return by_label
+
+    def _strips(self, rows: np.ndarray, k_strip: int) -> tuple[list[str], list[str]]:
+        """One label's most and least confident auto labels as thumbnails (``rows``: its auto
+        labels, least confident first), most confident first: they take the budget in that order."""
+        t = self.d.table
+        most = t.rows(rows[::-1][:k_strip])
+        least = t.rows(rows[:k_strip]) if len(rows) > k_strip else []
+        return ([self.figure(r["path"], pct(r["confidence"]), f"{r['path']}: {pct(r['confidence'])}") for r in most],
+                [self.figure(r["path"], pct(r["confidence"]), f"{r['path']}: {pct(r['confidence'])}") for r in least])
+
+    def _label_section(self, k: int, count: int, strips: tuple[list[str], list[str]], review_figs: list[str],
+                       flag_figs: list[str], defect_figs: list[str]) -> str:
+        """One label's section: its counts and audited accuracy, then its thumbnails by kind."""
+        d, t, au = self.d, self.d.table, self.d.audit
+        name = d.classes[k]
+        human = int(np.count_nonzero(t.human & (t.label == k)))
+        acc = ""
+        if au is not None and name in au.by_label and au.by_label[name][1]:
+            c, n = au.by_label[name]
+            acc = f"; audited {pct(c / n)} ({interval_text(au.label_interval(c, n))}, n={n})"
+        most, least = strips
+        block = [f'<div class="label" id="label-{k}" data-label="{esc(name)}"><h3>{esc(name)}</h3>'
+                 f'<p class="muted">{count} images: {human} human, {count - human} auto'
+                 f"{esc(acc)}</p>"]
+        block.append("<h4>most confident auto labels</h4>" + (f'<div class="strip">{"".join(most)}</div>'
+                                                               if most else '<p class="muted">none</p>'))
+        if least:
+            block.append(f'<h4>least confident auto labels</h4><div class="strip">{"".join(least)}</div>')
+        if review_figs:
+            block.append(f'<h4>in the review batch, suggested as {esc(name)}</h4>'
+                         f'<div class="strip">{"".join(review_figs)}</div>')
+        if flag_figs:
+            block.append(f'<h4>human labels “{esc(name)}” the model disputes</h4>'
+                         f'<div class="strip">{"".join(flag_figs)}</div>')
+        if defect_figs:
+            block.append(f'<h4>located defects (box: the winning tile; red: the SAM mask, where there is one)'
+                         f'</h4><div class="strip">{"".join(defect_figs)}</div>')
+        block.append("</div>")
+        return "".join(block)
 
     def review_figure(self, b: dict) -> str:
         try:

@@ -90,7 +90,8 @@ class SamEmbeddingCache:
         emb.save(buf)
         try:
             atomic_write_bytes(path, buf.getvalue())
-            files = sorted(self.dir.glob("*.npz"), key=lambda f: f.stat().st_mtime_ns, reverse=True)
+            # path.parent: the cache folder (get() puts every path there)
+            files = sorted(path.parent.glob("*.npz"), key=lambda f: f.stat().st_mtime_ns, reverse=True)
             total = 0
             for f in files:
                 total += f.stat().st_size

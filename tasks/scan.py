@@ -28,8 +28,6 @@ from typing import BinaryIO, Iterator
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
-from prefect import task
-from prefect.cache_policies import NO_CACHE
 
 from coldstart.tasks.config import ScanConfig
 from coldstart.tasks.errors import WorkspaceError
@@ -574,8 +572,3 @@ def image_table(ws: Workspace) -> dict[str, str]:
     for i, path in zip(*read_manifest_table(ws, ["image_id"]).select(["image_id", "path"]).to_pydict().values()):
         table.setdefault(i, path)
     return table
-
-
-@task(name="scan", cache_policy=NO_CACHE)
-def scan_task(ws: Workspace, cfg: ScanConfig, round_no: int) -> ScanResult:
-    return scan(ws, cfg, round_no)

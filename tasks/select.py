@@ -11,14 +11,17 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import numpy as np
-from prefect import task
-from prefect.cache_policies import NO_CACHE
 
 from coldstart.tasks import labelstudio, strategies
 from coldstart.tasks.config import RegionsConfig, RoundConfig
 from coldstart.tasks.errors import SelectionError
+from coldstart.tasks.labellog import read_events, region_answers
+from coldstart.tasks.regionexports import regions_to_labelstudio
+from coldstart.tasks.regiontable import read_regions, regions_dir
 from coldstart.tasks.result import StageResult
 from coldstart.tasks.store import EmbeddingStore
 from coldstart.tasks.strategies import uncertainty
@@ -51,7 +54,7 @@ def select_indices(probs: np.ndarray, budget: int, *, strategy: str, audit: int,
         raise SelectionError(f"budget {budget} is larger than the pool of {n} unlabeled images")
     if not 0 <= audit <= budget:
         raise SelectionError(f"audit size {audit} must be between 0 and the budget {budget}")
-    options = dict(factor=factor, measure=measure, class_cap=class_cap)
+    options: dict[str, Any] = dict(factor=factor, measure=measure, class_cap=class_cap)
     strategies.build(strategy, **options)  # a bad name or option fails here, even with an all-audit batch
     rng = np.random.default_rng(seed)
     audit_idx = rng.choice(n, size=audit, replace=False) if audit else np.zeros(0, int)
@@ -100,9 +103,6 @@ def select_regions(ws: Workspace, budget: int, round_no: int) -> list:
     has not labeled and that no earlier, still unanswered regions batch holds. Background
     regions count (the labeler may be wrong that they are); contained ones do not (their
     container is asked)."""
-    from coldstart.tasks.labellog import read_events, region_answers
-    from coldstart.tasks.regiontable import read_regions, regions_dir
-
     if budget <= 0:
         return []
     answered = set(region_answers(read_events(ws)))
@@ -114,11 +114,9 @@ def select_regions(ws: Workspace, budget: int, round_no: int) -> list:
     return sorted(pool, key=lambda r: (r.margin, r.region_id))[:budget]
 
 
-def _write_regions_batch(ws: Workspace, stem, picked: list) -> list[str]:
+def _write_regions_batch(ws: Workspace, stem: Path, picked: list) -> list[str]:
     """round-NNN.regions.csv (answer by region id) and round-NNN.regions.tasks.json (Label Studio:
     one task per image, the picked regions as editable polygons), ordered by image path."""
-    from coldstart.tasks.regionexports import regions_to_labelstudio
-
     picked = sorted(picked, key=lambda r: (r.path, r.bbox[1], r.bbox[0]))
     write_csv(stem.with_suffix(".regions.csv"), REGION_REVIEW_FIELDS, [
         dict(region_id=r.region_id, image_id=r.image_id, image=_cell(r.path),
@@ -149,6 +147,9 @@ def select(ws: Workspace, cfg: RoundConfig, round_no: int, regions: RegionsConfi
 
 
 def _select_images(ws: Workspace, cfg: RoundConfig, round_no: int) -> SelectResult:
+    """The image review batch: the audit sample and the uncertain picks from the images without a
+    human label nor a place in an open batch, plus human labels sent back for a second look."""
+    # lazy: relabel brings prefect, pandas and scikit-learn (its heads), which select does not import
     from coldstart.tasks.relabel import load_probs, read_resolved
 
     ids, probs, classes, (model_id, view) = load_probs(ws)
@@ -159,20 +160,7 @@ def _select_images(ws: Workspace, cfg: RoundConfig, round_no: int) -> SelectResu
     pending = waiting(ws, round_no, set(labeled))
     pool = [k for k, i in enumerate(ids) if resolved[i]["source"] != "human" and i not in pending]
     strategy = cfg.strategy if labeled else cfg.first_strategy
-    # Human labels the held-out model disagrees with go back for a second look, inside the
-    # budget: a batch never holds more than round.budget images.
-    rechecks, max_rechecks = [], min(math.ceil(cfg.recheck_fraction * cfg.budget), cfg.budget)
-    for f in read_csv(ws.flags):  # most confident first
-        if len(rechecks) >= max_rechecks:
-            break
-        r = resolved.get(f["image_id"])
-        if r is None or r["source"] != "human" or r["label"] != f["human_label"]:
-            continue  # image gone, or already corrected since
-        rechecks.append(dict(image_id=r["image_id"], image=r["path"], purpose="recheck",
-                             predicted_label=f["suggested_label"], confidence=f["probability"], source="human",
-                             model_id="", score="", round=round_no,
-                             note=f"please check: labeled {f['human_label']!r}, the model (held out) says "
-                                  f"{f['suggested_label']!r} with p={float(f['probability']):.2f}"))
+    rechecks = _rechecks(ws, cfg, resolved, round_no)
     # review_policy critical: every auto label goes to review. The batch is the whole pool
     # (round.budget does not cap it), and all of it is audit: a census of this round's labels.
     cap = len(pool) + len(rechecks) if cfg.review_policy == "critical" else cfg.budget
@@ -205,6 +193,34 @@ def _select_images(ws: Workspace, cfg: RoundConfig, round_no: int) -> SelectResu
                               confidence=f"{r['confidence']:.6f}", source=r["source"], model_id=r["model_id"],
                               score=f"{scores[j]:.6f}", round=round_no, note=""))
     batch.extend(rechecks)
+    files = _write_batch(ws, stem, batch, classes, {r["image_id"]: resolved[r["image_id"]]["label"] for r in rechecks})
+    return SelectResult(len(batch), len(chosen), len(aud), len(pool), files, strategy, len(rechecks))
+
+
+def _rechecks(ws: Workspace, cfg: RoundConfig, resolved: dict[str, dict], round_no: int) -> list[dict]:
+    """Human labels the held-out model disagrees with (data/labels/flags.csv, most confident
+    first) as batch rows, to go back for a second look inside the budget: a batch never holds
+    more than round.budget images, so at most ``recheck_fraction`` of it are rechecks."""
+    rechecks: list[dict] = []
+    max_rechecks = min(math.ceil(cfg.recheck_fraction * cfg.budget), cfg.budget)
+    for f in read_csv(ws.flags):  # most confident first
+        if len(rechecks) >= max_rechecks:
+            break
+        r = resolved.get(f["image_id"])
+        if r is None or r["source"] != "human" or r["label"] != f["human_label"]:
+            continue  # image gone, or already corrected since
+        rechecks.append(dict(image_id=r["image_id"], image=r["path"], purpose="recheck",
+                             predicted_label=f["suggested_label"], confidence=f["probability"], source="human",
+                             model_id="", score="", round=round_no,
+                             note=f"please check: labeled {f['human_label']!r}, the model (held out) says "
+                                  f"{f['suggested_label']!r} with p={float(f['probability']):.2f}"))
+    return rechecks
+
+
+def _write_batch(ws: Workspace, stem: Path, batch: list[dict], classes: list[str], human: dict[str, str]) -> list[str]:
+    """round-NNN.batch.csv (what was picked and why), round-NNN.csv and round-NNN.tasks.json (what
+    the annotator sees, by path) and label_config.xml; returns the first three, relative.
+    ``human``: the rechecked images' own labels, which Label Studio pre-selects."""
     write_csv(stem.with_suffix(".batch.csv"), BATCH_FIELDS, batch)
     # What the annotator sees: sorted by path, so audit items are not told apart from the rest.
     review = sorted(batch, key=lambda b: b["image"])
@@ -213,14 +229,7 @@ def _select_images(ws: Workspace, cfg: RoundConfig, round_no: int) -> SelectResu
              confidence=b["confidence"], label="", annotator="", note=_cell(b["note"])) for b in review])
     url_of = image_urls(ws)
     # A re-check pre-selects the person's own label and says in a note why it is asked again.
-    tasks = labelstudio.review_tasks(review, url_of, human={r["image_id"]: resolved[r["image_id"]]["label"]
-                                                            for r in rechecks})
+    tasks = labelstudio.review_tasks(review, url_of, human=human)
     atomic_write_text(stem.with_suffix(".tasks.json"), labelstudio.tasks_json(tasks))
     atomic_write_text(ws.review / "label_config.xml", labelstudio.label_config(classes))
-    files = [ws.rel(stem.with_suffix(s)) for s in (".csv", ".batch.csv", ".tasks.json")]
-    return SelectResult(len(batch), len(chosen), len(aud), len(pool), files, strategy, len(rechecks))
-
-
-@task(name="select", cache_policy=NO_CACHE)
-def select_task(ws: Workspace, cfg: RoundConfig, round_no: int, regions: RegionsConfig | None = None) -> SelectResult:
-    return select(ws, cfg, round_no, regions)
+    return [ws.rel(stem.with_suffix(s)) for s in (".csv", ".batch.csv", ".tasks.json")]

@@ -1,27 +1,44 @@
-"""The stages of a round, in order: the one registry that `coldstart stage NAME`, the round
-record (its fields and round.json), the CLI's choices and the dvc.yaml check read.
+"""The stages of a round, in order: the one registry that the round flow iterates, and that
+`coldstart stage NAME`, the round record (its fields and round.json), the CLI's choices and the
+dvc.yaml check read.
 
 Each stage has one entry, ``run(ws, ctx) -> result``: the context carries the validated params,
-the round number and the CLIP handle (built on first use), so no stage reads params.yaml
-itself. The round flow (flows/round.py) calls the same stage functions through its Prefect
-tasks, with the results of the earlier stages some of them need.
+the round number, the CLIP handle (built on first use) and, inside a round, the record so far
+and the earlier stages' results; no stage reads params.yaml itself. The round flow
+(flows/round.py) runs each entry as a Prefect task named after the stage (``Stage.task``);
+`coldstart stage NAME` (what ``dvc repro`` runs) calls the same entry without a record.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable
+from pathlib import Path
+from typing import Any, Callable, Protocol
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from coldstart.models.clip import LazyClip
-from coldstart.tasks import audit, embed, intake, regions, relabel, report, scan, select, train
+from coldstart.models.errors import ConfigError
+from coldstart.tasks import audit, embed, intake, regions, relabel, report, scan, select, track, train, version
 from coldstart.tasks.config import Params
 from coldstart.tasks.result import StageResult
-from coldstart.tasks.track import TrackResult
-from coldstart.tasks.version import VersionResult
 from coldstart.tasks.workspace import Workspace
+
+
+class RoundSoFar(Protocol):
+    """What the round flow's record (flows/record.py ``RoundRecord``) offers the stages that
+    summarise the round: report, track and version."""
+
+    def to_dict(self) -> dict[str, Any]: ...
+
+    def metrics(self) -> dict[str, float | None]: ...
+
+    def artifacts(self, ws: Workspace) -> list[Path]: ...
+
+    def commit_message(self) -> str: ...
+
+    def save(self, path: Path) -> None: ...
 
 
 @dataclass
@@ -30,6 +47,8 @@ class Context:
 
     params: Params  # validated params.yaml
     round: int  # the round being made (the last tag's number + 1)
+    record: RoundSoFar | None = None  # inside a round: its record so far; `coldstart stage`: None
+    results: dict[str, Any] = field(default_factory=dict)  # this round's earlier results, by stage name
     _clip: LazyClip | None = field(default=None, repr=False)
 
     @property
@@ -40,19 +59,29 @@ class Context:
         return self._clip
 
     @classmethod
-    def of(cls, ws: Workspace) -> "Context":
+    def of(cls, ws: Workspace, record: RoundSoFar | None = None) -> "Context":
         """The context of the next round of ``ws``."""
-        return cls(ws.params(), ws.next_round())
+        return cls(ws.params(), ws.next_round(), record)
+
+    def in_round(self, stage: str) -> RoundSoFar:
+        """The round's record, for a stage that only runs inside a round."""
+        if self.record is None:
+            raise ConfigError(f"the {stage} stage runs inside a round only (`coldstart round`)")
+        return self.record
 
 
 @dataclass(frozen=True)
 class Stage:
     name: str
-    result: type  # what run returns (a StageResult; the audit's may be None: nothing to audit yet)
-    # The stage alone (what `coldstart stage NAME` and `dvc repro` run); None: it only runs inside
-    # a round, on what the earlier stages returned (track: the round's metrics; version: its record).
-    run: Callable[[Workspace, Context], StageResult | None] | None = None
-    dvc: bool = False  # a stage of dvc.yaml, writing exactly the outputs declared there
+    result: type[StageResult]  # what run returns (a StageResult; the audit's may be None: nothing to audit yet)
+    run: Callable[[Workspace, Context], StageResult | None]
+    dvc: bool = False  # a stage of dvc.yaml, writing exactly the outputs declared there (`coldstart stage`)
+
+    @property
+    def task(self) -> Any:
+        """``run`` as the Prefect task the round flow calls (named after the stage; never cached:
+        a stage's inputs are files)."""
+        return _TASKS[self.name]
 
 
 def take_in(ws: Workspace, ctx: Context) -> intake.IntakeResult:
@@ -64,29 +93,78 @@ def take_in(ws: Workspace, ctx: Context) -> intake.IntakeResult:
                          max_file_mb=cfg.max_file_mb)
 
 
+def _scan(ws: Workspace, ctx: Context) -> scan.ScanResult:
+    result = scan.scan(ws, ctx.params.scan, ctx.round)
+    if ctx.record is not None:  # a round needs images; the stage alone just records none
+        result.require_images(ws)
+    return result
+
+
+def _embed(ws: Workspace, ctx: Context) -> embed.EmbedResult:
+    return embed.embed(ws, ctx.clip, ctx.params.model, ctx.params.views, execution=ctx.params.execution)
+
+
+def _audit(ws: Workspace, ctx: Context) -> audit.AuditEstimate | None:
+    return audit.audit(ws, ctx.round)
+
+
+def _train(ws: Workspace, ctx: Context) -> train.TrainResult:
+    result = train.train(ws, ctx.params, ctx.clip, ctx.round)
+    if (estimate := ctx.results.get("audit")) is not None:  # answered audit items, scored out of fold by it
+        estimate.use_out_of_fold(result, ctx.round)
+    return result
+
+
+def _relabel(ws: Workspace, ctx: Context) -> relabel.RelabelResult:
+    result = relabel.relabel(ws, ctx.params, ctx.round)
+    if (estimate := ctx.results.get("audit")) is not None:  # ... weighted by confidence band to these auto labels
+        estimate.weight_to_pool(result.auto_confidence)
+    return result
+
+
+def _regions(ws: Workspace, ctx: Context) -> regions.RegionsResult:
+    return regions.regions(ws, ctx.params, ctx.clip, ctx.round)
+
+
+def _select(ws: Workspace, ctx: Context) -> select.SelectResult:
+    return select.select(ws, ctx.params.round, ctx.round, ctx.params.regions)
+
+
+def _report(ws: Workspace, ctx: Context) -> report.ReportResult:
+    # In a round a failure is noted in the result, never raised: the report is a view of the round.
+    record = ctx.record.to_dict() if ctx.record is not None else None
+    return report.report(ws, ctx.round, record, ctx.params, raise_errors=ctx.record is None)
+
+
+def _track(ws: Workspace, ctx: Context) -> track.TrackResult:
+    rec = ctx.in_round("track")
+    return track.track(ws, ctx.params, ctx.round, rec.metrics(), rec.artifacts(ws), ctx.results["train"])
+
+
+def _version(ws: Workspace, ctx: Context) -> version.VersionResult:
+    rec = ctx.in_round("version")
+    rec.save(ws.metrics_dir / "round.json")  # the round's own record, committed with its tag
+    found: scan.ScanResult = ctx.results["scan"]
+    return version.version(ws, ctx.round, rec.commit_message(), found.parts, found.hashed, found.unversionable)
+
+
 STAGES: dict[str, Stage] = {s.name: s for s in [
-    Stage("scan", scan.ScanResult, lambda ws, ctx: scan.scan(ws, ctx.params.scan, ctx.round), dvc=True),
-    Stage("embed", embed.EmbedResult,
-          lambda ws, ctx: embed.embed(ws, ctx.clip, ctx.params.model, ctx.params.views,
-                                      execution=ctx.params.execution), dvc=True),
-    Stage("intake", intake.IntakeResult, take_in, dvc=True),
-    Stage("audit", audit.AuditEstimate, lambda ws, ctx: audit.audit(ws, ctx.round)),
-    Stage("train", train.TrainResult, lambda ws, ctx: train.train(ws, ctx.params, ctx.clip, ctx.round), dvc=True),
-    Stage("relabel", relabel.RelabelResult, lambda ws, ctx: relabel.relabel(ws, ctx.params, ctx.round), dvc=True),
-    Stage("regions", regions.RegionsResult,
-          lambda ws, ctx: regions.regions(ws, ctx.params, ctx.clip, ctx.round), dvc=True),
-    Stage("select", select.SelectResult,
-          lambda ws, ctx: select.select(ws, ctx.params.round, ctx.round, ctx.params.regions), dvc=True),
-    Stage("report", report.ReportResult,
-          lambda ws, ctx: report.report(ws, ctx.round, params=ctx.params, raise_errors=True), dvc=True),
-    Stage("track", TrackResult),
-    Stage("version", VersionResult),
+    Stage("scan", scan.ScanResult, _scan, dvc=True),  # images -> content ids, manifest, quarantine
+    Stage("embed", embed.EmbedResult, _embed, dvc=True),  # new images only -> embedding store
+    Stage("intake", intake.IntakeResult, take_in, dvc=True),  # inbox answers -> validated -> label log
+    Stage("audit", audit.AuditEstimate, _audit),  # earlier rounds' answered audit items -> accuracy
+    Stage("train", train.TrainResult, _train, dvc=True),  # human labels -> the best labeler by CV
+    Stage("relabel", relabel.RelabelResult, _relabel, dvc=True),  # every image -> label (human > model)
+    Stage("regions", regions.RegionsResult, _regions, dvc=True),  # regions.enabled: SAM masks, labeled
+    Stage("select", select.SelectResult, _select, dvc=True),  # uncertainty + diversity + audit -> batch
+    Stage("report", report.ReportResult, _report, dvc=True),  # data/reports/round-NNN.html
+    Stage("track", track.TrackResult, _track),  # one MLflow run
+    Stage("version", version.VersionResult, _version),  # dvc commit + push, git commit, tag round-NNN
 ]}
 
-@task(name="intake", cache_policy=NO_CACHE)
-def intake_task(ws: Workspace, ctx: Context) -> intake.IntakeResult:
-    """The round's intake (``take_in``) as a Prefect task."""
-    return take_in(ws, ctx)
+_TASKS = {name: task(name=name, cache_policy=NO_CACHE)(s.run) for name, s in STAGES.items()}
 
+# After the tag: the MLflow run gets the commit and tag (a task of its own, not a stage).
+link_run_task = task(name="link_run", cache_policy=NO_CACHE)(track.link_run)
 
 DVC_STAGES = [name for name, s in STAGES.items() if s.dvc]  # in dvc.yaml's order

@@ -53,5 +53,7 @@ def image_urls(ws: Workspace):
     cfg = ws.params().labelstudio
     if cfg.images != "api":
         return None
+    api_url = cfg.api_url
+    assert api_url is not None, "LabelStudioConfig refuses images: api without api_url"
     token = api_token(ws)
-    return lambda image_id, path: image_url(cfg.api_url, token, image_id)
+    return lambda image_id, path: image_url(api_url, token, image_id)

@@ -19,8 +19,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
 
 import numpy as np
-from prefect import task
-from prefect.cache_policies import NO_CACHE
 
 from coldstart.tasks.config import Params, flatten
 from coldstart.tasks.errors import TrackingError
@@ -255,7 +253,7 @@ def _prints_to_log(name: str) -> Iterator[None]:
     into the workspace's log file, off the terminal."""
     stream = _LogLines(logging.getLogger(name), sys.stderr)
     try:
-        with contextlib.redirect_stderr(stream):  # type: ignore[type-var]
+        with contextlib.redirect_stderr(stream):
             yield
     finally:
         stream.flush()
@@ -349,8 +347,9 @@ def write_metrics_files(ws: Workspace, round_no: int, metrics: dict[str, float |
 
     def pick(name: str):
         for key in _CURVE_KEYS.get(name, (name,)):
-            if metrics.get(key) is not None:
-                return _number(metrics[key])
+            value = metrics.get(key)
+            if value is not None:
+                return _number(value)
         return ""
 
     rows = [r for r in read_curve(ws) if r.get("round", "").isdigit() and int(r["round"]) < round_no]
@@ -392,19 +391,9 @@ def link_run(ws: Workspace, params: Params, run_id: str | None, commit: str, tag
     # Each earlier round's run gets the audit of its own batch, as its answers come in.
     round_no = int(tag.rsplit("-", 1)[-1])
     for est in every_audit(ws, round_no):
-        record_audit(ws, params, est.round, est.accuracy, *est.interval, est.n)
-
-
-@task(name="track", cache_policy=NO_CACHE)
-def track_task(ws: Workspace, params: Params, round_no: int, metrics: dict[str, float | None],
-               artifacts: list[Path], train: "TrainResult") -> TrackResult:
-    return track(ws, params, round_no, metrics, artifacts, train)
-
-
-@task(name="link_run", cache_policy=NO_CACHE)
-def link_run_task(ws: Workspace, params: Params, run_id: str | None, commit: str, tag: str,
-                  audit: "AuditEstimate | None") -> None:
-    link_run(ws, params, run_id, commit, tag, audit)
+        accuracy, interval = est.accuracy, est.interval
+        assert accuracy is not None and interval is not None, "every_audit returns estimates with answered items"
+        record_audit(ws, params, est.round, accuracy, *interval, est.n)
 
 
 def load_champion(ws: Workspace, params: Params):

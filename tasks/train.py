@@ -17,8 +17,6 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
-from prefect import task
-from prefect.cache_policies import NO_CACHE
 
 from coldstart.models.errors import ConfigError
 from coldstart.models.probe import ProbeFit, SelfTraining, fit_probe, fit_zs_probe
@@ -95,13 +93,17 @@ def choose_labeler(X: np.ndarray, y: np.ndarray, zero_shot: ZeroShotHead, cfg: T
                f"{n} human label(s) of {len(np.unique(y))} class(es): too few for a probe "
                f"(need train.min_labels={cfg.min_labels} and two classes)")
         return _finish(TrainResult(n, "zero-shot", why, None, None, zs_acc, None), zs_probs, y)
-    st = dict(self_training=SelfTraining(pool_X, rows, cfg.self_training)
-              if pool_X is not None and cfg.self_training else None)
+    st = None
+    if pool_X is not None and cfg.self_training:
+        assert rows is not None, "pool_X comes with rows: each labeled sample's row in it"
+        st = SelfTraining(pool_X, rows, cfg.self_training)
     fitted: dict[str, ProbeFit] = {}
     if cfg.model in ("auto", "probe"):
-        fitted["probe"] = fit_probe(X, y, L, C=cfg.C, folds=cfg.cv_folds, seed=cfg.seed, center=center, scale=scale, **st)
+        fitted["probe"] = fit_probe(X, y, L, C=cfg.C, folds=cfg.cv_folds, seed=cfg.seed, center=center, scale=scale,
+                                    self_training=st)
     if cfg.model in ("auto", "zs-probe"):
-        fitted["zs-probe"] = fit_zs_probe(X, y, zero_shot.label_weights(), folds=cfg.cv_folds, seed=cfg.seed, **st)
+        fitted["zs-probe"] = fit_zs_probe(X, y, zero_shot.label_weights(), folds=cfg.cv_folds, seed=cfg.seed,
+                                          self_training=st)
     scores = {"zero-shot": zs_acc, **{k: f.cv_accuracy for k, f in fitted.items()}}
     # max() keeps the first of equals: ties go to the simpler model (zero-shot, then zs-probe).
     best = max(["zero-shot", "zs-probe", "probe"], key=lambda k: scores.get(k, -1.0)) if cfg.model == "auto" \
@@ -270,11 +272,11 @@ def train(ws: Workspace, params: Params, clip: ClipModel, round_no: int) -> Trai
 
 def save(ws: Workspace, result: TrainResult, zero_shot: ZeroShotHead, model_id: str) -> None:
     """Write data/models/{head.npz,chosen.json} and data/metrics/train.json."""
-    arrays = (dict(weight=result.probe.head.weight, bias=result.probe.head.bias) if result.probe is not None else
+    arrays: dict[str, np.ndarray] = (dict(weight=result.probe.head.weight, bias=result.probe.head.bias) if result.probe is not None else
               dict(weights=zero_shot.weights, label_of_class=zero_shot.label_of_class,
                    n_labels=np.asarray(zero_shot.n_labels), logit_scale=np.asarray(zero_shot.logit_scale)))
     buf = io.BytesIO()
-    np.savez(buf, **arrays)
+    np.savez(buf, allow_pickle=True, **arrays)  # the default, named so **arrays is not matched against it
     atomic_write_bytes(ws.model_dir / HEAD_FILE, buf.getvalue())
     # Named by content: a head retrained to the same weights (nothing new this round) keeps its
     # name, so the labels it gives are recorded as unchanged and DVC stores nothing new.
@@ -288,8 +290,3 @@ def save(ws: Workspace, result: TrainResult, zero_shot: ZeroShotHead, model_id: 
     keys = ("n_labels", "model", "reason", "probe_cv_accuracy", "zs_probe_cv_accuracy", "zero_shot_accuracy",
             "temperature", "ece_before", "ece_after", "threshold")
     atomic_write_text(ws.metrics_dir / "train.json", json.dumps({k: getattr(result, k) for k in keys}, indent=2) + "\n")
-
-
-@task(name="train", cache_policy=NO_CACHE)
-def train_task(ws: Workspace, params: Params, clip: ClipModel, round_no: int) -> TrainResult:
-    return train(ws, params, clip, round_no)

@@ -18,8 +18,6 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
-from prefect import task
-from prefect.cache_policies import NO_CACHE
 
 from coldstart.tasks.commands import command
 from coldstart.tasks.errors import VersioningError, WorkspaceError
@@ -495,9 +493,3 @@ def version(ws: Workspace, round_no: int, message: str, parts: dict[str, str] | 
     # Only now: the parts are committed, pushed and tagged.
     atomic_write_text(marker, json.dumps({"scan": scan_params, "parts": digests}, sort_keys=True))
     return VersionResult(git(ws.root, "rev-parse", "HEAD"), tag, bool(changed), sorted(changed), sorted(gone))
-
-
-@task(name="version", cache_policy=NO_CACHE)
-def version_task(ws: Workspace, round_no: int, message: str, parts: dict[str, str] | None = None,
-                 hashed: HashedFiles | None = None, unversionable: list[str] | None = None) -> VersionResult:
-    return version(ws, round_no, message, parts, hashed, unversionable)

@@ -85,4 +85,4 @@ def view_images(img: Image.Image, cfg: ViewsConfig) -> tuple[list[Image.Image], 
     if cfg.clahe:
         img = clahe(img, cfg.clahe_clip_limit, cfg.clahe_tiles)
     boxes = tile_boxes(img.width, img.height, cfg.tiles) if cfg.tiles else np.zeros((0, 4), np.int32)
-    return [img] + [img.crop(tuple(int(v) for v in b)) for b in boxes], boxes
+    return [img] + [img.crop((int(b[0]), int(b[1]), int(b[2]), int(b[3]))) for b in boxes], boxes

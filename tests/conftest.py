@@ -35,7 +35,7 @@ def tiny_clip():
 
 def tiny_params(budget: int = 6) -> str:
     """The demo's digits ontology on the tiny model, random weights, no decoding workers."""
-    from coldstart.flows.demo import demo_params
+    from coldstart.tasks.demodata import demo_params
 
     text = demo_params(None, budget, model="coldstart-tiny").replace("batch_size: 32", "batch_size: 16")
     return text.replace("num_workers: auto", "num_workers: 0")

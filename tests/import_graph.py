@@ -8,19 +8,23 @@ A module is a file ``coldstart/x/y.py`` of the checkout (``coldstart/flows``, ``
 edge to the module ``coldstart.tasks.intake``; ``from coldstart.tasks.intake import read_events``
 an edge to ``coldstart.tasks.intake``. An edge to a package's ``__init__`` is left out when that
 file imports nothing of the project (the three layer folders' are empty). Imports under
-``if TYPE_CHECKING:`` are left out too: they never run.
+``if TYPE_CHECKING:`` are left out too: they never run. A string constant of the form
+``"coldstart.a.b:function"`` is an edge too: the CLI's handler names, imported when a command
+runs (flows/cli.py ``handler``, the benchmarks' table in coldstart/bench/cli.py).
 """
 
 from __future__ import annotations
 
 import ast
 import os
+import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = "coldstart"
+HANDLER = re.compile(r"^(coldstart(?:\.\w+)+):\w+$")  # "module:function", imported by name when it runs
 
 
 @dataclass
@@ -30,6 +34,7 @@ class Graph:
     missing: list[str] = field(default_factory=list)  # "file:line: name" for a coldstart.* import with no file
     inside_functions: int = 0  # import statements inside a function or method
     total: int = 0  # project import statements
+    handlers: int = 0  # "coldstart.x.y:function" names (imported when a command runs)
 
     def cycles(self) -> list[list[str]]:
         """Strongly connected components with more than one module (or a self-import), sorted."""
@@ -125,6 +130,13 @@ def build(root: Path = ROOT) -> Graph:
                 if target in inert or target == name:
                     continue
                 g.edges.setdefault(name, {}).setdefault(target, []).append(node.lineno)
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and (m := HANDLER.match(node.value)):
+                g.handlers += 1
+                if m.group(1) not in g.modules:
+                    g.missing.append(f"{path.relative_to(root)}:{node.lineno}: {m.group(1)}")
+                elif m.group(1) != name:
+                    g.edges.setdefault(name, {}).setdefault(m.group(1), []).append(node.lineno)
     return g
 
 
@@ -140,6 +152,7 @@ def main(argv: list[str]) -> int:
     for m in g.missing:
         print("no such file:", m)
     print(f"{len(g.modules)} modules, {g.total} project import statements ({g.inside_functions} inside functions), "
+          f"{g.handlers} handler name(s), "
           f"{len(cycles)} cycle(s), {len(g.missing)} import(s) of missing files")
     return 1 if cycles or g.missing else 0
 

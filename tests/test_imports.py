@@ -31,8 +31,29 @@ def test_the_script_finds_a_cycle_and_an_import_of_a_missing_file(tmp_path):
     (pkg / "__init__.py").write_text("")
     (pkg / "a.py").write_text("def f():\n    from coldstart.b import g\n")
     (pkg / "b.py").write_text("from coldstart import a\nimport coldstart.nothing_here\n")
+    # a handler name ("module:function", imported when a command runs) is an import too
+    (pkg / "c.py").write_text('HANDLERS = {"x": "coldstart.d:run", "y": "coldstart.gone:run"}\n')
+    (pkg / "d.py").write_text("from coldstart.c import HANDLERS\n")
     graph = build(tmp_path)
-    assert graph.cycles() == [["coldstart.a", "coldstart.b"]]
-    assert [m.split(": ")[1] for m in graph.missing] == ["coldstart.nothing_here"]
+    assert graph.cycles() == [["coldstart.a", "coldstart.b"], ["coldstart.c", "coldstart.d"]]
+    assert [m.split(": ")[1] for m in graph.missing] == ["coldstart.nothing_here", "coldstart.gone"]
     out = subprocess.run([sys.executable, str(ROOT / "tests" / "import_graph.py")], capture_output=True, text=True)
     assert out.returncode == 0 and "0 cycle(s), 0 import(s) of missing files" in out.stdout, out.stdout
+
+
+def test_every_subcommand_names_a_handler_that_imports():
+    """The CLI imports a command's module only when it runs (flows/cli.py ``handler``): a typo in
+    a "module:function" name would fail only then, so every one is resolved here."""
+    import argparse
+
+    from coldstart.flows.cli import build_parser, handler
+
+    def leaves(parser):
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for sp in action.choices.values():
+                    yield from leaves(sp) if any(isinstance(a, argparse._SubParsersAction) for a in sp._actions) \
+                        else [sp]
+
+    found = [sp.get_default("fn") for sp in leaves(build_parser())]
+    assert len(found) >= 15 and all(callable(handler(fn)) for fn in found)

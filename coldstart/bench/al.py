@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import math
 import time
+from typing import Any
 
 import numpy as np
 from sklearn.datasets import load_digits
@@ -63,18 +64,23 @@ AUDIT_BATCH = 50
 AUDIT_POLICY = "specialist"
 
 
-def _fit(X, y, seed):
+def _fit(X: np.ndarray, y: np.ndarray, seed: int) -> LogisticRegression:
+    """The learner every strategy drives: logistic regression on the given rows."""
     return LogisticRegression(C=1.0, max_iter=3000, random_state=seed).fit(X, y)
 
 
-def _probs(model, X, n_classes):
+def _probs(model: LogisticRegression, X: np.ndarray, n_classes: int) -> np.ndarray:
+    """``model``'s class probabilities on ``X`` over all ``n_classes`` (0 for classes it never saw)."""
     p = np.zeros((len(X), n_classes))
     p[:, model.classes_] = model.predict_proba(X)
     return p
 
 
-def simulate(strategy: str, Xp, yp, Xt, yt, target: float, seed: int, *, start: int = 10, batch: int = 10,
-             max_labels: int = 600, audit_fraction: float = 0.1, self_training: float = 0.9, factor: int = 3) -> dict:
+def simulate(strategy: str, Xp: np.ndarray, yp: np.ndarray, Xt: np.ndarray, yt: np.ndarray, target: float, seed: int,
+             *, start: int = 10, batch: int = 10, max_labels: int = 600, audit_fraction: float = 0.1,
+             self_training: float = 0.9, factor: int = 3) -> dict[str, Any]:
+    """Label the pool ``Xp`` batch by batch as ``strategy`` picks until the learner reaches ``target``
+    accuracy on the test set (or ``max_labels``): the labels it took (None: never) and its accuracy."""
     rng = np.random.default_rng(seed)
     n, C = len(Xp), int(yp.max()) + 1
     if strategy == "coldstart":
@@ -106,7 +112,7 @@ def simulate(strategy: str, Xp, yp, Xt, yt, target: float, seed: int, *, start: 
                                            measure="margin")
             pick = np.concatenate([chosen, audit])
         elif strategy.startswith("modal_"):
-            from modAL.uncertainty import margin_sampling, uncertainty_sampling
+            from modAL.uncertainty import margin_sampling, uncertainty_sampling  # optional: the `bench` extra
 
             fn = margin_sampling if strategy == "modal_margin" else uncertainty_sampling
             pick = np.asarray(fn(model, Xp[pool], n_instances=batch))
@@ -116,7 +122,7 @@ def simulate(strategy: str, Xp, yp, Xt, yt, target: float, seed: int, *, start: 
         labeled.extend(pool[np.asarray(pick, int)].tolist())
 
 
-def simulate_audit(Xp, yp, seed: int, *, batch: int = 50, policy: str = "specialist", rounds: int = 8,
+def simulate_audit(Xp: np.ndarray, yp: np.ndarray, seed: int, *, batch: int = 50, policy: str = "specialist", rounds: int = 8,
                    self_training: float = 0.9, factor: int = 3, folds: int = 5) -> list[dict]:
     """Rounds 1..``rounds`` as the flow runs them, answers coming back at once; for each round
     n >= 2, the audit estimate of its auto labels against their true accuracy (module docstring).
@@ -173,15 +179,17 @@ def simulate_audit(Xp, yp, seed: int, *, batch: int = 50, policy: str = "special
     return out
 
 
-def audit_figures(pairs: list[dict], from_round: int = 4) -> dict:
+def audit_figures(pairs: list[dict[str, Any]], from_round: int = 4) -> dict[str, Any]:
     """Coverage, width and bias of the audit intervals over (seed, round) pairs."""
-    def covered(p, lo, hi):
+    def covered(p: dict[str, Any], lo: float, hi: float) -> bool:
+        """Whether the pair's true accuracy lies in [lo, hi]."""
         return lo <= p["true"] <= hi
 
     late = [p for p in pairs if p["round"] >= from_round]
     as_labeled = [p for p in pairs if p["round"] >= 3]  # round 1's labels are a placeholder here (no zero-shot)
 
-    def share(v):
+    def share(v: list[bool]) -> float | None:
+        """The share true, rounded (None without any)."""
         return round(float(np.mean(v)), 3) if len(v) else None
 
     return {
@@ -225,7 +233,8 @@ def audit_figures(pairs: list[dict], from_round: int = 4) -> dict:
     }
 
 
-def _split(digits, seed):
+def _split(digits: Any, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The seed's stratified 70/30 split, standardised with the pool's statistics: (Xp, Xt, yp, yt)."""
     Xp, Xt, yp, yt = train_test_split(digits.data, digits.target, test_size=0.3, random_state=seed,
                                       stratify=digits.target)
     scaler = StandardScaler().fit(Xp)  # unsupervised: pool statistics, no labels used
@@ -234,32 +243,16 @@ def _split(digits, seed):
 
 def bench_al(seeds: int = 5, batch: int = 10, start: int = 10, *, audit_seeds: int | None = None,
              audit_batch: int | None = None, audit_policy: str | None = None, audit_rounds: int | None = None,
-             audit_seed_start: int = 0) -> dict:
+             audit_seed_start: int = 0) -> dict[str, Any]:
     """Labels to 95% over ``seeds`` seeds; the audit over ``audit_seeds`` (default
     ``AUDIT_SEEDS_PER_SEED`` per seed), ``audit_rounds`` rounds each."""
     audit_batch = AUDIT_BATCH if audit_batch is None else audit_batch
     audit_policy = AUDIT_POLICY if audit_policy is None else audit_policy
     audit_rounds = AUDIT_ROUNDS if audit_rounds is None else audit_rounds
     digits = load_digits()
-    strategies = list(STRATEGIES)
-    try:
-        import modAL  # noqa: F401
-
-        strategies += ["modal_uncertainty", "modal_margin"]
-    except ImportError:
-        print("modAL-python is not installed: skipping its strategies (pip install -e '.[bench]')")
-    results: dict[str, list] = {s: [] for s in strategies}
+    strategies = _strategies()
     t0 = time.perf_counter()
-    for seed in range(seeds):
-        Xp, Xt, yp, yt = _split(digits, seed)
-        full = float(_fit(Xp, yp, seed).score(Xt, yt))
-        target = 0.95 * full
-        line = [f"seed {seed}: full-pool accuracy {full:.3f}, target {target:.3f}:"]
-        for s in strategies:
-            r = simulate(s, Xp, yp, Xt, yt, target, seed, start=start, batch=batch)
-            results[s].append(r["labels"])
-            line.append(f"{s}={r['labels']}")
-        print(" ".join(line), flush=True)
+    results = labels_to_95_runs(digits, strategies, seeds, batch=batch, start=start)
     seconds_al = time.perf_counter() - t0
 
     t1 = time.perf_counter()
@@ -271,11 +264,7 @@ def bench_al(seeds: int = 5, batch: int = 10, start: int = 10, *, audit_seeds: i
     audit = audit_figures(pairs)
     seconds_audit = time.perf_counter() - t1
 
-    def mean(v):
-        ok = [x for x in v if x is not None]
-        return round(float(np.mean(ok)), 1) if len(ok) == len(v) else None
-
-    labels_to_95 = {s: mean(v) for s, v in results.items()}
+    labels_to_95 = {s: _mean_labels(v) for s, v in results.items()}
     figures = {
         "labels_to_95": labels_to_95,
         "labels_to_95_per_seed": results,
@@ -288,34 +277,81 @@ def bench_al(seeds: int = 5, batch: int = 10, start: int = 10, *, audit_seeds: i
         "seconds_labels_to_95": round(seconds_al, 1), "seconds_audit": round(seconds_audit, 1),
         "seconds": round(time.perf_counter() - t0, 1),
     }
-    print("\nlabels to reach 95% of the full-pool probe accuracy (mean of seeds; lower is better):")
-    for s, v in labels_to_95.items():
-        print(f"  {s:18s} {v}")
-    print("  reference (plain LR on pixels): random 160, entropy 160, margin 100")
+    _print_labels_to_95(labels_to_95)
     if pairs:
-        print(f"\naudit ({audit_policy}: {figures['audit_items_per_round']} of each batch of {audit_batch}, "
-              f"seeds {audit_seed_start}-{audit_seed_start + audit_seeds - 1} x rounds 2-{audit_rounds}): the 95% "
-              f"interval of the out-of-fold estimate weighted by confidence band covered the true accuracy of the "
-              f"round's auto labels in {audit['audit_coverage']:.1%} of "
-              f"{audit['audit_pairs']} (seed, round) pairs ({audit['audit_coverage_from_round_4']:.1%} of "
-              f"{audit['audit_pairs_from_round_4']} from round 4, median width {audit['audit_median_width']:.3f}, "
-              f"median n {audit['audit_median_n_from_round_4']:g}); mean estimate - truth {audit['audit_bias']:+.4f}. "
-              f"Unweighted (the share right, Clopper-Pearson): coverage {audit['audit_coverage_unweighted']:.1%}, "
-              f"median width {audit['audit_median_width_unweighted']:.3f}, bias {audit['audit_bias_unweighted']:+.4f} "
-              f"(the newest batch alone: {audit['audit_bias_newest_batch']:+.4f}); its one-sided 95% lower bound "
-              f"(the gates') was at most the truth in {audit['audit_lower_bound_coverage']:.1%}. Wilson on the same counts: "
-              f"{audit['audit_coverage_wilson']:.1%}. The newest batch alone, out of fold: "
-              f"{audit['audit_coverage_newest_batch']:.1%}, median width {audit['audit_median_width_newest_batch']:.3f};"
-              f" as its round labeled it (before, against that round's truth): "
-              f"{audit['audit_coverage_as_labeled']:.1%}, median width {audit['audit_median_width_as_labeled']:.3f}.")
-        print("  round  pairs  median n  median width  coverage  mean truth  mean estimate")
-        for r, v in audit["audit_by_round"].items():
-            print(f"  {r:>5}  {v['pairs']:>5}  {v['median_n']:>8g}  {v['median_width']:>12.3f}  {v['coverage']:>8.1%}"
-                  f"  {v['mean_true']:>10.4f}  {v['mean_estimate']:>13.4f}")
+        _print_audit(figures)
     print()
-    if labels_to_95.get("coldstart") is not None:
-        print(TARGETS["labels_to_95"].line(labels_to_95["coldstart"]))
+    ours = labels_to_95.get("coldstart")
+    if ours is not None:
+        print(TARGETS["labels_to_95"].line(ours))
     for key in ("audit_coverage", "audit_median_width"):
         if figures.get(key) is not None:
             print(TARGETS[key].line(figures[key]))
     return figures
+
+
+def _strategies() -> list[str]:
+    """Ours and the textbook ones, with modAL's when it is installed."""
+    strategies = list(STRATEGIES)
+    try:
+        import modAL  # noqa: F401  # optional (the `bench` extra): only its two strategies need it
+
+        strategies += ["modal_uncertainty", "modal_margin"]
+    except ImportError:
+        print("modAL-python is not installed: skipping its strategies (pip install -e '.[bench]')")
+    return strategies
+
+
+def labels_to_95_runs(digits: Any, strategies: list[str], seeds: int, *, batch: int,
+                      start: int) -> dict[str, list[int | None]]:
+    """Per strategy, the labels it needed to reach 95% of the full-pool accuracy on each seed (None: never)."""
+    results: dict[str, list[int | None]] = {s: [] for s in strategies}
+    for seed in range(seeds):
+        Xp, Xt, yp, yt = _split(digits, seed)
+        full = float(_fit(Xp, yp, seed).score(Xt, yt))
+        target = 0.95 * full
+        line = [f"seed {seed}: full-pool accuracy {full:.3f}, target {target:.3f}:"]
+        for s in strategies:
+            r = simulate(s, Xp, yp, Xt, yt, target, seed, start=start, batch=batch)
+            results[s].append(r["labels"])
+            line.append(f"{s}={r['labels']}")
+        print(" ".join(line), flush=True)
+    return results
+
+
+def _mean_labels(v: list[int | None]) -> float | None:
+    """The mean over seeds, or None when a seed never reached the target."""
+    ok = [x for x in v if x is not None]
+    return round(float(np.mean(ok)), 1) if len(ok) == len(v) else None
+
+
+def _print_labels_to_95(labels_to_95: dict[str, float | None]) -> None:
+    """The labels-to-95% table, with the textbook reference."""
+    print("\nlabels to reach 95% of the full-pool probe accuracy (mean of seeds; lower is better):")
+    for s, v in labels_to_95.items():
+        print(f"  {s:18s} {v}")
+    print("  reference (plain LR on pixels): random 160, entropy 160, margin 100")
+
+
+def _print_audit(a: dict[str, Any]) -> None:
+    """The audit simulation's figures ``a`` in words, then its table by round."""
+    first, last = a["audit_seed_start"], a["audit_seed_start"] + a["audit_seeds"] - 1
+    print(f"\naudit ({a['audit_policy']}: {a['audit_items_per_round']} of each batch of {a['audit_batch']}, "
+          f"seeds {first}-{last} x rounds 2-{a['audit_rounds_per_seed']}): the 95% "
+          f"interval of the out-of-fold estimate weighted by confidence band covered the true accuracy of the "
+          f"round's auto labels in {a['audit_coverage']:.1%} of "
+          f"{a['audit_pairs']} (seed, round) pairs ({a['audit_coverage_from_round_4']:.1%} of "
+          f"{a['audit_pairs_from_round_4']} from round 4, median width {a['audit_median_width']:.3f}, "
+          f"median n {a['audit_median_n_from_round_4']:g}); mean estimate - truth {a['audit_bias']:+.4f}. "
+          f"Unweighted (the share right, Clopper-Pearson): coverage {a['audit_coverage_unweighted']:.1%}, "
+          f"median width {a['audit_median_width_unweighted']:.3f}, bias {a['audit_bias_unweighted']:+.4f} "
+          f"(the newest batch alone: {a['audit_bias_newest_batch']:+.4f}); its one-sided 95% lower bound "
+          f"(the gates') was at most the truth in {a['audit_lower_bound_coverage']:.1%}. Wilson on the same counts: "
+          f"{a['audit_coverage_wilson']:.1%}. The newest batch alone, out of fold: "
+          f"{a['audit_coverage_newest_batch']:.1%}, median width {a['audit_median_width_newest_batch']:.3f};"
+          f" as its round labeled it (before, against that round's truth): "
+          f"{a['audit_coverage_as_labeled']:.1%}, median width {a['audit_median_width_as_labeled']:.3f}.")
+    print("  round  pairs  median n  median width  coverage  mean truth  mean estimate")
+    for r, v in a["audit_by_round"].items():
+        print(f"  {r:>5}  {v['pairs']:>5}  {v['median_n']:>8g}  {v['median_width']:>12.3f}  {v['coverage']:>8.1%}"
+              f"  {v['mean_true']:>10.4f}  {v['mean_estimate']:>13.4f}")

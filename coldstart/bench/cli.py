@@ -1,33 +1,81 @@
 """`coldstart bench ...`: the benchmark subcommands' parsers and their one entry. Each
 benchmark times the code users run (see BENCHMARKS.md); every target is defined once, in
-coldstart/bench/targets.py."""
+coldstart/bench/targets.py.
+
+This module stays light: the CLI imports it to build its parser (`coldstart --help` must not
+import torch), so a benchmark's module is imported only when that benchmark runs, from the
+``BENCHES`` table."""
 
 from __future__ import annotations
 
 import argparse
+import importlib
+from typing import Any, Callable
 
+from coldstart.bench.targets import TARGETS
 from coldstart.tasks.commands import write_json
 
+# Each subcommand's function, as "module:function" (imported on use: see ``_resolve``).
+BENCHES = {
+    "prelabel": "coldstart.bench.prelabel:bench_prelabel",
+    "relabel": "coldstart.bench.relabel:bench_relabel",
+    "select": "coldstart.bench.select:bench_select",
+    "train": "coldstart.bench.train:bench_train",
+    "scale": "coldstart.bench.scale:bench_scale",
+    "al": "coldstart.bench.al:bench_al",
+    "regions": "coldstart.bench.regions:bench_regions",
+    "api": "coldstart.bench.api:bench_api",
+}
 
-def add_bench_parser(sub) -> None:
+# The options passed on unchanged, by their parameter's name; `_kwargs` converts the others.
+OPTIONS = {
+    "prelabel": ("n", "model", "pretrained", "batch_size"),
+    "relabel": ("n", "dim", "cold"),
+    "select": ("n", "dim", "budget"),
+    "train": ("labels",),
+    "scale": ("n", "budget", "keep"),
+    "al": ("seeds", "batch", "start", "audit_seeds", "audit_seed_start", "audit_policy"),
+    "regions": ("points_per_side", "pred_iou_thresh", "stability_score_thresh", "box_nms_thresh", "clip_model"),
+    "api": ("model", "clients", "load_s", "soak_s", "warm_s", "requests", "forward_runs", "forward_batches", "size",
+            "port"),
+}
+
+def add_bench_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """The `bench` command and its subcommands, on the CLI's subparsers ``sub``."""
     s = sub.add_parser("bench", help="benchmarks")
     bsub = s.add_subparsers(dest="bench", required=True)
+    _bench_parser(bsub, "prelabel", "embed stage vs bare forward pass vs naive loop", prelabel=True)
+    _bench_parser(bsub, "all", "prelabel and relabel benchmarks, every target side by side", prelabel=True)
+    _al_options(_bench_parser(bsub, "al", "active-learning simulation on scikit-learn's digits (labels to 95%%)"))
+    _relabel_options(_bench_parser(bsub, "relabel", "the relabel stage (head over the store + resolved table) on N "
+                                                    "images"))
+    _select_options(_bench_parser(bsub, "select", "round-1 (TypiClust) and later (hybrid) selection over N "
+                                                  "embeddings"))
+    _train_options(_bench_parser(bsub, "train", "the train stage at a fixed number of human labels as the pool grows"))
+    _scale_options(_bench_parser(bsub, "scale", "four real rounds on N synthetic images: seconds per stage, peak RSS, "
+                                                "bytes stored"))
+    _regions_options(_bench_parser(bsub, "regions", "SAM automatic masks: ours vs segment-anything's generator, same "
+                                                    "model (vit_t, random)"))
+    _api_options(_bench_parser(bsub, "api", "coldstart api (own process) over HTTP: 1-client latency, 16-client "
+                                            "throughput and a soak (errors, RSS) against the bare forward pass"))
 
-    def bench_parser(name: str, help_: str, prelabel: bool = False):
-        b = bsub.add_parser(name, help=help_)
-        if prelabel:
-            b.add_argument("--n", type=int, default=256, help="synthetic 640x480 JPEGs")
-            b.add_argument("--model", default="ViT-B-32")
-            b.add_argument("--pretrained", default=None, help="weights (timing does not depend on them; default random)")
-            b.add_argument("--batch-size", type=int, default=32)
-        b.add_argument("--json", help="also write the figures as JSON to this file (- for stdout)")
-        b.set_defaults(fn=cmd_bench)
-        return b
 
-    bench_parser("prelabel", "embed stage vs bare forward pass vs naive loop", prelabel=True)
-    bench_parser("all", "prelabel and relabel benchmarks, every target side by side", prelabel=True)
-    b = bench_parser("al", "active-learning simulation on scikit-learn's digits (labels to 95%%)")
+def _bench_parser(bsub: argparse._SubParsersAction[argparse.ArgumentParser], name: str, help_: str,
+                  prelabel: bool = False) -> argparse.ArgumentParser:
+    """One benchmark's subcommand: the prelabel options (``prelabel``), then --json."""
+    b = bsub.add_parser(name, help=help_)
+    if prelabel:
+        b.add_argument("--n", type=int, default=256, help="synthetic 640x480 JPEGs")
+        b.add_argument("--model", default="ViT-B-32")
+        b.add_argument("--pretrained", default=None, help="weights (timing does not depend on them; default random)")
+        b.add_argument("--batch-size", type=int, default=32)
+    b.add_argument("--json", help="also write the figures as JSON to this file (- for stdout)")
+    b.set_defaults(fn=cmd_bench)
+    return b
+
+
+def _al_options(b: argparse.ArgumentParser) -> None:
+    """`bench al`: the labels-to-95% seeds and batches, and the audit simulation's seeds and policy."""
     b.add_argument("--seeds", type=int, default=5)
     b.add_argument("--batch", type=int, default=10)
     b.add_argument("--start", type=int, default=10)
@@ -37,23 +85,38 @@ def add_bench_parser(sub) -> None:
                    help="first seed of the audit simulation (e.g. 20: a held-out set of seeds)")
     b.add_argument("--audit-policy", choices=["spot-check", "specialist"], default=None,
                    help="round.review_policy of the audit simulation (default specialist: 15 audit items a round)")
-    b = bench_parser("relabel", "the relabel stage (head over the store + resolved table) on N images")
+
+
+def _relabel_options(b: argparse.ArgumentParser) -> None:
+    """`bench relabel`: N embeddings of a dimension, the classes, a cold page cache."""
     b.add_argument("--n", type=int, default=1_000_000)
     b.add_argument("--dim", type=int, default=512)
     b.add_argument("--classes", type=int, default=10)
     b.add_argument("--cold", action="store_true", help="empty the page cache first (Linux, root): read from disk")
-    b = bench_parser("select", "round-1 (TypiClust) and later (hybrid) selection over N embeddings")
+
+
+def _select_options(b: argparse.ArgumentParser) -> None:
+    """`bench select`: N embeddings of a dimension, the batch."""
     b.add_argument("--n", type=int, default=1_000_000)
     b.add_argument("--dim", type=int, default=512)
     b.add_argument("--budget", type=int, default=50)
-    b = bench_parser("train", "the train stage at a fixed number of human labels as the pool grows")
+
+
+def _train_options(b: argparse.ArgumentParser) -> None:
+    """`bench train`: the pool sizes timed, the human labels."""
     b.add_argument("--sizes", type=int, nargs="+", default=[1797], help="pool sizes (images), each timed")
     b.add_argument("--labels", type=int, default=100)
-    b = bench_parser("scale", "four real rounds on N synthetic images: seconds per stage, peak RSS, bytes stored")
+
+
+def _scale_options(b: argparse.ArgumentParser) -> None:
+    """`bench scale`: the images, the batch, a folder to keep the workspace in."""
     b.add_argument("--n", type=int, default=2000)
     b.add_argument("--budget", type=int, default=50)
     b.add_argument("--keep", help="build the workspace in this folder and keep it (default: a temporary folder)")
-    b = bench_parser("regions", "SAM automatic masks: ours vs segment-anything's generator, same model (vit_t, random)")
+
+
+def _regions_options(b: argparse.ArgumentParser) -> None:
+    """`bench regions`: the compared image, the generator's knobs, the big image and the labeling model."""
     b.add_argument("--size", type=_wxh, default=(1024, 768), help="the compared image, WxH")
     b.add_argument("--points-per-side", type=int, default=16)
     b.add_argument("--big", type=_wxh, default=(8000, 6000), help="ours alone on this WxH, own process: peak RSS (0 skips)")
@@ -61,8 +124,10 @@ def add_bench_parser(sub) -> None:
     b.add_argument("--stability-score-thresh", type=float, default=0.0, help="random weights score 0")
     b.add_argument("--box-nms-thresh", type=float, default=1.0, help="random masks all span the image: 0.7 keeps one")
     b.add_argument("--clip-model", default="ViT-B-32", help="labels the regions (random weights), if labeling exists")
-    b = bench_parser("api", "coldstart api (own process) over HTTP: 1-client latency, 16-client throughput and a soak "
-                            "(errors, RSS) against the bare forward pass")
+
+
+def _api_options(b: argparse.ArgumentParser) -> None:
+    """`bench api`: the model, the load (clients, phases' seconds, requests), the bare passes, the image, the port."""
     b.add_argument("--model", default="ViT-B-32", help="the workspace's model.name (random weights)")
     b.add_argument("--clients", type=int, default=16, help="concurrent clients in the load and soak phases")
     b.add_argument("--load-s", type=float, default=60.0, help="load phase: seconds measured (after --warm-s)")
@@ -75,63 +140,50 @@ def add_bench_parser(sub) -> None:
     b.add_argument("--port", type=int, default=0, help="the server's port (0: a free one)")
 
 
-def cmd_bench(a) -> int:
+def cmd_bench(a: argparse.Namespace) -> int:
+    """Run the chosen benchmark (`bench all`: prelabel and relabel) and write its figures."""
     if a.bench == "all":
-        from coldstart.bench.prelabel import bench_prelabel
-        from coldstart.bench.relabel import bench_relabel
-        from coldstart.bench.targets import TARGETS
-
-        pre = bench_prelabel(n=a.n, model=a.model, pretrained=a.pretrained, batch_size=a.batch_size)
-        rel = bench_relabel()
-        print("\n  every target, measured in this run:")
-        for key, target in TARGETS.items():
-            if key in pre or key in rel:  # `bench al` reports its own targets
-                print(target.line((pre if key in pre else rel)[key]))
-        write_json(a.json, {"prelabel": pre, "relabel": rel})
-        return 0
-    if a.bench == "al":
-        from coldstart.bench.al import bench_al
-
-        figures = bench_al(seeds=a.seeds, batch=a.batch, start=a.start, audit_seeds=a.audit_seeds,
-                           audit_seed_start=a.audit_seed_start, audit_policy=a.audit_policy)
-    elif a.bench == "select":
-        from coldstart.bench.select import bench_select
-
-        figures = bench_select(n=a.n, dim=a.dim, budget=a.budget)
-    elif a.bench == "train":
-        from coldstart.bench.train import bench_train
-
-        figures = bench_train(sizes=tuple(a.sizes), labels=a.labels)
-    elif a.bench == "scale":
-        from coldstart.bench.scale import bench_scale
-
-        figures = bench_scale(n=a.n, budget=a.budget, keep=a.keep)
-    elif a.bench == "regions":
-        from coldstart.bench.regions import bench_regions
-
-        figures = bench_regions(width=a.size[0], height=a.size[1], points_per_side=a.points_per_side,
-                                big=a.big if a.big[0] else None, pred_iou_thresh=a.pred_iou_thresh,
-                                stability_score_thresh=a.stability_score_thresh, box_nms_thresh=a.box_nms_thresh,
-                                clip_model=a.clip_model)
-    elif a.bench == "api":
-        from coldstart.bench.api import bench_api
-
-        figures = bench_api(model=a.model, clients=a.clients, load_s=a.load_s, soak_s=a.soak_s, warm_s=a.warm_s,
-                            requests=a.requests, forward_runs=a.forward_runs, forward_batches=a.forward_batches,
-                            size=a.size, port=a.port)
-    elif a.bench == "relabel":
-        from coldstart.bench.relabel import bench_relabel
-
-        figures = bench_relabel(n=a.n, dim=a.dim, n_classes=a.classes, cold=a.cold)
+        figures = _bench_all(a)
     else:
-        from coldstart.bench.prelabel import bench_prelabel
-
-        figures = bench_prelabel(n=a.n, model=a.model, pretrained=a.pretrained, batch_size=a.batch_size)
+        figures = _resolve(BENCHES[a.bench])(**_kwargs(a))
     write_json(a.json, figures)
     return 0
 
 
+def _bench_all(a: argparse.Namespace) -> dict[str, Any]:
+    """`bench all`: the prelabel and relabel benchmarks, then every target they measured."""
+    pre = _resolve(BENCHES["prelabel"])(**_kwargs(a, "prelabel"))
+    rel = _resolve(BENCHES["relabel"])()
+    print("\n  every target, measured in this run:")
+    for key, target in TARGETS.items():
+        if key in pre or key in rel:  # `bench al` reports its own targets
+            print(target.line((pre if key in pre else rel)[key]))
+    return {"prelabel": pre, "relabel": rel}
+
+
+def _kwargs(a: argparse.Namespace, bench: str | None = None) -> dict[str, Any]:
+    """The keyword arguments of ``bench``'s function (default: the chosen one's) from the options."""
+    bench = bench or a.bench
+    kwargs = {name: getattr(a, name) for name in OPTIONS[bench]}
+    if bench == "train":
+        kwargs["sizes"] = tuple(a.sizes)
+    elif bench == "relabel":
+        kwargs["n_classes"] = a.classes
+    elif bench == "regions":
+        kwargs.update(width=a.size[0], height=a.size[1], big=a.big if a.big[0] else None)
+    return kwargs
+
+
+def _resolve(spec: str) -> Callable[..., dict[str, Any]]:
+    """The function a "module:function" string names."""
+    module, _, name = spec.partition(":")
+    # Imported here, on use: a benchmark's module brings torch and the rest, which `coldstart --help` must not.
+    fn: Callable[..., dict[str, Any]] = getattr(importlib.import_module(module), name)
+    return fn
+
+
 def _wxh(text: str) -> tuple[int, int]:
+    """An argparse type: "WIDTHxHEIGHT" as (width, height); "0" as (0, 0), "none"."""
     if text == "0":
         return (0, 0)
     try:

@@ -1,24 +1,32 @@
 """`coldstart bench prelabel`: the embed stage vs the bare forward pass vs a naive loop.
 
-All three run in one process on the same N synthetic 640x480 JPEGs, so the ratios hold for
-the machine they ran on. Weights do not change the compute, so random weights are the default.
+All three run on the same N synthetic 640x480 JPEGs on one machine, so the ratios hold for the
+machine they ran on: the bare forward pass and the naive loop in this process, the embed stage
+in a real round, `coldstart round` in its own process as users run it (its summary gives the
+stage's images per second). Weights do not change the compute, so random weights are the default.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import platform
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image
 
+from coldstart.bench.rounds import RoundRun, run_round
 from coldstart.bench.targets import TARGETS
-from coldstart.models.clip import ClipConfig, load_clip
+from coldstart.models.clip import ClipConfig, ClipModel, LoadedClip, load_clip
 from coldstart.models.zeroshot import text_weights
+from coldstart.tasks.demodata import DIGITS, demo_params
+from coldstart.tasks.embed import EmbedResult
+from coldstart.tasks.version import init_workspace
 
 
 def synthetic_jpegs(folder: Path, n: int, seed: int = 0) -> list[Path]:
@@ -28,17 +36,15 @@ def synthetic_jpegs(folder: Path, n: int, seed: int = 0) -> list[Path]:
     paths = []
     for k in range(n):
         small = rng.integers(0, 256, (12, 16, 3), dtype=np.uint8)
-        img = Image.fromarray(small).resize((640, 480), Image.BICUBIC)
+        img = Image.fromarray(small).resize((640, 480), Image.Resampling.BICUBIC)
         p = folder / f"img-{k:05d}.jpg"
         img.save(p, quality=90)
         paths.append(p)
     return paths
 
 
-def _forward_img_s(clip, paths: list[Path], batch_size: int, dtype: torch.dtype | None = None) -> float:
+def _forward_img_s(clip: LoadedClip, paths: list[Path], batch_size: int, dtype: torch.dtype | None = None) -> float:
     """Bare ``encode_image`` throughput on ready tensors (autocast to ``dtype`` if given)."""
-    import dataclasses
-
     clip = dataclasses.replace(clip, autocast_dtype=dtype)
     pixels = torch.stack([clip.preprocess(Image.open(p).convert("RGB")) for p in paths])
     clip.encode_images(pixels[:batch_size])  # warm-up
@@ -50,7 +56,7 @@ def _forward_img_s(clip, paths: list[Path], batch_size: int, dtype: torch.dtype 
     return len(pixels) / (time.perf_counter() - t)
 
 
-def _naive_img_s(clip, paths: list[Path], prompts: list[list[str]]) -> float:
+def _naive_img_s(clip: ClipModel, paths: list[Path], prompts: list[list[str]]) -> float:
     """What a first script does: per image, decode fully, preprocess, re-encode prompts, batch 1."""
     t = time.perf_counter()
     for p in paths:
@@ -61,11 +67,10 @@ def _naive_img_s(clip, paths: list[Path], prompts: list[list[str]]) -> float:
 
 
 def bench_prelabel(n: int = 256, model: str = "ViT-B-32", pretrained: str | None = None, batch_size: int = 32,
-                   naive_n: int | None = None) -> dict:
-    from coldstart.flows.demo import DIGITS, demo_params
-    from coldstart.flows.round import labeling_round
-    from coldstart.tasks.version import init_workspace
-
+                   naive_n: int | None = None) -> dict[str, Any]:
+    """The three throughputs on ``n`` images (the naive loop on ``naive_n``, default up to 16)
+    with ``model`` and ``pretrained`` weights (None: random) at ``batch_size``; print and return
+    the figures."""
     params = demo_params(pretrained, budget=10, model=model).replace("batch_size: 32", f"batch_size: {batch_size}")
     with tempfile.TemporaryDirectory(prefix="coldstart-bench-") as tmp:
         ws = init_workspace(Path(tmp) / "ws", params_text=params)
@@ -74,47 +79,64 @@ def bench_prelabel(n: int = 256, model: str = "ViT-B-32", pretrained: str | None
         ontology = ws.params().ontology
         print(f"bench prelabel: {n} synthetic 640x480 JPEGs, {model} ({clip.model_id}), batch {batch_size}, "
               f"{torch.get_num_threads()} torch threads, device {clip.device}", flush=True)
-        forward = _forward_img_s(clip, paths, batch_size, clip.autocast_dtype)
-        print(f"  bare forward pass on ready tensors ({clip.autocast_dtype or 'fp32'}): {forward:8.2f} img/s", flush=True)
-        # The precision choice is measured, not assumed: the other candidate on this device.
-        other = torch.bfloat16 if clip.device.type == "cpu" else (None if clip.autocast_dtype else torch.float16)
-        other_s = _forward_img_s(clip, paths[: max(batch_size * 2, 1)], batch_size, other)
-        print(f"  bare forward pass with {other or 'fp32'} instead: {other_s:8.2f} img/s", flush=True)
-        t0 = time.perf_counter()
-        record = labeling_round(workspace=str(ws.root))
-        round_s = time.perf_counter() - t0
-        embed = record.embed.images_per_s
+        forward, other, other_s = _bare_forward(clip, paths, batch_size)
+        run = run_round(ws.root)
+        embed = EmbedResult.from_dict(run.record["embed"]).images_per_s
         print(f"  embed stage (decode+preprocess+encode+store): {embed:8.2f} img/s", flush=True)
         naive_paths = paths[: naive_n or min(n, 16)]
         naive = _naive_img_s(clip, naive_paths, ontology.prompts())
         print(f"  naive loop ({len(naive_paths)} images, {len(DIGITS)} classes x prompts re-encoded): {naive:8.2f} img/s")
-    overhead = round_s - n / forward
-    in_stages = sum(record.seconds.values())
     figures = {
         "embed_img_s": round(embed, 3),
         "forward_img_s": round(forward, 3),
         "naive_img_s": round(naive, 3),
-        "round_overhead_s": round(overhead, 2),
         "embed_vs_forward": round(embed / forward, 3),
         "embed_vs_naive": round(embed / naive, 2),
-        "round_seconds": round(round_s, 2),
+        **_round_figures(run, n, forward),
         "precision": str(clip.autocast_dtype or "fp32"),
         "forward_other_precision": {"dtype": str(other or "fp32"), "img_s": round(other_s, 3)},
-        # Outside our stages: Prefect's temporary API server starting in this process (first
-        # flow run only; ~1 s per run against a running `prefect server`), flow bookkeeping.
-        "prefect_and_flow_s": round(round_s - in_stages, 2),
-        "stage_overhead_s": round(in_stages - n / forward, 2),
-        "stage_seconds": {k: round(v, 2) for k, v in record.seconds.items()},
         "n_images": n,
         "model": model,
         "batch_size": batch_size,
         "device": str(clip.device),
         "machine": f"{platform.machine()} {os.cpu_count()} cpus, torch {torch.__version__}",
     }
+    _print_summary(figures)
+    return figures
+
+
+def _bare_forward(clip: LoadedClip, paths: list[Path], batch_size: int) -> tuple[float, torch.dtype | None, float]:
+    """The bare forward pass at the model's precision (img/s), and the other candidate precision on
+    this device with its img/s: the precision choice is measured, not assumed."""
+    forward = _forward_img_s(clip, paths, batch_size, clip.autocast_dtype)
+    print(f"  bare forward pass on ready tensors ({clip.autocast_dtype or 'fp32'}): {forward:8.2f} img/s", flush=True)
+    other = torch.bfloat16 if clip.device.type == "cpu" else (None if clip.autocast_dtype else torch.float16)
+    other_s = _forward_img_s(clip, paths[: max(batch_size * 2, 1)], batch_size, other)
+    print(f"  bare forward pass with {other or 'fp32'} instead: {other_s:8.2f} img/s", flush=True)
+    return forward, other, other_s
+
+
+def _round_figures(run: RoundRun, n: int, forward: float) -> dict[str, Any]:
+    """Where the round's time went beyond the model's compute (``n`` images at ``forward`` img/s)."""
+    round_s, stage_seconds = run.process_seconds, run.record["seconds"]
+    in_stages = sum(stage_seconds.values())
+    return {
+        "round_overhead_s": round(round_s - n / forward, 2),
+        "round_seconds": round(round_s, 2),
+        # Outside our stages: the `coldstart round` process's start-up (interpreter, imports), the
+        # Prefect API server it starts for the round, flow bookkeeping, the status it derives after.
+        "prefect_and_flow_s": round(round_s - in_stages, 2),
+        "stage_overhead_s": round(in_stages - n / forward, 2),
+        "stage_seconds": {k: round(v, 2) for k, v in stage_seconds.items()},
+    }
+
+
+def _print_summary(figures: dict[str, Any]) -> None:
+    """The two targets' lines, the round's overhead and its stages' seconds."""
+    overhead, round_s = figures["round_overhead_s"], figures["round_seconds"]
     print("\n" + TARGETS["embed_vs_forward"].line(figures["embed_vs_forward"]) + "\n"
           + TARGETS["embed_vs_naive"].line(figures["embed_vs_naive"]) +
           f"\n  round overhead beyond model compute: {overhead:.1f} s of a {round_s:.1f} s round "
-          f"({figures['stage_overhead_s']:.1f} s in our stages, {figures['prefect_and_flow_s']:.1f} s Prefect start-up "
-          f"and flow bookkeeping)"
+          f"({figures['stage_overhead_s']:.1f} s in our stages, {figures['prefect_and_flow_s']:.1f} s process and "
+          f"Prefect start-up and flow bookkeeping)"
           f"\n  stages: " + ", ".join(f"{k} {v:.1f}s" for k, v in figures["stage_seconds"].items()))
-    return figures

@@ -22,25 +22,29 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import pyarrow as pa
 
+from coldstart.bench.rss import peak_rss_mb
 from coldstart.bench.targets import TARGETS
+from coldstart.models.probe import LinearHead, ProbeFit
+from coldstart.models.zeroshot import ZeroShotHead
+from coldstart.tasks.heads import load_chosen
+from coldstart.tasks.labellog import LabelEvent
+from coldstart.tasks.manifest import SCHEMA as MANIFEST_SCHEMA
+from coldstart.tasks.manifest import manifest_parts
+from coldstart.tasks.relabel import relabel, score_store
+from coldstart.tasks.store import EmbeddingStore
+from coldstart.tasks.train import TrainResult, save
+from coldstart.tasks.workspace import Workspace, atomic_write_text
 
 ROUND = 2  # the child's steady-state round number
 
 
-def peak_rss_mb() -> float:
-    """This process's peak resident set (VmHWM: this address space only, not a forking parent's)."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
 def _params(n_classes: int) -> str:
+    """A params.yaml with ``n_classes`` classes and the model `bench` (nothing is loaded)."""
     classes = "\n".join(f'    class{k}: ["a photo of class {k}"]' for k in range(n_classes))
     return f"ontology:\n  classes:\n{classes}\nmodel:\n  name: bench\n  pretrained: null\n"
 
@@ -48,17 +52,6 @@ def _params(n_classes: int) -> str:
 def build_workspace(root: Path, n: int, dim: int, n_classes: int, n_human: int, shard_rows: int = 4096,
                     seed: int = 0) -> None:
     """A workspace as scan, embed, intake and train leave it, for N images (no image files)."""
-    import pyarrow as pa
-
-    from coldstart.models.probe import LinearHead, ProbeFit
-    from coldstart.models.zeroshot import ZeroShotHead
-    from coldstart.tasks.labellog import LabelEvent
-    from coldstart.tasks.manifest import SCHEMA as MANIFEST_SCHEMA
-    from coldstart.tasks.manifest import manifest_parts
-    from coldstart.tasks.store import EmbeddingStore
-    from coldstart.tasks.train import TrainResult, save
-    from coldstart.tasks.workspace import Workspace, atomic_write_text
-
     rng = np.random.default_rng(seed)
     (root / "params.yaml").write_text(_params(n_classes), encoding="utf-8")
     ws = Workspace(root)
@@ -88,11 +81,6 @@ def build_workspace(root: Path, n: int, dim: int, n_classes: int, n_human: int, 
 def _child(root: str, round_no: int, floor: bool) -> None:
     """Runs in a fresh process, as every `coldstart round` does: the production stage once, then
     (``floor``) the bare head streamed over the same store."""
-    from coldstart.tasks.heads import load_chosen
-    from coldstart.tasks.relabel import relabel, score_store
-    from coldstart.tasks.store import EmbeddingStore
-    from coldstart.tasks.workspace import Workspace
-
     ws = Workspace(Path(root))
     params = ws.params()
     t = time.perf_counter()
@@ -102,6 +90,8 @@ def _child(root: str, round_no: int, floor: bool) -> None:
     floor_s = None
     if floor:
         chosen = load_chosen(ws)
+        if chosen is None:
+            raise RuntimeError(f"no trained head in {ws.model_dir}")
         t = time.perf_counter()
         score_store(EmbeddingStore(ws.embeddings, chosen.model_id), chosen.head.predict_proba)
         floor_s = time.perf_counter() - t
@@ -110,7 +100,8 @@ def _child(root: str, round_no: int, floor: bool) -> None:
                       "table_mb": sum(p.stat().st_size for p in ws.resolved.iterdir()) / 2**20}))
 
 
-def _run_child(root: str, round_no: int, floor: bool = False) -> dict:
+def _run_child(root: str, round_no: int, floor: bool = False) -> dict[str, Any]:
+    """``_child`` in a fresh Python process; its figures."""
     code = f"from coldstart.bench.relabel import _child; _child({root!r}, {round_no}, {floor})"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     if out.returncode != 0:
@@ -129,7 +120,7 @@ def drop_page_cache() -> None:
 
 
 def bench_relabel(n: int = 1_000_000, dim: int = 512, n_classes: int = 10, n_human: int = 1000,
-                  cold: bool = False) -> dict:
+                  cold: bool = False) -> dict[str, Any]:
     """``cold``: empty the page cache before the timed round, so the store (N x D x 4 bytes) and
     the manifest are read from disk, as after a reboot; by default they are in memory, as when
     the embed stage wrote them recently."""

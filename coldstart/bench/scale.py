@@ -1,31 +1,35 @@
 """`coldstart bench scale`: what a round costs as the workspace grows, stage by stage.
 
 A synthetic workspace of N small PNGs (the tiny model, so that everything but the model's
-forward pass is what is measured) goes through three real rounds, each `coldstart round` in a
-fresh process as users run it: round 1, a round with one answered review batch, a round with
-1% new images, and a round with nothing new (no answers, no images). Per round: seconds per stage, the round process's peak RSS, and the bytes
-the round added to the DVC cache and to the DVC remote.
+forward pass is what is measured) goes through four real rounds, each `coldstart round` in a
+fresh process as users run it (coldstart/bench/rounds.py): round 1, a round with one answered
+review batch, a round with 1% new images, and a round with nothing new (no answers, no images).
+Per round: seconds per stage, the round process's peak RSS, and the bytes the round added to the
+DVC cache and to the DVC remote.
 """
 
 from __future__ import annotations
 
-import json
+import contextlib
+import csv
 import os
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+from PIL import Image
+
+from coldstart.bench.rounds import run_round
+from coldstart.tasks.demodata import DIGITS, demo_params
+from coldstart.tasks.version import init_workspace
 
 SIZE = 32  # pixels: small images keep decode cheap, so the workspace's own costs show
 
 
 def write_pngs(folder: Path, start: int, n: int, seed: int) -> list[str]:
     """``n`` distinct random ``SIZE`` x ``SIZE`` PNGs in batches of 10,000 per folder."""
-    from PIL import Image
-
     rng = np.random.default_rng(seed)
     paths = []
     for k in range(start, start + n):
@@ -37,6 +41,7 @@ def write_pngs(folder: Path, start: int, n: int, seed: int) -> list[str]:
 
 
 def folder_bytes(folder: Path) -> int:
+    """The bytes of every file below ``folder`` (links not followed; files gone meanwhile skipped)."""
     total = 0
     for dirpath, _, files in os.walk(folder):
         for name in files:
@@ -47,36 +52,23 @@ def folder_bytes(folder: Path) -> int:
     return total
 
 
-def _round_child(workspace: str) -> None:
-    """Runs in a fresh process: one round, then its record and this process's peak RSS."""
-    from coldstart.bench.relabel import peak_rss_mb
-    from coldstart.flows.round import labeling_round
-
-    record = labeling_round(workspace=workspace)
-    print(json.dumps({"round": record.round, "stage_seconds": record.seconds, "seconds_total": record.seconds_total,
-                      "peak_rss_mb": peak_rss_mb(), "batch": record.select.files[0] if record.select and record.select.files else None,
-                      "nothing_new": record.nothing_new}))
-
-
-def _run_round(ws_root: Path, env: dict) -> dict:
-    t = time.perf_counter()
-    out = subprocess.run([sys.executable, "-c", f"from coldstart.bench.scale import _round_child; "
-                          f"_round_child({str(ws_root)!r})"], capture_output=True, text=True, env=env)
-    if out.returncode != 0:
-        raise RuntimeError(f"round failed: {out.stderr[-3000:]}")
-    result = json.loads(out.stdout.strip().splitlines()[-1])
-    result["process_seconds"] = time.perf_counter() - t  # with Prefect's start-up and imports
-    return result
+def _run_round(ws_root: Path, env: dict[str, str]) -> dict[str, Any]:
+    """`coldstart round` in a fresh process: the figures kept of it, and the review batch it wrote."""
+    run = run_round(ws_root, env)
+    record = run.record
+    select = record.get("select") or {}
+    return {"round": record["round"], "stage_seconds": record["seconds"], "seconds_total": record["seconds_total"],
+            "peak_rss_mb": run.peak_rss_mb, "batch": select["files"][0] if select.get("files") else None,
+            "nothing_new": record["nothing_new"],
+            "process_seconds": run.process_seconds}  # with Prefect's start-up and imports
 
 
 def _answer(ws_root: Path, batch: str, classes: list[str], seed: int) -> int:
     """Fill the review CSV's labels (random classes: the answers' content does not matter here)."""
-    import csv
-
     rng = np.random.default_rng(seed)
     with open(ws_root / batch, newline="", encoding="utf-8") as f:
         reader = csv.DictReader(f)
-        rows, fields = list(reader), reader.fieldnames
+        rows, fields = list(reader), list(reader.fieldnames or [])
     for r in rows:
         r["label"], r["annotator"] = classes[int(rng.integers(len(classes)))], "bench"
     with open(ws_root / "data" / "inbox" / "answers.csv", "w", newline="", encoding="utf-8") as f:
@@ -86,14 +78,10 @@ def _answer(ws_root: Path, batch: str, classes: list[str], seed: int) -> int:
     return len(rows)
 
 
-def bench_scale(n: int = 2000, budget: int = 50, keep: str | None = None) -> dict:
-    """Three rounds on N images; ``keep``: leave the workspace in this folder (else a temp dir)."""
-    from coldstart.flows.demo import DIGITS, demo_params
-    from coldstart.tasks.version import init_workspace
-
-    tmp = None if keep else tempfile.TemporaryDirectory(prefix="coldstart-bench-scale-")
-    base = Path(keep or tmp.name)
-    try:
+def bench_scale(n: int = 2000, budget: int = 50, keep: str | None = None) -> dict[str, Any]:
+    """Four rounds on N images; ``keep``: leave the workspace in this folder (else a temp dir)."""
+    with contextlib.ExitStack() as stack:
+        base = Path(keep) if keep else Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="coldstart-bench-scale-")))
         params = demo_params(None, budget, model="coldstart-tiny").replace("num_workers: auto", "num_workers: 0")
         ws = init_workspace(base / "ws", params_text=params)
         t = time.perf_counter()
@@ -102,7 +90,8 @@ def bench_scale(n: int = 2000, budget: int = 50, keep: str | None = None) -> dic
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "DVC_NO_ANALYTICS": "1", "PREFECT_HOME": str(base / "prefect"),
                "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_LOGGING_LEVEL": "WARNING"}
         cache, remote = ws.root / ".dvc" / "cache", ws.root / ".dvc-remote"
-        rounds = []
+        rounds: list[dict[str, Any]] = []
+        answered = 0
         for kind in ("first", "answers", "1% new images", "nothing new"):
             if kind == "answers":
                 answered = _answer(ws.root, rounds[-1]["batch"], DIGITS, seed=1)
@@ -120,6 +109,3 @@ def bench_scale(n: int = 2000, budget: int = 50, keep: str | None = None) -> dic
                   f"+{r['bytes_added']['remote'] / 2**20:.1f} MiB remote\n    seconds: {stages}", flush=True)
         return {"n": n, "budget": budget, "image_size": SIZE, "machine": f"{os.uname().machine} {os.cpu_count()} cpus",
                 "rounds": [{k: v for k, v in r.items() if k != "batch"} for r in rounds]}
-    finally:
-        if tmp is not None:
-            tmp.cleanup()

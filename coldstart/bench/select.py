@@ -10,13 +10,17 @@ from __future__ import annotations
 import os
 import time
 
+from typing import Any
+
 import numpy as np
 
+from coldstart.bench.rss import peak_rss_mb
+from coldstart.tasks.strategies import choose
 
-def bench_select(n: int = 1_000_000, dim: int = 512, budget: int = 50, seed: int = 0) -> dict:
-    from coldstart.bench.relabel import peak_rss_mb
-    from coldstart.tasks.strategies import choose
 
+def bench_select(n: int = 1_000_000, dim: int = 512, budget: int = 50, seed: int = 0) -> dict[str, Any]:
+    """Round 1's and a later round's selection of ``budget`` among ``n`` ``dim``-d embeddings, timed;
+    print and return the figures."""
     rng = np.random.default_rng(seed)
     centres = rng.standard_normal((60, dim)).astype(np.float32)
     X = centres[rng.integers(60, size=n)] + 0.5 * rng.standard_normal((n, dim), dtype=np.float32)

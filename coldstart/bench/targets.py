@@ -14,9 +14,11 @@ class Target:
     value: float
 
     def met(self, measured: float) -> bool:
+        """Whether ``measured`` meets the target."""
         return {">=": operator.ge, "<=": operator.le}[self.op](measured, self.value)
 
     def line(self, measured: float) -> str:
+        """The target's report line: what, measured, the bound, met or NOT MET."""
         return (f"  {self.what:44s} {measured:10.3f}   {self.op} {self.value:<8g} "
                 f"{'met' if self.met(measured) else 'NOT MET'}")
 

@@ -16,21 +16,26 @@ import tempfile
 import time
 from pathlib import Path
 
+from typing import Any
+
 import numpy as np
+from sklearn.datasets import load_digits
 
 from coldstart.bench.targets import TARGETS
+from coldstart.models.clip import ClipModel
+from coldstart.tasks.config import Params
+from coldstart.tasks.demodata import DIGITS, demo_params
+from coldstart.tasks.embed import load_model
+from coldstart.tasks.heads import zero_shot_head
+from coldstart.tasks.manifest import replace_manifest
+from coldstart.tasks.store import EmbeddingStore
+from coldstart.tasks.train import train
+from coldstart.tasks.workspace import Workspace, atomic_write_text
 
 
-def build(root: Path, n: int, labels: int, seed: int = 0):
-    from sklearn.datasets import load_digits
-
-    from coldstart.flows.demo import DIGITS, demo_params
-    from coldstart.tasks.embed import load_model
-    from coldstart.tasks.heads import zero_shot_head
-    from coldstart.tasks.manifest import replace_manifest
-    from coldstart.tasks.store import EmbeddingStore
-    from coldstart.tasks.workspace import Workspace, atomic_write_text
-
+def build(root: Path, n: int, labels: int, seed: int = 0) -> tuple[Workspace, Params, ClipModel]:
+    """A workspace as the earlier stages leave it: ``n`` images' 512-d embeddings (the digits
+    projected at random, see the module docstring) and ``labels`` human labels; the text head built."""
     root.mkdir(parents=True, exist_ok=True)
     (root / "params.yaml").write_text(demo_params(None, 50), encoding="utf-8")
     ws = Workspace(root)
@@ -59,10 +64,9 @@ def build(root: Path, n: int, labels: int, seed: int = 0):
     return ws, params, clip
 
 
-def bench_train(sizes: tuple[int, ...] = (1797,), labels: int = 100) -> dict:
-    from coldstart.tasks.train import train
-
-    runs = []
+def bench_train(sizes: tuple[int, ...] = (1797,), labels: int = 100) -> dict[str, Any]:
+    """The train stage timed once per pool size in ``sizes``, each with ``labels`` human labels."""
+    runs: list[dict[str, Any]] = []
     for n in sizes:
         with tempfile.TemporaryDirectory(prefix="coldstart-bench-train-") as tmp:
             ws, params, clip = build(Path(tmp) / "ws", n, labels)

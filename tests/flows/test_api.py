@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 
 from coldstart.flows.api import create_app
-from coldstart.flows.demo import write_digits
+from coldstart.tasks.demodata import write_digits
 from coldstart.flows.round import labeling_round
 from coldstart.tasks.labellog import human_labels, read_events
 from coldstart.tasks.tokens import api_token, image_url

@@ -109,7 +109,7 @@ def test_prompts_saves_the_round_weights_from_a_local_checkpoint_and_ablates(mak
     import open_clip
     import torch
 
-    from coldstart.flows.demo import write_digits
+    from coldstart.tasks.demodata import write_digits
     from coldstart.models.clip import ClipConfig, load_clip, register_project_configs
     from coldstart.models.zeroshot import text_weights
 
@@ -161,7 +161,7 @@ def test_prompts_saves_the_round_weights_from_a_local_checkpoint_and_ablates(mak
 
 
 def test_stages_with_clahe_and_tiles_on_the_tiny_model(make_workspace):
-    from coldstart.flows.demo import write_digits
+    from coldstart.tasks.demodata import write_digits
     from coldstart.tasks.relabel import read_resolved
 
     ws = make_workspace()
@@ -239,7 +239,7 @@ def test_bench_al_writes_labels_to_95_and_audit_coverage(tmp_path, monkeypatch):
 
 
 def test_finetune_command_writes_a_checkpoint_the_round_can_load(make_workspace, capsys):
-    from coldstart.flows.demo import write_digits
+    from coldstart.tasks.demodata import write_digits
     from coldstart.models.clip import ClipConfig, load_clip
 
     ws = make_workspace()
@@ -266,7 +266,7 @@ def test_every_command_has_help(command, capsys):
 
 
 def test_removing_a_class_that_people_used_is_refused_with_the_fix(make_workspace, capsys):
-    from coldstart.flows.demo import write_digits
+    from coldstart.tasks.demodata import write_digits
 
     ws = make_workspace()
     truth = write_digits(ws.images, n=6, size=32)
@@ -287,7 +287,7 @@ def test_each_stage_writes_exactly_its_declared_outputs(make_workspace):
 
     import yaml
 
-    from coldstart.flows.demo import write_digits
+    from coldstart.tasks.demodata import write_digits
 
     ws = make_workspace()
     truth = write_digits(ws.images, n=12, size=32)
@@ -442,14 +442,15 @@ def test_library_noise_goes_to_the_workspace_log_not_the_terminal(make_workspace
     import logging
     import warnings
 
-    from coldstart.flows.cli import LOG_FILE, _configure_logging, build_parser
+    from coldstart.flows.cli import build_parser
+    from coldstart.flows.clilog import LOG_FILE, configure_logging
 
     ws = make_workspace()
     root = logging.getLogger()
     before = list(root.handlers), root.level
     try:
         logging.captureWarnings(False)  # as in a fresh process (an earlier main() captured them already)
-        _configure_logging(build_parser().parse_args(["status", "-w", str(ws.root)]))
+        configure_logging(build_parser().parse_args(["status", "-w", str(ws.root)]))
         logging.getLogger("coldstart.tasks.select").info("only 3 unlabeled images left")
         logging.getLogger("coldstart.models.zeroshot").info("classes 'a' and 'b' are nearly identical")
         logging.getLogger("mlflow.store.db.utils").info("Creating initial MLflow database tables...")
@@ -470,7 +471,7 @@ def test_library_noise_goes_to_the_workspace_log_not_the_terminal(make_workspace
                      "timm.models.layers is deprecated"):
             assert line in log
         # -v: everything on the terminal; the same handlers are replaced, not added twice.
-        _configure_logging(build_parser().parse_args(["-v", "status", "-w", str(ws.root)]))
+        configure_logging(build_parser().parse_args(["-v", "status", "-w", str(ws.root)]))
         logging.getLogger("mlflow").info("Registered model 'x-head' already exists")
         assert capsys.readouterr().err.count("Registered model") == 1
     finally:
@@ -482,7 +483,7 @@ def test_library_noise_goes_to_the_workspace_log_not_the_terminal(make_workspace
 
 
 def test_ontology_warnings_are_shown_once_per_workspace_until_the_ontology_changes(make_workspace):
-    from coldstart.flows.cli import _fresh_warnings
+    from coldstart.flows.cmd_round import _fresh_warnings
 
     ws = make_workspace()
     w = ["classes 'one' and 'seven' are nearly identical", "class 'eight': prompt is not in Latin script"]

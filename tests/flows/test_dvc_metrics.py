@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from coldstart.flows.demo import answer_batch, write_digits
+from coldstart.tasks.demodata import answer_batch, write_digits
 from coldstart.flows.round import labeling_round
 from coldstart.tasks.version import init_workspace
 from tests.conftest import tiny_params

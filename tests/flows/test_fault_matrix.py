@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from coldstart.flows.demo import answer_batch, write_digits
+from coldstart.tasks.demodata import answer_batch, write_digits
 from coldstart.flows.record import RoundRecord
 from coldstart.tasks.labellog import read_events
 from coldstart.tasks.manifest import read_manifest_table
@@ -54,15 +54,19 @@ elif target == "in-version":  # the round's git commit is made, its tag is not
     import coldstart.tasks.version as v
     git = v.git
     v.git = lambda root, *args, **k: die() if args[:1] == ("tag",) and "-a" in args else git(root, *args, **k)
-else:
+elif target in ("link_run_task", "publish"):  # after the tag
     import coldstart.flows.round as r
     setattr(r, target, die)
+else:  # just before the stage of that name (a task of the round's flow run)
+    import coldstart.flows.round as r
+    run_stage = r.run_stage
+    r.run_stage = lambda stage, *a: die() if stage.name == target else run_stage(stage, *a)
 from coldstart.flows.cli import main
 sys.exit(main(["round", "-w", ws]))
 """
 
-BOUNDARIES = ["scan_task", "in-scan", "embed_task", "in-embed", "intake_task", "audit_task", "train_task", "relabel_task", "select_task",
-              "track_task", "in-track", "version_task", "in-version", "link_run_task", "publish"]
+BOUNDARIES = ["scan", "in-scan", "embed", "in-embed", "intake", "audit", "train", "relabel", "select",
+              "track", "in-track", "version", "in-version", "link_run_task", "publish"]
 
 
 def _env(tmp: Path) -> dict:

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from coldstart.flows.cli import main as cli
-from coldstart.flows.demo import write_digits
+from coldstart.tasks.demodata import write_digits
 from coldstart.tasks.labellog import read_events
 from coldstart.tasks.store import EmbeddingStore
 

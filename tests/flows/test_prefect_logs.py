@@ -44,8 +44,8 @@ def _flow_run_logs(api: str) -> list[tuple[str, list[str]]]:
 
 
 def test_round_logs_reach_the_prefect_ui_and_the_terminal_stays_quiet(make_workspace, tmp_path):
-    from coldstart.flows.cli import LOG_FILE
-    from coldstart.flows.demo import answer_batch, write_digits
+    from coldstart.flows.clilog import LOG_FILE
+    from coldstart.tasks.demodata import answer_batch, write_digits
     from coldstart.flows.serve import start_local_server
 
     ws = make_workspace(budget=6)

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from coldstart.flows.demo import write_digits
+from coldstart.tasks.demodata import write_digits
 from coldstart.flows.round import labeling_round
 from coldstart.tasks.regionexports import regions_to_coco
 from coldstart.tasks.regiontable import read_regions, regions_dir
@@ -101,7 +101,7 @@ def test_people_answer_regions_by_id_and_the_next_round_learns_from_them(prefect
     import json
     import math
 
-    from coldstart.flows.demo import answer_batch
+    from coldstart.tasks.demodata import answer_batch
     from coldstart.tasks.labellog import human_labels, read_events, region_answers
     from coldstart.tasks.regiontable import crop_store
 

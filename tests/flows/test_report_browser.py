@@ -20,7 +20,7 @@ from types import SimpleNamespace
 import pytest
 
 from coldstart.flows.cli import main as cli
-from coldstart.flows.demo import DIGITS, answer_batch, write_digits
+from coldstart.tasks.demodata import DIGITS, answer_batch, write_digits
 from coldstart.flows.round import labeling_round
 from coldstart.tasks.reportpage import SECTIONS
 from coldstart.tasks.version import init_workspace

@@ -19,7 +19,7 @@ from mlflow.tracking import MlflowClient
 
 import coldstart
 from coldstart.flows.cli import main as cli
-from coldstart.flows.demo import answer_batch, write_digits
+from coldstart.tasks.demodata import answer_batch, write_digits
 from coldstart.flows.record import RoundRecord
 from coldstart.flows.round import labeling_round
 from coldstart.tasks.audit import clopper_pearson_lower

@@ -24,7 +24,7 @@ def _free_port() -> int:
 
 
 def test_scheduled_round_fires(make_workspace, tmp_path):
-    from coldstart.flows.demo import write_digits
+    from coldstart.tasks.demodata import write_digits
 
     ws = make_workspace(budget=4)
     write_digits(ws.images, n=20, size=32)
@@ -84,7 +84,7 @@ def test_a_week_of_scheduled_rounds_records_only_the_days_with_something_new(mak
     most one model version; days with nothing make none, and `status` stays truthful."""
     from mlflow.tracking import MlflowClient
 
-    from coldstart.flows.demo import answer_batch, write_digits
+    from coldstart.tasks.demodata import answer_batch, write_digits
     from coldstart.flows.status import workspace_status
     from coldstart.tasks.labellog import read_events
     from coldstart.tasks.workspace import read_csv, write_csv

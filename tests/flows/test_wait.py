@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from coldstart.flows.demo import answer_batch, write_digits
+from coldstart.tasks.demodata import answer_batch, write_digits
 from coldstart.flows.round import labeling_round
 from coldstart.flows.wait import wait_for_answers
 from coldstart.tasks.labellog import human_labels, read_events

@@ -187,7 +187,7 @@ def test_the_round_s_audit_is_the_train_stage_s_out_of_fold_accuracy_on_every_au
     answered, the audit stage, then the train stage; the estimate is the train stage's
     out-of-fold predictions read at each audit item's row of read_pool (the train's samples)."""
     from coldstart.flows.cli import main as cli
-    from coldstart.flows.demo import DIGITS, write_digits
+    from coldstart.tasks.demodata import DIGITS, write_digits
     from coldstart.tasks.audit import audit, sample_order
     from coldstart.tasks.embed import load_model
     from coldstart.tasks.labellog import human_labels, read_events
