@@ -303,7 +303,7 @@ def _predict_tasks(ws: Workspace, labeler, batcher, index, tasks: list) -> list[
     """One prediction per task, in order: from the resolved table for images the workspace
     knows, a forward pass for images in data/images/ not labeled yet, an empty one otherwise."""
     from coldstart.tasks import labelstudio
-    from coldstart.tasks.scan import load_rgb
+    from coldstart.tasks.imagefiles import load_rgb
 
     labeler.refresh()
     named = [_task_image(t, index.refresh().by_path) for t in tasks]
@@ -398,7 +398,7 @@ def _classify(ws: Workspace, labeler, batcher, blobs: list[tuple[str, bytes]], k
     enabled); keep the bytes if asked."""
     import numpy as np
 
-    from coldstart.tasks.scan import ImageDecodeError, load_rgb
+    from coldstart.tasks.imagefiles import ImageDecodeError, load_rgb
 
     labeler.refresh()
     prepared, pixels = [], []

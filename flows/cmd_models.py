@@ -27,7 +27,8 @@ from coldstart.tasks.prompts import ablate
 from coldstart.tasks.regionexports import regions_to_coco, regions_to_labelstudio
 from coldstart.tasks.regions import region_head, segment_and_label
 from coldstart.tasks.samcache import resolve_checkpoint
-from coldstart.tasks.scan import image_table, sha256_file
+from coldstart.tasks.scan import image_table
+from coldstart.tasks.imagefiles import sha256_file
 from coldstart.tasks.store import EmbeddingStore
 from coldstart.tasks.workspace import Workspace, atomic_write_text
 

@@ -26,7 +26,7 @@ from coldstart.tasks.cluster import dask_runner, on_dask
 from coldstart.tasks.config import ExecutionConfig, ModelConfig, ScanConfig, ViewsConfig
 from coldstart.tasks.manifest import read_manifest_table
 from coldstart.tasks.result import StageResult
-from coldstart.tasks.scan import ImageDecodeError, load_rgb
+from coldstart.tasks.imagefiles import ImageDecodeError, load_rgb
 from coldstart.tasks.store import EmbeddingStore
 from coldstart.tasks.views import view_images
 from coldstart.tasks.workspace import Workspace

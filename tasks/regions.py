@@ -37,6 +37,7 @@ from PIL import Image
 
 from coldstart.tasks.config import Params, RegionsConfig
 from coldstart.tasks.crops import letterbox, region_crops
+from coldstart.tasks.imagefiles import load_rgb
 from coldstart.tasks.labellog import read_events, region_answers
 from coldstart.tasks.manifest import read_manifest_table
 from coldstart.tasks.ontology import negative_labels
@@ -56,10 +57,11 @@ from coldstart.tasks.regiontable import (
 )
 from coldstart.tasks.result import StageResult
 from coldstart.tasks.samcache import SamEmbeddingCache, Segmented, resolve_checkpoint, sam_cache, segmented_parts
-from coldstart.tasks.scan import load_rgb
 from coldstart.tasks.workspace import Workspace
 
 if TYPE_CHECKING:
+    import torch
+
     from coldstart.models.clip import ClipModel
 
 log = logging.getLogger(__name__)
@@ -98,7 +100,7 @@ def _best_masks(masks: list[dict], limit: int) -> list[dict]:
 
 
 def _crop_tensors(clip: ClipModel, items: Iterable[ImageMasks], cfg: RegionsConfig, pool: ThreadPoolExecutor
-                  ) -> Iterator[tuple[tuple[str, str, dict], object]]:
+                  ) -> Iterator[tuple[tuple[str, str, dict], torch.Tensor]]:
     """((image id, path, mask), preprocessed ``(3, S, S)`` crop) for every kept mask of every
     image, in order; nothing keeps a reference to an image once its crops are made.
 

@@ -407,7 +407,8 @@ def _round_table(ws: Workspace, round_no: int, classes: list[str], at_tag: AtTag
             if got is None:
                 raise WorkspaceError(
                     f"round {round_no}'s labels are no longer in this workspace (older parts are pruned) nor in its "
-                    f"DVC cache; get them with `{command('dvc')} get {shlex.quote(str(ws.root))} data/labels/resolved --rev {at_tag.tag} -o DIR`")
+                    f"DVC cache; get them with `{command('dvc')} get {shlex.quote(str(ws.root))} "
+                    f"data/labels/resolved --rev {at_tag.tag} -o DIR`")
             table, got_classes = read_table(ws, round_no, classes, got)
     return table, got_classes
 

@@ -9,15 +9,15 @@ import io
 import logging
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, Collection
 
 import numpy as np
 from PIL import Image, ImageDraw
 
+from coldstart.tasks.imagefiles import load_rgb
 from coldstart.tasks.labellog import describe_answers
 from coldstart.tasks.regiontable import decode_mask
 from coldstart.tasks.reportdata import ReportData, economics, fit_curve, projection
-from coldstart.tasks.scan import load_rgb
 
 log = logging.getLogger(__name__)
 
@@ -177,7 +177,7 @@ class Page:
                 f'</figure>')
 
     @staticmethod
-    def table(head: list[str] | None, rows: list[list[str]], numeric: set[int] = frozenset()) -> str:
+    def table(head: list[str] | None, rows: list[list[str]], numeric: Collection[int] = frozenset()) -> str:
         """``rows``: cells already HTML (escaped by the caller); ``head``: plain text."""
         th = "<thead><tr>" + "".join(f"<th>{esc(h)}</th>" for h in head) + "</tr></thead>" if head else ""
         body = "".join("<tr>" + "".join(f'<td class="n">{c}</td>' if i in numeric else f"<td>{c}</td>"
@@ -199,7 +199,7 @@ class Page:
                  ("below threshold", "–" if below is None else below)]
         html_ = '<div class="big">' + "".join(f"<div><b>{esc(v)}</b>{esc(k)}</div>" for k, v in tiles) + "</div>"
         extra = []
-        if d.threshold is not None:
+        if d.threshold is not None and below is not None:  # below is None only without a threshold
             extra.append(f"Auto labels below the auto-accept confidence {d.threshold:.3f}: {below} "
                          f"({pct(below / max(1, int(auto.sum())))} of the auto labels).")
         if intake:
@@ -268,7 +268,7 @@ class Page:
     def curve_svg(self, fit: tuple[float, float] | None) -> str:
         pts, target = self.d.curve, self.d.target_accuracy
         W, H, L, R, T, B = 640, 260, 52, 16, 14, 40
-        xmax = max([p.human_labels for p in pts] + [1])
+        xmax: float = max([p.human_labels for p in pts] + [1])
         projected = projection(pts, target)
         if projected is not None and projected[0] is not None and projected[0] <= 4 * xmax:
             xmax = max(xmax, projected[0])
@@ -527,7 +527,7 @@ class Page:
             m = (conf > lo) & (conf <= hi) if lo > 0 else (conf >= lo) & (conf <= hi)
             bins.append((lo, hi, int(m.sum()), float(ok[m].mean()) if m.any() else None,
                          float(conf[m].mean()) if m.any() else None))
-        ece = sum(n / len(rel) * abs(a - c) for _, _, n, a, c in bins if n)
+        ece = sum(n / len(rel) * abs(a - c) for _, _, n, a, c in bins if a is not None and c is not None)  # n > 0
         W, H, L, R, T, B = 360, 300, 48, 12, 12, 44
 
         def X(v):

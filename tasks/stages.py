@@ -145,7 +145,7 @@ def _version(ws: Workspace, ctx: Context) -> version.VersionResult:
     rec = ctx.in_round("version")
     rec.save(ws.metrics_dir / "round.json")  # the round's own record, committed with its tag
     found: scan.ScanResult = ctx.results["scan"]
-    return version.version(ws, ctx.round, rec.commit_message(), found.parts, found.hashed, found.unversionable)
+    return version.version(ws, ctx.params, ctx.round, rec.commit_message(), found.parts, found.hashed, found.unversionable)
 
 
 STAGES: dict[str, Stage] = {s.name: s for s in [

@@ -17,19 +17,25 @@ import unicodedata
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-
+from typing import TYPE_CHECKING
 
 from coldstart.tasks.commands import command
+from coldstart.tasks.config import Params
 from coldstart.tasks.errors import VersioningError, WorkspaceError
+from coldstart.tasks.imagefiles import HashedFiles, name_problem
 from coldstart.tasks.result import StageResult
-from coldstart.tasks.scan import HashedFiles, name_problem, part_digests
+from coldstart.tasks.scan import part_digests
 from coldstart.tasks.workspace import Workspace, atomic_write_bytes, atomic_write_text
+
+if TYPE_CHECKING:
+    from dvc.repo import Repo
 
 log = logging.getLogger(__name__)
 
 TEMPLATE_FILES = {"params.yaml": "params.yaml", "dvc.yaml": "dvc.yaml", "gitignore": ".gitignore",
                   "dvcignore": ".dvcignore"}
 DATA_DIRS = ["images", "inbox", "labels", "store", "review", "models", "metrics", "reports"]
+VERSIONED = "versioned-parts.json"  # in .coldstart/: the image parts (and params `scan`) the last tag versioned
 
 
 @dataclass
@@ -83,7 +89,7 @@ def unversioned_images(ws: Workspace, parts: dict[str, str]) -> bool:
     """Whether the image parts differ from those the last tagged round versioned. Unlike the
     scan's own "changed" (relative to the last scan), this holds after a round that scanned new
     images was killed before its tag: the retry still has something new to record."""
-    marker = ws.state_dir / "versioned-parts.json"
+    marker = ws.state_dir / VERSIONED
     try:
         before = json.loads(marker.read_text(encoding="utf-8")).get("parts", {}) if marker.is_file() else None
     except ValueError:
@@ -218,20 +224,17 @@ def _ignore_pattern(rel: str) -> str:
     return "/data/images/" + pattern
 
 
-def write_dvcignore_block(root: Path, unversionable: list[str]) -> bool:
+def dvcignore_text(root: Path, unversionable: list[str]) -> str | None:
     """The workspace's .dvcignore with coldstart's block listing ``unversionable`` (the scan's
-    list, relative to data/images); return whether the file changed. A nested .dvcignore in
-    data/images would not do: the root one ignores hidden files there, that one included."""
+    list, relative to data/images), or None when the file already says that. A nested
+    .dvcignore in data/images would not do: the root one ignores hidden files there, that one included."""
     path = root / ".dvcignore"
     old = path.read_text(encoding="utf-8") if path.is_file() else ""
     start, end = old.find(IGNORE_BEGIN), old.find(IGNORE_END)
     rest = old[:start] + old[end + len(IGNORE_END):] if 0 <= start < end else old
     block = IGNORE_BEGIN + "".join(_ignore_pattern(r) + "\n" for r in sorted(unversionable)) + IGNORE_END
     text = (rest if rest.endswith("\n") or not rest else rest + "\n") + (block if unversionable else "")
-    if text == old:
-        return False
-    atomic_write_text(path, text)
-    return True
+    return None if text == old else text
 
 
 def _fill_local_remote(cache: Path, remote: Path) -> int:
@@ -397,7 +400,147 @@ def _hand_hashes_to_dvc(repo, hashed: HashedFiles) -> int:
     return len(items)
 
 
-def version(ws: Workspace, round_no: int, message: str, parts: dict[str, str] | None = None,
+@dataclass
+class VersionPlan:
+    """What a round's version stage does, decided from the workspace's files before DVC or git
+    run (``plan_version``); ``apply_version`` carries it out."""
+
+    round: int
+    message: str  # the git commit's and the tag's
+    digests: dict[str, str]  # every image part's digest now
+    changed: list[str]  # image parts to hash and add to DVC again
+    gone: list[str]  # tracked parts deleted or emptied: their .dvc files go
+    tracked: dict[str, Path]  # part -> its .dvc file, as tracked now
+    skip: set[str]  # entries nothing may open (the scan's unversionable list)
+    legacy: bool  # a data/images.dvc from before parts: replaced by one .dvc per part
+    rescan: bool  # the scan stage's inputs (parts index, params `scan`) changed: commit it
+    dvcignore: str | None  # the new .dvcignore, when its coldstart block changes
+    big: list[Path]  # checkpoints and big files a user put in the workspace: DVC, not git
+    scan_params: str  # params `scan` as JSON, kept with the versioned digests
+
+    @property
+    def tag(self) -> str:
+        return f"round-{self.round:03d}"
+
+
+def plan_version(ws: Workspace, params: Params, round_no: int, message: str, parts: dict[str, str] | None = None,
+                 unversionable: list[str] | None = None) -> VersionPlan:
+    """Which image parts changed since the last versioned round (``parts``: the scan's digests;
+    computed here when None), which went, and what else the round must record. Reads only."""
+    digests = parts if parts is not None else part_digests(ws.images)
+    scan_params = json.dumps(params.scan.model_dump(), sort_keys=True)
+    marker = ws.state_dir / VERSIONED
+    try:
+        before = json.loads(marker.read_text(encoding="utf-8")) if marker.is_file() else {}
+    except ValueError:
+        before = {}  # unreadable: treat every part as changed (DVC's own state makes that cheap)
+    old, tracked = before.get("parts", {}), _tracked(ws.images)
+    changed = [p for p, d in digests.items() if old.get(p) != d or (p and p not in tracked)]
+    ignore = dvcignore_text(ws.root, unversionable) if unversionable is not None else None
+    if ignore is not None:
+        changed = sorted(set(changed) | {r.split("/", 1)[0] if "/" in r else "" for r in unversionable or ()})
+    # A folder whose own name is not UTF-8 (or holds control characters) cannot be a .dvc file's
+    # name: it stays out of versioning until renamed (the scan quarantined each of its files).
+    changed = [p for p in changed if not (p and name_problem(p))]
+    loose = {t.name for t in _targets(ws.images, "")}
+    gone = [name for name in tracked if name not in digests and name not in loose]  # deleted or emptied
+    legacy = (ws.root / "data" / "images.dvc").exists()  # workspaces from before parts: one .dvc for all
+    rescan = bool(changed or gone or legacy) or before.get("scan") != scan_params
+    return VersionPlan(round=round_no, message=message, digests=digests,
+                       changed=sorted(digests) if legacy else changed, gone=gone, tracked=tracked,
+                       skip=set(unversionable or ()), legacy=legacy, rescan=rescan, dvcignore=ignore,
+                       big=big_files(ws, params.versioning.git_max_file_mb), scan_params=scan_params)
+
+
+def apply_version(ws: Workspace, plan: VersionPlan, hashed: HashedFiles | None = None) -> VersionResult:
+    """DVC-add the changed parts, commit the stages, push; git commit; tag. The versioned
+    digests are written last: a round killed before its tag is versioned again in full."""
+    from dvc.exceptions import DvcException  # DVC's import takes about a second: the version stage's alone
+
+    if plan.dvcignore is not None:
+        atomic_write_text(ws.root / ".dvcignore", plan.dvcignore)
+    try:
+        _dvc_record(ws, plan, hashed)
+    except (DvcException, OSError) as e:
+        raise _versioning_error(ws, plan.round, e) from e
+    _git_commit_and_tag(ws, plan)
+    # Only now: the parts are committed, pushed and tagged.
+    atomic_write_text(ws.state_dir / VERSIONED, json.dumps({"scan": plan.scan_params, "parts": plan.digests},
+                                                                sort_keys=True))
+    return VersionResult(git(ws.root, "rev-parse", "HEAD"), plan.tag, bool(plan.changed), sorted(plan.changed),
+                         sorted(plan.gone))
+
+
+def _dvc_record(ws: Workspace, plan: VersionPlan, hashed: HashedFiles | None) -> None:
+    """The DVC half of a round: add, commit the stages, release editable files, push. DVC's API
+    resolves some targets against the process's cwd: it works from the root. One ``Repo`` per
+    round: DVC re-reads its index at each locked operation."""
+    from dvc.repo import Repo  # about a second to import: the version stage's alone
+
+    logging.getLogger("dvc").setLevel(logging.ERROR)  # its hints talk about its own CLI
+    _own_default_remote(ws.root)  # before the Repo below reads its remote
+    with contextlib.chdir(ws.root), Repo(str(ws.root)) as repo:
+        if plan.legacy:
+            repo.remove(str(ws.root / "data" / "images.dvc"), outs=False)
+            _unignore_parts(ws.root)
+        for name in plan.gone:
+            repo.remove(str(plan.tracked[name]), outs=False)
+        targets = [str(t) for p in plan.changed for t in _targets(ws.images, p, plan.skip)]
+        targets += [str(p) for p in plan.big]
+        if targets:
+            if hashed is not None:
+                _hand_hashes_to_dvc(repo, hashed)
+            repo.add(targets)
+        write_parts_index(ws.root, _parts_index(ws.images))
+        for stage in repo.index.stages:
+            # The scan stage depends on the parts index and on params `scan`: commit it only
+            # when either changed; its lock entry holds otherwise.
+            if stage.cmd and (stage.name != "scan" or plan.rescan):
+                repo.commit(f"dvc.yaml:{stage.name}", force=True)
+        release_editable(ws.root)  # after the commits, which link every output into the cache
+        pushed = _push(ws, repo, targets, plan.round)
+    log.info("dvc push: %s object(s) sent to the remote", pushed)
+
+
+def _push(ws: Workspace, repo: Repo, targets: list[str], round_no: int) -> int:
+    """Push this round's changes; to a new, emptied or replaced local remote, every round's."""
+    push = [str(Path(t).with_name(Path(t).name + ".dvc")) for t in targets] + ["dvc.yaml"]
+    remote_dir = _local_remote(repo)
+    if remote_dir is not None and not (remote_dir / REMOTE_MARKER).is_file() and ws.round_tags():
+        # Pushing only this round's changes would leave the earlier rounds' objects missing from it.
+        log.warning("DVC remote %s holds no coldstart marker: sending it every round's data", remote_dir)
+        pushed = _fill_local_remote(Path(repo.cache.local.path), remote_dir) + repo.push()
+    else:
+        pushed = repo.push(targets=push)
+    if remote_dir is not None:
+        atomic_write_text(remote_dir / REMOTE_MARKER, json.dumps({"workspace": str(ws.root), "round": round_no}) + "\n")
+    return pushed
+
+
+def _versioning_error(ws: Workspace, round_no: int, e: Exception) -> VersioningError:
+    hint = ("add the missing section to params.yaml (dvc.yaml declares it as a parameter)"
+            if "missing from" in str(e) else
+            f"check that the DVC remote exists and is writable (`{command('dvc')} remote list`, then "
+            f"`{command('dvc')} push`, in {ws.root})")
+    return VersioningError(
+        f"DVC could not record round {round_no}: {type(e).__name__ if isinstance(e, OSError) else ''}"
+        f"{' ' if isinstance(e, OSError) else ''}{str(e).rstrip('.')}. The round's data is intact in data/, "
+        f"but it was not tagged; {hint}, then run the next round, which records it and pushes what the "
+        f"remote lacks."
+    )
+
+
+def _git_commit_and_tag(ws: Workspace, plan: VersionPlan) -> None:
+    git(ws.root, "add", "-A")
+    # A round killed between its commit and its tag left that commit: amend it, so that one round
+    # is one commit.
+    head_msg = git(ws.root, "log", "-1", "--format=%s", check=False)
+    retry = head_msg.startswith(f"coldstart round {plan.round}:") and not git(ws.root, "tag", "--points-at", "HEAD")
+    git(ws.root, "commit", "-q", "--allow-empty", *(["--amend"] if retry else []), "-m", plan.message)
+    git(ws.root, "tag", "-a", plan.tag, "-m", plan.message)
+
+
+def version(ws: Workspace, params: Params, round_no: int, message: str, parts: dict[str, str] | None = None,
             hashed: HashedFiles | None = None, unversionable: list[str] | None = None) -> VersionResult:
     """The version stage: DVC-add the image parts that changed, commit the stages, push what
     changed; git commit; tag ``round-NNN``.
@@ -405,91 +548,7 @@ def version(ws: Workspace, round_no: int, message: str, parts: dict[str, str] | 
     Images are versioned in parts, the way DVC's large users do it: each top-level folder of
     data/images (one per ingest batch, typically) has its own ``.dvc`` file, and each file
     directly in data/images its own. A round hashes, commits and pushes only the parts whose
-    digest (``parts``, from the scan stage's walk; computed here when None) changed, so adding 1%
-    new images in a new folder costs 1% of the images, not all of them. One ``Repo`` per round:
-    DVC re-reads its index at each locked operation.
+    digest (``parts``, from the scan stage's walk) changed, so adding 1% new images in a new
+    folder costs 1% of the images, not all of them.
     """
-    from dvc.exceptions import DvcException
-    from dvc.repo import Repo
-
-    tag = f"round-{round_no:03d}"
-    logging.getLogger("dvc").setLevel(logging.ERROR)  # its hints talk about its own CLI
-    digests = parts if parts is not None else part_digests(ws.images)
-    params = ws.params()
-    scan_params = json.dumps(params.scan.model_dump(), sort_keys=True)
-    marker = ws.state_dir / "versioned-parts.json"
-    try:
-        before = json.loads(marker.read_text(encoding="utf-8")) if marker.is_file() else {}
-    except ValueError:
-        before = {}  # unreadable: treat every part as changed (DVC's own state makes that cheap)
-    old = before.get("parts", {})
-    tracked = _tracked(ws.images)
-    changed = [p for p, d in digests.items() if old.get(p) != d or (p and p not in tracked)]
-    if unversionable is not None and write_dvcignore_block(ws.root, unversionable):
-        changed = sorted(set(changed) | {r.split("/", 1)[0] if "/" in r else "" for r in unversionable})
-    # A folder whose own name is not UTF-8 (or holds control characters) cannot be a .dvc file's
-    # name: it stays out of versioning until renamed (the scan quarantined each of its files).
-    changed = [p for p in changed if not (p and name_problem(p))]
-    skip = set(unversionable or ())
-    loose = {t.name for t in _targets(ws.images, "")}
-    gone = [name for name in tracked if name not in digests and name not in loose]  # deleted or emptied
-    legacy = ws.root / "data" / "images.dvc"  # workspaces from before parts: one .dvc for the whole folder
-    rescan = bool(changed or gone or legacy.exists()) or before.get("scan") != scan_params
-    try:
-        # DVC's API resolves some targets against the process's cwd: work from the root.
-        _own_default_remote(ws.root)  # before the Repo below reads its remote
-        with contextlib.chdir(ws.root), Repo(str(ws.root)) as repo:
-            if legacy.exists():
-                repo.remove(str(legacy), outs=False)
-                _unignore_parts(ws.root)
-                changed = sorted(digests)
-            for name in gone:
-                repo.remove(str(tracked[name]), outs=False)
-            targets = [str(t) for p in changed for t in _targets(ws.images, p, skip)]
-            # Checkpoints and big files a user put in the workspace: DVC, not git.
-            targets += [str(p) for p in big_files(ws, params.versioning.git_max_file_mb)]
-            if targets:
-                if hashed is not None:
-                    _hand_hashes_to_dvc(repo, hashed)
-                repo.add(targets)
-            write_parts_index(ws.root, _parts_index(ws.images))
-            for stage in repo.index.stages:
-                # The scan stage depends on the parts index and on params `scan`: commit it only
-                # when either changed; its lock entry holds otherwise.
-                if stage.cmd and (stage.name != "scan" or rescan):
-                    repo.commit(f"dvc.yaml:{stage.name}", force=True)
-            release_editable(ws.root)  # after the commits, which link every output into the cache
-            push = [str(Path(t).with_name(Path(t).name + ".dvc")) for t in targets] + ["dvc.yaml"]
-            remote_dir = _local_remote(repo)
-            if remote_dir is not None and not (remote_dir / REMOTE_MARKER).is_file() and ws.round_tags():
-                # A new, emptied or replaced remote: pushing only this round's changes would leave
-                # the earlier rounds' objects missing from it. Push every tag's, once.
-                log.warning("DVC remote %s holds no coldstart marker: sending it every round's data", remote_dir)
-                pushed = _fill_local_remote(Path(repo.cache.local.path), remote_dir) + repo.push()
-            else:
-                pushed = repo.push(targets=push)
-            if remote_dir is not None:
-                atomic_write_text(remote_dir / REMOTE_MARKER, json.dumps({"workspace": str(ws.root),
-                                                                          "round": round_no}) + "\n")
-        log.info("dvc push: %s object(s) sent to the remote", pushed)
-    except (DvcException, OSError) as e:
-        hint = ("add the missing section to params.yaml (dvc.yaml declares it as a parameter)"
-                if "missing from" in str(e) else
-                f"check that the DVC remote exists and is writable (`{command('dvc')} remote list`, then "
-                f"`{command('dvc')} push`, in {ws.root})")
-        raise VersioningError(
-            f"DVC could not record round {round_no}: {type(e).__name__ if isinstance(e, OSError) else ''}"
-            f"{' ' if isinstance(e, OSError) else ''}{str(e).rstrip('.')}. The round's data is intact in data/, "
-            f"but it was not tagged; {hint}, then run the next round, which records it and pushes what the "
-            f"remote lacks."
-        ) from e
-    git(ws.root, "add", "-A")
-    # A round killed between its commit and its tag left that commit: amend it, so that one round
-    # is one commit.
-    head_msg = git(ws.root, "log", "-1", "--format=%s", check=False)
-    retry = head_msg.startswith(f"coldstart round {round_no}:") and not git(ws.root, "tag", "--points-at", "HEAD")
-    git(ws.root, "commit", "-q", "--allow-empty", *(["--amend"] if retry else []), "-m", message)
-    git(ws.root, "tag", "-a", tag, "-m", message)
-    # Only now: the parts are committed, pushed and tagged.
-    atomic_write_text(marker, json.dumps({"scan": scan_params, "parts": digests}, sort_keys=True))
-    return VersionResult(git(ws.root, "rev-parse", "HEAD"), tag, bool(changed), sorted(changed), sorted(gone))
+    return apply_version(ws, plan_version(ws, params, round_no, message, parts, unversionable), hashed)

@@ -122,8 +122,9 @@ def simulate(strategy: str, Xp: np.ndarray, yp: np.ndarray, Xt: np.ndarray, yt: 
         labeled.extend(pool[np.asarray(pick, int)].tolist())
 
 
-def simulate_audit(Xp: np.ndarray, yp: np.ndarray, seed: int, *, batch: int = 50, policy: str = "specialist", rounds: int = 8,
-                   self_training: float = 0.9, factor: int = 3, folds: int = 5) -> list[dict]:
+def simulate_audit(Xp: np.ndarray, yp: np.ndarray, seed: int, *, batch: int = 50, policy: str = "specialist",
+                   rounds: int = 8, self_training: float = 0.9, factor: int = 3,
+                   folds: int = 5) -> list[dict[str, Any]]:
     """Rounds 1..``rounds`` as the flow runs them, answers coming back at once; for each round
     n >= 2, the audit estimate of its auto labels against their true accuracy (module docstring).
 

@@ -426,7 +426,8 @@ def _serve(workspace: Path, port: int, log_path: Path, token: str, payload: byte
               f"{load.get('bench_cpu_cores')}, other processes {load.get('other_cpu_cores')}",
               flush=True)
         soak = concurrent(server.url, token, payload, clients, soak_s, 0.0, server.pid, phases.rss_sample_s)
-        print(f"  soak, {clients} clients, {soak_s:g} s        {soak['img_s']:8.2f} img/s  {soak['requests']} requests, "
+        print(f"  soak, {clients} clients, {soak_s:g} s        {soak['img_s']:8.2f} img/s  "
+              f"{soak['requests']} requests, "
               f"{soak['errors']} errors; server RSS {soak['rss_start_mb']:.0f} -> {soak['rss_end_mb']:.0f} MB "
               f"(max {soak['rss_max_mb']:.0f}); other processes {soak.get('other_cpu_cores')} cores", flush=True)
         log_tail = server.log_tail(2000)
@@ -467,8 +468,8 @@ def _api_figures(bare: dict[str, Any], best_bs: int, after: dict[str, Any], drif
         "forward_single_p90_ms": round(bare["single_p90_ms"], 2),
         "forward_batched_by_size": {str(bs): round(v, 3) for bs, v in bare["batched"].items()},
         "forward_batch_size": best_bs,
-        "forward_after": {"single_ms": round(after["single_ms"], 2), "batched_img_s": round(after["batched"][best_bs], 3),
-                          "batched_drift": round(drift, 4)},
+        "forward_after": {"single_ms": round(after["single_ms"], 2),
+                          "batched_img_s": round(after["batched"][best_bs], 3), "batched_drift": round(drift, 4)},
         "load": {k: v for k, v in load.items() if k != "rss_samples"},
         "soak": soak,
         "server": {"pid": served.pid, "start_s": round(served.start_s, 2), "exit_code": served.exit_code},

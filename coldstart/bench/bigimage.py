@@ -64,7 +64,8 @@ def child_big(width: int, height: int, points_per_side: int, pred_iou_thresh: fl
 
 def run_big(width: int, height: int, *knobs: float) -> dict[str, Any]:
     """``child_big`` in a fresh Python process (its peak RSS its own); its figures."""
-    code = f"from coldstart.bench.bigimage import child_big; child_big({width}, {height}, {', '.join(map(repr, knobs))})"
+    args = ", ".join(map(repr, (width, height, *knobs)))
+    code = f"from coldstart.bench.bigimage import child_big; child_big({args})"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     if out.returncode != 0:
         raise RuntimeError(f"regions big-image child failed: {out.stderr[-3000:]}")

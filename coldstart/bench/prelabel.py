@@ -85,7 +85,8 @@ def bench_prelabel(n: int = 256, model: str = "ViT-B-32", pretrained: str | None
         print(f"  embed stage (decode+preprocess+encode+store): {embed:8.2f} img/s", flush=True)
         naive_paths = paths[: naive_n or min(n, 16)]
         naive = _naive_img_s(clip, naive_paths, ontology.prompts())
-        print(f"  naive loop ({len(naive_paths)} images, {len(DIGITS)} classes x prompts re-encoded): {naive:8.2f} img/s")
+        print(f"  naive loop ({len(naive_paths)} images, {len(DIGITS)} classes x prompts re-encoded): "
+              f"{naive:8.2f} img/s")
     figures = {
         "embed_img_s": round(embed, 3),
         "forward_img_s": round(forward, 3),

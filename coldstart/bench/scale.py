@@ -81,7 +81,8 @@ def _answer(ws_root: Path, batch: str, classes: list[str], seed: int) -> int:
 def bench_scale(n: int = 2000, budget: int = 50, keep: str | None = None) -> dict[str, Any]:
     """Four rounds on N images; ``keep``: leave the workspace in this folder (else a temp dir)."""
     with contextlib.ExitStack() as stack:
-        base = Path(keep) if keep else Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="coldstart-bench-scale-")))
+        tmp = None if keep else stack.enter_context(tempfile.TemporaryDirectory(prefix="coldstart-bench-scale-"))
+        base = Path(keep or str(tmp))
         params = demo_params(None, budget, model="coldstart-tiny").replace("num_workers: auto", "num_workers: 0")
         ws = init_workspace(base / "ws", params_text=params)
         t = time.perf_counter()

@@ -100,7 +100,7 @@ def make_image_corpus(dest: Path, outside: Path | None = None, *, non_utf8: bool
     image root for the target of links that lead out of it (default: ``dest``'s parent).
     ``non_utf8``: include the file and folder names that are not valid UTF-8; ``special``: the
     FIFOs, socket and symbolic links."""
-    from coldstart.tasks.scan import shown_name  # the display form of odd names
+    from coldstart.tasks.imagefiles import shown_name  # the display form of odd names
 
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)

@@ -11,11 +11,23 @@ import pytest
 from coldstart.bench.targets import TARGETS
 from coldstart.flows.cli import main as cli
 
-pytestmark = pytest.mark.slow  # a workspace, a server process start (~10 s on 2 cores), three HTTP phases
-
 KEYS = ("p50_ms", "forward_single_ms", "throughput_img_s", "forward_batched_img_s", "soak_errors", "rss_growth")
 
 
+def test_the_batcher_settings_the_bench_reports_are_the_ones_coldstart_api_runs_with():
+    """The bench reads the batcher's defaults (tasks.inference.Batcher: it never imports flows);
+    `coldstart api` builds its app with create_app's defaults: they must agree."""
+    import inspect
+
+    from coldstart.flows.api import create_app
+    from coldstart.tasks.inference import Batcher
+
+    app, batcher = inspect.signature(create_app).parameters, inspect.signature(Batcher).parameters
+    assert app["batch_images"].default == batcher["max_images"].default
+    assert app["batch_wait_ms"].default == batcher["max_wait_ms"].default
+
+
+@pytest.mark.slow  # a workspace, a server process start (~10 s on 2 cores), three HTTP phases
 def test_bench_api_drives_the_real_server_and_reports_every_figure(tmp_path, capsys):
     out = tmp_path / "api.json"
     assert cli(["bench", "api", "--model", "coldstart-tiny", "--clients", "4", "--load-s", "2", "--warm-s", "0.5",

@@ -14,7 +14,8 @@ from PIL import Image
 
 from coldstart.tasks.config import ScanConfig
 from coldstart.tasks.manifest import read_manifest
-from coldstart.tasks.scan import ImageDecodeError, load_rgb, scan
+from coldstart.tasks.scan import scan
+from coldstart.tasks.imagefiles import ImageDecodeError, load_rgb
 from coldstart.tasks.workspace import Workspace, read_csv
 from tests.corpus.make_images import make_image_corpus
 

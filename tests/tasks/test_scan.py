@@ -7,7 +7,8 @@ from PIL import Image
 
 from coldstart.tasks.config import ScanConfig
 from coldstart.tasks.manifest import read_manifest
-from coldstart.tasks.scan import ImageDecodeError, load_rgb, scan
+from coldstart.tasks.scan import plan_scan, scan
+from coldstart.tasks.imagefiles import ImageDecodeError, load_rgb
 from coldstart.tasks.workspace import Workspace, read_csv
 from tests.conftest import write_image
 
@@ -93,3 +94,24 @@ def test_walk_order_hidden_files_and_links(tmp_path):
                             "sub/deeper/y.png"]
     assert "broken symbolic link" in walked["dangling.png"] and "to a folder" in walked["linked-folder"]
     assert walked["a.png"] is None and walked["sub/deeper/y.png"] is None
+
+
+def test_the_plan_writes_nothing_and_names_what_changed_went_and_was_refused(ws):
+    """scan = plan_scan (reads the disk against the last tagged manifest) + apply_scan (writes)."""
+    write_image(ws.images / "a.png", seed=1)
+    write_image(ws.images / "b.png", seed=2)
+    scan(ws, ScanConfig(), round_no=1)
+    manifest = sorted(p.name for p in (ws.root / "data" / "store" / "manifest").glob("*"))
+    (ws.images / "b.png").unlink()
+    write_image(ws.images / "c.png", seed=3)
+    (ws.images / "empty.png").write_bytes(b"")
+    plan = plan_scan(ws, ScanConfig(), round_no=2)
+    assert [r[0] for r in plan.changed] == ["c.png"] and plan.changed[0][-1] == 2  # first seen in round 2
+    assert plan.deleted == ["b.png"] and [q["path"] for q in plan.quarantine] == ["empty.png"]
+    assert (plan.images, plan.files, plan.new_images, plan.quarantine_changed) == (2, 2, 1, True)
+    # Nothing written: the manifest's parts and the (empty) quarantine list are as round 1 left them.
+    assert sorted(p.name for p in (ws.root / "data" / "store" / "manifest").glob("*")) == manifest
+    assert read_csv(ws.quarantine) == []
+    r = scan(ws, ScanConfig(), round_no=2)
+    assert (r.images, r.new_images, r.quarantined, r.changed) == (2, 1, 1, True)
+    assert {m["path"] for m in read_manifest(ws)} == {"a.png", "c.png"}
