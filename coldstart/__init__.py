@@ -27,71 +27,31 @@ from coldstart.version import __version__ as __version__  # re-exported: coldsta
 __all__ = ["ColdstartError", "RoundRecord", "Workspace", "init_workspace", "load_champion", "open_workspace",
            "read_labels", "read_round", "run_round"]
 
+# Each name as "module:attribute", imported on first use (PEP 562 __getattr__): the one lazy
+# import here, so that ``import coldstart`` (and so every ``import coldstart.x``) pays for no
+# torch, Prefect or MLflow. tests/import_graph.py counts these names as imports.
 _LAZY = {
-    "ColdstartError": ("coldstart.models.errors", "ColdstartError"),
-    "RoundRecord": ("coldstart.flows.record", "RoundRecord"),
-    "Workspace": ("coldstart.tasks.workspace", "Workspace"),
-    "init_workspace": ("coldstart.tasks.version", "init_workspace"),
+    "ColdstartError": "coldstart.models.errors:ColdstartError",
+    "RoundRecord": "coldstart.flows.record:RoundRecord",
+    "Workspace": "coldstart.tasks.workspace:Workspace",
+    "init_workspace": "coldstart.tasks.version:init_workspace",
+    "open_workspace": "coldstart.public:open_workspace",
+    "run_round": "coldstart.public:run_round",
+    "read_round": "coldstart.public:read_round",
+    "load_champion": "coldstart.public:load_champion",
+    "read_labels": "coldstart.public:read_labels",
 }
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # what the names are, for editors and mypy
     from coldstart.flows.record import RoundRecord
+    from coldstart.models.errors import ColdstartError
+    from coldstart.public import load_champion, open_workspace, read_labels, read_round, run_round
+    from coldstart.tasks.version import init_workspace
     from coldstart.tasks.workspace import Workspace
 
 
 def __getattr__(name: str) -> Any:
     if name in _LAZY:
-        module, attr = _LAZY[name]
+        module, attr = _LAZY[name].split(":")
         return getattr(import_module(module), attr)
     raise AttributeError(f"module 'coldstart' has no attribute {name!r}")
-
-
-def open_workspace(path: str = ".") -> "Workspace":
-    """An existing workspace (raises WorkspaceError, saying how to create one, if it is not)."""
-    from coldstart.tasks.workspace import Workspace
-
-    return Workspace.open(path)
-
-
-def run_round(workspace: str = ".", force: bool = False) -> "RoundRecord":
-    """Run one labeling round; returns its record (also in MLflow and data/metrics/round.json).
-    With nothing new (images, answers, params) the round does nothing and its record says
-    ``nothing_new``; ``force`` runs it anyway."""
-    from coldstart.flows.round import labeling_round
-
-    return labeling_round(workspace=str(workspace), force=force)
-
-
-def read_round(workspace: str = ".") -> "RoundRecord | None":
-    """The newest round's record, or None before the first round."""
-    from coldstart.flows.status import last_round
-
-    return last_round(open_workspace(workspace))
-
-
-def load_champion(workspace: str = "."):
-    """The registered champion head (see ``coldstart.tasks.track.load_champion``)."""
-    from coldstart.tasks.track import load_champion as load
-
-    ws = open_workspace(workspace)
-    return load(ws, ws.params())
-
-
-def read_labels(folder: str, probs: bool = False):
-    """The resolved label table in ``folder`` (a workspace's data/labels/resolved, or a copy from
-    ``dvc get ... --rev round-NNN``) as a pandas DataFrame, one row per image, by image id:
-    image_id, path, label, confidence, source, model_id, round, location (and ``probs``, the
-    head's per-class probabilities, if asked). The folder holds Parquet parts, one per round
-    that changed labels; this applies them in order."""
-    from pathlib import Path
-
-    from coldstart.tasks.commands import command  # only here: `import coldstart` stays light
-    from coldstart.tasks.parts import PartTable
-    from coldstart.tasks.relabel import RESOLVED_FIELDS, resolved_schema
-
-    path = Path(folder).expanduser()
-    table = PartTable(path, "image_id", resolved_schema(1))
-    if not table.files():
-        raise FileNotFoundError(f"{path}: no resolved-label parts here (NNNNNN.parquet files); pull them with "
-                                f"`{command('dvc')} pull data/labels/resolved` in the workspace, or run a round first")
-    return table.read(columns=RESOLVED_FIELDS[1:] + (["probs"] if probs else [])).to_pandas()

@@ -35,8 +35,20 @@ import sys
 import time
 from pathlib import Path
 
-from coldstart.tasks.tokens import api_token, sign_image
-from coldstart.tasks.workspace import Workspace
+import numpy as np
+from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi.responses import FileResponse, JSONResponse
+from starlette.concurrency import run_in_threadpool
+
+from coldstart.tasks import labelstudio
+from coldstart.tasks.errors import WorkspaceError
+from coldstart.tasks.imagefiles import ImageDecodeError, load_rgb
+from coldstart.tasks.inference import Batcher, ImageIndex, Labeler, Outliner
+from coldstart.tasks.intake import ANSWER_ACTIONS, DELETE_ACTIONS, spool_annotation
+from coldstart.tasks.labelstudio import Annotators
+from coldstart.tasks.stages import Context, take_in
+from coldstart.tasks.tokens import TOKEN_FILE, api_token, sign_image
+from coldstart.tasks.workspace import Workspace, atomic_write_bytes
 
 log = logging.getLogger(__name__)
 access_log = logging.getLogger("coldstart.api")  # one line per request (AccessLog)
@@ -164,20 +176,11 @@ def log_requests_to_terminal(logger: logging.Logger = access_log) -> None:
 
 def create_app(workspace: str | Path, *, max_body_mb: float = 20.0, batch_images: int = 32, batch_wait_ms: float = 5.0):
     """The FastAPI app over the workspace at ``workspace`` (wrapped in the body cap)."""
-    from fastapi import Depends, FastAPI, HTTPException, Request
-    from fastapi.responses import FileResponse, JSONResponse
-
-    from coldstart.tasks.inference import Batcher, ImageIndex, Labeler, Outliner
-    from coldstart.tasks.labelstudio import Annotators
-
     ws = Workspace.open(workspace)
     token = api_token(ws)
     labeler = Labeler(ws)
     batcher = Batcher(labeler, max_images=batch_images, max_wait_ms=batch_wait_ms)
-    outliner = Outliner(ws, labeler.params)
-    index = ImageIndex(ws)
-    annotators = Annotators.for_workspace(ws)  # webhook annotators by email (labelstudio.url and its token)
-    app = FastAPI(title="coldstart", description=__doc__.split("\n\n")[0], docs_url=None, redoc_url=None)
+    app = FastAPI(title="coldstart", description=(__doc__ or "").split("\n\n")[0], docs_url=None, redoc_url=None)
     app.state.ws, app.state.labeler, app.state.batcher = ws, labeler, batcher
 
     def require_token(request: Request) -> None:
@@ -186,6 +189,21 @@ def create_app(workspace: str | Path, *, max_body_mb: float = 20.0, batch_images
                                      "the workspace's .coldstart/api-token)", headers={"WWW-Authenticate": "Bearer"})
 
     auth = [Depends(require_token)]
+    index = ImageIndex(ws)
+    _backend_routes(app, ws, auth, index, Annotators.for_workspace(ws))  # annotators by email (labelstudio.url)
+    _inspection_routes(app, ws, auth, token, index)
+
+    @app.exception_handler(ValueError)
+    async def bad_value(request: Request, exc: ValueError):
+        return JSONResponse(status_code=422, content={"detail": str(exc)})
+
+    app.router.on_shutdown.append(batcher.close)
+    return AccessLog(BodyLimit(app, int(max_body_mb * 2**20)))
+
+
+def _backend_routes(app: FastAPI, ws: Workspace, auth: list, index: ImageIndex, annotators: Annotators) -> None:
+    """Label Studio's ML backend protocol: /health, /setup, /predict, /webhook."""
+    labeler, batcher = app.state.labeler, app.state.batcher
 
     @app.get("/health")
     def health():
@@ -202,8 +220,6 @@ def create_app(workspace: str | Path, *, max_body_mb: float = 20.0, batch_images
         tasks = body.get("tasks") if isinstance(body, dict) else None
         if not isinstance(tasks, list):
             raise HTTPException(422, "expected {'tasks': [...]} as Label Studio sends it")
-        from starlette.concurrency import run_in_threadpool
-
         return {"results": await run_in_threadpool(_predict_tasks, ws, labeler, batcher, index, tasks)}
 
     @app.post("/webhook", dependencies=auth)
@@ -211,9 +227,13 @@ def create_app(workspace: str | Path, *, max_body_mb: float = 20.0, batch_images
         body = await _json(request)
         if not isinstance(body, dict) or not isinstance(body.get("action"), str):
             raise HTTPException(422, "expected a Label Studio webhook body with an 'action'")
-        from starlette.concurrency import run_in_threadpool
-
         return await run_in_threadpool(_webhook, ws, body, annotators)
+
+
+def _inspection_routes(app: FastAPI, ws: Workspace, auth: list, token: str, index: ImageIndex) -> None:
+    """Signed image URLs (/images/ID) and the inspection endpoints (/v1/classify, /v1/model)."""
+    labeler, batcher = app.state.labeler, app.state.batcher
+    outliner = Outliner(ws, labeler.params)
 
     @app.get("/images/{image_id}")
     def image(image_id: str, exp: int = 0, sig: str = ""):
@@ -229,20 +249,7 @@ def create_app(workspace: str | Path, *, max_body_mb: float = 20.0, batch_images
 
     @app.post("/v1/classify", dependencies=auth)
     async def classify(request: Request, keep: bool = False):
-        from starlette.concurrency import run_in_threadpool
-
-        ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
-        if ctype.startswith("image/") or ctype == "application/octet-stream":
-            blobs = [("body", await request.body())]
-        elif ctype == "multipart/form-data":
-            form = await request.form(max_files=64, max_fields=64)
-            blobs = [(str(k), await v.read()) for k, v in form.multi_items() if hasattr(v, "read")]
-            if not blobs:
-                raise HTTPException(422, "the multipart form holds no file: send the images as file fields")
-        else:
-            raise HTTPException(415, f"send an image (Content-Type image/jpeg, image/png, ...) or a multipart form "
-                                     f"of images, not {ctype or 'no content type'}")
-        results = await run_in_threadpool(_classify, ws, labeler, batcher, blobs, keep, outliner)
+        results = await run_in_threadpool(_classify, ws, labeler, batcher, await _image_blobs(request), keep, outliner)
         return {"model_version": labeler.model_version, "results": results}
 
     @app.get("/v1/model", dependencies=auth)
@@ -251,16 +258,23 @@ def create_app(workspace: str | Path, *, max_body_mb: float = 20.0, batch_images
         return {"model_version": labeler.model_version, "classes": labeler.classes, "embedding_model":
                 labeler.clip.model_id}
 
-    @app.exception_handler(ValueError)
-    async def bad_value(request: Request, exc: ValueError):
-        return JSONResponse(status_code=422, content={"detail": str(exc)})
 
-    app.router.on_shutdown.append(batcher.close)
-    return AccessLog(BodyLimit(app, int(max_body_mb * 2**20)))
+async def _image_blobs(request: Request) -> list[tuple[str, bytes]]:
+    """The images of a /v1/classify request: a raw image body, or the files of a multipart form."""
+    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if ctype.startswith("image/") or ctype == "application/octet-stream":
+        return [("body", await request.body())]
+    if ctype == "multipart/form-data":
+        form = await request.form(max_files=64, max_fields=64)
+        blobs = [(str(k), await v.read()) for k, v in form.multi_items() if hasattr(v, "read")]
+        if not blobs:
+            raise HTTPException(422, "the multipart form holds no file: send the images as file fields")
+        return blobs
+    raise HTTPException(415, f"send an image (Content-Type image/jpeg, image/png, ...) or a multipart form "
+                             f"of images, not {ctype or 'no content type'}")
 
 
 async def _json(request):
-    from fastapi import HTTPException
 
     try:
         return await request.json()
@@ -283,14 +297,12 @@ def _image_path(ws: Workspace, index, image_id: str) -> Path | None:
 def _task_image(task: dict, index: dict[str, str]) -> tuple[str | None, str | None]:
     """(image id, path relative to data/images/) a Label Studio task names: ``data.image_id``
     (what coldstart exports), else ``data.path``, else the image URL (local files or this API)."""
-    from coldstart.tasks import labelstudio
 
     data = task.get("data") if isinstance(task, dict) else None
     if not isinstance(data, dict):
         return None, None
-    image_id = data.get("image_id") if isinstance(data.get("image_id"), str) else None
-    path = data.get("path") if isinstance(data.get("path"), str) else None
-    url = data.get(labelstudio.IMAGE) if isinstance(data.get(labelstudio.IMAGE), str) else ""
+    fields = {k: v for k, v in data.items() if isinstance(v, str)}
+    image_id, path, url = fields.get("image_id"), fields.get("path"), fields.get(labelstudio.IMAGE, "")
     if path is None and url.startswith(labelstudio.LOCAL_FILES_PREFIX):
         path = url[len(labelstudio.LOCAL_FILES_PREFIX):]
     if image_id is None:
@@ -302,8 +314,6 @@ def _task_image(task: dict, index: dict[str, str]) -> tuple[str | None, str | No
 def _predict_tasks(ws: Workspace, labeler, batcher, index, tasks: list) -> list[dict]:
     """One prediction per task, in order: from the resolved table for images the workspace
     knows, a forward pass for images in data/images/ not labeled yet, an empty one otherwise."""
-    from coldstart.tasks import labelstudio
-    from coldstart.tasks.imagefiles import load_rgb
 
     labeler.refresh()
     named = [_task_image(t, index.refresh().by_path) for t in tasks]
@@ -338,9 +348,6 @@ def _webhook(ws: Workspace, body: dict, annotators=None) -> dict:
     ``labelstudio.Annotators``) names each annotation's annotator by email where Label Studio
     sent only the user's id; without it, or when the email cannot be found, intake records
     ``ls-user-<id>``."""
-    from coldstart.tasks.errors import WorkspaceError
-    from coldstart.tasks.intake import ANSWER_ACTIONS, DELETE_ACTIONS, spool_annotation
-    from coldstart.tasks.stages import Context, take_in
 
     action = body["action"]
     if action == "START_TRAINING":
@@ -375,7 +382,6 @@ def _webhook(ws: Workspace, body: dict, annotators=None) -> dict:
 def _start_round(ws: Workspace) -> dict:
     """Label Studio's "Start training": a round in its own process (the API stays responsive);
     its output goes to .coldstart/api-round.log."""
-    from coldstart.tasks.errors import WorkspaceError
 
     try:
         with ws.lock():
@@ -396,12 +402,9 @@ def _classify(ws: Workspace, labeler, batcher, blobs: list[tuple[str, bytes]], k
               ) -> list[dict]:
     """Decode (the scan's guarded decoder and limits), batch, predict, outline defects (regions
     enabled); keep the bytes if asked."""
-    import numpy as np
-
-    from coldstart.tasks.imagefiles import ImageDecodeError, load_rgb
-
     labeler.refresh()
-    prepared, pixels = [], []
+    prepared: list[tuple] = []
+    pixels: list[np.ndarray | None] = []
     for k, (name, data) in enumerate(blobs, start=1):
         try:
             with load_rgb(name, labeler.params.scan, data=data, draft=labeler.draft) as img:
@@ -413,10 +416,10 @@ def _classify(ws: Workspace, labeler, batcher, blobs: list[tuple[str, bytes]], k
             raise ValueError(f"image {k} ({name}): {e}") from None
     futures = [batcher.submit(v) for v, _, _ in prepared]
     out = []
-    for (views, fmt, data), fut, rgb in zip(prepared, futures, pixels):
+    for (views, fmt, data), fut, array in zip(prepared, futures, pixels):
         pred = fut.result()
-        if rgb is not None:
-            pred.regions = outliner.outline(pred, rgb)
+        if array is not None:
+            pred.regions = outliner.outline(pred, array)
         res = pred.to_dict()
         if keep:
             res["kept"] = _keep(ws, views.image_id, fmt, data)
@@ -426,7 +429,6 @@ def _classify(ws: Workspace, labeler, batcher, blobs: list[tuple[str, bytes]], k
 
 def _keep(ws: Workspace, image_id: str, fmt: str, data: bytes) -> str:
     """Save an inspected image under data/images/incoming/ (named by content: sent twice, kept once)."""
-    from coldstart.tasks.workspace import atomic_write_bytes
 
     ext = {"jpeg": ".jpg", "mpo": ".jpg", "tiff": ".tif"}.get(fmt, f".{fmt or 'img'}")
     path = ws.images / "incoming" / f"{image_id[:16]}{ext}"
@@ -445,3 +447,14 @@ def serve(workspace: str, host: str = "127.0.0.1", port: int = 8750, max_body_mb
     app = create_app(workspace, max_body_mb=max_body_mb)
     log_requests_to_terminal()  # our access log (AccessLog), not uvicorn's: it would print query strings
     uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
+
+
+def cmd_api(a) -> int:
+    """`coldstart api`: make the token, say where it is, serve until interrupted."""
+    ws = Workspace.open(a.workspace)
+    api_token(ws)  # made now, so the message below can point at it
+    print(f"coldstart api on http://{a.host}:{a.port} for {ws.root}\n  token: {ws.state_dir / TOKEN_FILE} "
+          f"(send 'Authorization: Bearer <token>'; Label Studio: basic auth, any user, the token as password)",
+          flush=True)
+    serve(str(ws.root), host=a.host, port=a.port, max_body_mb=a.max_body_mb)
+    return 0

@@ -4,9 +4,9 @@ exit 2 with a message.
 Each subcommand names its handler as ``"module:function"`` (``coldstart.flows.cmd_round:cmd_round``):
 ``main`` imports that one module when the command runs, so ``coldstart --help`` or ``status`` never
 pay for torch, Prefect and MLflow (about 6 s) that a round needs. The handlers sit in
-``cmd_round`` (round, stage, intake --check, demo), ``cmd_data`` (init, export, report),
-``cmd_models`` (regions, prompts, finetune), ``cmd_services`` (serve, api, labelstudio) and
-``status``.
+``cmd_round`` (round, stage, intake --check, demo), ``cmd_init``, ``cmd_data`` (export, report),
+``cmd_models`` (regions, prompts, finetune) and ``cmd_labelstudio``; ``serve``, ``api`` and
+``status`` hold their own.
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ def _round_commands(sub) -> None:
     s = sub.add_parser("init", help="create a workspace: git + DVC + local remote + params.yaml")
     s.add_argument("directory")
     s.add_argument("--remote", help="DVC remote folder (default: DIR/.dvc-remote)")
-    s.set_defaults(fn="coldstart.flows.cmd_data:cmd_init")
+    s.set_defaults(fn="coldstart.flows.cmd_init:cmd_init")
 
     s = sub.add_parser("round", help="run one labeling round (Prefect flow labeling_round)")
     ws_arg(s)
@@ -147,7 +147,7 @@ def _service_commands(sub) -> None:
     g.add_argument("--cron", help="cron schedule, e.g. '0 2 * * *'")
     g.add_argument("--interval", type=float, help="seconds between rounds")
     s.add_argument("--port", type=int, default=4200, help="port of the Prefect server started when none is configured")
-    s.set_defaults(fn="coldstart.flows.cmd_services:cmd_serve")
+    s.set_defaults(fn="coldstart.flows.serve:cmd_serve")
 
     s = sub.add_parser("api", help="the web service: Label Studio ML backend (predict, webhook), signed image URLs, "
                                    "and the inspection endpoint POST /v1/classify")
@@ -155,18 +155,18 @@ def _service_commands(sub) -> None:
     s.add_argument("--host", default="127.0.0.1", help="listen address (not loopback: reachable from other machines)")
     s.add_argument("--port", type=int, default=8750)
     s.add_argument("--max-body-mb", type=float, default=20.0, help="bigger request bodies get 413 before they are read")
-    s.set_defaults(fn="coldstart.flows.cmd_services:cmd_api")
+    s.set_defaults(fn="coldstart.flows.api:cmd_api")
 
     s = sub.add_parser("labelstudio", help="Label Studio helpers")
     lsub = s.add_subparsers(dest="labelstudio", required=True)
     ls = lsub.add_parser("config", help="print the labeling config (XML) for a Label Studio project: the ontology's "
                                         "classes as choices, and polygons when regions are enabled")
     ws_arg(ls)
-    ls.set_defaults(fn="coldstart.flows.cmd_services:cmd_labelstudio")
+    ls.set_defaults(fn="coldstart.flows.cmd_labelstudio:cmd_labelstudio")
     ls = lsub.add_parser("check", help="check labelstudio.url, the token and the project title as `round --wait` "
                                        "does before it starts")
     ws_arg(ls)
-    ls.set_defaults(fn="coldstart.flows.cmd_services:cmd_labelstudio")
+    ls.set_defaults(fn="coldstart.flows.cmd_labelstudio:cmd_labelstudio")
 
 
 def _describe(parser: argparse.ArgumentParser) -> None:

@@ -1,4 +1,4 @@
-"""`coldstart init`, `export` and `report`: making a workspace and reading what rounds left in it."""
+"""`coldstart export` and `report`: what rounds left in a workspace, as files people and tools read."""
 
 from __future__ import annotations
 
@@ -9,15 +9,7 @@ from coldstart.tasks.commands import command
 from coldstart.tasks.errors import WorkspaceError
 from coldstart.tasks.export import export
 from coldstart.tasks.report import write_report
-from coldstart.tasks.version import init_workspace
 from coldstart.tasks.workspace import Workspace
-
-
-def cmd_init(a) -> int:
-    ws = init_workspace(a.directory, remote=a.remote)
-    print(f"created workspace {ws.root}\n  put images in {ws.images}/, edit {ws.params_file}, then run:\n"
-          f"  {command('coldstart')} round --workspace {shlex.quote(str(ws.root))}")
-    return 0
 
 
 def cmd_export(a) -> int:

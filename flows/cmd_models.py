@@ -20,6 +20,7 @@ from coldstart.tasks import labelstudio
 from coldstart.tasks.commands import command, write_json
 from coldstart.tasks.embed import ImageFiles, clip_config, load_model
 from coldstart.tasks.heads import load_chosen, zero_shot_head
+from coldstart.tasks.imagefiles import sha256_file
 from coldstart.tasks.labellog import human_labels, read_events
 from coldstart.tasks.ontology import negative_labels
 from coldstart.tasks.pool import read_pool
@@ -28,7 +29,6 @@ from coldstart.tasks.regionexports import regions_to_coco, regions_to_labelstudi
 from coldstart.tasks.regions import region_head, segment_and_label
 from coldstart.tasks.samcache import resolve_checkpoint
 from coldstart.tasks.scan import image_table
-from coldstart.tasks.imagefiles import sha256_file
 from coldstart.tasks.store import EmbeddingStore
 from coldstart.tasks.workspace import Workspace, atomic_write_text
 

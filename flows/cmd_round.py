@@ -178,7 +178,7 @@ def cmd_stage(a) -> int:
     check_stages(ws)
     with ws.lock():
         result = STAGES[a.name].run(ws, ctx)
-    print(f"{a.name}: " + json.dumps(result.to_dict(), ensure_ascii=False, default=str))
+    print(f"{a.name}: " + json.dumps(result and result.to_dict(), ensure_ascii=False, default=str))
     return 0
 
 

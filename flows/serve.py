@@ -18,6 +18,7 @@ import urllib.request
 from pathlib import Path
 from typing import Iterator
 
+from coldstart.flows.round import labeling_round
 from coldstart.models.errors import ColdstartError
 from coldstart.tasks.commands import command
 from coldstart.tasks.workspace import Workspace
@@ -88,7 +89,6 @@ def serve(workspace: str, *, cron: str | None = None, interval: float | None = N
     try:
         from prefect.settings import PREFECT_API_URL, temporary_settings
 
-        from coldstart.flows.round import labeling_round
 
         schedule = f"cron '{cron}'" if cron else f"every {interval:g} s"
         print(f"serving labeling_round for {ws.root} on {schedule}; Ctrl-C or SIGTERM stops", flush=True)
@@ -198,3 +198,9 @@ def round_prefect(ws: Workspace, timeout: float = 120.0) -> Iterator[dict]:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+def cmd_serve(a) -> int:
+    """`coldstart serve`: rounds on a schedule until interrupted."""
+    serve(a.workspace, cron=a.cron, interval=a.interval, port=a.port)
+    return 0

@@ -1,10 +1,9 @@
 """`coldstart status`: what a person wants to know about a workspace, from its own files.
 
-Fast (about a second on the demo's 1,797 images): it imports neither torch, MLflow, DVC nor
-the round's record and stage modules. What needs the label log or the audit (modules that import
-Prefect and SciPy) is derived once per change of data/labels/events.jsonl or
-data/metrics/round.json, and kept in .coldstart/status.json; `coldstart round` and the demo
-derive it before they exit.
+Fast (about a second on the demo's 1,797 images): it imports neither torch, Prefect, MLflow,
+DVC nor the round's record and stage modules. What needs the whole label log or the round's
+record is derived once per change of data/labels/events.jsonl or data/metrics/round.json, and
+kept in .coldstart/status.json; `coldstart round` and the demo derive it before they exit.
 """
 
 from __future__ import annotations
@@ -12,17 +11,16 @@ from __future__ import annotations
 import json
 import sys
 from types import SimpleNamespace
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
+from coldstart.tasks.audit import GATE_NOTE, AuditEstimate
 from coldstart.tasks.commands import command, write_json
 from coldstart.tasks.config import StopConfig
+from coldstart.tasks.labellog import human_labels, read_events
+from coldstart.tasks.manifest import read_manifest_table
 from coldstart.tasks.workspace import Workspace, atomic_write_text, read_csv
 from coldstart.version import __version__
 
-if TYPE_CHECKING:
-    from coldstart.flows.record import RoundRecord
-
-GATE_NOTE = "the gates' exact bound, unweighted"  # as coldstart.tasks.audit.GATE_NOTE (checked by a test)
 CACHE = "status.json"  # in .coldstart/: derived parts of the status, keyed by their file's size, mtime and inode
 CACHE_VERSION = 1
 
@@ -125,14 +123,6 @@ def stopping(stop: StopConfig, last: RoundFacts, review_policy: str = "custom") 
     return bool(met), met, unmet
 
 
-def last_round(ws: Workspace) -> "RoundRecord | None":
-    """The newest round's record (data/metrics/round.json), or None before the first round."""
-    from coldstart.flows.record import RoundRecord
-
-    path = ws.metrics_dir / "round.json"
-    return RoundRecord.load(path) if path.is_file() else None
-
-
 def _stat(path) -> list[int] | None:
     try:
         st = path.stat()
@@ -168,7 +158,6 @@ def _cached(ws: Workspace, part: str, path, compute) -> Any:
 def _label_counts(ws: Workspace) -> dict[str, int]:
     """Images with a human label, and label events, from the label log (tasks.intake: Prefect)."""
     def compute():
-        from coldstart.tasks.labellog import human_labels, read_events
 
         events = read_events(ws)
         return {"human_labels": len(human_labels(events)), "label_events": len(events)}
@@ -188,7 +177,6 @@ def _record_facts(ws: Workspace) -> dict[str, Any] | None:
         data = json.loads(path.read_text(encoding="utf-8"))
         audit = None
         if data.get("audit"):
-            from coldstart.tasks.audit import AuditEstimate
 
             au = AuditEstimate.from_dict(data["audit"])
             audit = {"round": au.round, "n": au.n, "accuracy": au.accuracy, "method": au.method,
@@ -218,8 +206,6 @@ def _light_record(facts: dict[str, Any]) -> SimpleNamespace:
 
 def _image_counts(ws: Workspace) -> tuple[int, int]:
     """(distinct images, files) of the current manifest."""
-    from coldstart.tasks.manifest import read_manifest_table
-
     ids = read_manifest_table(ws, ["image_id"]).column("image_id")
     return len(set(ids.to_pylist())), len(ids)
 

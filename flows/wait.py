@@ -24,8 +24,14 @@ import shlex
 import time
 from dataclasses import dataclass
 
+from coldstart.tasks import labelstudio
 from coldstart.tasks.commands import command
 from coldstart.tasks.errors import WorkspaceError
+from coldstart.tasks.intake import spool_annotation
+from coldstart.tasks.labellog import current_answers, human_labels, read_events
+from coldstart.tasks.labelstudio import Annotators
+from coldstart.tasks.lsclient import LabelStudioError
+from coldstart.tasks.stages import Context, take_in
 from coldstart.tasks.workspace import Workspace, read_csv
 
 log = logging.getLogger(__name__)
@@ -47,8 +53,6 @@ def label_studio(ws: Workspace, found=None):
     """(client, project id) for ``labelstudio.url``: ``found`` (or a fresh
     ``labelstudio.preflight``: title, server and token checked), the project found by that title
     or created with the workspace's labeling config; (None, None) when no server is configured."""
-    from coldstart.tasks import labelstudio
-
     params = ws.params()
     found = found if found is not None else labelstudio.preflight(ws, params)
     if found is None:
@@ -76,8 +80,6 @@ def _local_storage(ws: Workspace, client, project: int) -> None:
     coldstart created (without one its images answer 404). Label Studio must run on this machine
     with LOCAL_FILES_SERVING_ENABLED=true and LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT=<workspace>/data;
     when it refuses, the round goes on and the warning says what to set."""
-    from coldstart.tasks.lsclient import LabelStudioError
-
     try:
         client.add_local_storage(project, str(ws.images.resolve()))
     except LabelStudioError as e:
@@ -150,8 +152,6 @@ def latest_batch(ws: Workspace) -> int | None:
 
 
 def _honest(ws: Workspace, round_no: int, tasks: list) -> list:
-    from coldstart.tasks import labelstudio
-    from coldstart.tasks.labellog import human_labels, read_events
 
     batch = read_csv(ws.review / f"round-{round_no:03d}.batch.csv")
     if not any(b.get("purpose") == "recheck" for b in batch):
@@ -163,9 +163,6 @@ def fetch_answers(ws: Workspace, client, project: int, annotators=None) -> int:
     """Every annotation of the project into the spool (each version once), its annotator named
     by email (``annotators``: a ``labelstudio.Annotators``; default: this server's users);
     returns how many were new."""
-    from coldstart.tasks.intake import spool_annotation
-    from coldstart.tasks.labelstudio import Annotators
-
     annotators = annotators if annotators is not None else Annotators(client.user_emails)
     new = 0
     for task in json.loads(client.export(project, "JSON")):
@@ -180,8 +177,6 @@ def answered(ws: Workspace, batch: set[str], round_no: int) -> int:
     """How many of the batch's images have a human answer taken in after round ``round_no`` (the
     round that handed the batch out; later answers are events of a later round). A label from
     before, which is what puts a re-check in the batch, is not an answer to it."""
-    from coldstart.tasks.labellog import current_answers, read_events
-
     return sum(1 for (image_id, region), e in current_answers(read_events(ws)).items()
                if not region and image_id in batch and e.round > round_no)
 
@@ -193,9 +188,6 @@ def wait_for_answers(ws: Workspace, round_no: int, *, answers: int | None = None
     enough of its images have new answers or the time is up. Answers are imported as they come
     (the spool and the inbox, under the workspace lock), so nothing waits for the next round to
     be safe."""
-    from coldstart.tasks.labelstudio import Annotators
-    from coldstart.tasks.stages import Context, take_in
-
     params = ws.params()
     cfg = params.labelstudio
     rows = read_csv(ws.review / f"round-{round_no:03d}.batch.csv")

@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from coldstart.models.errors import ConfigError
+from coldstart.models.sam_decoder import decode_prompts
 
 if TYPE_CHECKING:
     from coldstart.models.sam import CleanupSettings, GeneratorSettings, SamModel
@@ -44,7 +45,6 @@ class ImageEmbedding:
     ``input_size`` (long side 1024) and zero-padded to 1024x1024. ``original_size``: (H, W) of
     the image given to :func:`image_embedding`, the frame every mask and box is returned in.
     """
-
     features: np.ndarray
     original_size: tuple[int, int]
     input_size: tuple[int, int]
@@ -88,8 +88,6 @@ def _decode(sam: SamModel, emb: ImageEmbedding, points: tuple[torch.Tensor, torc
     """Prompts in the 1024 input frame -> low-res logits (B, C, h, 256) and predicted IoU (B, C):
     the rows of the 256 grid over the image and one more (below them is only padding).
     ``iou_thresh``: masks at or below it will be dropped (``decode_prompts`` skips their work)."""
-    from coldstart.models.sam_decoder import decode_prompts
-
     model = sam.model
     sparse, dense = model.prompt_encoder(points=points, boxes=boxes, masks=None)
     feats = torch.as_tensor(emb.features, device=sam.device)[None]
@@ -188,7 +186,6 @@ def generate_masks(sam: SamModel, image: np.ndarray, cfg: GeneratorSettings, *,
 @dataclass
 class _Candidates:
     """Masks that passed the filters, still as low-res logits; boxes and points in image pixels."""
-
     low: list[torch.Tensor]  # each (h, w) logits, the crop's top-left cells of the 256 grid
     iou: torch.Tensor  # (N,)
     stability: torch.Tensor  # (N,)

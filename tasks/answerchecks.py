@@ -12,6 +12,7 @@ from coldstart.tasks import labelstudio
 from coldstart.tasks.answerfiles import REGION_COLUMN, REGIONS_CSV
 from coldstart.tasks.imagerefs import HEX64
 from coldstart.tasks.manifest import read_manifest_table
+from coldstart.tasks.regiontable import region_id, regions_dir, regions_parts
 from coldstart.tasks.workspace import Workspace, unescape_formula
 
 HEX16 = re.compile(r"^[0-9a-f]{16}$")
@@ -38,7 +39,6 @@ class RegionIndex:
     """What region answers are checked against: the proposed regions, dropped ones included
     (data/labels/regions/), and the images' sizes. Read on first use: a file without region
     answers never reads them; the masks (RLE counts) only for Label Studio polygons."""
-
     def __init__(self, ws: Workspace) -> None:
         self.ws = ws
         self._by_id: dict[str, tuple[str, str, int, int]] | None = None  # id -> (image id, path, height, width)
@@ -46,7 +46,6 @@ class RegionIndex:
         self._sizes: dict[str, tuple[int, int]] | None = None  # image id -> (width, height), from the manifest
 
     def _read(self, columns: list[str]) -> dict[str, list]:
-        from coldstart.tasks.regiontable import regions_dir, regions_parts
 
         return regions_parts(regions_dir(self.ws)).read(columns=columns, sort=False).to_pydict()
 
@@ -236,7 +235,6 @@ def polygon_problem(row, id_cols, images, regions: RegionIndex, canonical, folde
     best = regions.best_match(image_id, rle)
     if best is not None and best[1] >= MATCH_IOU:
         return ("region", image_id, label, best[0], None)
-    from coldstart.tasks.regiontable import region_id
 
     return ("region", image_id, label, region_id(image_id, rle["counts"]), rle)
 

@@ -72,8 +72,11 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from coldstart.tasks.config import Params
 from coldstart.tasks.labellog import human_labels, read_events
+from coldstart.tasks.pool import labeled_order
 from coldstart.tasks.result import IN_MEMORY, StageResult
+from coldstart.tasks.store import EmbeddingStore
 from coldstart.tasks.workspace import Workspace, read_csv
 
 if TYPE_CHECKING:
@@ -165,7 +168,6 @@ def band_of(conf: np.ndarray, edges) -> np.ndarray:
 @dataclass
 class Weighted:
     """The audit weighted to today's auto labels (``weighted_accuracy``)."""
-
     accuracy: float
     low: float
     high: float
@@ -228,7 +230,6 @@ def weighted_accuracy(pool_conf: np.ndarray, audit_conf: np.ndarray, audit_corre
 @dataclass
 class AuditItem:
     """One answered audit item: drawn uniformly from round ``drawn``'s pool."""
-
     image_id: str
     drawn: int  # the round whose batch drew it
     answer: str  # the person's label (the latest answer)
@@ -247,7 +248,6 @@ class AuditEstimate(StageResult):
     the estimate is the audited share with its Clopper-Pearson interval. See the module
     docstring for the population and its caveats.
     """
-
     round: int  # the round whose auto labels are estimated
     n: int  # audit items counted
     correct: int
@@ -405,19 +405,13 @@ def every_audit(ws: Workspace, before_round: int) -> list[AuditEstimate]:
     return out
 
 
-def sample_order(ws: Workspace, humans: dict[str, str]) -> list[str]:
+def sample_order(ws: Workspace, params: Params, model_id: str, humans: dict[str, str]) -> list[str]:
     """The human-labeled image ids in the order of the train stage's samples (its
-    ``read_pool``'s ``labeled_ids``)."""
-    from coldstart.tasks.embed import load_model
-    from coldstart.tasks.pool import labeled_order
-    from coldstart.tasks.store import EmbeddingStore
-
-    params = ws.params()
-    return labeled_order(ws, EmbeddingStore(ws.embeddings, load_model(params.model).model_id,
-                                            params.views.key("global")), humans)
+    ``read_pool``'s ``labeled_ids``), from the store of ``model_id`` (the CLIP model's)."""
+    return labeled_order(ws, EmbeddingStore(ws.embeddings, model_id, params.views.key("global")), humans)
 
 
-def audit(ws: Workspace, round_no: int) -> AuditEstimate | None:
+def audit(ws: Workspace, params: Params, model_id: str, round_no: int) -> AuditEstimate | None:
     """The audit stage: every answered audit item of the earlier rounds. Its estimate is the
     newest batch's as-labeled one until ``use_out_of_fold`` scores the items with the train
     stage's out-of-fold predictions (the round record does, once the train stage has run)."""
@@ -429,9 +423,9 @@ def audit(ws: Workspace, round_no: int) -> AuditEstimate | None:
     est = answered[-1]
     est.items = [it for b in answered for it in b.items]
     est.as_labeled = {str(b.round): [b.correct, b.n] for b in answered}
-    est.classes = ws.params().ontology.class_names
+    est.classes = params.ontology.class_names
     try:
-        est.sample_ids = sample_order(ws, humans)
+        est.sample_ids = sample_order(ws, params, model_id, humans)
     except Exception as e:  # no store yet, or an unreadable one: the train stage reports it
         log.warning("audit: cannot line the audit items up with the training samples (%s)", e)
     return est

@@ -24,9 +24,9 @@ from tqdm.auto import tqdm  # type: ignore[import-untyped]  # tqdm ships no type
 from coldstart.models.clip import ClipConfig, ClipModel, LazyClip, load_clip
 from coldstart.tasks.cluster import dask_runner, on_dask
 from coldstart.tasks.config import ExecutionConfig, ModelConfig, ScanConfig, ViewsConfig
+from coldstart.tasks.imagefiles import ImageDecodeError, load_rgb
 from coldstart.tasks.manifest import read_manifest_table
 from coldstart.tasks.result import StageResult
-from coldstart.tasks.imagefiles import ImageDecodeError, load_rgb
 from coldstart.tasks.store import EmbeddingStore
 from coldstart.tasks.views import view_images
 from coldstart.tasks.workspace import Workspace
@@ -192,11 +192,14 @@ def embed_shards(clip: ClipModel, store: EmbeddingStore, tile_store: EmbeddingSt
 
 
 def embed(ws: Workspace, clip: ClipModel, cfg: ModelConfig, views: ViewsConfig | None = None, *,
-          progress: bool = True, execution: ExecutionConfig | None = None) -> EmbedResult:
+          progress: bool = True, execution: ExecutionConfig | None = None, limits: ScanConfig | None = None
+          ) -> EmbedResult:
     """The embed stage: append every not-yet-embedded current image (and its tiles) to the
     store, data/store/embeddings/ (its declared output), in shards of SHARD_ROWS images: here,
-    or one Prefect task per shard on a Dask cluster (``execution``; see coldstart.tasks.cluster)."""
+    or one Prefect task per shard on a Dask cluster (``execution``; see coldstart.tasks.cluster).
+    ``limits``: params.yaml ``scan``, which every decode obeys (read from the workspace if None)."""
     views = views or ViewsConfig()
+    limits = limits or _scan_limits(ws)
     ws.embeddings.mkdir(parents=True, exist_ok=True)  # a versioned output even when nothing is new
     store = EmbeddingStore(ws.embeddings, clip.model_id, views.key("global"))
     tile_store = EmbeddingStore(ws.embeddings, clip.model_id, views.key("tiles")) if views.tiles else None
@@ -207,18 +210,19 @@ def embed(ws: Workspace, clip: ClipModel, cfg: ModelConfig, views: ViewsConfig |
     first = max(store.next_shard(), tile_store.next_shard() if tile_store is not None else 0)
     t0 = time.perf_counter()
     if execution is not None and on_dask(execution):
-        failed, n_tiles = _embed_on_dask(ws, cfg, views, execution, ids, paths, need_global, need_tiles, first)
+        failed, n_tiles = _embed_on_dask(ws, cfg, views, limits, execution, ids, paths, need_global, need_tiles,
+                                         first)
     else:
         failed, n_tiles = embed_shards(clip, store, tile_store, ids, paths, need_global, need_tiles, first,
                                        batch_size=cfg.batch_size, num_workers=resolve_workers(cfg.num_workers),
-                                       views=views, progress=progress, limits=_scan_limits(ws))
+                                       views=views, progress=progress, limits=limits)
     seconds = time.perf_counter() - t0
     for path, err in failed:
         log.warning("not embedded (will retry next round): %s: %s", path, err)
     return EmbedResult(clip.model_id, len(ids) - len(failed), len(failed), len(store), seconds, n_tiles)
 
 
-def _embed_on_dask(ws: Workspace, cfg: ModelConfig, views: ViewsConfig, execution: ExecutionConfig,
+def _embed_on_dask(ws: Workspace, cfg: ModelConfig, views: ViewsConfig, limits: ScanConfig, execution: ExecutionConfig,
                    ids: list[str], paths: list[str], need_global: np.ndarray, need_tiles: np.ndarray,
                    first: int) -> tuple[list[tuple[str, str]], int]:
     """One task per shard on the cluster. Each shard's work list is a small file in the
@@ -234,14 +238,14 @@ def _embed_on_dask(ws: Workspace, cfg: ModelConfig, views: ViewsConfig, executio
         shards.append(first + k)
     try:
         outcomes = embed_on_cluster.with_options(task_runner=dask_runner(execution))(
-            str(ws.root), cfg, views, shards)
+            str(ws.root), cfg, views, limits, shards)
     finally:
         shutil.rmtree(todo_dir, ignore_errors=True)
     return [f for failed, _ in outcomes for f in failed], sum(t for _, t in outcomes)
 
 
 @task(name="embed-shard", cache_policy=NO_CACHE, retries=1)
-def embed_shard_task(root: str, cfg: ModelConfig, views: ViewsConfig, shard: int
+def embed_shard_task(root: str, cfg: ModelConfig, views: ViewsConfig, limits: ScanConfig, shard: int
                      ) -> tuple[list[tuple[str, str]], int]:
     """On a worker: embed one shard's images (its work list in .coldstart/embed-todo/) into the
     store, as shard number ``shard``. The model is built once per worker process."""
@@ -255,13 +259,12 @@ def embed_shard_task(root: str, cfg: ModelConfig, views: ViewsConfig, shard: int
     # No DataLoader processes: Dask's worker processes are daemons, which cannot have children;
     # the cluster's own processes are the parallelism.
     return embed_shards(clip, store, tile_store, ids, paths, need_global, need_tiles, shard,
-                        batch_size=cfg.batch_size, num_workers=0, views=views, progress=False,
-                        limits=_scan_limits(ws))
+                        batch_size=cfg.batch_size, num_workers=0, views=views, progress=False, limits=limits)
 
 
 @flow(name="embed-shards")
-def embed_on_cluster(root: str, cfg: ModelConfig, views: ViewsConfig, shards: list[int]
+def embed_on_cluster(root: str, cfg: ModelConfig, views: ViewsConfig, limits: ScanConfig, shards: list[int]
                      ) -> list[tuple[list[tuple[str, str]], int]]:
     """Sub-flow run with the Dask task runner: one embed-shard task per shard."""
-    futures = embed_shard_task.map(unmapped(root), unmapped(cfg), unmapped(views), shards)
+    futures = embed_shard_task.map(unmapped(root), unmapped(cfg), unmapped(views), unmapped(limits), shards)
     return [f.result() for f in futures]

@@ -214,7 +214,7 @@ def _unidentified(head: bytes, fp: BinaryIO, formats: list[str]) -> str:
         detail = "its header does not parse"
         try:
             fp.seek(0)
-            Image.OPEN[fmt][0](fp)
+            Image.OPEN[fmt][0](fp, "")  # filename "" is what None becomes
         except Exception as e:  # noqa: BLE001 (any error of the plugin is the answer wanted)
             detail = str(e) or type(e).__name__
         crc = " (bad CRC checksum)" if "checksum" in detail.lower() or "crc" in detail.lower() else ""

@@ -25,6 +25,16 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from coldstart.models.masks import image_embedding, segment_box
+from coldstart.models.sam import load_sam
+from coldstart.tasks.embed import load_model
+from coldstart.tasks.heads import CHOSEN_FILE, HEAD_FILE, load_chosen, zero_shot_head
+from coldstart.tasks.manifest import read_manifest_table
+from coldstart.tasks.ontology import negative_labels
+from coldstart.tasks.regiontable import mask_box, mask_rle
+from coldstart.tasks.relabel import plain_column, resolved_parts
+from coldstart.tasks.samcache import resolve_checkpoint
+from coldstart.tasks.views import aggregate_views, view_images
 from coldstart.tasks.workspace import Workspace
 
 if TYPE_CHECKING:
@@ -58,7 +68,6 @@ class Prediction:
 class Views:
     """One image made ready for the model: its view tensors ``(V, 3, S, S)`` (global first) and
     the tiles' ``(V-1, 4)`` XYXY boxes; ``image_id`` the sha256 of its bytes."""
-
     image_id: str
     pixels: torch.Tensor
     boxes: np.ndarray
@@ -67,9 +76,7 @@ class Views:
 class Labeler:
     """The workspace's current labeler. Thread-safe for predictions; ``refresh`` picks up a head
     that a round has trained since (checked by the files' stamps, cheap)."""
-
     def __init__(self, ws: Workspace, top_k: int = 5):
-        from coldstart.tasks.embed import load_model
 
         self.ws, self.params, self.top_k = ws, ws.params(), top_k
         self.classes = self.params.ontology.class_names
@@ -82,7 +89,6 @@ class Labeler:
         self.refresh()
 
     def _files_stamp(self) -> tuple:
-        from coldstart.tasks.heads import CHOSEN_FILE, HEAD_FILE
 
         out: list[tuple[int, int] | None] = []
         for p in (self.ws.model_dir / CHOSEN_FILE, self.ws.model_dir / HEAD_FILE, self.ws.metrics_dir / "round.json"):
@@ -96,7 +102,6 @@ class Labeler:
     def refresh(self) -> None:
         """Load the chosen head again when data/models/ changed (a round ran); before the first
         train stage, the ontology's zero-shot head."""
-        from coldstart.tasks.heads import load_chosen, zero_shot_head
 
         stamp = self._files_stamp()
         if stamp == self._stamp:
@@ -137,7 +142,6 @@ class Labeler:
         import pyarrow as pa
         import pyarrow.compute as pc
 
-        from coldstart.tasks.relabel import plain_column, resolved_parts
 
         parts = resolved_parts(self.ws)
         if not image_ids or not parts.files():
@@ -161,7 +165,6 @@ class Labeler:
         """An RGB image -> its views, preprocessed (CPU work, done in the caller's thread)."""
         import torch
 
-        from coldstart.tasks.views import view_images
 
         images, boxes = view_images(img, self.params.views)
         pixels = torch.stack([self.clip.preprocess(v) for v in images])
@@ -172,7 +175,6 @@ class Labeler:
         multi-scale aggregation per image."""
         import torch
 
-        from coldstart.tasks.views import aggregate_views
 
         if not items:
             return []
@@ -205,10 +207,7 @@ class Outliner:
     """Defect localization on demand (``regions.enabled``): the tile that gave an image its
     defect label becomes a SAM box prompt, as in the regions stage, and the mask comes back as
     a COCO-style region. SAM is loaded on first use; one image at a time (it is not re-entrant)."""
-
     def __init__(self, ws: Workspace, params):
-        from coldstart.tasks.ontology import negative_labels
-        from coldstart.tasks.samcache import resolve_checkpoint
 
         self.cfg = resolve_checkpoint(ws, params.regions)
         self.negatives = negative_labels(params.ontology)
@@ -225,9 +224,6 @@ class Outliner:
     def outline(self, pred: Prediction, rgb: np.ndarray) -> list[dict]:
         """``[{"label", "score", "bbox" (XYWH), "area", "segmentation" (COCO RLE)}]``: the defect's
         mask inside its tile, or [] when SAM finds nothing there."""
-        from coldstart.models.masks import image_embedding, segment_box
-        from coldstart.models.sam import load_sam
-        from coldstart.tasks.regiontable import mask_box, mask_rle
 
         if not self.wanted(pred):
             return []
@@ -248,7 +244,6 @@ class Batcher:
     them through ``Labeler.predict`` together, up to ``max_images`` views' worth at a time,
     waiting at most ``max_wait_ms`` after the first for more to join. On a busy server the
     model runs full batches; a lone request waits ``max_wait_ms`` at most."""
-
     def __init__(self, labeler: Labeler, max_images: int = 32, max_wait_ms: float = 5.0):
         self.labeler, self.max_images, self.max_wait = labeler, max_images, max_wait_ms / 1000
         self._q: queue.Queue[tuple[Views, Future]] = queue.Queue()
@@ -302,7 +297,6 @@ class ImageIndex:
     (its files' stamps): the API looks images up on every request. ``by_path``: path (relative
     to data/images/, as tasks name images) -> image id; ``first_path``: image id -> its first path
     in sorted order (``scan.image_table``'s rule: one file shows for its duplicates)."""
-
     def __init__(self, ws: Workspace):
         self.ws = ws
         self._stamp: tuple | None = None
@@ -316,7 +310,6 @@ class ImageIndex:
         return tuple((f.name, f.stat().st_mtime_ns) for f in files if f.is_file())
 
     def refresh(self) -> ImageIndex:
-        from coldstart.tasks.manifest import read_manifest_table
 
         stamp = self._files_stamp()
         with self._lock:

@@ -29,6 +29,8 @@ from xml.sax.saxutils import quoteattr
 
 from coldstart.tasks.commands import command
 from coldstart.tasks.errors import ConfigError, LabelFileError
+from coldstart.tasks.lsclient import LabelStudio, LabelStudioError
+from coldstart.tasks.ontology import negative_labels
 
 log = logging.getLogger(__name__)
 
@@ -191,8 +193,6 @@ def project_config(ontology, *, regions: bool) -> str:
     """The labeling config of a workspace's project: the ontology's classes as the image's
     choice and, with ``regions`` (regions.enabled), as region polygons too, the negative
     (background) labels last."""
-    from coldstart.tasks.ontology import negative_labels
-
     classes = ontology.class_names
     if not regions:
         return label_config(classes)
@@ -272,7 +272,6 @@ def _parse_min(n: int, item: dict) -> tuple[list[tuple[str, dict]], list[str]]:
 
 class _Shape(Exception):
     """A field of the export has the wrong JSON type (the message says which)."""
-
 
 def _kind(value: object) -> str:
     return {dict: "an object", list: "a list", str: "a string", bool: "true/false", type(None): "null",
@@ -472,7 +471,6 @@ def project_title(configured: str | None, folder: str) -> str:
 class Preflight:
     """What ``preflight`` found: the server, the project title (``project``: its id, None until
     the first push creates it), the token's user, and a connected ``client`` (close it)."""
-
     url: str
     title: str
     user: str
@@ -491,8 +489,6 @@ def preflight(ws, params=None, *, transport=None) -> Preflight | None:
 
     None when ``labelstudio.url`` is not set (files only: nothing to check). Raises ConfigError
     (the title) or LabelStudioError (token, server), each with the fix."""
-    from coldstart.tasks.lsclient import LabelStudio, LabelStudioError
-
     params = params if params is not None else ws.params()
     cfg = params.labelstudio
     if not cfg.url:
@@ -537,7 +533,6 @@ class Annotators:
     e.g. ``LabelStudio.user_emails``) knows it. An unknown id asks again at most every
     ``retry_s`` seconds; a failed lookup is logged and the annotation keeps its id (intake then
     records ``ls-user-<id>``)."""
-
     def __init__(self, lookup: Callable[[], dict[int, str]] | None, *, retry_s: float = 60.0,
                  clock: Callable[[], float] = time.monotonic):
         self.lookup, self.retry_s, self.clock = lookup, retry_s, clock
@@ -550,7 +545,6 @@ class Annotators:
         ``labelstudio.token_env``, both read when asked); no lookup when either is missing."""
 
         def lookup() -> dict[int, str]:
-            from coldstart.tasks.lsclient import LabelStudio
 
             cfg = ws.params().labelstudio
             token = os.environ.get(cfg.token_env, "").strip()

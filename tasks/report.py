@@ -24,7 +24,6 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-
 from coldstart.tasks.reportdata import ReportData, gather
 from coldstart.tasks.reportpage import MAX_THUMB_BYTES, MAX_THUMBS, Page, Thumbs
 from coldstart.tasks.result import StageResult

@@ -12,10 +12,12 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
+from coldstart.models.masks import ImageEmbedding, image_embedding
 from coldstart.tasks.config import RegionsConfig
 from coldstart.tasks.parts import PartTable
 from coldstart.tasks.regiontable import Region
-from coldstart.tasks.workspace import Workspace
+from coldstart.tasks.store import model_slug
+from coldstart.tasks.workspace import Workspace, atomic_write_bytes
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +34,6 @@ def segmented_parts(folder: Path) -> PartTable:
 @dataclass
 class Segmented:
     """What segmenting a set of images gave (shared by the stage and `coldstart regions`)."""
-
     candidates: list[Region]  # unlabeled, one per mask kept by the label-free cleanup, image by image
     X: np.ndarray  # (R, D) unit CLIP embeddings of their crops
     images: list[tuple[str, str, int, int]]  # (image id, path as shown, width, height)
@@ -56,16 +57,13 @@ class SamEmbeddingCache:
     encoder. Float32 as computed (a float16 copy would move mask edges, so a re-segmented
     image would get other region ids). ``max_gb`` bounds the folder: the least recently used
     files go first. ``root`` None: nothing is kept."""
-
     def __init__(self, root: Path | None, model_id: str, max_gb: float = 2.0):
-        from coldstart.tasks.store import model_slug
 
         self.dir = None if root is None else Path(root) / model_slug(model_id)
         self.model_id, self.max_bytes = model_id, int(max_gb * 2**30)
 
     def get(self, sam, image_id: str, rgb: np.ndarray):
         """The embedding of ``rgb`` (the image ``image_id``), from the cache or computed and kept."""
-        from coldstart.models.masks import ImageEmbedding, image_embedding
 
         path = None if self.dir is None else self.dir / f"{image_id}.npz"
         if path is not None and path.is_file():
@@ -84,7 +82,6 @@ class SamEmbeddingCache:
     def _put(self, path: Path, emb) -> None:
         import io
 
-        from coldstart.tasks.workspace import atomic_write_bytes
 
         buf = io.BytesIO()
         emb.save(buf)

@@ -195,7 +195,8 @@ class _Walk:
         self.new_rows: dict[str, tuple[int, int, int]] = {}  # content id -> (width, height, first round)
         self.seen: set[str] = set()
         self.ids: set[str] = set()
-        self.hashed, self.digests, self.unversionable = HashedFiles(), PartDigests(), []
+        self.hashed, self.digests = HashedFiles(), PartDigests()
+        self.unversionable: list[str] = []
         self.exts = {e.lower() if e.startswith(".") else "." + e.lower() for e in cfg.extensions} \
             if cfg.extensions else None
 
@@ -205,7 +206,7 @@ class _Walk:
         before = self.old_q.get(shown)  # the same verdict keeps the round it was first given in
         same = before is not None and before["reason"] == reason and before["sha256"] == sha
         self.quarantine.append(dict(path=shown, sha256=sha, size_bytes=st.st_size, mtime_ns=st.st_mtime_ns,
-                                    reason=reason, round=before["round"] if same else self.round_no))
+                                    reason=reason, round=before["round"] if before is not None and same else self.round_no))
 
     def visit(self, p: str, rel: str, st: os.stat_result, problem: str | None) -> None:
         problem = name_problem(rel) or problem

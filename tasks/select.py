@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from coldstart.tasks import labelstudio, strategies
-from coldstart.tasks.config import RegionsConfig, RoundConfig
+from coldstart.tasks.config import OntologyConfig, RegionsConfig, RoundConfig
 from coldstart.tasks.errors import SelectionError
 from coldstart.tasks.labellog import read_events, region_answers
 from coldstart.tasks.regionexports import regions_to_labelstudio
@@ -129,13 +129,14 @@ def _write_regions_batch(ws: Workspace, stem: Path, picked: list) -> list[str]:
     return [ws.rel(stem.with_suffix(s)) for s in (".regions.csv", ".regions.tasks.json")]
 
 
-def select(ws: Workspace, cfg: RoundConfig, round_no: int, regions: RegionsConfig | None = None) -> SelectResult:
+def select(ws: Workspace, cfg: RoundConfig, round_no: int, regions: RegionsConfig | None = None,
+           ontology: OntologyConfig | None = None) -> SelectResult:
     """The select stage: read the resolved table and its probabilities, write its declared output, the
     review batch data/review/round-NNN.{csv,batch.csv,tasks.json} (and label_config.xml); with
     ``regions.enabled``, also the regions to review, round-NNN.regions.{csv,tasks.json}."""
     result = _select_images(ws, cfg, round_no)
     if regions is not None and regions.enabled:
-        onto = ws.params().ontology
+        onto = ontology if ontology is not None else ws.params().ontology  # a round passes its own
         picked = select_regions(ws, regions.review_budget, round_no)
         stem = ws.review / f"round-{round_no:03d}"
         if picked:

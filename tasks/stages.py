@@ -101,11 +101,12 @@ def _scan(ws: Workspace, ctx: Context) -> scan.ScanResult:
 
 
 def _embed(ws: Workspace, ctx: Context) -> embed.EmbedResult:
-    return embed.embed(ws, ctx.clip, ctx.params.model, ctx.params.views, execution=ctx.params.execution)
+    return embed.embed(ws, ctx.clip, ctx.params.model, ctx.params.views, execution=ctx.params.execution,
+                       limits=ctx.params.scan)
 
 
 def _audit(ws: Workspace, ctx: Context) -> audit.AuditEstimate | None:
-    return audit.audit(ws, ctx.round)
+    return audit.audit(ws, ctx.params, ctx.clip.model_id, ctx.round)  # model_id: no model is built
 
 
 def _train(ws: Workspace, ctx: Context) -> train.TrainResult:
@@ -127,7 +128,7 @@ def _regions(ws: Workspace, ctx: Context) -> regions.RegionsResult:
 
 
 def _select(ws: Workspace, ctx: Context) -> select.SelectResult:
-    return select.select(ws, ctx.params.round, ctx.round, ctx.params.regions)
+    return select.select(ws, ctx.params.round, ctx.round, ctx.params.regions, ctx.params.ontology)
 
 
 def _report(ws: Workspace, ctx: Context) -> report.ReportResult:

@@ -17,6 +17,7 @@ from typing import Iterator
 
 import numpy as np
 
+from coldstart.models.zeroshot import english_only_tokenizer, text_weights
 from coldstart.tasks.workspace import atomic_write_bytes
 
 
@@ -126,7 +127,6 @@ def cached_text_head(root: Path, clip, prompts: list[list[str]]) -> tuple[np.nda
     import hashlib
     import json
 
-    from coldstart.models.zeroshot import english_only_tokenizer, text_weights
 
     key = hashlib.sha256(json.dumps(prompts, ensure_ascii=False).encode("utf-8")).hexdigest()[:24]
     path = Path(root) / model_slug(clip.model_id) / f"{key}.npz"

@@ -20,10 +20,12 @@ from typing import TYPE_CHECKING, Iterator
 
 import numpy as np
 
+from coldstart.tasks.audit import every_audit
 from coldstart.tasks.config import Params, flatten
 from coldstart.tasks.errors import TrackingError
+from coldstart.tasks.heads import load_chosen
 from coldstart.tasks.result import StageResult
-from coldstart.tasks.workspace import Workspace
+from coldstart.tasks.workspace import Workspace, atomic_write_text, read_csv, write_csv
 
 if TYPE_CHECKING:
     from coldstart.tasks.audit import AuditEstimate
@@ -221,7 +223,6 @@ def _register(client, name: str, model_uri: str, run_id: str, cv_accuracy: float
 
 class _LogLines:
     """A text stream whose lines go to a logger at INFO (MLflow prints some news to stderr)."""
-
     def __init__(self, logger: logging.Logger, original):
         self.logger, self.original, self.buffer, self.emitting = logger, original, "", False
 
@@ -321,7 +322,6 @@ _CURVE_KEYS = {"audit_accuracy": ("audit_accuracy", "audit_accuracy_prev_round")
 
 
 def read_curve(ws: Workspace) -> list[dict]:
-    from coldstart.tasks.workspace import read_csv
 
     return read_csv(ws.metrics_dir / "learning_curve.csv")
 
@@ -338,8 +338,6 @@ def write_metrics_files(ws: Workspace, round_no: int, metrics: dict[str, float |
     flat (timings aside, but the total: they differ every run), and
     data/metrics/learning_curve.csv, this round's row after the earlier rounds' (a round run
     again replaces its row)."""
-    from coldstart.tasks.workspace import atomic_write_text, write_csv
-
     flat = {k: _number(v) for k, v in sorted(metrics.items())
             if v is not None and (not k.startswith("seconds_") or k == "seconds_total")}
     ws.metrics_dir.mkdir(parents=True, exist_ok=True)
@@ -367,7 +365,6 @@ def track(ws: Workspace, params: Params, round_no: int, metrics: dict[str, float
     """
     write_metrics_files(ws, round_no, metrics)
     head = train.probe.head if train.probe is not None else None
-    from coldstart.tasks.heads import load_chosen
 
     chosen = load_chosen(ws) if head is not None else None
     try:
@@ -386,7 +383,6 @@ def link_run(ws: Workspace, params: Params, run_id: str | None, commit: str, tag
     if run_id is None:
         return
     record_version(ws, params, run_id, commit, tag)
-    from coldstart.tasks.audit import every_audit
 
     # Each earlier round's run gets the audit of its own batch, as its answers come in.
     round_no = int(tag.rsplit("-", 1)[-1])

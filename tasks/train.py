@@ -27,9 +27,11 @@ from coldstart.tasks.calibrate import (
 )
 from coldstart.tasks.config import Params, RoundConfig, TrainConfig
 from coldstart.tasks.heads import CHOSEN_FILE, HEAD_FILE, current_human_labels, zero_shot_head
-from coldstart.tasks.labellog import read_events
+from coldstart.tasks.labellog import read_events, region_answers
 from coldstart.tasks.pool import read_pool
+from coldstart.tasks.regiontable import crop_store
 from coldstart.tasks.result import IN_MEMORY, StageResult
+from coldstart.tasks.scan import image_table
 from coldstart.tasks.store import EmbeddingStore
 from coldstart.tasks.workspace import Workspace, atomic_write_bytes, atomic_write_text, read_csv, write_csv
 
@@ -205,10 +207,6 @@ def region_samples(ws: Workspace, params: Params, clip: ClipModel) -> tuple[np.n
     latest answer per region), on images still in the workspace, whose crop the regions stage
     has embedded with this model (an outline drawn this round is embedded by this round's
     regions stage, after training: it joins the next round)."""
-    from coldstart.tasks.labellog import region_answers
-    from coldstart.tasks.regiontable import crop_store
-    from coldstart.tasks.scan import image_table
-
     classes = params.ontology.class_names
     answers = region_answers(read_events(ws))
     if not answers:

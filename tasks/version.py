@@ -17,7 +17,7 @@ import unicodedata
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, AbstractSet
 
 from coldstart.tasks.commands import command
 from coldstart.tasks.config import Params
@@ -331,7 +331,7 @@ def init_workspace(dest: str | os.PathLike, *, remote: str | os.PathLike | None 
     return Workspace(root)
 
 
-def _targets(images: Path, part: str, skip: set[str] = frozenset()) -> list[Path]:
+def _targets(images: Path, part: str, skip: AbstractSet[str] = frozenset()) -> list[Path]:
     """What DVC tracks for one image part: the folder, or for "" each loose file on its own
     (except those in ``skip``: entries DVC must not open, see ScanResult.unversionable)."""
     if part:

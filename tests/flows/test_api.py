@@ -16,8 +16,8 @@ import pytest
 from PIL import Image
 
 from coldstart.flows.api import create_app
-from coldstart.tasks.demodata import write_digits
 from coldstart.flows.round import labeling_round
+from coldstart.tasks.demodata import write_digits
 from coldstart.tasks.labellog import human_labels, read_events
 from coldstart.tasks.tokens import api_token, image_url
 from coldstart.tasks.version import init_workspace

@@ -109,9 +109,9 @@ def test_prompts_saves_the_round_weights_from_a_local_checkpoint_and_ablates(mak
     import open_clip
     import torch
 
-    from coldstart.tasks.demodata import write_digits
     from coldstart.models.clip import ClipConfig, load_clip, register_project_configs
     from coldstart.models.zeroshot import text_weights
+    from coldstart.tasks.demodata import write_digits
 
     register_project_configs()
     ws = make_workspace()
@@ -239,8 +239,8 @@ def test_bench_al_writes_labels_to_95_and_audit_coverage(tmp_path, monkeypatch):
 
 
 def test_finetune_command_writes_a_checkpoint_the_round_can_load(make_workspace, capsys):
-    from coldstart.tasks.demodata import write_digits
     from coldstart.models.clip import ClipConfig, load_clip
+    from coldstart.tasks.demodata import write_digits
 
     ws = make_workspace()
     truth = write_digits(ws.images, n=8, size=32)

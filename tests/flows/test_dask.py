@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 import coldstart.tasks.embed as embed_module
-from coldstart.tasks.demodata import write_digits
 from coldstart.flows.round import labeling_round
+from coldstart.tasks.demodata import write_digits
 from coldstart.tasks.relabel import read_resolved
 from coldstart.tasks.store import EmbeddingStore
 from coldstart.tasks.version import init_workspace

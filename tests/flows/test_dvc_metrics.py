@@ -10,8 +10,8 @@ import sys
 
 import pytest
 
-from coldstart.tasks.demodata import answer_batch, write_digits
 from coldstart.flows.round import labeling_round
+from coldstart.tasks.demodata import answer_batch, write_digits
 from coldstart.tasks.version import init_workspace
 from tests.conftest import tiny_params
 

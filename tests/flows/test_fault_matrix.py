@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from coldstart.tasks.demodata import answer_batch, write_digits
 from coldstart.flows.record import RoundRecord
+from coldstart.tasks.demodata import answer_batch, write_digits
 from coldstart.tasks.labellog import read_events
 from coldstart.tasks.manifest import read_manifest_table
 from coldstart.tasks.relabel import read_resolved

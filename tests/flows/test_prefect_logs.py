@@ -45,8 +45,8 @@ def _flow_run_logs(api: str) -> list[tuple[str, list[str]]]:
 
 def test_round_logs_reach_the_prefect_ui_and_the_terminal_stays_quiet(make_workspace, tmp_path):
     from coldstart.flows.clilog import LOG_FILE
-    from coldstart.tasks.demodata import answer_batch, write_digits
     from coldstart.flows.serve import start_local_server
+    from coldstart.tasks.demodata import answer_batch, write_digits
 
     ws = make_workspace(budget=6)
     # A plain probe: round 2 registers a model version (MLflow prints news about it).

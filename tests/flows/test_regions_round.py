@@ -9,8 +9,8 @@ import sys
 
 import pytest
 
-from coldstart.tasks.demodata import write_digits
 from coldstart.flows.round import labeling_round
+from coldstart.tasks.demodata import write_digits
 from coldstart.tasks.regionexports import regions_to_coco
 from coldstart.tasks.regiontable import read_regions, regions_dir
 from coldstart.tasks.version import init_workspace

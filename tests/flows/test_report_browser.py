@@ -20,8 +20,8 @@ from types import SimpleNamespace
 import pytest
 
 from coldstart.flows.cli import main as cli
-from coldstart.tasks.demodata import DIGITS, answer_batch, write_digits
 from coldstart.flows.round import labeling_round
+from coldstart.tasks.demodata import DIGITS, answer_batch, write_digits
 from coldstart.tasks.reportpage import SECTIONS
 from coldstart.tasks.version import init_workspace
 from tests.conftest import tiny_params

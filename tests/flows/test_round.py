@@ -19,10 +19,10 @@ from mlflow.tracking import MlflowClient
 
 import coldstart
 from coldstart.flows.cli import main as cli
-from coldstart.tasks.demodata import answer_batch, write_digits
 from coldstart.flows.record import RoundRecord
 from coldstart.flows.round import labeling_round
 from coldstart.tasks.audit import clopper_pearson_lower
+from coldstart.tasks.demodata import answer_batch, write_digits
 from coldstart.tasks.labellog import read_events
 from coldstart.tasks.relabel import read_resolved
 from coldstart.tasks.version import init_workspace

@@ -84,8 +84,8 @@ def test_a_week_of_scheduled_rounds_records_only_the_days_with_something_new(mak
     most one model version; days with nothing make none, and `status` stays truthful."""
     from mlflow.tracking import MlflowClient
 
-    from coldstart.tasks.demodata import answer_batch, write_digits
     from coldstart.flows.status import workspace_status
+    from coldstart.tasks.demodata import answer_batch, write_digits
     from coldstart.tasks.labellog import read_events
     from coldstart.tasks.workspace import read_csv, write_csv
     from tests.conftest import write_image

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import pytest
 
-from coldstart.tasks.demodata import answer_batch, write_digits
 from coldstart.flows.round import labeling_round
 from coldstart.flows.wait import wait_for_answers
+from coldstart.tasks.demodata import answer_batch, write_digits
 from coldstart.tasks.labellog import human_labels, read_events
 from coldstart.tasks.version import init_workspace
 from tests.conftest import tiny_params

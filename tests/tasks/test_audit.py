@@ -187,8 +187,8 @@ def test_the_round_s_audit_is_the_train_stage_s_out_of_fold_accuracy_on_every_au
     answered, the audit stage, then the train stage; the estimate is the train stage's
     out-of-fold predictions read at each audit item's row of read_pool (the train's samples)."""
     from coldstart.flows.cli import main as cli
-    from coldstart.tasks.demodata import DIGITS, write_digits
     from coldstart.tasks.audit import audit, sample_order
+    from coldstart.tasks.demodata import DIGITS, write_digits
     from coldstart.tasks.embed import load_model
     from coldstart.tasks.labellog import human_labels, read_events
     from coldstart.tasks.pool import read_pool
@@ -216,14 +216,14 @@ def test_the_round_s_audit_is_the_train_stage_s_out_of_fold_accuracy_on_every_au
     (ws.inbox / "answers.csv").write_text("image,label\n" + "".join(f"{p},{truth[p]}\n" for p in paths[:20]))
     assert cli(["stage", "intake", "-w", str(ws.root)]) == 0
 
-    est = audit(ws, 3)
+    est = audit(ws, ws.params(), load_model(ws.params().model).model_id, 3)
     assert (est.round, est.method, est.n, est.correct) == (2, "as labeled", 4, 2)  # the newest batch
     assert est.as_labeled == {"1": [2, 4], "2": [2, 4]} and len(est.items) == 8
     params = ws.params()
     clip = load_model(params.model)
     humans = human_labels(read_events(ws))
     pool = read_pool(ws, EmbeddingStore(ws.embeddings, clip.model_id, params.views.key("global")), humans)
-    assert est.sample_ids == pool.labeled_ids == sample_order(ws, humans)
+    assert est.sample_ids == pool.labeled_ids == sample_order(ws, params, clip.model_id, humans)
 
     result = train(ws, params, clip, 3)
     assert result.model == "probe" and result.oof_probs.shape[0] == 20

@@ -6,9 +6,9 @@ import pytest
 from PIL import Image
 
 from coldstart.tasks.config import ScanConfig
+from coldstart.tasks.imagefiles import ImageDecodeError, load_rgb
 from coldstart.tasks.manifest import read_manifest
 from coldstart.tasks.scan import plan_scan, scan
-from coldstart.tasks.imagefiles import ImageDecodeError, load_rgb
 from coldstart.tasks.workspace import Workspace, read_csv
 from tests.conftest import write_image
 

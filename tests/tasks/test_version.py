@@ -8,8 +8,8 @@ import os
 
 import yaml
 
-from coldstart.tasks.scan import scan
 from coldstart.tasks.imagefiles import HashedFiles
+from coldstart.tasks.scan import scan
 from coldstart.tasks.version import _hand_hashes_to_dvc, init_workspace
 from tests.conftest import tiny_params, write_image
 

@@ -1,32 +1,15 @@
-"""`coldstart serve`, `api` and `labelstudio`: the long-running services and the Label Studio helpers."""
+"""`coldstart labelstudio config|check`: the Label Studio helpers (light: no model, no Prefect)."""
 
 from __future__ import annotations
 
 import sys
 
-from coldstart.flows.api import serve as serve_api
-from coldstart.flows.serve import serve as serve_rounds
 from coldstart.tasks import labelstudio
-from coldstart.tasks.tokens import TOKEN_FILE, api_token
 from coldstart.tasks.workspace import Workspace
 
 
-def cmd_serve(a) -> int:
-    serve_rounds(a.workspace, cron=a.cron, interval=a.interval, port=a.port)
-    return 0
-
-
-def cmd_api(a) -> int:
-    ws = Workspace.open(a.workspace)
-    api_token(ws)  # made now, so the message below can point at it
-    print(f"coldstart api on http://{a.host}:{a.port} for {ws.root}\n  token: {ws.state_dir / TOKEN_FILE} "
-          f"(send 'Authorization: Bearer <token>'; Label Studio: basic auth, any user, the token as password)",
-          flush=True)
-    serve_api(str(ws.root), host=a.host, port=a.port, max_body_mb=a.max_body_mb)
-    return 0
-
-
 def cmd_labelstudio(a) -> int:
+    """`labelstudio config`: the project's labeling XML; `labelstudio check`: what `round --wait` checks first."""
     ws = Workspace.open(a.workspace)
     params = ws.params()
     if a.labelstudio == "check":  # what `round --wait` checks first: title, server, token
