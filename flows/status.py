@@ -94,33 +94,44 @@ def stopping(stop: StopConfig, last: RoundFacts, review_policy: str = "custom") 
                          f"{'some' if left is None else left} are not reviewed yet")
         return bool(met), met, unmet
     if stop.churn_below is not None:
-        churn = rl.churn if rl else None
-        share = rl.below_threshold / rl.auto if rl and rl.auto > 0 else 0.0
-        if churn is None:
-            unmet.append("labels have settled: not known yet (no earlier round to compare with)")
-        elif churn < stop.churn_below and share <= stop.max_below_threshold:
-            met.append(f"labels have settled: {churn:.2%} changed in the last round (< stop.churn_below="
-                       f"{stop.churn_below:.2%}) and {share:.1%} of auto labels are below the threshold "
-                       f"(<= stop.max_below_threshold={stop.max_below_threshold:.0%})")
-        else:
-            assert rl is not None, "churn is known only from a relabel result"
-            why = [f"{churn:.2%} changed in the last round (stop.churn_below={stop.churn_below:.2%})"] \
-                if churn >= stop.churn_below else []
-            if share > stop.max_below_threshold:
-                why.append(f"{share:.1%} of auto labels ({rl.below_threshold}) are below the threshold "
-                           f"(stop.max_below_threshold={stop.max_below_threshold:.0%})")
-            unmet.append("labels have not settled: " + " and ".join(why))
+        _settled(stop, rl, met, unmet)
     if stop.audit_lower_bound is not None:
-        au = last.audit if last.audit and last.audit.n else None
-        bound = au.lower_bound if au else None
-        if au is not None and bound is not None and bound >= stop.audit_lower_bound:
-            met.append(f"audited auto-label accuracy is at least {bound:.2%} with 95% confidence "
-                       f"(>= stop.audit_lower_bound={stop.audit_lower_bound:.0%}; {au.describe()})")
-        else:
-            unmet.append(f"audited accuracy is not shown to be >= {stop.audit_lower_bound:.0%}: " + (
-                f"its one-sided 95% lower bound is {bound:.2%} ({au.describe()}; answer more audit items)"
-                if au else "no answered audit items yet"))
+        _audited(stop, last.audit, met, unmet)
     return bool(met), met, unmet
+
+
+def _settled(stop: StopConfig, rl: _RelabelFacts | None, met: list[str], unmet: list[str]) -> None:
+    """stop.churn_below: few labels changed in the last round, and few auto labels are uncertain."""
+    churn = rl.churn if rl else None
+    share = rl.below_threshold / rl.auto if rl and rl.auto > 0 else 0.0
+    if churn is None:
+        unmet.append("labels have settled: not known yet (no earlier round to compare with)")
+    elif churn < stop.churn_below and share <= stop.max_below_threshold:
+        met.append(f"labels have settled: {churn:.2%} changed in the last round (< stop.churn_below="
+                   f"{stop.churn_below:.2%}) and {share:.1%} of auto labels are below the threshold "
+                   f"(<= stop.max_below_threshold={stop.max_below_threshold:.0%})")
+    else:
+        assert rl is not None, "churn is known only from a relabel result"
+        why = [f"{churn:.2%} changed in the last round (stop.churn_below={stop.churn_below:.2%})"] \
+            if churn >= stop.churn_below else []
+        if share > stop.max_below_threshold:
+            why.append(f"{share:.1%} of auto labels ({rl.below_threshold}) are below the threshold "
+                       f"(stop.max_below_threshold={stop.max_below_threshold:.0%})")
+        unmet.append("labels have not settled: " + " and ".join(why))
+
+
+def _audited(stop: StopConfig, audit: _AuditFacts | None, met: list[str], unmet: list[str]) -> None:
+    """stop.audit_lower_bound: the audit's one-sided 95% lower bound reaches it."""
+    assert stop.audit_lower_bound is not None
+    au = audit if audit and audit.n else None
+    bound = au.lower_bound if au else None
+    if au is not None and bound is not None and bound >= stop.audit_lower_bound:
+        met.append(f"audited auto-label accuracy is at least {bound:.2%} with 95% confidence "
+                   f"(>= stop.audit_lower_bound={stop.audit_lower_bound:.0%}; {au.describe()})")
+    else:
+        unmet.append(f"audited accuracy is not shown to be >= {stop.audit_lower_bound:.0%}: " + (
+            f"its one-sided 95% lower bound is {bound:.2%} ({au.describe()}; answer more audit items)"
+            if au else "no answered audit items yet"))
 
 
 def _stat(path) -> list[int] | None:

@@ -35,8 +35,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from PIL import Image
 
+from coldstart.models import masks as sam_masks  # by module: tests swap its functions
+from coldstart.models.sam import load_sam
 from coldstart.tasks.config import Params, RegionsConfig
 from coldstart.tasks.crops import letterbox, region_crops
+from coldstart.tasks.heads import load_chosen, zero_shot_head
 from coldstart.tasks.imagefiles import load_rgb
 from coldstart.tasks.labellog import read_events, region_answers
 from coldstart.tasks.manifest import read_manifest_table
@@ -55,6 +58,7 @@ from coldstart.tasks.regiontable import (
     rle_text,
     write_regions,
 )
+from coldstart.tasks.relabel import resolved_parts
 from coldstart.tasks.result import StageResult
 from coldstart.tasks.samcache import SamEmbeddingCache, Segmented, resolve_checkpoint, sam_cache, segmented_parts
 from coldstart.tasks.workspace import Workspace
@@ -183,7 +187,6 @@ def mark_contained(regions: Sequence[Region], cfg: RegionsConfig) -> tuple[list[
     """The cleanup rule that needs labels, per image: a region mostly inside a better one of the
     same label (``containment_thresh``) is marked ``dropped="contained"``; regions already
     dropped take no part. Returns (the regions in their order, how many were marked)."""
-    from coldstart.models.masks import cleanup  # lazy: the masks need torch
 
     by_image: dict[str, list[int]] = {}
     for k, r in enumerate(regions):
@@ -197,7 +200,7 @@ def mark_contained(regions: Sequence[Region], cfg: RegionsConfig) -> tuple[list[
                  for k in rows]
         only_containment = dict(min_area=0, max_area_fraction=1.0, mask_nms_thresh=1.0, one_mask_per_pixel=False,
                                 max_regions_per_image=len(rows))
-        kept, _ = cleanup(masks, cfg.model_copy(update=only_containment),
+        kept, _ = sam_masks.cleanup(masks, cfg.model_copy(update=only_containment),
                           labels=[out[k].label for k in rows])
         keep = {rows[m["index"]] for m in kept}
         for k in rows:
@@ -247,7 +250,6 @@ def cleanup_labeled(regions: Sequence[Region], cfg: RegionsConfig) -> tuple[list
 def region_head(ws: Workspace, params: Params, clip: ClipModel) -> tuple[Head, str]:
     """The round's labeler for regions: the head the last train stage chose when it reads this
     model's embeddings, else the ontology's zero-shot head. Returns (head, labeler id)."""
-    from coldstart.tasks.heads import load_chosen, zero_shot_head  # lazy: heads brings scikit-learn and pandas
 
     chosen = load_chosen(ws)
     if chosen is not None and chosen.model_id == clip.model_id:
@@ -303,7 +305,6 @@ def segment_images(params: Params, sam, clip: ClipModel, images: Iterable[tuple[
     """SAM masks of each image (one image in memory at a time), the label-free cleanup, and the
     CLIP embedding of every kept mask's crop (batched across images). ``images``: (image id,
     path as shown, file). Boxes and masks are in original pixels."""
-    from coldstart.models.masks import cleanup, generate_masks  # lazy: the masks need torch
 
     cfg = params.regions
     cache = cache or SamEmbeddingCache(None, getattr(sam, "model_id", ""))
@@ -320,8 +321,8 @@ def segment_images(params: Params, sam, clip: ClipModel, images: Iterable[tuple[
                 rgb = np.asarray(img.convert("RGB"))
             t_seg = time.perf_counter()
             read_s += t_seg - t_read
-            masks = generate_masks(sam, rgb, cfg, embedding=cache.get(sam, image_id, rgb))
-            kept, counts = cleanup(masks, cfg)
+            masks = sam_masks.generate_masks(sam, rgb, cfg, embedding=cache.get(sam, image_id, rgb))
+            kept, counts = sam_masks.cleanup(masks, cfg)
             seg_s += time.perf_counter() - t_seg
             cleaned.update(counts)
             shown_images.append((image_id, shown, rgb.shape[1], rgb.shape[0]))
@@ -362,7 +363,6 @@ def localize_defects(sam, params: Params, rows: Iterable[dict], files: dict[str,
     defect's mask and its tight box. One Region per image: label and confidence are the image's;
     ``predicted_iou`` and ``stability_score`` are NaN (a box prompt is not scored);
     ``labeler`` records what gave it, "<labeler>+box:<location>"."""
-    from coldstart.models.masks import segment_box  # lazy: the masks need torch
 
     negative = negative_labels(params.ontology)
     cache = cache or SamEmbeddingCache(None, getattr(sam, "model_id", ""))
@@ -373,7 +373,7 @@ def localize_defects(sam, params: Params, rows: Iterable[dict], files: dict[str,
         with load_rgb(files[row["image_id"]], params.scan) as img:
             rgb = np.asarray(img.convert("RGB"))
         box = [float(v) for v in row["location"].split()]
-        mask = segment_box(sam, cache.get(sam, row["image_id"], rgb), box, rgb.shape[:2])
+        mask = sam_masks.segment_box(sam, cache.get(sam, row["image_id"], rgb), box, rgb.shape[:2])
         if not mask.any():
             continue  # SAM found nothing in the tile: no region rather than a made-up one
         rle = mask_rle(mask)
@@ -485,7 +485,6 @@ def regions(ws: Workspace, params: Params, clip: ClipModel, round_no: int) -> Re
 
     Writes exactly its declared output, data/labels/regions/ (created empty when disabled, so
     that DVC can record the stage either way)."""
-    from coldstart.models.sam import load_sam  # lazy: SAM needs torch, only when regions are enabled
 
     folder = regions_dir(ws)
     folder.mkdir(parents=True, exist_ok=True)
@@ -581,7 +580,6 @@ def _localize(ws: Workspace, params: Params, sam, cache: SamEmbeddingCache, fold
               first_path: dict[str, str], files: dict[str, Path], round_no: int) -> int:
     """Defect localization for the images whose label or winning tile changed since they were
     outlined; returns how many were outlined this round."""
-    from coldstart.tasks.relabel import resolved_parts  # lazy: relabel brings prefect, pandas, scikit-learn
 
     defects = regions_parts(folder / DEFECTS_DIR)
     outlined = {(r["image_id"], r["label"], r["labeler"]) for r in defects.read(["image_id", "label", "labeler"]).to_pylist()}

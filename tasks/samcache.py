@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from coldstart.models.masks import ImageEmbedding, image_embedding
+from coldstart.models import masks  # by module: tests swap masks' functions
 from coldstart.tasks.config import RegionsConfig
 from coldstart.tasks.parts import PartTable
 from coldstart.tasks.regiontable import Region
@@ -68,13 +68,13 @@ class SamEmbeddingCache:
         path = None if self.dir is None else self.dir / f"{image_id}.npz"
         if path is not None and path.is_file():
             try:
-                emb = ImageEmbedding.load(path)
+                emb = masks.ImageEmbedding.load(path)
                 if emb.model_id == sam.model_id and emb.original_size == tuple(rgb.shape[:2]):
                     os.utime(path)  # recently used
                     return emb
             except (OSError, ValueError, KeyError) as e:  # a torn or foreign file: compute it again
                 log.warning("SAM embedding cache: %s is unreadable (%s); computing it again", path, e)
-        emb = image_embedding(sam, rgb)
+        emb = masks.image_embedding(sam, rgb)
         if path is not None and self.max_bytes > 0:
             self._put(path, emb)
         return emb

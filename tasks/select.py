@@ -22,6 +22,7 @@ from coldstart.tasks.errors import SelectionError
 from coldstart.tasks.labellog import read_events, region_answers
 from coldstart.tasks.regionexports import regions_to_labelstudio
 from coldstart.tasks.regiontable import read_regions, regions_dir
+from coldstart.tasks.relabel import load_probs, read_resolved
 from coldstart.tasks.result import StageResult
 from coldstart.tasks.store import EmbeddingStore
 from coldstart.tasks.strategies import uncertainty
@@ -151,7 +152,6 @@ def _select_images(ws: Workspace, cfg: RoundConfig, round_no: int) -> SelectResu
     """The image review batch: the audit sample and the uncertain picks from the images without a
     human label nor a place in an open batch, plus human labels sent back for a second look."""
     # lazy: relabel brings prefect, pandas and scikit-learn (its heads), which select does not import
-    from coldstart.tasks.relabel import load_probs, read_resolved
 
     ids, probs, classes, (model_id, view) = load_probs(ws)
     resolved = {r["image_id"]: r for r in read_resolved(ws)}
