@@ -102,6 +102,7 @@ def stopping(stop: StopConfig, last: RoundFacts, review_policy: str = "custom") 
 
 def _settled(stop: StopConfig, rl: _RelabelFacts | None, met: list[str], unmet: list[str]) -> None:
     """stop.churn_below: few labels changed in the last round, and few auto labels are uncertain."""
+    assert stop.churn_below is not None
     churn = rl.churn if rl else None
     share = rl.below_threshold / rl.auto if rl and rl.auto > 0 else 0.0
     if churn is None:

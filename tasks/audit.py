@@ -411,7 +411,7 @@ def sample_order(ws: Workspace, params: Params, model_id: str, humans: dict[str,
     return labeled_order(ws, EmbeddingStore(ws.embeddings, model_id, params.views.key("global")), humans)
 
 
-def audit(ws: Workspace, params: Params, model_id: str, round_no: int) -> AuditEstimate | None:
+def audit(ws: Workspace, params: Params, model_id: str | None, round_no: int) -> AuditEstimate | None:
     """The audit stage: every answered audit item of the earlier rounds. Its estimate is the
     newest batch's as-labeled one until ``use_out_of_fold`` scores the items with the train
     stage's out-of-fold predictions (the round record does, once the train stage has run)."""
@@ -424,6 +424,8 @@ def audit(ws: Workspace, params: Params, model_id: str, round_no: int) -> AuditE
     est.items = [it for b in answered for it in b.items]
     est.as_labeled = {str(b.round): [b.correct, b.n] for b in answered}
     est.classes = params.ontology.class_names
+    if model_id is None:  # the sample order is for the train stage's out-of-fold scores
+        return est
     try:
         est.sample_ids = sample_order(ws, params, model_id, humans)
     except Exception as e:  # no store yet, or an unreadable one: the train stage reports it

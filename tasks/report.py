@@ -25,8 +25,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from coldstart.tasks.reportdata import ReportData, gather
-from coldstart.tasks.reportpage import MAX_THUMB_BYTES, MAX_THUMBS, Page, Thumbs
+from coldstart.tasks.reportpage import Page
 from coldstart.tasks.result import StageResult
+from coldstart.tasks.thumbs import MAX_THUMB_BYTES, MAX_THUMBS, Thumbs
 from coldstart.tasks.workspace import Workspace, atomic_write_text
 
 log = logging.getLogger(__name__)

@@ -23,6 +23,7 @@ import pyarrow.compute as pc
 from coldstart.tasks.audit import AuditEstimate, clopper_pearson_interval
 from coldstart.tasks.audit import audit as audit_stage
 from coldstart.tasks.commands import command
+from coldstart.tasks.config import Params
 from coldstart.tasks.errors import WorkspaceError
 from coldstart.tasks.labellog import current_answers, read_events
 from coldstart.tasks.ontology import negative_labels
@@ -322,7 +323,7 @@ def answer_times(ws: Workspace, answers: dict[str, Any]) -> tuple[dict[str, floa
     return times, timed
 
 
-def gather(ws: Workspace, round_no: int, record: dict | None = None, params=None) -> ReportData:
+def gather(ws: Workspace, round_no: int, record: dict | None = None, params: Params | None = None) -> ReportData:
     """Everything the page shows of round ``round_no``. ``record``: the round's record
     (``RoundRecord.to_dict()``, the shape of round.json); None reads the saved one (the round's
     tag, or data/metrics/round.json), else builds a partial one from the files (a stage run alone,
@@ -337,7 +338,7 @@ def gather(ws: Workspace, round_no: int, record: dict | None = None, params=None
     past = round_no < latest
     tag = f"round-{round_no:03d}"
     notes: list[str] = []
-    records, record = _round_records(ws, round_no, tags, record, past, notes)
+    records, record = _round_records(ws, params, round_no, tags, record, past, notes)
     spl, target = report_settings(params)
 
     at_tag = AtTag(ws, tag) if past else None
@@ -371,7 +372,7 @@ def gather(ws: Workspace, round_no: int, record: dict | None = None, params=None
         lead_times=lead_times, lead_labels=lead_labels, seconds_per_label=spl, target_accuracy=target, notes=notes)
 
 
-def _round_records(ws: Workspace, round_no: int, tags: list[int], record: dict | None, past: bool,
+def _round_records(ws: Workspace, params: Params, round_no: int, tags: list[int], record: dict | None, past: bool,
                    notes: list[str]) -> tuple[dict[int, dict], dict]:
     """(the records of the rounds up to ``round_no``, this round's record): the learning curve
     needs the earlier ones, and a round not recorded yet gets one built from the files (said in
@@ -386,7 +387,7 @@ def _round_records(ws: Workspace, round_no: int, tags: list[int], record: dict |
         elif round_no in records:
             record = records[round_no]
     if record is None:  # `coldstart stage report` before the round is recorded: what the files say
-        est = audit_stage(ws, round_no)
+        est = audit_stage(ws, params, None, round_no)  # no sample order: no labeler scores it here
         record = {"round": round_no, "audit": est.to_dict() if est is not None else None}
         notes.append("This round is not recorded yet (a stage run alone): counts come from the files, and the "
                      "confusion matrix appears once a round records it.")

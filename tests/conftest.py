@@ -15,6 +15,13 @@ os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
 os.environ["PREFECT_LOGGING_LEVEL"] = "WARNING"
 os.environ["MLFLOW_TRACKING_URI"] = "sqlite:///" + os.path.join(_STATE, "stray-mlflow.db")
+# Under pytest-xdist, split the cores between the workers: torch's OpenMP pool defaults to one
+# thread per core in every worker (and every CLI subprocess, which inherits this), and on 2 cores
+# two workers of 2 spinning threads each ran SAM and CLIP about half as fast as 1 thread each.
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT", "").isdigit():
+    _threads = str(max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
+    for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ.setdefault(_var, _threads)
 
 from pathlib import Path  # noqa: E402
 
@@ -57,3 +64,48 @@ def write_image(path: Path, seed: int = 0, size=(48, 64), fmt: str | None = None
     rng = np.random.default_rng(seed)
     Image.fromarray((rng.random((*size, 3)) * 255).astype(np.uint8)).save(path, format=fmt)
     return path
+
+
+# Test files that take longest (seconds on 2 cores, BENCHMARKS.md "Test suite"), run first: with
+# `--dist loadfile` each file is one unit of work, and pytest-xdist otherwise queues files with
+# many tests first, leaving these one- and two-test files for the end, where one worker ran them
+# alone. Longest first, the short files fill in around them. Files not listed keep their order.
+HEAVY_FIRST = [
+    "tests/flows/test_fault_matrix.py",
+    "tests/flows/test_serve_week.py",
+    "tests/models/test_masks.py",
+    "tests/flows/test_cli.py",
+    "tests/flows/test_regions_round.py",
+    "tests/flows/test_regions_answers.py",
+    "tests/flows/test_fault_remote.py",
+    "tests/flows/test_round.py",
+    "tests/flows/test_faults.py",
+    "tests/flows/test_report_browser.py",
+    "tests/flows/test_prefect_logs.py",
+    "tests/flows/test_corpus_round.py",
+    "tests/flows/test_serve.py",
+    "tests/flows/test_bench_regions.py",
+    "tests/flows/test_dask.py",
+    "tests/flows/test_wait.py",
+    "tests/flows/test_fault_tracking.py",
+    "tests/flows/test_dvc_metrics.py",
+]
+
+
+def pytest_configure(config):
+    if hasattr(config.option, "loadscopereorder"):  # pytest-xdist: keep the order set below
+        config.option.loadscopereorder = False
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {path: k for k, path in enumerate(HEAVY_FIRST)}
+    root = Path(str(config.rootpath))
+
+    def key(item):
+        try:
+            path = Path(str(item.path)).relative_to(root).as_posix()
+        except ValueError:
+            path = str(item.path)
+        return rank.get(path, len(rank))
+
+    items.sort(key=key)  # stable: tests within a file, and the files not listed, keep their order

@@ -27,7 +27,8 @@ from coldstart.tasks.reportdata import (
     projection,
     report_settings,
 )
-from coldstart.tasks.reportpage import DEFECT_PX, SECTIONS, THUMB_PX
+from coldstart.tasks.reportpage import DEFECT_PX, SECTIONS
+from coldstart.tasks.thumbs import THUMB_PX
 from coldstart.tasks.workspace import Workspace
 from tests.conftest import write_image
 

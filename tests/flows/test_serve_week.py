@@ -1,0 +1,148 @@
+"""`coldstart serve` on a schedule for a week of "days", split from test_serve.py so the two run
+on different workers."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tests.flows.test_serve import _free_port
+
+pytestmark = pytest.mark.slow
+
+
+def _flow_runs(api: str, state: str) -> int:
+    """How many flow runs the workspace's Prefect server holds in a state (what its UI lists)."""
+    body = json.dumps({"flow_runs": {"state": {"type": {"any_": [state]}}}}).encode()
+    req = urllib.request.Request(f"{api}/flow_runs/count", data=body, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=10) as r:
+        return int(json.loads(r.read()))
+
+
+def _label_studio_export(tasks_json: Path, truth: dict[str, str], user_id: int) -> str:
+    """The round's Label Studio tasks, each answered as Label Studio exports it (a bare user id)."""
+    tasks = json.loads(tasks_json.read_text(encoding="utf-8"))
+    out = []
+    for k, t in enumerate(tasks, start=1):
+        pred = t["predictions"][0]["result"][0]
+        path = t["data"]["image"].split("?d=images/", 1)[1]
+        out.append(dict(t, id=100 + k, annotations=[{"id": k, "completed_by": user_id, "was_cancelled": False,
+                                                       "result": [{"from_name": pred["from_name"],
+                                                                   "to_name": pred["to_name"], "type": "choices",
+                                                                   "value": {"choices": [truth[path]]}}]}]))
+    return json.dumps(out, ensure_ascii=False)
+
+
+def test_a_week_of_scheduled_rounds_records_only_the_days_with_something_new(make_workspace, tmp_path):
+    """`serve` on a schedule; each "day" is one or more scheduled runs. Days with answers (a CSV
+    with one typo, a Label Studio export) or new images make exactly one tag, MLflow run and at
+    most one model version; days with nothing make none, and `status` stays truthful."""
+    from mlflow.tracking import MlflowClient
+
+    from coldstart.flows.status import workspace_status
+    from coldstart.tasks.demodata import answer_batch, write_digits
+    from coldstart.tasks.labellog import read_events
+    from coldstart.tasks.workspace import read_csv, write_csv
+    from tests.conftest import write_image
+
+    ws = make_workspace(budget=5)
+    # A plain probe: a head, hence a model version, at every round with enough labels.
+    text = ws.params_file.read_text()
+    ws.params_file.write_text(text.replace("\ntrain:\n", "\ntrain:\n  model: probe\n  self_training: null\n"))
+    assert ws.params().train.model == "probe" and ws.params().train.self_training is None
+    truth = write_digits(ws.images, n=24, size=32)
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    env.update(PREFECT_HOME=str(tmp_path / "prefect-home"), PREFECT_RUNNER_POLL_FREQUENCY="2")
+    port = _free_port()
+    coldstart = Path(sys.executable).with_name("coldstart")
+    log = open(tmp_path / "serve.log", "wb")
+    proc = subprocess.Popen([str(coldstart), "serve", "--workspace", str(ws.root), "--interval", "4",
+                             "--port", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT,
+                            stdin=subprocess.DEVNULL, start_new_session=True)
+    api = f"http://127.0.0.1:{port}/api"
+
+    def wait(until, what: str, timeout: float = 240):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and proc.poll() is None:
+            if until():
+                return
+            time.sleep(1)
+        raise AssertionError(f"waited for {what}:\n{(tmp_path / 'serve.log').read_text()[-3000:]}")
+
+    def record() -> dict:
+        return json.loads((ws.metrics_dir / "round.json").read_text())
+
+    def one_day(action=None) -> None:
+        """Do the day's action, then wait for the first round after it: a new tag if there was
+        an action, else one more completed run that changed nothing."""
+        tags, done = ws.round_tags(), _flow_runs(api, "COMPLETED")
+        if action is None:
+            wait(lambda: _flow_runs(api, "COMPLETED") > done, "a scheduled run")
+            assert ws.round_tags() == tags, "a day with nothing new made a round"
+            assert json.loads((ws.state_dir / "last-check.json").read_text())["result"] == "nothing new"
+        else:
+            action()
+            wait(lambda: len(ws.round_tags()) > len(tags), "the round after the day's drop")
+            assert ws.round_tags() == tags + [len(tags) + 1]
+            # The tag is made before the run ends: wait for a completion after seeing it.
+            seen = _flow_runs(api, "COMPLETED")
+            wait(lambda: _flow_runs(api, "COMPLETED") > seen, "the tagged round's run to end")
+
+    def answers_with_a_typo():
+        answers = answer_batch(ws.root / record()["select"]["files"][0], truth, ws.inbox)
+        rows = read_csv(answers)
+        rows[0]["label"] = "seven7"  # one typo in one row
+        write_csv(answers, list(rows[0]), rows)
+
+    def label_studio_export():
+        tasks = next(f for f in record()["select"]["files"] if f.endswith(".tasks.json"))
+        (ws.inbox / "export.json").write_text(_label_studio_export(ws.root / tasks, truth, 3), encoding="utf-8")
+
+    def new_images():
+        for k in range(3):
+            write_image(ws.images / "day-7" / f"new-{k}.png", seed=100 + k, size=(32, 32))
+
+    try:
+        wait(lambda: ws.round_tags() == [1], "round 1 on the first day's images")
+        seen = _flow_runs(api, "COMPLETED")
+        wait(lambda: _flow_runs(api, "COMPLETED") > seen, "round 1's run to end")
+        for action in (None, answers_with_a_typo, None, label_studio_export, None, new_images, None):
+            one_day(action)
+    finally:
+        completed, failed = _flow_runs(api, "COMPLETED"), _flow_runs(api, "FAILED")
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert failed == 0 and completed >= 8, (completed, failed)  # every scheduled run, in one Prefect UI
+    assert ws.round_tags() == [1, 2, 3, 4]
+    client = MlflowClient(f"sqlite:///{ws.root / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("coldstart-demo")
+    runs = client.search_runs([exp.experiment_id])
+    assert sorted(r.data.tags.get("coldstart.git_tag") for r in runs) == ["round-001", "round-002", "round-003",
+                                                                     "round-004"]
+    # A version only for a new head: none for round 1 (no labels yet: zero-shot) or the days with
+    # nothing new; one for rounds 2 and 3 (new labels) and 4 (the probe standardises features
+    # with the statistics of all images, so new images alone give it new weights).
+    versions = client.search_model_versions("name = 'coldstart-demo-head'")
+    by_round = sorted(client.get_run(v.run_id).data.tags["coldstart.git_tag"] for v in versions)
+    assert by_round == ["round-002", "round-003", "round-004"]
+    assert len({v.tags["labeler_id"] for v in versions}) == 3
+    # The typo cost one row, handed back; the export's bare user id became ls-user-3.
+    kept_aside = read_csv(ws.rejected / next(p.name for p in ws.rejected.glob("*.rows.csv")))
+    assert [r["label"] for r in kept_aside] == ["seven7"] and kept_aside[0]["reason"].startswith("unknown class")
+    annotators = {e.annotator for e in read_events(ws)}
+    assert annotators == {"sim-annotator", "ls-user-3"}
+    assert len(read_events(ws)) == 5 - 1 + 5  # two batches of 5, less the typo
+    status = workspace_status(ws)
+    assert status["last_round"] == 4 and status["last_check"]["last_round"] == 4
+    assert not status["done"] and status["not_done_reasons"] and status["inbox_rejected"]
