@@ -25,18 +25,22 @@ demo: env
 
 # Two workers, each test file on one of them (module fixtures built once): most tests wait on
 # Prefect, DVC and git subprocesses, so two cores overlap them (BENCHMARKS.md, "Test suite").
+# The longest files first (tests/conftest.py HEAVY_FIRST), not xdist's most-tests-first order;
+# each worker's torch gets one core (tests/conftest.py).
 test: env
-	$(TEST_ENV) $(BIN)/pytest -q -n 2 --dist loadfile
+	$(TEST_ENV) $(BIN)/pytest -q -n 2 --dist loadfile --no-loadscope-reorder
 
 # The wheel as users get it: fresh environment, not editable, init + one tiny round from it.
 wheel-check: env
 	.ci/wheel-check
 
-# The layers (flows and bench above tasks above models; pyproject.toml [tool.importlinter]) and the
-# import graph without cycles, every import statement counted (tests/import_graph.py).
+# The layers (flows above bench above tasks above models; pyproject.toml [tool.importlinter]), the
+# import graph without cycles, every import statement counted (tests/import_graph.py), and the
+# types (mypy, zero errors; pyproject.toml [tool.mypy]).
 lint: env
 	$(BIN)/lint-imports
 	$(BIN)/python tests/import_graph.py
+	$(BIN)/mypy
 
 test-fast: env
 	$(TEST_ENV) $(BIN)/pytest -q -m "not slow"

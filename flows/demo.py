@@ -10,16 +10,25 @@ from __future__ import annotations
 
 import contextlib
 import json
+import shlex
 import shutil
+import sys
+import textwrap
 import time
 from pathlib import Path
 
+from prefect.settings import temporary_settings
+
+from coldstart.flows.round import labeling_round
+from coldstart.flows.serve import round_prefect
+from coldstart.flows.status import workspace_status
 from coldstart.models.clip import ClipConfig, load_clip
 from coldstart.models.errors import WeightsUnavailableError
 from coldstart.tasks.commands import command
 from coldstart.tasks.demodata import answer_batch, demo_params, write_digits
 from coldstart.tasks.errors import WorkspaceError
 from coldstart.tasks.relabel import read_resolved
+from coldstart.tasks.version import init_workspace
 from coldstart.tasks.workspace import Workspace
 
 DEMO_MARKER = ".coldstart-demo"
@@ -33,8 +42,6 @@ def auto_label_accuracy(ws: Workspace, truth: dict[str, str]) -> float | None:
 def banner(pretrained: str, error: str) -> str:
     """The warning shown when the demo falls back to random weights: the error's first sentence
     (what failed), whole, wrapped inside the box; not cut mid-sentence."""
-    import textwrap
-
     cause = error.split(". Tried")[0].rstrip(".") + "."
     wrapped = textwrap.fill(cause, width=88, initial_indent="!!   ", subsequent_indent="!!   ")
     return BANNER.format(pretrained=pretrained, error=wrapped.removeprefix("!!   "))
@@ -53,10 +60,6 @@ BANNER = """
 
 def run_demo(workspace: Path, *, rounds: int = 3, json_path: str | None = None, budget: int = 50,
              pretrained: str | None = "laion2b_s34b_b79k", n_images: int | None = None) -> list[dict]:
-    from prefect.settings import temporary_settings
-
-    from coldstart.flows.serve import round_prefect
-    from coldstart.tasks.version import init_workspace
 
     workspace = Path(workspace).expanduser().resolve()
     if workspace.exists() and any(workspace.iterdir()):
@@ -82,7 +85,6 @@ def run_demo(workspace: Path, *, rounds: int = 3, json_path: str | None = None, 
 
 
 def _demo_rounds(ws, truth: dict[str, str], rounds: int, json_path: str | None, header: str) -> list[dict]:
-    from coldstart.flows.round import labeling_round
 
     table: list[dict] = []
     lines = [header]
@@ -94,8 +96,9 @@ def _demo_rounds(ws, truth: dict[str, str], rounds: int, json_path: str | None, 
         # The round's own audit estimate of its auto labels (out of fold, on every audit item
         # answered before it, weighted by confidence band to its auto labels: tasks/audit.py),
         # with its 95% interval and n.
+        assert rec.select is not None and rec.intake is not None and rec.relabel is not None and rec.train is not None
         est = rec.audit if rec.audit is not None and rec.audit.n else None
-        audit_acc, interval = (est.accuracy, list(est.interval)) if est else (None, None)
+        audit_acc, interval = (est.accuracy, list(est.interval or ())) if est else (None, None)
         if rec.select.batch_size:
             answer_batch(ws.root / rec.select.files[0], truth, ws.inbox)
         humans, auto, model = rec.intake.human_labels, rec.relabel.auto, rec.train.model
@@ -115,7 +118,6 @@ def _demo_rounds(ws, truth: dict[str, str], rounds: int, json_path: str | None, 
           "to the round's auto labels), with its 95% interval and n; 'true acc': the same auto labels against\n"
           "the known digits. A few audit items give wide intervals: answer more (round.review_policy).")
     with contextlib.suppress(Exception):  # derived now: the next `coldstart status` reads it back
-        from coldstart.flows.status import workspace_status
 
         workspace_status(ws)
     print(demo_hints(ws.root, rounds))
@@ -125,10 +127,6 @@ def _demo_rounds(ws, truth: dict[str, str], rounds: int, json_path: str | None, 
 def demo_hints(root: Path, rounds: int) -> str:
     """What to try next, as commands that run when pasted into a shell (any folder, virtualenv
     activated or not): the executables of this environment by full path, the workspace quoted."""
-    import shlex
-    import sys
-
-
     here, last = shlex.quote(str(root)), max(1, rounds)
     tag = f"round-{last:03d}"
     clone = shlex.quote(str(root.with_name(root.name + "-clone")))

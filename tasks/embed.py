@@ -19,7 +19,7 @@ import torch
 from prefect import flow, task, unmapped
 from prefect.cache_policies import NO_CACHE
 from torch.utils.data import DataLoader, Dataset
-from tqdm.auto import tqdm  # type: ignore[import-untyped]  # tqdm ships no type information
+from tqdm.auto import tqdm
 
 from coldstart.models.clip import ClipConfig, ClipModel, LazyClip, load_clip
 from coldstart.tasks.cluster import dask_runner, on_dask
@@ -38,7 +38,6 @@ SHARD_ROWS = 4096  # images per store shard (and per task on a cluster): a kille
 
 class ImageFiles(Dataset):
     """Paths -> (index, ``(V, 3, S, S)`` view tensors or None, ``(V-1, 4)`` tile boxes, error)."""
-
     def __init__(self, paths: list[str], preprocess, image_size: int, views: ViewsConfig | None = None,
                  limits: ScanConfig | None = None):
         self.paths, self.preprocess, self.size = paths, preprocess, image_size

@@ -16,12 +16,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import pandas as pd  # type: ignore[import-untyped]  # no pandas-stubs in the environment
+import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 from prefect import flow, task, unmapped
 from prefect.cache_policies import NO_CACHE
-from threadpoolctl import threadpool_limits  # type: ignore[import-untyped]  # ships no type information
+from threadpoolctl import threadpool_limits
 
 from coldstart.models.errors import ConfigError
 from coldstart.tasks.cluster import dask_runner, on_dask

@@ -40,6 +40,7 @@ OPTIONS = {
             "port"),
 }
 
+
 def add_bench_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """The `bench` command and its subcommands, on the CLI's subparsers ``sub``."""
     s = sub.add_parser("bench", help="benchmarks")
@@ -183,7 +184,7 @@ def _resolve(spec: str) -> Callable[..., dict[str, Any]]:
 
 
 def _wxh(text: str) -> tuple[int, int]:
-    """An argparse type: "WIDTHxHEIGHT" as (width, height); "0" as (0, 0), "none"."""
+    """An argparse type: "WIDTHxHEIGHT" as (width, height), "0" as (0, 0) (the option's "skip")."""
     if text == "0":
         return (0, 0)
     try:
