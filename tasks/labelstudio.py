@@ -27,9 +27,10 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, SupportsIndex, SupportsInt
 from xml.sax.saxutils import quoteattr
 
+from coldstart.tasks import lsclient  # by module: tests point its client at a recorded server
 from coldstart.tasks.commands import command
 from coldstart.tasks.errors import ConfigError, LabelFileError
-from coldstart.tasks.lsclient import LabelStudio, LabelStudioError
+from coldstart.tasks.lsclient import LabelStudioError
 from coldstart.tasks.ontology import negative_labels
 
 log = logging.getLogger(__name__)
@@ -498,7 +499,7 @@ def preflight(ws, params=None, *, transport=None) -> Preflight | None:
     if not token:
         raise LabelStudioError(f"labelstudio.url is set but ${cfg.token_env} is empty: export your Label Studio access "
                                f"token (Account & Settings -> Personal Access Token) as {cfg.token_env}")
-    client = LabelStudio(cfg.url, token, transport=transport)
+    client = lsclient.LabelStudio(cfg.url, token, transport=transport)
     try:
         me = client.call("GET", "/api/current-user/whoami")
         if not isinstance(me, dict) or "id" not in me:
@@ -545,12 +546,11 @@ class Annotators:
         ``labelstudio.token_env``, both read when asked); no lookup when either is missing."""
 
         def lookup() -> dict[int, str]:
-
             cfg = ws.params().labelstudio
             token = os.environ.get(cfg.token_env, "").strip()
             if not cfg.url or not token:
                 return {}
-            with LabelStudio(cfg.url, token, timeout=10) as client:
+            with lsclient.LabelStudio(cfg.url, token, timeout=10) as client:
                 return client.user_emails()
 
         return cls(lookup, **kwargs)
