@@ -72,6 +72,7 @@ def write_image(path: Path, seed: int = 0, size=(48, 64), fmt: str | None = None
 # alone. Longest first, the short files fill in around them. Files not listed keep their order.
 HEAVY_FIRST = [
     "tests/flows/test_fault_matrix.py",
+    "tests/flows/test_fault_matrix_late.py",
     "tests/flows/test_serve_week.py",
     "tests/models/test_masks.py",
     "tests/flows/test_cli.py",

@@ -65,6 +65,10 @@ sys.exit(main(["round", "-w", ws]))
 
 BOUNDARIES = ["scan", "in-scan", "embed", "in-embed", "intake", "audit", "train", "relabel", "select",
               "track", "in-track", "version", "in-version", "link_run_task", "publish"]
+# Two chains, each on a workspace of its own, so that two test workers share the 15 kills
+# (test_fault_matrix_late.py runs the second): the first kills round 2 before its model is
+# trained, again and again; the second from relabel on, through its tag and round 3's summary.
+EARLY, LATE = BOUNDARIES[:7], BOUNDARIES[7:]
 
 
 def _env(tmp: Path) -> dict:
@@ -101,8 +105,11 @@ def _runs(ws: Workspace):
     return client.search_runs([exp.experiment_id])
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="finds processes through /proc")
-def test_kill_9_at_every_stage_boundary_then_the_round_completes_once(tmp_path):
+def kill_chain(tmp_path: Path, boundaries: list[str]) -> None:
+    """Round 1, then round 2 (answers and 4 new images waiting) killed with SIGKILL at each of
+    ``boundaries`` in turn, each attempt going on from what the last one left; then a round that
+    completes. Checks after each kill that the round's Prefect server died with it, and at the
+    end: one commit per tag, MLflow runs, answers taken once, every image labeled, DVC clean."""
     ws = init_workspace(tmp_path / "ws", params_text=tiny_params(6))
     truth = write_digits(ws.images, n=30, size=32)
     env = _env(tmp_path)
@@ -112,7 +119,7 @@ def test_kill_9_at_every_stage_boundary_then_the_round_completes_once(tmp_path):
     answered = len(read_csv(answer_batch(batch, truth, ws.inbox)))
     write_digits(ws.images / "later", n=4, size=40)  # new images too (another size: new content)
     outcomes = {}
-    for target in BOUNDARIES:
+    for target in boundaries:
         if target == "publish":  # round 2 was tagged (killed at link_run): round 3 gets a new image
             write_digits(ws.images / "last", n=1, size=32)
         killed = _round(ws, env, target)
@@ -123,29 +130,39 @@ def test_kill_9_at_every_stage_boundary_then_the_round_completes_once(tmp_path):
             time.sleep(0.2)
         assert _prefect_servers(ws) == [], f"killed at {target}: its Prefect server outlived it"
         outcomes[target] = ws.round_tags()
-    # Killed after its tag (at link_run, at publish), a round is done: the retry has nothing new.
-    assert outcomes["in-version"] == [1] and outcomes["link_run_task"] == [1, 2], outcomes
-    assert outcomes["publish"] == [1, 2, 3]
+    last = 3 if "publish" in boundaries else 2
+    if "publish" in boundaries:
+        # Killed after its tag (at link_run, at publish), a round is done: the retry has nothing new.
+        assert outcomes["in-version"] == [1] and outcomes["link_run_task"] == [1, 2], outcomes
+        assert outcomes["publish"] == [1, 2, 3]
+    else:  # every kill before round 2's tag
+        assert all(tags == [1] for tags in outcomes.values()), outcomes
+        done = _round(ws, env)
+        assert done.returncode == 0, done.stdout + done.stderr
     done = _round(ws, env)
     assert done.returncode == 0, done.stdout + done.stderr
-    assert ws.round_tags() == [1, 2, 3] and "nothing new since round 3" in done.stdout
+    assert ws.round_tags() == list(range(1, last + 1)) and f"nothing new since round {last}" in done.stdout
+    _check_rounds(ws, env, last, answered)
 
+
+def _check_rounds(ws: Workspace, env: dict, last: int, answered: int) -> None:
+    rounds = range(1, last + 1)
     # One commit per round tag: the retries amended the untagged commit, never stacked another.
     subjects = _git(ws, "log", "--format=%s").splitlines()
-    assert [sum(s.startswith(f"coldstart round {n}:") for s in subjects) for n in (1, 2, 3)] == [1, 1, 1], subjects
-    assert _git(ws, "rev-list", "-n", "1", "round-003") == _git(ws, "rev-parse", "HEAD")
+    assert [sum(s.startswith(f"coldstart round {n}:") for s in subjects) for n in rounds] == [1] * last, subjects
+    assert _git(ws, "rev-list", "-n", "1", f"round-{last:03d}") == _git(ws, "rev-parse", "HEAD")
     # MLflow: nothing left RUNNING; one live run per round, linked to its tag; the others KILLED, noted.
     runs = _runs(ws)
     assert not [r for r in runs if r.info.status == "RUNNING"]
-    live = {}
+    live: dict[str, list] = {}
     for r in runs:
         if r.info.status != "KILLED":
             live.setdefault(r.data.tags["coldstart.round"], []).append(r)
         else:
             assert "interrupted" in r.data.tags["coldstart.note"]
-    assert sorted(live) == ["1", "2", "3"] and all(len(v) == 1 for v in live.values()), live
-    # Round 2's run missed its link (killed at link_run): round 3 linked it.
-    assert [live[n][0].data.tags.get("coldstart.git_tag") for n in "123"] == ["round-001", "round-002", "round-003"]
+    assert sorted(live) == [str(n) for n in rounds] and all(len(v) == 1 for v in live.values()), live
+    # Every run linked to its tag; with a kill at link_run, round 2's missed it and round 3 linked it.
+    assert [live[str(n)][0].data.tags.get("coldstart.git_tag") for n in rounds] == [f"round-{n:03d}" for n in rounds]
     # The answers were taken once, in round 2, and the new images are in the resolved labels.
     events = read_events(ws)
     assert len(events) == len({(e.source_sha256, e.source_row) for e in events}) == answered > 0
@@ -153,6 +170,7 @@ def test_kill_9_at_every_stage_boundary_then_the_round_completes_once(tmp_path):
     # Round 2 as tagged: every image on disk then (30 + 4 new) labeled, and its summary's counts
     # true although earlier attempts took in the images (killed in scan) and the answers.
     r2 = RoundRecord.from_dict(json.loads(_git(ws, "show", "round-002:data/metrics/round.json")))
+    assert r2.scan is not None and r2.intake is not None
     assert (r2.scan.images, r2.scan.new_images) == (34, 4), r2.describe()
     assert r2.intake.round_answers == {"files": answered} and f"{answered} answer(s) this round" in r2.describe()
     on_disk = {p.relative_to(ws.images).as_posix() for p in ws.images.rglob("*.png")}
@@ -164,4 +182,9 @@ def test_kill_9_at_every_stage_boundary_then_the_round_completes_once(tmp_path):
         status = subprocess.run([sys.executable, "-m", "dvc", "status", "-c", "-a", "-T"], env=env,
                                 capture_output=True, text=True)
     assert status.returncode == 0 and "new:" not in status.stdout and "missing:" not in status.stdout, status.stdout
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="finds processes through /proc")
+def test_kill_9_at_every_stage_boundary_before_training_then_the_round_completes_once(tmp_path):
+    kill_chain(tmp_path, EARLY)
 
