@@ -59,7 +59,8 @@ def _round_commands(sub) -> None:
                                                "else the whole batch)")
     s.add_argument("--timeout", type=float, metavar="MIN", help="--wait: give up waiting after this many minutes "
                                                                 "(default labelstudio.wait_timeout_min)")
-    s.set_defaults(fn="coldstart.flows.cmd_round:cmd_round")
+    # The round's Prefect server starts before the round's imports, so that the two overlap.
+    s.set_defaults(fn="coldstart.flows.cmd_round:cmd_round", early="coldstart.flows.prefectserver:start_early")
 
     s = sub.add_parser("intake", help="check answer files as a round would, without merging anything")
     ws_arg(s)
@@ -200,6 +201,8 @@ def main(argv: list[str] | None = None) -> int:
             logging.getLogger(name).propagate = False
     quiet_prefect()
     try:
+        if getattr(args, "early", None):  # work to start before the command's own imports
+            handler(args.early)(args)
         return handler(args.fn)(args)
     except ColdstartError as e:
         print(f"coldstart: error: {e}", file=sys.stderr)

@@ -14,8 +14,8 @@ from pathlib import Path
 from prefect.settings import temporary_settings
 
 from coldstart.flows.demo import run_demo
+from coldstart.flows.prefectserver import round_prefect
 from coldstart.flows.round import labeling_round
-from coldstart.flows.serve import round_prefect
 from coldstart.flows.status import workspace_status
 from coldstart.flows.wait import latest_batch, wait_for_answers
 from coldstart.models.errors import ConfigError

@@ -19,8 +19,8 @@ from pathlib import Path
 
 from prefect.settings import temporary_settings
 
+from coldstart.flows.prefectserver import round_prefect
 from coldstart.flows.round import labeling_round
-from coldstart.flows.serve import round_prefect
 from coldstart.flows.status import workspace_status
 from coldstart.models.clip import ClipConfig, load_clip
 from coldstart.models.errors import WeightsUnavailableError

@@ -7,35 +7,25 @@ database inside the workspace (``.prefect/``), and stops it on exit (Ctrl-C or S
 
 from __future__ import annotations
 
-import contextlib
 import os
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
-from typing import Iterator
 
+from prefect.settings import PREFECT_API_URL, get_current_settings, temporary_settings
+
+from coldstart.flows.prefectserver import die_with_parent, healthy
 from coldstart.flows.round import labeling_round
 from coldstart.models.errors import ColdstartError
-from coldstart.tasks.commands import command
 from coldstart.tasks.workspace import Workspace
-
-
-def _healthy(api_url: str) -> bool:
-    try:
-        with urllib.request.urlopen(f"{api_url}/health", timeout=2) as r:
-            return r.status == 200
-    except OSError:
-        return False
 
 
 def start_local_server(ws: Workspace, port: int, timeout: float = 180.0) -> tuple[subprocess.Popen, str]:
     """Start a Prefect server on 127.0.0.1:port with its state in the workspace; wait until healthy."""
     api = f"http://127.0.0.1:{port}/api"
-    if _healthy(api):
+    if healthy(api):
         raise ColdstartError(f"something already answers on port {port}; pick another with --port "
                              f"or point PREFECT_API_URL at that server")
     home = ws.root / ".prefect"
@@ -52,9 +42,9 @@ def start_local_server(ws: Workspace, port: int, timeout: float = 180.0) -> tupl
     # tied to serve's process: killed with it, even by kill -9 (Linux).
     proc = subprocess.Popen([str(prefect), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
                             env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                            start_new_session=True, preexec_fn=_die_with_parent)
+                            start_new_session=True, preexec_fn=die_with_parent)
     deadline = time.monotonic() + timeout
-    while not _healthy(api):
+    while not healthy(api):
         if proc.poll() is not None or time.monotonic() > deadline:
             proc.terminate()
             raise ColdstartError(f"the Prefect server did not start on 127.0.0.1:{port} (see {home / 'server.log'})")
@@ -68,8 +58,6 @@ def serve(workspace: str, *, cron: str | None = None, interval: float | None = N
     server = None
     api = os.environ.get("PREFECT_API_URL")
     if not api:
-        from prefect.settings import get_current_settings
-
         api = get_current_settings().api.url
     if not api:
         server, api = start_local_server(ws, port)
@@ -87,9 +75,6 @@ def serve(workspace: str, *, cron: str | None = None, interval: float | None = N
     tempfile.tempdir = str(tmp)
     os.environ["TMPDIR"] = str(tmp)
     try:
-        from prefect.settings import PREFECT_API_URL, temporary_settings
-
-
         schedule = f"cron '{cron}'" if cron else f"every {interval:g} s"
         print(f"serving labeling_round for {ws.root} on {schedule}; Ctrl-C or SIGTERM stops", flush=True)
         with temporary_settings({PREFECT_API_URL: api}):
@@ -106,98 +91,6 @@ def serve(workspace: str, *, cron: str | None = None, interval: float | None = N
             except subprocess.TimeoutExpired:
                 server.kill()
             print("stopped the Prefect server", flush=True)
-
-
-def prefect_settings_for(ws: Workspace) -> dict:
-    """Where a round run by hand reports, so that one Prefect UI shows every round: the
-    configured server (PREFECT_API_URL) if any; else the server `coldstart serve` started for
-    this workspace, while it runs; else the workspace's own Prefect home (.prefect/, whose
-    database `serve` starts its server on): see ``round_prefect``."""
-    from prefect.settings import PREFECT_API_URL, PREFECT_HOME, get_current_settings
-
-    if get_current_settings().api.url:
-        return {}
-    url_file = ws.root / ".prefect" / "server-url"
-    if url_file.is_file():
-        url = url_file.read_text(encoding="utf-8").strip()
-        if url and _healthy(url):
-            return {PREFECT_API_URL: url}
-    (ws.root / ".prefect").mkdir(exist_ok=True)
-    return {PREFECT_HOME: str(ws.root / ".prefect")}
-
-
-def _prefect() -> str:
-
-    return command("prefect")
-
-
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child, between fork and exec
-    """Linux: the child gets SIGTERM when the process that started it dies, even by kill -9."""
-    import ctypes
-    import signal
-
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
-
-
-def _drain_prefect_workers() -> None:
-    """Send Prefect's queued logs and events now; at interpreter exit, where Prefect sends them
-    by itself, this round's server is gone ("Error logging to API")."""
-    from prefect.events.worker import EventsWorker
-    from prefect.logging.handlers import APILogWorker
-
-    for worker in (APILogWorker, EventsWorker):
-        with contextlib.suppress(Exception):  # best effort: the round itself is recorded already
-            worker.drain_all(timeout=5)
-
-
-@contextlib.contextmanager
-def round_prefect(ws: Workspace, timeout: float = 120.0) -> Iterator[dict]:
-    """Prefect settings for one round run by hand, and the API server it needs for its lifetime.
-
-    With a configured or `serve`-started server, that server. Otherwise a server on the
-    workspace's own database (.prefect/prefect.db), started here rather than by Prefect: its
-    temporary server outlives a killed round (kill -9, even SIGTERM), ~200 MB each, and keeps
-    inherited output pipes open. This one is tied to the round's process (PR_SET_PDEATHSIG on
-    Linux), logs to .prefect/round-server.log, and is stopped when the round ends.
-    """
-    from prefect.settings import PREFECT_API_URL
-
-    settings = prefect_settings_for(ws)
-    if PREFECT_API_URL in settings or not settings or not sys.platform.startswith("linux"):
-        yield settings
-        return
-    home = ws.root / ".prefect"
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
-    env.update(PREFECT_HOME=str(home), PREFECT_UI_ENABLED="0", PREFECT_SERVER_ANALYTICS_ENABLED="false",
-               PREFECT__SERVER_EPHEMERAL="1", PREFECT__SERVER_FINAL="1")
-    with open(home / "round-server.log", "ab") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "uvicorn", "--factory", "prefect.server.api.server:create_app",
-                                 "--host", "127.0.0.1", "--port", str(port), "--log-level", "error", "--lifespan", "on"],
-                                env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                preexec_fn=_die_with_parent)
-    api = f"http://127.0.0.1:{port}/api"
-    try:
-        deadline = time.monotonic() + timeout
-        while not _healthy(api):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise ColdstartError(f"the round's Prefect API server did not start (see {home / 'round-server.log'}); "
-                                     f"or point PREFECT_API_URL at a running `{_prefect()} server start`")
-            time.sleep(0.2)
-        yield {PREFECT_API_URL: api}
-    finally:
-        _drain_prefect_workers()  # the round's last logs and events, while the server still answers
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def cmd_serve(a) -> int:

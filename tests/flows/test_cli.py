@@ -391,7 +391,7 @@ def _check_prefect_settings(ws):
 
     from prefect.settings import PREFECT_API_URL, PREFECT_HOME
 
-    from coldstart.flows.serve import prefect_settings_for
+    from coldstart.flows.prefectserver import prefect_settings_for
 
     assert prefect_settings_for(ws) == {PREFECT_HOME: str(ws.root / ".prefect")}
 
