@@ -7,9 +7,12 @@ whose class is named like a script tag."""
 from __future__ import annotations
 
 import base64
+import contextlib
 import importlib.util
 import json
+import os
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -145,11 +148,14 @@ def render_in_chromium(page: Path, screenshot: Path | None = None, *, width: int
     loads, Content-Security-Policy violations). ``screenshot``: the first ``height`` pixels as PNG."""
     from websockets.sync.client import connect
 
-    with tempfile.TemporaryDirectory() as profile:
+    # Chromium's helper processes may still write to the profile for a moment after the browser
+    # exits: they are stopped with it (its own process group), and a late file is no failure.
+    with tempfile.TemporaryDirectory(ignore_cleanup_errors=True) as profile:
         proc = subprocess.Popen([chromium(), "--headless", "--disable-gpu", "--no-sandbox", "--hide-scrollbars",
                                  "--remote-debugging-port=0", "--remote-allow-origins=*", f"--user-data-dir={profile}",
                                  f"--window-size={width},{height}", "--no-first-run", "--no-default-browser-check",
-                                 "about:blank"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                 "about:blank"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                start_new_session=True)
         try:
             port_file, t0 = Path(profile) / "DevToolsActivePort", time.monotonic()
             while not (port_file.is_file() and port_file.read_text().strip()):
@@ -202,11 +208,12 @@ def render_in_chromium(page: Path, screenshot: Path | None = None, *, width: int
                     pass
             return {**found, "errors": errors}
         finally:
-            proc.terminate()
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
             try:
                 proc.wait(10)
             except subprocess.TimeoutExpired:
-                proc.kill()
+                os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
 
 
