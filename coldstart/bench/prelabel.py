@@ -1,9 +1,11 @@
 """`coldstart bench prelabel`: the embed stage vs the bare forward pass vs a naive loop.
 
 All three run on the same N synthetic 640x480 JPEGs on one machine, so the ratios hold for the
-machine they ran on: the bare forward pass and the naive loop in this process, the embed stage
-in a real round, `coldstart round` in its own process as users run it (its summary gives the
-stage's images per second). Weights do not change the compute, so random weights are the default.
+machine they ran on: the bare forward pass, the naive loop and the embed stage (the stage's own
+function, ``tasks.embed.embed``, on a scanned workspace of the same images, with the model the
+forward pass warmed) in this process; and a whole round, `coldstart round` in its own process as
+users run it, for the round's overhead (process start, imports, the Prefect server, the model's
+construction, bookkeeping). Weights do not change the compute, so random weights are the default.
 """
 
 from __future__ import annotations
@@ -25,7 +27,8 @@ from coldstart.bench.targets import TARGETS
 from coldstart.models.clip import ClipConfig, ClipModel, LoadedClip, load_clip
 from coldstart.models.zeroshot import text_weights
 from coldstart.tasks.demodata import DIGITS, demo_params
-from coldstart.tasks.embed import EmbedResult
+from coldstart.tasks.embed import clip_config, embed
+from coldstart.tasks.scan import scan
 from coldstart.tasks.version import init_workspace
 
 
@@ -81,7 +84,7 @@ def bench_prelabel(n: int = 256, model: str = "ViT-B-32", pretrained: str | None
               f"{torch.get_num_threads()} torch threads, device {clip.device}", flush=True)
         forward, other, other_s = _bare_forward(clip, paths, batch_size)
         run = run_round(ws.root)
-        embed = EmbedResult.from_dict(run.record["embed"]).images_per_s
+        embed = _embed_img_s(Path(tmp) / "embed-ws", params, paths)
         print(f"  embed stage (decode+preprocess+encode+store): {embed:8.2f} img/s", flush=True)
         naive_paths = paths[: naive_n or min(n, 16)]
         naive = _naive_img_s(clip, naive_paths, ontology.prompts())
@@ -115,6 +118,19 @@ def _bare_forward(clip: LoadedClip, paths: list[Path], batch_size: int) -> tuple
     other_s = _forward_img_s(clip, paths[: max(batch_size * 2, 1)], batch_size, other)
     print(f"  bare forward pass with {other or 'fp32'} instead: {other_s:8.2f} img/s", flush=True)
     return forward, other, other_s
+
+
+def _embed_img_s(folder: Path, params_text: str, paths: list[Path]) -> float:
+    """The embed stage's images per second (its own timing: decode, preprocess, encode, store) on
+    a workspace holding ``paths``, scanned as a round would, with the configured model built
+    (and warmed by the forward pass) beforehand, as in a long-running process."""
+    ws = init_workspace(folder, params_text=params_text)
+    for p in paths:
+        os.link(p, ws.images / p.name)
+    params = ws.params()
+    scan(ws, params.scan, 1)
+    clip = load_clip(clip_config(params.model))
+    return embed(ws, clip, params.model, params.views, progress=False, limits=params.scan).images_per_s
 
 
 def _round_figures(run: RoundRun, n: int, forward: float) -> dict[str, Any]:
