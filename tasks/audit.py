@@ -380,7 +380,7 @@ def audit_estimate(batch_rows: list[dict], humans: dict[str, str]) -> AuditEstim
         by_label[it.labeled] = [c + (it.answer == it.labeled), n + 1]
     r = int(audit[0]["round"])
     correct = sum(it.answer == it.labeled for it in answered)
-    return AuditEstimate(r, len(answered), correct, by_label, drawn_in=[r] if answered else [],
+    return AuditEstimate(round=r, n=len(answered), correct=correct, by_label=by_label, drawn_in=[r] if answered else [],
                          as_labeled={str(r): [correct, len(answered)]}, items=answered)
 
 

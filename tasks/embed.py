@@ -205,7 +205,7 @@ def embed(ws: Workspace, clip: ClipModel, cfg: ModelConfig, views: ViewsConfig |
     ids, paths, need_global, need_tiles = _plan(ws, store, tile_store)
     done = len(store)
     if not ids:  # nothing new: the model is not even built
-        return EmbedResult(clip.model_id, 0, 0, done, 0.0, 0)
+        return EmbedResult(model_id=clip.model_id, embedded=0, failed=0, total=done, seconds=0.0, tiles=0)
     first = max(store.next_shard(), tile_store.next_shard() if tile_store is not None else 0)
     t0 = time.perf_counter()
     if execution is not None and on_dask(execution):
@@ -218,7 +218,8 @@ def embed(ws: Workspace, clip: ClipModel, cfg: ModelConfig, views: ViewsConfig |
     seconds = time.perf_counter() - t0
     for path, err in failed:
         log.warning("not embedded (will retry next round): %s: %s", path, err)
-    return EmbedResult(clip.model_id, len(ids) - len(failed), len(failed), len(store), seconds, n_tiles)
+    return EmbedResult(model_id=clip.model_id, embedded=len(ids) - len(failed), failed=len(failed),
+                       total=len(store), seconds=seconds, tiles=n_tiles)
 
 
 def _embed_on_dask(ws: Workspace, cfg: ModelConfig, views: ViewsConfig, limits: ScanConfig, execution: ExecutionConfig,

@@ -160,7 +160,7 @@ def export(ws: Workspace, fmt: str, out: Path, *, round_no: int | None = None, m
                              "score": r["confidence"], "source": r["source"]} for k, r in enumerate(rows)],
         }
         atomic_write_text(out, json.dumps(doc, ensure_ascii=False, indent=1) + "\n")
-    return ExportResult(len(rows), skipped, out)
+    return ExportResult(rows=len(rows), skipped=skipped, out=out)
 
 
 def _command(name: str) -> str:
@@ -196,4 +196,4 @@ def _export_regions(ws: Workspace, out: Path, round_no: int | None, min_confiden
     doc = regions_to_coco(regions, list(images.values()), names, negatives=negative_labels(onto),
                           description=f"coldstart regions of {ws.root.name}")
     atomic_write_text(out, json.dumps(doc, ensure_ascii=False) + "\n")
-    return ExportResult(len(regions), len(every) - len(regions), out)
+    return ExportResult(rows=len(regions), skipped=len(every) - len(regions), out=out)

@@ -521,10 +521,12 @@ def regions(ws: Workspace, params: Params, clip: ClipModel, round_no: int) -> Re
     kept = [r for r in labeled if not r.dropped]
     new_ids = {r.region_id for r in seg.candidates}
     return RegionsResult(
-        True, sam.model_id, labeler, len(todo), sum(m for m, _ in seg.found.values()),
-        sum(1 for r in kept if r.region_id in new_ids), len(kept), relabeled,
-        sum(1 for r in labeled if r.labeler.startswith("human:")), len(drawn), seg.cleaned,
-        dict(Counter(r.dropped for r in labeled if r.dropped)), found, round(seg.seg_s, 3), round(label_s, 3))
+        enabled=True, sam_model_id=sam.model_id, labeler=labeler, images_segmented=len(todo),
+        masks=sum(m for m, _ in seg.found.values()),
+        new_regions=sum(1 for r in kept if r.region_id in new_ids), regions=len(kept), relabeled=relabeled,
+        human=sum(1 for r in labeled if r.labeler.startswith("human:")), drawn=len(drawn), cleaned=seg.cleaned,
+        dropped=dict(Counter(r.dropped for r in labeled if r.dropped)), defects_localized=found,
+        seg_s=round(seg.seg_s, 3), label_s=round(label_s, 3))
 
 
 def _first_paths(ws: Workspace) -> dict[str, str]:

@@ -96,8 +96,8 @@ def report(ws: Workspace, round_no: int, record: dict | None = None, params=None
         text, thumbs = render_report(data, ws.images, params.scan)
         path = report_path(ws, round_no)
         atomic_write_text(path, text)
-        return ReportResult(path.relative_to(ws.root).as_posix(), len(text.encode("utf-8")), thumbs.count,
-                            thumbs.left_out)
+        return ReportResult(path=path.relative_to(ws.root).as_posix(), bytes=len(text.encode("utf-8")),
+                            thumbnails=thumbs.count, thumbnails_left_out=thumbs.left_out)
     except Exception as e:
         if raise_errors:
             raise

@@ -171,7 +171,7 @@ def _select_images(ws: Workspace, cfg: RoundConfig, round_no: int) -> SelectResu
     if budget == 0 and not rechecks:
         log.warning("every image has a human label or waits in an unanswered review batch: no review batch "
                     "this round (answer the open batches in data/review/)")
-        return SelectResult(0, 0, 0, 0, [], strategy)
+        return SelectResult(batch_size=0, chosen=0, audit=0, pool=0, files=[], strategy=strategy)
     if budget < cap - len(rechecks):
         log.warning("only %d unlabeled images left; the batch is smaller than round.budget=%d", budget, cfg.budget)
     n_audit = min(budget, math.ceil(budget * cfg.audit_fraction)) if cfg.audit_fraction > 0 else 0
@@ -195,7 +195,8 @@ def _select_images(ws: Workspace, cfg: RoundConfig, round_no: int) -> SelectResu
                               score=f"{scores[j]:.6f}", round=round_no, note=""))
     batch.extend(rechecks)
     files = _write_batch(ws, stem, batch, classes, {r["image_id"]: resolved[r["image_id"]]["label"] for r in rechecks})
-    return SelectResult(len(batch), len(chosen), len(aud), len(pool), files, strategy, len(rechecks))
+    return SelectResult(batch_size=len(batch), chosen=len(chosen), audit=len(aud), pool=len(pool), files=files,
+                        strategy=strategy, recheck=len(rechecks))
 
 
 def _rechecks(ws: Workspace, cfg: RoundConfig, resolved: dict[str, dict], round_no: int) -> list[dict]:

@@ -372,8 +372,8 @@ def track(ws: Workspace, params: Params, round_no: int, metrics: dict[str, float
                                     train.cv_accuracy if head is not None else None,
                                     chosen.labeler_id if chosen is not None else None)
     except TrackingError as e:
-        return TrackResult(None, str(e))
-    return TrackResult(run_id, registered_version=version)
+        return TrackResult(run_id=None, error=str(e))
+    return TrackResult(run_id=run_id, registered_version=version)
 
 
 def link_run(ws: Workspace, params: Params, run_id: str | None, commit: str, tag: str, audit: "AuditEstimate | None"

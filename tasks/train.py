@@ -87,14 +87,16 @@ def choose_labeler(X: np.ndarray, y: np.ndarray, zero_shot: ZeroShotHead, cfg: T
     """
     n, L = len(y), zero_shot.n_labels
     if n == 0:
-        return TrainResult(0, "zero-shot", "no human labels yet", None, None, None, None)
+        return TrainResult(n_labels=0, model="zero-shot", reason="no human labels yet", probe_cv_accuracy=None,
+                           zs_probe_cv_accuracy=None, zero_shot_accuracy=None, confusion=None)
     zs_probs = zero_shot.predict_proba(X)
     zs_acc = float((zs_probs.argmax(1) == y).mean())
     if n < cfg.min_labels or len(np.unique(y)) < 2 or cfg.model == "zero-shot":
         why = ("train.model is zero-shot" if cfg.model == "zero-shot" else
                f"{n} human label(s) of {len(np.unique(y))} class(es): too few for a probe "
                f"(need train.min_labels={cfg.min_labels} and two classes)")
-        return _finish(TrainResult(n, "zero-shot", why, None, None, zs_acc, None), zs_probs, y)
+        return _finish(TrainResult(n_labels=n, model="zero-shot", reason=why, probe_cv_accuracy=None,
+                                   zs_probe_cv_accuracy=None, zero_shot_accuracy=zs_acc, confusion=None), zs_probs, y)
     st = None
     if pool_X is not None and cfg.self_training:
         assert rows is not None, "pool_X comes with rows: each labeled sample's row in it"
@@ -113,8 +115,10 @@ def choose_labeler(X: np.ndarray, y: np.ndarray, zero_shot: ZeroShotHead, cfg: T
     listed = ", ".join(f"{k} {v:.3f}" for k, v in scores.items())
     reason = f"{best} chosen on {n} human labels by CV accuracy ({listed})"
     chosen = fitted.get(best)
-    result = TrainResult(n, best, reason, fitted["probe"].cv_accuracy if "probe" in fitted else None,
-                         fitted["zs-probe"].cv_accuracy if "zs-probe" in fitted else None, zs_acc, None, chosen, fitted)
+    result = TrainResult(n_labels=n, model=best, reason=reason,
+                         probe_cv_accuracy=fitted["probe"].cv_accuracy if "probe" in fitted else None,
+                         zs_probe_cv_accuracy=fitted["zs-probe"].cv_accuracy if "zs-probe" in fitted else None,
+                         zero_shot_accuracy=zs_acc, confusion=None, probe=chosen, fitted=fitted)
     return _finish(result, chosen.oof_probs if chosen else zs_probs, y)
 
 

@@ -467,8 +467,8 @@ def apply_version(ws: Workspace, plan: VersionPlan, hashed: HashedFiles | None =
     # Only now: the parts are committed, pushed and tagged.
     atomic_write_text(ws.state_dir / VERSIONED, json.dumps({"scan": plan.scan_params, "parts": plan.digests},
                                                                 sort_keys=True))
-    return VersionResult(git(ws.root, "rev-parse", "HEAD"), plan.tag, bool(plan.changed), sorted(plan.changed),
-                         sorted(plan.gone))
+    return VersionResult(commit=git(ws.root, "rev-parse", "HEAD"), tag=plan.tag, images_added=bool(plan.changed),
+                         parts_added=sorted(plan.changed), parts_removed=sorted(plan.gone))
 
 
 def _dvc_record(ws: Workspace, plan: VersionPlan, hashed: HashedFiles | None) -> None:
