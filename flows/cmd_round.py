@@ -96,6 +96,7 @@ def _warm_status(ws) -> None:
 
 def cmd_round(a) -> int:
     ws = Workspace.open(a.workspace)
+    ws.params()  # a mistake in params.yaml fails now, before a Prefect server is started for the round
     started = a.started
     found = None
     if a.wait:  # a bad project title, token or server fails now, not after a whole round

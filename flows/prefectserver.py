@@ -102,6 +102,7 @@ def start_early(args: argparse.Namespace) -> None:
     will need one (``round_prefect`` adopts it). Quiet on any problem: the round reports it."""
     try:
         ws = Workspace.open(args.workspace)
+        ws.params()  # a mistake in params.yaml: the round says so at once, no server is needed
         settings = prefect_settings_for(ws)
     except Exception:  # noqa: BLE001 - not a workspace, unreadable: the command itself says so
         return
