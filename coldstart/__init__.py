@@ -35,7 +35,7 @@ _LAZY = {
     "RoundRecord": "coldstart.flows.record:RoundRecord",
     "Workspace": "coldstart.tasks.workspace:Workspace",
     "init_workspace": "coldstart.tasks.version:init_workspace",
-    "open_workspace": "coldstart.public:open_workspace",
+    "open_workspace": "coldstart.workspace_api:open_workspace",
     "run_round": "coldstart.public:run_round",
     "read_round": "coldstart.public:read_round",
     "load_champion": "coldstart.public:load_champion",
@@ -45,9 +45,10 @@ _LAZY = {
 if TYPE_CHECKING:  # what the names are, for editors and mypy
     from coldstart.flows.record import RoundRecord
     from coldstart.models.errors import ColdstartError
-    from coldstart.public import load_champion, open_workspace, read_labels, read_round, run_round
+    from coldstart.public import load_champion, read_labels, read_round, run_round
     from coldstart.tasks.version import init_workspace
     from coldstart.tasks.workspace import Workspace
+    from coldstart.workspace_api import open_workspace
 
 
 def __getattr__(name: str) -> Any:

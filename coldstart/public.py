@@ -1,5 +1,6 @@
-"""The functions ``import coldstart`` offers scripts and notebooks (coldstart/__init__.py names
-them; this module is imported on first use, so ``import coldstart`` stays light)."""
+"""The functions ``import coldstart`` offers scripts and notebooks that run or read rounds
+(coldstart/__init__.py names them; this module, which loads the round, is imported on first
+use; ``open_workspace`` is in the light coldstart/workspace_api.py)."""
 
 from __future__ import annotations
 
@@ -14,11 +15,6 @@ from coldstart.tasks.track import load_champion as load
 from coldstart.tasks.workspace import Workspace
 
 
-def open_workspace(path: str = ".") -> Workspace:
-    """An existing workspace (raises WorkspaceError, saying how to create one, if it is not)."""
-    return Workspace.open(path)
-
-
 def run_round(workspace: str = ".", force: bool = False) -> RoundRecord:
     """Run one labeling round; returns its record (also in MLflow and data/metrics/round.json).
     With nothing new (images, answers, params) the round does nothing and its record says
@@ -28,13 +24,13 @@ def run_round(workspace: str = ".", force: bool = False) -> RoundRecord:
 
 def read_round(workspace: str = ".") -> RoundRecord | None:
     """The newest round's record, or None before the first round."""
-    path = open_workspace(workspace).metrics_dir / "round.json"
+    path = Workspace.open(workspace).metrics_dir / "round.json"
     return RoundRecord.load(path) if path.is_file() else None
 
 
 def load_champion(workspace: str = "."):
     """The registered champion head (see ``coldstart.tasks.track.load_champion``)."""
-    ws = open_workspace(workspace)
+    ws = Workspace.open(workspace)
     return load(ws, ws.params())
 
 

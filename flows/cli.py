@@ -4,7 +4,7 @@ exit 2 with a message.
 Each subcommand names its handler as ``"module:function"`` (``coldstart.flows.cmd_round:cmd_round``):
 ``main`` imports that one module when the command runs, so ``coldstart --help`` or ``status`` never
 pay for torch, Prefect and MLflow (about 6 s) that a round needs. The handlers sit in
-``cmd_round`` (round, stage, intake --check, demo), ``cmd_init``, ``cmd_data`` (export, report),
+``cmd_round`` (round, stage, demo), ``cmd_init``, ``cmd_intake`` (intake --check), ``cmd_data`` (export, report),
 ``cmd_models`` (regions, prompts, finetune) and ``cmd_labelstudio``; ``serve``, ``api`` and
 ``status`` hold their own.
 """
@@ -66,7 +66,7 @@ def _round_commands(sub) -> None:
     ws_arg(s)
     s.add_argument("--check", nargs="+", required=True, metavar="FILE",
                    help="CSV or Label Studio JSON files; every problem is printed, exit status 1 if any")
-    s.set_defaults(fn="coldstart.flows.cmd_round:cmd_intake")
+    s.set_defaults(fn="coldstart.flows.cmd_intake:cmd_intake")
 
     s = sub.add_parser("stage", help="run one stage alone (used by dvc.yaml / dvc repro)")
     s.add_argument("name", help="a stage of dvc.yaml (scan, embed, ...: an unknown name gets the list)")

@@ -1,4 +1,4 @@
-"""`coldstart round`, `stage`, `intake --check` and `demo`: the handlers that run rounds and stages."""
+"""`coldstart round`, `stage` and `demo`: the handlers that run rounds and stages."""
 
 from __future__ import annotations
 
@@ -19,10 +19,7 @@ from coldstart.flows.round import labeling_round
 from coldstart.flows.status import workspace_status
 from coldstart.flows.wait import latest_batch, wait_for_answers
 from coldstart.models.errors import ConfigError
-from coldstart.tasks.answerfiles import MAX_LISTED, read_answer_file
 from coldstart.tasks.commands import command, write_json
-from coldstart.tasks.errors import LabelFileError
-from coldstart.tasks.intake import RowSpool, validate_file
 from coldstart.tasks.labelstudio import preflight
 from coldstart.tasks.stages import DVC_STAGES, STAGES, Context
 from coldstart.tasks.track import tracking_uri
@@ -132,40 +129,6 @@ def cmd_round(a) -> int:
     _warm_status(ws)
     # The round is versioned, but a person must fix an answer file: say so in the exit status.
     return EXIT_REJECTED if record.intake and (record.intake.files_rejected or record.intake.rows_rejected) else 0
-
-
-def cmd_intake(a) -> int:
-    """`coldstart intake --check FILE...`: validate answer files as a round would, merge nothing."""
-
-    ws = Workspace.open(a.workspace)
-    params = ws.params()
-    classes, keep_good = params.ontology.class_names, params.intake.on_error == "keep_good_rows"
-    max_bytes = int(params.intake.max_file_mb * 1024 * 1024)
-    bad = 0
-    for name in a.check:
-        path = Path(name)
-        bad_rows = RowSpool() if keep_good else None
-        try:
-            # As a round reads it: no symlink or FIFO is followed, the size cap holds.
-            rows, blank = validate_file(path, read_answer_file(path, name, max_bytes), ws, classes, bad_rows=bad_rows)
-            if bad_rows:  # keep_good_rows: a round would merge the good rows and set these aside
-                listed = [f"  - {why}" for _, (_, why) in zip(range(MAX_LISTED), bad_rows)]
-                more = f"\n  ... and {len(bad_rows) - MAX_LISTED} more" if len(bad_rows) > MAX_LISTED else ""
-                print(f"{name}: {len(bad_rows)} row(s) would be set aside, {len(rows)} answer(s) merged:\n"
-                      + "\n".join(listed) + more)
-                bad += 1
-            else:
-                print(f"{name}: ok, {len(rows)} answer(s), {blank} blank row(s)")
-        except LabelFileError as e:
-            print(str(e).replace(": rejected, nothing merged", ": would be rejected"))
-            bad += 1
-        except OSError as e:
-            print(f"{name}: cannot read it ({e})")
-            bad += 1
-        finally:
-            if bad_rows is not None:
-                bad_rows.close()
-    return 1 if bad else 0
 
 
 def cmd_stage(a) -> int:

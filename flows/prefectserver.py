@@ -100,15 +100,17 @@ def _stop(proc: subprocess.Popen) -> None:
 def start_early(args: argparse.Namespace) -> None:
     """`coldstart round`, before its imports: start the workspace's server now when the round
     will need one (``round_prefect`` adopts it). Quiet on any problem: the round reports it."""
+    if getattr(args, "wait", False):  # `round --wait` checks Label Studio first: no server before that
+        return
     try:
         ws = Workspace.open(args.workspace)
         ws.params()  # a mistake in params.yaml: the round says so at once, no server is needed
         settings = prefect_settings_for(ws)
-    except Exception:  # noqa: BLE001 - not a workspace, unreadable: the command itself says so
+        if ws.root in _EARLY or PREFECT_API_URL in settings or not settings or not sys.platform.startswith("linux"):
+            return
+        proc, api = _spawn(ws)
+    except Exception:  # noqa: BLE001 - not a workspace, unreadable, no disk: the command itself says so
         return
-    if PREFECT_API_URL in settings or not settings or not sys.platform.startswith("linux"):
-        return
-    proc, api = _spawn(ws)
     _EARLY[ws.root] = (proc, api)
     atexit.register(_stop, proc)  # a command that fails before its round: the server goes too
 
@@ -129,11 +131,13 @@ def round_prefect(ws: Workspace, timeout: float = 120.0) -> Iterator[dict]:
     """Prefect settings for one round run by hand, and the API server it needs for its lifetime
     (the module docstring says which): adopted from ``start_early``, else started now."""
     settings = prefect_settings_for(ws)
+    early = _EARLY.pop(ws.root, None)
     if PREFECT_API_URL in settings or not settings or not sys.platform.startswith("linux"):
+        if early is not None:  # a server appeared meanwhile (`coldstart serve`): the early one is not needed
+            _stop(early[0])
         yield settings
         return
     home = ws.root / ".prefect"
-    early = _EARLY.pop(ws.root, None)
     proc, api = early if early is not None else _spawn(ws)
     try:
         deadline = time.monotonic() + timeout

@@ -1,7 +1,7 @@
 """`coldstart status`: what a person wants to know about a workspace, from its own files.
 
 Fast (about a second on the demo's 1,797 images): it imports neither torch, Prefect, MLflow,
-DVC nor the round's record and stage modules. What needs the whole label log or the round's
+DVC nor the round's record (of the stage modules, only the audit's light estimate class). What needs the whole label log or the round's
 record is derived once per change of data/labels/events.jsonl or data/metrics/round.json, and
 kept in .coldstart/status.json; `coldstart round` and the demo derive it before they exit.
 """

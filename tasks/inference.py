@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from coldstart.models import masks  # by module: tests swap masks' functions
-from coldstart.models.sam import load_sam
+from coldstart.models import sam as sam_models  # by module: tests swap load_sam
 from coldstart.tasks.embed import load_model
 from coldstart.tasks.heads import CHOSEN_FILE, HEAD_FILE, load_chosen, zero_shot_head
 from coldstart.tasks.manifest import read_manifest_table
@@ -229,7 +229,7 @@ class Outliner:
             return []
         with self._lock:
             if self._sam is None:
-                self._sam = load_sam(self.cfg)
+                self._sam = sam_models.load_sam(self.cfg)
             box = [float(v) for v in pred.location.split()]
             mask = masks.segment_box(self._sam, masks.image_embedding(self._sam, rgb), box, rgb.shape[:2])
         if not mask.any():

@@ -36,7 +36,7 @@ import pyarrow.compute as pc
 from PIL import Image
 
 from coldstart.models import masks as sam_masks  # by module: tests swap its functions
-from coldstart.models.sam import load_sam
+from coldstart.models import sam as sam_models  # by module, as masks
 from coldstart.tasks.config import Params, RegionsConfig
 from coldstart.tasks.crops import letterbox, region_crops
 from coldstart.tasks.heads import load_chosen, zero_shot_head
@@ -46,6 +46,7 @@ from coldstart.tasks.manifest import read_manifest_table
 from coldstart.tasks.ontology import negative_labels
 from coldstart.tasks.parts import PartTable
 from coldstart.tasks.regiontable import (
+    DEFECTS_DIR,
     Region,
     crop_store,
     decode_mask,
@@ -352,7 +353,6 @@ def segment_and_label(params: Params, sam, clip: ClipModel, head: Head, labeler:
     return seg, labeled, seg.embed_s + time.perf_counter() - t0
 
 
-DEFECTS_DIR = "defects"  # beside the regions' parts: one SAM mask per image labeled as a defect
 
 
 def localize_defects(sam, params: Params, rows: Iterable[dict], files: dict[str, Path],
@@ -492,7 +492,7 @@ def regions(ws: Workspace, params: Params, clip: ClipModel, round_no: int) -> Re
     if not cfg.enabled:
         return RegionsResult(enabled=False)
     params = params.model_copy(update={"regions": cfg})
-    sam = load_sam(cfg)
+    sam = sam_models.load_sam(cfg)
     cache = sam_cache(ws, sam, cfg)
     done_parts = segmented_parts(folder)
     # Segmented by this model *with these settings*: a change to the generator's knobs or the

@@ -23,6 +23,8 @@ from coldstart.tasks.workspace import Workspace
 
 REGIONS_DIR = ("data", "labels", "regions")  # the regions table, Parquet parts keyed by region_id
 
+DEFECTS_DIR = "defects"  # beside the regions' parts: one SAM mask per image labeled as a defect
+
 
 @dataclass(frozen=True)
 class Region:

@@ -28,8 +28,7 @@ from coldstart.tasks.errors import WorkspaceError
 from coldstart.tasks.labellog import current_answers, read_events
 from coldstart.tasks.ontology import negative_labels
 from coldstart.tasks.parts import PartTable
-from coldstart.tasks.regions import DEFECTS_DIR
-from coldstart.tasks.regiontable import regions_dir, regions_of, regions_parts
+from coldstart.tasks.regiontable import DEFECTS_DIR, regions_dir, regions_of, regions_parts
 from coldstart.tasks.relabel import CLASSES_KEY, resolved_parts
 from coldstart.tasks.workspace import Workspace, read_csv
 
@@ -150,7 +149,6 @@ class Table:
 def read_table(ws: Workspace, round_no: int, classes: list[str], folder: Path | None = None
                ) -> tuple[Table, list[str]]:
     """The resolved table as round ``round_no`` left it (``folder``: its parts from elsewhere)."""
-    # lazy: relabel brings prefect, pandas and scikit-learn (its heads), which this module does not need
 
     parts = resolved_parts(ws) if folder is None else PartTable(folder, "image_id", resolved_parts(ws).schema)
     files = parts.files(round_no + 1)
@@ -398,7 +396,6 @@ def _round_records(ws: Workspace, params: Params, round_no: int, tags: list[int]
 def _round_table(ws: Workspace, round_no: int, classes: list[str], at_tag: AtTag | None) -> tuple[Table, list[str]]:
     """The resolved table as round ``round_no`` left it: a past round whose parts were pruned
     since (``at_tag``: its tag) reads them from DVC, or says how to get them."""
-    # lazy: relabel brings prefect, pandas and scikit-learn (as in read_table)
 
     with tempfile.TemporaryDirectory(prefix="coldstart-report-") as tmp:
         table, got_classes = read_table(ws, round_no, classes)

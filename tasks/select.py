@@ -151,7 +151,6 @@ def select(ws: Workspace, cfg: RoundConfig, round_no: int, regions: RegionsConfi
 def _select_images(ws: Workspace, cfg: RoundConfig, round_no: int) -> SelectResult:
     """The image review batch: the audit sample and the uncertain picks from the images without a
     human label nor a place in an open batch, plus human labels sent back for a second look."""
-    # lazy: relabel brings prefect, pandas and scikit-learn (its heads), which select does not import
 
     ids, probs, classes, (model_id, view) = load_probs(ws)
     resolved = {r["image_id"]: r for r in read_resolved(ws)}

@@ -14,7 +14,7 @@ import json
 import logging
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
@@ -278,7 +278,7 @@ def save(ws: Workspace, result: TrainResult, zero_shot: ZeroShotHead, model_id: 
               dict(weights=zero_shot.weights, label_of_class=zero_shot.label_of_class,
                    n_labels=np.asarray(zero_shot.n_labels), logit_scale=np.asarray(zero_shot.logit_scale)))
     buf = io.BytesIO()
-    np.savez(buf, allow_pickle=True, **arrays)  # the default, named so **arrays is not matched against it
+    np.savez(buf, **cast(dict[str, Any], arrays))  # Any: numpy's stub would match **arrays against its keywords
     atomic_write_bytes(ws.model_dir / HEAD_FILE, buf.getvalue())
     # Named by content: a head retrained to the same weights (nothing new this round) keeps its
     # name, so the labels it gives are recorded as unchanged and DVC stores nothing new.

@@ -52,7 +52,7 @@ def test_a_round_with_regions_labels_every_region_and_versions_them(prefect_harn
     assert all(0 <= r.bbox[0] and r.bbox[0] + r.bbox[2] <= 48 and r.rle["size"] == [48, 48] for r in table)
     # Defect localization: each image's winning tile became a box prompt (no class is negative
     # here); images whose tile SAM left empty have none.
-    from coldstart.tasks.regions import DEFECTS_DIR
+    from coldstart.tasks.regiontable import DEFECTS_DIR
     from coldstart.tasks.relabel import read_resolved
 
     outlined = read_regions(regions_dir(ws) / DEFECTS_DIR)
