@@ -1,7 +1,7 @@
 """The `coldstart` command: the parser and the dispatch. Only this layer prints; user mistakes
 exit 2 with a message.
 
-Each subcommand names its handler as ``"module:function"`` (``coldstart.flows.cmd_round:cmd_round``):
+Each subcommand names its handler as ``"module:function"`` (tasks/commands.py ``resolve``) (``coldstart.flows.cmd_round:cmd_round``):
 ``main`` imports that one module when the command runs, so ``coldstart --help`` or ``status`` never
 pay for torch, Prefect and MLflow (about 6 s) that a round needs. The handlers sit in
 ``cmd_round`` (round, stage, demo), ``cmd_init``, ``cmd_intake`` (intake --check), ``cmd_data`` (export, report),
@@ -12,15 +12,14 @@ pay for torch, Prefect and MLflow (about 6 s) that a round needs. The handlers s
 from __future__ import annotations
 
 import argparse
-import importlib
 import logging
 import sys
 import time
-from typing import Callable
 
 from coldstart.bench.cli import add_bench_parser
 from coldstart.flows.clilog import configure_logging, process_seconds, quiet_prefect
 from coldstart.models.errors import ColdstartError
+from coldstart.tasks.commands import resolve
 
 
 def ws_arg(sp: argparse.ArgumentParser) -> None:
@@ -181,15 +180,6 @@ def _describe(parser: argparse.ArgumentParser) -> None:
                 _describe(sp)
 
 
-def handler(fn: str | Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
-    """A subcommand's handler from its ``"module:function"`` name: the one place the CLI imports
-    lazily (see the module docstring). tests/import_graph.py counts these names as imports."""
-    if callable(fn):
-        return fn
-    module, name = fn.split(":")
-    return getattr(importlib.import_module(module), name)
-
-
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     args.started = time.monotonic() - process_seconds()  # a round's printed time counts from the process start
@@ -202,8 +192,8 @@ def main(argv: list[str] | None = None) -> int:
     quiet_prefect()
     try:
         if getattr(args, "early", None):  # work to start before the command's own imports
-            handler(args.early)(args)
-        return handler(args.fn)(args)
+            resolve(args.early)(args)
+        return resolve(args.fn)(args)
     except ColdstartError as e:
         print(f"coldstart: error: {e}", file=sys.stderr)
         return 2

@@ -49,7 +49,6 @@ def run_round(ws: Workspace, force: bool = False) -> RoundRecord:
         with rec.timed(stage.name):
             result = run_stage(stage, ws, ctx)
         setattr(rec, stage.name, result)
-        ctx.results[stage.name] = result
         if stage.name == "intake" and not force and nothing_changed(ws, rec):
             return nothing_new(ws, rec)
     assert rec.version is not None

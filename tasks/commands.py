@@ -3,11 +3,13 @@ virtualenv or not."""
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import shlex
 import sys
 from pathlib import Path
+from typing import Any
 
 # The module each tool also runs as (`python -m ...`), where no executable sits beside Python.
 MODULES = {"coldstart": "coldstart.flows.cli", "mlflow": "mlflow", "dvc": "dvc", "prefect": "prefect"}
@@ -29,3 +31,11 @@ def write_json(path: str | None, data) -> None:
         sys.stdout.write(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
     elif path:
         Path(path).write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def resolve(spec: str) -> Any:
+    """The function a ``"module:function"`` name says, its module imported now: how the CLI's and
+    the benchmarks' handler tables stay light until a command runs (tests/import_graph.py counts
+    these names as imports)."""
+    module, _, name = spec.partition(":")
+    return getattr(importlib.import_module(module), name)

@@ -4,7 +4,7 @@ dvc.yaml check read.
 
 Each stage has one entry, ``run(ws, ctx) -> result``: the context carries the validated params,
 the round number, the CLIP handle (built on first use) and, inside a round, the record so far
-and the earlier stages' results; no stage reads params.yaml itself. The round flow
+through it the earlier stages' results; no stage reads params.yaml itself. The round flow
 (flows/round.py) runs each entry as a Prefect task named after the stage (``Stage.task``);
 `coldstart stage NAME` (what ``dvc repro`` runs) calls the same entry without a record.
 """
@@ -48,7 +48,6 @@ class Context:
     params: Params  # validated params.yaml
     round: int  # the round being made (the last tag's number + 1)
     record: RoundSoFar | None = None  # inside a round: its record so far; `coldstart stage`: None
-    results: dict[str, Any] = field(default_factory=dict)  # this round's earlier results, by stage name
     _clip: LazyClip | None = field(default=None, repr=False)
 
     @property
@@ -62,6 +61,10 @@ class Context:
     def of(cls, ws: Workspace, record: RoundSoFar | None = None) -> "Context":
         """The context of the next round of ``ws``."""
         return cls(ws.params(), ws.next_round(), record)
+
+    def earlier(self, stage: str) -> Any:
+        """The result an earlier stage of this round returned (None: alone, or it returned none)."""
+        return getattr(self.record, stage, None)
 
     def in_round(self, stage: str) -> RoundSoFar:
         """The round's record, for a stage that only runs inside a round."""
@@ -111,14 +114,14 @@ def _audit(ws: Workspace, ctx: Context) -> audit.AuditEstimate | None:
 
 def _train(ws: Workspace, ctx: Context) -> train.TrainResult:
     result = train.train(ws, ctx.params, ctx.clip, ctx.round)
-    if (estimate := ctx.results.get("audit")) is not None:  # answered audit items, scored out of fold by it
+    if (estimate := ctx.earlier("audit")) is not None:  # answered audit items, scored out of fold by it
         estimate.use_out_of_fold(result, ctx.round)
     return result
 
 
 def _relabel(ws: Workspace, ctx: Context) -> relabel.RelabelResult:
     result = relabel.relabel(ws, ctx.params, ctx.round)
-    if (estimate := ctx.results.get("audit")) is not None:  # ... weighted by confidence band to these auto labels
+    if (estimate := ctx.earlier("audit")) is not None:  # ... weighted by confidence band to these auto labels
         estimate.weight_to_pool(result.auto_confidence)
     return result
 
@@ -139,13 +142,13 @@ def _report(ws: Workspace, ctx: Context) -> report.ReportResult:
 
 def _track(ws: Workspace, ctx: Context) -> track.TrackResult:
     rec = ctx.in_round("track")
-    return track.track(ws, ctx.params, ctx.round, rec.metrics(), rec.artifacts(ws), ctx.results["train"])
+    return track.track(ws, ctx.params, ctx.round, rec.metrics(), rec.artifacts(ws), ctx.earlier("train"))
 
 
 def _version(ws: Workspace, ctx: Context) -> version.VersionResult:
     rec = ctx.in_round("version")
     rec.save(ws.metrics_dir / "round.json")  # the round's own record, committed with its tag
-    found: scan.ScanResult = ctx.results["scan"]
+    found: scan.ScanResult = ctx.earlier("scan")
     return version.version(ws, ctx.params, ctx.round, rec.commit_message(), found.parts, found.hashed, found.unversionable)
 
 

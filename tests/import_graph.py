@@ -10,7 +10,7 @@ an edge to ``coldstart.tasks.intake``. An edge to a package's ``__init__`` is le
 file imports nothing of the project (the three layer folders' are empty). Imports under
 ``if TYPE_CHECKING:`` are left out too: they never run. A string constant of the form
 ``"coldstart.a.b:function"`` is an edge too: the CLI's handler names, imported when a command
-runs (flows/cli.py ``handler``, the benchmarks' table in coldstart/bench/cli.py).
+runs (tasks/commands.py ``resolve``: the CLI's table, the benchmarks' in coldstart/bench/cli.py).
 """
 
 from __future__ import annotations

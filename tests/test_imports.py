@@ -46,7 +46,8 @@ def test_every_subcommand_names_a_handler_that_imports():
     a "module:function" name would fail only then, so every one is resolved here."""
     import argparse
 
-    from coldstart.flows.cli import build_parser, handler
+    from coldstart.flows.cli import build_parser
+    from coldstart.tasks.commands import resolve
 
     def leaves(parser):
         for action in parser._actions:
@@ -56,4 +57,4 @@ def test_every_subcommand_names_a_handler_that_imports():
                         else [sp]
 
     found = [sp.get_default("fn") for sp in leaves(build_parser())]
-    assert len(found) >= 15 and all(callable(handler(fn)) for fn in found)
+    assert len(found) >= 15 and all(callable(resolve(fn)) for fn in found)

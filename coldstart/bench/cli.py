@@ -9,13 +9,12 @@ import torch), so a benchmark's module is imported only when that benchmark runs
 from __future__ import annotations
 
 import argparse
-import importlib
-from typing import Any, Callable
+from typing import Any
 
 from coldstart.bench.targets import TARGETS
-from coldstart.tasks.commands import write_json
+from coldstart.tasks.commands import resolve, write_json
 
-# Each subcommand's function, as "module:function" (imported on use: see ``_resolve``).
+# Each subcommand's function, as "module:function" (imported on use: tasks/commands.py ``resolve``).
 BENCHES = {
     "prelabel": "coldstart.bench.prelabel:bench_prelabel",
     "relabel": "coldstart.bench.relabel:bench_relabel",
@@ -71,7 +70,7 @@ def _bench_parser(bsub: argparse._SubParsersAction[argparse.ArgumentParser], nam
         b.add_argument("--pretrained", default=None, help="weights (timing does not depend on them; default random)")
         b.add_argument("--batch-size", type=int, default=32)
     b.add_argument("--json", help="also write the figures as JSON to this file (- for stdout)")
-    b.set_defaults(fn=cmd_bench)
+    b.set_defaults(fn="coldstart.bench.cli:cmd_bench")
     return b
 
 
@@ -146,15 +145,15 @@ def cmd_bench(a: argparse.Namespace) -> int:
     if a.bench == "all":
         figures = _bench_all(a)
     else:
-        figures = _resolve(BENCHES[a.bench])(**_kwargs(a))
+        figures = resolve(BENCHES[a.bench])(**_kwargs(a))
     write_json(a.json, figures)
     return 0
 
 
 def _bench_all(a: argparse.Namespace) -> dict[str, Any]:
     """`bench all`: the prelabel and relabel benchmarks, then every target they measured."""
-    pre = _resolve(BENCHES["prelabel"])(**_kwargs(a, "prelabel"))
-    rel = _resolve(BENCHES["relabel"])()
+    pre = resolve(BENCHES["prelabel"])(**_kwargs(a, "prelabel"))
+    rel = resolve(BENCHES["relabel"])()
     print("\n  every target, measured in this run:")
     for key, target in TARGETS.items():
         if key in pre or key in rel:  # `bench al` reports its own targets
@@ -173,14 +172,6 @@ def _kwargs(a: argparse.Namespace, bench: str | None = None) -> dict[str, Any]:
     elif bench == "regions":
         kwargs.update(width=a.size[0], height=a.size[1], big=a.big if a.big[0] else None)
     return kwargs
-
-
-def _resolve(spec: str) -> Callable[..., dict[str, Any]]:
-    """The function a "module:function" string names."""
-    module, _, name = spec.partition(":")
-    # Imported here, on use: a benchmark's module brings torch and the rest, which `coldstart --help` must not.
-    fn: Callable[..., dict[str, Any]] = getattr(importlib.import_module(module), name)
-    return fn
 
 
 def _wxh(text: str) -> tuple[int, int]:
