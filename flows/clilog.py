@@ -59,6 +59,11 @@ class TerminalFilter(logging.Filter):
         if record.name == "coldstart" or record.name.startswith("coldstart."):
             # zero-shot's ontology warnings: the round summary shows them (once, see _fresh_warnings)
             return record.levelno >= (logging.WARNING if record.name == "coldstart.models.zeroshot" else logging.INFO)
+        if record.name.split(".")[0] in ("dvc_data", "dvc_objects"):
+            # DVC's storage layers log a failed transfer with its traceback from a worker thread
+            # (a read-only remote, a full disk); the version stage reports the failure itself, in
+            # one line with the fix. The log file keeps them.
+            return False
         return record.levelno >= logging.ERROR
 
 

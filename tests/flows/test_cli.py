@@ -521,3 +521,20 @@ def test_printed_commands_name_this_environment_s_executables(tmp_path):
     assert shlex.quote(sys.executable) + " -c " in hints
     for line in hints.splitlines():
         assert " mlflow ui" not in line and not line.lstrip().startswith(("dvc ", "mlflow ", "coldstart "))
+
+
+def test_the_terminal_leaves_dvc_storage_tracebacks_to_the_log_file():
+    """A read-only remote makes DVC's transfer threads log an ERROR with its traceback; the version
+    stage says the same in one line with the fix, so the terminal shows only that line."""
+    import logging
+
+    from coldstart.flows.clilog import TerminalFilter
+
+    def record(name: str, level: int) -> logging.LogRecord:
+        return logging.LogRecord(name, level, __file__, 0, "failed to transfer", None, None)
+
+    terminal = TerminalFilter()
+    assert not terminal.filter(record("dvc_data.hashfile.transfer", logging.ERROR))
+    assert not terminal.filter(record("dvc_objects.fs.generic", logging.ERROR))
+    assert terminal.filter(record("mlflow.store", logging.ERROR))  # other libraries' errors still show
+    assert terminal.filter(record("coldstart.tasks.version", logging.INFO))
