@@ -7,9 +7,13 @@ temporary server outlives a killed round (kill -9, even SIGTERM), ~200 MB each, 
 inherited output pipes open. This one is tied to the round's process (PR_SET_PDEATHSIG on
 Linux), logs to .prefect/round-server.log, and is stopped when the round ends.
 
-The server takes about 5 s to start, as long as the round's own imports (torch, MLflow): the
+The server takes about 4 s to start, as long as the round's own imports (torch, MLflow): the
 CLI starts it before it imports the round (``start_early``, named by `coldstart round`'s
-parser), so the two overlap; ``round_prefect`` adopts it. Light: Prefect's settings only.
+parser), so the two overlap; ``round_prefect`` adopts it. On a new database Prefect first
+creates its tables (its migrations, about 5 s of CPU more): the first server of a Prefect
+version keeps a copy of its freshly created database in the user's cache (``database_template``)
+and every later new workspace starts from that copy (``seed_database``). Light: Prefect's
+settings only.
 """
 
 from __future__ import annotations
@@ -17,8 +21,10 @@ from __future__ import annotations
 import argparse
 import atexit
 import contextlib
+import importlib.metadata
 import os
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -32,7 +38,7 @@ from coldstart.models.errors import ColdstartError
 from coldstart.tasks.commands import command
 from coldstart.tasks.workspace import Workspace
 
-_EARLY: dict[Path, tuple[subprocess.Popen, str]] = {}  # workspace root -> (server, its API URL)
+_EARLY: dict[Path, tuple[subprocess.Popen, str, bool]] = {}  # workspace root -> spawn_server's (server, API URL, new)
 
 
 def healthy(api_url: str) -> bool:
@@ -59,6 +65,54 @@ def prefect_settings_for(ws: Workspace) -> dict:
     return {PREFECT_HOME: str(ws.root / ".prefect")}
 
 
+def database_template() -> Path:
+    """The cached copy of a new, migrated Prefect database of the installed Prefect version:
+    ``$COLDSTART_CACHE`` (default ``$XDG_CACHE_HOME/coldstart``, i.e. ``~/.cache/coldstart``)
+    ``/prefect-<version>.db``. Another Prefect version has other tables: another file."""
+    cache = os.environ.get("COLDSTART_CACHE") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "coldstart"
+    return Path(cache) / f"prefect-{importlib.metadata.version('prefect')}.db"
+
+
+def seed_database(home: Path) -> bool:
+    """A Prefect home without a database gets a copy of the template, if there is one: its server
+    then starts without creating tables. True if the home's database is new and not seeded (its
+    server creates the tables, and ``remember_database`` may keep the result)."""
+    db, template = home / "prefect.db", database_template()
+    if db.exists():
+        return False
+    with contextlib.suppress(OSError, sqlite3.Error):  # no template, or unreadable: Prefect creates the tables
+        _copy_database(template, db)
+        return False
+    return True
+
+
+def remember_database(home: Path) -> None:
+    """After a server created a new database's tables (and before any flow ran on it): keep a
+    copy as the template, unless one exists. Best effort: a read-only cache only costs time."""
+    template = database_template()
+    if not template.exists():
+        with contextlib.suppress(OSError, sqlite3.Error):
+            template.parent.mkdir(parents=True, exist_ok=True)
+            _copy_database(home / "prefect.db", template)
+
+
+def _copy_database(src: Path, dst: Path) -> None:
+    """A consistent copy of a SQLite database (its server may be writing: SQLite's online backup,
+    which also folds in the write-ahead log), written under a temporary name then renamed."""
+    if not src.is_file():
+        raise FileNotFoundError(src)
+    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{src}?mode=ro", uri=True)) as a, \
+                contextlib.closing(sqlite3.connect(tmp)) as b:
+            if a.execute("SELECT count(*) FROM sqlite_master WHERE name = 'alembic_version'").fetchone()[0] != 1:
+                raise sqlite3.DatabaseError(f"{src} is not a migrated Prefect database")
+            a.backup(b)
+        os.replace(tmp, dst)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def die_with_parent() -> None:  # pragma: no cover - runs in the child, between fork and exec
     """Linux: the child gets SIGTERM when the process that started it dies, even by kill -9."""
     import ctypes
@@ -70,10 +124,12 @@ def die_with_parent() -> None:  # pragma: no cover - runs in the child, between 
         pass
 
 
-def _spawn(ws: Workspace) -> tuple[subprocess.Popen, str]:
-    """A Prefect API server on a free port over the workspace's .prefect/ database (not waited for)."""
-    home = ws.root / ".prefect"
-    home.mkdir(exist_ok=True)
+def spawn_server(home: Path) -> tuple[subprocess.Popen, str, bool]:
+    """A Prefect API server on a free port of 127.0.0.1 over ``home``'s database (not waited for:
+    ``wait_healthy``), and whether that database is new (not seeded from the template: see the
+    module doc). Its log: ``home/round-server.log``."""
+    home.mkdir(parents=True, exist_ok=True)
+    new = seed_database(home)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -85,7 +141,17 @@ def _spawn(ws: Workspace) -> tuple[subprocess.Popen, str]:
                                  "--host", "127.0.0.1", "--port", str(port), "--log-level", "error", "--lifespan", "on"],
                                 env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 preexec_fn=die_with_parent)
-    return proc, f"http://127.0.0.1:{port}/api"
+    return proc, f"http://127.0.0.1:{port}/api", new
+
+
+def wait_healthy(proc: subprocess.Popen, api: str, timeout: float) -> bool:
+    """Wait until the server answers (True), or it exits or ``timeout`` seconds pass (False)."""
+    deadline = time.monotonic() + timeout
+    while not healthy(api):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            return False
+        time.sleep(0.2)
+    return True
 
 
 def _stop(proc: subprocess.Popen) -> None:
@@ -108,11 +174,11 @@ def start_early(args: argparse.Namespace) -> None:
         settings = prefect_settings_for(ws)
         if ws.root in _EARLY or PREFECT_API_URL in settings or not settings or not sys.platform.startswith("linux"):
             return
-        proc, api = _spawn(ws)
+        spawned = spawn_server(ws.root / ".prefect")
     except Exception:  # noqa: BLE001 - not a workspace, unreadable, no disk: the command itself says so
         return
-    _EARLY[ws.root] = (proc, api)
-    atexit.register(_stop, proc)  # a command that fails before its round: the server goes too
+    _EARLY[ws.root] = spawned
+    atexit.register(_stop, spawned[0])  # a command that fails before its round: the server goes too
 
 
 def _drain_prefect_workers() -> None:
@@ -138,14 +204,13 @@ def round_prefect(ws: Workspace, timeout: float = 120.0) -> Iterator[dict]:
         yield settings
         return
     home = ws.root / ".prefect"
-    proc, api = early if early is not None else _spawn(ws)
+    proc, api, new = early if early is not None else spawn_server(home)
     try:
-        deadline = time.monotonic() + timeout
-        while not healthy(api):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise ColdstartError(f"the round's Prefect API server did not start (see {home / 'round-server.log'}); "
-                                     f"or point PREFECT_API_URL at a running `{command('prefect')} server start`")
-            time.sleep(0.2)
+        if not wait_healthy(proc, api, timeout):
+            raise ColdstartError(f"the round's Prefect API server did not start (see {home / 'round-server.log'}); "
+                                 f"or point PREFECT_API_URL at a running `{command('prefect')} server start`")
+        if new:
+            remember_database(home)
         yield {PREFECT_API_URL: api}
     finally:
         _drain_prefect_workers()  # the round's last logs and events, while the server still answers

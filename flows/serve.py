@@ -16,7 +16,7 @@ from pathlib import Path
 
 from prefect.settings import PREFECT_API_URL, get_current_settings, temporary_settings
 
-from coldstart.flows.prefectserver import die_with_parent, healthy
+from coldstart.flows.prefectserver import die_with_parent, healthy, remember_database, seed_database
 from coldstart.flows.round import labeling_round
 from coldstart.models.errors import ColdstartError
 from coldstart.tasks.workspace import Workspace
@@ -30,6 +30,7 @@ def start_local_server(ws: Workspace, port: int, timeout: float = 180.0) -> tupl
                              f"or point PREFECT_API_URL at that server")
     home = ws.root / ".prefect"
     home.mkdir(exist_ok=True)
+    new = seed_database(home)  # a copy of a migrated database, where one is cached: no table creation
     # The UI it serves calls the API at PREFECT_UI_API_URL, which defaults to PREFECT_API_URL,
     # else to PREFECT_SERVER_API_HOST/PORT: not to --port. Without these, a server on any port but
     # 4200 serves a UI that says "Can't connect to Server API at http://127.0.0.1:4200/api".
@@ -49,6 +50,8 @@ def start_local_server(ws: Workspace, port: int, timeout: float = 180.0) -> tupl
             proc.terminate()
             raise ColdstartError(f"the Prefect server did not start on 127.0.0.1:{port} (see {home / 'server.log'})")
         time.sleep(0.5)
+    if new:
+        remember_database(home)
     return proc, api
 
 

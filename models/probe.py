@@ -23,13 +23,14 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-from scipy.optimize import minimize
-from sklearn.linear_model import LogisticRegression
-from sklearn.model_selection import KFold, StratifiedKFold
 
 from coldstart.models.zeroshot import softmax
+
+if TYPE_CHECKING:
+    from sklearn.linear_model import LogisticRegression
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +60,8 @@ class LinearHead:
 
     def to_sklearn(self) -> LogisticRegression:
         """The same head as a fitted scikit-learn estimator (input: raw CLIP embeddings)."""
+        from sklearn.linear_model import LogisticRegression  # lazy, like every scikit-learn/SciPy import here (below)
+
         est = LogisticRegression()
         est.classes_ = np.arange(len(self.bias))
         est.coef_ = self.weight.astype(np.float64)
@@ -86,6 +89,8 @@ def splits(y: np.ndarray, folds: int, seed: int):
     counts = np.bincount(y)
     k = min(folds, len(y))
     smallest = int(counts[counts > 0].min())
+    from sklearn.model_selection import KFold, StratifiedKFold  # lazy: see _lr
+
     splitter = (StratifiedKFold(n_splits=min(k, smallest), shuffle=True, random_state=seed) if smallest >= 2
                 else KFold(n_splits=k, shuffle=True, random_state=seed))
     return list(splitter.split(np.zeros(len(y)), y))
@@ -153,6 +158,11 @@ class SelfTraining:
 
 
 def _lr(C: float, seed: int) -> LogisticRegression:
+    # scikit-learn and SciPy are imported where a head is fitted: ~0.7 s of CPU that every
+    # `coldstart` command importing this module (a round with nothing new, a zero-shot round 1,
+    # `coldstart serve`'s scheduled checks) would otherwise pay.
+    from sklearn.linear_model import LogisticRegression
+
     return LogisticRegression(C=C, max_iter=1000, tol=1e-3, random_state=seed)
 
 
@@ -243,6 +253,8 @@ def _fit_prior(X: np.ndarray, y: np.ndarray, W0: np.ndarray, lam: float,
     else:  # warm start from the solution for a stronger pull: a few steps instead of hundreds
         theta0 = np.concatenate([(start.weight.astype(np.float64) / s).ravel(), start.bias.astype(np.float64)])
     # A loose tolerance: CV compares accuracies, which settle long before the loss does.
+    from scipy.optimize import minimize  # lazy: see _lr
+
     res = minimize(loss, theta0, jac=True, method="L-BFGS-B", options={"maxiter": 100, "gtol": 1e-4, "ftol": 1e-7})
     V, b = res.x[: L * D].reshape(L, D), res.x[L * D :]
     return LinearHead((s * V).astype(np.float32), b.astype(np.float32))

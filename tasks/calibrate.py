@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-from scipy.optimize import minimize_scalar
 
 from coldstart.models.zeroshot import softmax
 
@@ -26,6 +25,8 @@ def fit_temperature(probs: np.ndarray, y: np.ndarray) -> float:
     def nll(log_t: float) -> float:
         p = softmax(z / np.exp(log_t))
         return float(-np.log(np.clip(p[np.arange(len(y)), y], 1e-12, None)).mean())
+
+    from scipy.optimize import minimize_scalar  # lazy: SciPy's optimisers cost ~0.2 s to import, used once here
 
     return float(np.exp(minimize_scalar(nll, bounds=(-3, 3), method="bounded").x))
 

@@ -14,6 +14,9 @@ os.environ["PREFECT_HOME"] = os.path.join(_STATE, "prefect")
 os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
 os.environ["PREFECT_LOGGING_LEVEL"] = "WARNING"
+# The migrated Prefect database that new workspaces' servers start from (flows/prefectserver.py):
+# made by this run's first server, not taken from (or left in) the user's cache.
+os.environ["COLDSTART_CACHE"] = os.path.join(_STATE, "cache")
 os.environ["MLFLOW_TRACKING_URI"] = "sqlite:///" + os.path.join(_STATE, "stray-mlflow.db")
 # Under pytest-xdist, split the cores between the workers: torch's OpenMP pool defaults to one
 # thread per core in every worker (and every CLI subprocess, which inherits this), and on 2 cores

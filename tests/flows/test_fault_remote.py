@@ -24,7 +24,7 @@ pytestmark = pytest.mark.slow
 def test_remote_faults_give_a_clear_message_and_the_next_round_pushes_what_is_missing(tmp_path):
     ws = init_workspace(tmp_path / "ws", params_text=tiny_params(6))
     write_digits(ws.images, n=12, size=32)
-    env = _env(tmp_path)
+    env = _env(tmp_path, own_server=False)
     assert _round(ws, env).returncode == 0
     remote = ws.root / ".dvc-remote"
     # Read-only remote: exit 2, one clear line, labels and data intact, no tag.
