@@ -76,7 +76,7 @@ def write_image(path: Path, seed: int = 0, size=(48, 64), fmt: str | None = None
 HEAVY_FIRST = [
     "tests/flows/test_fault_matrix.py",
     "tests/flows/test_fault_matrix_late.py",
-    "tests/flows/test_serve_week.py",
+    "tests/flows/test_serve.py",
     "tests/models/test_masks.py",
     "tests/flows/test_cli.py",
     "tests/flows/test_regions_round.py",
@@ -87,7 +87,6 @@ HEAVY_FIRST = [
     "tests/flows/test_report_browser.py",
     "tests/flows/test_prefect_logs.py",
     "tests/flows/test_corpus_round.py",
-    "tests/flows/test_serve.py",
     "tests/flows/test_bench_regions.py",
     "tests/flows/test_dask.py",
     "tests/flows/test_wait.py",

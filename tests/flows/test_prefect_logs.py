@@ -1,19 +1,15 @@
-"""Prefect as a user meets it: the UI of the server `coldstart serve` starts talks to that server,
-and each round's flow run carries its log lines (summary, "nothing new" reason, stage timings),
-read back through the server's API as the UI reads them. The same rounds, run as a person runs
+"""Prefect as a user meets it: each round's flow run carries its log lines (summary, "nothing
+new" reason, stage timings), read back through the server's API as the UI reads them. The same rounds, run as a person runs
 them (`coldstart round` in its own process), keep library noise off the terminal, print their
 time from the process start, and show the ontology warnings once."""
 
 from __future__ import annotations
 
-import json
 import os
 import re
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -21,15 +17,9 @@ import pytest
 pytestmark = pytest.mark.slow
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _flow_run_logs(api: str) -> list[tuple[str, list[str]]]:
-    """Every flow run on the server, oldest first: (its name, its log messages), read with
-    Prefect's client as the UI's run page reads them."""
+def _flow_run_logs(api: str, ws) -> list[tuple[str, list[str]]]:
+    """Every flow run of this workspace on the server, oldest first: (its name, its log
+    messages), read with Prefect's client as the UI's run page reads them."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
     from prefect.client.schemas.sorting import FlowRunSort, LogSort
@@ -38,14 +28,15 @@ def _flow_run_logs(api: str) -> list[tuple[str, list[str]]]:
     out = []
     with temporary_settings({PREFECT_API_URL: api}), get_client(sync_client=True) as client:
         for run in client.read_flow_runs(sort=FlowRunSort.START_TIME_ASC):
+            if run.parameters.get("workspace") != str(ws.root):  # the server is shared by this worker's tests
+                continue
             logs = client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run.id])), sort=LogSort.TIMESTAMP_ASC)
             out.append((run.name, [log.message for log in logs]))
     return out
 
 
-def test_round_logs_reach_the_prefect_ui_and_the_terminal_stays_quiet(make_workspace, tmp_path):
+def test_round_logs_reach_the_prefect_ui_and_the_terminal_stays_quiet(make_workspace, tmp_path, prefect_harness):
     from coldstart.flows.clilog import LOG_FILE
-    from coldstart.flows.serve import start_local_server
     from coldstart.tasks.demodata import answer_batch, write_digits
 
     ws = make_workspace(budget=6)
@@ -53,33 +44,24 @@ def test_round_logs_reach_the_prefect_ui_and_the_terminal_stays_quiet(make_works
     text = ws.params_file.read_text()
     ws.params_file.write_text(text.replace("\ntrain:\n", "\ntrain:\n  model: probe\n  self_training: null\n"))
     truth = write_digits(ws.images, n=24, size=32)
-    port = _free_port()
-    server, api = start_local_server(ws, port)  # what `coldstart serve --port N` starts
-    try:
-        # The UI it serves is configured with this server's API, not the default port 4200's.
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/ui-settings", timeout=10) as r:
-            ui = json.loads(r.read())
-        assert ui["api_url"] == f"http://127.0.0.1:{port}/api", ui
-        env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_LOGGING")}
-        env.update(PREFECT_API_URL=api, PREFECT_HOME=str(tmp_path / "prefect-home"))
-        coldstart = Path(sys.executable).with_name("coldstart")
+    api = prefect_harness  # the tests' Prefect server (tests/flows/conftest.py): a real one, UI API included
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_LOGGING")}
+    env.update(PREFECT_API_URL=api, PREFECT_HOME=str(tmp_path / "prefect-home"))
+    coldstart = Path(sys.executable).with_name("coldstart")
 
-        def round_() -> tuple[str, float]:
-            t0 = time.monotonic()
-            done = subprocess.run([str(coldstart), "round", "-w", str(ws.root)], env=env, capture_output=True,
-                                  text=True, timeout=400)
-            wall = time.monotonic() - t0
-            assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-            return done.stdout + done.stderr, wall
+    def round_() -> tuple[str, float]:
+        t0 = time.monotonic()
+        done = subprocess.run([str(coldstart), "round", "-w", str(ws.root)], env=env, capture_output=True,
+                              text=True, timeout=400)
+        wall = time.monotonic() - t0
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+        return done.stdout + done.stderr, wall
 
-        first, wall = round_()
-        answer_batch(ws.root / "data" / "review" / "round-001.csv", truth, ws.inbox)
-        second, _ = round_()
-        third, _ = round_()  # nothing new
-        runs = _flow_run_logs(api)
-    finally:
-        server.terminate()
-        server.wait(timeout=60)
+    first, wall = round_()
+    answer_batch(ws.root / "data" / "review" / "round-001.csv", truth, ws.inbox)
+    second, _ = round_()
+    third, _ = round_()  # nothing new
+    runs = _flow_run_logs(api, ws)
 
     # Each round's flow run carries its own lines: the summary, its stages' timings, the
     # "nothing new" reason; coldstart's own warnings (the tiny model's random weights) too.

@@ -16,8 +16,8 @@ from coldstart.tasks.config import RegionsConfig
 
 STOCK_KEYS = {"segmentation", "area", "bbox", "predicted_iou", "point_coords", "stability_score", "crop_box"}
 # Random weights give no mask under the default thresholds, and their masks all span the image
-# (box NMS at 0.7 keeps one): these thresholds keep all 108 candidates of a 6x6 grid.
-CFG = RegionsConfig(device="cpu", points_per_side=6, pred_iou_thresh=0.0, stability_score_thresh=0.0,
+# (box NMS at 0.7 keeps one): these thresholds keep all 48 candidates of a 4x4 grid.
+CFG = RegionsConfig(device="cpu", points_per_side=4, pred_iou_thresh=0.0, stability_score_thresh=0.0,
                     box_nms_thresh=1.0)
 
 
