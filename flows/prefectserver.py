@@ -69,19 +69,21 @@ def database_template() -> Path:
     """The cached copy of a new, migrated Prefect database of the installed Prefect version:
     ``$COLDSTART_CACHE`` (default ``$XDG_CACHE_HOME/coldstart``, i.e. ``~/.cache/coldstart``)
     ``/prefect-<version>.db``. Another Prefect version has other tables: another file."""
-    cache = os.environ.get("COLDSTART_CACHE") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "coldstart"
-    return Path(cache) / f"prefect-{importlib.metadata.version('prefect')}.db"
+    cache = os.environ.get("COLDSTART_CACHE")
+    base = Path(cache) if cache else Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "coldstart"
+    return base / f"prefect-{importlib.metadata.version('prefect')}.db"
 
 
 def seed_database(home: Path) -> bool:
     """A Prefect home without a database gets a copy of the template, if there is one: its server
     then starts without creating tables. True if the home's database is new and not seeded (its
     server creates the tables, and ``remember_database`` may keep the result)."""
-    db, template = home / "prefect.db", database_template()
+    db = home / "prefect.db"
     if db.exists():
         return False
-    with contextlib.suppress(OSError, sqlite3.Error):  # no template, or unreadable: Prefect creates the tables
-        _copy_database(template, db)
+    # No template, an unreadable one, no home folder to find it in: Prefect creates the tables.
+    with contextlib.suppress(OSError, sqlite3.Error, RuntimeError):
+        _copy_database(database_template(), db)
         return False
     return True
 
@@ -89,9 +91,9 @@ def seed_database(home: Path) -> bool:
 def remember_database(home: Path) -> None:
     """After a server created a new database's tables (and before any flow ran on it): keep a
     copy as the template, unless one exists. Best effort: a read-only cache only costs time."""
-    template = database_template()
-    if not template.exists():
-        with contextlib.suppress(OSError, sqlite3.Error):
+    with contextlib.suppress(OSError, sqlite3.Error, RuntimeError):  # RuntimeError: no home folder
+        template = database_template()
+        if not template.exists():
             template.parent.mkdir(parents=True, exist_ok=True)
             _copy_database(home / "prefect.db", template)
 
@@ -103,11 +105,15 @@ def _copy_database(src: Path, dst: Path) -> None:
         raise FileNotFoundError(src)
     tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
     try:
-        with contextlib.closing(sqlite3.connect(f"file:{src}?mode=ro", uri=True)) as a, \
+        with contextlib.closing(sqlite3.connect(f"{src.resolve().as_uri()}?mode=ro", uri=True)) as a, \
                 contextlib.closing(sqlite3.connect(tmp)) as b:
             if a.execute("SELECT count(*) FROM sqlite_master WHERE name = 'alembic_version'").fetchone()[0] != 1:
                 raise sqlite3.DatabaseError(f"{src} is not a migrated Prefect database")
             a.backup(b)
+            # One self-contained file (the copy keeps the source's WAL mode otherwise, and even a
+            # read-only reader then leaves -wal/-shm files beside it); Prefect's server turns WAL
+            # back on when it opens its copy.
+            b.execute("PRAGMA journal_mode=DELETE")
         os.replace(tmp, dst)
     finally:
         tmp.unlink(missing_ok=True)

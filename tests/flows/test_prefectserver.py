@@ -27,21 +27,24 @@ def test_the_first_new_database_becomes_the_template_and_later_homes_start_from_
     monkeypatch.setenv("COLDSTART_CACHE", str(tmp_path / "cache"))
     template = database_template()
     assert template.parent == tmp_path / "cache" and template.name.startswith("prefect-")
-    first = tmp_path / "ws1" / ".prefect"
+    first = tmp_path / "ws?1" / ".prefect"
     first.mkdir(parents=True)
     assert seed_database(first) is True  # no template yet: its server creates the tables
     con = _migrated(first / "prefect.db")
     remember_database(first)
     con.close()
     assert template.is_file() and not list(template.parent.glob(".*tmp"))
+    with sqlite3.connect(template) as copy:  # a single file, whatever the source's journal
+        assert copy.execute("PRAGMA journal_mode").fetchone()[0] == "delete"
     with sqlite3.connect(template) as copy:
         assert copy.execute("SELECT count(*) FROM block_type").fetchone()[0] == 3
 
-    second = tmp_path / "ws2" / ".prefect"
+    second = tmp_path / "ws #2 %41" / ".prefect"  # characters a SQLite URI would misread
     second.mkdir(parents=True)
     assert seed_database(second) is False  # seeded: nothing to create
     with sqlite3.connect(second / "prefect.db") as seeded:
         assert seeded.execute("SELECT count(*) FROM block_type").fetchone()[0] == 3
+    assert sorted(p.name for p in template.parent.iterdir()) == [template.name]  # reading left nothing beside it
     assert seed_database(second) is False  # an existing database is left as it is
 
     # A later new database does not replace the template.
