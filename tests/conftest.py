@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import tempfile
 
-# Before anything imports prefect/huggingface: no hub, no analytics, private Prefect state
-# (the test harness swaps Prefect's database but not its result storage).
+# Before anything imports prefect/huggingface: no hub, no analytics, private Prefect state (the
+# tests' Prefect server has a database of its own, tests/flows/conftest.py; this keeps Prefect's
+# profiles and result storage out of the user's ~/.prefect).
 _STATE = tempfile.mkdtemp(prefix="coldstart-tests-")
+atexit.register(shutil.rmtree, _STATE, ignore_errors=True)  # each test process's own: gone when it ends
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["DVC_NO_ANALYTICS"] = "1"
 os.environ["PREFECT_HOME"] = os.path.join(_STATE, "prefect")
