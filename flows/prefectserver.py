@@ -160,7 +160,8 @@ def wait_healthy(proc: subprocess.Popen, api: str, timeout: float) -> bool:
     return True
 
 
-def _stop(proc: subprocess.Popen) -> None:
+def stop_server(proc: subprocess.Popen) -> None:
+    """SIGTERM, then SIGKILL after 30 s."""
     proc.terminate()
     try:
         proc.wait(timeout=30)
@@ -184,7 +185,7 @@ def start_early(args: argparse.Namespace) -> None:
     except Exception:  # noqa: BLE001 - not a workspace, unreadable, no disk: the command itself says so
         return
     _EARLY[ws.root] = spawned
-    atexit.register(_stop, spawned[0])  # a command that fails before its round: the server goes too
+    atexit.register(stop_server, spawned[0])  # a command that fails before its round: the server goes too
 
 
 def _drain_prefect_workers() -> None:
@@ -206,7 +207,7 @@ def round_prefect(ws: Workspace, timeout: float = 120.0) -> Iterator[dict]:
     early = _EARLY.pop(ws.root, None)
     if PREFECT_API_URL in settings or not settings or not sys.platform.startswith("linux"):
         if early is not None:  # a server appeared meanwhile (`coldstart serve`): the early one is not needed
-            _stop(early[0])
+            stop_server(early[0])
         yield settings
         return
     home = ws.root / ".prefect"
@@ -220,4 +221,4 @@ def round_prefect(ws: Workspace, timeout: float = 120.0) -> Iterator[dict]:
         yield {PREFECT_API_URL: api}
     finally:
         _drain_prefect_workers()  # the round's last logs and events, while the server still answers
-        _stop(proc)
+        stop_server(proc)

@@ -11,12 +11,11 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 from prefect.settings import PREFECT_API_URL, get_current_settings, temporary_settings
 
-from coldstart.flows.prefectserver import die_with_parent, healthy, remember_database, seed_database
+from coldstart.flows.prefectserver import die_with_parent, healthy, remember_database, seed_database, wait_healthy
 from coldstart.flows.round import labeling_round
 from coldstart.models.errors import ColdstartError
 from coldstart.tasks.workspace import Workspace
@@ -44,12 +43,9 @@ def start_local_server(ws: Workspace, port: int, timeout: float = 180.0) -> tupl
     proc = subprocess.Popen([str(prefect), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
                             env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                             start_new_session=True, preexec_fn=die_with_parent)
-    deadline = time.monotonic() + timeout
-    while not healthy(api):
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.terminate()
-            raise ColdstartError(f"the Prefect server did not start on 127.0.0.1:{port} (see {home / 'server.log'})")
-        time.sleep(0.5)
+    if not wait_healthy(proc, api, timeout):
+        proc.terminate()
+        raise ColdstartError(f"the Prefect server did not start on 127.0.0.1:{port} (see {home / 'server.log'})")
     if new:
         remember_database(home)
     return proc, api

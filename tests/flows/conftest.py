@@ -3,7 +3,7 @@ import os
 import pytest
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
-from coldstart.flows.prefectserver import remember_database, spawn_server, wait_healthy
+from coldstart.flows.prefectserver import remember_database, spawn_server, stop_server, wait_healthy
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -26,5 +26,4 @@ def prefect_harness(tmp_path_factory):
             yield api
     finally:
         os.environ.pop("PREFECT_API_URL", None)
-        proc.terminate()
-        proc.wait(timeout=30)
+        stop_server(proc)
