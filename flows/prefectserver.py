@@ -11,8 +11,8 @@ The server takes about 4 s to start, as long as the round's own imports (torch, 
 CLI starts it before it imports the round (``start_early``, named by `coldstart round`'s
 parser), so the two overlap; ``round_prefect`` adopts it. On a new database Prefect first
 creates its tables (its migrations, about 5 s of CPU more): the first server of a Prefect
-version keeps a copy of its freshly created database in the user's cache (``database_template``)
-and every later new workspace starts from that copy (``seed_database``). Light: Prefect's
+version keeps a copy of its freshly created database in the user's cache, and every later new
+workspace starts from that copy (``seed_database``, tasks/dbtemplate.py). Light: Prefect's
 settings only.
 """
 
@@ -21,10 +21,8 @@ from __future__ import annotations
 import argparse
 import atexit
 import contextlib
-import importlib.metadata
 import os
 import socket
-import sqlite3
 import subprocess
 import sys
 import time
@@ -35,6 +33,7 @@ from typing import Iterator
 from prefect.settings import PREFECT_API_URL, PREFECT_HOME, get_current_settings
 
 from coldstart.models.errors import ColdstartError
+from coldstart.tasks import dbtemplate
 from coldstart.tasks.commands import command
 from coldstart.tasks.workspace import Workspace
 
@@ -65,58 +64,18 @@ def prefect_settings_for(ws: Workspace) -> dict:
     return {PREFECT_HOME: str(ws.root / ".prefect")}
 
 
-def database_template() -> Path:
-    """The cached copy of a new, migrated Prefect database of the installed Prefect version:
-    ``$COLDSTART_CACHE`` (default ``$XDG_CACHE_HOME/coldstart``, i.e. ``~/.cache/coldstart``)
-    ``/prefect-<version>.db``. Another Prefect version has other tables: another file."""
-    cache = os.environ.get("COLDSTART_CACHE")
-    base = Path(cache) if cache else Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "coldstart"
-    return base / f"prefect-{importlib.metadata.version('prefect')}.db"
-
-
 def seed_database(home: Path) -> bool:
-    """A Prefect home without a database gets a copy of the template, if there is one: its server
-    then starts without creating tables. True if the home's database is new and not seeded (its
-    server creates the tables, and ``remember_database`` may keep the result)."""
+    """A Prefect home without a database gets a copy of the template (tasks/dbtemplate.py), if
+    there is one: its server then starts without creating tables. True if the home's database is
+    new and not seeded (its server creates the tables, and ``remember_database`` may keep them)."""
     db = home / "prefect.db"
-    if db.exists():
-        return False
-    # No template, an unreadable one, no home folder to find it in: Prefect creates the tables.
-    with contextlib.suppress(OSError, sqlite3.Error, RuntimeError):
-        _copy_database(database_template(), db)
-        return False
-    return True
+    return not db.exists() and not dbtemplate.seed(db, "prefect")
 
 
 def remember_database(home: Path) -> None:
     """After a server created a new database's tables (and before any flow ran on it): keep a
     copy as the template, unless one exists. Best effort: a read-only cache only costs time."""
-    with contextlib.suppress(OSError, sqlite3.Error, RuntimeError):  # RuntimeError: no home folder
-        template = database_template()
-        if not template.exists():
-            template.parent.mkdir(parents=True, exist_ok=True)
-            _copy_database(home / "prefect.db", template)
-
-
-def _copy_database(src: Path, dst: Path) -> None:
-    """A consistent copy of a SQLite database (its server may be writing: SQLite's online backup,
-    which also folds in the write-ahead log), written under a temporary name then renamed."""
-    if not src.is_file():
-        raise FileNotFoundError(src)
-    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
-    try:
-        with contextlib.closing(sqlite3.connect(f"{src.resolve().as_uri()}?mode=ro", uri=True)) as a, \
-                contextlib.closing(sqlite3.connect(tmp)) as b:
-            if a.execute("SELECT count(*) FROM sqlite_master WHERE name = 'alembic_version'").fetchone()[0] != 1:
-                raise sqlite3.DatabaseError(f"{src} is not a migrated Prefect database")
-            a.backup(b)
-            # One self-contained file (the copy keeps the source's WAL mode otherwise, and even a
-            # read-only reader then leaves -wal/-shm files beside it); Prefect's server turns WAL
-            # back on when it opens its copy.
-            b.execute("PRAGMA journal_mode=DELETE")
-        os.replace(tmp, dst)
-    finally:
-        tmp.unlink(missing_ok=True)
+    dbtemplate.remember(home / "prefect.db", "prefect")
 
 
 def die_with_parent() -> None:  # pragma: no cover - runs in the child, between fork and exec

@@ -1,7 +1,8 @@
 """The fault matrix: `coldstart round` killed with SIGKILL at every stage boundary (and inside
 tracking and versioning), then run again (the remote and tracking faults: test_fault_remote.py,
-test_fault_tracking.py). Real processes,
-real Prefect server, MLflow on SQLite, DVC with a local remote (docs/reliability.md)."""
+test_fault_tracking.py). Real processes (forked from one that has imported what a round imports:
+tests/flows/roundfork.py), real Prefect servers, MLflow on SQLite, DVC with a local remote
+(docs/reliability.md)."""
 
 from __future__ import annotations
 
@@ -25,43 +26,9 @@ from coldstart.tasks.relabel import read_resolved
 from coldstart.tasks.version import init_workspace
 from coldstart.tasks.workspace import Workspace, read_csv
 from tests.conftest import tiny_params
+from tests.flows.roundfork import RoundForks
 
 pytestmark = pytest.mark.slow
-
-# Runs `coldstart round` with one seam replaced by a SIGKILL of the whole process: a stage task of
-# the round flow (killed just before the stage), or a call inside a stage.
-KILL_AT = """
-import os, signal, sys
-target, ws = sys.argv[1], sys.argv[2]
-def die(*a, **k):
-    os.kill(os.getpid(), signal.SIGKILL)
-if target == "in-track":  # the MLflow run has started: it is left RUNNING
-    import coldstart.tasks.track as t
-    t.close_interrupted_runs = die
-elif target == "in-scan":  # the scan wrote this round's manifest part, not yet the quarantine list
-    import coldstart.tasks.scan as s
-    s.write_csv = die
-elif target == "in-embed":  # a shard of the new images' embeddings is written
-    import coldstart.tasks.store as st
-    append = st.EmbeddingStore.append
-    def append_then_die(self, *a, **k):
-        append(self, *a, **k)
-        die()
-    st.EmbeddingStore.append = append_then_die
-elif target == "in-version":  # the round's git commit is made, its tag is not
-    import coldstart.tasks.version as v
-    git = v.git
-    v.git = lambda root, *args, **k: die() if args[:1] == ("tag",) and "-a" in args else git(root, *args, **k)
-elif target in ("link_run_task", "publish"):  # after the tag
-    import coldstart.flows.round as r
-    setattr(r, target, die)
-else:  # just before the stage of that name (a task of the round's flow run)
-    import coldstart.flows.round as r
-    run_stage = r.run_stage
-    r.run_stage = lambda stage, *a: die() if stage.name == target else run_stage(stage, *a)
-from coldstart.flows.cli import main
-sys.exit(main(["round", "-w", ws]))
-"""
 
 BOUNDARIES = ["scan", "in-scan", "embed", "in-embed", "intake", "audit", "train", "relabel", "select",
               "track", "in-track", "version", "in-version", "link_run_task", "publish"]
@@ -91,12 +58,6 @@ def _prefect_servers(ws: Workspace) -> list[int]:
     return pids
 
 
-def _round(ws: Workspace, env: dict, kill_at: str | None = None) -> subprocess.CompletedProcess:
-    args = ["-c", KILL_AT, kill_at, str(ws.root)] if kill_at else ["-m", "coldstart.flows.cli", "round", "-w",
-                                                                     str(ws.root)]
-    return subprocess.run([sys.executable, *args], env=env, capture_output=True, text=True, timeout=300)
-
-
 def _git(ws: Workspace, *args: str) -> str:
     return subprocess.run(["git", *args], cwd=ws.root, capture_output=True, text=True, check=True).stdout
 
@@ -117,8 +78,12 @@ def kill_chain(tmp_path: Path, boundaries: list[str], own_server: bool = True) -
     killed, and the first chain checks that at 7 boundaries, from the first stage on)."""
     ws = init_workspace(tmp_path / "ws", params_text=tiny_params(6))
     truth = write_digits(ws.images, n=30, size=32)
-    env = _env(tmp_path, own_server)
-    first = _round(ws, env)
+    with RoundForks(_env(tmp_path, own_server)) as forks:
+        _kill_chain(ws, truth, forks, boundaries, own_server)
+
+
+def _kill_chain(ws: Workspace, truth: dict, forks: RoundForks, boundaries: list[str], own_server: bool) -> None:
+    first = forks.round(ws)
     assert first.returncode == 0, first.stdout + first.stderr
     batch = sorted(ws.root.glob("data/review/round-001.csv"))[0]
     answered = len(read_csv(answer_batch(batch, truth, ws.inbox)))
@@ -127,7 +92,7 @@ def kill_chain(tmp_path: Path, boundaries: list[str], own_server: bool = True) -
     for target in boundaries:
         if target == "publish":  # round 2 was tagged (killed at link_run): round 3 gets a new image
             write_digits(ws.images / "last", n=1, size=32)
-        killed = _round(ws, env, target)
+        killed = forks.round(ws, target)
         assert killed.returncode == -signal.SIGKILL, (target, killed.stdout[-2000:], killed.stderr[-2000:])
         if own_server:
             time.sleep(0.5)  # the kernel delivers the parent-death signal asynchronously
@@ -143,12 +108,12 @@ def kill_chain(tmp_path: Path, boundaries: list[str], own_server: bool = True) -
         assert outcomes["publish"] == [1, 2, 3]
     else:  # every kill before round 2's tag
         assert all(tags == [1] for tags in outcomes.values()), outcomes
-        done = _round(ws, env)
+        done = forks.round(ws)
         assert done.returncode == 0, done.stdout + done.stderr
-    done = _round(ws, env)
+    done = forks.round(ws)
     assert done.returncode == 0, done.stdout + done.stderr
     assert ws.round_tags() == list(range(1, last + 1)) and f"nothing new since round {last}" in done.stdout
-    _check_rounds(ws, env, last, answered)
+    _check_rounds(ws, forks.env, last, answered)
 
 
 def _check_rounds(ws: Workspace, env: dict, last: int, answered: int) -> None:

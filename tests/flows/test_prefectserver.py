@@ -7,7 +7,12 @@ import sqlite3
 
 import pytest
 
-from coldstart.flows.prefectserver import database_template, remember_database, seed_database
+from coldstart.flows.prefectserver import remember_database, seed_database
+from coldstart.tasks.dbtemplate import template as _template
+
+
+def database_template():
+    return _template("prefect")
 
 
 def _migrated(path, rows: int = 3) -> sqlite3.Connection:

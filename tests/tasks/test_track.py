@@ -48,3 +48,45 @@ def test_any_class_name_becomes_a_name_mlflow_accepts():
         assert validate_param_and_metric_name(name) and not path_not_unique(name), name
     assert "划痕" in names and "ontology.classes.零_手写_.descriptions" in names
     assert mlflow_names({"a+": 1, "a<": 2}) == {"a_": 1, "a__2": 2}
+
+
+def test_a_new_tracking_store_starts_as_a_copy_of_an_empty_one(tmp_path, monkeypatch):
+    """The first workspace's store makes the cached template (MLflow's own tables, no rows); a
+    later workspace's store is a copy of it, and each records only its own runs."""
+    import sqlite3
+
+    from coldstart.tasks.dbtemplate import template
+
+    monkeypatch.setenv("COLDSTART_CACHE", str(tmp_path / "cache"))
+    runs = {}
+    for name in ("ws1", "ws2"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "params.yaml").write_text(CHINESE, encoding="utf-8")
+        ws = Workspace.open(tmp_path / name)
+        runs[name], _ = log_round(ws, ws.params(), 1, {"images": 3.0}, [], None)
+        if name == "ws1":
+            made = template("mlflow").stat().st_mtime_ns
+    assert template("mlflow").stat().st_mtime_ns == made  # made once, by the first store
+    with sqlite3.connect(template("mlflow")) as t:
+        assert t.execute("SELECT count(*) FROM experiments").fetchone() == (0,)  # no workspace's rows
+        revision = t.execute("SELECT version_num FROM alembic_version").fetchone()
+    for name, run_id in runs.items():
+        with sqlite3.connect(tmp_path / name / "mlflow.db") as db:
+            assert db.execute("SELECT version_num FROM alembic_version").fetchone() == revision
+        client = MlflowClient(f"sqlite:///{tmp_path / name / 'mlflow.db'}")
+        exp = client.get_experiment_by_name(Workspace.open(tmp_path / name).params().tracking.experiment)
+        assert exp.artifact_location == (tmp_path / name / "mlartifacts").as_uri()
+        assert [r.info.run_id for r in client.search_runs([exp.experiment_id])] == [run_id]
+
+
+def test_without_a_usable_template_mlflow_makes_its_own_tables(tmp_path, monkeypatch):
+    from coldstart.tasks.dbtemplate import template
+
+    monkeypatch.setenv("COLDSTART_CACHE", str(tmp_path / "cache"))
+    template("mlflow").parent.mkdir(parents=True)
+    template("mlflow").write_bytes(b"not a database")  # damaged: never copied
+    (tmp_path / "params.yaml").write_text(CHINESE, encoding="utf-8")
+    ws = Workspace.open(tmp_path)
+    run_id, _ = log_round(ws, ws.params(), 1, {"images": 3.0}, [], None)
+    assert MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}").get_run(run_id).data.metrics == {"images": 3.0}
+    assert template("mlflow").read_bytes() == b"not a database"
