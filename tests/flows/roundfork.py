@@ -55,7 +55,7 @@ def arm(target):
         r.run_stage = lambda stage, *a: die() if stage.name == target else run_stage(stage, *a)
 '''
 
-# The parent: import, then one fork per request line ({"ws", "kill_at", "stdout", "stderr"}),
+# The parent: import, then one fork per request line ({"ws", "kill_at", "api", "stdout", "stderr"}),
 # answering {"pid"} at once and {"returncode"} when the child has ended.
 PARENT = ARM + '''
 import importlib, json, os, sys, threading
@@ -83,6 +83,11 @@ sys.argv = ["coldstart", "round", "-w", req["ws"]]
 if req["kill_at"]:
     arm(req["kill_at"])
 from coldstart.flows.cli import main
+if req["api"]:  # this round reports to a running server: as if PREFECT_API_URL had been set at its start
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+    os.environ["PREFECT_API_URL"] = req["api"]
+    with temporary_settings({PREFECT_API_URL: req["api"]}):
+        sys.exit(main(["round", "-w", req["ws"]]))
 sys.exit(main(["round", "-w", req["ws"]]))
 '''
 
@@ -115,12 +120,15 @@ class RoundForks:
                                  f"{self.proc.poll()}):\n{self.log.read()[-3000:].decode(errors='replace')}")
         return json.loads(line)
 
-    def round(self, ws, kill_at: str | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+    def round(self, ws, kill_at: str | None = None, api: str | None = None,
+              timeout: float = 300) -> subprocess.CompletedProcess:
+        """One round in a new child: killed at ``kill_at`` (see ARM) or run to its end; reporting to
+        the Prefect server at ``api``, else as ``env`` says (without PREFECT_API_URL: its own)."""
         with tempfile.TemporaryDirectory() as tmp:
             out, err = Path(tmp) / "stdout", Path(tmp) / "stderr"
             out.touch()
             err.touch()
-            self.proc.stdin.write(json.dumps({"ws": str(ws.root), "kill_at": kill_at, "stdout": str(out),
+            self.proc.stdin.write(json.dumps({"ws": str(ws.root), "kill_at": kill_at, "api": api, "stdout": str(out),
                                               "stderr": str(err)}) + "\n")
             self.proc.stdin.flush()
             pid = self._answer(timeout=30)["pid"]

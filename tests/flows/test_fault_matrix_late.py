@@ -17,4 +17,4 @@ pytestmark = pytest.mark.slow
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="finds processes through /proc")
 def test_kill_9_at_every_stage_boundary_from_relabel_on_then_the_round_completes_once(tmp_path):
-    kill_chain(tmp_path, LATE, own_server=False)
+    kill_chain(tmp_path, LATE)
