@@ -31,7 +31,7 @@ def test_people_answer_regions_by_id_and_the_next_round_learns_from_them(prefect
 
     text = tiny_params(4) + REGIONS + "  review_budget: 5\n"
     ws = init_workspace(tmp_path / "ws", params_text=text)
-    truth = write_digits(ws.images, n=8, size=48)
+    truth = write_digits(ws.images, n=6, size=48)  # few: SAM encodes each (2 s apiece)
     r1 = labeling_round(workspace=str(ws.root))
     assert r1.select.regions == 5
     asked = list(csv.DictReader(open(ws.review / "round-001.regions.csv", encoding="utf-8")))
