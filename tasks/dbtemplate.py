@@ -6,8 +6,9 @@ of CPU for Prefect and 1-2 s for MLflow, in every new workspace. Instead an empt
 each tool, its tables made, is kept in the user's cache (``template``), and every later new
 workspace's database starts as a copy of it: the same tables, the same migration revision, no
 rows. Prefect's is a copy of the first database a Prefect server made (``remember``); MLflow's
-is made by MLflow's own table creation on a file of its own (``make``, tasks/track.py). A template is named by the tool's version (another version has other tables), and every
-step is best effort: without a template (none yet, a read-only cache, a copy that fails) the tool
+is made by MLflow's own table creation on a file of its own (``make``, tasks/track.py). A
+template is named by the tool's version (another version has other tables), and every step is
+best effort: without a template (none yet, a read-only cache, a copy that fails) the tool
 creates its tables as it always does.
 """
 

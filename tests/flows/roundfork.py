@@ -75,8 +75,9 @@ for line in sys.stdin:
     print(json.dumps({"returncode": os.waitstatus_to_exitcode(status)}), flush=True)
 else:
     sys.exit(0)
-for fd, path, flags in ((0, os.devnull, os.O_RDONLY), (1, req["stdout"], os.O_WRONLY), (2, req["stderr"], os.O_WRONLY)):
-    f = os.open(path, flags)
+for fd, path, flags in ((0, os.devnull, os.O_RDONLY), (1, req["stdout"], os.O_WRONLY | os.O_CREAT),
+                        (2, req["stderr"], os.O_WRONLY | os.O_CREAT)):
+    f = os.open(path, flags, 0o600)
     os.dup2(f, fd)
     os.close(f)
 sys.argv = ["coldstart", "round", "-w", req["ws"]]
@@ -126,8 +127,6 @@ class RoundForks:
         the Prefect server at ``api``, else as ``env`` says (without PREFECT_API_URL: its own)."""
         with tempfile.TemporaryDirectory() as tmp:
             out, err = Path(tmp) / "stdout", Path(tmp) / "stderr"
-            out.touch()
-            err.touch()
             self.proc.stdin.write(json.dumps({"ws": str(ws.root), "kill_at": kill_at, "api": api, "stdout": str(out),
                                               "stderr": str(err)}) + "\n")
             self.proc.stdin.flush()
