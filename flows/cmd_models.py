@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shlex
 import sys
@@ -12,7 +13,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from coldstart.models.clip import load_clip
+from coldstart.models.clip import load_clip, model_id_for
 from coldstart.models.finetune import FinetuneConfig, finetune, save_weights
 from coldstart.models.probe import LinearHead
 from coldstart.models.sam import load_sam
@@ -26,7 +27,7 @@ from coldstart.tasks.ontology import negative_labels
 from coldstart.tasks.pool import read_pool
 from coldstart.tasks.prompts import ablate
 from coldstart.tasks.regionexports import regions_to_coco, regions_to_labelstudio
-from coldstart.tasks.regions import region_head, segment_and_label
+from coldstart.tasks.regions import no_masks_hint, region_head, segment_and_label
 from coldstart.tasks.samcache import resolve_checkpoint
 from coldstart.tasks.scan import image_table
 from coldstart.tasks.store import EmbeddingStore
@@ -74,7 +75,9 @@ def cmd_regions(a) -> int:
         print("  removed: " + ", ".join([f"{why} {n}" for why, n in cleaned.items() if n] +
                                          ([f"negative label {negative}"] if negative else [])))
     share = f" ({label_s / seg_s:.0%} of segmentation)" if seg_s > 0 else ""
-    print(f"  segmentation {seg_s:.2f} s, labeling {label_s:.2f} s{share}")
+    print(f"  segmentation {seg_s:.2f} s ({sam.model_id}), labeling {label_s:.2f} s{share}")
+    if images and not any(m for m, _ in found.values()):
+        print(f"  HINT {no_masks_hint(cfg, len(images))}")
     print(f"  COCO: {Path(a.coco).resolve()}" + (f"\n  Label Studio: {Path(a.labelstudio).resolve()} (config: "
                                                  f"{Path(a.labelstudio).resolve().with_name('label_config.xml')})"
                                                  if a.labelstudio else ""))
@@ -118,7 +121,10 @@ def cmd_finetune(a) -> int:
     """Fine-tune the last vision blocks on the human labels; write a loadable checkpoint."""
     ws = Workspace.open(a.workspace)
     params = ws.params()
-    clip = load_clip(clip_config(params.model), fresh=True)  # trained in place: never the shared copy
+    # Trained in place (never the shared copy), in fp32: int8's quantised layers cannot learn. The
+    # checkpoint it writes is plain weights; model.precision applies when it is loaded.
+    configured = clip_config(params.model)
+    clip = load_clip(dataclasses.replace(configured, precision="fp32"), fresh=True)
     humans = human_labels(read_events(ws))
     table = image_table(ws)
     items = [(str(ws.images / table[i]), params.ontology.class_names.index(label))
@@ -128,7 +134,7 @@ def cmd_finetune(a) -> int:
               file=sys.stderr)
         return 2
     chosen = load_chosen(ws)
-    head = chosen.head if chosen is not None and chosen.model_id == clip.model_id else None
+    head = chosen.head if chosen is not None and chosen.model_id == model_id_for(configured) else None
     if not isinstance(head, LinearHead):  # zero-shot (or nothing trained yet): start from the text weights
         zs, _ = zero_shot_head(ws, params, clip)
         head = LinearHead(zs.label_weights(), np.zeros(zs.n_labels, np.float32))

@@ -194,6 +194,8 @@ class RoundRecord:
                              f"image(s) segmented), {rg.relabeled} relabeled, {rg.human} labeled by people ({rg.drawn} "
                              f"drawn); dropped: {dropped}; {rg.defects_localized} defect(s) outlined; "
                              f"{se.regions} offered for review")
+            if rg.hint:
+                lines.insert(-1, f"  HINT        {rg.hint}")
         for w in tr.warnings[:5]:
             lines.append("  WARNING " + w)
         if len(tr.warnings) > 5:

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from coldstart.models.errors import ConfigError, WeightsUnavailableError
+from coldstart.models.quant import has_bf16, has_int8_dot, quantize_int8
 
 log = logging.getLogger(__name__)
 
@@ -37,8 +38,8 @@ class ClipConfig:
     name: str = "ViT-B-32"
     pretrained: str | None = "laion2b_s34b_b79k"
     device: str = "auto"
-    # auto: fp32 on CPU (bf16 autocast measured slower for ViT-B-32 on our 2-core CPU), fp16
-    # autocast on CUDA. Embeddings are always returned as float32.
+    # auto, fp32, fp16, bf16 or int8 (see resolve_precision). Embeddings are always float32; a
+    # precision other than fp32 is part of the model id.
     precision: str = "auto"
 
 
@@ -77,6 +78,8 @@ class ClipModel(Protocol):
     @property
     def autocast_dtype(self) -> torch.dtype | None: ...
     @property
+    def precision(self) -> str: ...
+    @property
     def logit_scale(self) -> float: ...
     def encode_images(self, pixels: torch.Tensor) -> np.ndarray: ...
     def encode_text(self, texts: list[str], batch_size: int = 256) -> np.ndarray: ...
@@ -101,7 +104,13 @@ class LoadedClip:
     model_id: str
     image_size: int
     embed_dim: int
-    autocast_dtype: torch.dtype | None = None  # None: plain fp32
+    precision: str = "fp32"  # what the image tower computes in: fp32, fp16, bf16 (autocast) or int8
+
+    @property
+    def autocast_dtype(self) -> torch.dtype | None:
+        """The autocast dtype of the image tower on a GPU (None: fp32; on a CPU the weights
+        themselves are cast, or quantised, at load: autocast there measured slower than fp32)."""
+        return autocast_dtype(self.precision, self.device)
 
     @property
     def logit_scale(self) -> float:
@@ -111,7 +120,9 @@ class LoadedClip:
     def encode_images(self, pixels: torch.Tensor) -> np.ndarray:
         pixels = pixels.to(self.device, non_blocking=True)
         encode_image = cast(_Encode, self.model.encode_image)
-        if self.autocast_dtype is None:
+        if self.device.type == "cpu" and self.precision in ("fp16", "bf16"):
+            feats = encode_image(pixels.to(_CAST[self.precision]))  # the image tower's weights were cast
+        elif self.autocast_dtype is None:
             feats = encode_image(pixels)
         else:
             with torch.autocast(self.device.type, dtype=self.autocast_dtype):
@@ -170,7 +181,16 @@ def _file_digest(path: Path) -> str:
 
 
 def model_id_for(cfg: ClipConfig) -> str:
-    """Stable id of (architecture, weights): the embedding cache key. Cheap except for local files."""
+    """Stable id of (architecture, weights, precision): the embedding cache key. Cheap except for
+    local files. fp32 adds nothing (ids from before precisions existed stay valid); any other
+    precision is a suffix, ``ViT-B-32@laion2b_s34b_b79k:int8``, so embeddings computed at two
+    precisions are never mixed in one store."""
+    precision = resolve_precision(cfg.precision, resolve_device(cfg.device))
+    return _weights_id(cfg) + ("" if precision == "fp32" else f":{precision}")
+
+
+def _weights_id(cfg: ClipConfig) -> str:
+    """``name@weights``: the architecture and which weights."""
     pre = cfg.pretrained
     if pre is None:
         return f"{cfg.name}@random-seed{RANDOM_SEED}"
@@ -203,6 +223,7 @@ class LazyClip:
     image_size: int
     embed_dim: int
     autocast_dtype: torch.dtype | None
+    precision: str
     logit_scale: float
 
     def __init__(self, cfg: ClipConfig):
@@ -257,6 +278,12 @@ def _load_clip_cached(cfg: ClipConfig) -> LoadedClip:
     torch.manual_seed(RANDOM_SEED)  # random weights must be identical in every process
     model, preprocess = _create_model(cfg, kind, src, device)
     model.eval()
+    precision = resolve_precision(cfg.precision, device)
+    # The image tower only: text is encoded once per ontology, in fp32.
+    if precision == "int8":
+        model.visual = quantize_int8(model.visual)
+    elif precision in _CAST and device.type == "cpu":
+        model.visual.to(_CAST[precision])
     if pre is None:
         log.warning("model %s has RANDOM weights: zero-shot labels are meaningless", cfg.name)
     try:
@@ -265,8 +292,7 @@ def _load_clip_cached(cfg: ClipConfig) -> LoadedClip:
         raise WeightsUnavailableError(f"the tokenizer of {cfg.name} could not be loaded ({e}); {MULTILINGUAL_SETUP}") from e
     size = model.visual.image_size
     size = int(size[0] if isinstance(size, (tuple, list)) else size)
-    return LoadedClip(model, preprocess, tokenizer, device, model_id, size, int(model.visual.output_dim),
-                      autocast_dtype(cfg.precision, device))
+    return LoadedClip(model, preprocess, tokenizer, device, model_id, size, int(model.visual.output_dim), precision)
 
 
 def _check_architecture(cfg: ClipConfig) -> None:
@@ -470,11 +496,29 @@ def _weights_error(name: str, tag: str, src: _TagSource, cause: str, tried: str,
             f"pretrained='{tag}')\"` and copy {src.cache_root} to the same place here").replace("\n", " ")
 
 
-def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype for a precision setting on a device (None = fp32)."""
+PRECISIONS = ("auto", "fp32", "fp16", "bf16", "int8")
+_CAST = {"fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def resolve_precision(precision: str, device: torch.device, key: str = "model.precision") -> str:
+    """The precision a setting means on a device. ``auto``: fp16 autocast on CUDA; on a CPU, bf16
+    where it computes bf16 natively (AVX512_BF16, AMX), else int8 where it has int8 dot products
+    (VNNI), else fp32. On the 2-core EPYC with both (`coldstart bench precision`, BENCHMARKS.md):
+    bf16 2.2x fp32 with embeddings at cosine >= 0.9999, int8 3.4x at >= 0.9996; bf16 is the
+    default there because its error is 5x smaller. On a CPU, fp16 and bf16 cast the image
+    tower's weights (bf16 autocast measured 0.92x fp32). ``key`` names the setting in errors."""
+    if precision not in PRECISIONS:
+        raise ConfigError(f"{key}: {precision!r}; valid: {', '.join(PRECISIONS)}")
     if precision == "auto":
-        return torch.float16 if device.type == "cuda" else None
-    choices = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
-    if precision not in choices:
-        raise ConfigError(f"model.precision: {precision!r}; valid: auto, fp32, fp16, bf16")
-    return choices[precision]
+        if device.type != "cpu":
+            return "fp16"
+        return "bf16" if has_bf16() else "int8" if has_int8_dot() else "fp32"
+    if precision == "int8" and device.type != "cpu":
+        raise ConfigError(f"{key}: int8 runs on the CPU (dynamic quantisation); on {device.type} use fp16 or bf16")
+    return precision
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for a precision setting on a device: fp16/bf16 on a GPU; None on a CPU
+    (fp32, int8, or weights cast at load)."""
+    return None if device.type == "cpu" else _CAST.get(resolve_precision(precision, device))

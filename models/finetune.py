@@ -34,6 +34,8 @@ class FinetuneConfig:
 def trainable_parameters(clip: ClipModel, blocks: int) -> list[torch.nn.Parameter]:
     """Freeze the whole model, then unfreeze the last ``blocks`` vision blocks, ln_post, proj."""
     # open_clip's towers are plain nn.Modules to the type checker: name what these attributes are.
+    if clip.precision == "int8":  # quantised layers have no trainable weights
+        raise ValueError(f"{clip.model_id}: fine-tuning needs the fp32 weights; load the model with precision fp32")
     visual = cast(torch.nn.Module, clip.model.visual)
     if not hasattr(visual, "transformer") or not hasattr(visual.transformer, "resblocks"):
         raise ValueError(f"{clip.model_id}: fine-tuning supports ViT image towers (no transformer.resblocks here)")

@@ -77,7 +77,7 @@ def image_embedding(sam: SamModel, image: np.ndarray) -> ImageEmbedding:
     _check_image(image)
     resized = ResizeLongestSide(sam.image_size).apply_image(image)  # PIL bilinear, the predictor's resize
     x = torch.as_tensor(resized, device=sam.device).permute(2, 0, 1).contiguous()[None]
-    features = sam.model.image_encoder(sam.model.preprocess(x))  # normalise, pad to 1024x1024, encode
+    features = sam.model.image_encoder(sam.model.preprocess(x).to(sam.dtype))  # normalise, pad to 1024x1024, encode
     return ImageEmbedding(features[0].float().cpu().numpy(), (int(image.shape[0]), int(image.shape[1])),
                           (int(resized.shape[0]), int(resized.shape[1])), sam.model_id)
 
@@ -88,16 +88,17 @@ def _decode(sam: SamModel, emb: ImageEmbedding, points: tuple[torch.Tensor, torc
     """Prompts in the 1024 input frame -> low-res logits (B, C, h, 256) and predicted IoU (B, C):
     the rows of the 256 grid over the image and one more (below them is only padding).
     ``iou_thresh``: masks at or below it will be dropped (``decode_prompts`` skips their work)."""
-    model = sam.model
-    sparse, dense = model.prompt_encoder(points=points, boxes=boxes, masks=None)
-    feats = torch.as_tensor(emb.features, device=sam.device)[None]
-    pe = model.prompt_encoder.get_dense_pe()
+    model, dtype = sam.model, sam.dtype
+    sparse, dense = model.prompt_encoder(points=points, boxes=boxes, masks=None)  # fp32: coordinates
+    sparse, dense = sparse.to(dtype), dense.to(dtype)
+    feats = torch.as_tensor(emb.features, device=sam.device)[None].to(dtype)
+    pe = model.prompt_encoder.get_dense_pe().to(dtype)
     # The stock decoder's math, reordered for many prompts (sam_decoder.py); in slices of
     # _DECODE_PROMPTS so its per-prompt (4096 x 256) tensors stay ~0.5 GB at most.
     rows = math.ceil((math.ceil(emb.input_size[0] / 4) + 1) / 4)  # embedding rows that low-res rows read
     outs = [decode_prompts(model.mask_decoder, feats, pe, sparse[i : i + _DECODE_PROMPTS], dense[:1], multimask,
                            rows, iou_thresh) for i in range(0, len(sparse), _DECODE_PROMPTS)]
-    return torch.cat([o[0] for o in outs]), torch.cat([o[1] for o in outs])
+    return torch.cat([o[0] for o in outs]).float(), torch.cat([o[1] for o in outs]).float()
 
 
 def _upsample(low: torch.Tensor, input_size: tuple[int, int], out_hw: tuple[int, int],
@@ -221,8 +222,8 @@ def _box_area(b: torch.Tensor) -> torch.Tensor:
 
 def _crop_candidates(sam: SamModel, image: np.ndarray, cfg: GeneratorSettings, crop_box: list[int],
                      grid: np.ndarray, embedding: ImageEmbedding | None) -> _Candidates | None:
-    """One crop: encode it, decode the point grid in batches, filter on low-res logits, box NMS."""
-    from mobile_sam.utils.amg import calculate_stability_score, is_box_near_crop_edge
+    """One crop: encode it, decode the point grid in batches (coarse to fine, skipping covered
+    points, with ``cfg.skip_covered_points``), filter on low-res logits, box NMS."""
     from mobile_sam.utils.transforms import ResizeLongestSide
 
     x0, y0, x1, y1 = crop_box
@@ -236,29 +237,23 @@ def _crop_candidates(sam: SamModel, image: np.ndarray, cfg: GeneratorSettings, c
     points = grid * np.array([cw, ch])  # (P, 2) xy in crop pixels
     in_points = ResizeLongestSide(sam.image_size).apply_coords(points, (ch, cw))
     thr = sam.mask_threshold
-    parts = []
-    with torch.inference_mode():
-        for start in range(0, len(points), cfg.points_per_batch):
-            p = torch.as_tensor(in_points[start : start + cfg.points_per_batch], dtype=torch.float, device=sam.device)
-            low, iou = _decode(sam, emb, (p[:, None, :], torch.ones(len(p), 1, dtype=torch.int, device=sam.device)),
-                               None, True, cfg.pred_iou_thresh if cfg.pred_iou_thresh > 0 else None)
-            low, iou = low.flatten(0, 1), iou.flatten(0, 1)  # (B*3, 256, 256), (B*3,): 3 masks per point
-            pts = torch.as_tensor(points[start : start + cfg.points_per_batch])  # float64, as the stock records
-            pts = pts.repeat_interleave(3, dim=0)
-            keep = iou > cfg.pred_iou_thresh if cfg.pred_iou_thresh > 0 else torch.ones_like(iou, dtype=torch.bool)
-            valid = low[keep][:, :rows, :cols]
-            stab = calculate_stability_score(valid, thr, cfg.stability_score_offset)
-            k2 = stab >= cfg.stability_score_thresh if cfg.stability_score_thresh > 0 else torch.ones_like(stab, dtype=torch.bool)
-            idx = keep.nonzero()[:, 0][k2]
-            boxes = _cell_boxes(valid[k2] > thr, sx, sy, cw, ch)
-            near = is_box_near_crop_edge(boxes, crop_box, [0, 0, image.shape[1], image.shape[0]])
-            idx, boxes, stab = idx[~near], boxes[~near], stab[k2][~near]
-            if len(idx) == 0:
-                continue
-            # Keep only the cells the upsampling reads: 50 KB a candidate instead of 256 KB.
-            low_kept = low[idx][:, :keep_rows, :keep_cols].float().cpu().clone()
-            parts.append(_Candidates(list(low_kept), iou[idx].float().cpu(), stab.float().cpu(), boxes.cpu(),
-                                     pts[idx.cpu()], torch.tensor([crop_box] * len(idx)), [(ih, iw)] * len(idx)))
+    parts: list[_Candidates] = []
+    # Coarse to fine: each level's points are prompted only where no point's most specific kept
+    # mask already lies (_covers); every point when skipping is off.
+    covered = torch.zeros(keep_rows, keep_cols, dtype=torch.bool)
+    cells = np.minimum((in_points / 4).astype(np.int64), [keep_cols - 1, keep_rows - 1])  # (P, 2) x, y cells
+    skip = cfg.skip_covered_points
+    for todo in (point_levels(int(round(math.sqrt(len(points))))) if skip else [np.arange(len(points))]):
+        while len(todo):
+            if skip:  # coverage grows batch by batch, within a level too
+                todo = todo[~covered[cells[todo, 1], cells[todo, 0]].numpy()]
+            batch, todo = todo[: cfg.points_per_batch], todo[cfg.points_per_batch :]
+            found = _decode_points(sam, emb, cfg, batch, points, in_points, crop_box, image.shape,
+                                   (rows, cols, keep_rows, keep_cols, sx, sy)) if len(batch) else None
+            if found is not None:
+                parts.append(found[0])
+                if skip:
+                    covered |= _covers(torch.stack(found[0].low), found[1], thr, 0.95 * rows * cols)
     cands = _Candidates.cat(parts)
     if cands is None:
         return None
@@ -266,6 +261,76 @@ def _crop_candidates(sam: SamModel, image: np.ndarray, cfg: GeneratorSettings, c
     cands.boxes = cands.boxes + torch.tensor([x0, y0, x0, y0], dtype=torch.float)
     cands.points = cands.points + torch.tensor([x0, y0], dtype=torch.float64)
     return cands
+
+
+def point_levels(n: int) -> list[np.ndarray]:
+    """Indices of an n x n point grid (row-major, as segment-anything builds it) in coarse-to-fine
+    levels: every 4th point of every 4th row first (for n >= 8), then every 2nd, then the rest;
+    every index exactly once. A grid that is not square (crops' grids are) is one level."""
+    if n * n == 0:
+        return [np.arange(0)]
+    rows, cols = np.divmod(np.arange(n * n), n)
+    seen = np.zeros(n * n, dtype=bool)
+    levels = []
+    for stride in (s for s in (8, 4, 2, 1) if s == 1 or n >= 4 * s):
+        # offset stride//2: a level's points sit between the previous level's, not on them
+        this = ~seen & (rows % stride == stride // 2) & (cols % stride == stride // 2) if stride > 1 else ~seen
+        levels.append(np.flatnonzero(this))
+        seen |= this
+    return [lv for lv in levels if len(lv)]
+
+
+def _covers(low: torch.Tensor, point_of: torch.Tensor, thr: float, max_cells: float) -> torch.Tensor:
+    """The low-res cells where a point is not prompted again: inside the smallest kept mask of
+    each decoded point. A point's masks are nested (part, object, object and surroundings); a
+    point inside the smallest one, the most specific object there, would find the same masks
+    again, while a point only inside a larger one may find other parts. ``low``: (N, h, w) kept
+    logits; ``point_of``: (N,) which point each came from; a mask of more than ``max_cells``
+    cells (about the whole crop) covers nothing."""
+    inside = low > thr
+    area = inside.flatten(1).sum(1)
+    covered = torch.zeros(low.shape[1:], dtype=torch.bool)
+    for p in point_of.unique():
+        mine = (point_of == p).nonzero()[:, 0]
+        k = mine[area[mine].argmin()]
+        if area[k] <= max_cells:
+            covered |= inside[k]
+    return covered
+
+
+def _decode_points(sam: SamModel, emb: ImageEmbedding, cfg: GeneratorSettings, idx: np.ndarray,
+                   points: np.ndarray, in_points: np.ndarray, crop_box: list[int], image_shape: tuple[int, ...],
+                   geometry: tuple[int, int, int, int, float, float]) -> tuple[_Candidates, torch.Tensor] | None:
+    """Decode the points ``idx`` of the crop's grid (``points`` in crop pixels, ``in_points`` in
+    the encoder's frame) and keep the masks that pass the generator's filters, as low-res logits,
+    with the point (its position in ``idx``) each came from; None when none does. ``geometry``: the crop's low-res rows and cols, the rows and cols kept
+    for upsampling, and crop pixels per low-res cell (x, y)."""
+    from mobile_sam.utils.amg import calculate_stability_score, is_box_near_crop_edge
+
+    rows, cols, keep_rows, keep_cols, sx, sy = geometry
+    ch, cw = crop_box[3] - crop_box[1], crop_box[2] - crop_box[0]
+    thr = sam.mask_threshold
+    with torch.inference_mode():
+        p = torch.as_tensor(in_points[idx], dtype=torch.float, device=sam.device)
+        low, iou = _decode(sam, emb, (p[:, None, :], torch.ones(len(p), 1, dtype=torch.int, device=sam.device)),
+                           None, True, cfg.pred_iou_thresh if cfg.pred_iou_thresh > 0 else None)
+        low, iou = low.flatten(0, 1), iou.flatten(0, 1)  # (B*3, 256, 256), (B*3,): 3 masks per point
+        pts = torch.as_tensor(points[idx]).repeat_interleave(3, dim=0)  # float64, as the stock records
+        keep = iou > cfg.pred_iou_thresh if cfg.pred_iou_thresh > 0 else torch.ones_like(iou, dtype=torch.bool)
+        valid = low[keep][:, :rows, :cols]
+        stab = calculate_stability_score(valid, thr, cfg.stability_score_offset)
+        k2 = stab >= cfg.stability_score_thresh if cfg.stability_score_thresh > 0 else torch.ones_like(stab, dtype=torch.bool)
+        kept = keep.nonzero()[:, 0][k2]
+        boxes = _cell_boxes(valid[k2] > thr, sx, sy, cw, ch)
+        near = is_box_near_crop_edge(boxes, crop_box, [0, 0, image_shape[1], image_shape[0]])
+        kept, boxes, stab = kept[~near], boxes[~near], stab[k2][~near]
+        if len(kept) == 0:
+            return None
+        # Keep only the cells the upsampling reads: 50 KB a candidate instead of 256 KB.
+        low_kept = low[kept][:, :keep_rows, :keep_cols].float().cpu().clone()
+        return (_Candidates(list(low_kept), iou[kept].float().cpu(), stab.float().cpu(), boxes.cpu(),
+                            pts[kept.cpu()], torch.tensor([crop_box] * len(kept)), [emb.input_size] * len(kept)),
+                kept.cpu() // 3)
 
 
 def _cell_boxes(masks: torch.Tensor, sx: float, sy: float, w: int, h: int) -> torch.Tensor:

@@ -146,7 +146,11 @@ class ModelConfig(_Section):
     # 'local-dir:/path', or null for random weights (tests, smoke runs).
     pretrained: str | None = "laion2b_s34b_b79k"
     device: str = "auto"
-    precision: Literal["auto", "fp32", "fp16", "bf16"] = "auto"  # auto: fp32 on CPU, fp16 autocast on CUDA
+    # What the image tower computes in; embeddings are stored as float32 either way, and a
+    # precision other than fp32 is part of the model id (changing it re-embeds, never mixes).
+    # auto: fp16 autocast on CUDA; on a CPU bf16 where it is native (AVX512_BF16/AMX), else int8
+    # where it has VNNI, else fp32 (`coldstart bench precision` compares them on this machine).
+    precision: Literal["auto", "fp32", "fp16", "bf16", "int8"] = "auto"
     batch_size: int = Field(default=32, ge=1, le=4096)
     # DataLoader workers decoding images while the model computes; 'auto' picks by core count.
     num_workers: int | Literal["auto"] = "auto"
@@ -343,6 +347,9 @@ class RegionsConfig(_Section):
     sam_type: Literal["vit_t", "vit_b", "vit_l", "vit_h"] = "vit_t"  # vit_t: MobileSAM (mobilesam-mirror)
     sam_checkpoint: str | None = None  # a local .pt/.pth state dict; null: random weights (tests only)
     device: str = "auto"
+    # The image encoder's and mask decoder's precision (part of the SAM model id). auto: bf16 on
+    # a CPU with AVX512_BF16/AMX (2x fp32 there, same masks), else fp32. Or fp32, fp16, bf16, int8.
+    precision: Literal["auto", "fp32", "fp16", "bf16", "int8"] = "auto"
     # SamAutomaticMaskGenerator's knobs
     points_per_side: int = Field(default=16, ge=1, le=128)
     points_per_batch: int = Field(default=64, ge=1)
@@ -355,6 +362,10 @@ class RegionsConfig(_Section):
     crop_overlap_ratio: float = Field(default=512 / 1500, ge=0, lt=1)
     crop_n_points_downscale_factor: int = Field(default=1, ge=1)
     min_mask_region_area: int = Field(default=0, ge=0)
+    # Prompt the point grid coarse to fine and skip a point that lies inside a mask already kept
+    # (one covering at most a quarter of the image): most points of a segment-everything pass
+    # re-find an object another point found. false: every point, exactly the stock generator.
+    skip_covered_points: bool = True
     # over-segmentation cleanup
     mask_nms_thresh: float = Field(default=0.8, ge=0, le=1)  # drop a mask whose mask-IoU with a better one is above this
     containment_thresh: float = Field(default=0.95, ge=0, le=1)  # drop a mask this much inside a better one of the same label

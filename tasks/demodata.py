@@ -30,6 +30,7 @@ model:
   name: {model}
   pretrained: {pretrained}
   device: auto
+  precision: auto
   batch_size: 32
   num_workers: auto
 views:

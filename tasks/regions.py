@@ -259,39 +259,6 @@ def region_head(ws: Workspace, params: Params, clip: ClipModel) -> tuple[Head, s
     return head, f"{clip.model_id}+zero-shot"
 
 
-def bench_labeling(image: Image.Image | np.ndarray, masks: list[dict], clip: ClipModel, head: Head, *,
-                   classes: Sequence[str] | None = None, cfg: RegionsConfig | None = None,
-                   batch_size: int = 64) -> tuple[float, float]:
-    """Seconds to label ``masks`` of ``image`` batched (``label_regions``) and naively (one model
-    call per mask: crop, preprocess, encode one, predict), on the same masks, after one warm-up
-    call each. Returns (ours_s, naive_s)."""
-    import torch  # lazy: only a benchmark run needs torch here
-
-    cfg = cfg or RegionsConfig()
-    masks = _best_masks(list(masks), cfg.max_regions_per_image)
-    if not masks:
-        raise ValueError("bench_labeling needs at least one mask")
-    item = ImageMasks("bench", "bench", image, masks)
-    n_labels = np.asarray(head.predict_proba(np.zeros((1, clip.embed_dim), np.float32))).shape[1]
-    classes = list(classes) if classes is not None else [str(k) for k in range(n_labels)]
-
-    def ours() -> None:
-        label_regions(clip, head, [item], cfg, classes, batch_size=batch_size)
-
-    def naive() -> None:
-        for m in masks:
-            crops, _ = region_crops(image, [m], cfg)
-            head.predict_proba(clip.encode_images(torch.stack([clip.preprocess(letterbox(crops[0]))])))
-
-    times = []
-    for fn in (ours, naive):
-        fn()  # warm-up: first-call allocations, lazy model build
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return times[0], times[1]
-
-
 # --- the regions table ----------------------------------------------------------------------------
 
 
@@ -387,7 +354,7 @@ def localize_defects(sam, params: Params, rows: Iterable[dict], files: dict[str,
 # The settings that change which regions an image gets (not `enabled`, the device or the batch size).
 _SEGMENTER_KEYS = ("points_per_side", "pred_iou_thresh", "stability_score_thresh", "stability_score_offset",
                    "box_nms_thresh", "crop_n_layers", "crop_nms_thresh", "crop_overlap_ratio",
-                   "crop_n_points_downscale_factor", "min_mask_region_area", "mask_nms_thresh", "containment_thresh",
+                   "crop_n_points_downscale_factor", "min_mask_region_area", "skip_covered_points", "mask_nms_thresh", "containment_thresh",
                    "min_area", "max_area_fraction", "one_mask_per_pixel", "crop_padding", "blank_outside",
                    "max_regions_per_image")
 
@@ -416,6 +383,7 @@ class RegionsResult(StageResult):
     defects_localized: int = 0  # this round: images labeled as a defect whose tile SAM outlined (again)
     seg_s: float = 0.0
     label_s: float = 0.0
+    hint: str = ""  # what to change when SAM found nothing on the images it segmented
 
     def metrics(self) -> dict[str, float | None]:
         if not self.enabled:
@@ -526,7 +494,17 @@ def regions(ws: Workspace, params: Params, clip: ClipModel, round_no: int) -> Re
         new_regions=sum(1 for r in kept if r.region_id in new_ids), regions=len(kept), relabeled=relabeled,
         human=sum(1 for r in labeled if r.labeler.startswith("human:")), drawn=len(drawn), cleaned=seg.cleaned,
         dropped=dict(Counter(r.dropped for r in labeled if r.dropped)), defects_localized=found,
-        seg_s=round(seg.seg_s, 3), label_s=round(label_s, 3))
+        seg_s=round(seg.seg_s, 3), label_s=round(label_s, 3),
+        hint=no_masks_hint(cfg, len(todo)) if todo and not any(m for m, _ in seg.found.values()) else "")
+
+
+def no_masks_hint(cfg: RegionsConfig, images: int) -> str:
+    """The one line a round prints when SAM kept no mask on any of the ``images`` it segmented."""
+    weights = (" (random weights, sam_checkpoint null: only thresholds near 0 keep masks)"
+               if cfg.sam_checkpoint is None else "")
+    return (f"SAM kept no mask on the {images} image(s) it segmented{weights}: lower regions.pred_iou_thresh "
+            f"(now {cfg.pred_iou_thresh}) and regions.stability_score_thresh (now {cfg.stability_score_thresh}), "
+            f"e.g. to 0.7 and 0.85, or raise regions.points_per_side (now {cfg.points_per_side})")
 
 
 def _first_paths(ws: Workspace) -> dict[str, str]:

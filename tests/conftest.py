@@ -38,7 +38,8 @@ from PIL import Image  # noqa: E402
 
 from coldstart.models.clip import ClipConfig, load_clip  # noqa: E402
 
-TINY = ClipConfig(name="coldstart-tiny", pretrained=None, device="cpu")
+# fp32 pinned: `auto` is int8 on CPUs with VNNI, so ids and embeddings would differ by host.
+TINY = ClipConfig(name="coldstart-tiny", pretrained=None, device="cpu", precision="fp32")
 
 
 @pytest.fixture(scope="session")
@@ -52,7 +53,7 @@ def tiny_params(budget: int = 6) -> str:
     from coldstart.tasks.demodata import demo_params
 
     text = demo_params(None, budget, model="coldstart-tiny").replace("batch_size: 32", "batch_size: 16")
-    return text.replace("num_workers: auto", "num_workers: 0")
+    return text.replace("num_workers: auto", "num_workers: 0").replace("precision: auto", "precision: fp32")
 
 
 @pytest.fixture

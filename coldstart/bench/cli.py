@@ -23,6 +23,7 @@ BENCHES = {
     "scale": "coldstart.bench.scale:bench_scale",
     "al": "coldstart.bench.al:bench_al",
     "regions": "coldstart.bench.regions:bench_regions",
+    "precision": "coldstart.bench.precision:bench_precision",
     "api": "coldstart.bench.api:bench_api",
 }
 
@@ -34,6 +35,7 @@ OPTIONS = {
     "train": ("labels",),
     "scale": ("n", "budget", "keep"),
     "al": ("seeds", "batch", "start", "audit_seeds", "audit_seed_start", "audit_policy"),
+    "precision": ("n", "model", "pretrained", "batch_size"),
     "regions": ("points_per_side", "pred_iou_thresh", "stability_score_thresh", "box_nms_thresh", "clip_model"),
     "api": ("model", "clients", "load_s", "soak_s", "warm_s", "requests", "forward_runs", "forward_batches", "size",
             "port"),
@@ -54,6 +56,8 @@ def add_bench_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
     _train_options(_bench_parser(bsub, "train", "the train stage at a fixed number of human labels as the pool grows"))
     _scale_options(_bench_parser(bsub, "scale", "four real rounds on N synthetic images: seconds per stage, peak RSS, "
                                                 "bytes stored"))
+    _precision_options(_bench_parser(bsub, "precision", "CLIP's image tower at fp32, bf16 and int8: speed, the "
+                                                          "machine's fp32 limit, label agreement with fp32"))
     _regions_options(_bench_parser(bsub, "regions", "SAM automatic masks: ours vs segment-anything's generator, same "
                                                     "model (vit_t, random)"))
     _api_options(_bench_parser(bsub, "api", "coldstart api (own process) over HTTP: 1-client latency, 16-client "
@@ -113,6 +117,14 @@ def _scale_options(b: argparse.ArgumentParser) -> None:
     b.add_argument("--n", type=int, default=2000)
     b.add_argument("--budget", type=int, default=50)
     b.add_argument("--keep", help="build the workspace in this folder and keep it (default: a temporary folder)")
+
+
+def _precision_options(b: argparse.ArgumentParser) -> None:
+    """`bench precision`: the digits, the model and its weights, the batch."""
+    b.add_argument("--n", type=int, default=512, help="digits (real images, 224x224)")
+    b.add_argument("--model", default="ViT-B-32")
+    b.add_argument("--pretrained", default=None, help="weights: a tag or checkpoint available here (default random)")
+    b.add_argument("--batch-size", type=int, default=32)
 
 
 def _regions_options(b: argparse.ArgumentParser) -> None:

@@ -10,7 +10,6 @@ construction, bookkeeping). Weights do not change the compute, so random weights
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import platform
 import tempfile
@@ -46,9 +45,8 @@ def synthetic_jpegs(folder: Path, n: int, seed: int = 0) -> list[Path]:
     return paths
 
 
-def _forward_img_s(clip: LoadedClip, paths: list[Path], batch_size: int, dtype: torch.dtype | None = None) -> float:
-    """Bare ``encode_image`` throughput on ready tensors (autocast to ``dtype`` if given)."""
-    clip = dataclasses.replace(clip, autocast_dtype=dtype)
+def _forward_img_s(clip: LoadedClip, paths: list[Path], batch_size: int) -> float:
+    """Bare ``encode_image`` throughput on ready tensors, at the model's precision."""
     pixels = torch.stack([clip.preprocess(Image.open(p).convert("RGB")) for p in paths])
     clip.encode_images(pixels[:batch_size])  # warm-up
     t = time.perf_counter()
@@ -82,7 +80,8 @@ def bench_prelabel(n: int = 256, model: str = "ViT-B-32", pretrained: str | None
         ontology = ws.params().ontology
         print(f"bench prelabel: {n} synthetic 640x480 JPEGs, {model} ({clip.model_id}), batch {batch_size}, "
               f"{torch.get_num_threads()} torch threads, device {clip.device}", flush=True)
-        forward, other, other_s = _bare_forward(clip, paths, batch_size)
+        forward = _forward_img_s(clip, paths, batch_size)
+        print(f"  bare forward pass on ready tensors ({clip.precision}): {forward:8.2f} img/s", flush=True)
         run = run_round(ws.root)
         embed = _embed_img_s(Path(tmp) / "embed-ws", params, paths)
         print(f"  embed stage (decode+preprocess+encode+store): {embed:8.2f} img/s", flush=True)
@@ -97,8 +96,7 @@ def bench_prelabel(n: int = 256, model: str = "ViT-B-32", pretrained: str | None
         "embed_vs_forward": round(embed / forward, 3),
         "embed_vs_naive": round(embed / naive, 2),
         **_round_figures(run, n, forward),
-        "precision": str(clip.autocast_dtype or "fp32"),
-        "forward_other_precision": {"dtype": str(other or "fp32"), "img_s": round(other_s, 3)},
+        "precision": clip.precision,  # `coldstart bench precision` compares them
         "n_images": n,
         "model": model,
         "batch_size": batch_size,
@@ -107,17 +105,6 @@ def bench_prelabel(n: int = 256, model: str = "ViT-B-32", pretrained: str | None
     }
     _print_summary(figures)
     return figures
-
-
-def _bare_forward(clip: LoadedClip, paths: list[Path], batch_size: int) -> tuple[float, torch.dtype | None, float]:
-    """The bare forward pass at the model's precision (img/s), and the other candidate precision on
-    this device with its img/s: the precision choice is measured, not assumed."""
-    forward = _forward_img_s(clip, paths, batch_size, clip.autocast_dtype)
-    print(f"  bare forward pass on ready tensors ({clip.autocast_dtype or 'fp32'}): {forward:8.2f} img/s", flush=True)
-    other = torch.bfloat16 if clip.device.type == "cpu" else (None if clip.autocast_dtype else torch.float16)
-    other_s = _forward_img_s(clip, paths[: max(batch_size * 2, 1)], batch_size, other)
-    print(f"  bare forward pass with {other or 'fp32'} instead: {other_s:8.2f} img/s", flush=True)
-    return forward, other, other_s
 
 
 def _embed_img_s(folder: Path, params_text: str, paths: list[Path]) -> float:

@@ -125,11 +125,11 @@ def test_prompts_saves_the_round_weights_from_a_local_checkpoint_and_ablates(mak
     out = tmp_path / "w.npy"
     assert cli(["prompts", "-w", str(ws.root), "--save", str(out)]) == 0
     saved = np.load(out)
-    expected = text_weights(load_clip(ClipConfig("coldstart-tiny", str(ws.root / "weights/tiny.pt"), "auto")),
+    expected = text_weights(load_clip(ClipConfig("coldstart-tiny", str(ws.root / "weights/tiny.pt"), "auto", "fp32")),
                             ws.params().ontology.prompts())
     assert saved.shape == (10, 32) and saved.dtype == np.float32
     np.testing.assert_allclose(saved, expected, atol=1e-6)
-    random_w = text_weights(load_clip(ClipConfig("coldstart-tiny", None, "cpu")), ws.params().ontology.prompts())
+    random_w = text_weights(load_clip(ClipConfig("coldstart-tiny", None, "cpu", "fp32")), ws.params().ontology.prompts())
     assert not np.allclose(saved, random_w, atol=1e-3)  # the checkpoint, not random weights
 
     for stage in ("scan", "embed"):
@@ -151,7 +151,7 @@ def test_prompts_saves_the_round_weights_from_a_local_checkpoint_and_ablates(mak
     from coldstart.tasks.pool import read_pool
     from coldstart.tasks.store import EmbeddingStore
 
-    params, clip = ws.params(), load_clip(ClipConfig("coldstart-tiny", str(ws.root / "weights/tiny.pt"), "auto"))
+    params, clip = ws.params(), load_clip(ClipConfig("coldstart-tiny", str(ws.root / "weights/tiny.pt"), "auto", "fp32"))
     humans = human_labels(read_events(ws))
     pool = read_pool(ws, EmbeddingStore(ws.embeddings, clip.model_id, params.views.key("global")), humans)
     y = np.array([params.ontology.class_names.index(humans[i]) for i in pool.labeled_ids])
@@ -253,7 +253,7 @@ def test_finetune_command_writes_a_checkpoint_the_round_can_load(make_workspace,
     assert cli(["finetune", "-w", str(ws.root), "--blocks", "1", "--epochs", "1", "--batch-size", "4"]) == 0
     out = ws.root / "data/finetuned/coldstart-tiny-ft1.safetensors"
     assert out.is_file() and "model.pretrained: data/finetuned/coldstart-tiny-ft1.safetensors" in capsys.readouterr().out
-    assert load_clip(ClipConfig("coldstart-tiny", str(out), "cpu")).model_id.startswith("coldstart-tiny@file-")
+    assert load_clip(ClipConfig("coldstart-tiny", str(out), "cpu", "fp32")).model_id.startswith("coldstart-tiny@file-")
 
 
 @pytest.mark.parametrize("command", [[], ["init"], ["round"], ["status"], ["stage"], ["prompts"], ["finetune"],

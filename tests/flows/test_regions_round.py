@@ -24,6 +24,7 @@ REGIONS = """
 regions:
   enabled: true
   sam_type: vit_t
+  precision: fp32
   points_per_side: 3
   pred_iou_thresh: 0.0
   stability_score_thresh: 0.0

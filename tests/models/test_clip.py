@@ -12,6 +12,7 @@ import torch
 from coldstart.models.clip import ClipConfig, load_clip, model_id_for
 from coldstart.models.errors import ConfigError, WeightsUnavailableError
 from coldstart.models.zeroshot import class_text_weights, zero_shot_probs
+from tests.conftest import TINY
 
 
 def test_tiny_model_encodes_unit_vectors(tiny_clip):
@@ -26,7 +27,7 @@ def test_tiny_model_encodes_unit_vectors(tiny_clip):
 def test_random_weights_are_the_same_in_every_load(tiny_clip):
     from coldstart.models.clip import _load_clip_cached
 
-    fresh = _load_clip_cached.__wrapped__(ClipConfig("coldstart-tiny", None, "cpu"))
+    fresh = _load_clip_cached.__wrapped__(TINY)
     x = torch.rand(2, 3, 64, 64)
     np.testing.assert_allclose(fresh.encode_images(x), tiny_clip.encode_images(x), atol=1e-6)
     assert fresh.model_id == tiny_clip.model_id == "coldstart-tiny@random-seed0"
@@ -56,9 +57,9 @@ def test_local_checkpoint_path_is_loaded(tiny_clip, tmp_path):
     other, _, _ = open_clip.create_model_and_transforms("coldstart-tiny", pretrained=None)
     ckpt = tmp_path / "tiny.pt"
     torch.save(other.state_dict(), ckpt)
-    loaded = load_clip(ClipConfig("coldstart-tiny", str(ckpt), "cpu"))
+    loaded = load_clip(ClipConfig("coldstart-tiny", str(ckpt), "cpu", "fp32"))
     assert loaded.model_id.startswith("coldstart-tiny@file-") and loaded.model_id == model_id_for(
-        ClipConfig("coldstart-tiny", str(ckpt)))
+        ClipConfig("coldstart-tiny", str(ckpt), precision="fp32"))
     x = torch.rand(2, 3, 64, 64)
     with torch.inference_mode():
         expected = torch.nn.functional.normalize(other.eval().encode_image(x), dim=-1).numpy()
@@ -79,7 +80,7 @@ def test_local_dir_as_documented_is_loaded(tiny_clip, tmp_path):
     folder.mkdir()
     (folder / "open_clip_config.json").write_text(json.dumps({"model_cfg": open_clip.get_model_config("coldstart-tiny")}))
     save_file({k: v.contiguous() for k, v in other.state_dict().items()}, folder / "open_clip_model.safetensors")
-    cfg = ClipConfig("coldstart-tiny", f"local-dir:{folder}", "cpu")
+    cfg = ClipConfig("coldstart-tiny", f"local-dir:{folder}", "cpu", "fp32")
     loaded = load_clip(cfg)
     assert loaded.model_id.startswith("coldstart-tiny@dir-") and loaded.model_id == model_id_for(cfg)
     x = torch.rand(2, 3, 64, 64)
@@ -92,7 +93,7 @@ def test_local_dir_as_documented_is_loaded(tiny_clip, tmp_path):
 
 def test_missing_weights_fail_with_instructions(tmp_path):
     with pytest.raises(WeightsUnavailableError, match="does not exist"):
-        load_clip(ClipConfig("coldstart-tiny", str(tmp_path / "nope.safetensors"), "cpu"))
+        load_clip(ClipConfig("coldstart-tiny", str(tmp_path / "nope.safetensors"), "cpu", "fp32"))
     with pytest.raises(ConfigError, match="not a pretrained tag"):
         load_clip(ClipConfig("ViT-B-32", "no_such_tag", "cpu"))
     with pytest.raises(ConfigError, match="unknown open_clip architecture"):
@@ -212,7 +213,7 @@ def test_cached_tag_loads_without_touching_the_hub(hub, fake_hub, monkeypatch, t
     torch.manual_seed(7)
     ref, _, _ = open_clip.create_model_and_transforms("coldstart-tiny", pretrained=None)
     save_file(ref.state_dict(), snapshot / "open_clip_model.safetensors")
-    loaded = load_clip(ClipConfig("coldstart-tiny", "fake", "cpu"), fresh=True)
+    loaded = load_clip(ClipConfig("coldstart-tiny", "fake", "cpu", "fp32"), fresh=True)
     x = torch.rand(2, 3, 64, 64)
     with torch.inference_mode():
         expected = torch.nn.functional.normalize(ref.eval().encode_image(x), dim=-1).numpy()
@@ -247,22 +248,66 @@ def test_multilingual_model_without_transformers_says_how_to_install():
     assert "coldstart[multilingual]" in str(e.value) and "Hugging Face cache" in str(e.value)
 
 
-def test_precision_policy():
-    from coldstart.models.clip import autocast_dtype
+def test_precision_policy(monkeypatch):
+    from coldstart.models import clip as clip_mod
+    from coldstart.models.clip import autocast_dtype, resolve_precision
 
-    assert autocast_dtype("auto", torch.device("cpu")) is None
-    assert autocast_dtype("auto", torch.device("cuda")) is torch.float16
-    assert autocast_dtype("bf16", torch.device("cpu")) is torch.bfloat16
-    with pytest.raises(ConfigError, match="model.precision"):
-        autocast_dtype("int4", torch.device("cpu"))
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert resolve_precision("auto", cuda) == "fp16" and autocast_dtype("auto", cuda) is torch.float16
+    monkeypatch.setattr(clip_mod, "has_int8_dot", lambda: True)
+    monkeypatch.setattr(clip_mod, "has_bf16", lambda: True)
+    assert resolve_precision("auto", cpu) == "bf16" and autocast_dtype("auto", cpu) is None
+    monkeypatch.setattr(clip_mod, "has_bf16", lambda: False)
+    assert resolve_precision("auto", cpu) == "int8"
+    monkeypatch.setattr(clip_mod, "has_int8_dot", lambda: False)
+    assert resolve_precision("auto", cpu) == "fp32"
+    assert autocast_dtype("bf16", cpu) is None and autocast_dtype("bf16", cuda) is torch.bfloat16
+    with pytest.raises(ConfigError, match="model.precision.*int4"):
+        resolve_precision("int4", cpu)
+    with pytest.raises(ConfigError, match="regions.precision: int8 runs on the CPU"):
+        resolve_precision("int8", cuda, "regions.precision")
 
 
-def test_bf16_autocast_embeddings_stay_close_to_fp32(tiny_clip):
+@pytest.mark.parametrize("precision", ["bf16", "int8"])
+def test_each_precision_loads_embeds_close_to_fp32_under_its_own_model_id(tiny_clip, precision):
+    """A reduced precision is a different model id (no mixing in the store), its embeddings stay
+    float32 unit vectors close to fp32's, and int8 reaches attention's projections too."""
     import dataclasses
 
+    from coldstart.models.clip import LazyClip
+    from coldstart.models.quant import PackedSelfAttention
+    from tests.conftest import TINY
+
+    cfg = dataclasses.replace(TINY, precision=precision)
+    lazy = LazyClip(cfg)
+    assert lazy.model_id == f"{tiny_clip.model_id}:{precision}" != tiny_clip.model_id
     x = torch.rand(4, 3, 64, 64)
-    bf16 = dataclasses.replace(tiny_clip, autocast_dtype=torch.bfloat16).encode_images(x)
-    assert bf16.dtype == np.float32 and np.abs(bf16 - tiny_clip.encode_images(x)).max() < 0.1
+    emb = lazy.encode_images(x)
+    assert lazy.precision == precision and lazy.load().model_id == lazy.model_id
+    assert emb.dtype == np.float32 and np.allclose(np.linalg.norm(emb, axis=1), 1, atol=1e-5)
+    cos = (emb * tiny_clip.encode_images(x)).sum(1)
+    assert cos.min() > 0.99, cos
+    if precision == "int8":
+        names = {type(m).__name__ for m in lazy.model.visual.modules()}
+        assert "DynamicQuantizedLinear" in names or "Linear" in {n.split(".")[-1] for n in names}
+        assert any(isinstance(m, PackedSelfAttention) for m in lazy.model.visual.modules())
+        assert not any(type(m) is torch.nn.Linear for m in lazy.model.visual.modules())  # every linear quantised
+        text = lazy.encode_text(["a photo of a cat"])  # the text tower stays fp32: same text weights
+        assert np.allclose(text, tiny_clip.encode_text(["a photo of a cat"]), atol=1e-6)
+
+
+def test_packed_self_attention_equals_multihead_attention():
+    from coldstart.models.quant import PackedSelfAttention
+
+    torch.manual_seed(0)
+    for batch_first in (True, False):
+        mha = torch.nn.MultiheadAttention(32, 4, batch_first=batch_first).eval()
+        x = torch.randn(2, 7, 32) if batch_first else torch.randn(7, 2, 32)
+        mask = torch.triu(torch.full((7, 7), float("-inf")), 1)
+        for m in (None, mask):
+            want = mha(x, x, x, need_weights=False, attn_mask=m)[0]
+            got, none = PackedSelfAttention(mha)(x, x, x, need_weights=False, attn_mask=m)
+            assert none is None and torch.allclose(got, want, atol=1e-5)
 
 
 def test_lazy_model_is_built_only_when_used():

@@ -12,7 +12,7 @@ from coldstart.models.probe import LinearHead
 @pytest.fixture
 def fresh_tiny():
     # Not the shared cached model: this test changes weights in place.
-    return load_clip(ClipConfig("coldstart-tiny", None, "cpu"), fresh=True)
+    return load_clip(ClipConfig("coldstart-tiny", None, "cpu", "fp32"), fresh=True)
 
 
 def test_one_step_trains_only_the_last_blocks_and_reloads(fresh_tiny, tmp_path):
@@ -33,7 +33,7 @@ def test_one_step_trains_only_the_last_blocks_and_reloads(fresh_tiny, tmp_path):
 
     path = tmp_path / "finetuned.safetensors"
     save_weights(clip, path)
-    reloaded = load_clip(ClipConfig("coldstart-tiny", str(path), "cpu"))
+    reloaded = load_clip(ClipConfig("coldstart-tiny", str(path), "cpu", "fp32"))
     x = torch.rand(2, 3, 64, 64)
     np.testing.assert_allclose(reloaded.encode_images(x), clip.encode_images(x), atol=1e-5)
     assert reloaded.model_id.startswith("coldstart-tiny@file-")

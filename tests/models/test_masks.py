@@ -19,8 +19,9 @@ from coldstart.tasks.config import RegionsConfig
 STOCK_KEYS = {"segmentation", "area", "bbox", "predicted_iou", "point_coords", "stability_score", "crop_box"}
 # Random weights give no mask under the default thresholds, and their masks all span the image
 # (box NMS at 0.7 keeps one): these thresholds keep all 48 candidates of a 4x4 grid.
+# fp32 and every point: the exact path (pruning and bf16 are checked against it below).
 CFG = RegionsConfig(device="cpu", points_per_side=4, pred_iou_thresh=0.0, stability_score_thresh=0.0,
-                    box_nms_thresh=1.0)
+                    box_nms_thresh=1.0, precision="fp32", skip_covered_points=False)
 
 
 @pytest.fixture(scope="module")
@@ -95,6 +96,44 @@ def test_masks_are_the_stock_generators(ours_and_stock):
     for s, o in common:  # random masks are alike (IoU ~0.95 between neighbours): compare pixels too
         assert o["bbox"] == s["bbox"] and o["crop_box"] == s["crop_box"]
         assert abs(o["area"] - s["area"]) <= 2 and mask_utils.iou([o["segmentation"]], [s["segmentation"]], [0]) > 0.999
+
+
+def test_point_levels_run_coarse_to_fine_over_every_point_once():
+    from coldstart.models.masks import point_levels
+
+    levels = point_levels(16)
+    assert [len(lv) for lv in levels] == [16, 64, 176]  # every 4th, every 2nd (between them), the rest
+    assert sorted(np.concatenate(levels).tolist()) == list(range(256))
+    rows, cols = np.divmod(levels[0], 16)
+    assert set(rows.tolist()) == set(cols.tolist()) == {2, 6, 10, 14}  # spread over the image
+    assert [len(lv) for lv in point_levels(32)] == [16, 64, 256, 688]
+    assert [lv.tolist() for lv in point_levels(3)] == [list(range(9))]  # too few points for levels
+
+
+def test_pruned_and_bf16_masks_match_the_stock_generators(sam, image, ours_and_stock):
+    """Skipping points inside found objects, and SAM in bf16, keep the stock generator's masks:
+    each side's masks have an IoU >= 0.9 match in the other's, on the same random vit_t."""
+    from coldstart.models import masks as masks_mod
+
+    cfg = CFG.model_copy(update={"points_per_side": 8, "skip_covered_points": True})
+    decoded: list[int] = []
+    real = masks_mod._decode_points
+
+    def counting(sam_, emb, cfg_, idx, *args):
+        decoded.append(len(idx))
+        return real(sam_, emb, cfg_, idx, *args)
+
+    masks_mod._decode_points = counting
+    try:
+        pruned = generate_masks(sam, image, cfg)
+    finally:
+        masks_mod._decode_points = real
+    stock = sam.stock_generator(cfg).generate(image)
+    assert len(stock) >= 100 and sum(decoded) < 64  # fewer prompts than the 8x8 grid
+    assert min(mask_match(stock, pruned)) >= 0.95
+    bf16 = load_sam(CFG.model_copy(update={"precision": "bf16"}))
+    ours = generate_masks(bf16, image, CFG)
+    assert min(mask_match(ours_and_stock[1], ours)) >= 0.95
 
 
 def test_records_have_exactly_the_stock_keys_and_types(ours_and_stock, image):

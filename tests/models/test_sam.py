@@ -9,7 +9,7 @@ from coldstart.models.errors import ConfigError, WeightsUnavailableError
 from coldstart.models.sam import WEIGHTS_URLS, load_sam
 from coldstart.tasks.config import RegionsConfig
 
-CPU = RegionsConfig(sam_type="vit_t", sam_checkpoint=None, device="cpu")
+CPU = RegionsConfig(sam_type="vit_t", sam_checkpoint=None, device="cpu", precision="fp32")
 
 
 @pytest.fixture(scope="module")
@@ -25,6 +25,22 @@ def test_random_vit_t_is_seeded_the_same_in_every_load(sam):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert sam.model_id == "vit_t@random-seed0" and sam.image_size == 1024 and sam.device.type == "cpu"
     assert not sam.model.training
+
+
+@pytest.mark.parametrize("precision", ["bf16", "int8"])
+def test_a_reduced_precision_is_its_own_model_id_and_never_the_stock_reference(precision):
+    from coldstart.models.quant import PackedSelfAttention  # noqa: F401  (int8 reaches every linear layer)
+
+    reduced = load_sam(CPU.model_copy(update={"precision": precision}))
+    assert reduced.model_id == f"vit_t@random-seed0:{precision}" and reduced.precision == precision
+    encoder = reduced.model.image_encoder
+    if precision == "bf16":
+        assert reduced.dtype == torch.bfloat16 and next(encoder.parameters()).dtype == torch.bfloat16
+        assert next(reduced.model.prompt_encoder.parameters()).dtype == torch.float32  # coordinates need fp32
+    else:
+        assert not any(type(m) is torch.nn.Linear for m in encoder.modules())
+    with pytest.raises(ValueError, match="stock generator runs SAM in fp32"):
+        reduced.stock_generator(CPU)
 
 
 def test_a_checkpoint_is_loaded_weights_only_and_named_by_its_digest(sam, tmp_path):

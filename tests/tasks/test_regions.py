@@ -11,12 +11,13 @@ import torch
 from PIL import Image
 from torchvision.transforms import functional as TF
 
+from coldstart.models.masks import cleanup
 from coldstart.models.zeroshot import ZeroShotHead
 from coldstart.tasks.config import RegionsConfig
 from coldstart.tasks.crops import GREY, region_crops
 from coldstart.tasks.labelstudio import IMAGE, POLYGON, label_config
 from coldstart.tasks.regionexports import regions_to_coco, regions_to_labelstudio
-from coldstart.tasks.regions import ImageMasks, bench_labeling, embed_regions, label_regions
+from coldstart.tasks.regions import ImageMasks, embed_regions, label_regions
 from coldstart.tasks.regiontable import read_regions, region_id, write_regions
 
 CLASSES = ["red thing", "blue thing", "background"]  # the labels; background is the negative one
@@ -117,8 +118,10 @@ def test_batched_labeling_equals_one_by_one(tiny_clip):
     single = label_regions(tiny_clip, head, items, cfg, CLASSES, batch_size=1)
     assert [(r.region_id, r.label) for r in batched] == [(r.region_id, r.label) for r in single]
     np.testing.assert_allclose([r.confidence for r in batched], [r.confidence for r in single], atol=1e-4)
-    ours, naive = bench_labeling(img, masks, tiny_clip, head, classes=CLASSES)
-    assert ours > 0 and naive > 0
+    from coldstart.bench.regions import bench_labeling
+
+    ours, naive, labeled = bench_labeling(img, masks, tiny_clip, head, RegionsConfig(min_area=0))
+    assert ours > 0 and naive > 0 and labeled == len(cleanup(masks, RegionsConfig(min_area=0))[0])
 
 
 def test_max_regions_per_image_keeps_the_best_masks():
@@ -322,3 +325,20 @@ def test_a_defect_tile_becomes_a_box_prompt_and_its_mask_a_region(monkeypatch, t
     assert (r.image_id, r.label, r.confidence, r.labeler) == ("d", "scratch", 0.8, "m+box:64 32 128 96")
     assert r.bbox == (67.0, 34.0, 58.0, 60.0) and r.area == 58 * 60 and r.rle["size"] == [96, 128]
     assert np.isnan(r.predicted_iou)  # a box prompt is not scored: not a made-up number
+
+
+def test_no_mask_at_the_default_thresholds_prints_what_to_lower(tmp_path, capsys):
+    """Random weights keep no mask at SAM's default thresholds: the command says which to lower."""
+    from coldstart.flows.cli import main
+    from tests.conftest import tiny_params
+
+    (tmp_path / "params.yaml").write_text(tiny_params() + "regions:\n  device: cpu\n  points_per_side: 2\n")
+    img, _ = scene()
+    path = tmp_path / "data" / "images" / "scene.png"
+    path.parent.mkdir(parents=True)
+    Image.fromarray(img).save(path)
+    assert main(["regions", "--workspace", str(tmp_path), str(path), "--coco", str(tmp_path / "r.json")]) == 0
+    out = capsys.readouterr().out
+    assert "scene.png: 0 mask(s)" in out
+    assert ("HINT SAM kept no mask on the 1 image(s) it segmented (random weights" in out
+            and "regions.pred_iou_thresh (now 0.88)" in out and "regions.points_per_side (now 2)" in out)
