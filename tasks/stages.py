@@ -142,7 +142,11 @@ def _report(ws: Workspace, ctx: Context) -> report.ReportResult:
 
 def _track(ws: Workspace, ctx: Context) -> track.TrackResult:
     rec = ctx.in_round("track")
-    return track.track(ws, ctx.params, ctx.round, rec.metrics(), rec.artifacts(ws), ctx.earlier("train"))
+    # The models' ids carry the precision they computed in (":bf16", ":int8"; fp32 adds nothing).
+    ids = {"model.id": ctx.clip.model_id}
+    if (seg := ctx.earlier("regions")) is not None and seg.enabled:
+        ids["regions.model_id"] = seg.sam_model_id
+    return track.track(ws, ctx.params, ctx.round, rec.metrics(), rec.artifacts(ws), ctx.earlier("train"), ids)
 
 
 def _version(ws: Workspace, ctx: Context) -> version.VersionResult:

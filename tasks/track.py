@@ -172,7 +172,8 @@ def registered_name(params: Params) -> str:
 
 def log_round(ws: Workspace, params: Params, round_no: int, metrics: dict[str, float | None],
               artifacts: list[Path], confusion: list[list[int]] | None, head=None,
-              head_cv_accuracy: float | None = None, labeler_id: str | None = None) -> tuple[str, str | None]:
+              head_cv_accuracy: float | None = None, labeler_id: str | None = None,
+              model_ids: dict[str, str] | None = None) -> tuple[str, str | None]:
     """Log one round as one finished MLflow run; return its run id and the head's registry version.
 
     ``head`` (a LinearHead over raw CLIP embeddings) is logged as a scikit-learn model,
@@ -190,7 +191,7 @@ def log_round(ws: Workspace, params: Params, round_no: int, metrics: dict[str, f
         with mlflow.start_run(experiment_id=exp_id, run_name=f"round-{round_no:03d}") as run:
             mlflow.set_tags({"coldstart.round": str(round_no), "coldstart.workspace": str(ws.root)})
             close_interrupted_runs(client, exp_id, ws, round_no, run.info.run_id)
-            mlflow.log_params(mlflow_names(flatten(params)))
+            mlflow.log_params(mlflow_names({**flatten(params), **(model_ids or {})}))
             # step = round: the MLflow UI's charts across the experiment's runs put rounds on the x axis.
             mlflow.log_metrics(mlflow_names({k: float(v) for k, v in metrics.items() if v is not None}), step=round_no)
             # The learning curve so far, in this run too: one chart of a run shows every round.
@@ -382,9 +383,10 @@ def write_metrics_files(ws: Workspace, round_no: int, metrics: dict[str, float |
 
 
 def track(ws: Workspace, params: Params, round_no: int, metrics: dict[str, float | None], artifacts: list[Path],
-          train: "TrainResult") -> TrackResult:
+          train: "TrainResult", model_ids: dict[str, str] | None = None) -> TrackResult:
     """The track stage: the round's metrics files for DVC, and one MLflow run for the round
-    (params, metrics by round, the learning curve, plots, the fitted head).
+    (params, metrics by round, the learning curve, plots, the fitted head). ``model_ids``: the
+    models' ids as MLflow params (``model.id``, ``regions.model_id``: with their precision).
 
     A tracking failure is returned, not raised: the round's data is versioned first, then the
     flow reports it (MLflow is a view of the round; the workspace's files are the record).
@@ -396,7 +398,7 @@ def track(ws: Workspace, params: Params, round_no: int, metrics: dict[str, float
     try:
         run_id, version = log_round(ws, params, round_no, metrics, artifacts, train.confusion, head,
                                     train.cv_accuracy if head is not None else None,
-                                    chosen.labeler_id if chosen is not None else None)
+                                    chosen.labeler_id if chosen is not None else None, model_ids)
     except TrackingError as e:
         return TrackResult(run_id=None, error=str(e))
     return TrackResult(run_id=run_id, registered_version=version)

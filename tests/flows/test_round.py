@@ -176,6 +176,7 @@ def test_one_mlflow_run_per_round_with_the_record_s_metrics(rounds):
         assert run.data.tags["coldstart.git_tag"] == rec.tag == rec.version.tag
         assert run.data.tags["mlflow.source.git.commit"] == rec.version.commit
         assert run.data.params["model.name"] == "coldstart-tiny"
+        assert run.data.params["model.id"] == rec.embed.model_id == "coldstart-tiny@random-seed0"  # fp32: no suffix
     # Today's metric names, kept so that older runs stay comparable.
     for key in ("images", "embedded_new", "human_labels", "label_churn", "auto_accept_threshold", "label_flags",
                 "zs_probe_cv_accuracy", "zero_shot_accuracy_on_human", "ece_after", "batch_audit", "seconds_embed",
