@@ -120,6 +120,8 @@ def bench_regions(width: int = 1024, height: int = 768, points_per_side: int = 1
     stock_in_ours, ours_in_stock = mask_match(stock, ours)
     print(f"  matched at mask IoU >= 0.9: {stock_in_ours:.3f} of stock's, {ours_in_stock:.3f} of ours "
           f"(exact path: {min(mask_match(stock, exact)):.3f} both ways)", flush=True)
+    settings = _per_setting(cfg, image, stock, {("fp32", False): (exact, exact_s),
+                                                (sam.precision, cfg.skip_covered_points): (ours, ours_s)})
     kept, removed = cleanup(ours, cfg)  # the cleanup rules at their defaults (cfg sets only the generator), counted
     print(f"  cleanup (defaults): {len(ours)} -> {len(kept)} masks; removed "
           + ", ".join(f"{rule} {n}" for rule, n in removed.items()), flush=True)
@@ -133,7 +135,7 @@ def bench_regions(width: int = 1024, height: int = 768, points_per_side: int = 1
         "stock_masks": len(stock), "ours_masks": len(ours),
         "ours_exact_s_per_img": round(exact_s, 3), "ours_exact_masks": len(exact),
         "exact_speedup": round(stock_s / exact_s, 2), "sam_precision": sam.precision,
-        "labeled_masks": labeled, "clip_model_id": clip_id,
+        "labeled_masks": labeled, "clip_model_id": clip_id, "per_setting": settings,
         "label_s_per_img": label_s, "naive_label_s_per_img": naive_s,
         "label_share": round(label_s / ours_s, 3),
         "label_speedup": round(naive_s / label_s, 2) if label_s else None,
@@ -145,6 +147,26 @@ def bench_regions(width: int = 1024, height: int = 768, points_per_side: int = 1
     }
     _print_rest(figures, len(ours), big, child)
     return figures
+
+
+def _per_setting(cfg: RegionsConfig, image: np.ndarray, stock: list[dict[str, Any]],
+                 done: dict[tuple[str, bool], tuple[list[dict[str, Any]], float]]) -> list[dict[str, Any]]:
+    """Ours at fp32 and at the precision ``auto`` gives here, every point and coarse to fine:
+    seconds, masks and the match with ``stock`` of each (``done``: the settings already timed)."""
+    rows = []
+    for precision in dict.fromkeys(["fp32", load_sam(cfg).precision]):
+        for skip in (False, True):
+            if (precision, skip) not in done:
+                run_cfg = cfg.model_copy(update={"precision": precision, "skip_covered_points": skip})
+                sam = load_sam(run_cfg)
+                image_embedding(sam, image)  # warm-up, as for the others
+                done[(precision, skip)] = _timed_masks(sam, image, run_cfg)
+            masks, seconds = done[(precision, skip)]
+            rows.append({"precision": precision, "skip_covered_points": skip, "s_per_img": round(seconds, 3),
+                         "masks": len(masks), "mask_match": round(min(mask_match(stock, masks)), 4)})
+            print(f"    setting {precision}, skip_covered_points {str(skip).lower():5s}: {seconds:6.2f} s, "
+                  f"{len(masks)} masks, matched {rows[-1]['mask_match']:.3f} both ways", flush=True)
+    return rows
 
 
 def _big_figures(child: dict[str, Any] | None) -> dict[str, Any]:
