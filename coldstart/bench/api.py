@@ -48,6 +48,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from coldstart.bench.load import busy_cpu_s
 from coldstart.bench.prelabel import synthetic_jpegs
 from coldstart.bench.rounds import CLI
 from coldstart.bench.rss import rss_mb
@@ -74,13 +75,6 @@ def cpu_s(pid: int) -> float:
     """A process's CPU time so far (user + system, all threads), seconds."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def busy_cpu_s() -> float:
-    """CPU seconds the whole machine has been busy (all processes, all cpus), from /proc/stat."""
-    fields = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
-    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
-    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
 
 
 Snapshot = tuple[float, float, float, float]  # _cpu_snapshot: (now, server CPU s, this process's, the machine's)

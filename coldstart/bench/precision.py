@@ -34,6 +34,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from coldstart.bench.load import MachineLoad
 from coldstart.bench.targets import TARGETS
 from coldstart.models.clip import LoadedClip, load_clip, resolve_precision
 from coldstart.models.probe import LinearHead, fit_probe
@@ -130,6 +131,14 @@ def bench_precision(n: int = 512, model: str = "ViT-B-32", pretrained: str | Non
                     batch_size: int = 32) -> dict[str, Any]:
     """Every precision on ``n`` digits with ``model`` (``pretrained`` weights, None: random):
     speed, the limit, agreement with fp32; print and return the figures."""
+    with MachineLoad() as load:
+        figures = _run(n, model, pretrained, batch_size)
+    figures.update(load.figures())
+    print(load.line())
+    return figures
+
+
+def _run(n: int, model: str, pretrained: str | None, batch_size: int) -> dict[str, Any]:
     gflops = gemm_gflops()
     with tempfile.TemporaryDirectory(prefix="coldstart-bench-") as tmp:
         ws, truth = _workspace(Path(tmp) / "ws", n, model, pretrained)

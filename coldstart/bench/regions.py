@@ -29,6 +29,7 @@ import torch
 from pycocotools import mask as mask_utils
 
 from coldstart.bench.bigimage import regions_config, run_big, synthetic_image
+from coldstart.bench.load import MachineLoad
 from coldstart.bench.targets import TARGETS
 from coldstart.models.clip import ClipConfig, ClipModel, load_clip
 from coldstart.models.masks import cleanup, generate_masks, image_embedding
@@ -99,6 +100,16 @@ def bench_regions(width: int = 1024, height: int = 768, points_per_side: int = 1
                   clip_model: str = "ViT-B-32") -> dict[str, Any]:
     """Both generators on one ``width`` x ``height`` image, our cleanup and labeling of its masks,
     ours alone on ``big`` (own process; None skips); print and return the figures."""
+    with MachineLoad() as load:
+        figures = _run(width, height, points_per_side, big, pred_iou_thresh, stability_score_thresh,
+                       box_nms_thresh, clip_model)
+    figures.update(load.figures())
+    print(load.line())
+    return figures
+
+
+def _run(width: int, height: int, points_per_side: int, big: tuple[int, int] | None, pred_iou_thresh: float,
+         stability_score_thresh: float, box_nms_thresh: float, clip_model: str) -> dict[str, Any]:
     cfg = regions_config(points_per_side, pred_iou_thresh, stability_score_thresh, box_nms_thresh)
     exact_cfg = cfg.model_copy(update={"precision": "fp32", "skip_covered_points": False})
     sam, fp32 = load_sam(cfg), load_sam(exact_cfg)

@@ -23,6 +23,7 @@ def test_bench_precision_compares_every_precision_with_fp32(tmp_path, capsys):
     assert f["speedup"] == round(f["fp32_ms_per_img"] / f[f"{f['best']}_ms_per_img"], 2)
     assert f["gemm_gflops"] > 0 and 0 < f["frac_of_peak"] and f["image_gflop"] > 0
     assert f["settings"]["weights"] == "random (seed 0)" and f["machine"]["cpu"]
+    assert f["other_cores_busy"] >= 0 and isinstance(f["machine_busy"], bool)
     assert set(f["embed_img_s"]) == {"fp32", "bf16", "int8"} and f["auto_on_this_cpu"] in {"fp32", "bf16", "int8"}
     text = capsys.readouterr().out
     assert "coldstart-tiny@random-seed0:int8" in text and "precision: fp32 / best image tower" in text

@@ -16,6 +16,7 @@ def test_bench_regions_compares_ours_with_the_stock_generator(tmp_path, capsys):
     f = json.loads(out.read_text())
     assert f["stock_masks"] == f["ours_exact_masks"] == 27  # 3x3 points, 3 masks each: these thresholds keep all
     assert f["mask_match"] >= 0.95 and f["stock_s_per_img"] > 0 and f["ours_s_per_img"] > 0
+    assert f["other_cores_busy"] >= 0 and isinstance(f["machine_busy"], bool)
     assert f["sam_precision"] in {"fp32", "bf16", "int8"} and f["settings"]["skip_covered_points"] is True
     # The speedup is the unrounded times' ratio; the times are printed to the millisecond.
     assert f["speedup"] == pytest.approx(f["stock_s_per_img"] / f["ours_s_per_img"], abs=0.01)
