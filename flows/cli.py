@@ -137,7 +137,11 @@ def _service_commands(sub) -> None:
     s.add_argument("--workspace", "-w", default="demo-workspace", help="where to build the demo workspace")
     s.add_argument("--rounds", type=int, default=3)
     s.add_argument("--budget", type=int, default=50)
-    s.add_argument("--pretrained", default="laion2b_s34b_b79k", help="ViT-B-32 weights (tag or local file)")
+    s.add_argument("--family", choices=["open_clip", "cn_clip"], default="open_clip",
+                   help="open_clip: ViT-B-32, English descriptions; cn_clip: Chinese-CLIP RN50, Chinese descriptions "
+                        "(pip install 'coldstart[chinese]')")
+    s.add_argument("--pretrained", default="default",
+                   help="the model's weights (tag or local file); default laion2b_s34b_b79k, or official for cn_clip")
     s.add_argument("--json", help="write the per-round table as JSON")
     s.set_defaults(fn="coldstart.flows.cmd_round:cmd_demo")
 

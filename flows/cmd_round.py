@@ -147,5 +147,6 @@ def cmd_stage(a) -> int:
 
 
 def cmd_demo(a) -> int:
-    run_demo(Path(a.workspace), rounds=a.rounds, json_path=a.json, budget=a.budget, pretrained=a.pretrained)
+    run_demo(Path(a.workspace), rounds=a.rounds, json_path=a.json, budget=a.budget, pretrained=a.pretrained,
+             family=a.family)
     return 0

@@ -39,40 +39,49 @@ def auto_label_accuracy(ws: Workspace, truth: dict[str, str]) -> float | None:
     return sum(truth[r["path"]] == r["label"] for r in auto) / len(auto) if auto else None
 
 
-def banner(pretrained: str, error: str) -> str:
+def banner(pretrained: str, error: str, model: str = "ViT-B-32") -> str:
     """The warning shown when the demo falls back to random weights: the error's first sentence
     (what failed), whole, wrapped inside the box; not cut mid-sentence."""
     cause = error.split(". Tried")[0].rstrip(".") + "."
     wrapped = textwrap.fill(cause, width=88, initial_indent="!!   ", subsequent_indent="!!   ")
-    return BANNER.format(pretrained=pretrained, error=wrapped.removeprefix("!!   "))
+    return BANNER.format(pretrained=pretrained, error=wrapped.removeprefix("!!   "), model=model)
 
 
 BANNER = """
 !!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!
-!! Pretrained weights ViT-B-32/{pretrained} are not available here:
+!! Pretrained weights {model}/{pretrained} are not available here:
 !!   {error}
 !! The demo continues with RANDOM weights: its zero-shot labels are MEANINGLESS (about 10%
 !! right by chance). The loop still learns from the simulated annotator: watch the probe.
-!! For the real thing, fill the open_clip cache or pass --pretrained /path/to/checkpoint.
+!! For the real thing, fill the model's cache or pass --pretrained /path/to/checkpoint.
 !!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!
 """
 
 
+# Per model family: the demo's model and its default weights. Chinese-CLIP's smallest model: the
+# demo embeds 1,797 images, on a CPU as often as not.
+DEMO_MODELS = {"open_clip": ("ViT-B-32", "laion2b_s34b_b79k"), "cn_clip": ("RN50", "official")}
+
+
 def run_demo(workspace: Path, *, rounds: int = 3, json_path: str | None = None, budget: int = 50,
-             pretrained: str | None = "laion2b_s34b_b79k", n_images: int | None = None) -> list[dict]:
+             pretrained: str | None = "default", n_images: int | None = None, family: str = "open_clip") -> list[dict]:
+    """Build the demo workspace and run ``rounds`` simulated rounds; ``pretrained`` "default":
+    the family's usual weights (``DEMO_MODELS``), None: random."""
 
     workspace = Path(workspace).expanduser().resolve()
     if workspace.exists() and any(workspace.iterdir()):
         if not (workspace / DEMO_MARKER).exists():
             raise WorkspaceError(f"{workspace} exists and is not a demo workspace; pick an empty or new folder")
         shutil.rmtree(workspace)  # a previous demo: start over
+    model, default = DEMO_MODELS[family]
+    pretrained = default if pretrained == "default" else pretrained
     if pretrained is not None:
         try:
-            load_clip(ClipConfig("ViT-B-32", pretrained))
+            load_clip(ClipConfig(model, pretrained, family=family))
         except WeightsUnavailableError as e:
-            print(banner(pretrained, str(e)), flush=True)
+            print(banner(pretrained, str(e), model), flush=True)
             pretrained = None
-    ws = init_workspace(workspace, params_text=demo_params(pretrained, budget))
+    ws = init_workspace(workspace, params_text=demo_params(pretrained, budget, model, family))
     (workspace / DEMO_MARKER).write_text("created by `coldstart demo`; deleted and rebuilt by the next demo\n")
     truth = write_digits(ws.images, n_images)
     print(f"demo workspace {ws.root}: {len(truth)} digit images, {rounds} rounds, batch {budget}\n", flush=True)

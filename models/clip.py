@@ -15,7 +15,6 @@ import functools
 import hashlib
 import logging
 import os
-import threading
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +23,11 @@ from typing import Any, Callable, Protocol, cast
 import numpy as np
 import torch
 
+from coldstart.models import cnclip
 from coldstart.models.errors import ConfigError, WeightsUnavailableError
+from coldstart.models.hub import first_line as _first_line
+from coldstart.models.hub import hub_offline as _hub_offline
+from coldstart.models.hub import probe as _probe
 from coldstart.models.quant import has_bf16, has_int8_dot, quantize_int8
 
 log = logging.getLogger(__name__)
@@ -41,6 +44,7 @@ class ClipConfig:
     # auto, fp32, fp16, bf16 or int8 (see resolve_precision). Embeddings are always float32; a
     # precision other than fp32 is part of the model id.
     precision: str = "auto"
+    family: str = "open_clip"  # or cn_clip: Chinese-CLIP (models/cnclip.py)
 
 
 def _uses_hf_text(name: str) -> bool:
@@ -163,8 +167,13 @@ def register_project_configs() -> None:
         open_clip.add_model_config(_CONFIG_DIR)
 
 
-def _missing(pre: str) -> WeightsUnavailableError:
+def _missing(pre: str, family: str = "open_clip") -> WeightsUnavailableError:
     """The error for a ``pretrained`` folder or checkpoint file that is not there."""
+    if family == "cn_clip":
+        return WeightsUnavailableError(
+            f"model.pretrained: checkpoint file {pre} does not exist; give the path of a Chinese-CLIP checkpoint "
+            f"({{'state_dict': ...}} as Chinese-CLIP saves it, or a bare state dict), relative to the workspace or "
+            f"absolute, or 'official' for the published weights")
     if pre.startswith("local-dir:"):
         return WeightsUnavailableError(f"model.pretrained: folder {pre.removeprefix('local-dir:')} does not exist")
     return WeightsUnavailableError(
@@ -186,7 +195,8 @@ def model_id_for(cfg: ClipConfig) -> str:
     precision is a suffix, ``ViT-B-32@laion2b_s34b_b79k:int8``, so embeddings computed at two
     precisions are never mixed in one store."""
     precision = resolve_precision(cfg.precision, resolve_device(cfg.device))
-    return _weights_id(cfg) + ("" if precision == "fp32" else f":{precision}")
+    family = "" if cfg.family == "open_clip" else f"{cfg.family}/"  # cn_clip/RN50@...: never open_clip's RN50
+    return family + _weights_id(cfg) + ("" if precision == "fp32" else f":{precision}")
 
 
 def _weights_id(cfg: ClipConfig) -> str:
@@ -194,6 +204,8 @@ def _weights_id(cfg: ClipConfig) -> str:
     pre = cfg.pretrained
     if pre is None:
         return f"{cfg.name}@random-seed{RANDOM_SEED}"
+    if cfg.family == "cn_clip" and pre == "official":
+        return f"{cfg.name}@official"
     if pre.startswith("local-dir:"):
         folder = Path(pre.removeprefix("local-dir:"))
         if not folder.is_dir():
@@ -202,9 +214,9 @@ def _weights_id(cfg: ClipConfig) -> str:
             p.suffix in {".bin", ".pt", ".pth", ".safetensors"} or p.name == "open_clip_config.json"))
         digest = hashlib.sha256("".join(_file_digest(p) for p in files).encode()).hexdigest()[:12]
         return f"{cfg.name}@dir-{digest}"
-    if Path(pre).suffix in {".pt", ".pth", ".bin", ".safetensors"} or os.sep in pre:
+    if Path(pre).suffix in {".pt", ".pth", ".bin", ".safetensors"} or os.sep in pre or cfg.family == "cn_clip":
         if not Path(pre).is_file():
-            raise _missing(pre)
+            raise _missing(pre, cfg.family)
         return f"{cfg.name}@file-{_file_digest(Path(pre))}"
     return f"{cfg.name}@{pre}"
 
@@ -264,6 +276,10 @@ def _load_clip_cached(cfg: ClipConfig) -> LoadedClip:
     tokenizer. Cached because building takes seconds and every stage of a round asks for it."""
     import open_clip
 
+    if cfg.family == "cn_clip":
+        return _load_cn_clip(cfg)
+    if cfg.family != "open_clip":
+        raise ConfigError(f"model.family: {cfg.family!r}; valid: open_clip, cn_clip")
     register_project_configs()
     _check_architecture(cfg)
     device = resolve_device(cfg.device)
@@ -278,12 +294,7 @@ def _load_clip_cached(cfg: ClipConfig) -> LoadedClip:
     torch.manual_seed(RANDOM_SEED)  # random weights must be identical in every process
     model, preprocess = _create_model(cfg, kind, src, device)
     model.eval()
-    precision = resolve_precision(cfg.precision, device)
-    # The image tower only: text is encoded once per ontology, in fp32.
-    if precision == "int8":
-        model.visual = quantize_int8(model.visual)
-    elif precision in _CAST and device.type == "cpu":
-        model.visual.to(_CAST[precision])
+    precision = _apply_precision(model, cfg, device)
     if pre is None:
         log.warning("model %s has RANDOM weights: zero-shot labels are meaningless", cfg.name)
     try:
@@ -293,6 +304,31 @@ def _load_clip_cached(cfg: ClipConfig) -> LoadedClip:
     size = model.visual.image_size
     size = int(size[0] if isinstance(size, (tuple, list)) else size)
     return LoadedClip(model, preprocess, tokenizer, device, model_id, size, int(model.visual.output_dim), precision)
+
+
+def _apply_precision(model: Any, cfg: ClipConfig, device: torch.device) -> str:
+    """Quantise or cast ``model``'s image tower for ``cfg.precision``; returns the precision used.
+    The image tower only: text is encoded once per ontology, in fp32."""
+    precision = resolve_precision(cfg.precision, device)
+    if precision == "int8":
+        model.visual = quantize_int8(model.visual)
+    elif precision in _CAST and device.type == "cpu":
+        model.visual.to(_CAST[precision])
+    return precision
+
+
+def _load_cn_clip(cfg: ClipConfig) -> LoadedClip:
+    """A Chinese-CLIP model (models/cnclip.py) as a LoadedClip: the same encode paths as open_clip's."""
+    cnclip.check_name(cfg.name)
+    device = resolve_device(cfg.device)
+    model_id = model_id_for(cfg)
+    torch.manual_seed(RANDOM_SEED)  # random weights must be identical in every process
+    model, preprocess, tokenizer, size = cnclip.create(cfg.name, cfg.pretrained, device)
+    precision = _apply_precision(model, cfg, device)
+    if cfg.pretrained is None:
+        log.warning("model %s (Chinese-CLIP) has RANDOM weights: zero-shot labels are meaningless", cfg.name)
+    embed_dim = int(cast(torch.Tensor, model.text_projection).shape[1])
+    return LoadedClip(model, preprocess, tokenizer, device, model_id, size, embed_dim, precision)
 
 
 def _check_architecture(cfg: ClipConfig) -> None:
@@ -423,41 +459,6 @@ def _tag_source(name: str, tag: str) -> _TagSource:
     target = os.path.join(os.path.expanduser("~/.cache/clip"), os.path.basename(url))
     return _TagSource(target if os.path.isfile(target) else None, target, url, "the download host",
                       os.path.dirname(target))
-
-
-def _hub_offline() -> bool:
-    from huggingface_hub import constants
-
-    # the constant is read once at import; the variable may have been set since
-    return constants.HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE", "").upper() in {"1", "ON", "YES", "TRUE"}
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return f"{type(e).__name__}: {text.splitlines()[0]}" if text else type(e).__name__
-
-
-def _probe(url: str, timeout: float = 3.0) -> str | None:
-    """One HEAD request to ``url``: None when anything answers (any HTTP status), else why not.
-
-    Goes through huggingface_hub's HTTP client so HF_ENDPOINT, proxy variables and a custom client
-    factory apply as for the real download; runs in a daemon thread because the timeout does not
-    cover DNS resolution, which can hang on a machine without a resolver."""
-    from huggingface_hub import get_session
-
-    result: list[str | None] = []
-
-    def head() -> None:
-        try:
-            get_session().head(url, timeout=timeout)
-            result.append(None)
-        except Exception as e:  # any failure to get an HTTP answer means: unreachable
-            result.append(_first_line(e))
-
-    thread = threading.Thread(target=head, name="coldstart-hub-probe", daemon=True)
-    thread.start()
-    thread.join(timeout + 0.5)
-    return result[0] if result else f"no answer within {timeout:g} s"
 
 
 @contextlib.contextmanager

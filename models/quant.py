@@ -10,7 +10,8 @@ with VNNI (int8 dot products) a linear layer then runs 3-4x faster than in fp32.
 are not, and they are a third of a ViT's multiply-adds: :func:`unpack_attention` first rewrites
 each self-attention module as :class:`PackedSelfAttention` (the same function over plain
 ``nn.Linear`` layers and ``scaled_dot_product_attention``), so they are quantised too.
-Convolutions (a ViT's patch embedding, a ResNet's stem) stay fp32.
+Convolutions (a ViT's patch embedding, a ResNet's stem) stay fp32, and so do the linear layers
+of a CLIP ResNet's attention pooling, whose weights it reads directly.
 
 Measured on the 2-core AMD EPYC with AVX512_VNNI (BENCHMARKS.md, `coldstart bench precision`):
 ViT-B-32's image tower 2x+ fp32's throughput with embeddings at cosine >= 0.999 of fp32's.
@@ -84,7 +85,19 @@ def quantize_int8(module: nn.Module) -> nn.Module:
     with warnings.catch_warnings():  # torch announces the move of eager quantisation to torchao
         warnings.simplefilter("ignore", DeprecationWarning)
         warnings.filterwarnings("ignore", message=".*quantiz.* deprecated", category=UserWarning)
-        return torch.ao.quantization.quantize_dynamic(module, {nn.Linear}, dtype=torch.qint8)
+        return torch.ao.quantization.quantize_dynamic(module, _quantizable(module), dtype=torch.qint8)
+
+
+# Modules that read their linear layers' weights directly (CLIP ResNets' attention pooling calls
+# F.multi_head_attention_forward with q_proj.weight ...): a quantised layer has no such tensor.
+_READ_DIRECTLY = ("AttentionPool2d",)
+
+
+def _quantizable(module: nn.Module) -> set[str]:
+    """The names of the ``nn.Linear`` layers of ``module`` that can be quantised."""
+    skip = {f"{name}.{child}" if name else child for name, m in module.named_modules()
+            if type(m).__name__ in _READ_DIRECTLY for child, _ in m.named_children()}
+    return {name for name, m in module.named_modules() if type(m) is nn.Linear and name not in skip}
 
 
 def _use_x86_engine() -> None:

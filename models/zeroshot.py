@@ -112,11 +112,24 @@ MULTILINGUAL_HINT = ("use a multilingual open_clip model, e.g. model.name: xlm-r
                      "offline, its tokenizer must already be in the Hugging Face cache)")
 
 
+def _has_cjk(text: str) -> bool:
+    return any(unicodedata.name(ch, "").startswith("CJK UNIFIED IDEOGRAPH") for ch in text)
+
+
 def prompt_warnings(model_id: str, english_only: bool, names: list[str], prompts: list[list[str]],
-                    weights: np.ndarray, threshold: float) -> list[str]:
+                    weights: np.ndarray, threshold: float, descriptions: list[list[str]] | None = None) -> list[str]:
     """Human-readable warnings about an ontology for a model (also logged). ``english_only``:
-    the model reads text with the English-only CLIP tokenizer (``english_only_tokenizer``)."""
+    the model reads text with the English-only CLIP tokenizer (``english_only_tokenizer``).
+    A Chinese-CLIP model (id ``cn_clip/...``) was trained on Chinese text: the class
+    ``descriptions`` (default: the prompts) with no Chinese character are warned about then."""
     warnings = []
+    if model_id.startswith("cn_clip/"):
+        for name, group in zip(names, descriptions or prompts):
+            bad = [p for p in group if not _has_cjk(p)]
+            if bad:
+                warnings.append(f"class {name!r}: description {bad[0]!r} has no Chinese character, but {model_id} "
+                                f"is Chinese-CLIP, trained on Chinese text, so it scores English poorly; describe "
+                                f"the class in Chinese (a class may have descriptions in both languages)")
     if english_only:
         for name, group in zip(names, prompts):
             bad = [p for p in group if _non_latin(p)]

@@ -31,18 +31,28 @@ def template_set(name: str) -> list[str]:
     sets = {"imagenet80": OPENAI_IMAGENET_TEMPLATES, "simple7": SIMPLE_IMAGENET_TEMPLATES}
     if name == "plain":
         return ["a photo of {}."]
+    if name == "zh":
+        return list(ZH_TEMPLATES)
     if name not in sets:
         raise ValueError(f"unknown template set {name!r}; built-in sets: {', '.join(TEMPLATE_SETS)}, or give a list")
     return [t("{}") for t in sets[name]]
 
 
-TEMPLATE_SETS = ("imagenet80", "simple7", "plain")
+TEMPLATE_SETS = ("imagenet80", "simple7", "plain", "zh")
+
+# `templates: zh`: photographs, in Chinese, for Chinese-CLIP. Chosen from the Chinese ImageNet
+# templates Chinese-CLIP evaluates with (cn_clip/eval/imagenet_zeroshot_templates.py, translated
+# from OpenAI's by the Wukong project), keeping those that describe a photograph of a thing and
+# leaving out renderings, toys, tattoos and origami, which an inspection image never is.
+ZH_TEMPLATES = ("{}的照片。", "一张{}的照片。", "{}的特写照片。", "{}的近距离照片。", "一张清晰的{}的照片。",
+                "{}的裁剪照片。", "一张{}的明亮照片。", "{}的深色照片。", "{}的模糊照片。", "低分辨率的{}的照片。",
+                "高质量的{}的照片。", "一张包含{}的照片。")
 
 
 def _templates(value: Any) -> list[str]:
     templates = template_set(value) if isinstance(value, str) else value
     if not isinstance(templates, list) or not templates:
-        raise ValueError("give a template set name (imagenet80, simple7, plain) or a non-empty list of templates")
+        raise ValueError("give a template set name (imagenet80, simple7, plain, zh) or a non-empty list of templates")
     for t in templates:
         if not isinstance(t, str) or t.count("{}") != 1:
             raise ValueError(f"template {t!r} must contain exactly one '{{}}' where the description goes")
@@ -141,6 +151,10 @@ class OntologyConfig(_Section):
 
 
 class ModelConfig(_Section):
+    # open_clip, or cn_clip: Chinese-CLIP (pip install 'coldstart[chinese]'); then name is a
+    # Chinese-CLIP model (RN50, ViT-B-16, ViT-L-14, ViT-L-14-336, ViT-H-14) and pretrained is
+    # 'official' (its published weights) or a local checkpoint.
+    family: Literal["open_clip", "cn_clip"] = "open_clip"
     name: str = "ViT-B-32"
     # An open_clip pretrained tag, a path to a local checkpoint (relative to the workspace),
     # 'local-dir:/path', or null for random weights (tests, smoke runs).

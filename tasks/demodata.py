@@ -23,10 +23,11 @@ DIGITS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight"
 DEMO_PARAMS = """\
 # The coldstart demo: scikit-learn's handwritten digits, ten classes described in words.
 ontology:
-  templates: ["a photo of {{}}.", "a scan of {{}}."]
+  templates: {templates}
   classes:
 {classes}
 model:
+  family: {family}
   name: {model}
   pretrained: {pretrained}
   device: auto
@@ -58,13 +59,23 @@ tracking:
 """
 
 
-def demo_params(pretrained: str | None, budget: int, model: str = "ViT-B-32") -> str:
+ZH_DIGITS = ["零", "一", "二", "三", "四", "五", "六", "七", "八", "九"]
+
+
+def demo_params(pretrained: str | None, budget: int, model: str = "ViT-B-32", family: str = "open_clip") -> str:
     """The demo workspace's params.yaml: the digits' ontology over ``model`` with ``pretrained``
-    weights (None: random), review batches of ``budget`` images."""
-    classes = "\n".join(f'    {name}: ["the digit {name}", "a handwritten {d}", "the number {d}"]'
-                        for d, name in enumerate(DIGITS))
+    weights (None: random), review batches of ``budget`` images. With ``family`` cn_clip
+    (Chinese-CLIP) the classes are described, and the templates written, in Chinese; the labels
+    stay the English names the simulated annotator answers with."""
+    if family == "cn_clip":
+        templates = '["{}的照片。", "{}的扫描图。"]'
+        classes = "\n".join(f'    {name}: ["数字{ZH_DIGITS[d]}", "手写的{d}", "数字{d}"]' for d, name in enumerate(DIGITS))
+    else:
+        templates = '["a photo of {}.", "a scan of {}."]'
+        classes = "\n".join(f'    {name}: ["the digit {name}", "a handwritten {d}", "the number {d}"]'
+                            for d, name in enumerate(DIGITS))
     return DEMO_PARAMS.format(classes=classes, pretrained="null" if pretrained is None else pretrained, budget=budget,
-                              model=model)
+                              model=model, family=family, templates=templates)
 
 
 def write_digits(images_dir: Path, n: int | None = None, size: int = 128) -> dict[str, str]:

@@ -116,7 +116,8 @@ class EmbedResult(StageResult):
 
 def clip_config(cfg: ModelConfig) -> ClipConfig:
     """The model section of params.yaml as the CLIP adapter's config."""
-    return ClipConfig(name=cfg.name, pretrained=cfg.pretrained, device=cfg.device, precision=cfg.precision)
+    return ClipConfig(name=cfg.name, pretrained=cfg.pretrained, device=cfg.device, precision=cfg.precision,
+                      family=cfg.family)
 
 
 def load_model(cfg: ModelConfig) -> LazyClip:

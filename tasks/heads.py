@@ -39,7 +39,7 @@ def zero_shot_head(ws: Workspace, params: Params, clip: ClipModel) -> tuple[Zero
     prompts = onto.prompts()
     weights, logit_scale, english_only = cached_text_head(ws.text_cache, clip, prompts)
     warnings = prompt_warnings(clip.model_id, english_only, onto.scoring_classes, prompts, weights,
-                               onto.confusable_threshold)
+                               onto.confusable_threshold, [spec.descriptions for spec in onto.classes.values()])
     head = ZeroShotHead(weights, np.array(onto.label_of_class), len(onto.class_names), logit_scale)
     return head, warnings
 
