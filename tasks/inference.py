@@ -111,6 +111,10 @@ class Labeler:
             if chosen is not None and chosen.model_id == self.clip.model_id:
                 self.head, self.labeler_id = chosen, chosen.labeler_id
             else:
+                if chosen is not None:  # e.g. model.precision: auto resolved differently on this machine
+                    log.warning("the trained head was fitted on %s's embeddings, but this process computes %s: "
+                                "answering with the zero-shot head (pin model.precision in params.yaml when rounds "
+                                "and this service run on different machines)", chosen.model_id, self.clip.model_id)
                 self.head, _ = zero_shot_head(self.ws, self.params, self.clip)
                 self.labeler_id = f"{self.clip.model_id}+zero-shot"
             tags = self.ws.round_tags()

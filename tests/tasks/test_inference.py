@@ -76,3 +76,22 @@ def test_a_defect_is_outlined_inside_its_tile(make_workspace, monkeypatch):
     assert region["bbox"] == [43, 2, 34, 26] and region["area"] == 34 * 26 and region["label"] == "three"
     assert region["segmentation"]["size"] == [60, 80]
     assert outliner.outline(Prediction("x", "three", 0.8, {}, ""), rgb) == []  # no tile: nothing to prompt
+
+
+def test_a_head_fitted_at_another_precision_is_not_applied(make_workspace, monkeypatch, caplog):
+    """model.precision auto can resolve differently where the service runs: the trained head's
+    model id then differs from the service's, and it answers with zero-shot, saying why."""
+    from coldstart.tasks import inference
+    from coldstart.tasks.heads import ChosenHead
+
+    ws = make_workspace()
+    labeler = Labeler(ws)
+    other = labeler.clip.model_id + ":int8"
+    fitted = ChosenHead(head=None, model="probe", model_id=other, labeler_id=f"{other}+probe", temperature=1.0,
+                        threshold=0.7)
+    monkeypatch.setattr(inference, "load_chosen", lambda ws: fitted)
+    labeler._stamp = None  # as after a round: read data/models/ again
+    with caplog.at_level("WARNING", logger="coldstart.tasks.inference"):
+        labeler.refresh()
+    assert labeler.labeler_id.endswith("+zero-shot")
+    assert f"fitted on {other}'s embeddings" in caplog.text and "pin model.precision" in caplog.text
