@@ -86,7 +86,15 @@ def test_a_round_with_regions_labels_every_region_and_versions_them(prefect_harn
     assert len(segmenters) == 1 and next(iter(segmenters)).startswith("vit_t@random-seed0/")
     assert segmented_parts(regions_dir(ws)).read().num_rows == 7  # one row per image, the latest settings
     assert ws.round_tags() == [1, 2, 3]
+    # Round 4: SAM's default thresholds keep no random-weight mask: the round says what to lower.
+    ws.params_file.write_text(ws.params_file.read_text().replace("pred_iou_thresh: 0.0", "pred_iou_thresh: 0.88")
+                              .replace("stability_score_thresh: 0.0", "stability_score_thresh: 0.95"))
+    r4 = labeling_round(workspace=str(ws.root))
+    assert r4.regions.images_segmented == 7 and r4.regions.masks == 0
+    assert "HINT        SAM kept no mask on the 7 image(s) it segmented" in r4.describe()
+    assert "regions.pred_iou_thresh (now 0.88)" in r4.regions.hint
     with contextlib.chdir(ws.root):  # the table is a DVC output, recorded and pushed with the tag
         status = subprocess.run([sys.executable, "-m", "dvc", "status", "-c"], capture_output=True, text=True)
         lock = (ws.root / "dvc.lock").read_text()
     assert "data/labels/regions" in lock and status.returncode == 0 and "new:" not in status.stdout, status.stdout
+    assert ws.round_tags() == [1, 2, 3, 4]
