@@ -170,10 +170,7 @@ def register_project_configs() -> None:
 def _missing(pre: str, family: str = "open_clip") -> WeightsUnavailableError:
     """The error for a ``pretrained`` folder or checkpoint file that is not there."""
     if family == "cn_clip":
-        return WeightsUnavailableError(
-            f"model.pretrained: checkpoint file {pre} does not exist; give the path of a Chinese-CLIP checkpoint "
-            f"({{'state_dict': ...}} as Chinese-CLIP saves it, or a bare state dict), relative to the workspace or "
-            f"absolute, or 'official' for the published weights")
+        return cnclip.missing_checkpoint(pre)
     if pre.startswith("local-dir:"):
         return WeightsUnavailableError(f"model.pretrained: folder {pre.removeprefix('local-dir:')} does not exist")
     return WeightsUnavailableError(

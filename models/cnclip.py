@@ -43,11 +43,6 @@ def _package() -> Any:
     return utils
 
 
-def model_names() -> list[str]:
-    """The Chinese-CLIP architectures ``model.name`` may name (RN50, ViT-B-16, ...)."""
-    return list(_package()._MODEL_INFO)
-
-
 def check_name(name: str) -> tuple[str, int]:
     """``model.name`` -> (cn_clip's ``vision@text`` structure, input resolution); ConfigError if unknown."""
     info = _package()._MODEL_INFO
@@ -63,12 +58,17 @@ def checkpoint_path(name: str, pretrained: str) -> Path:
     if pretrained != "official":
         path = Path(pretrained).expanduser()
         if not path.is_file():
-            raise WeightsUnavailableError(
-                f"model.pretrained: checkpoint file {pretrained} does not exist; give the path of a Chinese-CLIP "
-                f"checkpoint ({{'state_dict': ...}} as Chinese-CLIP saves it, or a bare state dict), relative to the "
-                f"workspace or absolute, or 'official' for the published {name} weights")
+            raise missing_checkpoint(pretrained)
         return path
     return _official(name)
+
+
+def missing_checkpoint(pretrained: str) -> WeightsUnavailableError:
+    """The error for a ``model.pretrained`` checkpoint file that is not there."""
+    return WeightsUnavailableError(
+        f"model.pretrained: checkpoint file {pretrained} does not exist; give the path of a Chinese-CLIP checkpoint "
+        f"({{'state_dict': ...}} as Chinese-CLIP saves it, or a bare state dict), relative to the workspace or "
+        f"absolute, or 'official' for the published weights")
 
 
 def _official(name: str) -> Path:

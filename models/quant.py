@@ -110,16 +110,26 @@ def _use_x86_engine() -> None:
 
 
 @functools.lru_cache(maxsize=1)
-def cpu_flags() -> frozenset[str]:
-    """The CPU's feature flags from /proc/cpuinfo (Linux); empty where it cannot be read."""
+def _cpuinfo() -> tuple[str, frozenset[str]]:
+    """(the CPU's model name, its feature flags) from /proc/cpuinfo (Linux); empty where it
+    cannot be read."""
     try:
         text = Path("/proc/cpuinfo").read_text()
     except OSError:
-        return frozenset()
-    for line in text.splitlines():
-        if line.startswith(("flags", "Features")):
-            return frozenset(line.split(":", 1)[1].split())
-    return frozenset()
+        return "", frozenset()
+    fields = dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
+    fields = {k.strip(): v.strip() for k, v in fields.items()}
+    return fields.get("model name", ""), frozenset((fields.get("flags") or fields.get("Features") or "").split())
+
+
+def cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags (avx512_bf16, avx512_vnni, ...); empty where they cannot be read."""
+    return _cpuinfo()[1]
+
+
+def cpu_model() -> str:
+    """The CPU's model name, as /proc/cpuinfo gives it ("" where it cannot be read)."""
+    return _cpuinfo()[0]
 
 
 def has_int8_dot() -> bool:

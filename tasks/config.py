@@ -376,9 +376,10 @@ class RegionsConfig(_Section):
     crop_overlap_ratio: float = Field(default=512 / 1500, ge=0, lt=1)
     crop_n_points_downscale_factor: int = Field(default=1, ge=1)
     min_mask_region_area: int = Field(default=0, ge=0)
-    # Prompt the point grid coarse to fine and skip a point that lies inside a mask already kept
-    # (one covering at most a quarter of the image): most points of a segment-everything pass
-    # re-find an object another point found. false: every point, exactly the stock generator.
+    # Prompt the point grid coarse to fine and skip a point that lies inside the smallest kept mask
+    # of a point already prompted (not one of about the whole image): most points of a
+    # segment-everything pass re-find an object another point found. false: every point, exactly
+    # the stock generator.
     skip_covered_points: bool = True
     # over-segmentation cleanup
     mask_nms_thresh: float = Field(default=0.8, ge=0, le=1)  # drop a mask whose mask-IoU with a better one is above this

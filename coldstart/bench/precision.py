@@ -38,7 +38,7 @@ from coldstart.bench.load import MachineLoad
 from coldstart.bench.targets import TARGETS
 from coldstart.models.clip import LoadedClip, load_clip, resolve_precision
 from coldstart.models.probe import LinearHead, fit_probe
-from coldstart.models.quant import cpu_flags
+from coldstart.models.quant import cpu_flags, cpu_model
 from coldstart.tasks.demodata import DIGITS, demo_params, write_digits
 from coldstart.tasks.embed import clip_config, embed
 from coldstart.tasks.heads import zero_shot_head
@@ -220,15 +220,8 @@ def _neighbour_distance(X: np.ndarray) -> np.ndarray:
 
 def machine() -> dict[str, Any]:
     """The CPU model, the flags that decide precision, cores and torch."""
-    model = next((line.split(":", 1)[1].strip() for line in _cpuinfo().splitlines() if line.startswith("model name")),
-                 platform.processor() or platform.machine())
+    model = cpu_model() or platform.processor() or platform.machine()
     wanted = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "avx_vnni", "amx_bf16", "amx_int8", "asimddp", "i8mm")
     return {"cpu": model, "flags": sorted(f for f in cpu_flags() if f in wanted), "cpus": os.cpu_count(),
             "torch": torch.__version__, "quantized_engine": torch.backends.quantized.engine}
 
-
-def _cpuinfo() -> str:
-    try:
-        return Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return ""

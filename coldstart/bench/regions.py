@@ -131,8 +131,8 @@ def _run(width: int, height: int, points_per_side: int, big: tuple[int, int] | N
     stock_in_ours, ours_in_stock = mask_match(stock, ours)
     print(f"  matched at mask IoU >= 0.9: {stock_in_ours:.3f} of stock's, {ours_in_stock:.3f} of ours "
           f"(exact path: {min(mask_match(stock, exact)):.3f} both ways)", flush=True)
-    settings = _per_setting(cfg, image, stock, {("fp32", False): (exact, exact_s),
-                                                (sam.precision, cfg.skip_covered_points): (ours, ours_s)})
+    settings = _per_setting(cfg, image, stock, {"fp32": fp32, sam.precision: sam},
+                            {("fp32", False): (exact, exact_s), (sam.precision, cfg.skip_covered_points): (ours, ours_s)})
     kept, removed = cleanup(ours, cfg)  # the cleanup rules at their defaults (cfg sets only the generator), counted
     print(f"  cleanup (defaults): {len(ours)} -> {len(kept)} masks; removed "
           + ", ".join(f"{rule} {n}" for rule, n in removed.items()), flush=True)
@@ -160,17 +160,16 @@ def _run(width: int, height: int, points_per_side: int, big: tuple[int, int] | N
     return figures
 
 
-def _per_setting(cfg: RegionsConfig, image: np.ndarray, stock: list[dict[str, Any]],
+def _per_setting(cfg: RegionsConfig, image: np.ndarray, stock: list[dict[str, Any]], models: dict[str, SamModel],
                  done: dict[tuple[str, bool], tuple[list[dict[str, Any]], float]]) -> list[dict[str, Any]]:
-    """Ours at fp32 and at the precision ``auto`` gives here, every point and coarse to fine:
-    seconds, masks and the match with ``stock`` of each (``done``: the settings already timed)."""
+    """Ours with each of ``models`` (by precision: fp32 and what ``auto`` gives here, already
+    warmed up), every point and coarse to fine: seconds, masks and the match with ``stock`` of
+    each (``done``: the settings already timed)."""
     rows = []
-    for precision in dict.fromkeys(["fp32", load_sam(cfg).precision]):
+    for precision, sam in models.items():
         for skip in (False, True):
             if (precision, skip) not in done:
                 run_cfg = cfg.model_copy(update={"precision": precision, "skip_covered_points": skip})
-                sam = load_sam(run_cfg)
-                image_embedding(sam, image)  # warm-up, as for the others
                 done[(precision, skip)] = _timed_masks(sam, image, run_cfg)
             masks, seconds = done[(precision, skip)]
             rows.append({"precision": precision, "skip_covered_points": skip, "s_per_img": round(seconds, 3),
