@@ -28,7 +28,7 @@ from coldstart.models.errors import ConfigError, WeightsUnavailableError
 from coldstart.models.hub import first_line as _first_line
 from coldstart.models.hub import hub_offline as _hub_offline
 from coldstart.models.hub import probe as _probe
-from coldstart.models.quant import has_bf16, has_int8_dot, quantize_int8
+from coldstart.models.quant import cast_products, has_bf16, has_int8_dot, quantize_int8
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +108,7 @@ class LoadedClip:
     model_id: str
     image_size: int
     embed_dim: int
-    precision: str = "fp32"  # what the image tower computes in: fp32, fp16, bf16 (autocast) or int8
+    precision: str = "fp32"  # what the image tower computes in: fp32, fp16, bf16 or int8
 
     @property
     def autocast_dtype(self) -> torch.dtype | None:
@@ -124,9 +124,7 @@ class LoadedClip:
     def encode_images(self, pixels: torch.Tensor) -> np.ndarray:
         pixels = pixels.to(self.device, non_blocking=True)
         encode_image = cast(_Encode, self.model.encode_image)
-        if self.device.type == "cpu" and self.precision in ("fp16", "bf16"):
-            feats = encode_image(pixels.to(_CAST[self.precision]))  # the image tower's weights were cast
-        elif self.autocast_dtype is None:
+        if self.autocast_dtype is None:  # fp32, int8, or bf16/fp16 products on a CPU (cast at load)
             feats = encode_image(pixels)
         else:
             with torch.autocast(self.device.type, dtype=self.autocast_dtype):
@@ -309,8 +307,8 @@ def _apply_precision(model: Any, cfg: ClipConfig, device: torch.device) -> str:
     precision = resolve_precision(cfg.precision, device)
     if precision == "int8":
         model.visual = quantize_int8(model.visual)
-    elif precision in _CAST and device.type == "cpu":
-        model.visual.to(_CAST[precision])
+    elif precision in _CAST and device.type == "cpu":  # weights cast; the residual stream stays fp32
+        cast_products(model.visual, _CAST[precision])
     return precision
 
 
@@ -501,10 +499,11 @@ _CAST = {"fp16": torch.float16, "bf16": torch.bfloat16}
 def resolve_precision(precision: str, device: torch.device, key: str = "model.precision") -> str:
     """The precision a setting means on a device. ``auto``: fp16 autocast on CUDA; on a CPU, bf16
     where it computes bf16 natively (AVX512_BF16, AMX), else int8 where it has int8 dot products
-    (VNNI), else fp32. On the 2-core EPYC with both (`coldstart bench precision`, BENCHMARKS.md):
-    bf16 2.2x fp32 with embeddings at cosine >= 0.9999, int8 3.4x at >= 0.9996; bf16 is the
-    default there because its error is 5x smaller. On a CPU, fp16 and bf16 cast the image
-    tower's weights (bf16 autocast measured 0.92x fp32). ``key`` names the setting in errors."""
+    (VNNI), else fp32. Measured (`coldstart bench precision`, BENCHMARKS.md): bf16 2-3.3x fp32
+    with embeddings at cosine >= 0.9999, int8 2.2-2.8x at >= 0.9996; bf16 is the default where
+    both run because its error is 5-6x smaller. On a CPU, fp16 and bf16 compute the image tower's
+    linear layers and convolutions in that dtype and the rest in fp32 (models/quant.py,
+    ``cast_products``; bf16 autocast measured 0.92x fp32). ``key`` names the setting in errors."""
     if precision not in PRECISIONS:
         raise ConfigError(f"{key}: {precision!r}; valid: {', '.join(PRECISIONS)}")
     if precision == "auto":

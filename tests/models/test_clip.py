@@ -292,8 +292,16 @@ def test_each_precision_loads_embeds_close_to_fp32_under_its_own_model_id(tiny_c
         assert "DynamicQuantizedLinear" in names or "Linear" in {n.split(".")[-1] for n in names}
         assert any(isinstance(m, PackedSelfAttention) for m in lazy.model.visual.modules())
         assert not any(type(m) is torch.nn.Linear for m in lazy.model.visual.modules())  # every linear quantised
-        text = lazy.encode_text(["a photo of a cat"])  # the text tower stays fp32: same text weights
-        assert np.allclose(text, tiny_clip.encode_text(["a photo of a cat"]), atol=1e-6)
+    else:  # bf16: the products in bf16, everything between them (norms, residual stream) fp32
+        from coldstart.models.quant import LowPrecisionProduct
+
+        visual = lazy.model.visual
+        assert not any(type(m) is torch.nn.Linear and not isinstance(p, LowPrecisionProduct)
+                       for p in visual.modules() for m in p.children())  # every linear wrapped
+        assert all(m.layer.weight.dtype is torch.bfloat16 for m in visual.modules() if isinstance(m, LowPrecisionProduct))
+        assert all(p.dtype is torch.float32 for n, p in visual.named_parameters() if "ln" in n)
+    text = lazy.encode_text(["a photo of a cat"])  # the text tower stays fp32: same text weights
+    assert np.allclose(text, tiny_clip.encode_text(["a photo of a cat"]), atol=1e-6)
 
 
 def test_packed_self_attention_equals_multihead_attention():

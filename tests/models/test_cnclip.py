@@ -77,13 +77,15 @@ def test_bad_settings_are_one_clear_error(reference, tmp_path):
         load_clip(ClipConfig("RN50", "official", "cpu", "fp32", "cn_clip"))
 
 
-def test_each_precision_is_its_own_model_id(reference):
+@pytest.mark.parametrize("precision", ["bf16", "int8"])
+def test_each_precision_is_its_own_model_id(reference, precision):
     _, path = reference
-    fp32, int8 = load_clip(_config(path)), load_clip(_config(path, precision="int8"))
-    assert int8.model_id == fp32.model_id + ":int8"
+    fp32, low = load_clip(_config(path)), load_clip(_config(path, precision=precision))
+    assert low.model_id == fp32.model_id + ":" + precision
     x = torch.rand(1, 3, 224, 224)
-    cos = (fp32.encode_images(x) * int8.encode_images(x)).sum(1)
+    cos = (fp32.encode_images(x) * low.encode_images(x)).sum(1)
     assert cos.min() > 0.99
+    assert np.allclose(low.encode_text(["一张猫的照片"]), fp32.encode_text(["一张猫的照片"]), atol=1e-6)
 
 
 def _reference_weights(model, classes: dict[str, list[str]], templates: list[str]) -> np.ndarray:
