@@ -103,8 +103,7 @@ def _demo_rounds(ws, truth: dict[str, str], rounds: int, json_path: str | None, 
         seconds = time.perf_counter() - t0
         true_acc = auto_label_accuracy(ws, truth)
         # The round's own audit estimate of its auto labels (out of fold, on every audit item
-        # answered before it, weighted by confidence band to its auto labels: tasks/audit.py),
-        # with its 95% interval and n.
+        # answered before it, the difference estimator: tasks/audit.py), with its 95% interval and n.
         assert rec.select is not None and rec.intake is not None and rec.relabel is not None and rec.train is not None
         est = rec.audit if rec.audit is not None and rec.audit.n else None
         audit_acc, interval = (est.accuracy, list(est.interval or ())) if est else (None, None)
@@ -122,10 +121,11 @@ def _demo_rounds(ws, truth: dict[str, str], rounds: int, json_path: str | None, 
         print("\n".join(lines if r == 1 else lines[-1:]), flush=True)
     if json_path:
         Path(json_path).write_text(json.dumps(table, indent=2) + "\n", encoding="utf-8")
-    print("\n'audit acc': the round's auto labels as estimated from the random audit items answered before it\n"
-          "(every earlier round's, scored out of fold by the round's labeler and weighted by confidence band\n"
-          "to the round's auto labels), with its 95% interval and n; 'true acc': the same auto labels against\n"
-          "the known digits. A few audit items give wide intervals: answer more (round.review_policy).")
+    print("\n'audit acc': the round's auto labels as estimated from the audit items answered before it (every\n"
+          "earlier round's, drawn more often where the model was unsure, scored out of fold by the round's labeler;\n"
+          "the model's confidence corrected by the audit, inverse-probability weighted: the difference estimator),\n"
+          "with its 95% interval and n; 'true acc': the same auto labels against the known digits. A few audit\n"
+          "items give wide intervals: answer more (round.review_policy).")
     with contextlib.suppress(Exception):  # derived now: the next `coldstart status` reads it back
 
         workspace_status(ws)

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
@@ -101,16 +101,25 @@ class SelfTraining:
 
     The graph is built once; each spread (one per CV fold) is a few sparse matrix products.
     ``pool_X`` ``(P, D)`` every image; ``rows`` ``(N,)`` each labeled sample's row in it.
+    ``threshold``: the least spreading confidence a pseudo-label needs; ``share``: at most this
+    share of the images without a human label get one, the most confident first; ``agreement``:
+    a pseudo-label is kept only where the head fitted with all of them predicts the same class
+    (the graph and the linear head are two views of the pool; where they disagree, the
+    pseudo-label is the likelier error), and the head is fitted again on those.
+
+    Measured on digits (`coldstart bench al`, 20 seeds, with the round's cold-start switch): share
+    0.7 with agreement took the labels to 95% from a median of 70 (at most 10 pseudo-labels per
+    human label, no agreement) to 40.
     """
 
     def __init__(self, pool_X: np.ndarray, rows: np.ndarray, threshold: float, k: int = 10, alpha: float = 0.2,
-                 max_ratio: int = 10):
+                 share: float = 0.7, agreement: bool = True):
         from scipy import sparse
         from scipy.sparse import csgraph
         from sklearn.neighbors import kneighbors_graph
 
         self.X, self.rows, self.threshold, self.alpha = pool_X, np.asarray(rows), threshold, alpha
-        self.max_ratio = max_ratio
+        self.share, self.agreement = share, agreement
         # The affinity of scikit-learn's LabelSpreading(kernel="knn"): the directed kNN graph
         # (self included), minus its normalised Laplacian with a zero diagonal. A symmetrised
         # graph was measurably worse on digits (92 vs 66 labels to 95%, `coldstart bench al`).
@@ -118,11 +127,12 @@ class SelfTraining:
         S = -csgraph.laplacian(A, normed=True)
         S.setdiag(0)
         self.S = sparse.csr_matrix(S)
-        self._cache: dict[bytes, tuple[np.ndarray, np.ndarray]] = {}
+        self._cache: dict[bytes, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
 
-    def pseudo(self, tr: np.ndarray, y: np.ndarray, n_classes: int, exclude: np.ndarray | None = None,
-               iters: int = 30) -> tuple[np.ndarray, np.ndarray]:
-        """(pool rows, labels) spread from the labeled samples ``tr`` with confidence >= threshold."""
+    def spread(self, tr: np.ndarray, y: np.ndarray, n_classes: int, exclude: np.ndarray | None = None,
+               iters: int = 30) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Label spreading from the labeled samples ``tr``: (rows the labels reached, none of them
+        human-labeled nor in ``exclude``; their labels; their confidence), by ascending row."""
         key = tr.tobytes() + (b"" if exclude is None else exclude.tobytes())
         if key not in self._cache:
             Y0 = np.zeros((len(self.X), n_classes))
@@ -132,18 +142,24 @@ class SelfTraining:
                 F = self.alpha * (self.S @ F) + (1 - self.alpha) * Y0
             total = F.sum(1)
             conf = np.divide(F.max(1), total, out=np.zeros(len(F)), where=total > 0)
-            mask = conf >= self.threshold
+            mask = total > 0
             mask[self.rows] = False  # never relabel a human-labeled image
             if exclude is not None:
                 mask[self.rows[exclude]] = False
             keep = np.flatnonzero(mask)
-            # At most max_ratio pseudo-labels per human label, the most confident: they help
-            # most where labels are few, and must not swamp the humans (or the optimiser).
-            limit = self.max_ratio * len(tr)
-            if len(keep) > limit:
-                keep = keep[np.argsort(-conf[keep], kind="stable")[:limit]]
-            self._cache[key] = (keep, F[keep].argmax(1))
+            self._cache[key] = (keep, F[keep].argmax(1), conf[keep])
         return self._cache[key]
+
+    def pseudo(self, tr: np.ndarray, y: np.ndarray, n_classes: int,
+               exclude: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(pool rows, labels) spread from the labeled samples ``tr`` with confidence >= threshold,
+        the most confident ``share`` of the images without a human label at most."""
+        rows, labels, conf = self.spread(tr, y, n_classes, exclude)
+        keep = np.flatnonzero(conf >= self.threshold)
+        limit = int(np.ceil(self.share * (len(self.X) - len(np.unique(self.rows)))))
+        if len(keep) > limit:
+            keep = np.sort(keep[np.argsort(-conf[keep], kind="stable")[:limit]])
+        return rows[keep], labels[keep]
 
     def with_rows(self, rows: np.ndarray) -> "SelfTraining":
         """The same graph for a new labeled set (the graph depends on the images only)."""
@@ -152,9 +168,21 @@ class SelfTraining:
         other.rows, other._cache = np.asarray(rows), {}
         return other
 
-    def train_set(self, X: np.ndarray, y: np.ndarray, tr: np.ndarray, te: np.ndarray | None, n_classes: int):
+    def fit(self, fit: Callable[[np.ndarray, np.ndarray], LinearHead], X: np.ndarray, y: np.ndarray, tr: np.ndarray,
+            te: np.ndarray | None, n_classes: int) -> tuple[LinearHead, int]:
+        """``fit(X_train, y_train)`` on the samples ``tr`` and their pseudo-labels; with
+        ``agreement``, again on those pseudo-labels the first head agrees with. Returns the head
+        and the pseudo-labels it was fitted with."""
         prow, plab = self.pseudo(tr, y, n_classes, te)
-        return np.vstack([X[tr], self.X[prow]]), np.concatenate([y[tr], plab]), len(prow)
+        head = fit(np.vstack([X[tr], self.X[prow]]), np.concatenate([y[tr], plab]))
+        if self.agreement and len(prow):
+            # Every image the spreading reached, confident or not: where the head trained on the
+            # confident ones agrees, the two views together are right far more often than either.
+            prow, plab, _ = self.spread(tr, y, n_classes, te)
+            agree = head.predict_proba(self.X[prow]).argmax(1) == plab
+            prow, plab = prow[agree], plab[agree]
+            head = fit(np.vstack([X[tr], self.X[prow]]), np.concatenate([y[tr], plab]))
+        return head, len(prow)
 
 
 def _lr(C: float, seed: int) -> LogisticRegression:
@@ -183,11 +211,12 @@ def to_head(est: LogisticRegression, n_classes: int, center: np.ndarray, scale: 
     return LinearHead(weight, bias)
 
 
-def train_set(X, y, st: SelfTraining | None, tr, te, n_classes):
-    """The training rows of one fold (or of the final fit), plus pseudo-labels if asked."""
+def fit_with(fit: Callable[[np.ndarray, np.ndarray], LinearHead], X: np.ndarray, y: np.ndarray,
+             st: SelfTraining | None, tr: np.ndarray, te: np.ndarray | None, n_classes: int) -> tuple[LinearHead, int]:
+    """``fit`` on the samples ``tr``, with ``st``'s pseudo-labels when it is given (``SelfTraining.fit``)."""
     if st is None:
-        return X[tr], y[tr], 0
-    return st.train_set(X, y, tr, te, n_classes)
+        return fit(X[tr], y[tr]), 0
+    return st.fit(fit, X, y, tr, te, n_classes)
 
 
 def _fit_plain(Xtr, ytr, n_classes, C, seed, center, scale) -> LinearHead:
@@ -214,11 +243,12 @@ def fit_probe(X: np.ndarray, y: np.ndarray, n_classes: int, *, C: float = 1.0, f
     center = X.mean(0) if center is None else np.asarray(center, np.float32)
     scale = X.std(0) + 1e-6 if scale is None else np.asarray(scale, np.float32)
     oof = np.zeros((len(y), n_classes), np.float32)
+    def fit(Xtr: np.ndarray, ytr: np.ndarray) -> LinearHead:
+        return _fit_plain(Xtr, ytr, n_classes, C, seed, center, scale)
+
     for tr, te in splits(y, folds, seed):
-        Xtr, ytr, _ = train_set(X, y, self_training, tr, te, n_classes)
-        oof[te] = _fit_plain(Xtr, ytr, n_classes, C, seed, center, scale).predict_proba(X[te])
-    Xtr, ytr, n_pseudo = train_set(X, y, self_training, np.arange(len(y)), None, n_classes)
-    head = _fit_plain(Xtr, ytr, n_classes, C, seed, center, scale)
+        oof[te] = fit_with(fit, X, y, self_training, tr, te, n_classes)[0].predict_proba(X[te])
+    head, n_pseudo = fit_with(fit, X, y, self_training, np.arange(len(y)), None, n_classes)
     return ProbeFit(head, "probe", float((oof.argmax(1) == y).mean()), oof, {"C": C, "pseudo_labels": n_pseudo})
 
 
@@ -291,9 +321,11 @@ def fit_zs_probe(X: np.ndarray, y: np.ndarray, W0: np.ndarray, *, folds: int = 5
     if self_training is not None and cv:
         oof = np.zeros((len(y), L), np.float32)
         for f, (tr, te) in enumerate(cv):
-            Xtr, ytr, _n = train_set(X, y, self_training, tr, te, L)
-            oof[te] = _fit_prior(Xtr, ytr, W0, lam, starts[f]).predict_proba(X[te])
+            def fold_fit(Xtr: np.ndarray, ytr: np.ndarray, start: LinearHead | None = starts[f]) -> LinearHead:
+                return _fit_prior(Xtr, ytr, W0, lam, start)
+
+            oof[te] = fit_with(fold_fit, X, y, self_training, tr, te, L)[0].predict_proba(X[te])
         acc = float((oof.argmax(1) == y).mean())
-    Xtr, ytr, n_pseudo = train_set(X, y, self_training, np.arange(len(y)), None, L)
-    head = _fit_prior(Xtr, ytr, W0, lam)
+    head, n_pseudo = fit_with(lambda Xtr, ytr: _fit_prior(Xtr, ytr, W0, lam), X, y, self_training,
+                              np.arange(len(y)), None, L)
     return ProbeFit(head, "zs-probe", acc, oof, {"lambda": lam, "pseudo_labels": n_pseudo})

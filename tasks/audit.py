@@ -1,11 +1,15 @@
-"""audit: how right the auto labels are, from the uniformly random audit items of every round.
+"""audit: how right the auto labels are, from the audit items of every round.
 
 What is sampled
     Let U_k be the images of round k that had no human label and were not waiting in an
     unanswered batch when round k's review batch was drawn. The select stage draws the audit
-    items A_k *first*, a simple random sample (without replacement) of U_k, before any strategy
-    looks at the images. Once a person answers them they are human labels like any other: they
-    train every later head.
+    items A_k *first*, before any strategy looks at the images, each image i with a known
+    probability pi_i > 0 (``round.audit_design``): ``uncertainty`` (default) makes pi_i grow with
+    the uncertainty of its auto label (``inclusion_probabilities``), ``uniform`` makes them
+    equal. The draw is systematic sampling over a seeded random order (``systematic_sample``:
+    each image drawn with exactly pi_i), and the batch file records pi_i and |U_k| for each audit
+    item (columns ``inclusion`` and ``audit_pool``). Once answered, audit items are human labels
+    like any other: they train every later head.
 
 Scored out of fold: the current labeling procedure on every audit item
     Round n's train stage fits the labeler on all human labels H_n (which hold every answered
@@ -13,50 +17,41 @@ Scored out of fold: the current labeling procedure on every audit item
     confidence, from the same procedure fitted without that label's fold
     (``TrainResult.oof_probs``, calibrated with the round's temperature). The head itself cannot
     be scored on the audit items (it trained on them); its fold models can, each on items it
-    never saw. This uses the audit items of *every* earlier round, so n grows round by round
-    (15 per round with a batch of 50 and the ``specialist`` policy) instead of restarting at the
-    newest batch's 5.
+    never saw. This uses the audit items of *every* earlier round, so n grows round by round.
 
-Weighted to today's auto labels (what is reported)
-    The share of audit items predicted right is not the accuracy of today's auto labels, for
-    two reasons, both measured on digits by ``coldstart bench al``:
-    - The audit items of round k are a sample of U_k, and today's pool U_n is a subset of it
-      that the review has emptied of the *uncertain* images. So the audited pools are harder
-      than today's, and the share right sits below today's accuracy (about 1.7 points).
-    - Each fold model is fitted on (K-1)/K of the labels: weaker than the head (about 2 points).
-    Both show up in the confidence: the images that left the pool were the low-confidence ones,
-    and a weaker model is less sure. So ``weighted_accuracy`` compares, per confidence band, the
-    errors people found on the audit items (k_b) with the errors the model expected there
-    (E_b = the sum of 1 - confidence), and applies that ratio to the errors the model expects
-    among today's auto labels in the band (M_b):
+The estimate (``difference_estimate``, what is reported)
+    The model expects mean(c_i) of today's N auto labels to be right (c_i: calibrated
+    confidence). The audit measures how far that expectation is off: the residual r_j = right_j
+    - c_j of each audit item, averaged per audited round with Horvitz-Thompson weights
+    1 / (|U_k| pi_j), which is unbiased for the mean residual of U_k whatever the design:
 
-        accuracy = 1 - sum_b M_b * k_b / E_b / N        (N: today's auto labels)
+        accuracy = mean_i c_i + sum_k (n_k / n) * (1/n_k) sum_{j in A_k} r_j n_k / (|U_k| pi_j)
 
-    When the model's confidence is right (k_b ~ E_b) this is its own expected accuracy over
-    today's labels; when it is over- or under-confident, the audit says by how much, in each
-    band. Bands merge until each expects at least one audit error, so every ratio rests on
-    evidence. Images added after round k are represented by today's confidences (M_b) but only
-    by audits drawn after they arrived (k_b, E_b). With ``views.tiles``, today's confidences are
-    the multi-scale ones and the audit items' the global view's (the train stage's): the ratio
-    absorbs a difference between the two that is the same across a band, not more.
+    This is prediction-powered inference (Angelopoulos et al. 2023) with the confidence as the
+    prediction, under an adaptive design (Zrnic & Candes 2024): the residual is small where the
+    model is sure, so the audit draws where it is not. It assumes today's pool is miscalibrated
+    as the audited pools were (the audited pools are older and harder, since the review took
+    the uncertain images out); ``coldstart bench al`` measures what that costs (the bias column).
 
 The interval
-    Errors are rare events: each band's ratio gets Garwood's exact Poisson limits, and the
-    number of today's auto labels that are wrong is itself random given the ratio (Poisson);
-    the 95% interval is the 2.5% and 97.5% quantiles of the simulated totals (20,000 draws,
-    fixed seed). Measured (``coldstart bench al``, 140 (seed, round) pairs): see BENCHMARKS.md,
-    "Audit coverage". Before the relabel stage has run, or without auto labels, the estimate is
-    the unweighted share with its Clopper-Pearson interval (exact, from the beta distribution:
-    coverage at least 95% for every true accuracy and n). Wilson's score interval, used before
-    that, covered only 88.5% of benchmark rounds: at n <= 20 its coverage dips to about 0.83,
-    at p ~ 0.96-0.99, which is exactly where auto-label accuracy lives.
+    Estimate +- 1.96 standard errors. Per audited round, the variance is the larger of the
+    items' own spread (the with-replacement approximation) and the spread the model's confidence
+    implies (sum w^2 c (1 - c): errors that happen at that confidence but were not drawn yet;
+    without it an audit that has seen few errors claims too narrow an interval), plus the chance
+    in which today's auto labels are right given their confidences (sum c (1 - c) / N^2).
+    Measured (``coldstart bench al``, BENCHMARKS.md "Audit coverage"). The estimator used
+    before, ``weighted_accuracy`` (a ratio of errors found to errors expected per confidence
+    band, with exact Poisson limits), is kept: the report shows its bands, and the benchmark
+    compares both under both designs. Before the relabel stage has run, or without auto labels,
+    the estimate is the unweighted share with its Clopper-Pearson interval (exact, from the
+    beta distribution).
 
 Gates
     Gates (``stop.audit_lower_bound``, the auto-accept threshold) decide "is it at least x?":
     they use the one-sided 95% Clopper-Pearson lower bound on the audit items, unweighted,
-    P(accuracy >= bound) >= 95%. It is exact for the audited pools, and those were harder than
-    today's, so the gates stay on the safe side (the bound never exceeded the truth in the
-    benchmark); the weighted interval is what a person reads.
+    P(accuracy >= bound) >= 95%. Under the uncertainty design the audit items are the harder
+    ones, so the bound sits further below today's accuracy: the gates stay on the safe side (the
+    bound never exceeded the truth in the benchmark); the estimate is what a person reads.
 
 Until the train stage has run (or when its out-of-fold predictions do not line up with the
 human labels), the estimate is the newest answered batch's own audit: its items against the
@@ -227,13 +222,131 @@ def weighted_accuracy(pool_conf: np.ndarray, audit_conf: np.ndarray, audit_corre
     return Weighted(accuracy, min(low, accuracy), max(high, accuracy), bands)
 
 
+# --- the adaptive audit: who is drawn, with which probability, and the estimator ---------------
+
+AUDIT_DESIGNS = ("uncertainty", "uniform")  # round.audit_design
+# The share of the audit drawn as if uniformly (a defensive mixture): no image's inclusion
+# probability falls below UNIFORM_SHARE x n / N, however sure the model is of it.
+UNIFORM_SHARE = 0.25
+
+
+def inclusion_probabilities(conf: np.ndarray, n: int, uniform_share: float = UNIFORM_SHARE) -> np.ndarray:
+    """Each pool image's probability of being in an audit of ``n`` items, ``(N,)``, summing to n.
+
+    ``conf`` ``(N,)``: the calibrated confidence of each auto label. An audit answer is worth most
+    where the label's correctness is least predictable: the standard deviation of "is it right",
+    sqrt(q (1 - q)) with q = 1 - confidence, is the optimal (Neyman) allocation for the
+    difference estimator below. Mixed with the uniform design (``uniform_share``), so every
+    image can be drawn; probabilities above 1 are set to 1 and the rest rescaled."""
+    conf = np.asarray(conf, np.float64)
+    N = len(conf)
+    if n >= N:
+        return np.ones(N)
+    if n <= 0:
+        return np.zeros(N)
+    q = np.clip(1.0 - conf, 0.0, 1.0)
+    sd = np.sqrt(q * (1.0 - q))
+    share = sd / sd.sum() if sd.sum() > 0 else np.full(N, 1.0 / N)
+    weight = (1 - uniform_share) * share + uniform_share / N
+    pi = np.zeros(N)
+    full = np.zeros(N, bool)
+    while True:  # at most N passes; in practice one or two
+        pi[~full] = (n - full.sum()) * weight[~full] / weight[~full].sum()
+        over = ~full & (pi >= 1.0)
+        if not over.any():
+            return pi
+        full |= over
+        pi[full] = 1.0
+
+
+def systematic_sample(pi: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Sorted indices of a sample in which item i is drawn with probability exactly ``pi[i]``
+    (``pi`` sums to a whole number n: n items). Systematic sampling over a random order: a
+    random start in [0, 1) and steps of 1 along the cumulated probabilities."""
+    pi = np.asarray(pi, np.float64)
+    n = int(round(pi.sum()))
+    if n == 0:
+        return np.zeros(0, int)
+    order = rng.permutation(len(pi))
+    cum = np.cumsum(pi[order])
+    hits = np.searchsorted(cum, rng.uniform(0.0, 1.0) + np.arange(n), side="right")
+    return np.sort(order[np.minimum(hits, len(pi) - 1)])
+
+
+@dataclass
+class Difference:
+    """The audit's difference estimate (``difference_estimate``)."""
+    accuracy: float
+    low: float
+    high: float
+    se: float  # its standard error
+    residual: float  # the mean of (right - confidence) the audit found: the model's miscalibration
+
+
+def difference_estimate(pool_conf: np.ndarray, audit_conf: np.ndarray, audit_correct: np.ndarray,
+                        inclusion: np.ndarray, pool_size: np.ndarray, drawn: np.ndarray,
+                        z: float = 1.959964) -> Difference:
+    """Accuracy of today's auto labels: the model's own expectation, corrected by the audit.
+
+        accuracy = mean(pool_conf) + mean residual,   residual = right - confidence
+
+    (prediction-powered inference with the model's confidence as the prediction of "right").
+    The mean residual is, per audited round k, the Horvitz-Thompson mean over that round's pool:
+    ``sum_j r_j / (N_k pi_j) / n_k`` over its n_k audit items (``inclusion`` pi_j,
+    ``pool_size`` N_k, ``drawn`` k), unbiased for any inclusion probabilities that are never 0;
+    rounds are combined by their n_k. NaN in ``inclusion`` or ``pool_size``: an item of a batch
+    drawn before inclusion probabilities were recorded (uniformly), weighted 1.
+
+    Variance: per round, the larger of the items' own spread (with-replacement approximation)
+    and the spread the model's confidence implies, sum w^2 c (1 - c) (errors that happen at that
+    confidence but were not drawn yet: without it the interval is too narrow when the audit has
+    seen few errors); plus the chance in which today's auto labels are right given their
+    confidences, sum c (1 - c) / N^2. The interval is the estimate +- z standard errors.
+    """
+    pool_conf = np.asarray(pool_conf, np.float64)
+    conf = np.asarray(audit_conf, np.float64)
+    r = np.asarray(audit_correct, np.float64) - conf
+    pi, size, drawn = (np.asarray(a, np.float64) for a in (inclusion, pool_size, drawn))
+    n, N = len(r), len(pool_conf)
+    if N == 0 or n == 0:
+        raise ValueError("difference_estimate needs auto labels and scored audit items")
+    mean_r = var = 0.0
+    for k in np.unique(drawn):
+        mine = drawn == k
+        nk = int(mine.sum())
+        known = np.isfinite(pi[mine]) & np.isfinite(size[mine]) & (pi[mine] > 0)
+        w = np.where(known, nk / np.where(known, size[mine] * pi[mine], 1.0), 1.0)  # 1 under a uniform draw
+        est = w * r[mine]  # each item's estimate of its pool's mean residual
+        mean_r += nk / n * float(est.mean())
+        spread = float(est.var(ddof=1)) if nk > 1 else float(est[0] ** 2)
+        implied = float((w**2 * conf[mine] * (1 - conf[mine])).mean())
+        var += (nk / n) ** 2 * max(spread, implied) / nk
+    var += float((pool_conf * (1 - pool_conf)).sum()) / N**2
+    accuracy = float(np.clip(pool_conf.mean() + mean_r, 0.0, 1.0))
+    se = math.sqrt(var)
+    return Difference(accuracy, max(0.0, accuracy - z * se), min(1.0, accuracy + z * se), se, mean_r)
+
+
+# How the report, status and the round summary name the estimator of an audit figure.
+ESTIMATORS = {
+    "as-labeled": "the share of the newest audit items its round labeled right (Clopper-Pearson interval)",
+    "out-of-fold": "the share of audit items the round's labeler got right out of fold (Clopper-Pearson interval)",
+    "difference": "difference estimator (the model's confidence corrected by the audit, inverse-probability "
+                  "weighted)",
+    "ipw-share": "inverse-probability weighted share (Clopper-Pearson at the effective n)",
+    "bands": "weighted by confidence band",  # round records from before the difference estimator
+}
+
+
 @dataclass
 class AuditItem:
-    """One answered audit item: drawn uniformly from round ``drawn``'s pool."""
+    """One answered audit item, drawn from round ``drawn``'s pool with probability ``inclusion``."""
     image_id: str
     drawn: int  # the round whose batch drew it
     answer: str  # the person's label (the latest answer)
     labeled: str  # the label that round gave it (before the answer could train anything)
+    inclusion: float = math.nan  # its probability of being drawn (NaN: a batch from before they were recorded)
+    pool: float = math.nan  # the images it was drawn from (that round's pool)
 
 
 @dataclass
@@ -256,14 +369,19 @@ class AuditEstimate(StageResult):
     drawn_in: list[int] = field(default_factory=list)  # the rounds whose batches drew the items
     # Each audited batch against the labels its own round gave: round -> [correct, n].
     as_labeled: dict[str, list[int]] = field(default_factory=dict)
-    # Weighted to this round's auto labels (``weight_to_pool``), once the relabel stage has run:
-    # the estimate and 95% interval, and the confidence bands they rest on (``Weighted.bands``).
+    # Estimated for this round's auto labels (``weight_to_pool``), once the relabel stage has run:
+    # the difference estimate and its 95% interval, and how the errors lay by confidence band
+    # (``Weighted.bands``: what the report shows beside it).
     weighted: list[float] | None = None  # [accuracy, low, high]
     bands: list[list[float]] = field(default_factory=list)
     auto_labels: int = 0  # the auto labels it was weighted to
+    # Which estimator ``accuracy`` comes from: ESTIMATORS' keys.
+    estimator: str = "as-labeled"
     # For the out-of-fold estimate, once the train stage has run (not recorded):
     items: list[AuditItem] = field(default_factory=list, metadata=IN_MEMORY)
     scored: tuple[np.ndarray, np.ndarray] | None = field(default=None, metadata=IN_MEMORY, compare=False)  # (conf, right)
+    # Per scored item: (inclusion probability, pool size, round drawn), as its batch recorded them.
+    design: tuple[np.ndarray, np.ndarray, np.ndarray] | None = field(default=None, metadata=IN_MEMORY, compare=False)
     sample_ids: list[str] | None = field(default=None, metadata=IN_MEMORY)  # the train stage's image rows
     classes: list[str] = field(default_factory=list, metadata=IN_MEMORY)
 
@@ -295,6 +413,14 @@ class AuditEstimate(StageResult):
         interval's low end, because the audited pools were harder than today's (module docstring)."""
         return clopper_pearson_lower(self.correct, self.n) if self.n else None
 
+    @property
+    def estimator_key(self) -> str:
+        """Which estimator ``accuracy`` comes from (``ESTIMATORS``' keys); a weighted out-of-fold
+        record written before the difference estimator existed was weighted by confidence band."""
+        if self.weighted and self.method == "out-of-fold" and self.estimator != "difference":
+            return "bands"
+        return self.estimator
+
     def per_class(self, min_n: int = 5) -> dict[str, float]:
         """Accuracy per predicted label, where at least ``min_n`` were audited."""
         return {k: c / n for k, (c, n) in sorted(self.by_label.items()) if n >= min_n}
@@ -310,9 +436,11 @@ class AuditEstimate(StageResult):
         where = (f"rounds {rounds[0]}-{rounds[-1]}" if len(rounds) > 1 else f"round {rounds[0]}") if rounds \
             else f"round {self.round}"
         how = f"out-of-fold on the audits of {where}" if self.method == "out-of-fold" else f"{where}'s audit as labeled"
-        if self.weighted:
-            how += (f", {self.correct}/{self.n} right, weighted by confidence band to {self.auto_labels:,} "
-                    f"auto labels")
+        if self.weighted and self.estimator_key in ("difference", "bands"):
+            how += f", {self.correct}/{self.n} right, {ESTIMATORS[self.estimator_key]} over {self.auto_labels:,} " \
+                   "auto labels"
+        elif self.weighted:
+            how += f", {self.correct}/{self.n} right, {ESTIMATORS[self.estimator_key]}"
         return f"{100 * accuracy:.1f}% correct (95% CI {100 * lo:.1f}-{100 * hi:.1f}%, n={self.n}, {how})"
 
     def metrics(self) -> dict[str, float | None]:
@@ -327,8 +455,10 @@ class AuditEstimate(StageResult):
         ``use_out_of_fold`` or without auto labels."""
         if self.method != "out-of-fold" or self.scored is None or auto_conf is None or not len(auto_conf):
             return False
-        w = weighted_accuracy(auto_conf, *self.scored)
-        self.weighted, self.bands, self.auto_labels = [w.accuracy, w.low, w.high], w.bands, int(len(auto_conf))
+        design = self.design or (np.full(len(self.scored[0]), np.nan),) * 2 + (np.zeros(len(self.scored[0])),)
+        d = difference_estimate(auto_conf, *self.scored, *design)
+        self.weighted, self.auto_labels = [d.accuracy, d.low, d.high], int(len(auto_conf))
+        self.bands, self.estimator = weighted_accuracy(auto_conf, *self.scored).bands, "difference"
         return True
 
     def use_out_of_fold(self, train: "TrainResult", round_no: int) -> bool:
@@ -351,11 +481,13 @@ class AuditEstimate(StageResult):
         labels = [self.classes[p] if p < len(self.classes) else str(p) for p in probs.argmax(1)]
         right = np.array([label == it.answer for it, label in zip(items, labels)])
         self.scored = (probs.max(1).astype(np.float64), right)
+        self.design = (np.array([it.inclusion for it in items]), np.array([it.pool for it in items]),
+                       np.array([it.drawn for it in items], np.float64))
         by_label: dict[str, list[int]] = {}
         for label, ok in zip(labels, right):
             c, n = by_label.get(label, [0, 0])
             by_label[label] = [c + int(ok), n + 1]
-        self.round, self.method = round_no, "out-of-fold"
+        self.round, self.method, self.estimator, self.weighted = round_no, "out-of-fold", "out-of-fold", None
         self.n, self.correct, self.by_label = len(items), int(right.sum()), by_label
         self.drawn_in = sorted({it.drawn for it in items})
         return True
@@ -363,8 +495,17 @@ class AuditEstimate(StageResult):
 
 def audit_items(batch_rows: list[dict], humans: dict[str, str]) -> list[AuditItem]:
     """A batch's audit items that people have answered."""
-    return [AuditItem(b["image_id"], int(b["round"]), humans[b["image_id"]], b["predicted_label"])
+    return [AuditItem(b["image_id"], int(b["round"]), humans[b["image_id"]], b["predicted_label"],
+                      _number(b.get("inclusion")), _number(b.get("audit_pool")))
             for b in batch_rows if b["purpose"] == "audit" and b["image_id"] in humans]
+
+
+def _number(cell: str | None) -> float:
+    """A batch file's number cell; NaN when empty or absent (batches from before the column)."""
+    try:
+        return float(cell) if cell not in (None, "") else math.nan
+    except ValueError:
+        return math.nan
 
 
 def audit_estimate(batch_rows: list[dict], humans: dict[str, str]) -> AuditEstimate | None:
@@ -380,8 +521,27 @@ def audit_estimate(batch_rows: list[dict], humans: dict[str, str]) -> AuditEstim
         by_label[it.labeled] = [c + (it.answer == it.labeled), n + 1]
     r = int(audit[0]["round"])
     correct = sum(it.answer == it.labeled for it in answered)
-    return AuditEstimate(round=r, n=len(answered), correct=correct, by_label=by_label, drawn_in=[r] if answered else [],
-                         as_labeled={str(r): [correct, len(answered)]}, items=answered)
+    est = AuditEstimate(round=r, n=len(answered), correct=correct, by_label=by_label, drawn_in=[r] if answered else [],
+                        as_labeled={str(r): [correct, len(answered)]}, items=answered)
+    pi = np.array([it.inclusion for it in answered])
+    if len(pi) and np.isfinite(pi).all() and (pi > 0).all() and np.ptp(pi) > 1e-12:  # drawn unequally
+        est.weighted, est.estimator = ipw_share(np.array([it.answer == it.labeled for it in answered]), pi), "ipw-share"
+    return est
+
+
+def ipw_share(right: np.ndarray, inclusion: np.ndarray, alpha: float = ALPHA) -> list[float]:
+    """[share, low, high]: the share of a pool's auto labels that are right, from audit items
+    drawn with unequal probabilities: each weighted 1 / inclusion (Hajek), with the
+    Clopper-Pearson interval at Kish's effective sample size (sum w)^2 / sum w^2."""
+    from scipy.stats import beta
+
+    w = 1.0 / np.asarray(inclusion, np.float64)
+    share = float((w * right).sum() / w.sum())
+    n_eff = float(w.sum() ** 2 / (w**2).sum())
+    k = share * n_eff
+    low = 0.0 if k <= 0 else float(beta.ppf(alpha / 2, k, n_eff - k + 1))
+    high = 1.0 if k >= n_eff else float(beta.ppf(1 - alpha / 2, k + 1, n_eff - k))
+    return [share, min(low, share), max(high, share)]
 
 
 def latest_audit(ws: Workspace, humans: dict[str, str], before_round: int) -> AuditEstimate | None:

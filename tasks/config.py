@@ -234,6 +234,10 @@ class TrainConfig(_Section):
     # for training (null: off). Only when the pool has at most self_training_max_pool images.
     self_training: float | None = Field(default=0.9, gt=0, le=1)
     self_training_max_pool: int = Field(default=20000, ge=10)
+    # At most this share of the images without a human label get a pseudo-label, the most confident.
+    pseudo_share: float = Field(default=0.7, gt=0, le=1)
+    # Keep only the pseudo-labels the head fitted with them agrees with, and fit it again on those.
+    pseudo_agreement: bool = True
 
 
 class StopConfig(_Section):
@@ -269,8 +273,13 @@ class RoundConfig(_Section):
     budget: int = Field(default=50, ge=1)
     review_policy: Literal["custom", "spot-check", "specialist", "critical"] = "custom"
     audit_fraction: float = Field(default=0.1, ge=0.0, le=1.0)
-    # Round 1 has no labels and no trained model: pick typical, diverse images (TypiClust).
+    # How audit items are drawn: "uncertainty" (more often where the model is unsure, with known
+    # probabilities, never 0) or "uniform" (every image alike). tasks/audit.py.
+    audit_design: Literal["uncertainty", "uniform"] = "uncertainty"
+    # The cold start (round 1: no labels, no trained model): typical, diverse images (TypiClust),
+    # until there are cold_start_per_class human labels per class (0: round 1 only).
     first_strategy: str = "typiclust"
+    cold_start_per_class: int = Field(default=3, ge=0)
     # Later rounds: uncertain *and* diverse (top hybrid_factor x budget by uncertainty, then k-center).
     strategy: str = "hybrid"
     uncertainty: str = "margin"  # the measure used by hybrid

@@ -152,20 +152,21 @@ class Page:
         d, au = self.d, self.d.audit
         if au is None or not au.n or au.accuracy is None:
             return ("<p>No audit answers yet. Each review batch holds a few images drawn at random (purpose "
-                    "<code>audit</code>); once they are answered, the next round estimates here how many auto labels "
-                    "are right.</p>")
+                    "<code>audit</code>, more often where the model is unsure, each with a recorded probability); "
+                    "once they are answered, the next round estimates here how many auto labels are right.</p>")
         whose = "this round's" if au.round == d.round else f"round {au.round}'s" if au.round is not None else "the"
         out = (f'<div class="big"><div><b>{pct(au.accuracy)}</b>estimated accuracy</div>'
                f"<div><b>{interval_text(au.interval)}</b>95% interval</div><div><b>{au.n}</b>audited (n)</div></div>"
                f"<p>Of {esc(whose)} auto labels, checked against people's answers on the random audit items (drawn "
-               f"before anything else was selected, so unbiased)" + (f": {esc(au.text)}" if au.text else "") + ".</p>")
+               f"before anything else was selected, each with a known probability, and weighted back by it, so "
+               f"unbiased)" + (f": {esc(au.text)}" if au.text else "") + ".</p>")
         if au.bands:
-            out += ("<h3>Weighted to today's auto labels</h3><p>The audit items were drawn from earlier, harder pools "
-                    "(the review takes the uncertain images out), so their raw share right understates today's auto "
-                    "labels. Per confidence band, the errors people found on the audit items are compared with the "
-                    "errors the model expected there (the sum of 1 - confidence), and that ratio is applied to the "
-                    "errors the model expects among today's auto labels in the band. The interval takes exact "
-                    "Poisson limits for each ratio and the chance in which auto labels are wrong.</p>"
+            out += ("<h3>Where the errors are</h3><p>The estimate is the model's own expectation over today's auto "
+                    "labels (the mean of their confidences), corrected by how far the audit found it off: the mean of "
+                    "(right − confidence) over the audit items, each weighted by the inverse of its probability of "
+                    "being drawn. The audit draws uncertain labels more often, because that is where errors hide. "
+                    "By confidence band: the errors people found on the audit items against the errors the model "
+                    "expected there (the sum of 1 - confidence).</p>"
                     + self.table(["confidence band", "auto labels today", "errors the model expects there",
                                   "audit items", "errors the model expected there", "errors people found"],
                                  [[f"{lo:.3g}–{hi:.3g}", str(int(n)), f"{m:.1f}", str(int(a)), f"{e:.1f}", str(int(k))]

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from coldstart.tasks import labelstudio, strategies
+from coldstart.tasks.audit import inclusion_probabilities, systematic_sample
 from coldstart.tasks.config import OntologyConfig, RegionsConfig, RoundConfig
 from coldstart.tasks.errors import SelectionError
 from coldstart.tasks.labellog import read_events, region_answers
@@ -32,8 +33,10 @@ from coldstart.tasks.workspace import Workspace, atomic_write_text, escape_formu
 log = logging.getLogger(__name__)
 
 BATCH_FIELDS = ["image_id", "image", "purpose", "predicted_label", "confidence", "source", "model_id", "score", "round",
-                "note"]
+                "note", "inclusion", "audit_pool"]
 # note: only for labels sent back for a second look (it says why); empty for everything else.
+# inclusion, audit_pool: audit items only, the probability it was drawn with and the number of
+# images it was drawn from (round.audit_design), so any round's estimate can be recomputed.
 REVIEW_FIELDS = ["image_id", "image", "suggested_label", "confidence", "label", "annotator", "note"]
 # The regions to review (round-NNN.regions.csv): answered by region id; bbox "x y w h" in pixels.
 REGION_REVIEW_FIELDS = ["region_id", "image_id", "image", "bbox", "suggested_label", "confidence", "label",
@@ -42,11 +45,14 @@ REGION_REVIEW_FIELDS = ["region_id", "image_id", "image", "bbox", "suggested_lab
 
 def select_indices(probs: np.ndarray, budget: int, *, strategy: str, audit: int, seed: int,
                    X: np.ndarray | None = None, labeled_X: np.ndarray | None = None, factor: int = 5,
-                   measure: str = "margin", class_cap: float | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Pick ``audit`` uniformly random rows, then ``budget - audit`` of the rest by ``strategy``.
+                   measure: str = "margin", class_cap: float | None = None,
+                   inclusion: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Pick ``audit`` rows for the audit, then ``budget - audit`` of the rest by ``strategy``.
 
-    The audit sample is drawn first from the whole pool, so it stays a uniform sample of the
-    auto-labeled images (an unbiased accuracy estimate). Returns (chosen, audit) indices.
+    The audit sample is drawn first from the whole pool: uniformly at random, or, given
+    ``inclusion`` ``(N,)`` (each row's probability of being drawn, summing to ``audit``:
+    ``audit.inclusion_probabilities``), by systematic sampling with exactly those probabilities.
+    Either way its answers give an unbiased accuracy estimate. Returns (chosen, audit) indices.
     """
     n = len(probs)
     if n == 0:
@@ -58,7 +64,12 @@ def select_indices(probs: np.ndarray, budget: int, *, strategy: str, audit: int,
     options: dict[str, Any] = dict(factor=factor, measure=measure, class_cap=class_cap)
     strategies.build(strategy, **options)  # a bad name or option fails here, even with an all-audit batch
     rng = np.random.default_rng(seed)
-    audit_idx = rng.choice(n, size=audit, replace=False) if audit else np.zeros(0, int)
+    if inclusion is not None and audit:
+        if len(inclusion) != n or abs(float(np.sum(inclusion)) - audit) > 1e-6 or np.min(inclusion) < 0:
+            raise SelectionError(f"audit inclusion probabilities must be {n} values >= 0 summing to {audit}")
+        audit_idx = systematic_sample(inclusion, rng)
+    else:
+        audit_idx = rng.choice(n, size=audit, replace=False) if audit else np.zeros(0, int)
     rest = np.setdiff1d(np.arange(n), audit_idx)
     if budget - audit == 0:
         return np.zeros(0, int), np.asarray(audit_idx, int)
@@ -159,7 +170,10 @@ def _select_images(ws: Workspace, cfg: RoundConfig, round_no: int) -> SelectResu
     # drawn for the audit: an answer meant for one round's batch must not count as another's.
     pending = waiting(ws, round_no, set(labeled))
     pool = [k for k, i in enumerate(ids) if resolved[i]["source"] != "human" and i not in pending]
-    strategy = cfg.strategy if labeled else cfg.first_strategy
+    # The cold start lasts until cold_start_per_class labels per class (on digits, TypiClust's
+    # first 3 per class then uncertainty: 42.5 labels to 95% (mean of 20 seeds) against 56 at 1 per class).
+    cold = len(labeled) < max(1, cfg.cold_start_per_class * len(classes))
+    strategy = cfg.first_strategy if cold else cfg.strategy
     rechecks = _rechecks(ws, cfg, resolved, round_no)
     # review_policy critical: every auto label goes to review. The batch is the whole pool
     # (round.budget does not cap it), and all of it is audit: a census of this round's labels.
@@ -181,17 +195,22 @@ def _select_images(ws: Workspace, cfg: RoundConfig, round_no: int) -> SelectResu
         store = EmbeddingStore(ws.embeddings, model_id, view)
         _, X = store.load([ids[k] for k in pool])
         _, labeled_X = store.load(labeled) if labeled else (None, None)
+    # The audit's design: each image's chance of being drawn, recorded with it (tasks/audit.py).
+    inclusion = inclusion_probabilities(sub.max(1), n_audit) if cfg.audit_design == "uncertainty" \
+        else np.full(len(pool), n_audit / max(1, len(pool)))
     chosen, aud = select_indices(sub, budget, strategy=strategy, audit=n_audit, seed=seed, X=X, labeled_X=labeled_X,
-                                 factor=cfg.hybrid_factor, measure=cfg.uncertainty, class_cap=cfg.class_cap) \
+                                 factor=cfg.hybrid_factor, measure=cfg.uncertainty, class_cap=cfg.class_cap,
+                                 inclusion=inclusion if cfg.audit_design == "uncertainty" else None) \
         if budget else (np.zeros(0, int), np.zeros(0, int))
     scores = uncertainty(sub, cfg.uncertainty)
     batch = []
     for purpose, picks in ((strategy, chosen), ("audit", aud)):
         for j in picks:
             r = resolved[ids[pool[j]]]
+            design = dict(inclusion=f"{inclusion[j]:.9g}", audit_pool=len(pool)) if purpose == "audit" else {}
             batch.append(dict(image_id=r["image_id"], image=r["path"], purpose=purpose, predicted_label=r["label"],
                               confidence=f"{r['confidence']:.6f}", source=r["source"], model_id=r["model_id"],
-                              score=f"{scores[j]:.6f}", round=round_no, note=""))
+                              score=f"{scores[j]:.6f}", round=round_no, note="", **design))
     batch.extend(rechecks)
     files = _write_batch(ws, stem, batch, classes, {r["image_id"]: resolved[r["image_id"]]["label"] for r in rechecks})
     return SelectResult(batch_size=len(batch), chosen=len(chosen), audit=len(aud), pool=len(pool), files=files,

@@ -121,7 +121,7 @@ def _train(ws: Workspace, ctx: Context) -> train.TrainResult:
 
 def _relabel(ws: Workspace, ctx: Context) -> relabel.RelabelResult:
     result = relabel.relabel(ws, ctx.params, ctx.round)
-    if (estimate := ctx.earlier("audit")) is not None:  # ... weighted by confidence band to these auto labels
+    if (estimate := ctx.earlier("audit")) is not None:  # ... estimated for these auto labels (the difference estimator)
         estimate.weight_to_pool(result.auto_confidence)
     return result
 

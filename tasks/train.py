@@ -100,7 +100,7 @@ def choose_labeler(X: np.ndarray, y: np.ndarray, zero_shot: ZeroShotHead, cfg: T
     st = None
     if pool_X is not None and cfg.self_training:
         assert rows is not None, "pool_X comes with rows: each labeled sample's row in it"
-        st = SelfTraining(pool_X, rows, cfg.self_training)
+        st = SelfTraining(pool_X, rows, cfg.self_training, share=cfg.pseudo_share, agreement=cfg.pseudo_agreement)
     fitted: dict[str, ProbeFit] = {}
     if cfg.model in ("auto", "probe"):
         fitted["probe"] = fit_probe(X, y, L, C=cfg.C, folds=cfg.cv_folds, seed=cfg.seed, center=center, scale=scale,

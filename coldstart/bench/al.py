@@ -42,26 +42,34 @@ from sklearn.model_selection import train_test_split
 from sklearn.preprocessing import StandardScaler
 
 from coldstart.bench.targets import TARGETS
-from coldstart.models.probe import SelfTraining, fit_probe, train_set
+from coldstart.models.probe import SelfTraining, fit_probe, fit_with, to_head
 from coldstart.tasks.audit import (
+    AUDIT_DESIGNS,
     clopper_pearson_interval,
     clopper_pearson_lower,
+    difference_estimate,
+    inclusion_probabilities,
     weighted_accuracy,
     wilson_interval,
 )
 from coldstart.tasks.calibrate import apply_temperature, calibrate_held_out
-from coldstart.tasks.config import REVIEW_POLICIES
+from coldstart.tasks.config import REVIEW_POLICIES, RoundConfig
 from coldstart.tasks.select import select_indices
 from coldstart.tasks.strategies import top_uncertain, typiclust
 
 STRATEGIES = ("random", "entropy", "margin", "coldstart")
-# The audit simulation: seeds per `--seeds` (5 -> 20 seeds x rounds 2-8 = 140 (seed, round)
-# pairs, 100 of them from round 4 on), rounds per seed, the batch (round.budget's default) and
-# the review policy.
-AUDIT_SEEDS_PER_SEED = 4
+# The audit simulation: seeds (20 seeds x rounds 2-8 = 140 (seed, round) pairs, 100 of them
+# from round 4 on), rounds per seed, the batch (round.budget's default) and the review policy.
+AUDIT_SEEDS = 20
 AUDIT_ROUNDS = 8
 AUDIT_BATCH = 50
 AUDIT_POLICY = "specialist"
+
+
+def cold_start_labels(n_classes: int) -> int:
+    """Human labels before a round switches from the cold-start strategy (TypiClust) to the
+    uncertain ones, at the round's default ``cold_start_per_class``."""
+    return RoundConfig().cold_start_per_class * n_classes
 
 
 def _fit(X: np.ndarray, y: np.ndarray, seed: int) -> LogisticRegression:
@@ -88,13 +96,15 @@ def simulate(strategy: str, Xp: np.ndarray, yp: np.ndarray, Xt: np.ndarray, yt: 
     else:
         labeled = list(rng.choice(n, start, replace=False))
     graph = None
+    zeros, ones = np.zeros(Xp.shape[1], np.float32), np.ones(Xp.shape[1], np.float32)
     while True:
         if strategy == "coldstart":  # the round's probe: self-training over the whole pool
             rows = np.asarray(labeled)
             st = SelfTraining(Xp, rows, self_training) if graph is None else graph.with_rows(rows)
             graph = st
-            Xtr, ytr, _ = train_set(Xp[rows], yp[rows], st, np.arange(len(rows)), None, C)
-            model = _fit(Xtr, ytr, seed)
+            head, _ = fit_with(lambda Xtr, ytr: to_head(_fit(Xtr, ytr, seed), C, zeros, ones), Xp[rows], yp[rows],
+                               st, np.arange(len(rows)), None, C)
+            model: Any = head.to_sklearn()
         else:
             model = _fit(Xp[labeled], yp[labeled], seed)
         acc = float(model.score(Xt, yt))
@@ -106,6 +116,8 @@ def simulate(strategy: str, Xp: np.ndarray, yp: np.ndarray, Xt: np.ndarray, yt: 
             pick = rng.choice(len(pool), batch, replace=False)
         elif strategy in ("entropy", "margin"):
             pick = top_uncertain(probs, batch, strategy, seed)
+        elif strategy == "coldstart" and len(labeled) < cold_start_labels(C):  # the round's switch point
+            pick = typiclust(Xp[pool], batch, labeled_X=Xp[labeled], seed=seed)
         elif strategy == "coldstart":  # a random audit share first, then hybrid (the audit: simulate_audit)
             chosen, audit = select_indices(probs, batch, strategy="hybrid", audit=math.ceil(batch * audit_fraction),
                                            seed=seed + len(labeled), X=Xp[pool], labeled_X=Xp[labeled], factor=factor,
@@ -124,7 +136,7 @@ def simulate(strategy: str, Xp: np.ndarray, yp: np.ndarray, Xt: np.ndarray, yt: 
 
 def simulate_audit(Xp: np.ndarray, yp: np.ndarray, seed: int, *, batch: int = 50, policy: str = "specialist",
                    rounds: int = 8, self_training: float = 0.9, factor: int = 3,
-                   folds: int = 5) -> list[dict[str, Any]]:
+                   folds: int = 5, design: str = "uncertainty") -> list[dict[str, Any]]:
     """Rounds 1..``rounds`` as the flow runs them, answers coming back at once; for each round
     n >= 2, the audit estimate of its auto labels against their true accuracy (module docstring).
 
@@ -138,6 +150,7 @@ def simulate_audit(Xp: np.ndarray, yp: np.ndarray, seed: int, *, batch: int = 50
     labeled: list[int] = []  # answered images, in the order they were answered
     audited: list[int] = []  # of them, the audit items
     batches: list[tuple[np.ndarray, np.ndarray]] = []  # (audit items, the labels their round gave them)
+    drawn: list[tuple[float, int, int]] = []  # per audit item: (inclusion probability, pool size, round)
     graph, out, truths = None, [], []
     probs = np.full((n, C), 1.0 / C)  # round 1: no model yet (its strategy, TypiClust, needs none)
     for r in range(1, rounds + 1):
@@ -157,24 +170,29 @@ def simulate_audit(Xp: np.ndarray, yp: np.ndarray, seed: int, *, batch: int = 50
             scored = oof_probs[[where[i] for i in audited]]
             oof = scored.argmax(1)
             k, m = int((oof == yp[audited]).sum()), len(audited)
-            w = weighted_accuracy(probs.max(1), scored.max(1), oof == yp[audited])  # AuditEstimate.weight_to_pool
+            pi, size, when = np.array(drawn).T
+            d = difference_estimate(probs.max(1), scored.max(1), oof == yp[audited], pi, size, when)  # weight_to_pool
+            w = weighted_accuracy(probs.max(1), scored.max(1), oof == yp[audited])  # the estimator before
             cp = clopper_pearson_interval(k, m)
             last_items, last_labels = batches[-1]  # the newest batch alone, as its round labeled it
             k1, m1 = int((last_labels == yp[last_items]).sum()), len(last_items)
             newest = oof[-m1:] == yp[last_items]  # the newest batch alone, out of fold: ~no pool shift
-            out.append({"round": r, "labels": len(labeled), "true": truths[-1], "n": m, "estimate": w.accuracy,
-                        "low": w.low, "high": w.high, "bands": len(w.bands),
+            out.append({"round": r, "labels": len(labeled), "true": truths[-1], "n": m, "estimate": d.accuracy,
+                        "low": d.low, "high": d.high, "banded": (w.accuracy, w.low, w.high), "bands": len(w.bands),
                         "unweighted": (k / m, *cp), "lower_bound": clopper_pearson_lower(k, m),
                         "wilson": wilson_interval(k, m),
                         "newest": (float(newest.mean()), *clopper_pearson_interval(int(newest.sum()), m1)),
                         "as_labeled": (k1 / m1, *clopper_pearson_interval(k1, m1), m1), "prev_true": truths[-2]})
         if r == rounds:
             break
-        strategy = "typiclust" if r == 1 else "hybrid"
+        strategy = "typiclust" if len(labeled) < cold_start_labels(C) else "hybrid"
+        inclusion = inclusion_probabilities(probs.max(1), n_audit) if design == "uncertainty" \
+            else np.full(len(pool), n_audit / len(pool))
         chosen, aud = select_indices(probs, batch, strategy=strategy, audit=n_audit, seed=seed * 100_003 + r,
                                      X=Xp[pool], labeled_X=Xp[labeled] if labeled else None, factor=factor,
-                                     measure="margin")
+                                     measure="margin", inclusion=inclusion if design == "uncertainty" else None)
         batches.append((pool[aud], probs[aud].argmax(1)))
+        drawn.extend((float(inclusion[j]), len(pool), r) for j in aud)
         labeled.extend(pool[chosen].tolist() + pool[aud].tolist())
         audited.extend(pool[aud].tolist())
     return out
@@ -234,6 +252,19 @@ def audit_figures(pairs: list[dict[str, Any]], from_round: int = 4) -> dict[str,
     }
 
 
+def design_figures(pairs: list[dict[str, Any]], key: str | None, seeds: list[int],
+                   from_round: int = 4) -> dict[str, Any]:
+    """Coverage, median width (rounds >= ``from_round``) and bias of one estimator's intervals:
+    ``key`` None for the shipped one (``estimate``, ``low``, ``high``), else a pair's
+    ``(estimate, low, high)`` under that key; with the seeds they came from."""
+    est = [(p["estimate"], p["low"], p["high"]) if key is None else p[key] for p in pairs]
+    late = [e for p, e in zip(pairs, est) if p["round"] >= from_round]
+    return {"coverage": round(float(np.mean([lo <= p["true"] <= hi for p, (_, lo, hi) in zip(pairs, est)])), 3),
+            "median_width": round(float(np.median([hi - lo for _, lo, hi in late])), 3),
+            "bias": round(float(np.mean([e - p["true"] for p, (e, _, _) in zip(pairs, est)])), 4),
+            "pairs": len(pairs), "seeds": [seeds[0], seeds[-1]] if seeds else []}
+
+
 def _split(digits: Any, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """The seed's stratified 70/30 split, standardised with the pool's statistics: (Xp, Xt, yp, yt)."""
     Xp, Xt, yp, yt = train_test_split(digits.data, digits.target, test_size=0.3, random_state=seed,
@@ -242,34 +273,47 @@ def _split(digits: Any, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, 
     return scaler.transform(Xp).astype(np.float32), scaler.transform(Xt).astype(np.float32), yp, yt
 
 
-def bench_al(seeds: int = 5, batch: int = 10, start: int = 10, *, audit_seeds: int | None = None,
+def bench_al(seeds: int = 20, batch: int = 10, start: int = 10, *, seed_start: int = 0, audit_seeds: int | None = None,
              audit_batch: int | None = None, audit_policy: str | None = None, audit_rounds: int | None = None,
              audit_seed_start: int = 0) -> dict[str, Any]:
-    """Labels to 95% over ``seeds`` seeds; the audit over ``audit_seeds`` (default
-    ``AUDIT_SEEDS_PER_SEED`` per seed), ``audit_rounds`` rounds each."""
+    """Labels to 95% over ``seeds`` seeds from ``seed_start``; the audit over ``audit_seeds``
+    (default ``AUDIT_SEEDS``) from ``audit_seed_start``, ``audit_rounds`` rounds each, under every
+    audit design."""
     audit_batch = AUDIT_BATCH if audit_batch is None else audit_batch
     audit_policy = AUDIT_POLICY if audit_policy is None else audit_policy
     audit_rounds = AUDIT_ROUNDS if audit_rounds is None else audit_rounds
     digits = load_digits()
     strategies = _strategies()
     t0 = time.perf_counter()
-    results = labels_to_95_runs(digits, strategies, seeds, batch=batch, start=start)
+    results = labels_to_95_runs(digits, strategies, range(seed_start, seed_start + seeds), batch=batch, start=start)
     seconds_al = time.perf_counter() - t0
 
     t1 = time.perf_counter()
-    audit_seeds = AUDIT_SEEDS_PER_SEED * seeds if audit_seeds is None else audit_seeds
-    pairs = []
-    for seed in range(audit_seed_start, audit_seed_start + audit_seeds):
-        Xp, _, yp, _ = _split(digits, seed)
-        pairs += simulate_audit(Xp, yp, seed, batch=audit_batch, policy=audit_policy, rounds=audit_rounds)
+    audit_seeds = AUDIT_SEEDS if audit_seeds is None else audit_seeds
+    used = list(range(audit_seed_start, audit_seed_start + audit_seeds))
+    by_design: dict[str, list[dict[str, Any]]] = {}
+    for design in AUDIT_DESIGNS:  # the shipped design (round.audit_design's default) first
+        by_design[design] = []
+        for seed in used:
+            Xp, _, yp, _ = _split(digits, seed)
+            by_design[design] += simulate_audit(Xp, yp, seed, batch=audit_batch, policy=audit_policy,
+                                                rounds=audit_rounds, design=design)
+    pairs = by_design[AUDIT_DESIGNS[0]]
     audit = audit_figures(pairs)
+    designs = {f"{design}+{name}": design_figures(by_design[design], key, used)
+               for design in AUDIT_DESIGNS for name, key in (("difference", None), ("bands", "banded"))}
     seconds_audit = time.perf_counter() - t1
 
-    labels_to_95 = {s: _mean_labels(v) for s, v in results.items()}
+    labels_to_95 = {s: _median_labels(v) for s, v in results.items()}
     figures = {
         "labels_to_95": labels_to_95,
+        "labels_to_95_mean": {s: _mean_labels(v) for s, v in results.items()},
         "labels_to_95_per_seed": results,
+        "labels_to_95_seeds": [seed_start, seed_start + seeds - 1],
         **audit,
+        "audit_design": AUDIT_DESIGNS[0], "audit_estimator": "difference",
+        # Every design with each estimator, on the same seeds: uniform+bands is what shipped before.
+        "audit_designs": designs,
         "audit_rounds": audit["audit_pairs"],  # (seed, round) pairs counted in audit_coverage
         "audit_policy": audit_policy, "audit_batch": audit_batch,
         "audit_items_per_round": min(audit_batch, math.ceil(audit_batch * REVIEW_POLICIES[audit_policy])),
@@ -285,9 +329,10 @@ def bench_al(seeds: int = 5, batch: int = 10, start: int = 10, *, audit_seeds: i
     ours = labels_to_95.get("coldstart")
     if ours is not None:
         print(TARGETS["labels_to_95"].line(ours))
-    for key in ("audit_coverage", "audit_median_width"):
+    width = "audit_median_width_spot_check" if audit_policy == "spot-check" else "audit_median_width"
+    for key, target in (("audit_coverage", "audit_coverage"), ("audit_median_width", width)):
         if figures.get(key) is not None:
-            print(TARGETS[key].line(figures[key]))
+            print(TARGETS[target].line(figures[key]))
     return figures
 
 
@@ -303,11 +348,11 @@ def _strategies() -> list[str]:
     return strategies
 
 
-def labels_to_95_runs(digits: Any, strategies: list[str], seeds: int, *, batch: int,
+def labels_to_95_runs(digits: Any, strategies: list[str], seeds: range, *, batch: int,
                       start: int) -> dict[str, list[int | None]]:
     """Per strategy, the labels it needed to reach 95% of the full-pool accuracy on each seed (None: never)."""
     results: dict[str, list[int | None]] = {s: [] for s in strategies}
-    for seed in range(seeds):
+    for seed in seeds:
         Xp, Xt, yp, yt = _split(digits, seed)
         full = float(_fit(Xp, yp, seed).score(Xt, yt))
         target = 0.95 * full
@@ -320,6 +365,12 @@ def labels_to_95_runs(digits: Any, strategies: list[str], seeds: int, *, batch: 
     return results
 
 
+def _median_labels(v: list[int | None]) -> float | None:
+    """The median over seeds, or None when a seed never reached the target."""
+    ok = [x for x in v if x is not None]
+    return round(float(np.median(ok)), 1) if ok and len(ok) == len(v) else None
+
+
 def _mean_labels(v: list[int | None]) -> float | None:
     """The mean over seeds, or None when a seed never reached the target."""
     ok = [x for x in v if x is not None]
@@ -328,7 +379,7 @@ def _mean_labels(v: list[int | None]) -> float | None:
 
 def _print_labels_to_95(labels_to_95: dict[str, float | None]) -> None:
     """The labels-to-95% table, with the textbook reference."""
-    print("\nlabels to reach 95% of the full-pool probe accuracy (mean of seeds; lower is better):")
+    print("\nlabels to reach 95% of the full-pool probe accuracy (median of seeds; lower is better):")
     for s, v in labels_to_95.items():
         print(f"  {s:18s} {v}")
     print("  reference (plain LR on pixels): random 160, entropy 160, margin 100")
@@ -338,9 +389,9 @@ def _print_audit(a: dict[str, Any]) -> None:
     """The audit simulation's figures ``a`` in words, then its table by round."""
     first, last = a["audit_seed_start"], a["audit_seed_start"] + a["audit_seeds"] - 1
     print(f"\naudit ({a['audit_policy']}: {a['audit_items_per_round']} of each batch of {a['audit_batch']}, "
-          f"seeds {first}-{last} x rounds 2-{a['audit_rounds_per_seed']}): the 95% "
-          f"interval of the out-of-fold estimate weighted by confidence band covered the true accuracy of the "
-          f"round's auto labels in {a['audit_coverage']:.1%} of "
+          f"seeds {first}-{last} x rounds 2-{a['audit_rounds_per_seed']}; items drawn by {a['audit_design']}): the 95% "
+          f"interval of the difference estimate (out of fold, inverse-probability weighted) covered the true accuracy "
+          f"of the round's auto labels in {a['audit_coverage']:.1%} of "
           f"{a['audit_pairs']} (seed, round) pairs ({a['audit_coverage_from_round_4']:.1%} of "
           f"{a['audit_pairs_from_round_4']} from round 4, median width {a['audit_median_width']:.3f}, "
           f"median n {a['audit_median_n_from_round_4']:g}); mean estimate - truth {a['audit_bias']:+.4f}. "
@@ -352,6 +403,9 @@ def _print_audit(a: dict[str, Any]) -> None:
           f"{a['audit_coverage_newest_batch']:.1%}, median width {a['audit_median_width_newest_batch']:.3f};"
           f" as its round labeled it (before, against that round's truth): "
           f"{a['audit_coverage_as_labeled']:.1%}, median width {a['audit_median_width_as_labeled']:.3f}.")
+    print("  design+estimator          coverage  median width  bias     (same seeds; uniform+bands: before)")
+    for name, d in a["audit_designs"].items():
+        print(f"  {name:24s}  {d['coverage']:>8.1%}  {d['median_width']:>12.3f}  {d['bias']:+.4f}")
     print("  round  pairs  median n  median width  coverage  mean truth  mean estimate")
     for r, v in a["audit_by_round"].items():
         print(f"  {r:>5}  {v['pairs']:>5}  {v['median_n']:>8g}  {v['median_width']:>12.3f}  {v['coverage']:>8.1%}"

@@ -34,7 +34,7 @@ OPTIONS = {
     "select": ("n", "dim", "budget"),
     "train": ("labels",),
     "scale": ("n", "budget", "keep"),
-    "al": ("seeds", "batch", "start", "audit_seeds", "audit_seed_start", "audit_policy"),
+    "al": ("seeds", "seed_start", "batch", "start", "audit_seeds", "audit_seed_start", "audit_policy"),
     "precision": ("n", "model", "pretrained", "batch_size"),
     "regions": ("points_per_side", "pred_iou_thresh", "stability_score_thresh", "box_nms_thresh", "clip_model"),
     "api": ("model", "clients", "load_s", "soak_s", "warm_s", "requests", "forward_runs", "forward_batches", "size",
@@ -80,11 +80,12 @@ def _bench_parser(bsub: argparse._SubParsersAction[argparse.ArgumentParser], nam
 
 def _al_options(b: argparse.ArgumentParser) -> None:
     """`bench al`: the labels-to-95% seeds and batches, and the audit simulation's seeds and policy."""
-    b.add_argument("--seeds", type=int, default=5)
+    b.add_argument("--seeds", type=int, default=20, help="seeds of labels to 95%%")
+    b.add_argument("--seed-start", type=int, default=0, help="first seed of labels to 95%% (e.g. 20: held out)")
     b.add_argument("--batch", type=int, default=10)
     b.add_argument("--start", type=int, default=10)
     b.add_argument("--audit-seeds", type=int, default=None,
-                   help="seeds of the audit simulation (default: 4 per --seeds: 20 seeds x rounds 2-8 = 140 pairs)")
+                   help="seeds of the audit simulation (default 20: x rounds 2-8 = 140 pairs)")
     b.add_argument("--audit-seed-start", type=int, default=0,
                    help="first seed of the audit simulation (e.g. 20: a held-out set of seeds)")
     b.add_argument("--audit-policy", choices=["spot-check", "specialist"], default=None,

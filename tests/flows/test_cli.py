@@ -219,13 +219,21 @@ def test_stopping_criteria_say_why():
 def test_bench_al_writes_labels_to_95_and_audit_coverage(tmp_path, monkeypatch):
     from coldstart.bench import al
 
-    monkeypatch.setattr(al, "AUDIT_SEEDS_PER_SEED", 1)  # the audit simulation: 1 seed, rounds 2-4
+    monkeypatch.setattr(al, "AUDIT_SEEDS", 1)  # the audit simulation: 1 seed, rounds 2-4
     monkeypatch.setattr(al, "AUDIT_ROUNDS", 4)
     out = tmp_path / "al.json"
-    assert cli(["bench", "al", "--seeds", "1", "--audit-seed-start", "7", "--audit-policy", "spot-check",
-                "--json", str(out)]) == 0
+    assert cli(["bench", "al", "--seeds", "1", "--seed-start", "3", "--audit-seed-start", "7", "--audit-policy",
+                "spot-check", "--json", str(out)]) == 0
     figures = json.loads(out.read_text())
     assert set(figures["labels_to_95"]) >= {"random", "entropy", "margin", "coldstart"}
+    assert figures["labels_to_95_seeds"] == [3, 3] and figures["labels_to_95_mean"] == figures["labels_to_95"]
+    # Every design and estimator on the same seed; the shipped one is what the top-level keys say.
+    designs = figures["audit_designs"]
+    assert set(designs) == {"uncertainty+difference", "uncertainty+bands", "uniform+difference", "uniform+bands"}
+    assert all(d["seeds"] == [7, 7] and d["pairs"] == 3 for d in designs.values())
+    assert designs["uncertainty+difference"]["coverage"] == figures["audit_coverage"]
+    assert designs["uncertainty+difference"]["median_width"] == figures["audit_median_width"]
+    assert (figures["audit_design"], figures["audit_estimator"]) == ("uncertainty", "difference")
     # One seed: labels start at 10 and grow by batches of 10 until the target is reached.
     assert all(v is None or (v - 10) % 10 == 0 for v in figures["labels_to_95"].values())
     # Coverage is a count of (seed, round) pairs whose interval held the truth: rounds 2-4 here.

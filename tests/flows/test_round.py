@@ -130,7 +130,9 @@ def test_review_batches_never_ask_again_and_hold_one_audit_item(rounds):
     # Re-checks count inside the budget of 8: the batch never holds more.
     assert len(batch3) == 8 and len(asked) == 8 - rounds.records[2].select.recheck
     assert not {b["image_id"] for b in asked} & humans
-    assert sum(b["purpose"] == "audit" for b in asked) == 1 and {b["purpose"] for b in asked} == {"hybrid", "audit"}
+    # 16 human labels of 10 classes: still the cold start (round.cold_start_per_class 3 x 10 classes).
+    assert rounds.records[2].select.strategy == "typiclust"
+    assert sum(b["purpose"] == "audit" for b in asked) == 1 and {b["purpose"] for b in asked} == {"typiclust", "audit"}
     rechecks = [b for b in batch3 if b["purpose"] == "recheck"]
     assert len(rechecks) == rounds.records[2].select.recheck <= 1
     assert all(b["note"].startswith("please check") for b in rechecks)
@@ -151,8 +153,13 @@ def test_the_audit_estimates_round_1_from_its_answered_audit_item(rounds):
     # round 1 itself predicted for it is kept beside it (as_labeled).
     assert (audit.round, audit.n, audit.method, audit.drawn_in) == (2, 1, "out-of-fold", [1])
     assert audit.as_labeled == {"1": [correct, 1]}
-    # Weighted by confidence band to round 2's auto labels (one item: one band); gates keep the
-    # exact unweighted bound.
+    # The batch file records how the item was drawn: its probability and the pool it came from.
+    assert 0 < float(item["inclusion"]) <= 1 and int(item["audit_pool"]) == rounds.records[0].select.pool
+    assert all(b["inclusion"] == b["audit_pool"] == "" for b in read_csv(rounds.ws.review / "round-001.batch.csv")
+               if b["purpose"] != "audit")
+    # The difference estimator over round 2's auto labels, with the bands beside it (one item:
+    # one band); gates keep the exact unweighted bound.
+    assert audit.estimator == "difference" and "difference estimator" in audit.describe()
     assert audit.auto_labels == rounds.records[1].relabel.auto > 0 and len(audit.bands) == 1
     assert audit.bands[0][2] == audit.auto_labels and audit.bands[0][4] == 1
     lo, hi = audit.interval

@@ -96,6 +96,9 @@ def test_zs_probe_learns_beyond_zero_shot_with_many_labels():
 def test_self_training_uses_the_unlabeled_pool():
     X, y = _blobs(n_per=60, dim=8, seed=4)
     rows = np.array([0, 1, 60, 61, 120, 121])
+    capped = fit_probe(X[rows], y[rows], 3, self_training=SelfTraining(X, rows, 0.9, agreement=False))
+    assert capped.params["pseudo_labels"] == 122  # capped: the most confident 70% of the 174 unlabeled
     fit = fit_probe(X[rows], y[rows], 3, self_training=SelfTraining(X, rows, 0.9))
-    assert fit.params["pseudo_labels"] == 60  # capped: 10 per human label
+    # With agreement: every image the spreading reached and the first head labels alike (all, here).
+    assert fit.params["pseudo_labels"] == 174
     assert (fit.head.predict_proba(X).argmax(1) == y).mean() > 0.95

@@ -16,6 +16,9 @@ from coldstart.tasks.audit import (
     clopper_pearson_interval,
     clopper_pearson_lower,
     confidence_bands,
+    difference_estimate,
+    inclusion_probabilities,
+    systematic_sample,
     weighted_accuracy,
     wilson_interval,
 )
@@ -159,16 +162,18 @@ def test_weighting_to_today_s_auto_labels_after_out_of_fold():
     assert est.use_out_of_fold(SimpleNamespace(oof_probs=oof, region_labels=0), 3)
     assert est.interval == clopper_pearson_interval(6, 8)
     assert est.weight_to_pool(np.full(200, 0.95))  # today's auto labels: far surer than the audited ones
-    expected = 1 - 200 * 0.05 * 2 / (8 * 0.2) / 200  # errors expected there x found/expected on the audit
+    expected = 0.95 + (6 / 8 - 0.8)  # the model's expectation + the audit's residual (right - confidence)
     assert est.accuracy == pytest.approx(expected, abs=1e-5) and est.unweighted_accuracy == 0.75
     lo, hi = est.interval
     assert lo < expected < hi and est.lower_bound == clopper_pearson_lower(6, 8)  # gates stay exact
-    assert "6/8 right, weighted by confidence band to 200 auto labels" in est.describe()
+    assert est.estimator == "difference" and "6/8 right, difference estimator" in est.describe()
+    assert est.bands and sum(b[6] for b in est.bands) == 2  # where the errors lay, for the report
     m = est.metrics()
     assert (m["audit_accuracy"], m["audit_low"], m["audit_high"], m["audit_unweighted_accuracy"]) == \
         (est.accuracy, lo, hi, 0.75)
     back = AuditEstimate.from_dict(est.to_dict())  # the round record keeps the weighted estimate
-    assert (back.accuracy, back.interval, back.bands, back.auto_labels) == (est.accuracy, (lo, hi), est.bands, 200)
+    assert (back.accuracy, back.interval, back.bands, back.auto_labels, back.estimator) == \
+        (est.accuracy, (lo, hi), est.bands, 200, "difference")
     assert not back.weight_to_pool(np.full(10, 0.5))  # read back: its items are gone, nothing to redo
 
 
@@ -289,3 +294,75 @@ def test_the_auto_accept_gate_is_a_lower_bound_on_held_out_precision():
     assert t == 1.0 and "with 95% confidence" in why
     critical = RoundConfig(review_policy="critical")
     assert auto_accept_threshold(critical, probs, y) == (1.0, "review_policy critical: every auto label goes to review")
+
+
+def test_inclusion_probabilities_follow_uncertainty_sum_to_n_and_are_never_zero():
+    conf = np.array([0.999999, 0.99, 0.9, 0.7, 0.5, 1.0] + [0.98] * 94)
+    pi = inclusion_probabilities(conf, 10)
+    assert pi.sum() == pytest.approx(10) and (pi <= 1).all()
+    assert (pi >= 0.25 * 10 / 100 - 1e-12).all() and pi[5] > 0  # the uniform share: even a sure label
+    assert pi[0] < pi[1] < pi[2] < pi[3] < pi[4]  # the less sure, the likelier drawn
+    few = inclusion_probabilities(np.r_[np.full(3, 0.5), np.full(97, 0.99999)], 5)  # capped at 1, rest rescaled
+    assert (few[:3] == 1).all() and few.sum() == pytest.approx(5)
+    assert (inclusion_probabilities(conf[:4], 4) == 1).all() and not inclusion_probabilities(conf, 0).any()
+
+
+def test_systematic_sample_draws_each_item_with_its_inclusion_probability():
+    pi = inclusion_probabilities(np.random.default_rng(0).uniform(0.5, 1.0, 40), 6)
+    rng = np.random.default_rng(1)
+    counts = np.zeros(40)
+    for _ in range(4000):
+        s = systematic_sample(pi, rng)
+        assert len(s) == 6 == len(set(s.tolist()))  # a fixed size, no repeats
+        counts[s] += 1
+    assert np.abs(counts / 4000 - pi).max() < 0.03
+
+
+def _simulated_pool(rng, N=2000):
+    """A pool whose confidences are miscalibrated (right less often than they say) and whose
+    correctness is drawn once: (confidence, right)."""
+    conf = np.clip(rng.beta(8, 1, N), 0.3, 0.9999)
+    right = rng.random(N) < conf - 0.04 * (conf < 0.9)
+    return conf, right
+
+
+def test_difference_estimator_is_unbiased_under_the_uncertainty_design():
+    """1,000 audits of 40 items drawn with probabilities that follow uncertainty from one fixed
+    pool: the estimates' mean is the pool's true accuracy within its standard error, while the
+    unweighted share of the same items is far below it (the items are the hard ones)."""
+    rng = np.random.default_rng(3)
+    conf, right = _simulated_pool(rng)
+    truth = right.mean()
+    pi = inclusion_probabilities(conf, 40)
+    est, naive = [], []
+    for _ in range(1000):
+        s = systematic_sample(pi, rng)
+        d = difference_estimate(conf, conf[s], right[s], pi[s], np.full(len(s), len(conf)), np.ones(len(s)))
+        est.append(d.accuracy)
+        naive.append(right[s].mean())
+    est = np.array(est)
+    assert abs(est.mean() - truth) <= est.std(ddof=1) / np.sqrt(len(est))  # unbiased: within its standard error
+    assert truth - np.mean(naive) > 0.02  # ignoring the design is biased: the drawn items are the hard ones
+
+
+def test_difference_interval_covers_the_pool_s_accuracy():
+    """300 pools, each drawn afresh, each audited once by the uncertainty design over two rounds."""
+    rng = np.random.default_rng(4)
+    hits, widths = [], []
+    for _ in range(300):
+        conf, right = _simulated_pool(rng, 1000)
+        pi = inclusion_probabilities(conf, 30)
+        s1, s2 = systematic_sample(pi, rng), systematic_sample(pi, rng)  # two rounds' audits of the same pool
+        s = np.r_[s1, s2]
+        d = difference_estimate(conf, conf[s], right[s], pi[s], np.full(len(s), 1000), np.r_[np.ones(30), np.full(30, 2)])
+        hits.append(d.low <= right.mean() <= d.high)
+        widths.append(d.high - d.low)
+    assert np.mean(hits) >= 0.95 and np.median(widths) < 0.2
+
+
+def test_difference_estimator_weights_items_of_old_batches_as_uniform():
+    """Batches from before inclusion probabilities were recorded (NaN): each item weighs 1, so the
+    residual is the plain mean of (right - confidence)."""
+    conf, right = np.array([0.9, 0.8, 0.7, 0.6]), np.array([True, True, False, True])
+    d = difference_estimate(np.full(50, 0.9), conf, right, np.full(4, np.nan), np.full(4, np.nan), np.ones(4))
+    assert d.residual == pytest.approx(np.mean(right - conf)) and d.accuracy == pytest.approx(0.9 + d.residual)

@@ -100,9 +100,16 @@ def test_a_weighted_audit_shows_the_bands_it_rests_on(tmp_path):
     assert (au.accuracy, au.interval, au.n) == (0.97, (0.94, 0.99), 40)
     page, _ = render_report(make_data(tmp_path, audit=au), tmp_path / "images")
     section = page.split('<section id="accuracy">')[1].split("</section>")[0]
+    # A record from before the difference estimator (no "estimator" key) says how it was weighted.
     assert "<b>97.0%</b>estimated accuracy" in section and "36/40 right, weighted by confidence band" in section
-    assert "Weighted to today&#x27;s auto labels" in section or "Weighted to today's auto labels" in section
+    assert "Where the errors are" in section
     assert "<td>0.9–1</td>" in section and '<td class="n">800</td>' in section and '<td class="n">0.5</td>' in section
+    au = Audit.of({"round": 3, "n": 40, "correct": 36, "by_label": {"ok": [36, 40]}, "method": "out-of-fold",
+                   "drawn_in": [1, 2], "weighted": [0.97, 0.94, 0.99], "auto_labels": 900, "estimator": "difference",
+                   "bands": [[0.0, 1.0, 900, 28.0, 40, 4.5, 4]]})
+    page, _ = render_report(make_data(tmp_path, audit=au), tmp_path / "images")
+    section = page.split('<section id="accuracy">')[1].split("</section>")[0]
+    assert "36/40 right, difference estimator (the model&#x27;s confidence corrected by the audit" in section
 
 
 def thumbs_of(page: str) -> list[Image.Image]:

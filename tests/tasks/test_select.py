@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from coldstart.tasks.audit import audit_estimate
+from coldstart.tasks.audit import audit_estimate, inclusion_probabilities
 from coldstart.tasks.errors import SelectionError
 from coldstart.tasks.select import select_indices, uncertainty
 
@@ -71,3 +71,26 @@ def test_audit_estimate_counts_only_answered_audit_items():
     est = audit_estimate(batch, {"a": "cat", "b": "cat", "d": "dog"})
     assert (est.round, est.n, est.correct, est.accuracy) == (1, 2, 1, 0.5)
     assert audit_estimate(batch[3:], {}) is None
+
+
+def test_an_audit_drawn_by_inclusion_probabilities_is_seeded_and_checked():
+    rng = np.random.default_rng(0)
+    probs = rng.dirichlet(np.full(3, 0.3), size=60)
+    pi = inclusion_probabilities(probs.max(1), 6)
+    chosen, audit = select_indices(probs, 10, strategy="margin", audit=6, seed=5, inclusion=pi)
+    again = select_indices(probs, 10, strategy="margin", audit=6, seed=5, inclusion=pi)
+    assert audit.tolist() == again[1].tolist() and len(set(audit.tolist())) == 6 and not set(audit) & set(chosen)
+    with pytest.raises(SelectionError, match="summing to 6"):
+        select_indices(probs, 10, strategy="margin", audit=6, seed=5, inclusion=pi * 2)
+
+
+def test_an_as_labeled_audit_drawn_unequally_is_weighted_back():
+    """Two items drawn with probability 0.5 (both wrong) and two with 0.1 (both right): the share
+    right is 0.5 unweighted, but each right item stands for five times as many pool images."""
+    batch = [dict(image_id=x, purpose="audit", predicted_label="dog", round="2", inclusion=pi, audit_pool="40")
+             for x, pi in zip("abcd", ("0.5", "0.5", "0.1", "0.1"))]
+    est = audit_estimate(batch, {"a": "cat", "b": "cat", "c": "dog", "d": "dog"})
+    assert est.unweighted_accuracy == 0.5 and est.accuracy == pytest.approx(20 / 24)
+    assert est.estimator == "ipw-share" and "inverse-probability weighted share" in est.describe()
+    lo, hi = est.interval
+    assert lo < est.accuracy < hi and est.lower_bound < 0.5  # the gates keep the exact unweighted bound
