@@ -111,7 +111,8 @@ def _demo_rounds(ws, truth: dict[str, str], rounds: int, json_path: str | None, 
             answer_batch(ws.root / rec.select.files[0], truth, ws.inbox)
         humans, auto, model = rec.intake.human_labels, rec.relabel.auto, rec.train.model
         row = dict(round=r, human_labels=humans, model_labeled=auto, model=model, audit_accuracy=audit_acc,
-                   audit_interval=interval, audit_n=est.n if est else 0, true_accuracy=true_acc,
+                   audit_interval=interval, audit_n=est.n if est else 0,
+                   audit_estimator=est.estimator_key if est else None, true_accuracy=true_acc,
                    seconds=round(seconds, 1))
         table.append(row)
         ci = f"{100 * interval[0]:.1f}-{100 * interval[1]:.1f}%" if interval else "-"
