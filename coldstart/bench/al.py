@@ -54,7 +54,7 @@ from coldstart.tasks.audit import (
 )
 from coldstart.tasks.calibrate import apply_temperature, calibrate_held_out
 from coldstart.tasks.config import REVIEW_POLICIES, RoundConfig
-from coldstart.tasks.select import select_indices
+from coldstart.tasks.select import in_cold_start, select_indices
 from coldstart.tasks.strategies import top_uncertain, typiclust
 
 STRATEGIES = ("random", "entropy", "margin", "coldstart")
@@ -64,12 +64,6 @@ AUDIT_SEEDS = 20
 AUDIT_ROUNDS = 8
 AUDIT_BATCH = 50
 AUDIT_POLICY = "specialist"
-
-
-def cold_start_labels(n_classes: int) -> int:
-    """Human labels before a round switches from the cold-start strategy (TypiClust) to the
-    uncertain ones, at the round's default ``cold_start_per_class``."""
-    return RoundConfig().cold_start_per_class * n_classes
 
 
 def _fit(X: np.ndarray, y: np.ndarray, seed: int) -> LogisticRegression:
@@ -116,7 +110,7 @@ def simulate(strategy: str, Xp: np.ndarray, yp: np.ndarray, Xt: np.ndarray, yt: 
             pick = rng.choice(len(pool), batch, replace=False)
         elif strategy in ("entropy", "margin"):
             pick = top_uncertain(probs, batch, strategy, seed)
-        elif strategy == "coldstart" and len(labeled) < cold_start_labels(C):  # the round's switch point
+        elif strategy == "coldstart" and in_cold_start(len(labeled), C, RoundConfig(budget=batch)):  # the round's rule
             pick = typiclust(Xp[pool], batch, labeled_X=Xp[labeled], seed=seed)
         elif strategy == "coldstart":  # a random audit share first, then hybrid (the audit: simulate_audit)
             chosen, audit = select_indices(probs, batch, strategy="hybrid", audit=math.ceil(batch * audit_fraction),
@@ -185,7 +179,7 @@ def simulate_audit(Xp: np.ndarray, yp: np.ndarray, seed: int, *, batch: int = 50
                         "as_labeled": (k1 / m1, *clopper_pearson_interval(k1, m1), m1), "prev_true": truths[-2]})
         if r == rounds:
             break
-        strategy = "typiclust" if len(labeled) < cold_start_labels(C) else "hybrid"
+        strategy = "typiclust" if in_cold_start(len(labeled), C, RoundConfig(budget=batch)) else "hybrid"
         inclusion = inclusion_probabilities(probs.max(1), n_audit) if design == "uncertainty" \
             else np.full(len(pool), n_audit / len(pool))
         chosen, aud = select_indices(probs, batch, strategy=strategy, audit=n_audit, seed=seed * 100_003 + r,

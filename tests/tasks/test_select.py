@@ -94,3 +94,14 @@ def test_an_as_labeled_audit_drawn_unequally_is_weighted_back():
     assert est.estimator == "ipw-share" and "inverse-probability weighted share" in est.describe()
     lo, hi = est.interval
     assert lo < est.accuracy < hi and est.lower_bound < 0.5  # the gates keep the exact unweighted bound
+
+
+def test_the_cold_start_lasts_until_enough_labels_per_class_or_five_batches():
+    from coldstart.tasks.config import RoundConfig
+    from coldstart.tasks.select import in_cold_start
+
+    cfg = RoundConfig(budget=50)  # cold_start_per_class 3
+    assert in_cold_start(0, 10, cfg) and in_cold_start(29, 10, cfg) and not in_cold_start(30, 10, cfg)
+    assert in_cold_start(249, 1000, cfg) and not in_cold_start(250, 1000, cfg)  # 5 batches at most
+    off = RoundConfig(budget=50, cold_start_per_class=0)
+    assert in_cold_start(0, 10, off) and not in_cold_start(1, 10, off)  # round 1 only, as before
