@@ -254,7 +254,7 @@ class StopConfig(_Section):
     audit_lower_bound: float | None = Field(default=0.95, gt=0, le=1)
 
 
-# round.review_policy presets: what share of each batch is the uniformly random audit.
+# round.review_policy presets: what share of each batch is the random audit.
 # critical: every auto label goes to review (the whole pool, all of it a census audit).
 REVIEW_POLICIES = {"spot-check": 0.1, "specialist": 0.3, "critical": 1.0}
 
