@@ -259,6 +259,14 @@ def inclusion_probabilities(conf: np.ndarray, n: int, uniform_share: float = UNI
         pi[full] = 1.0
 
 
+def design_probabilities(design: str, conf: np.ndarray, n: int) -> np.ndarray:
+    """Each pool image's probability of being in an audit of ``n`` items under ``design``
+    (``AUDIT_DESIGNS``): ``inclusion_probabilities`` for ``uncertainty``, n / N for ``uniform``."""
+    if design == "uncertainty":
+        return inclusion_probabilities(conf, n)
+    return np.full(len(conf), min(1.0, n / max(1, len(conf))))
+
+
 def systematic_sample(pi: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Sorted indices of a sample in which item i is drawn with probability exactly ``pi[i]``
     (``pi`` sums to a whole number n: n items). Systematic sampling over a random order: a
@@ -453,10 +461,10 @@ class AuditEstimate(StageResult):
         """Weight the out-of-fold estimate to today's auto labels (``weighted_accuracy``), given
         their ``(N,)`` calibrated confidences. True if done; False (the estimate unchanged) before
         ``use_out_of_fold`` or without auto labels."""
-        if self.method != "out-of-fold" or self.scored is None or auto_conf is None or not len(auto_conf):
+        if self.method != "out-of-fold" or self.scored is None or self.design is None or auto_conf is None \
+                or not len(auto_conf):
             return False
-        design = self.design or (np.full(len(self.scored[0]), np.nan),) * 2 + (np.zeros(len(self.scored[0])),)
-        d = difference_estimate(auto_conf, *self.scored, *design)
+        d = difference_estimate(auto_conf, *self.scored, *self.design)
         self.weighted, self.auto_labels = [d.accuracy, d.low, d.high], int(len(auto_conf))
         self.bands, self.estimator = weighted_accuracy(auto_conf, *self.scored).bands, "difference"
         return True

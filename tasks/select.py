@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from coldstart.tasks import labelstudio, strategies
-from coldstart.tasks.audit import inclusion_probabilities, systematic_sample
+from coldstart.tasks.audit import design_probabilities, systematic_sample
 from coldstart.tasks.config import OntologyConfig, RegionsConfig, RoundConfig
 from coldstart.tasks.errors import SelectionError
 from coldstart.tasks.labellog import read_events, region_answers
@@ -51,7 +51,7 @@ def select_indices(probs: np.ndarray, budget: int, *, strategy: str, audit: int,
 
     The audit sample is drawn first from the whole pool: uniformly at random, or, given
     ``inclusion`` ``(N,)`` (each row's probability of being drawn, summing to ``audit``:
-    ``audit.inclusion_probabilities``), by systematic sampling with exactly those probabilities.
+    ``audit.design_probabilities``), by systematic sampling with exactly those probabilities.
     Either way its answers give an unbiased accuracy estimate. Returns (chosen, audit) indices.
     """
     n = len(probs)
@@ -207,8 +207,7 @@ def _select_images(ws: Workspace, cfg: RoundConfig, round_no: int) -> SelectResu
         _, X = store.load([ids[k] for k in pool])
         _, labeled_X = store.load(labeled) if labeled else (None, None)
     # The audit's design: each image's chance of being drawn, recorded with it (tasks/audit.py).
-    inclusion = inclusion_probabilities(sub.max(1), n_audit) if cfg.audit_design == "uncertainty" \
-        else np.full(len(pool), n_audit / max(1, len(pool)))
+    inclusion = design_probabilities(cfg.audit_design, sub.max(1), n_audit)
     chosen, aud = select_indices(sub, budget, strategy=strategy, audit=n_audit, seed=seed, X=X, labeled_X=labeled_X,
                                  factor=cfg.hybrid_factor, measure=cfg.uncertainty, class_cap=cfg.class_cap,
                                  inclusion=inclusion if cfg.audit_design == "uncertainty" else None) \

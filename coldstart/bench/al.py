@@ -47,8 +47,8 @@ from coldstart.tasks.audit import (
     AUDIT_DESIGNS,
     clopper_pearson_interval,
     clopper_pearson_lower,
+    design_probabilities,
     difference_estimate,
-    inclusion_probabilities,
     weighted_accuracy,
     wilson_interval,
 )
@@ -160,28 +160,11 @@ def simulate_audit(Xp: np.ndarray, yp: np.ndarray, seed: int, *, batch: int = 50
             probs = apply_temperature(fit.head.predict_proba(Xp[pool]), T)
         truths.append(float((probs.argmax(1) == yp[pool]).mean()))  # this round's auto labels
         if r > 1:
-            where = {i: k for k, i in enumerate(labeled)}
-            scored = oof_probs[[where[i] for i in audited]]
-            oof = scored.argmax(1)
-            k, m = int((oof == yp[audited]).sum()), len(audited)
-            pi, size, when = np.array(drawn).T
-            d = difference_estimate(probs.max(1), scored.max(1), oof == yp[audited], pi, size, when)  # weight_to_pool
-            w = weighted_accuracy(probs.max(1), scored.max(1), oof == yp[audited])  # the estimator before
-            cp = clopper_pearson_interval(k, m)
-            last_items, last_labels = batches[-1]  # the newest batch alone, as its round labeled it
-            k1, m1 = int((last_labels == yp[last_items]).sum()), len(last_items)
-            newest = oof[-m1:] == yp[last_items]  # the newest batch alone, out of fold: ~no pool shift
-            out.append({"round": r, "labels": len(labeled), "true": truths[-1], "n": m, "estimate": d.accuracy,
-                        "low": d.low, "high": d.high, "banded": (w.accuracy, w.low, w.high), "bands": len(w.bands),
-                        "unweighted": (k / m, *cp), "lower_bound": clopper_pearson_lower(k, m),
-                        "wilson": wilson_interval(k, m),
-                        "newest": (float(newest.mean()), *clopper_pearson_interval(int(newest.sum()), m1)),
-                        "as_labeled": (k1 / m1, *clopper_pearson_interval(k1, m1), m1), "prev_true": truths[-2]})
+            out.append(_audit_pair(r, probs, oof_probs, yp, labeled, audited, batches, drawn, truths))
         if r == rounds:
             break
         strategy = "typiclust" if in_cold_start(len(labeled), C, RoundConfig(budget=batch)) else "hybrid"
-        inclusion = inclusion_probabilities(probs.max(1), n_audit) if design == "uncertainty" \
-            else np.full(len(pool), n_audit / len(pool))
+        inclusion = design_probabilities(design, probs.max(1), n_audit)
         chosen, aud = select_indices(probs, batch, strategy=strategy, audit=n_audit, seed=seed * 100_003 + r,
                                      X=Xp[pool], labeled_X=Xp[labeled] if labeled else None, factor=factor,
                                      measure="margin", inclusion=inclusion if design == "uncertainty" else None)
@@ -190,6 +173,31 @@ def simulate_audit(Xp: np.ndarray, yp: np.ndarray, seed: int, *, batch: int = 50
         labeled.extend(pool[chosen].tolist() + pool[aud].tolist())
         audited.extend(pool[aud].tolist())
     return out
+
+
+def _audit_pair(r: int, probs: np.ndarray, oof_probs: np.ndarray, yp: np.ndarray, labeled: list[int],
+                audited: list[int], batches: list[tuple[np.ndarray, np.ndarray]], drawn: list[tuple[float, int, int]],
+                truths: list[float]) -> dict[str, Any]:
+    """Round ``r``'s figures: its audit items (every earlier batch's) scored out of fold, by the
+    shipped estimator (``difference_estimate``, as ``AuditEstimate.weight_to_pool`` applies it)
+    and by the others kept for comparison, against the truth of its auto labels."""
+    where = {i: k for k, i in enumerate(labeled)}
+    scored = oof_probs[[where[i] for i in audited]]
+    oof = scored.argmax(1)
+    k, m = int((oof == yp[audited]).sum()), len(audited)
+    pi, size, when = np.array(drawn).T
+    d = difference_estimate(probs.max(1), scored.max(1), oof == yp[audited], pi, size, when)
+    w = weighted_accuracy(probs.max(1), scored.max(1), oof == yp[audited])  # the estimator before
+    cp = clopper_pearson_interval(k, m)
+    last_items, last_labels = batches[-1]  # the newest batch alone, as its round labeled it
+    k1, m1 = int((last_labels == yp[last_items]).sum()), len(last_items)
+    newest = oof[-m1:] == yp[last_items]  # the newest batch alone, out of fold: ~no pool shift
+    return {"round": r, "labels": len(labeled), "true": truths[-1], "n": m, "estimate": d.accuracy,
+            "low": d.low, "high": d.high, "banded": (w.accuracy, w.low, w.high), "bands": len(w.bands),
+            "unweighted": (k / m, *cp), "lower_bound": clopper_pearson_lower(k, m),
+            "wilson": wilson_interval(k, m),
+            "newest": (float(newest.mean()), *clopper_pearson_interval(int(newest.sum()), m1)),
+            "as_labeled": (k1 / m1, *clopper_pearson_interval(k1, m1), m1), "prev_true": truths[-2]}
 
 
 def audit_figures(pairs: list[dict[str, Any]], from_round: int = 4) -> dict[str, Any]:
@@ -259,6 +267,12 @@ def design_figures(pairs: list[dict[str, Any]], key: str | None, seeds: list[int
             "pairs": len(pairs), "seeds": [seeds[0], seeds[-1]] if seeds else []}
 
 
+def _simulate_seed(digits: Any, seed: int, batch: int, policy: str, rounds: int, design: str) -> list[dict[str, Any]]:
+    """``simulate_audit`` on the seed's pool."""
+    Xp, _, yp, _ = _split(digits, seed)
+    return simulate_audit(Xp, yp, seed, batch=batch, policy=policy, rounds=rounds, design=design)
+
+
 def _split(digits: Any, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """The seed's stratified 70/30 split, standardised with the pool's statistics: (Xp, Xt, yp, yt)."""
     Xp, Xt, yp, yt = train_test_split(digits.data, digits.target, test_size=0.3, random_state=seed,
@@ -285,13 +299,9 @@ def bench_al(seeds: int = 20, batch: int = 10, start: int = 10, *, seed_start: i
     t1 = time.perf_counter()
     audit_seeds = AUDIT_SEEDS if audit_seeds is None else audit_seeds
     used = list(range(audit_seed_start, audit_seed_start + audit_seeds))
-    by_design: dict[str, list[dict[str, Any]]] = {}
-    for design in AUDIT_DESIGNS:  # the shipped design (round.audit_design's default) first
-        by_design[design] = []
-        for seed in used:
-            Xp, _, yp, _ = _split(digits, seed)
-            by_design[design] += simulate_audit(Xp, yp, seed, batch=audit_batch, policy=audit_policy,
-                                                rounds=audit_rounds, design=design)
+    by_design = {design: [pair for seed in used for pair in _simulate_seed(digits, seed, audit_batch, audit_policy,
+                                                                          audit_rounds, design)]
+                 for design in AUDIT_DESIGNS}  # the shipped design (round.audit_design's default) first
     pairs = by_design[AUDIT_DESIGNS[0]]
     audit = audit_figures(pairs)
     designs = {f"{design}+{name}": design_figures(by_design[design], key, used)
