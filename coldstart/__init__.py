@@ -11,7 +11,7 @@ For scripts and notebooks::
 
     last = coldstart.read_round("parts")         # the newest round's record, from data/metrics/round.json
     head = coldstart.load_champion("parts")      # the best head so far (scikit-learn, over CLIP embeddings)
-    probs = head.predict_proba(embeddings)       # columns: params.ontology.class_names
+    probs = head.predict_proba(embeddings)       # columns: params.ontology.labels
     labels = coldstart.read_labels("parts/data/labels/resolved")  # the label table, one row per image
 
 Names resolve lazily, so ``import coldstart`` stays cheap (no torch, Prefect or MLflow).

@@ -5,7 +5,7 @@ Each subcommand names its handler as ``"module:function"`` (tasks/commands.py ``
 ``main`` imports that one module when the command runs, so ``coldstart --help`` or ``status`` never
 pay for torch, Prefect and MLflow (about 6 s) that a round needs. The handlers sit in
 ``cmd_round`` (round, stage, demo), ``cmd_init``, ``cmd_intake`` (intake --check), ``cmd_data`` (export, report),
-``cmd_models`` (regions, prompts, finetune) and ``cmd_labelstudio``; ``serve``, ``api`` and
+``cmd_models`` (regions, prompts, finetune), ``cmd_discover`` and ``cmd_labelstudio``; ``serve``, ``api`` and
 ``status`` hold their own.
 """
 
@@ -74,7 +74,7 @@ def _round_commands(sub) -> None:
 
 
 def _data_commands(sub) -> None:
-    """export, status, report."""
+    """export, discover, status, report."""
     s = sub.add_parser("export", help="the labeled files as csv, an ImageFolder tree, Label Studio tasks or COCO")
     ws_arg(s)
     s.add_argument("--format", required=True, choices=["csv", "imagefolder", "labelstudio", "coco", "coco-regions"],
@@ -88,6 +88,19 @@ def _data_commands(sub) -> None:
                    "takes no space) instead of copying them")
     s.add_argument("--copy", action="store_true", help=argparse.SUPPRESS)  # the default now; kept for old scripts
     s.set_defaults(fn="coldstart.flows.cmd_data:cmd_export")
+
+    s = sub.add_parser("discover", help="the classes the rounds proposed (images unlike every class); adopt, rename "
+                                        "or remove a class without losing an answer")
+    ws_arg(s)
+    s.add_argument("--adopt", type=int, metavar="N", help="make proposal N a class (--name, --description)")
+    s.add_argument("--name", help="the class's name (--adopt: a new class, or an existing one to add the images to; "
+                                  "--rename: the new name)")
+    s.add_argument("--description", action="append", help="--adopt: what the class's images show, in words (CLIP "
+                                                          "reads it); repeat for several")
+    s.add_argument("--rename", metavar="OLD", help="rename class OLD to --name (answers restated, none lost)")
+    s.add_argument("--remove", metavar="NAME", help="remove a class (its answers stay in the log and count as "
+                                                    "'none of these')")
+    s.set_defaults(fn="coldstart.flows.cmd_discover:cmd_discover")
 
     s = sub.add_parser("status", help="summarise a workspace")
     ws_arg(s)

@@ -17,6 +17,8 @@ def cmd_export(a) -> int:
                     min_confidence=a.min_confidence, copy=not a.link)
     left = f" ({result.skipped} auto label(s) under --min-confidence left out)" if result.skipped else ""
     print(f"exported {result.rows} file(s) as {a.format} to {result.out}{left}")
+    if result.unknown_out is not None:
+        print(f"{result.unknown} file(s) labeled 'unknown' (none of these) listed apart in {result.unknown_out}")
     return 0
 
 

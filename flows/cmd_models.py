@@ -44,7 +44,7 @@ def cmd_regions(a) -> int:
     sam = load_sam(cfg)
     clip = load_model(params.model)
     head, labeler = region_head(ws, params, clip)
-    classes, negatives = params.ontology.class_names, negative_labels(params.ontology)
+    classes, negatives = params.ontology.labels, negative_labels(params.ontology)
 
     def named():
         for name in a.images:
@@ -102,7 +102,8 @@ def cmd_prompts(a) -> int:
         print(f"saved the class weight matrix {head.weights.shape} (classes x dim, float32, ontology order) to {a.save}")
     if a.ablate:
 
-        humans = human_labels(read_events(ws))
+        # Zero-shot scores the written classes only: "none of these" answers are left out here.
+        humans = {i: label for i, label in human_labels(read_events(ws)).items() if label in onto.class_names}
         pool = read_pool(ws, EmbeddingStore(ws.embeddings, clip.model_id, params.views.key("global")), humans)
         if not pool.labeled_ids:
             print("no human labels yet: run a round and answer a review batch first")
@@ -127,8 +128,9 @@ def cmd_finetune(a) -> int:
     clip = load_clip(dataclasses.replace(configured, precision="fp32"), fresh=True)
     humans = human_labels(read_events(ws))
     table = image_table(ws)
+    # The classes as written: "none of these" answers have no class to fine-tune towards.
     items = [(str(ws.images / table[i]), params.ontology.class_names.index(label))
-             for i, label in humans.items() if i in table]
+             for i, label in humans.items() if i in table and label in params.ontology.class_names]
     if len(items) < 2:
         print("coldstart: error: fine-tuning needs human labels; run rounds and answer review batches first",
               file=sys.stderr)

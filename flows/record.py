@@ -19,6 +19,7 @@ from prefect.exceptions import MissingContextError
 from prefect.logging import get_run_logger
 
 from coldstart.tasks.audit import GATE_NOTE, AuditEstimate
+from coldstart.tasks.discover import DiscoverResult
 from coldstart.tasks.embed import EmbedResult
 from coldstart.tasks.intake import IntakeResult
 from coldstart.tasks.regions import RegionsResult
@@ -65,6 +66,7 @@ class RoundRecord:
     train: TrainResult | None = None
     relabel: RelabelResult | None = None
     regions: RegionsResult | None = None
+    discover: DiscoverResult | None = None  # classes proposed from the images unlike every class
     select: SelectResult | None = None
     report: ReportResult | None = None  # the round's HTML page (data/reports/round-NNN.html)
     track: TrackResult | None = None

@@ -265,7 +265,18 @@ def workspace_status(ws: Workspace) -> dict:
         "inbox_pending": pending,
         "inbox_rejected": rejected,
         "last_check": _last_check(ws, tags[-1] if tags else None),
+        "proposals": _proposals(ws),
     }
+
+
+def _proposals(ws: Workspace) -> dict | None:
+    """The classes the latest discover stage proposed: {"round", "count"} (read as plain JSON:
+    status stays light), or None before any."""
+    try:
+        body = json.loads(ws.proposals.read_text(encoding="utf-8"))
+        return {"round": int(body["round"]), "count": len(body["proposals"])}
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def _last_check(ws: Workspace, last_round: int | None) -> dict | None:
@@ -297,6 +308,9 @@ def format_status(s: dict) -> str:
         lines.append("audit         no answered audit items yet")
     if s.get("report"):
         lines.append(f"report        {s['report']}")
+    if (proposed := s.get("proposals")) and proposed["count"]:
+        lines.append(f"proposals     round {proposed['round']} proposed {proposed['count']} class(es) from images unlike "
+                     f"every class: {command('coldstart')} discover -w {_quote(s['workspace'])}")
     if s["done"]:
         lines.append("DONE          " + "; ".join(s["done_reasons"]))
     elif s["rounds"]:

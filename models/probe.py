@@ -292,6 +292,30 @@ def _fit_prior(X: np.ndarray, y: np.ndarray, W0: np.ndarray, lam: float,
 
 def fit_zs_probe(X: np.ndarray, y: np.ndarray, W0: np.ndarray, *, folds: int = 5, seed: int = 0,
                  lambdas: tuple[float, ...] = LAMBDAS, self_training: SelfTraining | None = None) -> ProbeFit:
+    """Zero-shot-initialised probe over the labels that have a text direction or a sample.
+
+    A label with neither ("none of these" before anyone answered it: a zero row of ``W0``) is
+    left out of the fit and gets probability 0, so that it changes nothing until people use it;
+    a written class with no sample yet keeps its text direction (zero-shot's knowledge of it).
+    """
+    L = len(W0)
+    y = np.asarray(y)
+    free = np.flatnonzero(np.any(W0 != 0, axis=1) | np.isin(np.arange(L), y))
+    if len(free) == L:
+        return _fit_zs_probe(X, y, W0, folds=folds, seed=seed, lambdas=lambdas, self_training=self_training)
+    fit = _fit_zs_probe(X, np.searchsorted(free, y), W0[free], folds=folds, seed=seed, lambdas=lambdas,
+                        # its own cache: the spread labels are indices among ``free`` here
+                        self_training=None if self_training is None else self_training.with_rows(self_training.rows))
+    weight = np.zeros((L, W0.shape[1]), np.float32)
+    bias = np.full(L, -np.inf, np.float32)
+    weight[free], bias[free] = fit.head.weight, fit.head.bias
+    oof = np.zeros((len(y), L), np.float32)
+    oof[:, free] = fit.oof_probs
+    return ProbeFit(LinearHead(weight, bias), fit.kind, fit.cv_accuracy, oof, fit.params)
+
+
+def _fit_zs_probe(X: np.ndarray, y: np.ndarray, W0: np.ndarray, *, folds: int = 5, seed: int = 0,
+                  lambdas: tuple[float, ...] = LAMBDAS, self_training: SelfTraining | None = None) -> ProbeFit:
     """Zero-shot-initialised probe. ``W0`` ``(L, D)``: logit_scale x the labels' text weights.
 
     The pull ``lam`` is chosen by CV accuracy on the human labels alone; ties go to the strongest

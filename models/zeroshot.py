@@ -81,11 +81,14 @@ class ZeroShotHead:
 
     def label_weights(self) -> np.ndarray:
         """``(L, D)`` logit_scale x unit text direction per label (negatives: their mean), the
-        starting point and prior of the zero-shot-initialised probe."""
+        starting point and prior of the zero-shot-initialised probe; zero for a label no class
+        describes ("none of these": the probe learns it from people's answers alone)."""
         rows = []
         for label in range(self.n_labels):
-            w = self.weights[self.label_of_class == label].mean(0)
-            rows.append(w / np.linalg.norm(w))
+            mine = self.label_of_class == label
+            w = self.weights[mine].mean(0) if mine.any() else np.zeros(self.weights.shape[1], self.weights.dtype)
+            norm = np.linalg.norm(w)
+            rows.append(w / norm if norm > 0 else w)
         return (self.logit_scale * np.stack(rows)).astype(np.float32)
 
 

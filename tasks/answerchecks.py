@@ -10,8 +10,10 @@ import unicodedata
 
 from coldstart.tasks import labelstudio
 from coldstart.tasks.answerfiles import REGION_COLUMN, REGIONS_CSV
+from coldstart.tasks.config import NEW_CLASS_PREFIX
 from coldstart.tasks.imagerefs import HEX64
 from coldstart.tasks.manifest import read_manifest_table
+from coldstart.tasks.ontology import proposed_name, unknown_answer
 from coldstart.tasks.regiontable import region_id, regions_dir, regions_parts
 from coldstart.tasks.workspace import Workspace, unescape_formula
 
@@ -128,10 +130,17 @@ def _class_problem(cell, canonical, folded) -> tuple[str | None, str | None]:
     if label is not None:
         return label, None
     shown_label = unicodedata.normalize("NFC", unescape_formula(cell.strip()))
+    # "none of these" (unknown, ?, none), or new:<name> proposing a class (tasks/ontology.py).
+    if (unknown := unknown_answer(shown_label)) is not None:
+        name = proposed_name(unknown)
+        return (canonical[name], None) if name in canonical else (unknown, None)
+    if shown_label.casefold().startswith(NEW_CLASS_PREFIX):
+        return None, f"{shown_label[:200]!r}: write the proposed class's name after {NEW_CLASS_PREFIX!r} (new:scratch)"
     hint = f" (did you mean {folded[shown_label.casefold()]!r}?)" if shown_label.casefold() in folded else ""
     names = list(canonical)
     shown = ", ".join(names[:20]) + (" ..." if len(names) > 20 else "")
-    return None, f"unknown class {shown_label[:200]!r}{hint}; valid classes: {shown}"
+    return None, (f"unknown class {shown_label[:200]!r}{hint}; valid classes: {shown}; or 'unknown' (none of these), "
+                  f"or 'new:<name>' to propose a class")
 
 
 def row_problem(row, id_cols, images, canonical, folded, seen, *, region_column: bool = False):

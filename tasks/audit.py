@@ -68,7 +68,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from coldstart.tasks.config import Params
+from coldstart.tasks.heads import current_human_labels
 from coldstart.tasks.labellog import human_labels, read_events
+from coldstart.tasks.ontology import map_answers
 from coldstart.tasks.pool import labeled_order
 from coldstart.tasks.result import IN_MEMORY, StageResult
 from coldstart.tasks.store import EmbeddingStore
@@ -561,10 +563,17 @@ def latest_audit(ws: Workspace, humans: dict[str, str], before_round: int) -> Au
     return None
 
 
-def every_audit(ws: Workspace, before_round: int) -> list[AuditEstimate]:
+def answers_on(ws: Workspace, labels: list[str]) -> dict[str, str]:
+    """People's current answers on today's ``labels``: an audit item answered "none of these"
+    (or with a class no longer written) is an error of any class the round gave it, and right
+    when the round said "unknown"."""
+    return map_answers(human_labels(read_events(ws)), labels).labels
+
+
+def every_audit(ws: Workspace, before_round: int, labels: list[str]) -> list[AuditEstimate]:
     """The as-labeled audit of every earlier round with answered audit items, oldest first:
     each answered item counts for the round whose batch it was drawn for."""
-    humans = human_labels(read_events(ws))
+    humans = answers_on(ws, labels)
     out = []
     for r in range(1, before_round):
         est = audit_estimate(read_csv(ws.review / f"round-{r:03d}.batch.csv"), humans)
@@ -583,7 +592,7 @@ def audit(ws: Workspace, params: Params, model_id: str | None, round_no: int) ->
     """The audit stage: every answered audit item of the earlier rounds. Its estimate is the
     newest batch's as-labeled one until ``use_out_of_fold`` scores the items with the train
     stage's out-of-fold predictions (the round record does, once the train stage has run)."""
-    humans = human_labels(read_events(ws))
+    humans = answers_on(ws, params.ontology.labels)
     batches = [audit_estimate(read_csv(ws.review / f"round-{r:03d}.batch.csv"), humans) for r in range(1, round_no)]
     answered = [b for b in batches if b is not None and b.n]
     if not answered:
@@ -591,11 +600,12 @@ def audit(ws: Workspace, params: Params, model_id: str | None, round_no: int) ->
     est = answered[-1]
     est.items = [it for b in answered for it in b.items]
     est.as_labeled = {str(b.round): [b.correct, b.n] for b in answered}
-    est.classes = params.ontology.class_names
+    est.classes = params.ontology.labels
     if model_id is None:  # the sample order is for the train stage's out-of-fold scores
         return est
     try:
-        est.sample_ids = sample_order(ws, params, model_id, humans)
+        # The train stage's samples: its answers leave out those waiting to be asked again.
+        est.sample_ids = sample_order(ws, params, model_id, current_human_labels(ws, params.ontology.labels).labels)
     except Exception as e:  # no store yet, or an unreadable one: the train stage reports it
         log.warning("audit: cannot line the audit items up with the training samples (%s)", e)
     return est

@@ -79,6 +79,16 @@ class ClassSpec(_Section):
         return None if value is None else _templates(value)
 
 
+# The answer "none of these": the image belongs to no written class. It is a label of its own
+# (the last of ``OntologyConfig.labels``): the probe learns it as an outcome, the relabel stage
+# gives it to images like those people answered so, and the discover stage clusters them into
+# proposed classes. People may write it as any of UNKNOWN_ANSWERS; ``new:<name>`` answers
+# "none of these" and proposes a class ``<name>`` (docs/answers.md).
+UNKNOWN_LABEL = "unknown"
+UNKNOWN_ANSWERS = ("unknown", "?", "none of these", "none")
+NEW_CLASS_PREFIX = "new:"
+
+
 class OntologyConfig(_Section):
     """Classes described in words, and prompt templates with one ``{}`` each.
 
@@ -114,7 +124,12 @@ class OntologyConfig(_Section):
             if not isinstance(spec, dict):
                 raise ValueError(f"class {name!r}: give a list of descriptions or a mapping with 'descriptions'")
             # Labels are matched after NFC normalisation everywhere (docs/answers.md).
-            out[unicodedata.normalize("NFC", str(name).strip())] = spec
+            name = unicodedata.normalize("NFC", str(name).strip())
+            if name.casefold() in UNKNOWN_ANSWERS or name.casefold().startswith(NEW_CLASS_PREFIX):
+                raise ValueError(f"class {name!r}: {', '.join(map(repr, UNKNOWN_ANSWERS))} and names starting with "
+                                 f"{NEW_CLASS_PREFIX!r} are reserved for the answer 'none of these'; name the class "
+                                 f"otherwise")
+            out[name] = spec
         return out
 
     @model_validator(mode="after")
@@ -137,6 +152,12 @@ class OntologyConfig(_Section):
             if label not in labels:
                 labels.append(label)
         return labels
+
+    @property
+    def labels(self) -> list[str]:
+        """The label space of the heads and the resolved table: ``class_names``, then
+        ``UNKNOWN_LABEL`` (none of these; probability 0 until people give that answer)."""
+        return [*self.class_names, UNKNOWN_LABEL]
 
     @property
     def label_of_class(self) -> list[int]:
@@ -436,6 +457,24 @@ class ReportConfig(_Section):
     target_accuracy: float = Field(default=0.95, gt=0, le=1)  # the auto-label accuracy the report measures against
 
 
+class DiscoverConfig(_Section):
+    """Proposed classes (the discover stage): clusters of the images that look unlike every class."""
+
+    # Candidates: images answered "none of these", auto-labeled so, or whose best label's
+    # probability is below this (0: none by confidence alone).
+    max_confidence: float = Field(default=0.5, ge=0, le=1)
+    min_size: int = Field(default=10, ge=2)  # members a cluster needs to be proposed
+    # Members' mean cosine to their centre, the pool's mean taken off (on digits, a digit's
+    # cluster has 0.41-0.73; `coldstart bench discover`).
+    min_cohesion: float = Field(default=0.3, ge=-1, le=1)
+    max_proposals: int = Field(default=4, ge=1, le=50)
+    # A text file of candidate names, one per line, scored against each proposal's centre with
+    # the model's text weights (with real weights only); null: ImageNet's class names (open_clip)
+    # or Chinese-CLIP's Chinese ones.
+    vocabulary: str | None = None
+    thumbnails: int = Field(default=6, ge=0, le=24)  # most typical members shown per proposal in the report
+
+
 class Params(_Section):
     ontology: OntologyConfig
     model: ModelConfig = Field(default_factory=ModelConfig)
@@ -451,6 +490,7 @@ class Params(_Section):
     regions: RegionsConfig = Field(default_factory=RegionsConfig)
     labelstudio: LabelStudioConfig = Field(default_factory=LabelStudioConfig)
     report: ReportConfig = Field(default_factory=ReportConfig)
+    discover: DiscoverConfig = Field(default_factory=DiscoverConfig)
 
 
 def _key(loc: tuple) -> str:

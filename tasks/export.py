@@ -15,6 +15,8 @@ manifest and the resolved table as a round left them. Formats:
 - ``coco``: COCO JSON with ``images``, ``categories`` and one whole-image annotation per image
   (``segmentation``: the whole image as one polygon, ``bbox``, ``area``, ``iscrowd`` 0), so
   pycocotools loads it and ``annToMask`` works on every annotation;
+- files labeled ``unknown`` ("none of these") are no class of the dataset: every format leaves
+  them out and lists them apart in ``<out>.unknown.csv`` (csv columns), beside the export;
 - ``coco-regions``: COCO instances JSON of the regions table (``data/labels/regions/``, SAM masks
   labeled by the round's labeler): one RLE annotation per region, images with at least one region.
 """
@@ -32,6 +34,7 @@ from PIL import Image
 
 from coldstart.tasks import labelstudio
 from coldstart.tasks.commands import command
+from coldstart.tasks.config import UNKNOWN_LABEL
 from coldstart.tasks.errors import WorkspaceError
 from coldstart.tasks.manifest import read_manifest_table
 from coldstart.tasks.ontology import negative_labels
@@ -51,6 +54,8 @@ class ExportResult:
     rows: int  # files exported
     skipped: int  # files left out by min_confidence
     out: Path
+    unknown: int = 0  # files labeled "none of these": not in the export, listed in unknown_out
+    unknown_out: Path | None = None
 
 
 def labeled_files(ws: Workspace, round_no: int | None = None, min_confidence: float | None = None
@@ -120,6 +125,9 @@ def export(ws: Workspace, fmt: str, out: Path, *, round_no: int | None = None, m
         return _export_regions(ws, Path(out).expanduser().resolve(), round_no, min_confidence)
     rows, skipped = labeled_files(ws, round_no, min_confidence)
     out = Path(out).expanduser().resolve()
+    # "None of these" is no class of the dataset: those files are listed apart, beside the export.
+    unknown = [r for r in rows if r["label"] == UNKNOWN_LABEL]
+    rows = [r for r in rows if r["label"] != UNKNOWN_LABEL]
     if fmt == "csv":
         write_csv(out, CSV_FIELDS, [{k: r[k] for k in CSV_FIELDS} for r in rows], escape_formulas=True)
     elif fmt == "imagefolder":
@@ -160,7 +168,16 @@ def export(ws: Workspace, fmt: str, out: Path, *, round_no: int | None = None, m
                              "score": r["confidence"], "source": r["source"]} for k, r in enumerate(rows)],
         }
         atomic_write_text(out, json.dumps(doc, ensure_ascii=False, indent=1) + "\n")
-    return ExportResult(rows=len(rows), skipped=skipped, out=out)
+    apart = unknown_file(out, fmt)
+    if unknown:
+        write_csv(apart, CSV_FIELDS, [{k: r[k] for k in CSV_FIELDS} for r in unknown], escape_formulas=True)
+    return ExportResult(rows=len(rows), skipped=skipped, out=out, unknown=len(unknown),
+                        unknown_out=apart if unknown else None)
+
+
+def unknown_file(out: Path, fmt: str) -> Path:
+    """Where an export lists the files labeled "none of these": beside it, ``<name>.unknown.csv``."""
+    return out.with_suffix(".unknown.csv") if fmt != "imagefolder" else out.with_name(out.name + ".unknown.csv")
 
 
 def _command(name: str) -> str:

@@ -6,20 +6,19 @@ API, and the human labels a head is trained on.
 from __future__ import annotations
 
 import json
-from collections import Counter
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from coldstart.models.errors import ConfigError
 from coldstart.models.probe import LinearHead
 from coldstart.models.zeroshot import ZeroShotHead, prompt_warnings, softmax
 from coldstart.tasks.calibrate import apply_temperature
 from coldstart.tasks.config import Params
-from coldstart.tasks.labellog import human_labels, read_events
+from coldstart.tasks.labellog import LabelEvent, current_answers, event_key, read_events
+from coldstart.tasks.ontology import Answers, map_answers
 from coldstart.tasks.store import cached_text_head
-from coldstart.tasks.workspace import Workspace
+from coldstart.tasks.workspace import Workspace, read_csv
 
 if TYPE_CHECKING:  # the relabel stage imports this module: keep torch out of it
     from coldstart.models.clip import ClipModel
@@ -40,20 +39,31 @@ def zero_shot_head(ws: Workspace, params: Params, clip: ClipModel) -> tuple[Zero
     weights, logit_scale, english_only = cached_text_head(ws.text_cache, clip, prompts)
     warnings = prompt_warnings(clip.model_id, english_only, onto.scoring_classes, prompts, weights,
                                onto.confusable_threshold, [spec.descriptions for spec in onto.classes.values()])
-    head = ZeroShotHead(weights, np.array(onto.label_of_class), len(onto.class_names), logit_scale)
+    # One more label than the classes: "none of these", which no text describes (probability 0).
+    head = ZeroShotHead(weights, np.array(onto.label_of_class), len(onto.labels), logit_scale)
     return head, warnings
 
 
-def current_human_labels(ws: Workspace, classes: list[str]) -> dict[str, str]:
-    """image id -> human label; refuses an ontology that dropped a label people already gave."""
-    humans = human_labels(read_events(ws))
-    missing = Counter(label for label in humans.values() if label not in classes)
-    if missing:
-        listed = ", ".join(f"{label!r} ({n} images)" for label, n in missing.most_common())
-        raise ConfigError(f"params.yaml: ontology.classes no longer has labels that people gave: {listed}. Put the "
-                          f"class(es) back (the answers are kept in data/labels/events.jsonl), or relabel those "
-                          f"images with a new CSV in data/inbox/ first.")
-    return humans
+def read_reask(ws: Workspace) -> list[dict]:
+    """data/labels/reask.csv: "none of these" answers to ask again since a class was adopted
+    (``coldstart discover --adopt``), each with the adopted class as its suggestion."""
+    return read_csv(ws.reask)
+
+
+def current_human_labels(ws: Workspace, labels: list[str]) -> Answers:
+    """People's current answers on today's ``labels`` (``OntologyConfig.labels``): "none of
+    these" and answers for classes no longer written count as ``unknown`` (the latter listed in
+    ``orphaned``); an answer waiting to be asked again (reask.csv) trains nothing meanwhile."""
+    current = {image_id: e for (image_id, region), e in current_answers(read_events(ws)).items() if not region}
+    return map_answers({i: e.label for i, e in current.items()}, labels, pending_reasks(ws, current))
+
+
+def pending_reasks(ws: Workspace, current: dict[str, LabelEvent], regions: bool = False) -> set[str]:
+    """The image ids (``regions``: region ids) whose current answer (``current``: id -> its event)
+    is one reask.csv waits to ask again."""
+    key = "region_id" if regions else "image_id"
+    return {r[key] for r in read_reask(ws) if bool(r.get("region_id")) == regions
+            and r[key] in current and event_key(current[r[key]]) == r["answer_event"]}
 
 
 @dataclass

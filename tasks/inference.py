@@ -8,7 +8,7 @@ costs no forward pass. Any other image goes through the model: its views (the gl
 with ``views.tiles``, the tiles, each scored and aggregated as the relabel stage does) in one
 batched forward pass. A ``Batcher`` gathers concurrent requests into one such pass.
 
-Conventions: probabilities are over ``ontology.class_names`` in that order; ``location`` is the
+Conventions: probabilities are over ``ontology.labels`` in that order (the classes, then ``unknown``); ``location`` is the
 winning tile "x0 y0 x1 y1" in the image's own pixels, "" when the whole image gave the score.
 """
 
@@ -79,7 +79,7 @@ class Labeler:
     def __init__(self, ws: Workspace, top_k: int = 5):
 
         self.ws, self.params, self.top_k = ws, ws.params(), top_k
-        self.classes = self.params.ontology.class_names
+        self.classes = self.params.ontology.labels  # the head's columns: classes, then unknown
         self.clip = load_model(self.params.model)
         self._lock = threading.Lock()
         self._stamp: tuple | None = None

@@ -110,6 +110,12 @@ def current_answers(events: list[LabelEvent]) -> dict[tuple[str, str], LabelEven
     return {key: stack[-1] for key, stack in stacks.items() if stack}
 
 
+def event_key(e: LabelEvent) -> str:
+    """Which answer an event is (its source, row and time): a re-ask (data/labels/reask.csv)
+    waits while the image's current answer is still this one."""
+    return f"{e.source_file}#{e.source_row}@{e.imported_at}"
+
+
 def human_labels(events: list[LabelEvent]) -> dict[str, str]:
     """image id -> current human label of the whole image (the latest answer wins: a later file
     corrects an earlier; a retracted one no longer counts). Region answers are not image labels

@@ -29,6 +29,7 @@ from xml.sax.saxutils import quoteattr
 
 from coldstart.tasks import lsclient  # by module: tests point its client at a recorded server
 from coldstart.tasks.commands import command
+from coldstart.tasks.config import UNKNOWN_LABEL
 from coldstart.tasks.errors import ConfigError, LabelFileError
 from coldstart.tasks.lsclient import LabelStudioError
 from coldstart.tasks.ontology import negative_labels
@@ -173,6 +174,9 @@ def tasks_json(tasks: list[dict]) -> str:
     return json.dumps(tasks, ensure_ascii=False, indent=1) + "\n"
 
 
+NONE_OF_THESE = "None of these: the image fits no class (or write new:NAME in a CSV to propose one)"
+
+
 def label_config(classes: list[str], *, polygons: list[str] | None = None) -> str:
     """The labeling config (``label_config.xml``): the image, a header showing the task's ``note``
     (a re-check says why it is asked again; empty otherwise), and one single choice among ``classes``;
@@ -181,10 +185,13 @@ def label_config(classes: list[str], *, polygons: list[str] | None = None) -> st
 
     Class names are XML-attribute escaped: quotes, ``&`` and ``<`` are legal in a class name.
     """
-    choices = "\n".join(f"    <Choice value={quoteattr(c)}/>" for c in classes)
+    # The last choice is always "none of these" (stored as UNKNOWN_LABEL: tasks/ontology.py).
+    none = f'    <Choice value="{UNKNOWN_LABEL}" hint="{NONE_OF_THESE}"/>'
+    choices = "\n".join([*(f"    <Choice value={quoteattr(c)}/>" for c in classes if c != UNKNOWN_LABEL), none])
     polygon = "" if polygons is None else (
         f'  <PolygonLabels name="{POLYGON}" toName="{IMAGE}" strokeWidth="2" pointSize="small" opacity="0.4">\n'
-        + "".join(f"    <Label value={quoteattr(c)}/>\n" for c in polygons) + "  </PolygonLabels>\n")
+        + "".join(f"    <Label value={quoteattr(c)}/>\n" for c in [*(c for c in polygons if c != UNKNOWN_LABEL),
+                                                                       UNKNOWN_LABEL]) + "  </PolygonLabels>\n")
     return (f'<View>\n  <Image name="{IMAGE}" value="${IMAGE}"/>\n  <Header value="${NOTE}" size="5"/>\n'
             f'  <Choices name="{LABEL}" toName="{IMAGE}" choice="single" showInLine="true">\n{choices}\n'
             f'  </Choices>\n{polygon}</View>\n')

@@ -43,7 +43,7 @@ from coldstart.tasks.heads import load_chosen, zero_shot_head
 from coldstart.tasks.imagefiles import load_rgb
 from coldstart.tasks.labellog import read_events, region_answers
 from coldstart.tasks.manifest import read_manifest_table
-from coldstart.tasks.ontology import negative_labels
+from coldstart.tasks.ontology import map_answers, negative_labels
 from coldstart.tasks.parts import PartTable
 from coldstart.tasks.regiontable import (
     DEFECTS_DIR,
@@ -314,7 +314,7 @@ def segment_and_label(params: Params, sam, clip: ClipModel, head: Head, labeler:
     seg = segment_images(params, sam, clip, images, progress=progress)
     t0 = time.perf_counter()
     labeled = assign_labels(seg.candidates, head.predict_proba(seg.X) if len(seg.X) else
-                            np.zeros((0, len(params.ontology.class_names))), params.ontology.class_names,
+                            np.zeros((0, len(params.ontology.labels))), params.ontology.labels,
                             negatives=negative_labels(params.ontology), labeler=labeler)
     labeled, _ = mark_contained(labeled, params.regions)
     return seg, labeled, seg.embed_s + time.perf_counter() - t0
@@ -531,9 +531,11 @@ def _label_every(ws: Workspace, params: Params, clip: ClipModel, head: Head, lab
                            first_path)
     every = earlier + seg.candidates + drawn
     X = region_vectors(ws, params, clip, every, files)
-    classes = params.ontology.class_names
+    classes = params.ontology.labels
     probs = head.predict_proba(X) if len(every) else np.zeros((0, len(classes)))
-    human = {rid: (e.label, e.annotator) for rid, e in answers.items()}
+    # People's answers on today's labels ("none of these", a removed class's: unknown).
+    mapped = map_answers({rid: e.label for rid, e in answers.items()}, classes).labels
+    human = {rid: (mapped[rid], e.annotator) for rid, e in answers.items()}
     labeled = assign_labels(every, probs, classes, negatives=negative_labels(params.ontology), labeler=labeler,
                             answers=human)
     labeled, _ = mark_contained(labeled, params.regions)

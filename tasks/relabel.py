@@ -214,11 +214,11 @@ def relabel(ws: Workspace, params: Params, round_no: int) -> RelabelResult:
     chosen = load_chosen(ws)
     if chosen is None:
         raise WorkspaceError("data/models/ holds no trained head: run the train stage first (coldstart stage train)")
-    classes = params.ontology.class_names
+    classes = params.ontology.labels
     if chosen.n_labels != len(classes):
         raise ConfigError("params.yaml: the ontology's labels changed since the head was trained; run the train "
                           "stage (coldstart stage train) before relabel")
-    humans = current_human_labels(ws, classes)
+    humans = current_human_labels(ws, classes).labels
     raw_ids, probs, keys, paths, locations = _scored(ws, params, chosen)
     label, conf, is_human = resolve(raw_ids, probs, classes, humans, keys)
     store_key = (chosen.model_id, params.views.key("global"))
@@ -247,7 +247,7 @@ def _scored(ws: Workspace, params: Params, chosen: ChosenHead
     probabilities, id keys, display paths, label locations or None without tiles). The store
     may hold images no longer in the manifest, or an id twice: they are left out here, so that
     the resolved table has one row per current image."""
-    classes = params.ontology.class_names
+    classes = params.ontology.labels
     store = EmbeddingStore(ws.embeddings, chosen.model_id, params.views.key("global"))
     if on_dask(params.execution):
         raw_ids, probs = _score_on_dask(ws, store, params.execution)

@@ -24,9 +24,10 @@ from coldstart.tasks.audit import AuditEstimate, clopper_pearson_interval
 from coldstart.tasks.audit import audit as audit_stage
 from coldstart.tasks.commands import command
 from coldstart.tasks.config import Params
+from coldstart.tasks.discover import Proposal, parse_proposals
 from coldstart.tasks.errors import WorkspaceError
 from coldstart.tasks.labellog import current_answers, read_events
-from coldstart.tasks.ontology import negative_labels
+from coldstart.tasks.ontology import map_answers, negative_labels, orphan_note
 from coldstart.tasks.parts import PartTable
 from coldstart.tasks.regiontable import DEFECTS_DIR, regions_dir, regions_of, regions_parts
 from coldstart.tasks.relabel import CLASSES_KEY, resolved_parts
@@ -238,6 +239,8 @@ class ReportData:
     seconds_per_label: float
     target_accuracy: float
     notes: list[str] = field(default_factory=list)  # what could not be read, said on the page
+    proposals: list[Proposal] = field(default_factory=list)  # classes this round proposed (tasks/discover.py)
+    proposed_names: dict[str, int] = field(default_factory=dict)  # new:<name> answers not yet a class
 
 
 def _records(ws: Workspace, rounds: list[int]) -> dict[int, dict]:
@@ -340,7 +343,7 @@ def gather(ws: Workspace, round_no: int, record: dict | None = None, params: Par
     spl, target = report_settings(params)
 
     at_tag = AtTag(ws, tag) if past else None
-    table, classes = _round_table(ws, round_no, params.ontology.class_names, at_tag)
+    table, classes = _round_table(ws, round_no, params.ontology.labels, at_tag)
     train = _train_metrics(ws, record, at_tag)
     relabel = record.get("relabel") or {}
     threshold = relabel.get("threshold", train.get("threshold"))
@@ -354,7 +357,12 @@ def gather(ws: Workspace, round_no: int, record: dict | None = None, params: Par
 
     events = [e for e in read_events(ws) if e.round <= round_no]
     answers = {k[0]: e for k, e in current_answers(events).items() if not k[1]}
-    humans = {i: e.label for i, e in answers.items()}
+    # On the round's labels: "none of these" (and a removed class's answers, listed) as unknown.
+    mapped = map_answers({i: e.label for i, e in answers.items()}, classes)
+    humans = mapped.labels
+    if note := orphan_note(mapped.orphaned):
+        notes.append(note)
+    proposals = _proposals(ws, round_no, at_tag)
     lead_times, lead_labels = answer_times(ws, answers)
     reliability = _reliability(ws, round_no, humans)
 
@@ -367,7 +375,18 @@ def gather(ws: Workspace, round_no: int, record: dict | None = None, params: Par
         record=record, quarantine=quarantine, humans=humans, audit=Audit.of(record.get("audit")),
         curve=learning_curve(records), batch=read_csv(ws.review / f"round-{round_no:03d}.batch.csv"), flags=flags,
         train=train, reliability=reliability, defects=defects, defect_labels=defect_labels,
-        lead_times=lead_times, lead_labels=lead_labels, seconds_per_label=spl, target_accuracy=target, notes=notes)
+        lead_times=lead_times, lead_labels=lead_labels, seconds_per_label=spl, target_accuracy=target, notes=notes,
+        proposals=proposals, proposed_names=dict(mapped.proposed))
+
+
+def _proposals(ws: Workspace, round_no: int, at_tag: AtTag | None) -> list[Proposal]:
+    """The classes round ``round_no`` proposed (data/labels/proposals.json as it left it)."""
+    text = at_tag.text("data/labels/proposals.json") if at_tag is not None else (
+        ws.proposals.read_text(encoding="utf-8") if ws.proposals.is_file() else None)
+    if not text:
+        return []
+    proposed_in, found = parse_proposals(text)
+    return found if proposed_in == round_no else []
 
 
 def _round_records(ws: Workspace, params: Params, round_no: int, tags: list[int], record: dict | None, past: bool,

@@ -10,6 +10,7 @@ from typing import Any, Collection
 
 import numpy as np
 
+from coldstart.tasks.config import UNKNOWN_LABEL
 from coldstart.tasks.labellog import describe_answers
 from coldstart.tasks.reportdata import ReportData, economics, fit_curve, projection
 from coldstart.tasks.thumbs import MAX_THUMBS, THUMB_PX, Thumbs
@@ -48,7 +49,7 @@ MAX_CONFUSION = 40  # labels beyond this: the most confused pairs instead of the
 
 
 SECTIONS = {"counts": "Counts", "accuracy": "Accuracy of the auto labels", "learning-curve": "Learning curve",
-            "review": "Review batch", "labels": "Per label", "confusion": "Confusion matrix (held out)",
+            "review": "Review batch", "proposals": "Proposed classes", "labels": "Per label", "confusion": "Confusion matrix (held out)",
             "calibration": "Calibration", "economics": "Label economics"}
 
 
@@ -278,6 +279,34 @@ class Page:
         return (out + f"<details><summary>the {len(d.batch)} items</summary>"
                 + self.table(["image", "purpose", "model's suggestion", "confidence", "note"], rows, {3})
                 + more + "</details>")
+
+    def proposals(self) -> str:
+        """The classes this round proposed (tasks/discover.py): each with its most typical members."""
+        d = self.d
+        unknown = sum(1 for label in d.humans.values() if label == UNKNOWN_LABEL)
+        head = (f"<p>{unknown} image(s) answered <b>none of these</b> (<code>unknown</code>) so far; the images that "
+                f"look unlike every class (answered so, labeled <code>unknown</code>, or unsure) are clustered each "
+                f"round, and the coherent clusters are proposed as classes.</p>")
+        if d.proposed_names:
+            head += "<p>Classes people proposed (<code>new:NAME</code> answers): " + ", ".join(
+                f"{esc(n)} ({k})" for n, k in sorted(d.proposed_names.items())) + ".</p>"
+        if not d.proposals:
+            return head + "<p>No class proposed this round.</p>"
+        parts = [head]
+        for p in d.proposals:
+            names = ", ".join(f"{esc(n)} ({s:.2f})" for n, s in p.names) or "none (needs real text weights)"
+            near = f"{esc(p.nearest_class)} (cosine {p.nearest_class_cosine:.2f})" if p.nearest_class else "–"
+            boxes = p.boxes or [""] * len(p.paths)  # regions: the mask's box drawn on its image
+            figs = "".join(self.figure(path, esc(path.rsplit('/', 1)[-1]), box=box) for path, box in zip(p.paths, boxes))
+            suggested = p.suggested or "NAME"
+            what = "regions (SAM masks)" if p.kind == "regions" else "images"
+            parts.append(
+                f'<div class="label"><h3>Proposal {p.id}: {p.size} {what}</h3><p>cohesion {p.cohesion:.2f} · '
+                f"{p.unknown_answers} answered none of these · {p.predicted_unknown} labeled unknown · nearest "
+                f"class {near} · suggested names: {names}</p><div class=\"strip\">{figs}</div>"
+                f"<p class=\"muted\">Adopt it: <code>coldstart discover -w . --adopt {p.id} --name "
+                f"{esc(suggested)} --description \"a photo of ...\"</code></p></div>")
+        return "".join(parts)
 
     def labels(self) -> str:
         d, t = self.d, self.d.table
@@ -514,7 +543,7 @@ class Page:
     def render(self) -> str:
         d = self.d
         body = {"counts": self.counts(), "accuracy": self.accuracy(), "learning-curve": self.learning_curve(),
-                "review": self.review(), "confusion": self.confusion(), "calibration": self.calibration(),
+                "review": self.review(), "proposals": self.proposals(), "confusion": self.confusion(), "calibration": self.calibration(),
                 "economics": self.economics()}
         body["labels"] = self.labels()  # last: the budget goes to the review and flags first (inside it)
         nav = "".join(f'<a href="#{k}">{esc(v)}</a>' for k, v in SECTIONS.items())

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +18,10 @@ import numpy as np
 
 from coldstart.tasks import labelstudio, strategies
 from coldstart.tasks.audit import design_probabilities, systematic_sample
-from coldstart.tasks.config import OntologyConfig, RegionsConfig, RoundConfig
+from coldstart.tasks.config import UNKNOWN_LABEL, OntologyConfig, RegionsConfig, RoundConfig
+from coldstart.tasks.discover import reask_limit
 from coldstart.tasks.errors import SelectionError
+from coldstart.tasks.heads import pending_reasks, read_reask
 from coldstart.tasks.labellog import read_events, region_answers
 from coldstart.tasks.regionexports import regions_to_labelstudio
 from coldstart.tasks.regiontable import read_regions, regions_dir
@@ -131,13 +133,21 @@ def select_regions(ws: Workspace, budget: int, round_no: int) -> list:
     container is asked)."""
     if budget <= 0:
         return []
-    answered = set(region_answers(read_events(ws)))
+    answers = region_answers(read_events(ws))
+    answered = set(answers)
     asked = {r["region_id"] for k in range(1, round_no)
              for r in read_csv(ws.review / f"round-{k:03d}.regions.csv")} - answered
-    pool = [r for r in read_regions(regions_dir(ws), dropped=True)
+    every = read_regions(regions_dir(ws), dropped=True)
+    # "None of these" answers of a region proposal adopted since: asked again first, with the
+    # adopted class suggested (at most half the budget).
+    waiting_again = pending_reasks(ws, answers, regions=True)
+    suggested = {r["region_id"]: r["suggested_label"] for r in read_reask(ws) if r.get("region_id") in waiting_again}
+    again = [replace(r, label=suggested[r.region_id]) for r in every if r.region_id in suggested]
+    again = sorted(again, key=lambda r: r.region_id)[: reask_limit(budget)]
+    pool = [r for r in every
             if r.dropped != "contained" and not r.labeler.startswith("human:") and r.region_id not in asked
             and r.region_id not in answered]
-    return sorted(pool, key=lambda r: (r.margin, r.region_id))[:budget]
+    return again + sorted(pool, key=lambda r: (r.margin, r.region_id))[: budget - len(again)]
 
 
 def _write_regions_batch(ws: Workspace, stem: Path, picked: list) -> list[str]:
@@ -183,9 +193,13 @@ def _select_images(ws: Workspace, cfg: RoundConfig, round_no: int) -> SelectResu
     # Images waiting in an earlier, still unanswered batch are not asked again, and above all not
     # drawn for the audit: an answer meant for one round's batch must not count as another's.
     pending = waiting(ws, round_no, set(labeled))
-    pool = [k for k, i in enumerate(ids) if resolved[i]["source"] != "human" and i not in pending]
-    strategy = cfg.first_strategy if in_cold_start(len(labeled), len(classes), cfg) else cfg.strategy
-    rechecks = _rechecks(ws, cfg, resolved, round_no)
+    # "None of these" answers asked again since a class was adopted (coldstart discover --adopt):
+    # they come first, as re-checks; the rest of them wait for the next batch, not in the pool.
+    reasks, later = _reasks(ws, cfg, resolved, round_no)
+    pool = [k for k, i in enumerate(ids) if resolved[i]["source"] != "human" and i not in pending and i not in later]
+    written = len([c for c in classes if c != UNKNOWN_LABEL])
+    strategy = cfg.first_strategy if in_cold_start(len(labeled), written, cfg) else cfg.strategy
+    rechecks = reasks + _rechecks(ws, cfg, resolved, round_no)[: max(0, cfg.budget - len(reasks))]
     # review_policy critical: every auto label goes to review. The batch is the whole pool
     # (round.budget does not cap it), and all of it is audit: a census of this round's labels.
     cap = len(pool) + len(rechecks) if cfg.review_policy == "critical" else cfg.budget
@@ -222,7 +236,8 @@ def _select_images(ws: Workspace, cfg: RoundConfig, round_no: int) -> SelectResu
                               confidence=f"{r['confidence']:.6f}", source=r["source"], model_id=r["model_id"],
                               score=f"{scores[j]:.6f}", round=round_no, note="", **design))
     batch.extend(rechecks)
-    files = _write_batch(ws, stem, batch, classes, {r["image_id"]: resolved[r["image_id"]]["label"] for r in rechecks})
+    files = _write_batch(ws, stem, batch, classes, {r["image_id"]: resolved[r["image_id"]]["label"] for r in rechecks
+                                                    if r["source"] == "human"})
     return SelectResult(batch_size=len(batch), chosen=len(chosen), audit=len(aud), pool=len(pool), files=files,
                         strategy=strategy, recheck=len(rechecks))
 
@@ -245,6 +260,28 @@ def _rechecks(ws: Workspace, cfg: RoundConfig, resolved: dict[str, dict], round_
                              note=f"please check: labeled {f['human_label']!r}, the model (held out) says "
                                   f"{f['suggested_label']!r} with p={float(f['probability']):.2f}"))
     return rechecks
+
+
+def _reasks(ws: Workspace, cfg: RoundConfig, resolved: dict[str, dict], round_no: int
+            ) -> tuple[list[dict], set[str]]:
+    """The "none of these" answers still waiting to be asked again (data/labels/reask.csv, whose
+    answer is still the one adoption found), as batch rows with the adopted class suggested: at
+    most ``discover.reask_limit`` of the budget this round; (rows, ids of those left for later)."""
+    rows: list[dict] = []
+    later: set[str] = set()
+    for r in read_reask(ws):
+        image = resolved.get(r["image_id"])
+        if image is None or image["source"] == "human":  # gone, or answered since (it trains again)
+            continue
+        if len(rows) >= reask_limit(cfg.budget):
+            later.add(r["image_id"])
+            continue
+        rows.append(dict(image_id=r["image_id"], image=image["path"], purpose="recheck",
+                         predicted_label=r["suggested_label"], confidence=image["confidence"], source="reask",
+                         model_id=image["model_id"], score="", round=round_no,
+                         note=f"asked again: answered {r['answer']!r} before the class {r['suggested_label']!r} "
+                              f"was added; pick it if it fits (or 'unknown' again)"))
+    return rows, later
 
 
 def _write_batch(ws: Workspace, stem: Path, batch: list[dict], classes: list[str], human: dict[str, str]) -> list[str]:

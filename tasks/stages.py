@@ -20,7 +20,20 @@ from prefect.cache_policies import NO_CACHE
 
 from coldstart.models.clip import LazyClip
 from coldstart.models.errors import ConfigError
-from coldstart.tasks import audit, embed, intake, regions, relabel, report, scan, select, track, train, version
+from coldstart.tasks import (
+    audit,
+    discover,
+    embed,
+    intake,
+    regions,
+    relabel,
+    report,
+    scan,
+    select,
+    track,
+    train,
+    version,
+)
 from coldstart.tasks.config import Params
 from coldstart.tasks.result import StageResult
 from coldstart.tasks.workspace import Workspace
@@ -126,6 +139,10 @@ def _relabel(ws: Workspace, ctx: Context) -> relabel.RelabelResult:
     return result
 
 
+def _discover(ws: Workspace, ctx: Context) -> discover.DiscoverResult:
+    return discover.discover(ws, ctx.params, ctx.round, ctx.clip)  # the model is built only to name proposals
+
+
 def _regions(ws: Workspace, ctx: Context) -> regions.RegionsResult:
     return regions.regions(ws, ctx.params, ctx.clip, ctx.round)
 
@@ -164,6 +181,7 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
     Stage("train", train.TrainResult, _train, dvc=True),  # human labels -> the best labeler by CV
     Stage("relabel", relabel.RelabelResult, _relabel, dvc=True),  # every image -> label (human > model)
     Stage("regions", regions.RegionsResult, _regions, dvc=True),  # regions.enabled: SAM masks, labeled
+    Stage("discover", discover.DiscoverResult, _discover, dvc=True),  # unlike every class -> proposed classes
     Stage("select", select.SelectResult, _select, dvc=True),  # uncertainty + diversity + audit -> batch
     Stage("report", report.ReportResult, _report, dvc=True),  # data/reports/round-NNN.html
     Stage("track", track.TrackResult, _track),  # one MLflow run

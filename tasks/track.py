@@ -205,7 +205,7 @@ def log_round(ws: Workspace, params: Params, round_no: int, metrics: dict[str, f
             if confusion is not None:
                 with tempfile.TemporaryDirectory() as tmp:
                     png = Path(tmp) / "probe_cv_confusion.png"
-                    confusion_png(confusion, params.ontology.class_names, png)
+                    confusion_png(confusion, params.ontology.labels, png)
                     mlflow.log_artifact(str(png), artifact_path="plots")
             if head is not None:
                 import mlflow.sklearn
@@ -414,7 +414,7 @@ def link_run(ws: Workspace, params: Params, run_id: str | None, commit: str, tag
 
     # Each earlier round's run gets the audit of its own batch, as its answers come in.
     round_no = int(tag.rsplit("-", 1)[-1])
-    for est in every_audit(ws, round_no):
+    for est in every_audit(ws, round_no, params.ontology.labels):
         accuracy, interval = est.accuracy, est.interval
         assert accuracy is not None and interval is not None, "every_audit returns estimates with answered items"
         record_audit(ws, params, est.round, accuracy, *interval, est.n)
@@ -423,7 +423,7 @@ def link_run(ws: Workspace, params: Params, run_id: str | None, commit: str, tag
 def load_champion(ws: Workspace, params: Params):
     """The registered head with the alias ``champion`` (the best by CV so far), as a fitted
     scikit-learn estimator over raw, L2-normalised CLIP embeddings ``(N, D)``; its
-    ``predict_proba`` columns follow ``params.ontology.class_names``."""
+    ``predict_proba`` columns follow ``params.ontology.labels``."""
     import mlflow.sklearn
     from mlflow.exceptions import MlflowException
 

@@ -12,13 +12,11 @@ import hashlib
 import io
 import json
 import logging
-from collections import Counter
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
-from coldstart.models.errors import ConfigError
 from coldstart.models.probe import ProbeFit, SelfTraining, fit_probe, fit_zs_probe
 from coldstart.models.zeroshot import ZeroShotHead
 from coldstart.tasks.calibrate import (
@@ -26,8 +24,9 @@ from coldstart.tasks.calibrate import (
     expected_calibration_error,
 )
 from coldstart.tasks.config import Params, RoundConfig, TrainConfig
-from coldstart.tasks.heads import CHOSEN_FILE, HEAD_FILE, current_human_labels, zero_shot_head
+from coldstart.tasks.heads import CHOSEN_FILE, HEAD_FILE, current_human_labels, pending_reasks, zero_shot_head
 from coldstart.tasks.labellog import read_events, region_answers
+from coldstart.tasks.ontology import map_answers, orphan_note
 from coldstart.tasks.pool import read_pool
 from coldstart.tasks.regiontable import crop_store
 from coldstart.tasks.result import IN_MEMORY, StageResult
@@ -211,22 +210,21 @@ def region_samples(ws: Workspace, params: Params, clip: ClipModel) -> tuple[np.n
     latest answer per region), on images still in the workspace, whose crop the regions stage
     has embedded with this model (an outline drawn this round is embedded by this round's
     regions stage, after training: it joins the next round)."""
-    classes = params.ontology.class_names
+    classes = params.ontology.labels
     answers = region_answers(read_events(ws))
     if not answers:
         return np.zeros((0, 0), np.float32), np.zeros(0, int)
-    unknown = Counter(e.label for e in answers.values() if e.label not in classes)
-    if unknown:
-        listed = ", ".join(f"{label!r} ({n} regions)" for label, n in unknown.most_common())
-        raise ConfigError(f"params.yaml: ontology.classes no longer has labels that people gave regions: {listed}. "
-                          f"Put the class(es) back (the answers are kept in data/labels/events.jsonl).")
+    # As for images: "none of these" is a label; a removed class's answers count as it; one
+    # waiting to be asked again (a class was adopted from its region's proposal) trains nothing.
+    mapped = map_answers({rid: e.label for rid, e in answers.items()}, classes,
+                         pending_reasks(ws, answers, regions=True)).labels
     store = crop_store(ws, clip.model_id, params.regions)
     have, current = store.ids(), image_table(ws)
-    ids = sorted(rid for rid, e in answers.items() if rid in have and e.image_id in current)
+    ids = sorted(rid for rid, e in answers.items() if rid in have and e.image_id in current and rid in mapped)
     if not ids:
         return np.zeros((0, 0), np.float32), np.zeros(0, int)
     _, X = store.load(ids)
-    return X, np.array([classes.index(answers[rid].label) for rid in ids], dtype=int)
+    return X, np.array([classes.index(mapped[rid]) for rid in ids], dtype=int)
 
 
 def train(ws: Workspace, params: Params, clip: ClipModel, round_no: int) -> TrainResult:
@@ -235,9 +233,12 @@ def train(ws: Workspace, params: Params, clip: ClipModel, round_no: int) -> Trai
     Writes exactly its declared outputs: data/models/ (the chosen head and chosen.json),
     data/labels/flags.csv (human labels to re-check) and data/metrics/train.json.
     """
-    classes = params.ontology.class_names
-    humans = current_human_labels(ws, classes)
+    classes = params.ontology.labels
+    answers = current_human_labels(ws, classes)
+    humans = answers.labels
     zero_shot, warnings = zero_shot_head(ws, params, clip)
+    if note := orphan_note(answers.orphaned):
+        warnings = [*warnings, note]
     store = EmbeddingStore(ws.embeddings, clip.model_id, params.views.key("global"))
     small = len(store) <= params.train.self_training_max_pool
     pool = read_pool(ws, store, humans, keep_all=small and bool(params.train.self_training))

@@ -53,6 +53,9 @@ class Workspace:
     imported = property(lambda self: self.root / "data" / "labels" / "imported")
     resolved = property(lambda self: self.root / "data" / "labels" / "resolved")  # Parquet parts: tasks/relabel.py
     flags = property(lambda self: self.root / "data" / "labels" / "flags.csv")
+    # "none of these" answers to ask again after `coldstart discover --adopt` (tasks/discover.py)
+    reask = property(lambda self: self.root / "data" / "labels" / "reask.csv")
+    proposals = property(lambda self: self.root / "data" / "labels" / "proposals.json")
     store = property(lambda self: self.root / "data" / "store")
     manifest = property(lambda self: self.root / "data" / "store" / "manifest")  # Parquet parts: tasks/manifest.py
     quarantine = property(lambda self: self.root / "data" / "store" / "quarantine.csv")

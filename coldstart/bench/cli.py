@@ -25,6 +25,7 @@ BENCHES = {
     "regions": "coldstart.bench.regions:bench_regions",
     "precision": "coldstart.bench.precision:bench_precision",
     "api": "coldstart.bench.api:bench_api",
+    "discover": "coldstart.bench.discover:bench_discover",
 }
 
 # The options passed on unchanged, by their parameter's name; `_kwargs` converts the others.
@@ -35,6 +36,7 @@ OPTIONS = {
     "train": ("labels",),
     "scale": ("n", "budget", "keep"),
     "al": ("seeds", "seed_start", "batch", "start", "audit_seeds", "audit_seed_start", "audit_policy"),
+    "discover": ("seeds", "seed_start"),
     "precision": ("n", "model", "pretrained", "batch_size"),
     "regions": ("points_per_side", "pred_iou_thresh", "stability_score_thresh", "box_nms_thresh", "clip_model"),
     "api": ("model", "clients", "load_s", "soak_s", "warm_s", "requests", "forward_runs", "forward_batches", "size",
@@ -62,6 +64,9 @@ def add_bench_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
                                                     "model (vit_t, random)"))
     _api_options(_bench_parser(bsub, "api", "coldstart api (own process) over HTTP: 1-client latency, 16-client "
                                             "throughput and a soak (errors, RSS) against the bare forward pass"))
+    _discover_options(_bench_parser(bsub, "discover", "digits with 2 of 10 classes left out of the ontology: proposals, "
+                                                      "their recall and the auto labels' accuracy, before and after "
+                                                      "adopting them"))
 
 
 def _bench_parser(bsub: argparse._SubParsersAction[argparse.ArgumentParser], name: str, help_: str,
@@ -90,6 +95,12 @@ def _al_options(b: argparse.ArgumentParser) -> None:
                    help="first seed of the audit simulation (e.g. 20: a held-out set of seeds)")
     b.add_argument("--audit-policy", choices=["spot-check", "specialist"], default=None,
                    help="round.review_policy of the audit simulation (default specialist: 15 audit items a round)")
+
+
+def _discover_options(b: argparse.ArgumentParser) -> None:
+    """`bench discover`: the seeds (each hides its own two digits)."""
+    b.add_argument("--seeds", type=int, default=10)
+    b.add_argument("--seed-start", type=int, default=0, help="first seed (e.g. 10: held out)")
 
 
 def _relabel_options(b: argparse.ArgumentParser) -> None:

@@ -67,13 +67,14 @@ def build_workspace(root: Path, n: int, dim: int, n_classes: int, n_human: int, 
         X = rng.standard_normal((min(shard_rows, n - start), dim), dtype=np.float32)
         X /= np.linalg.norm(X, axis=1, keepdims=True)
         store.append(ids[start : start + len(X)], X)
-    W = rng.standard_normal((n_classes, dim)).astype(np.float32)
-    head = LinearHead(10 * W / np.linalg.norm(W, axis=1, keepdims=True), np.zeros(n_classes, np.float32))
-    fit = ProbeFit(head, "probe", 0.9, np.zeros((0, n_classes), np.float32), {})
+    # The classes, then "unknown" (ontology.labels): a probe after people answered "none of these".
+    W = rng.standard_normal((n_classes + 1, dim)).astype(np.float32)
+    head = LinearHead(10 * W / np.linalg.norm(W, axis=1, keepdims=True), np.zeros(n_classes + 1, np.float32))
+    fit = ProbeFit(head, "probe", 0.9, np.zeros((0, n_classes + 1), np.float32), {})
     result = TrainResult(n_labels=n_human, model="probe", reason="bench", probe_cv_accuracy=0.9,
                          zs_probe_cv_accuracy=None, zero_shot_accuracy=0.5, confusion=None, probe=fit,
                          temperature=1.3, threshold=0.7)
-    zero_shot = ZeroShotHead(head.weight, np.arange(n_classes), n_classes, 100.0)
+    zero_shot = ZeroShotHead(head.weight[:n_classes], np.arange(n_classes), n_classes + 1, 100.0)
     save(ws, result, zero_shot, model_id)
     events = [LabelEvent(ids[k], f"class{k % n_classes}", "bench", "bench.csv", "0" * 64, k + 2, "", 1).__dict__
               for k in rng.choice(n, size=n_human, replace=False).tolist()]

@@ -46,4 +46,8 @@ TARGETS = {t.key: t for t in (
     Target("rss_growth", "api: server RSS growth over the soak", "<=", 0.05),
     Target("audit_median_width", "audit 95% interval median width, round >= 4", "<=", 0.06),
     Target("audit_median_width_spot_check", "audit median width, round >= 4, spot-check", "<=", 0.09),
+    Target("hidden_recall", "discover: hidden digits with a pure proposal", ">=", 1.0),
+    Target("max_proposals", "discover: proposals (most in any seed)", "<=", 4.0),
+    Target("known_accuracy_gap", "discover: named digits, full - ours (pts)", "<=", 1.0),
+    Target("adopted_accuracy_gap", "discover: after adopting, full - ours (pts)", "<=", 2.0),
 )}

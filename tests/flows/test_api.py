@@ -219,7 +219,7 @@ def test_label_studio_config_command_prints_the_projects_config(served, capsys):
     ws, _, _, _ = served
     assert cli(["labelstudio", "config", "--workspace", str(ws.root)]) == 0
     root = ET.fromstring(capsys.readouterr().out)
-    assert [c.get("value") for c in root.iter("Choice")] == ws.params().ontology.class_names
+    assert [c.get("value") for c in root.iter("Choice")] == ws.params().ontology.labels  # the classes, then unknown
     assert root.find("PolygonLabels") is None  # regions are off in this workspace
 
 

@@ -273,7 +273,7 @@ def test_every_command_has_help(command, capsys):
     assert e.value.code == 0 and "usage: coldstart" in capsys.readouterr().out
 
 
-def test_removing_a_class_that_people_used_is_refused_with_the_fix(make_workspace, capsys):
+def test_removing_a_class_that_people_used_keeps_its_answers_and_says_so(make_workspace, capsys):
     from coldstart.tasks.demodata import write_digits
 
     ws = make_workspace()
@@ -284,9 +284,14 @@ def test_removing_a_class_that_people_used_is_refused_with_the_fix(make_workspac
     ws.params_file.write_text(ws.params_file.read_text().replace(
         '    zero: ["the digit zero", "a handwritten 0", "the number 0"]\n', ""))
     capsys.readouterr()
-    assert cli(["stage", "train", "-w", str(ws.root)]) == 2
-    err = capsys.readouterr().err
-    assert "no longer has labels that people gave: 'zero' (1 images)" in err and "events.jsonl" in err
+    # The answer stays in the log and counts as "none of these" (the image fits no written class
+    # now); training goes on and says so, with how to get the answers back.
+    assert cli(["stage", "train", "-w", str(ws.root)]) == 0
+    out = "".join(capsys.readouterr())
+    assert "no longer has count as 'none of these': 'zero' (1 images)" in out and "events.jsonl" in out
+    from coldstart.tasks.labellog import read_events
+
+    assert any(e.label == "zero" for e in read_events(ws))
 
 
 def test_each_stage_writes_exactly_its_declared_outputs(make_workspace):
@@ -313,7 +318,7 @@ def test_each_stage_writes_exactly_its_declared_outputs(make_workspace):
         return outs
 
     ran = []
-    for name in ("scan", "embed", "intake", "train", "relabel", "regions", "select", "report"):
+    for name in ("scan", "embed", "intake", "train", "relabel", "regions", "discover", "select", "report"):
         if name == "intake":
             answers = "\n".join(f"{p},{t}" for p, t in list(truth.items())[:4])
             (ws.inbox / "a.csv").write_text("image,label\n" + answers + "\n")

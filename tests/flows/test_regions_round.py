@@ -40,10 +40,21 @@ def test_a_round_with_regions_labels_every_region_and_versions_them(prefect_harn
 
     # Tiles: each image's label comes with its winning tile, which SAM outlines (defect localization).
     text = tiny_params(4).replace("  tiles: []", "  tiles:\n    - {size: 0.5, stride: 0.5}")
-    ws = init_workspace(tmp_path / "ws", params_text=text + REGIONS)
+    # Every cluster proposed (random weights make none coherent): the regions' proposals are checked.
+    ws = init_workspace(tmp_path / "ws", params_text=text + REGIONS + "discover:\n  min_size: 2\n  min_cohesion: -1\n")
     write_digits(ws.images, n=6, size=48)
     r1 = labeling_round(workspace=str(ws.root))
     got = r1.regions
+    # Regions with no confident label (random weights: all of them) are clustered into proposals.
+    from coldstart.tasks.discover import read_proposals
+
+    every = [r for r in read_regions(regions_dir(ws), dropped=True) if r.dropped != "contained"]
+    assert r1.discover.region_candidates == sum(r.confidence < 0.5 for r in every) > 0
+    _, proposed = read_proposals(ws)
+    in_regions = [p for p in proposed if p.kind == "regions"]
+    assert in_regions and r1.discover.region_proposals == len(in_regions)
+    assert [p.id for p in proposed] == list(range(1, len(proposed) + 1))
+    assert all(set(p.members) <= {r.region_id for r in every} and len(p.boxes) == len(p.paths) for p in in_regions)
     assert got.enabled and got.sam_model_id == "vit_t@random-seed0" and got.images_segmented == 6
     assert got.masks > 0 and got.new_regions > 0 and got.regions == got.new_regions
     table = read_regions(regions_dir(ws))

@@ -202,12 +202,14 @@ def test_a_fitted_probe_is_logged_registered_and_the_best_is_champion(rounds):
     try:
         rec, run = with_probe[-1]
         probe = mlflow.sklearn.load_model(f"runs:/{run.info.run_id}/probe")
-        assert probe.predict_proba(np.zeros((1, probe.n_features_in_))).shape == (1, 10)
+        # Columns: ontology.labels, the 10 classes then "unknown" (nobody answered it: probability 0).
+        p = probe.predict_proba(np.zeros((1, probe.n_features_in_)))
+        assert p.shape == (1, 11) and p[0, -1] == 0
         import coldstart
 
         champion = coldstart.load_champion(str(rounds.ws.root))
         version = client.get_model_version_by_alias("coldstart-demo-head", "champion")
-        assert champion.predict_proba(np.ones((2, 32), np.float32) / np.sqrt(32)).shape == (2, 10)
+        assert champion.predict_proba(np.ones((2, 32), np.float32) / np.sqrt(32)).shape == (2, 11)
         best = max(with_probe, key=lambda p: (p[0].train.cv_accuracy, p[0].round))  # ties: the newer
         assert version.run_id == best[1].info.run_id
     finally:
@@ -237,8 +239,8 @@ def test_dvc_sees_every_stage_up_to_date_and_an_older_tag_pulls_back(rounds):
     ws = rounds.ws
     with contextlib.chdir(ws.root), Repo(str(ws.root)) as repo:
         assert repo.status() == {}
-        assert {s.name for s in repo.index.stages if s.cmd} == {"scan", "embed", "intake", "train", "relabel", "regions",
-                                                                  "select", "report"}
+        assert {s.name for s in repo.index.stages if s.cmd} == {"scan", "embed", "intake", "train", "relabel",
+                                                                  "discover", "regions", "select", "report"}
     tags = subprocess.run(["git", "tag"], cwd=ws.root, capture_output=True, text=True).stdout.split()
     assert tags == ["round-001", "round-002", "round-003"] == [r.tag for r in rounds.records]
     clone = rounds.tmp / "clone"

@@ -118,8 +118,10 @@ def test_a_round_reviewed_in_label_studio_reaches_the_log_once_and_trains_the_ne
         # A person labels every task; then changes one answer and deletes another.
         t0 = time.perf_counter()
         anns = {}
+        # The last task fits no class: the annotator picks the config's "None of these" choice.
         for t in tasks:
-            anns[t["id"]] = client.create_annotation(t["id"], _choice(truth[t["data"]["path"]]))
+            answer = "unknown" if t is tasks[-1] else truth[t["data"]["path"]]
+            anns[t["id"]] = client.create_annotation(t["id"], _choice(answer))
         timings["annotate_s"] = time.perf_counter() - t0
         first, second = tasks[0], tasks[1]
         wrong = next(c for c in ws.params().ontology.class_names if c != truth[first["data"]["path"]])
@@ -135,6 +137,7 @@ def test_a_round_reviewed_in_label_studio_reaches_the_log_once_and_trains_the_ne
         assert {e.annotator for e in answers} == {label_studio.email}  # by email, not ls-user-1
         labels = human_labels(events)
         assert labels[first["data"]["image_id"]] == wrong
+        assert labels[tasks[-1]["data"]["image_id"]] == "unknown"  # "none of these", through the webhook
         assert second["data"]["image_id"] not in labels  # the deletion is honoured
         assert len(labels) == len(tasks) - 1
         # Polling the export (round --wait's path) brings the same versions again: nothing new.

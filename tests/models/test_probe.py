@@ -102,3 +102,21 @@ def test_self_training_uses_the_unlabeled_pool():
     # With agreement: every image the spreading reached and the first head labels alike (all, here).
     assert fit.params["pseudo_labels"] == 174
     assert (fit.head.predict_proba(X).argmax(1) == y).mean() > 0.95
+
+
+def test_none_of_these_changes_nothing_until_answered_then_is_learned():
+    X, y, text = _text_world(6, 1)
+    W0 = 100.0 * text
+    with_unknown = np.vstack([W0, np.zeros((1, W0.shape[1]), W0.dtype)])  # the label no text describes
+    before, after = fit_zs_probe(X, y, W0, seed=0), fit_zs_probe(X, y, with_unknown, seed=0)
+    # Unanswered, "unknown" is left out of the fit: the same head, and probability exactly 0.
+    np.testing.assert_array_equal(after.head.weight[:-1], before.head.weight)
+    np.testing.assert_array_equal(after.oof_probs[:, :-1], before.oof_probs)
+    assert after.head.bias[-1] == -np.inf and (after.head.predict_proba(X)[:, -1] == 0).all()
+    # Answered, it is an outcome like any other: a kind of image far from every class is learned.
+    rng = np.random.default_rng(7)
+    odd = (rng.normal(size=(12, X.shape[1])) + 4.0).astype(np.float32)
+    odd /= np.linalg.norm(odd, axis=1, keepdims=True)
+    Xu, yu = np.vstack([X, odd[:8]]), np.concatenate([y, np.full(8, len(W0))])
+    for fit in (fit_zs_probe(Xu, yu, with_unknown, seed=0), fit_probe(Xu, yu, len(W0) + 1, seed=0)):
+        assert (fit.head.predict_proba(odd[8:]).argmax(1) == len(W0)).all()

@@ -321,7 +321,7 @@ def test_rows_csv_and_check_name_the_row_and_the_image(ws, capsys):
     (ws.root / "answers.csv").write_bytes(text)
     assert main(["intake", "-w", str(ws.root), "--check", str(ws.root / "answers.csv")]) == 1
     out = capsys.readouterr().out
-    assert f"unknown class 'bird'; valid classes: cat, dog (row 3, image {SPACE!r})" in out
+    assert f"unknown class 'bird'; valid classes: cat, dog; or 'unknown' (none of these), or 'new:<name>' to propose a class (row 3, image {SPACE!r})" in out
     assert "unknown image 'nope.png': no such file under data/images/ (run a round to scan new images) (row 4)" in out
     assert out.count("row 3") == 1 and out.count("row 4") == 1
     r = intake(ws, CLASSES, round_no=2, on_error="keep_good_rows")
@@ -335,7 +335,7 @@ def test_reject_file_lists_row_and_image(ws):
     (ws.inbox / "answers.csv").write_bytes(_csv_bytes(["image", "label"], [DIGIT, "cat"], [SPACE, "bird"]))
     r = intake(ws, CLASSES, round_no=2, on_error="reject_file")
     report = (ws.rejected / "answers.csv.errors.txt").read_text(encoding="utf-8")
-    assert f"row 3: unknown class 'bird'; valid classes: cat, dog (image {SPACE!r})" in report
+    assert f"row 3: unknown class 'bird'; valid classes: cat, dog; or 'unknown' (none of these), or 'new:<name>' to propose a class (image {SPACE!r})" in report
     assert len(r.problems) == 1
 
 

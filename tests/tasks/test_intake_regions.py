@@ -142,7 +142,7 @@ BAD_ROWS = [
                           "a number?"),
     ("{r3},,a.jpg,dog", "region {r3} is on image 'b.jpg', but image 'a.jpg' names another image"),
     ("{r3},{a},,dog", "region {r3} is on image 'b.jpg', but image_id '{a}' names another image"),
-    ("{r2},,,Dgo", "unknown class 'Dgo'; valid classes: cat, dog, background"),
+    ("{r2},,,Dgo", "unknown class 'Dgo'; valid classes: cat, dog, background; or 'unknown' (none of these), or 'new:<name>' to propose a class"),
     ("{r1},,,dog", "conflicting labels for one region: 'dog' here, 'cat' in row 2"),
     ("{r3},,b.jpg,background", None),  # row 10: good (a negative class: not an object)
 ]

@@ -62,7 +62,7 @@ def test_label_config_escapes_class_names():
         """    <Choice value='say "hi"'/>""", '    <Choice value="R&amp;D"/>', '    <Choice value="划痕"/>',
         '    <Choice value="it\'s &quot;&lt;odd&gt;&quot;"/>']
     root = ET.fromstring(text)
-    assert [c.get("value") for c in root.iter("Choice")] == classes
+    assert [c.get("value") for c in root.iter("Choice")] == [*classes, "unknown"]  # none of these: last
     choices, image = root.find("Choices"), root.find("Image")
     assert (choices.get("name"), choices.get("toName"), choices.get("choice")) == (labelstudio.LABEL, image.get("name"),
                                                                                   "single")

@@ -45,11 +45,15 @@ def ws(tmp_path):
 
 
 def _train(ws, weight, temperature=1.0, threshold=0.7):
-    head = LinearHead(weight.astype(np.float32), np.zeros(len(weight), np.float32))
+    """A probe over the classes' rows of ``weight``, plus "unknown" (no answer of it: probability 0)."""
+    weight = np.vstack([weight, np.zeros((1, weight.shape[1]), weight.dtype)])
+    bias = np.zeros(len(weight), np.float32)
+    bias[-1] = -np.inf
+    head = LinearHead(weight.astype(np.float32), bias)
     fit = ProbeFit(head, "probe", 0.8, np.zeros((0, len(weight))), {})
     result = TrainResult(3, "probe", "test", 0.8, None, 0.5, None, probe=fit, temperature=temperature,
                          threshold=threshold)
-    save(ws, result, ZeroShotHead(head.weight, np.arange(3), 3, 1.0), MODEL)
+    save(ws, result, ZeroShotHead(head.weight[:3], np.arange(3), 4, 1.0), MODEL)
     return head
 
 
@@ -83,8 +87,8 @@ def test_every_current_image_once_human_labels_win(ws):
     assert result.below_threshold == int((expected.max(1) < 0.5).sum())
     # The table keeps the head's probabilities for every image, the human-labeled one too.
     ids, probs, classes, store = load_probs(ws)
-    assert ids == [_id(k) for k in range(5)] and classes == CLASSES and store == (MODEL, "global")
-    np.testing.assert_allclose(probs[[0, 1, 3, 4]], expected, rtol=1e-6)
+    assert ids == [_id(k) for k in range(5)] and classes == [*CLASSES, "unknown"] and store == (MODEL, "global")
+    np.testing.assert_allclose(probs[[0, 1, 3, 4]], expected, rtol=1e-6, atol=1e-6)  # unknown: 0, not ~1e-6
 
     # Next round: a person relabels image 0; one of the 5 labels changed.
     _label(ws, [(_id(2), "dog"), (_id(0), "bird")])
@@ -109,7 +113,7 @@ def test_every_current_image_once_human_labels_win(ws):
     assert sorted(p.name for p in ws.resolved.iterdir()) == ["000003.base.parquet", "000004.parquet",
                                                              "000006.base.parquet"]
     ids, probs, _, _ = load_probs(ws)
-    assert ids == sorted(_id(k) for k in (0, 1, 2, 3, 5)) and probs.shape == (5, 3)
+    assert ids == sorted(_id(k) for k in (0, 1, 2, 3, 5)) and probs.shape == (5, 4)  # 3 classes + unknown
 
 
 def test_a_relabel_run_again_in_its_round_replaces_its_own_part(ws):
