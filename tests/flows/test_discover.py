@@ -142,3 +142,25 @@ def test_removing_a_class_keeps_its_answers_and_says_so(story, adopted, capsys):
     assert "'noise' (" in capsys.readouterr().out  # listed as answers whose class is gone
     assert cli(["discover", "-w", str(ws.root), "--adopt", "1", "--name", "noise"]) == 2
     assert "round 5 proposed no class" in capsys.readouterr().err  # noise had become a class: nothing left unnamed
+
+
+def test_renaming_a_class_restates_its_answers_and_keeps_the_old_ones(make_workspace, capsys):
+    from coldstart.tasks.labellog import human_labels
+
+    ws = make_workspace()
+    truth = write_digits(ws.images, n=6, size=32)
+    assert cli(["stage", "scan", "-w", str(ws.root)]) == 0
+    (ws.inbox / "a.csv").write_text("image,label\n" + "\n".join(f"{p},{t}" for p, t in truth.items()) + "\n")
+    assert cli(["stage", "intake", "-w", str(ws.root)]) == 0
+    before = ws.events.read_bytes()
+    assert cli(["discover", "-w", str(ws.root), "--rename", "zero", "--name", "nought"]) == 0
+    assert "1 answer(s) restated as 'nought'" in capsys.readouterr().out
+    onto = ws.params().ontology
+    assert "zero" not in onto.classes and list(onto.classes)[0] == "nought"  # same place, same descriptions
+    assert onto.classes["nought"].descriptions[0] == "the digit zero"
+    assert ws.events.read_bytes().startswith(before)  # the old answers stay; one more event restates it
+    labels = human_labels(read_events(ws))
+    assert sorted(labels.values()) == sorted("nought" if t == "zero" else t for t in truth.values())
+    assert cli(["discover", "-w", str(ws.root), "--rename", "zero", "--name", "x"]) == 2  # no such class now
+    assert cli(["discover", "-w", str(ws.root), "--rename", "one", "--name", "two"]) == 2  # taken
+    assert "already a class" in capsys.readouterr().err

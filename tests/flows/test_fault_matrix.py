@@ -31,9 +31,9 @@ from tests.flows.roundfork import RoundForks
 
 pytestmark = pytest.mark.slow
 
-BOUNDARIES = ["scan", "in-scan", "embed", "in-embed", "intake", "audit", "train", "relabel", "select",
+BOUNDARIES = ["scan", "in-scan", "embed", "in-embed", "intake", "audit", "train", "relabel", "discover", "select",
               "track", "in-track", "version", "in-version", "link_run_task", "publish"]
-# Two chains, each on a workspace of its own, so that two test workers share the 15 kills
+# Two chains, each on a workspace of its own, so that two test workers share the 16 kills
 # (test_fault_matrix_late.py runs the second): the first kills round 2 before its model is
 # trained, again and again; the second from relabel on, through its tag and round 3's summary.
 EARLY, LATE = BOUNDARIES[:7], BOUNDARIES[7:]
