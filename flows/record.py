@@ -198,6 +198,12 @@ class RoundRecord:
                              f"{se.regions} offered for review")
             if rg.hint:
                 lines.insert(-1, f"  HINT        {rg.hint}")
+        dc = self.discover
+        if dc is not None and (dc.unknown_answers or dc.predicted_unknown or dc.proposals or dc.region_proposals):
+            proposed = dc.proposals + dc.region_proposals
+            lines.insert(-1, f"  discover    {dc.unknown_answers} answered none of these, {dc.predicted_unknown} labeled "
+                             f"unknown; {proposed} class(es) proposed" + (" (see them: coldstart discover -w DIR)"
+                                                                          if proposed else ""))
         for w in tr.warnings[:5]:
             lines.append("  WARNING " + w)
         if len(tr.warnings) > 5:

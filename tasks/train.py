@@ -238,7 +238,7 @@ def train(ws: Workspace, params: Params, clip: ClipModel, round_no: int) -> Trai
     humans = answers.labels
     zero_shot, warnings = zero_shot_head(ws, params, clip)
     if note := orphan_note(answers.orphaned):
-        warnings = [*warnings, note]
+        warnings = [note, *warnings]  # first: the summary shows five
     store = EmbeddingStore(ws.embeddings, clip.model_id, params.views.key("global"))
     small = len(store) <= params.train.self_training_max_pool
     pool = read_pool(ws, store, humans, keep_all=small and bool(params.train.self_training))

@@ -71,6 +71,7 @@ def test_a_round_proposes_the_unnamed_kind_with_thumbnails(story, capsys):
     best = max(story.proposals, key=lambda p: _noise_share(story, p))
     assert _noise_share(story, best) >= 0.8 and best.unknown_answers >= 2
     assert story.records[-1].discover.proposals == len(story.proposals)
+    assert f"{len(story.proposals)} class(es) proposed" in story.records[-1].describe()  # the round's summary
     assert story.proposals[0].proposed_names.get("static", 0) in (0, 1)
     html = (story.ws.root / "data" / "reports" / "round-003.html").read_text(encoding="utf-8")
     section = html[html.index('id="proposals"'):html.index('id="labels"')]
