@@ -118,7 +118,8 @@ class SelectResult(StageResult):
     pool: int
     files: list[str]
     strategy: str = ""
-    recheck: int = 0  # human labels sent back for a second look
+    recheck: int = 0  # human labels sent back for a second look (re-asks included)
+    reasked: int = 0  # of them: "none of these" answers asked again after a class was adopted
     regions: int = 0  # regions offered for review (regions.review_budget, least certain first)
 
     def metrics(self) -> dict[str, float | None]:
@@ -239,7 +240,7 @@ def _select_images(ws: Workspace, cfg: RoundConfig, round_no: int) -> SelectResu
     files = _write_batch(ws, stem, batch, classes, {r["image_id"]: resolved[r["image_id"]]["label"] for r in rechecks
                                                     if r["source"] == "human"})
     return SelectResult(batch_size=len(batch), chosen=len(chosen), audit=len(aud), pool=len(pool), files=files,
-                        strategy=strategy, recheck=len(rechecks))
+                        strategy=strategy, recheck=len(rechecks), reasked=len(reasks))
 
 
 def _rechecks(ws: Workspace, cfg: RoundConfig, resolved: dict[str, dict], round_no: int) -> list[dict]:

@@ -122,6 +122,8 @@ def test_the_next_batch_asks_the_unknown_answers_again_and_the_round_after_label
     again = [b for b in adopted.batch4 if b["image_id"] in reasked]
     assert again and all(b["purpose"] == "recheck" and b["predicted_label"] == "noise" for b in again)
     assert all("asked again" in b["note"] for b in again)
+    assert adopted.rec4.select.reasked == len(again)
+    assert f"{len(again)} 'none of these' answer(s) asked again" in adopted.rec4.describe()
     rows = {r["image_id"]: r for r in read_resolved(ws)}
     assert all(rows[i]["label"] == "noise" and rows[i]["source"] == "human" for i in (b["image_id"] for b in again))
     # Round 5 labels the new class on images nobody answered.
