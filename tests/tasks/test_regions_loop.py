@@ -129,3 +129,28 @@ def test_the_least_certain_regions_not_yet_asked_are_offered(make_workspace):
     assert len(later) == 6 - 1 - 2  # every other region, the contained one aside
     assert select_regions(ws, 0, 3) == []
     assert all(not math.isnan(r.margin) for r in read_regions(regions_dir(ws), dropped=True))
+
+
+def test_adopting_a_region_proposal_asks_its_unknown_regions_again_first(make_workspace):
+    import datetime
+
+    from coldstart.tasks.adopt import adopt
+    from coldstart.tasks.discover import Proposal, write_proposals
+    from coldstart.tasks.labellog import LabelEvent, append_events
+    from coldstart.tasks.select import select_regions
+
+    ws = make_workspace()
+    labeled = assign_labels(_candidates(), np.full((3, 3), 1 / 3), CLASSES, negatives=NEGATIVES, labeler="m")
+    write_regions(regions_dir(ws), 1, labeled)
+    odd = labeled[2]
+    now = datetime.datetime.now(datetime.timezone.utc).isoformat()
+    append_events(ws, [LabelEvent(odd.image_id, "unknown", "ann", "x.csv", "0" * 64, 2, now, 1, region_id=odd.region_id)])
+    assert odd.region_id not in {r.region_id for r in select_regions(ws, 10, 2)}  # answered: not asked
+    write_proposals(ws, 2, 3, [Proposal(1, 3, 0.6, None, None, 1, 0, [r.region_id for r in labeled], kind="regions")])
+    done = adopt(ws, 1, "bird", ["a small bird"])
+    assert (done.new_class, done.reasked) == (True, 1) and "bird" in ws.params().ontology.classes
+    first = select_regions(ws, 10, 3)[0]
+    assert (first.region_id, first.label) == (odd.region_id, "bird")  # first, the adopted class suggested
+    # Answered again (whatever the answer): it trains again and is not asked a third time.
+    append_events(ws, [LabelEvent(odd.image_id, "bird", "ann", "y.csv", "1" * 64, 2, now, 3, region_id=odd.region_id)])
+    assert odd.region_id not in {r.region_id for r in select_regions(ws, 10, 4)}
