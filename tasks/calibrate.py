@@ -8,7 +8,11 @@ from coldstart.models.zeroshot import softmax
 
 
 def _logits(probs: np.ndarray) -> np.ndarray:
-    return np.log(np.clip(probs, 1e-12, 1.0))
+    """log p, floored at 1e-12, except that a probability of exactly 0 (a label the head cannot
+    give: "unknown" before anyone answered it, a class with no label yet) stays -inf, so that no
+    temperature gives it mass or moves the others."""
+    with np.errstate(divide="ignore"):
+        return np.where(probs > 0, np.log(np.clip(probs, 1e-12, 1.0)), -np.inf)
 
 
 def apply_temperature(probs: np.ndarray, T: float) -> np.ndarray:

@@ -57,3 +57,14 @@ def test_label_issues_flag_the_flipped_labels():
     assert {i: j for i, j, _ in flags} == {3: 0, 40: 1, 77: 2}
     weak = np.full((90, 3), 1 / 3)
     assert label_issues(weak, given) == []  # a model that knows nothing flags nothing
+
+
+def test_a_label_with_probability_zero_stays_zero_and_moves_nothing():
+    rng = np.random.default_rng(0)
+    p = rng.dirichlet(np.ones(4) * 0.3, size=200)
+    y = np.array([rng.choice(4, p=row) for row in p])
+    with_zero = np.hstack([p, np.zeros((200, 1))])  # "unknown", never answered: the head gives it 0
+    assert fit_temperature(with_zero, y) == fit_temperature(p, y)
+    T = fit_temperature(p, y)
+    assert (apply_temperature(with_zero, T)[:, -1] == 0).all()
+    np.testing.assert_allclose(apply_temperature(with_zero, T)[:, :-1], apply_temperature(p, T), rtol=1e-6)
