@@ -23,7 +23,7 @@ from typing import Any
 
 from coldstart.models.errors import ConfigError
 from coldstart.tasks.config import UNKNOWN_LABEL, load_params, parse_params
-from coldstart.tasks.discover import read_proposals
+from coldstart.tasks.discover import Proposal, read_proposals
 from coldstart.tasks.labellog import LabelEvent, append_events, current_answers, event_key, read_events
 from coldstart.tasks.ontology import proposed_name
 from coldstart.tasks.workspace import Workspace, atomic_write_text, read_csv, write_csv
@@ -98,24 +98,34 @@ def adopt(ws: Workspace, number: int, name: str, descriptions: list[str]) -> Ado
         raise ConfigError(f"--description: say in words what a {name!r} image shows (CLIP reads it), e.g. "
                           f"--description \"a photo of a {name}\"")
 
-    def change(raw: Any) -> None:
-        classes = _classes(raw)
-        if not exists:
-            classes[name] = list(descriptions)
-            return
-        spec = classes[name]
-        have = spec if isinstance(spec, list) else spec.get("descriptions", []) if isinstance(spec, dict) else [spec]
-        extra = [d for d in descriptions if d not in have]
-        if extra and isinstance(spec, list):
-            spec.extend(extra)
-        elif extra and isinstance(spec, dict):
-            spec["descriptions"] = list(have) + extra
-        elif extra:
-            classes[name] = [spec, *extra]
-
-    edit_params(ws.params_file, change)
+    edit_params(ws.params_file, lambda raw: _with_descriptions(_classes(raw), name, descriptions))
     answers = current_answers(read_events(ws))
     chosen = found[number - 1]
+    reasked = _ask_again(ws, chosen, answers, name, proposed_in)
+    named = sum(1 for (_, region), e in answers.items() if not region and proposed_name(e.label) == name)
+    return Adopted(name, not exists, reasked, named, len(chosen.members))
+
+
+def _with_descriptions(classes: Any, name: str, descriptions: list[str]) -> None:
+    """Add class ``name`` to params.yaml's ``classes`` mapping, or add the descriptions it lacks."""
+    if name not in classes:
+        classes[name] = list(descriptions)
+        return
+    spec = classes[name]
+    have = spec if isinstance(spec, list) else spec.get("descriptions", []) if isinstance(spec, dict) else [spec]
+    extra = [d for d in descriptions if d not in have]
+    if extra and isinstance(spec, list):
+        spec.extend(extra)
+    elif extra and isinstance(spec, dict):
+        spec["descriptions"] = list(have) + extra
+    elif extra:
+        classes[name] = [spec, *extra]
+
+
+def _ask_again(ws: Workspace, chosen: Proposal, answers: dict[tuple[str, str], LabelEvent], name: str,
+               proposed_in: int) -> int:
+    """Write to reask.csv the "none of these" answers (and other classes' ``new:`` ones) among
+    the proposal's members, images or regions, with ``name`` suggested; returns how many."""
     members, by_region = set(chosen.members), chosen.kind == "regions"
     rows = {(r["image_id"], r.get("region_id", "")): r for r in read_csv(ws.reask)}
     now = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
@@ -125,12 +135,11 @@ def adopt(ws: Workspace, number: int, name: str, descriptions: list[str]) -> Ado
             continue
         if e.label == UNKNOWN_LABEL or (proposed_name(e.label) not in (None, name)):
             rows[(image_id, region)] = dict(image_id=image_id, region_id=region, answer=e.label,
-                                            answer_event=event_key(e), suggested_label=name, proposal=number,
+                                            answer_event=event_key(e), suggested_label=name, proposal=chosen.id,
                                             proposed_in_round=proposed_in, adopted_at=now)
             reasked += 1
     write_csv(ws.reask, REASK_FIELDS, rows.values())
-    named = sum(1 for (_, region), e in answers.items() if not region and proposed_name(e.label) == name)
-    return Adopted(name, not exists, reasked, named, len(members))
+    return reasked
 
 
 def rename_class(ws: Workspace, old: str, new: str, round_no: int) -> int:
