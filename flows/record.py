@@ -177,9 +177,7 @@ class RoundRecord:
             f"  images      {sc.images} ({sc.new_images} new, {em.embedded} embedded), {sc.quarantined} quarantined",
             f"  intake      {it.describe_answers()}; {len(it.files_accepted)} file(s) accepted now, "
             f"{len(it.files_rejected)} rejected" + (f", {it.rows_rejected} row(s) set aside" if it.rows_rejected else ""),
-            f"  labels      {it.human_labels} human, {rl.auto} auto by {tr.model}: {tr.reason}"
-            + (f" ({it.human_labels - rl.human} answer(s) wait to be asked again: labeled by the model meanwhile)"
-               if it.human_labels > rl.human and se.reasked else ""),
+            f"  labels      {it.human_labels} human, {rl.auto} auto by {tr.model}: {tr.reason}",
             f"  confidence  {rl.below_threshold} auto labels below {rl.threshold:.3f} ({tr.threshold_note}); "
             f"temperature {tr.temperature:.2f}; label churn {pct(rl.churn)}",
             f"  audit       {audit}",

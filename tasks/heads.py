@@ -50,12 +50,14 @@ def read_reask(ws: Workspace) -> list[dict]:
     return read_csv(ws.reask)
 
 
-def current_human_labels(ws: Workspace, labels: list[str]) -> Answers:
+def current_human_labels(ws: Workspace, labels: list[str], *, training: bool = True) -> Answers:
     """People's current answers on today's ``labels`` (``OntologyConfig.labels``): "none of
     these" and answers for classes no longer written count as ``unknown`` (the latter listed in
-    ``orphaned``); an answer waiting to be asked again (reask.csv) trains nothing meanwhile."""
+    ``orphaned``). ``training``: an answer waiting to be asked again (reask.csv) is left out: it
+    trains nothing meanwhile; it is still the image's label (``training=False``)."""
     current = {image_id: e for (image_id, region), e in current_answers(read_events(ws)).items() if not region}
-    return map_answers({i: e.label for i, e in current.items()}, labels, pending_reasks(ws, current))
+    pending = pending_reasks(ws, current) if training else set()
+    return map_answers({i: e.label for i, e in current.items()}, labels, pending)
 
 
 def pending_reasks(ws: Workspace, current: dict[str, LabelEvent], regions: bool = False) -> set[str]:

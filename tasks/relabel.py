@@ -218,7 +218,8 @@ def relabel(ws: Workspace, params: Params, round_no: int) -> RelabelResult:
     if chosen.n_labels != len(classes):
         raise ConfigError("params.yaml: the ontology's labels changed since the head was trained; run the train "
                           "stage (coldstart stage train) before relabel")
-    humans = current_human_labels(ws, classes).labels
+    # An answer waiting to be asked again still labels its image ("unknown" until answered again).
+    humans = current_human_labels(ws, classes, training=False).labels
     raw_ids, probs, keys, paths, locations = _scored(ws, params, chosen)
     label, conf, is_human = resolve(raw_ids, probs, classes, humans, keys)
     store_key = (chosen.model_id, params.views.key("global"))

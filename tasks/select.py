@@ -12,7 +12,7 @@ import logging
 import math
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -22,7 +22,7 @@ from coldstart.tasks.config import UNKNOWN_LABEL, OntologyConfig, RegionsConfig,
 from coldstart.tasks.discover import reask_limit
 from coldstart.tasks.errors import SelectionError
 from coldstart.tasks.heads import pending_reasks, read_reask
-from coldstart.tasks.labellog import read_events, region_answers
+from coldstart.tasks.labellog import current_answers, read_events, region_answers
 from coldstart.tasks.regionexports import regions_to_labelstudio
 from coldstart.tasks.regiontable import read_regions, regions_dir
 from coldstart.tasks.relabel import load_probs, read_resolved
@@ -195,9 +195,11 @@ def _select_images(ws: Workspace, cfg: RoundConfig, round_no: int) -> SelectResu
     # drawn for the audit: an answer meant for one round's batch must not count as another's.
     pending = waiting(ws, round_no, set(labeled))
     # "None of these" answers asked again since a class was adopted (coldstart discover --adopt):
-    # they come first, as re-checks; the rest of them wait for the next batch, not in the pool.
-    reasks, later = _reasks(ws, cfg, resolved, round_no)
-    pool = [k for k, i in enumerate(ids) if resolved[i]["source"] != "human" and i not in pending and i not in later]
+    # they come first, as re-checks (they are human labels: never in the pool).
+    row_of = {i: k for k, i in enumerate(ids)}
+    reasks = _reasks(ws, cfg, resolved, round_no,
+                     lambda i, label: float(probs[row_of[i], classes.index(label)]) if label in classes else 0.0)
+    pool = [k for k, i in enumerate(ids) if resolved[i]["source"] != "human" and i not in pending]
     written = len([c for c in classes if c != UNKNOWN_LABEL])
     strategy = cfg.first_strategy if in_cold_start(len(labeled), written, cfg) else cfg.strategy
     rechecks = reasks + _rechecks(ws, cfg, resolved, round_no)[: max(0, cfg.budget - len(reasks))]
@@ -263,26 +265,28 @@ def _rechecks(ws: Workspace, cfg: RoundConfig, resolved: dict[str, dict], round_
     return rechecks
 
 
-def _reasks(ws: Workspace, cfg: RoundConfig, resolved: dict[str, dict], round_no: int
-            ) -> tuple[list[dict], set[str]]:
+def _reasks(ws: Workspace, cfg: RoundConfig, resolved: dict[str, dict], round_no: int,
+            prob: Callable[[str, str], float]) -> list[dict]:
     """The "none of these" answers still waiting to be asked again (data/labels/reask.csv, whose
-    answer is still the one adoption found), as batch rows with the adopted class suggested: at
-    most ``discover.reask_limit`` of the budget this round; (rows, ids of those left for later)."""
+    answer is still the one adoption found), as batch rows with the adopted class suggested (and
+    ``prob(image id, label)``, the head's probability of it): at most ``discover.reask_limit`` of
+    the budget this round (the rest, the next)."""
     rows: list[dict] = []
-    later: set[str] = set()
+    current = {i: e for (i, region), e in current_answers(read_events(ws)).items() if not region}
+    waiting_again = pending_reasks(ws, current)
     for r in read_reask(ws):
         image = resolved.get(r["image_id"])
-        if image is None or image["source"] == "human":  # gone, or answered since (it trains again)
+        if image is None or r["image_id"] not in waiting_again or r.get("region_id"):  # gone, or answered since
             continue
         if len(rows) >= reask_limit(cfg.budget):
-            later.add(r["image_id"])
-            continue
+            break
         rows.append(dict(image_id=r["image_id"], image=image["path"], purpose="recheck",
-                         predicted_label=r["suggested_label"], confidence=image["confidence"], source="reask",
+                         predicted_label=r["suggested_label"],
+                         confidence=f"{prob(r['image_id'], r['suggested_label']):.6f}", source="reask",
                          model_id=image["model_id"], score="", round=round_no,
                          note=f"asked again: answered {r['answer']!r} before the class {r['suggested_label']!r} "
                               f"was added; pick it if it fits (or 'unknown' again)"))
-    return rows, later
+    return rows
 
 
 def _write_batch(ws: Workspace, stem: Path, batch: list[dict], classes: list[str], human: dict[str, str]) -> list[str]:

@@ -131,9 +131,9 @@ class Sim:
 
 
 def _auto_accuracy(probs: np.ndarray, sim: Sim, digits: list[int]) -> float:
-    """Accuracy of the auto labels (rows without a current answer) whose true digit is in ``digits``."""
-    rows = np.array([i for i in range(len(sim.Xp)) if (i not in sim.answers or i in sim.pending)
-                     and sim.yp[i] in digits])
+    """Accuracy of the auto labels (rows without an answer: one waiting to be asked again still
+    labels its image "unknown", as the relabel stage does) whose true digit is in ``digits``."""
+    rows = np.array([i for i in range(len(sim.Xp)) if i not in sim.answers and sim.yp[i] in digits])
     truth = np.array([sim.label_of(int(d)) for d in sim.yp[rows]])
     return float((probs[rows].argmax(1) == truth).mean())
 

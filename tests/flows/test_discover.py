@@ -97,9 +97,11 @@ def adopted(story):
     truth = {k: ("noise" if k in story.noise else v) for k, v in story.truth.items()}  # asked again: it is noise
     rec4 = labeling_round(workspace=str(ws.root))
     batch4 = read_csv(ws.root / rec4.select.files[1])
+    resolved4 = {r["image_id"]: r for r in read_resolved(ws)}
     _answer(ws, rec4, truth)
     rec5 = labeling_round(workspace=str(ws.root))
-    return SimpleNamespace(best=best, comment=comment, rec4=rec4, batch4=batch4, rec5=rec5, truth=truth)
+    return SimpleNamespace(best=best, comment=comment, rec4=rec4, batch4=batch4, resolved4=resolved4, rec5=rec5,
+                           truth=truth)
 
 
 def test_adopting_adds_the_class_keeps_params_comments_and_every_answer(story, adopted):
@@ -123,6 +125,9 @@ def test_the_next_batch_asks_the_unknown_answers_again_and_the_round_after_label
     assert again and all(b["purpose"] == "recheck" and b["predicted_label"] == "noise" for b in again)
     assert all("asked again" in b["note"] for b in again)
     assert adopted.rec4.select.reasked == len(again)
+    # Until answered again, such an image keeps its answer as its label: never a written class.
+    assert all((adopted.resolved4[i]["label"], adopted.resolved4[i]["source"]) == ("unknown", "human")
+               for i in reasked)
     assert f"{len(again)} 'none of these' answer(s) asked again" in adopted.rec4.describe()
     rows = {r["image_id"]: r for r in read_resolved(ws)}
     assert all(rows[i]["label"] == "noise" and rows[i]["source"] == "human" for i in (b["image_id"] for b in again))
@@ -143,8 +148,10 @@ def test_removing_a_class_keeps_its_answers_and_says_so(story, adopted, capsys):
     assert "noise" not in ws.params().ontology.classes and len(read_events(ws)) == n_events
     assert cli(["discover", "-w", str(ws.root)]) == 0
     assert "'noise' (" in capsys.readouterr().out  # listed as answers whose class is gone
-    assert cli(["discover", "-w", str(ws.root), "--adopt", "1", "--name", "noise"]) == 2
-    assert "round 5 proposed no class" in capsys.readouterr().err  # noise had become a class: nothing left unnamed
+    before = ws.params_file.read_bytes()
+    assert cli(["discover", "-w", str(ws.root), "--adopt", "1", "--name", "noise"]) == 2  # a new class again
+    err = capsys.readouterr().err
+    assert ("--description" in err or "proposed no class" in err) and ws.params_file.read_bytes() == before
 
 
 def test_renaming_a_class_restates_its_answers_and_keeps_the_old_ones(make_workspace, capsys):
