@@ -67,6 +67,16 @@ def label_studio(ws: Workspace, found=None):
             _local_storage(ws, client, project)
     else:
         current = client.call("GET", f"/api/projects/{project}").get("label_config", "")
+        if current.strip() != config.strip() and labelstudio.only_adds_choices(current, config):
+            # An older coldstart config (before a class was adopted, or before "unknown"): bring it
+            # up to date, else the new choice cannot be picked. Label Studio refuses a config that
+            # existing annotations do not fit; then the warning below says what to do.
+            try:
+                client.call("PATCH", f"/api/projects/{project}", json={"label_config": config})
+                log.info("Label Studio: project %r (id %s) now offers every class of params.yaml", title, project)
+                current = config
+            except LabelStudioError as e:
+                log.warning("Label Studio did not take the new labeling config of project %r: %s", title, e)
         if current.strip() != config.strip():
             log.warning("Label Studio project %r (id %s) has a labeling config other than coldstart's: paste the output "
                         "of `%s labelstudio config --workspace %s` into its Settings -> Labeling Interface -> "

@@ -19,6 +19,7 @@ import json
 import os
 import threading
 import time
+import xml.etree.ElementTree as ET
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -479,3 +480,28 @@ def test_preflight_checks_the_real_server_and_makes_the_title_valid(label_studio
     monkeypatch.setenv("LABEL_STUDIO_TOKEN", label_studio.token.rsplit(".", 1)[0] + ".c2lnbmF0dXJl")
     with pytest.raises(LabelStudioError, match="refused the personal access token"):
         preflight(ws)
+
+
+@real
+def test_a_project_with_an_older_coldstart_config_gets_the_new_choices(label_studio, tmp_path, monkeypatch):
+    """After `coldstart discover --adopt` (or an upgrade that added "unknown"), `round --wait`
+    brings an existing project's config up to date when it only adds choices."""
+    from types import SimpleNamespace
+
+    from coldstart.flows.wait import label_studio as ls_project
+    from coldstart.tasks.config import parse_params
+
+    params = parse_params({"ontology": {"classes": {"cat": ["a cat"], "dog": ["a dog"], "fox": ["a fox"]}},
+                           "labelstudio": {"url": label_studio.url, "project": "coldstart adopt test"}})
+    ws = SimpleNamespace(root=tmp_path / "ws", params=lambda: params)
+    monkeypatch.setenv("LABEL_STUDIO_TOKEN", label_studio.token)
+    client = LabelStudio(label_studio.url, label_studio.token)
+    older = label_config(["cat", "dog"])  # before the class fox was adopted
+    pid = client.create_project("coldstart adopt test", older)
+    got_client, project = ls_project(ws)
+    assert project == pid
+    now = client.call("GET", f"/api/projects/{pid}")["label_config"]
+    values = [c.get("value") for c in ET.fromstring(now).iter("Choice")]
+    assert values == ["cat", "dog", "fox", "unknown"]
+    got_client.close()
+    client.close()

@@ -123,3 +123,16 @@ def test_proposals_are_named_from_a_vocabulary_by_the_model_s_text_tower(tiny_cl
     assert all(len(p.names) == 3 and p.names[0][1] == pytest.approx(1.0, abs=1e-4) for p in found)
     found[0].proposed_names = {"corrosion": 2}
     assert found[0].suggested == "corrosion" and found[1].suggested == "scratch"
+
+
+def test_a_config_that_only_adds_choices_is_safe_to_push():
+    from coldstart.tasks.labelstudio import only_adds_choices
+
+    old, new = label_config(["cat", "dog"]), label_config(["cat", "dog", "fox"])
+    before_unknown = old.replace(old[old.index('    <Choice value="unknown"'):old.index("  </Choices>")], "")
+    assert only_adds_choices(old, new) and only_adds_choices(before_unknown, old)
+    assert not only_adds_choices(new, old)  # a class removed: answers may not fit
+    assert not only_adds_choices(old, old)  # nothing to add
+    assert not only_adds_choices("<View><Text name='t' value='$x'/></View>", new)  # someone else's config
+    assert not only_adds_choices("not xml", new)
+    assert not only_adds_choices(label_config(["cat"]), label_config(["cat"], polygons=["cat"]))  # a control added
