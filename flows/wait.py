@@ -22,6 +22,7 @@ import json
 import logging
 import shlex
 import time
+import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 
 from coldstart.tasks import labelstudio
@@ -67,7 +68,7 @@ def label_studio(ws: Workspace, found=None):
             _local_storage(ws, client, project)
     else:
         current = client.call("GET", f"/api/projects/{project}").get("label_config", "")
-        if current.strip() != config.strip() and labelstudio.only_adds_choices(current, config):
+        if current.strip() != config.strip() and only_adds_choices(current, config):
             # An older coldstart config (before a class was adopted, or before "unknown"): bring it
             # up to date, else the new choice cannot be picked. Label Studio refuses a config that
             # existing annotations do not fit; then the warning below says what to do.
@@ -83,6 +84,23 @@ def label_studio(ws: Workspace, found=None):
                         "Code (re-check notes show only with it)", title, project, command("coldstart"),
                         shlex.quote(str(ws.root)))
     return client, project
+
+
+def only_adds_choices(current: str, ours: str) -> bool:
+    """Whether labeling config ``ours`` is ``current`` with choices (and polygon labels) added:
+    the same controls, none removed. Such a change is safe to make to a project with answers."""
+    def controls(text: str) -> dict[tuple[str, str], set[str]] | None:
+        try:
+            root = ET.fromstring(text)
+        except ET.ParseError:
+            return None
+        return {(el.tag, el.get("name", "")): {c.get("value", "") for c in el} for el in root
+                if el.tag in ("Choices", "PolygonLabels")}
+
+    before, after = controls(current), controls(ours)
+    if before is None or after is None or set(before) != set(after):
+        return False
+    return all(before[k] <= after[k] for k in before) and any(before[k] < after[k] for k in before)
 
 
 def _local_storage(ws: Workspace, client, project: int) -> None:

@@ -69,8 +69,6 @@ import numpy as np
 
 from coldstart.tasks.config import Params
 from coldstart.tasks.heads import current_human_labels
-from coldstart.tasks.labellog import human_labels, read_events
-from coldstart.tasks.ontology import map_answers
 from coldstart.tasks.pool import labeled_order
 from coldstart.tasks.result import IN_MEMORY, StageResult
 from coldstart.tasks.store import EmbeddingStore
@@ -554,26 +552,10 @@ def ipw_share(right: np.ndarray, inclusion: np.ndarray, alpha: float = ALPHA) ->
     return [share, min(low, share), max(high, share)]
 
 
-def latest_audit(ws: Workspace, humans: dict[str, str], before_round: int) -> AuditEstimate | None:
-    """The as-labeled audit of the newest earlier round that has answered audit items."""
-    for r in range(before_round - 1, 0, -1):
-        est = audit_estimate(read_csv(ws.review / f"round-{r:03d}.batch.csv"), humans)
-        if est is not None and est.n:
-            return est
-    return None
-
-
-def answers_on(ws: Workspace, labels: list[str]) -> dict[str, str]:
-    """People's current answers on today's ``labels``: an audit item answered "none of these"
-    (or with a class no longer written) is an error of any class the round gave it, and right
-    when the round said "unknown"."""
-    return map_answers(human_labels(read_events(ws)), labels).labels
-
-
 def every_audit(ws: Workspace, before_round: int, labels: list[str]) -> list[AuditEstimate]:
     """The as-labeled audit of every earlier round with answered audit items, oldest first:
     each answered item counts for the round whose batch it was drawn for."""
-    humans = answers_on(ws, labels)
+    humans = current_human_labels(ws, labels, training=False).labels  # "unknown": an error of the class given
     out = []
     for r in range(1, before_round):
         est = audit_estimate(read_csv(ws.review / f"round-{r:03d}.batch.csv"), humans)
@@ -592,7 +574,8 @@ def audit(ws: Workspace, params: Params, model_id: str | None, round_no: int) ->
     """The audit stage: every answered audit item of the earlier rounds. Its estimate is the
     newest batch's as-labeled one until ``use_out_of_fold`` scores the items with the train
     stage's out-of-fold predictions (the round record does, once the train stage has run)."""
-    humans = answers_on(ws, params.ontology.labels)
+    # On today's labels: an audit item answered "none of these" is an error of the class it got.
+    humans = current_human_labels(ws, params.ontology.labels, training=False).labels
     batches = [audit_estimate(read_csv(ws.review / f"round-{r:03d}.batch.csv"), humans) for r in range(1, round_no)]
     answered = [b for b in batches if b is not None and b.n]
     if not answered:

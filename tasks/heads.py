@@ -60,12 +60,17 @@ def current_human_labels(ws: Workspace, labels: list[str], *, training: bool = T
     return map_answers({i: e.label for i, e in current.items()}, labels, pending)
 
 
-def pending_reasks(ws: Workspace, current: dict[str, LabelEvent], regions: bool = False) -> set[str]:
-    """The image ids (``regions``: region ids) whose current answer (``current``: id -> its event)
-    is one reask.csv waits to ask again."""
+def waiting_reasks(ws: Workspace, current: dict[str, LabelEvent], regions: bool = False) -> list[dict]:
+    """The rows of reask.csv still waiting to be asked again: of images (``regions``: of regions)
+    whose current answer (``current``: id -> its event) is still the one adoption found."""
     key = "region_id" if regions else "image_id"
-    return {r[key] for r in read_reask(ws) if bool(r.get("region_id")) == regions
-            and r[key] in current and event_key(current[r[key]]) == r["answer_event"]}
+    return [r for r in read_reask(ws) if bool(r.get("region_id")) == regions
+            and r[key] in current and event_key(current[r[key]]) == r["answer_event"]]
+
+
+def pending_reasks(ws: Workspace, current: dict[str, LabelEvent], regions: bool = False) -> set[str]:
+    """The ids of ``waiting_reasks``: image ids, or with ``regions`` region ids."""
+    return {r["region_id" if regions else "image_id"] for r in waiting_reasks(ws, current, regions)}
 
 
 @dataclass

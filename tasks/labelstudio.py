@@ -23,7 +23,6 @@ import math
 import os
 import shlex
 import time
-import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from typing import Any, Callable, SupportsIndex, SupportsInt
 from xml.sax.saxutils import quoteattr
@@ -196,23 +195,6 @@ def label_config(classes: list[str], *, polygons: list[str] | None = None) -> st
     return (f'<View>\n  <Image name="{IMAGE}" value="${IMAGE}"/>\n  <Header value="${NOTE}" size="5"/>\n'
             f'  <Choices name="{LABEL}" toName="{IMAGE}" choice="single" showInLine="true">\n{choices}\n'
             f'  </Choices>\n{polygon}</View>\n')
-
-
-def only_adds_choices(current: str, ours: str) -> bool:
-    """Whether labeling config ``ours`` is ``current`` with choices (and polygon labels) added:
-    the same controls, none removed. Such a change is safe to make to a project with answers."""
-    def controls(text: str) -> dict[tuple[str, str], set[str]] | None:
-        try:
-            root = ET.fromstring(text)
-        except ET.ParseError:
-            return None
-        return {(el.tag, el.get("name", "")): {c.get("value", "") for c in el} for el in root
-                if el.tag in ("Choices", "PolygonLabels")}
-
-    before, after = controls(current), controls(ours)
-    if before is None or after is None or set(before) != set(after):
-        return False
-    return all(before[k] <= after[k] for k in before) and any(before[k] < after[k] for k in before)
 
 
 def project_config(ontology, *, regions: bool) -> str:

@@ -21,7 +21,7 @@ from coldstart.tasks.audit import design_probabilities, systematic_sample
 from coldstart.tasks.config import UNKNOWN_LABEL, OntologyConfig, RegionsConfig, RoundConfig
 from coldstart.tasks.discover import reask_limit
 from coldstart.tasks.errors import SelectionError
-from coldstart.tasks.heads import pending_reasks, read_reask
+from coldstart.tasks.heads import waiting_reasks
 from coldstart.tasks.labellog import current_answers, read_events, region_answers
 from coldstart.tasks.regionexports import regions_to_labelstudio
 from coldstart.tasks.regiontable import read_regions, regions_dir
@@ -141,8 +141,7 @@ def select_regions(ws: Workspace, budget: int, round_no: int) -> list:
     every = read_regions(regions_dir(ws), dropped=True)
     # "None of these" answers of a region proposal adopted since: asked again first, with the
     # adopted class suggested (at most half the budget).
-    waiting_again = pending_reasks(ws, answers, regions=True)
-    suggested = {r["region_id"]: r["suggested_label"] for r in read_reask(ws) if r.get("region_id") in waiting_again}
+    suggested = {r["region_id"]: r["suggested_label"] for r in waiting_reasks(ws, answers, regions=True)}
     again = [replace(r, label=suggested[r.region_id]) for r in every if r.region_id in suggested]
     again = sorted(again, key=lambda r: r.region_id)[: reask_limit(budget)]
     pool = [r for r in every
@@ -273,10 +272,9 @@ def _reasks(ws: Workspace, cfg: RoundConfig, resolved: dict[str, dict], round_no
     the budget this round (the rest, the next)."""
     rows: list[dict] = []
     current = {i: e for (i, region), e in current_answers(read_events(ws)).items() if not region}
-    waiting_again = pending_reasks(ws, current)
-    for r in read_reask(ws):
+    for r in waiting_reasks(ws, current):
         image = resolved.get(r["image_id"])
-        if image is None or r["image_id"] not in waiting_again or r.get("region_id"):  # gone, or answered since
+        if image is None:  # no longer in the workspace
             continue
         if len(rows) >= reask_limit(cfg.budget):
             break

@@ -67,6 +67,19 @@ def make_workspace(tmp_path):
     return make
 
 
+def answered_digits(ws, n: int = 6) -> dict[str, str]:
+    """``n`` digits written into ``ws``, scanned, and every one answered with its class through
+    the inbox and the intake stage (the CLI's `coldstart stage`); returns path -> class."""
+    from coldstart.flows.cli import main as cli
+    from coldstart.tasks.demodata import write_digits
+
+    truth = write_digits(ws.images, n=n, size=32)
+    assert cli(["stage", "scan", "-w", str(ws.root)]) == 0
+    (ws.inbox / "a.csv").write_text("image,label\n" + "\n".join(f"{p},{t}" for p, t in truth.items()) + "\n")
+    assert cli(["stage", "intake", "-w", str(ws.root)]) == 0
+    return truth
+
+
 def write_image(path: Path, seed: int = 0, size=(48, 64), fmt: str | None = None) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)

@@ -11,6 +11,7 @@ import pytest
 from coldstart.flows.cli import main as cli
 from coldstart.tasks.errors import WorkspaceError
 from coldstart.tasks.workspace import Workspace
+from tests.conftest import answered_digits
 
 
 def test_init_creates_a_versioned_workspace(tmp_path, capsys):
@@ -274,13 +275,8 @@ def test_every_command_has_help(command, capsys):
 
 
 def test_removing_a_class_that_people_used_keeps_its_answers_and_says_so(make_workspace, capsys):
-    from coldstart.tasks.demodata import write_digits
-
     ws = make_workspace()
-    truth = write_digits(ws.images, n=6, size=32)
-    assert cli(["stage", "scan", "-w", str(ws.root)]) == 0
-    (ws.inbox / "a.csv").write_text("image,label\n" + "\n".join(f"{p},{t}" for p, t in truth.items()) + "\n")
-    assert cli(["stage", "intake", "-w", str(ws.root)]) == 0
+    answered_digits(ws)
     ws.params_file.write_text(ws.params_file.read_text().replace(
         '    zero: ["the digit zero", "a handwritten 0", "the number 0"]\n', ""))
     capsys.readouterr()

@@ -16,7 +16,7 @@ from coldstart.tasks.labellog import read_events
 from coldstart.tasks.relabel import read_resolved
 from coldstart.tasks.version import init_workspace
 from coldstart.tasks.workspace import read_csv
-from tests.conftest import tiny_params, write_image
+from tests.conftest import answered_digits, tiny_params, write_image
 
 NOISE = 16
 
@@ -158,10 +158,7 @@ def test_renaming_a_class_restates_its_answers_and_keeps_the_old_ones(make_works
     from coldstart.tasks.labellog import human_labels
 
     ws = make_workspace()
-    truth = write_digits(ws.images, n=6, size=32)
-    assert cli(["stage", "scan", "-w", str(ws.root)]) == 0
-    (ws.inbox / "a.csv").write_text("image,label\n" + "\n".join(f"{p},{t}" for p, t in truth.items()) + "\n")
-    assert cli(["stage", "intake", "-w", str(ws.root)]) == 0
+    truth = answered_digits(ws)
     before = ws.events.read_bytes()
     assert cli(["discover", "-w", str(ws.root), "--rename", "zero", "--name", "nought"]) == 0
     assert "1 answer(s) restated as 'nought'" in capsys.readouterr().out

@@ -126,7 +126,7 @@ def test_proposals_are_named_from_a_vocabulary_by_the_model_s_text_tower(tiny_cl
 
 
 def test_a_config_that_only_adds_choices_is_safe_to_push():
-    from coldstart.tasks.labelstudio import only_adds_choices
+    from coldstart.flows.wait import only_adds_choices
 
     old, new = label_config(["cat", "dog"]), label_config(["cat", "dog", "fox"])
     before_unknown = old.replace(old[old.index('    <Choice value="unknown"'):old.index("  </Choices>")], "")
